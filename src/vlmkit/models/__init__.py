@@ -1,0 +1,1 @@
+"""Model families. Each family folder holds config.py, model.py and hf_mapping.py."""

@@ -1,0 +1,1 @@
+"""Layers shared by at least two model families."""

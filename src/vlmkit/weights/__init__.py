@@ -1,0 +1,1 @@
+"""Checkpoint IO: safetensors reading/writing, strict key conversion, HF folders."""

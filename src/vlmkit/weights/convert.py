@@ -1,0 +1,97 @@
+"""Strict, table-driven conversion between our parameter names and a checkpoint's.
+
+A family's mapping is a list of `(ours, theirs)` name patterns where `{}` stands for a layer
+index; a pattern names a module (its parameters keep their suffix) or a single tensor. The same
+table converts in both directions. Conversion is strict: every source key must be consumed or
+explicitly dropped, every target key filled, and every shape must match; otherwise one
+`CheckpointError` lists the offending keys.
+"""
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+
+import torch
+
+from vlmkit.errors import CheckpointError
+
+Table = list[tuple[str, str]]
+_MAX_LISTED = 8
+
+
+def _compile(pattern: str) -> re.Pattern:
+    body = re.escape(pattern).replace(r"\{\}", r"(\d+)")
+    return re.compile(rf"^{body}(\..+)?$")
+
+
+def _fill(pattern: str, indices: tuple[str, ...]) -> str:
+    for idx in indices:
+        pattern = pattern.replace("{}", idx, 1)
+    return pattern
+
+
+def rename(key: str, table: Table, reverse: bool = False) -> str | None:
+    """Translate one key through the table (ours -> theirs, or theirs -> ours); None if no rule."""
+    for ours, theirs in table:
+        src, dst = (theirs, ours) if reverse else (ours, theirs)
+        m = _compile(src).match(key)
+        if m:
+            *indices, suffix = m.groups()
+            return _fill(dst, tuple(indices)) + (suffix or "")
+    return None
+
+
+def _listed(keys: Iterable[str]) -> str:
+    keys = sorted(keys)
+    more = f" (+{len(keys) - _MAX_LISTED} more)" if len(keys) > _MAX_LISTED else ""
+    return ", ".join(keys[:_MAX_LISTED]) + more
+
+
+def convert_strict(
+    source_keys: Iterable[str],
+    get: Callable[[str], torch.Tensor],
+    target_shapes: Mapping[str, tuple[int, ...]],
+    table: Table,
+    reverse: bool,
+    drop: Iterable[str] = (),
+    what: str = "checkpoint",
+) -> dict[str, torch.Tensor]:
+    """Map every source tensor to a target name, checking the result against `target_shapes`.
+
+    Args:
+        source_keys: names in the source naming.
+        get: loads one source tensor by name (lazily, so a large checkpoint streams).
+        target_shapes: every target name and its expected shape.
+        table: the family's (ours, theirs) table; `reverse=True` maps theirs -> ours.
+        drop: regexes of source keys that are known and deliberately not used (e.g. a tied
+            `lm_head.weight`).
+        what: how to name the source in errors.
+
+    Returns:
+        {target name: tensor}. Raises CheckpointError naming missing, unexpected and mis-shaped keys.
+    """
+    drops = [re.compile(d) for d in drop]
+    out, unexpected, bad_shape, bad_targets = {}, [], [], set()
+    for key in source_keys:
+        if any(d.search(key) for d in drops):
+            continue
+        name = rename(key, table, reverse)
+        if name is None or name not in target_shapes:
+            unexpected.append(key)
+            continue
+        tensor = get(key)
+        if tuple(tensor.shape) != tuple(target_shapes[name]):
+            bad_shape.append(f"{key} {tuple(tensor.shape)} != expected {tuple(target_shapes[name])}")
+            bad_targets.add(name)
+            continue
+        out[name] = tensor
+    missing = [k for k in target_shapes if k not in out and k not in bad_targets]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_listed(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_listed(unexpected)}")
+    if bad_shape:
+        problems.append(f"mis-shaped: {_listed(bad_shape)}")
+    if problems:
+        raise CheckpointError(f"{what} does not match the model: " + "; ".join(problems))
+    return out

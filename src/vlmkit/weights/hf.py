@@ -1,0 +1,145 @@
+"""Load and save Hugging Face checkpoint folders (config.json + safetensors) strictly.
+
+Families are data: each `Family` names how to read/write its config, its key table, which
+checkpoint prefixes are aliases, and which checkpoint keys are known but unused. Models are built
+on the meta device and filled tensor by tensor from memory-mapped files, so a 3B model loads in
+about its own size of RAM.
+"""
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vlmkit.errors import CheckpointError
+from vlmkit.models.gemma import hf_mapping as gemma_map
+from vlmkit.models.gemma.model import Gemma
+from vlmkit.models.paligemma import hf_mapping as pg_map
+from vlmkit.models.paligemma.model import PaliGemma
+from vlmkit.models.siglip import hf_mapping as siglip_map
+from vlmkit.models.siglip.model import SiglipVisionTower
+from vlmkit.weights.convert import Table, convert_strict, rename
+from vlmkit.weights.dtype import resolve_dtype
+from vlmkit.weights.safetensors_io import SafetensorsReader, atomic_folder, write_state_dict
+
+CONFIG_NAME = "config.json"
+# Buffers that some exports include but that we recompute.
+_BUFFER_KEYS = [r"rotary_emb\.inv_freq$", r"position_ids$"]
+
+
+@dataclass(frozen=True)
+class Family:
+    model_types: tuple[str, ...]
+    model_class: type[nn.Module]
+    config_from_hf: Callable[[dict], object]
+    config_to_hf: Callable[[object], dict]
+    table: Callable[[object], Table]
+    normalise_key: Callable[[str], str]
+    to_hub_name: Callable[[str], str]
+    tied_head_key: str | None  # checkpoint key of an LM head that is dropped when tied
+
+
+def _strip(prefix: str) -> Callable[[str], str]:
+    return lambda k: k[len(prefix):] if k.startswith(prefix) else k
+
+
+FAMILIES: list[Family] = [
+    Family(("paligemma",), PaliGemma, pg_map.config_from_hf, pg_map.config_to_hf, pg_map.table,
+           pg_map.normalise_key, pg_map.to_hub_name, r"^language_model\.lm_head\.weight$"),
+    Family(("gemma", "gemma2"), Gemma, gemma_map.config_from_hf, gemma_map.config_to_hf,
+           gemma_map.table, lambda k: k, lambda k: k, r"^lm_head\.weight$"),
+    Family(("siglip_vision_model",), SiglipVisionTower, siglip_map.vision_config_from_hf,
+           siglip_map.vision_config_to_hf, lambda c: siglip_map.VISION_TABLE,
+           _strip("vision_model."), lambda k: "vision_model." + k, None),
+]
+
+
+def family_for(model: nn.Module) -> Family:
+    for fam in FAMILIES:
+        if type(model) is fam.model_class:
+            return fam
+    raise TypeError(f"no HF mapping for {type(model).__name__}")
+
+
+def read_config(folder: str | Path) -> tuple[dict, Family]:
+    """Read `config.json` and find its family; CheckpointError naming the problem otherwise."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint folder {folder} does not exist")
+    path = folder / CONFIG_NAME
+    try:
+        d = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{folder} has no {CONFIG_NAME}") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e})") from None
+    kind = d.get("model_type")
+    for fam in FAMILIES:
+        if kind in fam.model_types:
+            return d, fam
+    raise CheckpointError(f"{path}: unsupported model_type {kind!r}")
+
+
+def load_hf(folder: str | Path, dtype: str | torch.dtype | None = None, device="cpu") -> nn.Module:
+    """Build the model a HF folder describes and load its weights strictly.
+
+    Args:
+        folder: a folder with config.json and model.safetensors (or a sharded index).
+        dtype: "float32"/"bfloat16"/"float16"/"auto"/None (None or "auto": see `resolve_dtype`).
+        device: where the weights end up.
+    """
+    d, fam = read_config(folder)
+    try:
+        cfg = fam.config_from_hf(d)
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{Path(folder) / CONFIG_NAME}: {e}") from None
+    reader = SafetensorsReader(folder)
+    dtype = resolve_dtype(dtype, device)
+    with torch.device("meta"):
+        model = fam.model_class(cfg)
+    state = load_state(reader, fam, cfg, model, dtype, str(folder))
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.to(device).eval()
+
+
+def load_state(reader, fam: Family, cfg, model: nn.Module, dtype: torch.dtype, what: str) -> dict:
+    """Convert a checkpoint's tensors to `model`'s names, strictly, cast to `dtype`."""
+    original = {fam.normalise_key(k): k for k in reader.keys()}
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    drop = list(_BUFFER_KEYS)
+    if fam.tied_head_key and getattr(_text_cfg(cfg), "tie_embeddings", False):
+        drop.append(fam.tied_head_key)
+    return convert_strict(
+        original, lambda k: reader.get(original[k]).to(dtype), shapes, fam.table(cfg),
+        reverse=True, drop=drop, what=what,
+    )
+
+
+def _text_cfg(cfg):
+    return getattr(cfg, "text", cfg)
+
+
+def save_hf(model: nn.Module, folder: str | Path, max_shard_bytes: int = 4 << 30, extra_files=None) -> Path:
+    """Write `model` as a HF folder (config.json + safetensors) atomically, in the hub layout.
+
+    `extra_files` maps file names to source paths copied in (e.g. tokenizer files).
+    """
+    fam = family_for(model)
+    table = fam.table(model.cfg)
+    tensors = {}
+    for key, tensor in model.state_dict().items():
+        name = rename(key, table)
+        if name is None:
+            raise CheckpointError(f"parameter {key} has no entry in the {fam.model_types[0]} mapping table")
+        tensors[fam.to_hub_name(name)] = tensor
+    dtype = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
+    config = {**fam.config_to_hf(model.cfg), "torch_dtype": dtype}
+    with atomic_folder(folder) as tmp:
+        write_state_dict(tensors, tmp, max_shard_bytes)
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+        for name, src in (extra_files or {}).items():
+            (tmp / name).write_bytes(Path(src).read_bytes())
+    return Path(folder)
