@@ -1,0 +1,189 @@
+"""Multi-frame input: sample frames from a folder, an animated GIF/WebP or a video file.
+
+PaliGemma's video transfers (big_vision `msrvtt_cap`, `msvd_qa`, ...) feed a fixed number of
+frames (16) taken at a fixed stride, each encoded like a still image.
+
+Sampling rule (`sample_indices`): frames ``0, s, 2s, ...`` of the ``n`` available, at most
+``max_frames`` of them. With ``stride=None`` we pick ``s = ceil(n / max_frames)``, the smallest
+fixed stride whose frames span the whole clip without exceeding ``max_frames``; e.g. n=100,
+max_frames=16 -> s=7 -> 15 frames 0..98; n=10 -> s=1 -> all 10 frames. We never repeat or
+interpolate frames: a short clip gives fewer frames (pad/replicate downstream if a fixed count is
+needed, as big_vision's `video_replicate_img` does).
+
+Sources:
+- a folder of images, ordered by natural sort of the file name ("f2.png" < "f10.png");
+- any image Pillow opens; animated GIF / WebP / APNG give their frames, a still image gives one;
+- a video file (.mp4, .mov, ...) via PyAV, else OpenCV, if one is installed; otherwise an
+  ImageError says what to install. Both are optional: vlmkit does not depend on them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image
+
+from vlmkit.errors import ConfigError, ImageError
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+)
+VIDEO_SUFFIXES = frozenset(
+    {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"}
+)
+_DIGITS = re.compile(r"([0-9]+)")
+_INSTALL_HINT = "install PyAV (`pip install av`) or OpenCV (`pip install opencv-python-headless`)"
+
+
+def sample_indices(num_frames: int, max_frames: int = 16, stride: int | None = None) -> list[int]:
+    """Indices ``0, s, 2s, ...`` (< num_frames), at most `max_frames` of them; see module doc."""
+    if isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1:
+        raise ConfigError(f"max_frames must be an int >= 1, got {max_frames!r}")
+    bad_stride = isinstance(stride, bool) or not isinstance(stride, int) or stride < 1
+    if stride is not None and bad_stride:
+        raise ConfigError(f"stride must be None or an int >= 1, got {stride!r}")
+    if num_frames <= 0:
+        return []
+    step = stride if stride is not None else math.ceil(num_frames / max_frames)
+    return list(range(0, num_frames, step))[:max_frames]
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders embedded numbers by value: "f2" < "f10"; ties broken by raw name."""
+    parts = _DIGITS.split(name)
+    # (0, number) for digit runs, (1, text) otherwise: always comparable position by position.
+    key = tuple((0, int(p)) if p.isdigit() else (1, p.lower()) for p in parts if p)
+    return key + ((2, name),)
+
+
+def _frame_rgb(im: Image.Image) -> Image.Image:
+    rgb = im.convert("RGB")  # a copy, so later seeks of an animated file do not alter it
+    rgb.load()
+    return rgb
+
+
+def _from_folder(folder: Path, max_frames: int, stride: int | None) -> list[Image.Image]:
+    files = sorted(
+        (p for p in folder.iterdir()
+         if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES),
+        key=lambda p: natural_key(p.name),
+    )  # fmt: skip
+    if not files:
+        raise ImageError(f"no image frames ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
+    frames = []
+    for i in sample_indices(len(files), max_frames, stride):
+        with _open_image(files[i]) as im:
+            frames.append(_frame_rgb(im))
+    return frames
+
+
+def _open_image(path: Path) -> Image.Image:
+    try:
+        return Image.open(path)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageError(f"cannot open frame {path}: {e}") from None
+
+
+def _from_animated(path: Path, max_frames: int, stride: int | None) -> list[Image.Image]:
+    with _open_image(path) as im:
+        n = getattr(im, "n_frames", 1)
+        frames = []
+        try:
+            for i in sample_indices(n, max_frames, stride):
+                im.seek(i)
+                frames.append(_frame_rgb(im))
+        except (OSError, EOFError, ValueError) as e:
+            raise ImageError(f"cannot decode frames of {path}: {e}") from None
+    return frames
+
+
+def _from_video_av(av, path: Path, max_frames: int, stride: int | None) -> list[Image.Image]:
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ImageError(f"{path} has no video stream")
+        stream = container.streams.video[0]
+        total = int(stream.frames or 0)
+        if total <= 0:  # frame count missing from the container: decode everything once
+            decoded = [f.to_image() for f in container.decode(stream)]
+            chosen = sample_indices(len(decoded), max_frames, stride)
+            return [decoded[i].convert("RGB") for i in chosen]
+        wanted = sample_indices(total, max_frames, stride)
+        picked, keep = [], set(wanted)
+        for i, frame in enumerate(container.decode(stream)):
+            if i in keep:
+                picked.append(frame.to_image().convert("RGB"))
+            if i >= wanted[-1]:
+                break
+        return picked
+
+
+def _from_video_cv2(cv2, path: Path, max_frames: int, stride: int | None) -> list[Image.Image]:
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            raise ImageError(f"OpenCV cannot open video {path}")
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        keep = set(sample_indices(total, max_frames, stride))
+        frames = []
+        for i in range(total):
+            if not cap.grab():  # cheaper than read() for frames we skip
+                break
+            if i in keep:
+                ok, bgr = cap.retrieve()
+                if ok:
+                    frames.append(Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+        return frames
+    finally:
+        cap.release()
+
+
+def _from_video(path: Path, max_frames: int, stride: int | None) -> list[Image.Image]:
+    sample_indices(1, max_frames, stride)  # validate arguments before touching the file
+    try:
+        import av
+    except ImportError:
+        av = None
+    try:
+        if av is not None:
+            return _from_video_av(av, path, max_frames, stride)
+        try:
+            import cv2
+        except ImportError:
+            raise ImageError(f"cannot read video {path}: {_INSTALL_HINT}") from None
+        return _from_video_cv2(cv2, path, max_frames, stride)
+    except ImageError:
+        raise
+    except Exception as e:  # decoder libraries raise their own error types for corrupt files
+        raise ImageError(f"cannot decode video {path}: {type(e).__name__}: {e}") from None
+
+
+def sample_frames(
+    source: str | os.PathLike | Sequence[Image.Image],
+    max_frames: int = 16,
+    stride: int | None = None,
+) -> list[Image.Image]:
+    """Return up to `max_frames` RGB frames of `source`, taken every `stride` frames.
+
+    source: a folder of frames, an (animated) image file, a video file, or a list of PIL images.
+    stride: None picks ``ceil(n / max_frames)`` so the frames span the clip (see module doc).
+    Raises ImageError (missing/unreadable source, no frames, no video backend) or ConfigError
+    (bad `max_frames` / `stride`).
+    """
+    if isinstance(source, Sequence) and not isinstance(source, (str, bytes)):
+        return [_frame_rgb(source[i]) for i in sample_indices(len(source), max_frames, stride)]
+    path = Path(source)
+    if path.is_dir():
+        frames = _from_folder(path, max_frames, stride)
+    elif not path.exists():
+        raise ImageError(f"video source not found: {path}")
+    elif path.suffix.lower() in VIDEO_SUFFIXES:
+        frames = _from_video(path, max_frames, stride)
+    else:
+        frames = _from_animated(path, max_frames, stride)
+    if not frames:
+        raise ImageError(f"no frames could be read from {path}")
+    return frames

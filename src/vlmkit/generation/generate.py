@@ -1,0 +1,142 @@
+"""The generate loop for PaliGemma: batched, streaming, with EOS and stop strings.
+
+Rows are left-padded by the processor, so every row's next token goes to the same cache slot
+while its RoPE position continues from its own length: batched output equals one-by-one output.
+"""
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from vlmkit.errors import PromptTooLongError
+from vlmkit.generation.decode import advance, decode_one_token, prefill
+from vlmkit.generation.sampling import SamplingConfig, sample_next
+from vlmkit.models.paligemma.model import PaliGemma, positions_from_mask
+
+
+@dataclass
+class StreamEvent:
+    """One new token of one row: its id and the text it adds (may be "" mid-character)."""
+
+    row: int
+    token_id: int
+    text: str
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "eos", "stop_string" or "length"
+    timing: dict = field(default_factory=dict)
+
+
+class _Row:
+    """Accumulates one row's tokens and text and decides when it is finished."""
+
+    def __init__(self, tokenizer, stop_ids: set[int], stop_strings: tuple[str, ...]):
+        self.tok, self.stop_ids, self.stop_strings = tokenizer, stop_ids, stop_strings
+        self.ids: list[int] = []
+        self.text = ""
+        self.finish: str | None = None
+
+    def add(self, token_id: int) -> str:
+        if token_id in self.stop_ids:
+            self.finish = "eos"
+            return ""
+        self.ids.append(token_id)
+        new_text = self.tok.decode(self.ids)
+        delta = new_text[len(self.text):] if new_text.startswith(self.text) else new_text
+        self.text = new_text
+        for s in self.stop_strings:
+            if s in self.text:
+                cut = self.text.index(s)
+                delta = delta[: max(0, len(delta) - (len(self.text) - cut))]
+                self.text, self.finish = self.text[:cut], "stop_string"
+                break
+        return delta
+
+
+def _prepare(model: PaliGemma, batch: dict, cfg: SamplingConfig):
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    tt = batch.get("token_type_ids")
+    max_len = ids.shape[1] + cfg.max_new_tokens
+    limit = model.cfg.text.max_position_embeddings
+    if max_len > limit:
+        raise PromptTooLongError(
+            f"prompt of {ids.shape[1]} tokens (with image tokens) + {cfg.max_new_tokens} new tokens "
+            f"exceeds the model's context of {limit}"
+        )
+    feats = batch.get("image_features")
+    if feats is None and batch.get("pixel_values") is not None:
+        feats = model.encode_images(batch["pixel_values"])
+    in_prefix = mask.bool() if tt is None else mask.bool() & (tt == 0)
+    embeds = model.embed_inputs(ids, feats)
+    return embeds, mask, in_prefix, positions_from_mask(mask), max_len
+
+
+@torch.inference_mode()
+def generate_stream(
+    model: PaliGemma,
+    tokenizer,
+    batch: dict,
+    cfg: SamplingConfig,
+    decode_fn: Callable | None = None,
+    results: list | None = None,
+) -> Iterator[StreamEvent]:
+    """Yield tokens as they are produced for a processed, left-padded batch.
+
+    Args:
+        batch: input_ids / attention_mask / token_type_ids [B, T] and pixel_values [M, 3, H, W]
+            (or image_features [M, N, D]) as the processor returns them.
+        decode_fn: a (possibly compiled) replacement for `decode_one_token`.
+        results: if given, a list that receives one GenerationResult per row at the end.
+    """
+    decode_fn = decode_fn or decode_one_token
+    gen = None
+    if cfg.seed is not None:
+        gen = torch.Generator(device=batch["input_ids"].device).manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    embeds, mask, in_prefix, positions, max_len = _prepare(model, batch, cfg)
+    lm = model.language_model
+    logits, state = prefill(lm, embeds, mask, in_prefix, positions, max_len)
+    stop_ids = {tokenizer.eos_id, *cfg.extra_eos_ids}
+    rows = [_Row(tokenizer, stop_ids, cfg.stop_strings) for _ in range(embeds.shape[0])]
+    timing = {"prefill_s": None, "decode_s": 0.0, "new_tokens": 0}
+    try:
+        for step in range(cfg.max_new_tokens):
+            next_ids = sample_next(logits, cfg, gen)
+            host_ids = next_ids.tolist()  # the one host sync per step
+            if timing["prefill_s"] is None:
+                timing["prefill_s"] = time.perf_counter() - t0
+                t1 = time.perf_counter()
+            for b, row in enumerate(rows):
+                if row.finish is None:
+                    delta = row.add(host_ids[b])
+                    timing["new_tokens"] += 1
+                    if row.finish != "eos":
+                        yield StreamEvent(b, host_ids[b], delta)
+            if all(r.finish for r in rows) or step == cfg.max_new_tokens - 1:
+                break
+            pos, slot = advance(state)
+            logits = decode_fn(lm, next_ids[:, None], pos, slot, state.key_valid, state.in_prefix)
+        timing["decode_s"] = time.perf_counter() - t1
+    finally:
+        lm.clear_caches()
+    if timing["decode_s"] and timing["new_tokens"]:
+        timing["tokens_per_s"] = timing["new_tokens"] / max(timing["decode_s"], 1e-9)
+    if results is not None:
+        for r in rows:
+            results.append(GenerationResult(r.text, r.ids, r.finish or "length", dict(timing)))
+
+
+def generate(model: PaliGemma, tokenizer, batch: dict, cfg: SamplingConfig, decode_fn=None,
+             on_token: Callable[[StreamEvent], None] | None = None) -> list[GenerationResult]:
+    """Run `generate_stream` to the end; `on_token` is called with every StreamEvent."""
+    results: list[GenerationResult] = []
+    for event in generate_stream(model, tokenizer, batch, cfg, decode_fn, results):
+        if on_token is not None:
+            on_token(event)
+    return results

@@ -1,0 +1,67 @@
+"""Choosing the next token from logits, on the logits' device (no host sync)."""
+
+from dataclasses import dataclass, field
+
+import torch
+
+from vlmkit.errors import ConfigError
+
+
+@dataclass(kw_only=True)
+class SamplingConfig:
+    """How to pick tokens and when to stop.
+
+    temperature 0 means greedy (argmax); top_k / top_p restrict sampling to the k most likely
+    tokens / the smallest set whose probability reaches p. `seed` makes sampling reproducible.
+    """
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop_strings: tuple[str, ...] = ()
+    extra_eos_ids: tuple[int, ...] = field(default_factory=tuple)
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def _filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    kth = torch.topk(logits, min(k, logits.shape[-1]), dim=-1).values[..., -1:]  # [B, 1]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def _filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # [B, V]
+    probs = torch.softmax(sorted_logits, dim=-1)
+    # Drop a token if the tokens ranked above it already reach p; the top token always stays.
+    drop_sorted = (probs.cumsum(-1) - probs) >= p
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def sample_next(
+    logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """logits [B, V] (any float dtype) -> next token ids [B] int64, on the same device."""
+    if cfg.greedy:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / cfg.temperature
+    if cfg.top_k is not None:
+        logits = _filter_top_k(logits, cfg.top_k)
+    if cfg.top_p is not None and cfg.top_p < 1:
+        logits = _filter_top_p(logits, cfg.top_p)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
