@@ -1,0 +1,168 @@
+"""The `vlmkit` command line: thin subcommands over typed library functions.
+
+Every user error is a `VlmkitError`: printed as one line `vlmkit: error: ...`, exit code 2.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from vlmkit.errors import VlmkitError
+
+TASKS = ("raw", "caption", "cap", "describe", "answer", "question", "ocr", "detect", "segment")
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="answer a prompt about one or more images",
+                       description="Generate text for images with a PaliGemma-family model.")
+    p.add_argument("--model", help="checkpoint folder or bundled model name (default: the bundled model)")
+    p.add_argument("--image", action="append", required=True, help="image path (repeat for several images)")
+    p.add_argument("--prompt", help="raw prompt text (task 'raw'); for other tasks it is built for you")
+    p.add_argument("--task", choices=TASKS, default="raw", help="PaLI task (default: raw prompt)")
+    p.add_argument("--lang", default="en", help="language code for caption/answer/question tasks")
+    p.add_argument("--question", help="question for --task answer")
+    p.add_argument("--answer", help="answer for --task question")
+    p.add_argument("--objects", help="objects for detect/segment, separated by ';'")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--mask-vae", help="PaliGemma mask VQ-VAE weights (.npz) to decode segment masks")
+    p.add_argument("--draw", help="write boxes/masks over the first image to this PNG")
+    p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    p.add_argument("--json", action="store_true", help="print a JSON object instead of the text")
+    p.set_defaults(func=cmd_generate)
+
+
+def cmd_generate(args) -> int:
+    from vlmkit.errors import ConfigError
+    from vlmkit.generation import SamplingConfig
+    from vlmkit.pipeline import load
+    from vlmkit.tasks.run import run_task
+
+    if args.task == "raw" and not args.prompt:
+        raise ConfigError("--prompt is required unless --task is given")
+    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                              top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+    pipe = load(args.model, dtype=args.dtype, device=args.device)
+    on_token = (lambda e: print(e.text, end="", flush=True)) if args.stream and not args.json else None
+    objects = [o.strip() for o in args.objects.split(";")] if args.objects else None
+    out = run_task(pipe, args.task, args.image, prompt=args.prompt, lang=args.lang, question=args.question,
+                   answer=args.answer, objects=objects, sampling=sampling, mask_vae_path=args.mask_vae,
+                   on_token=on_token)
+    if args.draw:
+        from vlmkit.tasks.draw import draw_results
+
+        draw_results(out.image, out.boxes, out.masks, out_path=args.draw)
+        out.json["draw"] = args.draw
+    if args.json:
+        print(json.dumps(out.json, indent=2))
+    elif on_token is not None:
+        print()
+    else:
+        print(out.json["text"])
+        for b in out.json["boxes"]:
+            print(f"  {b['label']}: ({b['x1']:.0f}, {b['y1']:.0f}) - ({b['x2']:.0f}, {b['y2']:.0f})")
+    return 0
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="print a checkpoint's config and parameter counts")
+    p.add_argument("--model", help="checkpoint folder or bundled model name (default: the bundled model)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+
+def cmd_info(args) -> int:
+    from vlmkit.weights.info import model_info
+
+    info = model_info(args.model)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for k, v in info.items():
+            print(f"{k:>22}: {v}")
+    return 0
+
+
+def _add_create(sub) -> None:
+    p = sub.add_parser("create", help="write a randomly initialised checkpoint folder (with tokenizer)")
+    p.add_argument("out", help="folder to write")
+    p.add_argument("--preset", default="debug", help="PaliGemma preset (default: debug)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_create)
+
+
+def cmd_create(args) -> int:
+    from vlmkit.errors import ConfigError
+    from vlmkit.models.paligemma.config import PRESETS
+    from vlmkit.weights.create import create_checkpoint
+
+    if args.preset not in PRESETS:
+        raise ConfigError(f"unknown preset {args.preset!r}; choose from {', '.join(sorted(PRESETS))}")
+    print(create_checkpoint(args.out, args.preset, args.seed))
+    return 0
+
+
+def _add_optional(sub) -> None:
+    """Subcommands whose modules may be absent in a trimmed install."""
+    try:
+        from vlmkit.training.cli import add_train_arguments, run_train_args
+    except ImportError:
+        return
+    p = sub.add_parser("train", help="train or fine-tune with a recipe (see `vlmkit train --help`)")
+    add_train_arguments(p)
+    p.set_defaults(func=run_train_args)
+
+
+def _add_data(sub) -> None:
+    p = sub.add_parser("data", help="dataset tools")
+    dsub = p.add_subparsers(dest="data_cmd", required=True)
+    s = dsub.add_parser("synth", help="render a synthetic dataset of shapes, colours and words")
+    s.add_argument("out", help="output folder")
+    s.add_argument("--num-scenes", type=int, default=1000)
+    s.add_argument("--image-size", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--shards", action="store_true", help="write webdataset-style tar shards")
+    s.set_defaults(func=cmd_data_synth)
+
+
+def cmd_data_synth(args) -> int:
+    from vlmkit.data.synth import SynthConfig, write_dataset
+
+    cfg = SynthConfig(image_size=args.image_size, seed=args.seed)
+    print(write_dataset(Path(args.out), args.num_scenes, cfg, shards=args.shards))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlmkit", description="Exact, fast, readable vision-language models.")
+    from vlmkit import __version__
+
+    parser.add_argument("--version", action="version", version=f"vlmkit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_generate, _add_info, _add_create, _add_data, _add_optional):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except VlmkitError as e:
+        msg = " ".join(str(e).split())
+        print(f"vlmkit: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vlmkit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,434 @@
+"""Readers for PaLI-style training data and a resumable, rank-aware shuffled stream.
+
+- `JsonlDataset`: map-style; a manifest of rows ``{"image": path | [paths], "prefix", "suffix",
+  ...}``. Bad rows are skipped, counted by reason in `.skipped`, and summarised in one warning.
+- `TarShardDataset`: iterable; webdataset-style tar shards (members grouped by key, e.g.
+  ``000001_00.png`` + ``000001_00.json``), read as a stream, never all in memory.
+- `ShuffledStream`: deterministic order for a seed, a disjoint per-rank split, epochs, and
+  `state_dict()`/`load_state_dict()` that resume at the exact sample.
+- `Augment`: photometric jitter only. Geometric augmentation would have to rewrite the targets:
+  a horizontal flip swaps "left"/"right" answers, mirrors every loc box and mirrors rendered
+  text, so OCR targets become wrong. Flip and crop are therefore left out on purpose; hue jitter
+  is left out too, because it would turn a "red" object orange.
+
+Samples are dicts: ``image`` (RGB PIL image, or a list of them), ``prefix``, ``suffix`` and
+every other field of the row (e.g. ``task``, ``boxes``).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import tarfile
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vlmkit.data.image import load_image
+from vlmkit.errors import ConfigError, DataError, ImageError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = frozenset({"png", "jpg", "jpeg", "webp", "bmp"})
+
+
+class SampleError(DataError):
+    """A single sample is unusable; `reason` is its key in a `skipped` counter."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _summary(counts: Counter) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+
+
+def _row_problem(row: object, max_len: int | None, length_fn: Callable[[dict], int]) -> str | None:
+    """Reason a parsed row is unusable (before looking at images), or None."""
+    if not isinstance(row, dict):
+        return "bad_json"
+    img, prefix, suffix = row.get("image"), row.get("prefix"), row.get("suffix")
+    images_ok = isinstance(img, str) or (
+        isinstance(img, list) and img and all(isinstance(p, str) for p in img)
+    )
+    if not images_ok or not isinstance(prefix, str) or not isinstance(suffix, str):
+        return "missing_field"
+    if not suffix.strip():
+        return "empty_suffix"
+    if max_len is not None and length_fn(row) > max_len:
+        return "too_long"
+    return None
+
+
+def _char_length(row: dict) -> int:
+    return len(row["prefix"]) + len(row["suffix"])
+
+
+class JsonlDataset(torch.utils.data.Dataset):
+    """Rows of a JSONL manifest; relative image paths resolve against `image_root` (default:
+    the manifest's folder).
+
+    With `validate`, every image is decoded once at construction (cached per path), so a bad
+    file is skipped here instead of crashing a training step; without it only the JSON is
+    checked and a bad image raises `ImageError` when its row is read. `max_len` drops rows whose
+    `length_fn(row)` (default: characters of prefix + suffix; pass a token count to be exact)
+    exceeds it. Skip reasons: bad_json, missing_field, empty_suffix, too_long, missing_image,
+    unreadable_image. Raises `DataError` if the manifest is missing or no row is usable.
+    """
+
+    def __init__(
+        self, manifest: str | Path, image_root: str | Path | None = None, validate: bool = True,
+        *, max_len: int | None = None, length_fn: Callable[[dict], int] | None = None,
+    ) -> None:  # fmt: skip
+        self.manifest = Path(manifest)
+        if not self.manifest.is_file():
+            raise DataError(f"manifest {self.manifest} does not exist")
+        self.image_root = Path(image_root) if image_root is not None else self.manifest.parent
+        self.length_fn = length_fn or _char_length
+        self.rows: list[dict] = []
+        self.skipped: Counter = Counter()
+        self._read(validate, max_len)
+
+    def _read(self, validate: bool, max_len: int | None) -> None:
+        image_ok: dict[Path, str | None] = {}  # path -> skip reason (None = fine), decoded once
+        total = 0
+        with open(self.manifest, "rb") as f:  # bytes: a line of bad UTF-8 is one bad row
+            for line in f:
+                if not line.strip():
+                    continue  # blank lines (e.g. a trailing newline) are not rows
+                total += 1
+                try:
+                    row = json.loads(line)
+                except ValueError:  # JSONDecodeError and UnicodeDecodeError
+                    row = None
+                reason = _row_problem(row, max_len, self.length_fn)
+                if reason is None and validate:
+                    for p in self._paths(row):
+                        if p not in image_ok:
+                            image_ok[p] = self._check_image(p)
+                        reason = reason or image_ok[p]
+                if reason is None:
+                    self.rows.append(row)
+                else:
+                    self.skipped[reason] += 1
+        if self.skipped:
+            n = sum(self.skipped.values())
+            log.warning("%s: skipped %d of %d rows (%s)", self.manifest, n, total,
+                        _summary(self.skipped))  # fmt: skip
+        if not self.rows:
+            why = _summary(self.skipped)
+            raise DataError(f"manifest {self.manifest} has no usable rows ({why})")
+
+    def _paths(self, row: dict) -> list[Path]:
+        images = row["image"] if isinstance(row["image"], list) else [row["image"]]
+        return [self.image_root / p for p in images]  # absolute p stays absolute under `/`
+
+    @staticmethod
+    def _check_image(path: Path) -> str | None:
+        if not path.is_file():
+            return "missing_image"
+        try:
+            load_image(path)
+        except ImageError:
+            return "unreadable_image"
+        return None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        """Row `index` with ``image`` decoded to RGB PIL (a list if the row lists several)."""
+        row = dict(self.rows[index])
+        images = [load_image(p) for p in self._paths(row)]
+        row["image"] = images if isinstance(row["image"], list) else images[0]
+        return row
+
+
+def _resolve_shards(shards: str | Path | Sequence[str | Path]) -> list[Path]:
+    if isinstance(shards, (str, Path)):
+        p = Path(shards)
+        if p.is_dir():
+            found = sorted(p.glob("*.tar"))
+        elif p.is_file():
+            found = [p]
+        else:
+            found = [Path(s) for s in sorted(glob.glob(str(shards)))]
+    else:
+        found = [Path(s) for s in shards]
+    if not found:
+        raise DataError(f"no tar shards found at {shards}")
+    missing = [str(s) for s in found if not s.is_file()]
+    if missing:
+        raise DataError(f"tar shards do not exist: {', '.join(missing[:3])}")
+    return found
+
+
+class TarShardDataset(torch.utils.data.IterableDataset):
+    """Webdataset-style tar shards: consecutive members sharing a key form one sample.
+
+    The key is the member path up to the first "." of its file name (webdataset's rule), the
+    rest is the extension: ``a/0001.png`` + ``a/0001.json`` -> key ``a/0001``. Images decode to
+    RGB PIL under ``image``; a ``.json`` member is merged into the sample; ``.txt`` goes under
+    ``txt``. Shards are read in streaming mode, one member at a time. Samples that cannot be
+    decoded or lack prefix/suffix are skipped, counted in `.skipped` and summarised in a warning
+    at the end of each pass. A corrupt shard raises `DataError`.
+    """
+
+    def __init__(self, shards: str | Path | Sequence[str | Path]) -> None:
+        self.shards: list[Path] = _resolve_shards(shards)
+        self.skipped: Counter = Counter()
+
+    def iter_raw(self, shards: Sequence[Path] | None = None) -> Iterator[dict[str, bytes | str]]:
+        """Undecoded samples ``{"__key__": key, ext: bytes, ...}`` (cheap to buffer or skip)."""
+        for shard in self.shards if shards is None else shards:
+            try:
+                with open(shard, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+                    yield from self._group(tar, str(shard))
+                    # tarfile takes a cut-off header for the end of the archive; a complete
+                    # tar ends with two zero blocks right after the last member.
+                    f.seek(tar.offset)
+                    if f.read(1024) != bytes(1024):
+                        raise tarfile.ReadError("no end-of-archive marker, file is truncated")
+            except (tarfile.TarError, EOFError, OSError) as exc:
+                raise DataError(f"tar shard {shard} is corrupt ({exc})") from None
+
+    @staticmethod
+    def _group(tar: tarfile.TarFile, shard: str) -> Iterator[dict]:
+        current: dict = {}
+        for member in tar:
+            if not member.isfile():
+                continue
+            parent, _, name = member.name.rpartition("/")
+            stem, _, ext = name.partition(".")
+            key = f"{parent}/{stem}" if parent else stem
+            if current and current["__key__"] != key:
+                yield current
+                current = {}
+            current = current or {"__key__": key, "__shard__": shard}
+            data = tar.extractfile(member).read()
+            if len(data) != member.size:  # tarfile's stream mode returns short reads silently
+                raise tarfile.ReadError(f"member {member.name} is truncated")
+            current[ext.lower()] = data
+        if current:
+            yield current
+
+    @staticmethod
+    def decode(raw: dict) -> dict:
+        """Decode one raw sample; raises `SampleError` naming the key if it is unusable."""
+        sample = {"__key__": raw["__key__"], "__shard__": raw["__shard__"]}
+        try:
+            if "json" in raw:
+                meta = json.loads(raw["json"])
+                if not isinstance(meta, dict):
+                    raise ValueError("json is not an object")
+                sample |= meta
+            if "txt" in raw:
+                sample["txt"] = raw["txt"].decode("utf-8")
+            exts = sorted(e for e in raw if e in IMAGE_EXTS)
+            if exts:
+                sample["image"] = load_image(raw[exts[0]])
+        except (ValueError, ImageError) as exc:
+            msg = f"sample {raw['__key__']} in {raw['__shard__']}: {exc}"
+            raise SampleError("undecodable", msg) from None
+        if "image" not in sample or not isinstance(sample.get("prefix"), str):
+            raise SampleError("missing_field", f"sample {raw['__key__']} lacks an image or prefix")
+        if not isinstance(sample.get("suffix"), str) or not sample["suffix"].strip():
+            raise SampleError("empty_suffix", f"sample {raw['__key__']} has an empty suffix")
+        return sample
+
+    def __iter__(self) -> Iterator[dict]:
+        """All samples in shard order; DataLoader worker w of n reads shards w, w + n, ..."""
+        info = torch.utils.data.get_worker_info()
+        shards = self.shards if info is None else self.shards[info.id :: info.num_workers]
+        before = sum(self.skipped.values())
+        for raw in self.iter_raw(shards):
+            sample = _decode_or_count(self.decode, raw, self.skipped)
+            if sample is not None:
+                yield sample
+        _warn_skipped(self.skipped, before, "tar shards")
+
+
+def _decode_or_count(decode: Callable[[dict], dict], raw, skipped: Counter) -> dict | None:
+    try:
+        return decode(raw)
+    except SampleError as exc:
+        skipped[exc.reason] += 1
+        return None
+
+
+def _warn_skipped(skipped: Counter, before: int, what: str) -> None:
+    if sum(skipped.values()) > before:
+        log.warning("%s: skipped %d samples so far (%s)", what, sum(skipped.values()),
+                    _summary(skipped))  # fmt: skip
+
+
+@dataclass(kw_only=True, frozen=True)
+class Augment:
+    """Photometric jitter; each factor is drawn from U(1 - x, 1 + x) per sample.
+
+    Only label-preserving changes: no flip/crop (they would have to rewrite position answers,
+    loc boxes and mirrored text) and no hue shift (it would change colour answers).
+    """
+
+    brightness: float = 0.15
+    contrast: float = 0.15
+    saturation: float = 0.1
+    noise: float = 0.0  # std of additive Gaussian noise, in uint8 levels
+
+    def __post_init__(self) -> None:
+        for name in ("brightness", "contrast", "saturation"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"Augment.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.noise < 0:
+            raise ConfigError(f"Augment.noise must be >= 0, got {self.noise}")
+
+
+def augment_image(image: Image.Image, aug: Augment, rng: np.random.Generator) -> Image.Image:
+    """Jittered copy of an RGB PIL image (same size, uint8 RGB)."""
+    x = np.asarray(image.convert("RGB"), dtype=np.float32)  # (H, W, 3)
+    b, c, s = (rng.uniform(1 - v, 1 + v) for v in (aug.brightness, aug.contrast, aug.saturation))
+    x = x * b
+    x = (x - x.mean()) * c + x.mean()
+    gray = (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]  # (H, W, 1) luma
+    x = (x - gray) * s + gray
+    if aug.noise > 0:
+        x = x + rng.normal(0.0, aug.noise, size=x.shape)
+    return Image.fromarray(np.clip(np.round(x), 0, 255).astype(np.uint8), "RGB")
+
+
+def _buffer_shuffle(source: Iterator, size: int, rng: np.random.Generator) -> Iterator:
+    """Classic shuffle buffer: emit a random slot once `size` items are held, then drain."""
+    buf: list = []
+    for item in source:
+        if len(buf) < size:
+            buf.append(item)
+            continue
+        j = int(rng.integers(size))
+        out, buf[j] = buf[j], item
+        yield out
+    while buf:
+        j = int(rng.integers(len(buf)))
+        buf[j], buf[-1] = buf[-1], buf[j]
+        yield buf.pop()
+
+
+class ShuffledStream(torch.utils.data.IterableDataset):
+    """Deterministic, rank-split, resumable iteration over a dataset; one `iter` = one epoch.
+
+    Map-style datasets (`JsonlDataset`) get a full permutation per epoch (`buffer_size` unused)
+    and rank r takes every world_size-th index of it (`equal_split` drops the remainder so all
+    ranks see the same count). Iterable datasets go through a shuffle buffer of `buffer_size`;
+    with ``split="sample"`` every rank reads the same stream and keeps items i % world_size ==
+    rank (disjoint, covering, counts differ by at most 1); ``split="shard"`` (tar shards only)
+    gives each rank its own shards, which reads less but balances only as well as the shards.
+    Tar shards are also re-ordered per epoch, and buffered undecoded, so a resume skips
+    cheaply.
+
+    `state_dict()` records (epoch, position) where position counts samples this rank has
+    handed out (including skipped undecodable ones); after `load_state_dict` the next `iter`
+    yields exactly the rest of the interrupted epoch, then the stream moves to the next epoch.
+    Augmentation is seeded by (seed, epoch, rank, position), so it resumes exactly too. State
+    lives in this object: use it with `DataLoader(num_workers=0)`.
+    """
+
+    def __init__(
+        self, dataset, buffer_size: int = 1000, seed: int = 0, rank: int = 0, world_size: int = 1,
+        *, split: str = "sample", equal_split: bool = False, augment: Augment | None = None,
+    ) -> None:  # fmt: skip
+        if world_size < 1 or not 0 <= rank < world_size or buffer_size < 1 or seed < 0:
+            raise ConfigError(f"bad stream settings rank={rank} world_size={world_size} "
+                              f"buffer_size={buffer_size} seed={seed}")  # fmt: skip
+        self.map_style = not isinstance(dataset, torch.utils.data.IterableDataset) and hasattr(
+            dataset, "__len__"
+        )
+        sharded = hasattr(dataset, "iter_raw")
+        if split not in ("sample", "shard") or (split == "shard" and not sharded):
+            raise ConfigError(f"split must be 'sample', or 'shard' for tar shards; got {split!r}")
+        if split == "shard" and len(dataset.shards) < world_size:
+            raise ConfigError(f"{len(dataset.shards)} shards cannot feed {world_size} ranks")
+        self.dataset, self.buffer_size, self.seed = dataset, buffer_size, seed
+        self.rank, self.world_size, self.split = rank, world_size, split
+        self.equal_split, self.augment = equal_split, augment
+        self.epoch, self.position = 0, 0
+        self.skipped: Counter = Counter()
+
+    def _settings(self) -> dict:
+        keys = ("seed", "rank", "world_size", "buffer_size", "split", "equal_split")
+        return {k: getattr(self, k) for k in keys}
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, **self._settings()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume; refuses a state saved with other settings (the order would differ)."""
+        diff = {k: v for k, v in self._settings().items() if state.get(k) != v}
+        if diff:
+            raise ConfigError(f"stream state was saved with other settings: {sorted(diff)}")
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.position = epoch, 0
+
+    def __len__(self) -> int:
+        if not self.map_style:
+            raise TypeError("a streamed dataset has no length")
+        n = len(self.dataset) - (len(self.dataset) % self.world_size if self.equal_split else 0)
+        return len(range(self.rank, n, self.world_size))
+
+    def _plan(self, epoch: int) -> tuple[Iterator, Callable]:
+        """This rank's items for `epoch`, in order, and the function making a sample of one."""
+        ds = self.dataset
+        if self.map_style:
+            n = len(ds)
+            perm = np.random.default_rng([self.seed, epoch]).permutation(n)  # same on all ranks
+            if self.equal_split:
+                perm = perm[: n - n % self.world_size]
+            return iter(perm[self.rank :: self.world_size].tolist()), ds.__getitem__
+        if hasattr(ds, "iter_raw"):
+            order = np.random.default_rng([self.seed, epoch, 0]).permutation(len(ds.shards))
+            shards = [ds.shards[i] for i in order]
+            if self.split == "shard":
+                shards = shards[self.rank :: self.world_size]
+            source = ds.iter_raw(shards)
+            fetch = lambda raw: _decode_or_count(ds.decode, raw, self.skipped)  # noqa: E731
+        else:
+            source, fetch = iter(ds), (lambda sample: sample)
+        if self.split == "sample":
+            source = islice(source, self.rank, None, self.world_size)
+        rng = np.random.default_rng([self.seed, epoch, 1, self.rank])
+        return _buffer_shuffle(source, self.buffer_size, rng), fetch
+
+    def __iter__(self) -> Iterator[dict]:
+        if torch.utils.data.get_worker_info() is not None:
+            raise ConfigError("ShuffledStream keeps its resume state in-process: use num_workers=0")
+        epoch, start = self.epoch, self.position
+        items, fetch = self._plan(epoch)
+        before = sum(self.skipped.values())
+        for k, item in enumerate(islice(items, start, None), start=start):
+            sample = fetch(item)
+            self.position = k + 1  # counted before yielding: state_dict() now excludes it
+            if sample is None:
+                continue
+            if self.augment is not None:
+                rng = np.random.default_rng([self.seed, epoch, 2, self.rank, k])
+                sample = self._augmented(sample, rng)
+            yield sample
+        _warn_skipped(self.skipped, before, "stream")
+        self.epoch, self.position = epoch + 1, 0
+
+    def _augmented(self, sample: dict, rng: np.random.Generator) -> dict:
+        sample = dict(sample)
+        img = sample["image"]
+        if isinstance(img, list):
+            sample["image"] = [augment_image(i, self.augment, rng) for i in img]
+        else:
+            sample["image"] = augment_image(img, self.augment, rng)
+        return sample

@@ -1,0 +1,105 @@
+"""The user-facing PaliGemma pipeline: folder -> model + tokenizer + processor -> answers.
+
+Image features are cached by a hash of the preprocessed pixels, so asking several questions
+about one image runs the vision tower once.
+"""
+
+import hashlib
+import json
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from vlmkit.data.processor import PaliGemmaProcessor
+from vlmkit.data.tokenizer import Tokenizer
+from vlmkit.errors import CheckpointError
+from vlmkit.generation import GenerationResult, SamplingConfig, StreamEvent, generate
+from vlmkit.models.paligemma.model import PaliGemma
+from vlmkit.weights.hf import load_hf, read_config
+from vlmkit.weights.registry import resolve_model
+
+PREPROCESSOR_NAME = "preprocessor_config.json"
+
+
+def _image_stats(folder: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean/std from `preprocessor_config.json` if the folder has one, else SigLIP's 0.5/0.5."""
+    path = folder / PREPROCESSOR_NAME
+    if not path.is_file():
+        return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    try:
+        d = json.loads(path.read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e})") from None
+    return tuple(d.get("image_mean", (0.5,) * 3)), tuple(d.get("image_std", (0.5,) * 3))
+
+
+class Pipeline:
+    """A loaded PaliGemma-family model with its tokenizer and processor."""
+
+    def __init__(self, model: PaliGemma, tokenizer: Tokenizer, processor: PaliGemmaProcessor,
+                 folder: Path | None = None, feature_cache_size: int = 16):
+        self.model, self.tokenizer, self.processor, self.folder = model, tokenizer, processor, folder
+        self._features: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.feature_cache_size = feature_cache_size
+
+    @classmethod
+    def load(cls, source: str | Path | None = None, dtype=None, device="cpu") -> "Pipeline":
+        """Load a bundled model by name (None = the default) or a HF checkpoint folder."""
+        folder = resolve_model(source)
+        _, fam = read_config(folder)
+        if fam.model_class is not PaliGemma:
+            raise CheckpointError(f"{folder} holds a {fam.model_types[0]} model, not a PaliGemma checkpoint")
+        tokenizer = Tokenizer.from_folder(folder)
+        model = load_hf(folder, dtype=dtype, device=device)
+        if tokenizer.image_token_id != model.cfg.image_token_id:
+            raise CheckpointError(
+                f"{folder}: tokenizer's <image> id {tokenizer.image_token_id} != config image_token_index "
+                f"{model.cfg.image_token_id}"
+            )
+        mean, std = _image_stats(folder)
+        processor = PaliGemmaProcessor(
+            tokenizer, model.cfg.vision.image_size, model.cfg.num_image_tokens, mean, std,
+            max_length=model.cfg.text.max_position_embeddings,
+        )
+        return cls(model, tokenizer, processor, folder)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.projector.weight.device
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[M, 3, H, W] -> [M, N, D], each image looked up in (or added to) the feature cache."""
+        out = []
+        for px in pixel_values:
+            key = hashlib.sha1(px.contiguous().numpy().tobytes()).hexdigest()
+            if key not in self._features:
+                with torch.inference_mode():
+                    dtype = self.model.projector.weight.dtype
+                    self._features[key] = self.model.encode_images(px[None].to(self.device, dtype))[0]
+                if len(self._features) > self.feature_cache_size:
+                    self._features.popitem(last=False)
+            self._features.move_to_end(key)
+            out.append(self._features[key])
+        return torch.stack(out)
+
+    def generate_batch(self, prompts: Sequence[str], images: Sequence, sampling: SamplingConfig | None = None,
+                       on_token: Callable[[StreamEvent], None] | None = None,
+                       decode_fn=None) -> list[GenerationResult]:
+        """One result per prompt; `images[i]` is an image source or a list of them for prompt i."""
+        batch = self.processor(list(prompts), list(images), padding_side="left")
+        feats = self.image_features(batch.pop("pixel_values"))
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        batch["image_features"] = feats
+        return generate(self.model, self.tokenizer, batch, sampling or SamplingConfig(), decode_fn, on_token)
+
+    def generate(self, prompt: str, images, sampling: SamplingConfig | None = None,
+                 on_token: Callable[[StreamEvent], None] | None = None) -> GenerationResult:
+        """Answer one prompt about one image (or a list of images / video frames)."""
+        return self.generate_batch([prompt], [images], sampling, on_token)[0]
+
+
+def load(source: str | Path | None = None, dtype=None, device="cpu") -> Pipeline:
+    """`Pipeline.load`: a bundled model name (None = default) or a checkpoint folder."""
+    return Pipeline.load(source, dtype=dtype, device=device)

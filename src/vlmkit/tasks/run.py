@@ -1,0 +1,70 @@
+"""Run one PaLI task end to end: prompt -> generation -> structured, JSON-ready result.
+
+JSON schema (all tasks): {"task", "prompt", "text", "token_ids", "finish_reason", "timing",
+"boxes": [{"label", "x1", "y1", "x2", "y2", "score"?}], "masks": [...], "errors": [...]}.
+Boxes are in pixels of the first (original) image. For `segment`, each entry of "masks" is
+{"label", "codes", "area"} (mask area in pixels when a mask VAE is given, else null).
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vlmkit.data.image import load_image
+from vlmkit.generation import SamplingConfig
+from vlmkit.tasks.parsing import clean_text, parse_detections, parse_segmentations
+from vlmkit.tasks.prompts import Task, build_prompt
+
+
+@dataclass
+class TaskOutput:
+    json: dict
+    image: object  # the first image (PIL), for drawing
+    boxes: list = field(default_factory=list)
+    masks: list | None = None
+
+
+def _box_json(b) -> dict:
+    d = {"label": b.label, "x1": round(b.x1, 2), "y1": round(b.y1, 2), "x2": round(b.x2, 2), "y2": round(b.y2, 2)}
+    if b.score is not None:
+        d["score"] = b.score
+    return d
+
+
+def run_task(pipe, task: str, images: list, *, prompt: str | None = None, lang: str = "en",
+             question: str | None = None, answer: str | None = None, objects=None,
+             sampling: SamplingConfig | None = None, mask_vae_path: str | Path | None = None,
+             on_token=None) -> TaskOutput:
+    """Build the prompt for `task` (or use `prompt` for task "raw"), generate and parse."""
+    pil = [load_image(i) for i in images]
+    if task == "raw":
+        text_prompt = prompt or ""
+    else:
+        text_prompt = build_prompt(task, lang=lang, question=question, answer=answer, objects=objects)
+    result = pipe.generate(text_prompt, pil, sampling, on_token=on_token)
+    w, h = pil[0].size
+    out = {"task": task, "prompt": text_prompt, "text": clean_text(result.text), "token_ids": result.token_ids,
+           "finish_reason": result.finish_reason, "timing": result.timing, "boxes": [], "masks": [], "errors": []}
+    boxes, masks = [], None
+    if task == Task.DETECT.value:
+        parsed = parse_detections(result.text, w, h)
+        boxes, out["errors"] = parsed.boxes, parsed.errors
+    elif task == Task.SEGMENT.value:
+        parsed = parse_segmentations(result.text, w, h)
+        boxes, out["errors"] = [o.box for o in parsed.objects], parsed.errors
+        masks = _masks(parsed.objects, boxes, w, h, mask_vae_path)
+        out["masks"] = [
+            {"label": o.box.label, "codes": list(o.codes) if o.codes else None,
+             "area": None if masks is None or masks[i] is None else int(masks[i].sum())}
+            for i, o in enumerate(parsed.objects)
+        ]
+    out["boxes"] = [_box_json(b) for b in boxes]
+    return TaskOutput(out, pil[0], boxes, masks)
+
+
+def _masks(objects, boxes, w, h, mask_vae_path):
+    if mask_vae_path is None:
+        return None
+    from vlmkit.tasks.segmentation import MaskVAE, decode_object_masks
+
+    vae = MaskVAE.from_npz(mask_vae_path)
+    return decode_object_masks(vae, [o.codes for o in objects], boxes, w, h)

@@ -1,0 +1,1 @@
+"""Training: contrastive losses (`losses`); the trainer, optimiser/schedule and recipes live here."""

@@ -1,0 +1,110 @@
+"""The CLI end to end: README commands, JSON schema, drawing, one-line errors, --help snapshot."""
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from vlmkit.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def debug_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("m") / "debug-model"
+    assert main(["create", str(out)]) == 0
+    return out
+
+
+def _readme_commands():
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    return blocks[0].strip(), blocks[1].strip()
+
+
+def test_readme_main_job_runs(tmp_path, monkeypatch, capsys):
+    """Run the vlmkit steps of the README's main-job command exactly as written (minus install)."""
+    main_job, _ = _readme_commands()
+    steps = [s.strip() for s in main_job.split("&&") if s.strip().startswith(".venv/bin/vlmkit")]
+    assert len(steps) >= 2
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "docs" / "assets").mkdir(parents=True)
+    (tmp_path / "docs/assets/shapes.png").write_bytes((ROOT / "docs/assets/shapes.png").read_bytes())
+    for step in steps:
+        assert main(shlex.split(step)[1:]) == 0, step
+    assert capsys.readouterr().out.strip()
+
+
+def test_ci_runs_readme_test_command():
+    _, test_cmd = _readme_commands()
+    ci = (ROOT / ".ci/run").read_text()
+    for part in test_cmd.split("&&"):
+        assert part.strip() in ci
+
+
+def test_generate_json_and_draw(debug_model, tmp_path, capsys):
+    img = tmp_path / "x.png"
+    Image.new("RGB", (80, 50), "blue").save(img)
+    out_png = tmp_path / "out.png"
+    rc = main(["generate", "--model", str(debug_model), "--image", str(img), "--task", "detect",
+               "--objects", "cat;dog", "--max-new-tokens", "4", "--json", "--draw", str(out_png)])
+    assert rc == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["task"] == "detect" and d["prompt"] == "detect cat ; dog"
+    assert set(d) >= {"text", "token_ids", "boxes", "masks", "errors", "timing"}
+    assert len(d["token_ids"]) <= 4
+    assert Image.open(out_png).size == (80, 50)
+
+
+def test_info(debug_model, capsys):
+    assert main(["info", "--model", str(debug_model), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["model_type"] == "paligemma" and d["num_image_tokens"] == 16
+    assert int(d["params.total"].replace(",", "")) > 100_000
+
+
+@pytest.mark.parametrize("case", ["missing_image", "corrupt_image", "no_model", "no_config",
+                                  "no_tokenizer", "prompt_too_long", "pickle_only", "bad_dtype"])
+def test_errors_are_one_line(case, debug_model, tmp_path, capsys):
+    img = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(img)
+    model, prompt, extra = str(debug_model), "caption en", []
+    if case == "missing_image":
+        img = tmp_path / "nope.png"
+    elif case == "corrupt_image":
+        img = tmp_path / "bad.png"
+        img.write_bytes(b"\x89PNG not really")
+    elif case == "no_model":
+        model = str(tmp_path / "nothing")
+    elif case in ("no_config", "no_tokenizer", "pickle_only"):
+        broken = tmp_path / "broken"
+        broken.mkdir()
+        for f in debug_model.iterdir():
+            (broken / f.name).write_bytes(f.read_bytes())
+        gone = {"no_config": ["config.json"], "no_tokenizer": ["tokenizer.json", "tokenizer.model"],
+                "pickle_only": ["model.safetensors"]}[case]
+        for name in gone:
+            (broken / name).unlink()
+        if case == "pickle_only":
+            (broken / "pytorch_model.bin").write_bytes(b"x")
+        model = str(broken)
+    elif case == "prompt_too_long":
+        prompt = "word " * 9000
+    elif case == "bad_dtype":
+        extra = ["--dtype", "float8"]
+    rc = main(["generate", "--model", model, "--image", str(img), "--prompt", prompt, "--max-new-tokens", "2", *extra])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.startswith("vlmkit: error:") and "\n" not in err and "Traceback" not in err
+
+
+def test_help_snapshot():
+    """`vlmkit generate --help` is a user-facing contract: options must not vanish silently."""
+    text = build_parser()._subparsers._group_actions[0].choices["generate"].format_help()
+    for opt in ("--model", "--image", "--prompt", "--task", "--objects", "--max-new-tokens", "--temperature",
+                "--top-p", "--top-k", "--seed", "--dtype", "--json", "--draw", "--stream", "--mask-vae"):
+        assert opt in text
