@@ -83,11 +83,11 @@ def test_word_ink_lies_inside_word_box():
             assert a[2] <= x1 or x2 <= a[0] or a[3] <= y1 or y2 <= a[1]
 
 
-def test_loc_tokens_follow_big_vision_binning():
-    # round(v * 1023), order y1 x1 y2 x2; 32/64*1023 = 511.5 -> 512 (half to even).
+def test_loc_tokens_follow_the_parser_convention():
+    # floor(c / size * 1024) clipped to 1023, order y1 x1 y2 x2 (see vlmkit.tasks.parsing).
     assert _loc_tokens((0, 0, 64, 64), (64, 64)) == "<loc0000><loc0000><loc1023><loc1023>"
-    assert _loc_tokens((16, 32, 48, 64), (64, 64)) == "<loc0512><loc0256><loc1023><loc0767>"
-    assert _loc_tokens((10, 0, 20, 5), (100, 50)) == "<loc0000><loc0102><loc0102><loc0205>"
+    assert _loc_tokens((16, 32, 48, 63), (64, 64)) == "<loc0512><loc0256><loc1008><loc0768>"
+    assert _loc_tokens((10, 0, 20, 5), (100, 50)) == "<loc0000><loc0102><loc0102><loc0204>"
 
 
 def _position(box, size):
@@ -124,13 +124,14 @@ def _check_detect(scene, prefix: str, suffix: str) -> None:
     queries = prefix.removeprefix("detect ").split(" ; ")
     size = scene.image.width
     matches = [_LOC.fullmatch(part) for part in suffix.split(" ; ")]
-    found = [(m[5], [int(m[i]) / 1023 * size for i in (1, 2, 3, 4)]) for m in matches]
+    found = [(m[5], [int(m[i]) / 1024 * size for i in (1, 2, 3, 4)]) for m in matches]
     raster = sorted(scene.objects, key=lambda o: (o.box[1], o.box[0]))
     expected = [(q, o) for q in queries for o in raster if q in (o.shape, o.name)]
     assert sorted(q for q, _ in found) == sorted(q for q, _ in expected) and expected
     for (label, (y1, x1, y2, x2)), (q, obj) in zip(found, expected):
         assert label == q  # boxes are grouped by query in prompt order
-        assert np.allclose([x1, y1, x2, y2], obj.box, atol=size / 2046 + 1e-9)
+        # Exact: the side divides 1024, so every pixel edge is a bin start.
+        assert np.allclose([x1, y1, x2, y2], obj.box, atol=1e-9)
 
 
 def test_every_suffix_agrees_with_scene():

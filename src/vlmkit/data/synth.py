@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from vlmkit.errors import ConfigError
+from vlmkit.tasks.parsing import coord_to_loc
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30), "green": (30, 160, 50), "blue": (30, 70, 230),
@@ -233,18 +234,16 @@ def generate_scene(rng: np.random.Generator, cfg: SynthConfig) -> Scene:
 
 
 def _loc_tokens(box: tuple[int, int, int, int], size: tuple[int, int]) -> str:
-    """Four PaliGemma location tokens for a pixel box (x1, y1, x2, y2) in an image (w, h).
+    """Four PaliGemma location tokens for a pixel box (x1, y1, x2, y2 exclusive) in an image (w, h).
 
-    Convention of big_vision (pp/proj/paligemma/segmentation.py, `refcoco_mask2str`):
-    normalise each edge to [0, 1] by the image side, bin as round(v * 1023), clip to [0, 1023],
-    emit in the order y1 x1 y2 x2 as ``<locNNNN>``; its evaluator decodes with ``t / 1023``.
-    Python's round() is round-half-to-even like tf.round, so ties bin identically.
+    Uses the project's single loc convention (`vlmkit.tasks.parsing`): 1024 bins over each side,
+    a coordinate goes to the bin containing it, decoded as the bin start k / 1024 * size, order
+    y1 x1 y2 x2. On our images (side a divisor of 1024) pixel edges round-trip exactly.
     """
     x1, y1, x2, y2 = box
     w, h = size
-    return "".join(
-        f"<loc{min(max(round(v * 1023), 0), 1023):04d}>" for v in (y1 / h, x1 / w, y2 / h, x2 / w)
-    )
+    return "".join(f"<loc{v:04d}>" for v in (coord_to_loc(y1, h), coord_to_loc(x1, w),
+                                                coord_to_loc(y2, h), coord_to_loc(x2, w)))
 
 
 def position_name(box: tuple[int, int, int, int], size: int, margin: float = 0.0) -> str | None:
