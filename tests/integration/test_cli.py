@@ -68,7 +68,8 @@ def test_info(debug_model, capsys):
 
 
 @pytest.mark.parametrize("case", ["missing_image", "corrupt_image", "no_model", "no_config",
-                                  "no_tokenizer", "prompt_too_long", "pickle_only", "bad_dtype"])
+                                  "no_tokenizer", "no_image_token", "prompt_too_long", "pickle_only",
+                                  "bad_dtype"])
 def test_errors_are_one_line(case, debug_model, tmp_path, capsys):
     img = tmp_path / "x.png"
     Image.new("RGB", (8, 8)).save(img)
@@ -80,13 +81,16 @@ def test_errors_are_one_line(case, debug_model, tmp_path, capsys):
         img.write_bytes(b"\x89PNG not really")
     elif case == "no_model":
         model = str(tmp_path / "nothing")
-    elif case in ("no_config", "no_tokenizer", "pickle_only"):
+    elif case in ("no_config", "no_tokenizer", "pickle_only", "no_image_token"):
         broken = tmp_path / "broken"
         broken.mkdir()
         for f in debug_model.iterdir():
             (broken / f.name).write_bytes(f.read_bytes())
         gone = {"no_config": ["config.json"], "no_tokenizer": ["tokenizer.json", "tokenizer.model"],
-                "pickle_only": ["model.safetensors"]}[case]
+                "pickle_only": ["model.safetensors"], "no_image_token": ["tokenizer.model"]}[case]
+        if case == "no_image_token":  # a tokenizer without the <image> placeholder
+            tj = broken / "tokenizer.json"
+            tj.write_text(tj.read_text().replace("<image>", "<imagf>"))
         for name in gone:
             (broken / name).unlink()
         if case == "pickle_only":
@@ -100,6 +104,8 @@ def test_errors_are_one_line(case, debug_model, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert err.startswith("vlmkit: error:") and "\n" not in err and "Traceback" not in err
+    if case == "no_image_token":
+        assert "<image>" in err
 
 
 def test_help_snapshot():
