@@ -102,3 +102,17 @@ def test_roundtrip_ours_to_hf(tmp_path, version):
     again = load_hf(tmp_path / "hf2", dtype="float32")
     for (k, v), (k2, v2) in zip(ours.state_dict().items(), again.state_dict().items()):
         assert k == k2 and torch.equal(v, v2), k
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_paligemma_bf16_bit_identical(tmp_path, version):
+    """In bf16 our logits equal transformers' bit for bit (same op order, fp32 RoPE and norms)."""
+    hb.paligemma(version, 32).save_pretrained(tmp_path)
+    hf = tf.PaliGemmaForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    ours = load_hf(tmp_path, dtype="bfloat16")
+    ids, tt, mask, pix = _pg_inputs(hf)
+    with torch.no_grad():
+        ref = hf(input_ids=ids, pixel_values=pix.bfloat16(), attention_mask=mask, token_type_ids=tt).logits
+        got = ours(ids, pix.bfloat16(), mask, tt)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, ref, atol=0, rtol=0)
