@@ -114,7 +114,8 @@ def _add_optional(sub) -> None:
         from vlmkit.training.cli import add_train_arguments, run_train_args
     except ImportError:
         return
-    p = sub.add_parser("train", help="train or fine-tune with a recipe (see `vlmkit train --help`)")
+    p = sub.add_parser("train", help="train or fine-tune with a recipe (see `vlmkit train --help`)",
+                       epilog="Any other --key.value VALUE overrides the recipe's TrainConfig.")
     add_train_arguments(p)
     p.set_defaults(func=run_train_args)
 
@@ -152,7 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:
+        # Training takes free-form `--key.value` config overrides next to its named flags.
+        args, extra = parser.parse_known_args(argv)
+        args.overrides = extra
+    else:
+        args = parser.parse_args(argv)
     try:
         return args.func(args)
     except VlmkitError as e:

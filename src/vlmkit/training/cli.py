@@ -1,0 +1,93 @@
+"""`vlmkit train`: a thin command line over the recipes and `recipes.run`.
+
+    vlmkit train RECIPE --data MANIFEST --model DIR_OR_PRESET --out DIR [--resume] [--smoke]
+                 [--key.value VALUE ...]
+
+Any other ``--key VALUE`` / ``--key=VALUE`` is an override of the recipe's `TrainConfig`
+(e.g. ``--optim.lr 3e-4 --freeze.vision_tower false --steps 200``), type-checked against the
+dataclass; a flag with no value sets a boolean to true (``--lora.enabled``). Run it under
+``torchrun --nproc-per-node N`` for DDP (default) or ``--parallel.strategy fsdp``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vlmkit.errors import ConfigError, VlmkitError
+from vlmkit.training.config import TrainConfig, apply_overrides
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the `train` arguments to `parser` (the main CLI's `train` sub-parser)."""
+    from vlmkit.training.recipes import RECIPES
+
+    parser.add_argument("recipe", choices=sorted(RECIPES), help="training recipe")
+    parser.add_argument("--data", help="training manifest (JSONL); optional with --smoke")
+    parser.add_argument("--eval-data", help="held-out manifest for the evaluation loss")
+    parser.add_argument("--model", help="HF checkpoint folder, bundled model or preset name (e.g. debug)")
+    parser.add_argument("--tokenizer", help="tokenizer folder (default: the model folder's)")
+    parser.add_argument("--out", help="run folder: metrics, checkpoints, export (default runs/RECIPE)")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    parser.add_argument("--smoke", action="store_true", help="tiny CPU run: debug preset, synthetic data")
+    return parser
+
+
+def parse_overrides(extra: list[str]) -> dict[str, str]:
+    """["--optim.lr", "1e-3", "--lora.enabled", "--steps=5"] -> {"optim.lr": "1e-3", ...}."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(extra):
+        item = extra[i]
+        if not item.startswith("--") or len(item) == 2:
+            raise ConfigError(f"unexpected argument {item!r}; overrides look like --key.value VALUE")
+        key, sep, value = item[2:].partition("=")
+        if not sep:
+            has_value = i + 1 < len(extra) and not extra[i + 1].startswith("--")
+            value = extra[i + 1] if has_value else "true"
+            i += has_value
+        out[key.replace("-", "_")] = value
+        i += 1
+    return out
+
+
+def config_from_args(args: argparse.Namespace, extra: list[str]) -> TrainConfig:
+    """The recipe's config with the named flags and then the overrides applied."""
+    from vlmkit.training.recipes import get_recipe
+
+    cfg = get_recipe(args.recipe, smoke=args.smoke)
+    named = {"data.manifest": args.data, "data.eval_manifest": args.eval_data, "model.source": args.model,
+             "model.tokenizer": args.tokenizer, "out_dir": args.out or f"runs/{args.recipe}"}
+    cfg = apply_overrides(cfg, {k: v for k, v in named.items() if v is not None})
+    return apply_overrides(cfg, parse_overrides(extra))
+
+
+def run_train_args(args: argparse.Namespace, extra: list[str] | None = None) -> int:
+    """Run a parsed `train` command; `extra` are the unparsed `--key.value` overrides (or
+    `args.overrides`). Returns the exit code: 0, or 2 after printing a one-line error."""
+    from vlmkit.training.recipes import run
+    from vlmkit.training.parallelize import shutdown_distributed
+
+    try:
+        cfg = config_from_args(args, extra if extra is not None else getattr(args, "overrides", []) or [])
+        result = run(cfg, resume=args.resume)
+    except VlmkitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        shutdown_distributed()
+    if result.export is not None:
+        print(f"exported {result.export}")
+    return 0
+
+
+def run_train(argv: list[str]) -> int:
+    """`vlmkit train ...` with `argv` the arguments after `train`."""
+    parser = add_train_arguments(argparse.ArgumentParser(prog="vlmkit train", description=__doc__.split("\n")[0],
+                                                          allow_abbrev=False))
+    args, extra = parser.parse_known_args(argv)
+    return run_train_args(args, extra)
+
+
+if __name__ == "__main__":
+    sys.exit(run_train(sys.argv[1:]))

@@ -1,0 +1,103 @@
+"""From a manifest to training batches: a resumable batch stream and a small tokenizer builder.
+
+`BatchStream` pulls samples from a `ShuffledStream` (deterministic, rank-split, resumable) and
+turns each group of `micro_batch_size` samples into model inputs with the PaliGemma processor,
+padded on the right (training never generates, so prompts need not end at the last column).
+Epochs roll over inside a batch; the stream's `state_dict` is the exact resume point.
+
+`build_small_tokenizer` trains a tiny SentencePiece BPE (byte fallback, so any text encodes) on
+the manifest's prompts and targets, in the PaliGemma layout (loc/seg/`<image>` tokens; see
+`vlmkit.data.tokenizer_train`). It gives preset models trained from scratch (smoke runs,
+tests) a vocabulary of ~1.5k ids instead of 257k.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from vlmkit.data.datasets import JsonlDataset, ShuffledStream
+from vlmkit.data.processor import PaliGemmaProcessor
+from vlmkit.data.tokenizer_train import train_paligemma_tokenizer
+from vlmkit.errors import DataError
+
+BATCH_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels", "pixel_values")
+
+
+def collate(samples: list[dict], processor: PaliGemmaProcessor) -> dict[str, torch.Tensor]:
+    """Samples ({"image", "prefix", "suffix", ...}) -> input_ids/attention_mask/token_type_ids/
+    labels int64 [B, T] (right-padded; labels -100 on image, prefix and padding) and
+    pixel_values float32 [M, 3, H, W]."""
+    batch = processor([s["prefix"] for s in samples], [s["image"] for s in samples],
+                      suffixes=[s["suffix"] for s in samples], padding_side="right")
+    return {k: batch[k] for k in BATCH_KEYS}
+
+
+class BatchStream:
+    """Endless micro-batches of one rank's share of the data, resumable at the exact sample."""
+
+    def __init__(self, stream: ShuffledStream, processor: PaliGemmaProcessor, micro_batch_size: int):
+        self.stream, self.processor, self.micro_batch_size = stream, processor, micro_batch_size
+        self._it: Iterator[dict] | None = None
+
+    def _next_sample(self) -> dict:
+        for _ in range(2):  # at most one epoch boundary per sample
+            if self._it is None:
+                self._it = iter(self.stream)
+            try:
+                return next(self._it)
+            except StopIteration:
+                self._it = None
+        raise DataError("the data stream yields no samples for this rank (dataset smaller than world size?)")
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        return collate([self._next_sample() for _ in range(self.micro_batch_size)], self.processor)
+
+    def state_dict(self) -> dict:
+        return self.stream.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stream.load_state_dict(state)
+        self._it = None  # the next sample comes from a fresh iterator at the loaded position
+
+
+def eval_batches(dataset: JsonlDataset, processor: PaliGemmaProcessor, batch_size: int,
+                 max_batches: int, rank: int = 0, world_size: int = 1) -> Iterator[dict]:
+    """This rank's first `max_batches` batches of `dataset` in file order (rows rank::world_size).
+
+    Every rank gets the same number of batches (rows beyond a multiple of world_size are left
+    out): under FSDP each forward is a collective, so unequal counts would hang.
+    """
+    n = len(dataset) - len(dataset) % world_size
+    rows = list(range(rank, n, world_size))[: max_batches * batch_size]
+    for i in range(0, len(rows), batch_size):
+        yield collate([dataset[j] for j in rows[i:i + batch_size]], processor)
+
+
+def manifest_texts(manifest: str | Path) -> list[str]:
+    """Prefixes and suffixes of a JSONL manifest's well-formed rows (for tokenizer training)."""
+    texts = []
+    with open(manifest, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict):
+                texts += [row[k] for k in ("prefix", "suffix") if isinstance(row.get(k), str)]
+    if not texts:
+        raise DataError(f"manifest {manifest} has no text to train a tokenizer on")
+    return texts
+
+
+def build_small_tokenizer(texts: list[str], out_dir: str | Path, vocab_size: int = 320) -> Path:
+    """Train a small PaliGemma-layout tokenizer (`train_paligemma_tokenizer`) on `texts` and
+    write it to `out_dir`. Deterministic for the same texts."""
+    # Location / segmentation tokens are added by the PaliGemma layout; BPE merges of their
+    # spelling ("<loc0") would only waste the small vocabulary.
+    words = [w for w in (re.sub(r"<(loc\d{4}|seg\d{3})>", " ", t).strip() for t in texts) if w]
+    return train_paligemma_tokenizer(Path(out_dir), words, vocab_size)

@@ -1,0 +1,252 @@
+"""Typed training configs and `--key.value` overrides checked against them.
+
+A recipe (see `vlmkit.training.recipes`) is a Python function returning a `TrainConfig`; the CLI
+then applies overrides such as ``--optim.lr 3e-4 --freeze.vision_tower false``. Every override is
+converted with the field's annotated type and rejected with a `ConfigError` naming the key when the
+key does not exist or the value does not parse, so a typo never silently trains the wrong thing.
+
+Batch sizes are *global*: `data.batch_size` examples per optimizer step, split over ranks and
+gradient-accumulation micro-batches. The same config therefore trains the same model on 1 or N
+processes (see `TrainConfig.micro_batch_size`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from vlmkit.errors import ConfigError
+
+Precision = Literal["fp32", "bf16", "fp16"]
+Strategy = Literal["auto", "none", "ddp", "fsdp"]
+COMPONENTS = ("vision_tower", "projector", "decoder", "embeddings")
+
+# Every nn.Linear of Gemma's attention and MLP (the LoRA paper's and PaliGemma's usual choice).
+DEFAULT_LORA_TARGETS = (r"language_model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)$",)
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    # HF folder (config.json + safetensors), a bundled model name, or a PaliGemmaConfig preset name
+    # (random init, e.g. "debug").
+    source: str = "debug"
+    # Tokenizer folder. None: the source folder's tokenizer; for a preset, a small BPE trained on
+    # the manifest's text (written to OUT/tokenizer, reused on resume).
+    tokenizer: str | None = None
+    tokenizer_vocab: int = 320  # pieces of that small BPE (bytes included)
+    image_size: int | None = None  # new input resolution; position embeddings are interpolated
+    init_std: float = 0.02  # std of the random init of a preset model
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    manifest: str = ""  # JSONL manifest (vlmkit.data.datasets.JsonlDataset)
+    eval_manifest: str | None = None
+    image_root: str | None = None
+    batch_size: int = 8  # global examples per optimizer step
+    grad_accum: int = 1
+    max_length: int | None = None  # rows with more tokens (image tokens included) are skipped
+    shuffle_seed: int = 0
+    validate_images: bool = True
+    synthetic_scenes: int = 0  # > 0 and no manifest: render this many synthetic scenes to a temp dir
+    synthetic_seed: int = 0
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.0  # decoupled (AdamW); applied to matrices only, not norms/biases
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 0  # linear warm-up from 0, then cosine decay to lr * min_lr_ratio
+    min_lr_ratio: float = 0.0
+    grad_clip: float | None = 1.0  # max global L2 norm; None = no clipping
+
+
+@dataclass(kw_only=True)
+class FreezeConfig:
+    """Components kept fixed. `decoder` excludes the token embeddings (tied to the LM head)."""
+
+    vision_tower: bool = False
+    projector: bool = False
+    decoder: bool = False
+    embeddings: bool = False
+
+
+@dataclass(kw_only=True)
+class LrScaleConfig:
+    """Per-component learning-rate multipliers of `optim.lr`."""
+
+    vision_tower: float = 1.0
+    projector: float = 1.0
+    decoder: float = 1.0
+    embeddings: float = 1.0
+
+
+@dataclass(kw_only=True)
+class LoraConfig:
+    enabled: bool = False
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = DEFAULT_LORA_TARGETS  # regexes (re.search) on module names
+
+
+@dataclass(kw_only=True)
+class ParallelConfig:
+    # auto: DDP when launched by torchrun with more than one process, else single process.
+    strategy: Strategy = "auto"
+    activation_checkpointing: bool = False
+    device: str = "auto"  # auto: this rank's CUDA device if there is one, else cpu
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    recipe: str = "custom"
+    out_dir: str = "runs/train"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    lr_scale: LrScaleConfig = field(default_factory=LrScaleConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    steps: int = 100  # optimizer steps of the whole run (sets the LR schedule)
+    stop_after: int | None = None  # stop (with a checkpoint) after this step, e.g. to test resume
+    precision: Precision = "fp32"  # autocast dtype; master weights stay float32
+    seed: int = 0
+    log_every: int = 1
+    eval_every: int = 0  # 0 = only at the end (when an eval manifest is set)
+    eval_batches: int = 4
+    ckpt_every: int = 50  # 0 = only at the end
+    keep_checkpoints: int = 2
+    export: bool = True  # write OUT/export as a HF folder at the end
+
+    def micro_batch_size(self, world_size: int) -> int:
+        """Examples per forward pass on one rank; ConfigError unless the batch splits evenly."""
+        per_step = world_size * self.data.grad_accum
+        if self.data.batch_size <= 0 or self.data.grad_accum <= 0 or self.data.batch_size % per_step:
+            raise ConfigError(f"data.batch_size={self.data.batch_size} does not split into {world_size} "
+                              f"rank(s) x {self.data.grad_accum} accumulation step(s)")
+        return self.data.batch_size // per_step
+
+    def validate(self) -> None:
+        """Raise ConfigError on values that would fail later in a less readable way."""
+        checks = [
+            (self.steps > 0, f"steps must be > 0, got {self.steps}"),
+            (self.optim.lr > 0, f"optim.lr must be > 0, got {self.optim.lr}"),
+            (0 <= self.optim.warmup_steps <= self.steps, "optim.warmup_steps must be in [0, steps]"),
+            (0.0 <= self.optim.min_lr_ratio <= 1.0, "optim.min_lr_ratio must be in [0, 1]"),
+            (self.lora.rank > 0 and 0.0 <= self.lora.dropout < 1.0, "lora.rank must be > 0, lora.dropout in [0, 1)"),
+            (self.log_every > 0 and self.keep_checkpoints > 0, "log_every and keep_checkpoints must be > 0"),
+            (self.data.manifest or self.data.synthetic_scenes > 0, "data.manifest is required (--data)"),
+            (bool(self.model.source), "model.source is required (--model DIR_OR_PRESET)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def _convert(value: str, tp: Any, key: str) -> Any:
+    """Parse the string `value` as type `tp` (bool/int/float/str, Optional, Literal, tuple)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value.lower() in ("none", "null") and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: cannot parse {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key} must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is tuple:
+        items = json.loads(value) if value.startswith("[") else [v for v in value.split(",") if v]
+        inner = args[:1] * len(items) if len(args) == 2 and args[1] is Ellipsis else args
+        if len(inner) != len(items):
+            raise ConfigError(f"{key} needs {len(inner)} comma-separated values, got {value!r}")
+        return tuple(_convert(str(v), t, key) for v, t in zip(items, inner))
+    if tp is bool:
+        lowered = value.lower()
+        if lowered not in ("true", "false", "1", "0", "yes", "no"):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return lowered in ("true", "1", "yes")
+    if tp in (int, float):
+        try:
+            return tp(value)
+        except ValueError:
+            raise ConfigError(f"{key} must be {tp.__name__}, got {value!r}") from None
+    if tp is str:
+        return value
+    raise ConfigError(f"{key}: unsupported field type {tp}")
+
+
+def _set(cfg: Any, path: list[str], value: str, full: str) -> Any:
+    """Copy of dataclass `cfg` with the field at `path` set from the string `value`."""
+    hints = typing.get_type_hints(type(cfg))
+    name = path[0]
+    if name not in hints:
+        close = difflib.get_close_matches(name, list(hints), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(hints)}"
+        raise ConfigError(f"unknown config key {full!r}{hint}")
+    current = getattr(cfg, name)
+    if dataclasses.is_dataclass(current):
+        if len(path) == 1:
+            raise ConfigError(f"{full!r} is a group; set one of its fields, e.g. {full}.{next(iter(typing.get_type_hints(type(current))))}")
+        return dataclasses.replace(cfg, **{name: _set(current, path[1:], value, full)})
+    if len(path) > 1:
+        raise ConfigError(f"unknown config key {full!r} ({'.'.join(full.split('.')[:-len(path) + 1])} is not a group)")
+    return dataclasses.replace(cfg, **{name: _convert(value, hints[name], full)})
+
+
+def apply_overrides(cfg: TrainConfig, overrides: dict[str, str] | list[str]) -> TrainConfig:
+    """Return `cfg` with dotted overrides applied: {"optim.lr": "1e-3"} or ["optim.lr=1e-3"].
+
+    Raises:
+        ConfigError: unknown key (with the closest known one) or a value of the wrong type.
+    """
+    if isinstance(overrides, list):
+        pairs = {}
+        for item in overrides:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ConfigError(f"override {item!r} is not KEY=VALUE")
+            pairs[key] = value
+        overrides = pairs
+    for key, value in overrides.items():
+        cfg = _set(cfg, key.split("."), value, key)
+    return cfg
+
+
+def config_from_dict(d: dict) -> TrainConfig:
+    """Inverse of `TrainConfig.to_dict` (used to read the config saved beside a run)."""
+    def build(cls, values: dict):
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for k, v in values.items():
+            if k not in hints:
+                raise ConfigError(f"saved config has unknown key {k!r}")
+            f = hints[k]
+            if dataclasses.is_dataclass(f):
+                v = build(f, v)
+            elif isinstance(v, list):
+                v = tuple(v)
+            kwargs[k] = v
+        return cls(**kwargs)
+
+    return build(TrainConfig, d)

@@ -1,0 +1,205 @@
+"""Training recipes (functions returning a `TrainConfig`) and `run`, which executes one.
+
+    finetune     task transfer, frozen image encoder            (recipes/finetune.py)
+    multimodal   PaLI-3 stage 1, frozen image encoder          (recipes/multimodal.py)
+    resolution   PaLI-3 stage 2, higher resolution, all trained (recipes/resolution.py)
+
+Each takes `smoke=True` for a seconds-long CPU run on the debug preset with synthetic data
+rendered into a temp dir (`data.synthetic_scenes`), which the tests run end to end.
+
+`run(cfg)` builds everything from the config, in this order: process group -> data (manifest
+or synthetic) -> tokenizer -> model (HF folder or preset; resolution change; LoRA; freezing) ->
+processor -> rank-split resumable batch stream -> `Trainer` (DDP/FSDP applied there) ->
+optional resume from the latest checkpoint -> fit -> export.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import tempfile
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from vlmkit.data.datasets import JsonlDataset, ShuffledStream
+from vlmkit.data.processor import PaliGemmaProcessor
+from vlmkit.data.synth import SynthConfig, write_dataset
+from vlmkit.data.tokenizer import Tokenizer
+from vlmkit.errors import CheckpointError, ConfigError
+from vlmkit.models.common.init import init_weights
+from vlmkit.models.paligemma.config import PRESETS, PaliGemmaConfig
+from vlmkit.models.paligemma.model import PaliGemma
+from vlmkit.training.checkpoint import latest_checkpoint
+from vlmkit.training.collate import BatchStream, build_small_tokenizer, manifest_texts
+from vlmkit.training.config import TrainConfig
+from vlmkit.training.freeze import apply_freeze
+from vlmkit.training.lora import apply_lora, merge_lora, save_lora
+from vlmkit.training.parallelize import DistInfo, barrier, init_distributed
+from vlmkit.training.recipes.finetune import finetune
+from vlmkit.training.recipes.multimodal import multimodal
+from vlmkit.training.recipes.resolution import raise_resolution, resolution
+from vlmkit.training.trainer import Hook, Trainer, TrainResult
+from vlmkit.weights.create import TOKENIZER_FILES, preprocessor_config
+from vlmkit.weights.hf import load_hf, save_hf
+from vlmkit.weights.registry import bundled_models
+
+log = logging.getLogger(__name__)
+
+RECIPES: dict[str, Callable[..., TrainConfig]] = {
+    "finetune": finetune, "multimodal": multimodal, "resolution": resolution,
+}
+
+__all__ = ["RECIPES", "get_recipe", "run", "raise_resolution", "finetune", "multimodal", "resolution"]
+
+
+def get_recipe(name: str, smoke: bool = False) -> TrainConfig:
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; choose from {sorted(RECIPES)}")
+    return RECIPES[name](smoke=smoke)
+
+
+@contextlib.contextmanager
+def _data(cfg: TrainConfig, info: DistInfo):
+    """Yield (train manifest, eval manifest or None); renders synthetic data into a temp dir
+    (same bytes on every rank and every resume, see `write_dataset`) when no manifest is set."""
+    if cfg.data.manifest:
+        yield cfg.data.manifest, cfg.data.eval_manifest
+        return
+    with tempfile.TemporaryDirectory(prefix="vlmkit-synth-") as tmp:
+        n, seed = cfg.data.synthetic_scenes, cfg.data.synthetic_seed
+        train = write_dataset(Path(tmp) / "train", n, SynthConfig(seed=seed))
+        held_out = write_dataset(Path(tmp) / "eval", max(n // 4, 2), SynthConfig(seed=seed + 1))
+        yield str(train), cfg.data.eval_manifest or str(held_out)
+
+
+def _source_folder(source: str) -> Path | None:
+    """The checkpoint folder `source` names (path or bundled model), or None for a preset."""
+    if Path(source).is_dir():
+        return Path(source)
+    if source in bundled_models():
+        return bundled_models()[source]
+    if source in PRESETS:
+        return None
+    raise CheckpointError(f"--model {source!r} is not a folder, a bundled model or a preset "
+                          f"({', '.join(sorted(PRESETS))})")
+
+
+def _tokenizer_dir(cfg: TrainConfig, folder: Path | None, manifest: str, info: DistInfo) -> Path:
+    if cfg.model.tokenizer:
+        return Path(cfg.model.tokenizer)
+    if folder is not None:
+        return folder
+    out = Path(cfg.out_dir) / "tokenizer"
+    if info.is_main and not (out / "tokenizer.json").is_file():  # reused on resume
+        build_small_tokenizer(manifest_texts(manifest), out, cfg.model.tokenizer_vocab)
+    barrier()
+    return out
+
+
+def build_model(cfg: TrainConfig, folder: Path | None, tok: Tokenizer) -> PaliGemma:
+    """float32 PaliGemma from a folder or a randomly initialised preset (vocabulary and special
+    ids taken from the tokenizer), at `model.image_size`, with LoRA and freezing applied."""
+    if folder is not None:
+        model = load_hf(folder, dtype="float32")
+        if tok.vocab_size > model.cfg.text.vocab_size or tok.image_token_id != model.cfg.image_token_id:
+            raise CheckpointError(f"tokenizer ({tok.vocab_size} ids, <image>={tok.image_token_id}) does not fit "
+                                  f"the model in {folder} (vocab {model.cfg.text.vocab_size}, "
+                                  f"<image>={model.cfg.image_token_id})")
+    else:
+        base = PaliGemmaConfig.from_preset(cfg.model.source)
+        text = replace(base.text, vocab_size=tok.vocab_size, pad_token_id=tok.pad_id, bos_token_id=tok.bos_id,
+                       eos_token_id=tok.eos_id)
+        model = init_weights(PaliGemma(replace(base, text=text, image_token_id=tok.image_token_id)),
+                             std=cfg.model.init_std, seed=cfg.seed)
+    if cfg.model.image_size and cfg.model.image_size != model.cfg.vision.image_size:
+        model = raise_resolution(model, cfg.model.image_size)
+    if cfg.lora.enabled:
+        apply_lora(model, cfg.lora)
+    else:
+        apply_freeze(model, cfg.freeze)
+    return model.float().train()
+
+
+def _token_length(tok: Tokenizer, num_image_tokens: int) -> Callable[[dict], int]:
+    """Exact sequence length of a manifest row (image tokens, <bos>, prompt + "\\n", suffix, <eos>)."""
+    def length(row: dict) -> int:
+        n_images = len(row["image"]) if isinstance(row["image"], list) else 1
+        return (num_image_tokens * n_images + 1 + len(tok.encode(row["prefix"] + "\n"))
+                + len(tok.encode(row["suffix"])) + 1)
+    return length
+
+
+def _exporter(cfg: TrainConfig, model_cfg: PaliGemmaConfig, tok_dir: Path) -> Callable[[dict], Path]:
+    """export_fn for the Trainer: full state -> OUT/export (HF folder, LoRA merged, tokenizer and
+    preprocessor_config.json beside it) and OUT/lora_adapters.safetensors when LoRA is on."""
+    out = Path(cfg.out_dir)
+
+    def export(state: dict[str, torch.Tensor]) -> Path:
+        with torch.device("meta"):
+            model = PaliGemma(model_cfg)
+            if cfg.lora.enabled:
+                apply_lora(model, cfg.lora)
+        model.load_state_dict(state, strict=True, assign=True)
+        if cfg.lora.enabled:
+            save_lora(model, out / "lora_adapters.safetensors", cfg.lora)
+            merge_lora(model)
+        extra = {n: tok_dir / n for n in TOKENIZER_FILES if (tok_dir / n).is_file()}
+        with tempfile.TemporaryDirectory() as tmp:
+            pre = Path(tmp) / "preprocessor_config.json"
+            pre.write_text(json.dumps(preprocessor_config(model_cfg), indent=2))
+            return save_hf(model, out / "export", extra_files={**extra, "preprocessor_config.json": pre})
+
+    return export
+
+
+def run(cfg: TrainConfig, *, resume: bool = False, hooks: list[Hook] = ()) -> TrainResult:
+    """Train per `cfg` (see module docstring); under torchrun every rank calls this."""
+    cfg.validate()
+    info = init_distributed(cfg.parallel)
+    with _data(cfg, info) as (manifest, eval_manifest):
+        folder = _source_folder(cfg.model.source)
+        tok_dir = _tokenizer_dir(cfg, folder, manifest, info)
+        tok = Tokenizer.from_folder(tok_dir)
+        torch.manual_seed(cfg.seed)  # identical initialisation (LoRA included) on every rank
+        model = build_model(cfg, folder, tok)
+        n_img = model.cfg.num_image_tokens
+        processor = PaliGemmaProcessor(tok, model.cfg.vision.image_size, n_img, max_length=cfg.data.max_length)
+        length = _token_length(tok, n_img)
+        dataset = JsonlDataset(manifest, cfg.data.image_root, cfg.data.validate_images,
+                               max_len=cfg.data.max_length, length_fn=length)
+        if dataset.skipped and info.is_main:
+            print(f"data: skipped {sum(dataset.skipped.values())} bad rows of {manifest} "
+                  f"({', '.join(f'{k}={v}' for k, v in sorted(dataset.skipped.items()))})", flush=True)
+        stream = ShuffledStream(dataset, seed=cfg.data.shuffle_seed, rank=info.rank, world_size=info.world_size,
+                                equal_split=True)
+        batches = BatchStream(stream, processor, cfg.micro_batch_size(info.world_size))
+        eval_data = None
+        if eval_manifest:
+            eval_data = (JsonlDataset(eval_manifest, None, cfg.data.validate_images, max_len=cfg.data.max_length,
+                                      length_fn=length), processor)
+        torch.manual_seed(cfg.seed + info.rank)  # dropout differs per rank; init above is shared
+        trainer = Trainer(cfg, model, batches, info, eval_data=eval_data, hooks=hooks,
+                          export_fn=_exporter(cfg, model.cfg, tok_dir))
+        _start(trainer, cfg, info, resume, dataset)
+        return trainer.fit()
+
+
+def _start(trainer: Trainer, cfg: TrainConfig, info: DistInfo, resume: bool, dataset: JsonlDataset) -> None:
+    out = Path(cfg.out_dir)
+    found = latest_checkpoint(out / "checkpoints")
+    if found is not None and not resume:
+        raise ConfigError(f"{out} already has checkpoints ({found.name}); pass --resume or a new --out")
+    if resume and found is not None:
+        trainer.load_checkpoint(found)
+        if info.is_main:
+            print(f"resumed from {found} at step {trainer.step}", flush=True)
+    elif info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        n_train = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        print(f"{cfg.recipe}: {len(dataset)} examples, {n_train:,} trainable parameters, {cfg.steps} steps, "
+              f"strategy={info.strategy} x{info.world_size}", flush=True)

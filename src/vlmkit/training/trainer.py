@@ -1,0 +1,296 @@
+"""The PaliGemma training loop: suffix-only next-token loss, AdamW, accumulation, resume, export.
+
+Loss. PaliGemma is trained as a prefix-LM: image tokens and the prompt (token_type_ids 0) are
+read bidirectionally and never predicted; the target suffix (token_type_ids 1) is predicted
+token by token. Hidden state t predicts token t + 1, so targets are labels[:, 1:] against
+hidden[:, :-1], kept only where the target is a suffix token (labels != -100 and type 1). Logits
+are computed for the kept positions only: with a 257k vocabulary and 256+ image tokens per
+example, full [B, T, V] logits would dominate memory.
+
+The loss of a step is the mean over *all* suffix tokens of the global batch (every rank, every
+accumulation micro-batch): each micro-batch contributes sum(NLL) / N_global, with N_global
+all-reduced before the backward passes. Gradients therefore do not depend on how the batch is
+split into ranks and micro-batches, and DDP/FSDP's gradient averaging is undone by a factor
+world_size.
+
+Resume. A checkpoint holds weights, optimizer state, the step (the LR schedule is a function of
+it), every rank's RNG state and data-stream position, so an interrupted run continues with the
+same loss sequence and weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+from vlmkit.data.processor import IGNORE_INDEX
+from vlmkit.errors import ConfigError, VlmkitError
+from vlmkit.training import checkpoint as ckpt
+from vlmkit.training.collate import BatchStream, eval_batches
+from vlmkit.training.config import TrainConfig
+from vlmkit.training.optim import build_optimizer, lr_factor, set_lr
+from vlmkit.training.parallelize import (DistInfo, all_reduce_sum, barrier, clip_grad_norm, gather_objects,
+                                         grad_sync, parallelize)
+
+Hook = Callable[["Trainer", int], "dict | None"]
+
+
+class NonFiniteLossError(VlmkitError):
+    """The training loss became NaN or infinite (the last good state was saved first)."""
+
+
+def target_mask(labels: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+    """bool [B, T-1]: which next-token targets labels[:, 1:] are trained (suffix tokens only)."""
+    return (labels[:, 1:] != IGNORE_INDEX) & (token_type_ids[:, 1:] == 1)
+
+
+class SuffixLMLoss(nn.Module):
+    """Root module of training: holds the PaliGemma as `.model`; forward(batch) -> summed loss.
+
+    Being the root matters for DDP/FSDP, whose hooks run around the root's forward.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids, labels, pixel_values) -> torch.Tensor:
+        """Batch tensors as from `collate` -> float32 scalar: sum of the suffix tokens' NLL."""
+        h = self.model.hidden_states(input_ids, pixel_values, attention_mask, token_type_ids)  # [B, T, D]
+        keep = target_mask(labels, token_type_ids)  # [B, T-1]
+        logits = self.model.language_model.logits(h[:, :-1][keep])  # [K, V], K kept targets
+        return F.cross_entropy(logits.float(), labels[:, 1:][keep], reduction="sum")
+
+
+@dataclass(kw_only=True)
+class TrainResult:
+    step: int
+    losses: list[float]  # training loss of every step so far (resumed runs included)
+    eval: dict = field(default_factory=dict)  # last evaluation metrics
+    checkpoint: Path | None = None
+    export: Path | None = None
+    samples_per_s: float = 0.0  # mean over the steps of this invocation
+
+
+class MetricLogger:
+    """Rank-0 logging: a progress line on stdout, JSONL in OUT/metrics.jsonl, TensorBoard if present."""
+
+    def __init__(self, out_dir: Path, enabled: bool):
+        self.enabled = enabled
+        self.path = out_dir / "metrics.jsonl"
+        self.tb = None
+        if enabled:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out_dir / "tensorboard"))
+            except ImportError:  # tensorboard is optional
+                self.tb = None
+
+    def log(self, step: int, metrics: dict, line: str | None = None) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        if self.tb is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, step)
+        if line:
+            print(line, flush=True)
+
+
+def _eta(seconds: float) -> str:
+    s = int(max(seconds, 0))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+class Trainer:
+    """Train `model` (a PaliGemma, frozen / LoRA-wrapped already) on `batches` per `cfg`.
+
+    Args:
+        cfg: the run config; `cfg.out_dir` receives metrics.jsonl, checkpoints/ and export/.
+        model: the PaliGemma on CPU in float32 (master weights).
+        batches: this rank's resumable micro-batch stream.
+        info: rank, world size, device and resolved strategy (`init_distributed`).
+        eval_data: (dataset, processor) for the evaluation loss, or None.
+        export_fn: called on rank 0 with the full model state to write the final export.
+        hooks: extra evaluation hooks `hook(trainer, step) -> metrics | None`.
+    """
+
+    def __init__(self, cfg: TrainConfig, model: nn.Module, batches: BatchStream, info: DistInfo, *,
+                 eval_data=None, export_fn: Callable[[dict], Path] | None = None, hooks: list[Hook] = ()):
+        if cfg.precision == "fp16" and info.strategy == "fsdp":
+            raise ConfigError("precision=fp16 needs a sharded grad scaler under FSDP; use bf16")
+        self.cfg, self.model, self.batches, self.info = cfg, model, batches, info
+        self.eval_data, self.export_fn, self.hooks = eval_data, export_fn, list(hooks)
+        self.out = Path(cfg.out_dir)
+        self.loss_module = SuffixLMLoss(model)
+        self.root = parallelize(self.loss_module, model, info, cfg.parallel)
+        self.optimizer = build_optimizer(self.loss_module, cfg.optim, cfg.lr_scale)
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.scaler = torch.amp.GradScaler(info.device.type, enabled=cfg.precision == "fp16")
+        self.logger = MetricLogger(self.out, info.is_main)
+        self.step, self.losses, self.last_eval = 0, [], {}
+        self._sd_options = StateDictOptions(full_state_dict=info.strategy == "fsdp",
+                                            cpu_offload=info.strategy == "fsdp")
+
+    # ------------------------------------------------------------------ one step
+
+    def _autocast(self):
+        if self.cfg.precision == "fp32":
+            return nullcontext()
+        dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
+        return torch.autocast(self.info.device.type, dtype=dtype)
+
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.info.device, non_blocking=True) for k, v in batch.items()}
+
+    def train_step(self, snapshot: tuple[dict, dict]) -> dict:
+        """One optimizer step over `grad_accum` micro-batches; returns its metrics.
+
+        `snapshot` (data state, RNG state from before the step) is what a NaN checkpoint records.
+        """
+        micro = [self._to_device(self.batches.next_batch()) for _ in range(self.cfg.data.grad_accum)]
+        local = sum(int(target_mask(b["labels"], b["token_type_ids"]).sum()) for b in micro)
+        n_global = all_reduce_sum(torch.tensor(float(local), device=self.info.device))
+        if n_global.item() == 0:
+            raise ConfigError(f"step {self.step + 1}: the batch has no suffix tokens to train on")
+        scale = self.info.world_size / n_global  # undo DDP/FSDP's mean over ranks: see module doc
+        total = torch.zeros((), device=self.info.device)
+        for i, batch in enumerate(micro):
+            with grad_sync(self.root, i == len(micro) - 1), self._autocast():
+                loss_sum = self.root(**batch)
+            self.scaler.scale(loss_sum * scale).backward()
+            total += loss_sum.detach()
+        loss = float(all_reduce_sum(total) / n_global)
+        if not math.isfinite(loss):
+            path = self.save_checkpoint(*snapshot)
+            raise NonFiniteLossError(
+                f"loss is {loss} at step {self.step + 1}; stopped and saved the last good state to {path} "
+                "(try a lower optim.lr, optim.grad_clip or precision=fp32)")
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = clip_grad_norm(self.params, self.cfg.optim.grad_clip)
+        lr = set_lr(self.optimizer, lr_factor(self.step, self.cfg.steps, self.cfg.optim.warmup_steps,
+                                              self.cfg.optim.min_lr_ratio))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": int(n_global.item())}
+
+    # ------------------------------------------------------------------ loop
+
+    def fit(self) -> TrainResult:
+        """Train until `cfg.steps` (or `cfg.stop_after`), checkpointing, evaluating and exporting."""
+        cfg = self.cfg
+        end = min(cfg.steps, cfg.stop_after or cfg.steps)
+        self.root.train()
+        start_step, t0 = self.step, time.perf_counter()
+        last_ckpt = None
+        while self.step < end:
+            snapshot = (self.batches.state_dict(), ckpt.rng_state())
+            metrics = self.train_step(snapshot)
+            self.step += 1
+            self.losses.append(metrics["loss"])
+            self._log_progress(metrics, start_step, t0, end)
+            if cfg.eval_every and self.step % cfg.eval_every == 0:
+                self.evaluate()
+            if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or self.step == end:
+                last_ckpt = self.save_checkpoint()
+        if self.step == cfg.steps and not cfg.eval_every:
+            self.evaluate()
+        elapsed = time.perf_counter() - t0
+        done = self.step - start_step
+        result = TrainResult(step=self.step, losses=list(self.losses), eval=self.last_eval, checkpoint=last_ckpt,
+                             samples_per_s=done * cfg.data.batch_size / elapsed if done else 0.0)
+        if self.step == cfg.steps and cfg.export and self.export_fn is not None:
+            result.export = self.export()
+        return result
+
+    def _log_progress(self, metrics: dict, start_step: int, t0: float, end: int) -> None:
+        elapsed = time.perf_counter() - t0
+        done = self.step - start_step
+        sps = done * self.cfg.data.batch_size / elapsed
+        eta = elapsed / done * (end - self.step)
+        metrics = {**metrics, "samples_per_s": sps, "elapsed_s": elapsed}
+        line = None
+        if self.step % self.cfg.log_every == 0 or self.step == end:
+            line = (f"step {self.step}/{self.cfg.steps} | loss {metrics['loss']:.4f} | lr {metrics['lr']:.2e} | "
+                    f"grad {metrics['grad_norm']:.3f} | {sps:.1f} samples/s | eta {_eta(eta)}")
+        self.logger.log(self.step, metrics, line)
+
+    def evaluate(self) -> dict:
+        """Mean suffix-token loss on the eval set (all ranks), then the extra hooks' metrics."""
+        metrics = {}
+        if self.eval_data is not None:
+            dataset, processor = self.eval_data
+            self.root.eval()
+            total = torch.zeros(2, device=self.info.device)
+            with torch.no_grad(), self._autocast():
+                for batch in eval_batches(dataset, processor, self.batches.micro_batch_size, self.cfg.eval_batches,
+                                          self.info.rank, self.info.world_size):
+                    batch = self._to_device(batch)
+                    total += torch.stack([self.root(**batch).detach(),
+                                          target_mask(batch["labels"], batch["token_type_ids"]).sum().float()])
+            total = all_reduce_sum(total)
+            metrics["eval_loss"] = float(total[0] / total[1].clamp(min=1))
+            self.root.train()
+        for hook in self.hooks:
+            metrics.update(hook(self, self.step) or {})
+        if metrics:
+            shown = " | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+            self.logger.log(self.step, metrics, f"eval step {self.step} | {shown}")
+        self.last_eval = metrics
+        return metrics
+
+    # ------------------------------------------------------------------ state
+
+    def full_model_state(self) -> dict[str, torch.Tensor]:
+        """The PaliGemma's full state dict (gathered on CPU under FSDP), PaliGemma names."""
+        msd, _ = get_state_dict(self.root, self.optimizer, options=self._sd_options)
+        return {k.removeprefix("model."): v for k, v in msd.items()}
+
+    def save_checkpoint(self, data_state: dict | None = None, rng: dict | None = None) -> Path:
+        """Write a checkpoint of the current step (collective: call on every rank)."""
+        msd, osd = get_state_dict(self.root, self.optimizer, options=self._sd_options)
+        data = gather_objects(data_state if data_state is not None else self.batches.state_dict())
+        rngs = gather_objects(rng if rng is not None else ckpt.rng_state())
+        root = self.out / "checkpoints"
+        if self.info.is_main:
+            state = {"data": data, "losses": self.losses, "config": self.cfg.to_dict(),
+                     "scaler": self.scaler.state_dict(), "world_size": self.info.world_size}
+            ckpt.save_checkpoint(root, self.step, {k.removeprefix("model."): v for k, v in msd.items()}, osd,
+                                 rngs, state, keep=self.cfg.keep_checkpoints)
+        barrier()
+        return ckpt.step_dir(root, self.step)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore weights, optimizer, step, RNG and data position from checkpoint `path`."""
+        msd, osd, rngs, state = ckpt.load_checkpoint(path)
+        if state.get("world_size", 1) != self.info.world_size:
+            raise ConfigError(f"{path} was written by {state.get('world_size')} rank(s); resume with the same number "
+                              f"(this run has {self.info.world_size}) so that the data order continues exactly")
+        set_state_dict(self.root, self.optimizer, model_state_dict={f"model.{k}": v for k, v in msd.items()},
+                       optim_state_dict=osd, options=self._sd_options)
+        ckpt.set_rng_state(rngs[f"rank{self.info.rank}"])
+        self.batches.load_state_dict(state["data"][self.info.rank])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.losses = int(state["step"]), list(state["losses"])
+
+    def export(self) -> Path | None:
+        """Gather the full model and let rank 0 write it with `export_fn` (collective)."""
+        state = self.full_model_state()
+        path = self.export_fn(state) if self.info.is_main else None
+        barrier()
+        return path
