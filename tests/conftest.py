@@ -58,3 +58,21 @@ def rng_image() -> Callable[..., Image.Image]:
         return image.convert(mode) if mode != "RGB" else image
 
     return make
+
+
+# --- threads -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread(request):
+    """Run tests single-threaded: tiny matmuls gain nothing from threads, and on a shared 2-core
+    machine extra threads spin-wait. Slow tests (real-size models) keep the default."""
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

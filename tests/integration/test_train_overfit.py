@@ -18,14 +18,6 @@ from vlmkit.training.config import apply_overrides
 from vlmkit.training.recipes import get_recipe, run
 from vlmkit.weights.hf import load_hf
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny matmuls gain nothing from threads, and on a shared 2-core machine they spin-wait.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 LOSS_THRESHOLD = 0.05  # mean suffix-token NLL in nats; chance level is ln(1474) = 7.3
 

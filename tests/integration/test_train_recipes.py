@@ -17,14 +17,6 @@ from vlmkit.training.recipes import RECIPES, get_recipe, run
 from vlmkit.weights.hf import load_hf
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_smoke_recipe_end_to_end_via_cli(tmp_path: Path, recipe: str, capsys):
     out = tmp_path / "run"

@@ -15,14 +15,6 @@ from vlmkit.training.trainer import NonFiniteLossError
 STEPS = 8  # 32 examples, 8 per step: two epochs, so resumes cross an epoch boundary
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def config(out: Path, **extra):
     cfg = get_recipe("finetune", smoke=True)  # 8 synthetic scenes x 4 examples, batch 4 x accum 2
     return apply_overrides(cfg, {"out_dir": str(out), "steps": str(STEPS), "ckpt_every": "0",

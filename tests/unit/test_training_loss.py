@@ -18,15 +18,6 @@ from vlmkit.training.trainer import SuffixLMLoss, Trainer
 N_IMG, PREFIX, SUFFIX = 16, 5, 6  # debug preset: 32 px / 8 px patches = 16 image tokens
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny matmuls gain nothing from threads, and on a shared 2-core machine they spin-wait.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_model(seed: int = 0) -> PaliGemma:
     return init_weights(PaliGemma(PaliGemmaConfig.from_preset("debug")), seed=seed).train()
 
