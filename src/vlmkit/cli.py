@@ -17,7 +17,11 @@ def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="answer a prompt about one or more images",
                        description="Generate text for images with a PaliGemma-family model.")
     p.add_argument("--model", help="checkpoint folder or bundled model name (default: the bundled model)")
-    p.add_argument("--image", action="append", required=True, help="image path (repeat for several images)")
+    p.add_argument("--image", action="append", default=[], help="image path (repeat for several images)")
+    p.add_argument("--video", help="video file, animated GIF/WebP or folder of frames: frames are sampled "
+                   "with a fixed stride and each becomes an image, in order (after any --image)")
+    p.add_argument("--max-frames", type=int, default=16, help="most frames taken from --video (default 16)")
+    p.add_argument("--frame-stride", type=int, help="take every k-th frame (default: spread over the clip)")
     p.add_argument("--prompt", help="raw prompt text (task 'raw'); for other tasks it is built for you")
     p.add_argument("--task", choices=TASKS, default="raw", help="PaLI task (default: raw prompt)")
     p.add_argument("--lang", default="en", help="language code for caption/answer/question tasks")
@@ -46,12 +50,19 @@ def cmd_generate(args) -> int:
 
     if args.task == "raw" and not args.prompt:
         raise ConfigError("--prompt is required unless --task is given")
+    images = list(args.image)
+    if args.video:
+        from vlmkit.data.video import sample_frames
+
+        images += sample_frames(args.video, max_frames=args.max_frames, stride=args.frame_stride)
+    if not images:
+        raise ConfigError("give at least one --image or a --video")
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                               top_p=args.top_p, top_k=args.top_k, seed=args.seed)
     pipe = load(args.model, dtype=args.dtype, device=args.device)
     on_token = (lambda e: print(e.text, end="", flush=True)) if args.stream and not args.json else None
     objects = [o.strip() for o in args.objects.split(";")] if args.objects else None
-    out = run_task(pipe, args.task, args.image, prompt=args.prompt, lang=args.lang, question=args.question,
+    out = run_task(pipe, args.task, images, prompt=args.prompt, lang=args.lang, question=args.question,
                    answer=args.answer, objects=objects, sampling=sampling, mask_vae_path=args.mask_vae,
                    on_token=on_token)
     if args.draw:

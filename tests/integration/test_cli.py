@@ -114,3 +114,16 @@ def test_help_snapshot():
     for opt in ("--model", "--image", "--prompt", "--task", "--objects", "--max-new-tokens", "--temperature",
                 "--top-p", "--top-k", "--seed", "--dtype", "--json", "--draw", "--stream", "--mask-vae"):
         assert opt in text
+
+
+def test_video_frames_become_images(debug_model, tmp_path, capsys):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(10):
+        Image.new("RGB", (40, 30), (20 * i, 0, 0)).save(frames / f"f{i}.png")
+    rc = main(["generate", "--model", str(debug_model), "--video", str(frames), "--max-frames", "3",
+               "--task", "caption", "--max-new-tokens", "2", "--json"])
+    assert rc == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["num_images"] == 3 and d["timing"]["new_tokens"] >= 1
+    assert main(["generate", "--model", str(debug_model), "--task", "caption"]) == 2

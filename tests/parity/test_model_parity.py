@@ -116,3 +116,22 @@ def test_paligemma_bf16_bit_identical(tmp_path, version):
         got = ours(ids, pix.bfloat16(), mask, tt)
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got, ref, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_paligemma_multi_image_prompt(tmp_path, version):
+    """Two images in one prompt (their <image> blocks back to back, as PaLI-3 feeds video frames)."""
+    hf = hb.paligemma(version, 32)
+    hf.save_pretrained(tmp_path)
+    ours = load_hf(tmp_path, dtype="float32")
+    g = torch.Generator().manual_seed(5)
+    ids = torch.cat([torch.full((2, 32), hb.IMAGE_TOKEN), _ids(2, 6, seed=5)], 1)  # 2 x 16 patches
+    tt = torch.zeros_like(ids)
+    tt[:, -2:] = 1
+    pix = torch.randn(4, 3, 32, 32, generator=g)  # prompt 0: images 0, 1; prompt 1: images 2, 3
+    with torch.no_grad():
+        ref = hf(input_ids=ids, pixel_values=pix, token_type_ids=tt, attention_mask=torch.ones_like(ids)).logits
+        got = ours(ids, pix, torch.ones_like(ids), tt)
+        swapped = ours(ids, pix[[1, 0, 3, 2]], torch.ones_like(ids), tt)
+    torch.testing.assert_close(got, ref, atol=ATOL, rtol=1e-5)
+    assert not torch.allclose(got, swapped)  # image order matters

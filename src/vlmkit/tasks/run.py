@@ -1,6 +1,6 @@
 """Run one PaLI task end to end: prompt -> generation -> structured, JSON-ready result.
 
-JSON schema (all tasks): {"task", "prompt", "text", "token_ids", "finish_reason", "timing",
+JSON schema (all tasks): {"task", "prompt", "num_images", "text", "token_ids", "finish_reason", "timing",
 "boxes": [{"label", "x1", "y1", "x2", "y2", "score"?}], "masks": [...], "errors": [...]}.
 Boxes are in pixels of the first (original) image. For `segment`, each entry of "masks" is
 {"label", "codes", "area"} (mask area in pixels when a mask VAE is given, else null).
@@ -42,7 +42,7 @@ def run_task(pipe, task: str, images: list, *, prompt: str | None = None, lang: 
         text_prompt = build_prompt(task, lang=lang, question=question, answer=answer, objects=objects)
     result = pipe.generate(text_prompt, pil, sampling, on_token=on_token)
     w, h = pil[0].size
-    out = {"task": task, "prompt": text_prompt, "text": clean_text(result.text), "token_ids": result.token_ids,
+    out = {"task": task, "prompt": text_prompt, "num_images": len(pil), "text": clean_text(result.text), "token_ids": result.token_ids,
            "finish_reason": result.finish_reason, "timing": result.timing, "boxes": [], "masks": [], "errors": []}
     boxes, masks = [], None
     if task == Task.DETECT.value:
