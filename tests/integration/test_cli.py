@@ -127,3 +127,42 @@ def test_video_frames_become_images(debug_model, tmp_path, capsys):
     d = json.loads(capsys.readouterr().out)
     assert d["num_images"] == 3 and d["timing"]["new_tokens"] >= 1
     assert main(["generate", "--model", str(debug_model), "--task", "caption"]) == 2
+
+
+class _FixedPipe:
+    """Stands in for a trained model: always answers `text` (the CLI's parsing/drawing is tested)."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def generate(self, prompt, images, sampling=None, on_token=None):
+        from vlmkit.generation import GenerationResult
+
+        return GenerationResult(self.text, [5, 6], "eos", {"prefill_s": 0.0})
+
+
+@pytest.mark.parametrize("task,answer", [
+    ("detect", "<loc0256><loc0128><loc0768><loc0512> cat ; <loc0000><loc0600><loc0400><loc1000> dog"),
+    ("segment", "<loc0256><loc0128><loc0768><loc0512>" + "".join(f"<seg{i:03d}>" for i in range(16)) + " cat"),
+])
+def test_task_json_and_drawing(task, answer, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("vlmkit.pipeline.load", lambda *a, **k: _FixedPipe(answer))
+    img = tmp_path / "x.png"
+    Image.new("RGB", (200, 100), (255, 255, 255)).save(img)
+    out_png = tmp_path / "o.png"
+    rc = main(["generate", "--image", str(img), "--task", task, "--objects", "cat;dog", "--json",
+               "--draw", str(out_png)])
+    assert rc == 0
+    d = json.loads(capsys.readouterr().out)
+    cat = d["boxes"][0]
+    # <loc0256> of height 100 -> y1 = 25; <loc0128> of width 200 -> x1 = 25; y2 = 75, x2 = 100
+    assert (cat["label"], cat["x1"], cat["y1"], cat["x2"], cat["y2"]) == ("cat", 25.0, 25.0, 100.0, 75.0)
+    if task == "segment":
+        assert d["masks"][0]["codes"] == list(range(16)) and d["masks"][0]["area"] is None
+    else:
+        assert [b["label"] for b in d["boxes"]] == ["cat", "dog"]
+    drawn = Image.open(out_png).convert("RGB")
+    assert drawn.size == (200, 100)
+    edge = [drawn.getpixel((x, 25)) for x in range(30, 95)]  # the top edge of the cat box
+    assert any(p != (255, 255, 255) for p in edge)
+    assert drawn.getpixel((150, 95)) == (255, 255, 255)  # far from every box
