@@ -21,6 +21,7 @@ from vlmkit.models.paligemma import hf_mapping as pg_map
 from vlmkit.models.paligemma.model import PaliGemma
 from vlmkit.models.siglip import hf_mapping as siglip_map
 from vlmkit.models.siglip.model import SiglipVisionTower
+from vlmkit.models.siglip.two_tower import SiglipTwoTower
 from vlmkit.weights.convert import Table, convert_strict, rename
 from vlmkit.weights.dtype import resolve_dtype
 from vlmkit.weights.safetensors_io import SafetensorsReader, atomic_folder, write_state_dict
@@ -54,6 +55,9 @@ FAMILIES: list[Family] = [
     Family(("siglip_vision_model",), SiglipVisionTower, siglip_map.vision_config_from_hf,
            siglip_map.vision_config_to_hf, lambda c: siglip_map.VISION_TABLE,
            _strip("vision_model."), lambda k: "vision_model." + k, None),
+    # Two-tower SigLIP (or our CLIP-style variant): checkpoint keys are already in the hub layout.
+    Family(("siglip",), SiglipTwoTower, siglip_map.config_from_hf, siglip_map.config_to_hf,
+           siglip_map.two_tower_table, lambda k: k, lambda k: k, None),
 ]
 
 

@@ -19,6 +19,7 @@ def init_weights(model: nn.Module, std: float = 0.02, seed: int | None = None) -
     def normal_(t: torch.Tensor) -> None:
         t.copy_(torch.randn(t.shape, generator=gen, dtype=torch.float32) * std)
 
+    done: set[int] = set()
     for m in model.modules():
         if isinstance(m, (nn.Linear, nn.Conv2d, nn.Embedding)):
             normal_(m.weight)
@@ -32,8 +33,12 @@ def init_weights(model: nn.Module, std: float = 0.02, seed: int | None = None) -
         elif isinstance(m, nn.MultiheadAttention):
             normal_(m.in_proj_weight)
             m.in_proj_bias.zero_()
-    # Free-standing parameters (e.g. the MAP head's probe) are not covered by the cases above.
-    for name, p in model.named_parameters():
-        if name.endswith("probe"):
+        else:
+            continue
+        done.update(id(p) for p in m.parameters(recurse=False))
+    # Free-standing tensors (MAP probe, pooler queries, CLS embeddings): N(0, std). Scalars (a
+    # contrastive temperature or bias) keep the published init their module set.
+    for p in model.parameters():
+        if id(p) not in done and p.numel() > 1:
             normal_(p)
     return model

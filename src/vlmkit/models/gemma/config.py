@@ -98,6 +98,12 @@ PRESETS: dict[str, GemmaConfig] = {
         num_heads=32, num_kv_heads=16, head_dim=128, query_pre_attn_scalar=144,
         layer_types=gemma2_layer_types(46), **_GEMMA2,
     ),
+    # Decoder of vlmkit's bundled vlmkit-shapes-tiny (recipes/shapes_tiny.py); the vocabulary is
+    # replaced by that of the small tokenizer trained on the synthetic manifest (~1.5k ids).
+    "shapes-tiny": GemmaConfig(
+        vocab_size=2048, hidden_size=192, intermediate_size=768, num_layers=4,
+        num_heads=4, num_kv_heads=1, head_dim=48,
+    ),
     # Tiny configs that run on a CPU in milliseconds, for tests and smoke runs.
     "debug": GemmaConfig(
         vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2,

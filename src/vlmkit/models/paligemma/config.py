@@ -48,6 +48,9 @@ PRESETS: dict[str, PaliGemmaConfig] = {
         for size, lm in (("3b", "2b"), ("10b", "9b"), ("28b", "27b"))
         for r in (224, 448, 896)
     },
+    # Ours, not a published checkpoint: the bundled vlmkit-shapes-tiny (image_token_id and
+    # vocabulary are replaced by the manifest-trained tokenizer's when training from scratch).
+    "shapes-tiny": _pg("shapes-tiny", "shapes-tiny", image_token_id=2047),
     "debug": _pg("debug", "debug", image_token_id=511),
     "debug-pg2": _pg("debug", "debug-gemma2", image_token_id=511),
 }

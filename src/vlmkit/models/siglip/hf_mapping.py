@@ -5,7 +5,7 @@ Names on the right are relative to the vision model root; the hub checkpoints pu
 without it. The loaders accept both (see `vlmkit.weights.hf`).
 """
 
-from vlmkit.models.siglip.config import SiglipVisionConfig
+from vlmkit.models.siglip.config import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
 from vlmkit.weights.convert import Table
 
 VISION_TABLE: Table = [
@@ -44,4 +44,75 @@ def vision_config_to_hf(c: SiglipVisionConfig) -> dict:
         num_attention_heads=c.num_heads, num_channels=c.num_channels, image_size=c.image_size,
         patch_size=c.patch_size, layer_norm_eps=c.layer_norm_eps, vision_use_head=c.use_head,
         hidden_act="gelu_pytorch_tanh", attention_dropout=0.0,
+    )
+
+
+# --- Text tower and two-tower model (transformers' SiglipModel, model_type "siglip") -------------
+
+# Ours (relative to the text tower) -> HF (relative to `text_model.`).
+TEXT_TABLE: Table = [
+    ("token_embedding", "embeddings.token_embedding"),
+    ("position_embedding", "embeddings.position_embedding"),
+    ("layers.{}", "encoder.layers.{}"),
+    ("final_layer_norm", "final_layer_norm"),
+    ("head", "head"),
+]
+
+# transformers' SiglipTextConfig defaults.
+_HF_TEXT_DEFAULTS = dict(
+    vocab_size=32000, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+    num_attention_heads=12, max_position_embeddings=64, hidden_act="gelu_pytorch_tanh",
+    layer_norm_eps=1e-6, pad_token_id=1, bos_token_id=49406, eos_token_id=49407, projection_size=None,
+)
+
+
+def two_tower_table(cfg: SiglipConfig) -> Table:
+    """Ours -> the hub layout of a SiglipModel checkpoint (the CLIP-style variant has no bias)."""
+    scalars = [("logit_scale", "logit_scale")] + ([("logit_bias", "logit_bias")] if cfg.has_bias else [])
+    return (
+        [(f"vision_tower.{o}", f"vision_model.{t}") for o, t in VISION_TABLE]
+        + [(f"text_tower.{o}", f"text_model.{t}") for o, t in TEXT_TABLE]
+        + scalars
+    )
+
+
+def text_config_from_hf(d: dict) -> SiglipTextConfig:
+    """HF `text_config` dict -> SiglipTextConfig (missing fields take transformers' defaults)."""
+    d = {**_HF_TEXT_DEFAULTS, **d}
+    if d["hidden_act"] not in ("gelu_pytorch_tanh", "gelu_fast"):
+        raise ValueError(f"unsupported SigLIP activation {d['hidden_act']!r}")
+    return SiglipTextConfig(
+        vocab_size=d["vocab_size"], hidden_size=d["hidden_size"], intermediate_size=d["intermediate_size"],
+        num_layers=d["num_hidden_layers"], num_heads=d["num_attention_heads"],
+        max_position_embeddings=d["max_position_embeddings"], projection_size=d["projection_size"],
+        layer_norm_eps=d["layer_norm_eps"], pad_token_id=d["pad_token_id"], bos_token_id=d["bos_token_id"],
+        eos_token_id=d["eos_token_id"],
+    )
+
+
+def text_config_to_hf(c: SiglipTextConfig) -> dict:
+    return dict(
+        model_type="siglip_text_model", vocab_size=c.vocab_size, hidden_size=c.hidden_size,
+        intermediate_size=c.intermediate_size, num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads,
+        max_position_embeddings=c.max_position_embeddings, projection_size=c.projection_size,
+        layer_norm_eps=c.layer_norm_eps, hidden_act="gelu_pytorch_tanh", attention_dropout=0.0,
+        pad_token_id=c.pad_token_id, bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id,
+    )
+
+
+def config_from_hf(d: dict) -> SiglipConfig:
+    """HF SiglipConfig dict -> SiglipConfig. `contrastive_loss` is our key (absent on the hub,
+    where every checkpoint is a sigmoid one); transformers keeps unknown keys, so it round-trips."""
+    return SiglipConfig(
+        vision=vision_config_from_hf(d.get("vision_config") or {}),
+        text=text_config_from_hf(d.get("text_config") or {}),
+        contrastive_loss=d.get("contrastive_loss", "sigmoid"),
+    )
+
+
+def config_to_hf(c: SiglipConfig) -> dict:
+    return dict(
+        architectures=["SiglipModel"], model_type="siglip", text_config=text_config_to_hf(c.text),
+        vision_config=vision_config_to_hf(c.vision), contrastive_loss=c.contrastive_loss,
+        initializer_factor=1.0,
     )
