@@ -119,6 +119,18 @@ def cmd_create(args) -> int:
     return 0
 
 
+def _add_eval_demo(sub) -> None:
+    from vlmkit.demo import add_demo_arguments, run_demo_args
+    from vlmkit.eval.cli import add_eval_arguments, run_eval_args
+
+    p = sub.add_parser("eval", help="evaluate a model on a manifest (caption, vqa, detect, ocr)")
+    add_eval_arguments(p)
+    p.set_defaults(func=run_eval_args)
+    p = sub.add_parser("demo", help="run every task on fresh synthetic scenes; write an HTML page")
+    add_demo_arguments(p)
+    p.set_defaults(func=run_demo_args)
+
+
 def _add_optional(sub) -> None:
     """Subcommands whose modules may be absent in a trimmed install."""
     try:
@@ -157,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"vlmkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_generate, _add_info, _add_create, _add_data, _add_optional):
+    for add in (_add_generate, _add_info, _add_create, _add_data, _add_eval_demo, _add_optional):
         add(sub)
     return parser
 

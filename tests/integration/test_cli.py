@@ -108,6 +108,12 @@ def test_errors_are_one_line(case, debug_model, tmp_path, capsys):
         assert "<image>" in err
 
 
+def test_subcommands_listed():
+    text = build_parser().format_help()
+    for cmd in ("generate", "info", "create", "data", "eval", "demo", "train"):
+        assert cmd in text
+
+
 def test_help_snapshot():
     """`vlmkit generate --help` is a user-facing contract: options must not vanish silently."""
     text = build_parser()._subparsers._group_actions[0].choices["generate"].format_help()
