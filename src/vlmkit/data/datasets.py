@@ -432,3 +432,22 @@ class ShuffledStream(torch.utils.data.IterableDataset):
         else:
             sample["image"] = augment_image(img, self.augment, rng)
         return sample
+
+
+def is_shard_source(source: str | Path) -> bool:
+    """True if `source` names tar shards (a .tar file, a glob, or a folder of .tar files)."""
+    p = Path(source)
+    return str(source).endswith(".tar") or "*" in str(source) or (p.is_dir() and any(p.glob("*.tar")))
+
+
+def shard_texts(shards: str | Path | Sequence[str | Path]) -> list[str]:
+    """Prefix and suffix strings of every sample's `.json` member, without decoding images."""
+    texts = []
+    for raw in TarShardDataset(shards).iter_raw():
+        try:
+            meta = json.loads(raw.get("json", b"null"))
+        except ValueError:
+            continue
+        if isinstance(meta, dict):
+            texts += [meta[k] for k in ("prefix", "suffix") if isinstance(meta.get(k), str)]
+    return texts

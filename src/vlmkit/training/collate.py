@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from vlmkit.data.datasets import JsonlDataset, ShuffledStream
+from vlmkit.data.datasets import JsonlDataset, ShuffledStream, is_shard_source, shard_texts
 from vlmkit.data.processor import PaliGemmaProcessor
 from vlmkit.data.tokenizer_train import train_paligemma_tokenizer
 from vlmkit.errors import DataError
@@ -79,7 +79,13 @@ def eval_batches(dataset: JsonlDataset, processor: PaliGemmaProcessor, batch_siz
 
 
 def manifest_texts(manifest: str | Path) -> list[str]:
-    """Prefixes and suffixes of a JSONL manifest's well-formed rows (for tokenizer training)."""
+    """Prefixes and suffixes of a JSONL manifest's (or tar shards') well-formed rows (for
+    tokenizer training)."""
+    if is_shard_source(manifest):
+        texts = shard_texts(manifest)
+        if not texts:
+            raise DataError(f"tar shards {manifest} have no text to train a tokenizer on")
+        return texts
     texts = []
     with open(manifest, encoding="utf-8") as f:
         for line in f:
