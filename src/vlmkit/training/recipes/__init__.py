@@ -3,6 +3,7 @@
     finetune     task transfer, frozen image encoder            (recipes/finetune.py)
     multimodal   PaLI-3 stage 1, frozen image encoder          (recipes/multimodal.py)
     resolution   PaLI-3 stage 2, higher resolution, all trained (recipes/resolution.py)
+    shapes_tiny  the bundled vlmkit-shapes-tiny, from scratch    (recipes/shapes_tiny.py)
 
 Each takes `smoke=True` for a seconds-long CPU run on the debug preset with synthetic data
 rendered into a temp dir (`data.synthetic_scenes`), which the tests run end to end.
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from vlmkit.data.datasets import JsonlDataset, ShuffledStream
+from vlmkit.data.datasets import JsonlDataset, ShuffledStream, TarShardDataset, is_shard_source
 from vlmkit.data.processor import PaliGemmaProcessor
 from vlmkit.data.synth import SynthConfig, write_dataset
 from vlmkit.data.tokenizer import Tokenizer
@@ -42,6 +43,7 @@ from vlmkit.training.parallelize import DistInfo, barrier, init_distributed
 from vlmkit.training.recipes.finetune import finetune
 from vlmkit.training.recipes.multimodal import multimodal
 from vlmkit.training.recipes.resolution import raise_resolution, resolution
+from vlmkit.training.recipes.shapes_tiny import shapes_tiny, synth_world
 from vlmkit.training.trainer import Hook, Trainer, TrainResult
 from vlmkit.weights.create import TOKENIZER_FILES, preprocessor_config
 from vlmkit.weights.hf import load_hf, save_hf
@@ -50,10 +52,14 @@ from vlmkit.weights.registry import bundled_models
 log = logging.getLogger(__name__)
 
 RECIPES: dict[str, Callable[..., TrainConfig]] = {
-    "finetune": finetune, "multimodal": multimodal, "resolution": resolution,
+    "finetune": finetune, "multimodal": multimodal, "resolution": resolution, "shapes_tiny": shapes_tiny,
 }
+# Recipes that render their own synthetic world (seed -> SynthConfig) when no manifest is given;
+# every other recipe gets `vlmkit data synth`'s defaults.
+SYNTH_WORLDS: dict[str, Callable[[int], SynthConfig]] = {"shapes_tiny": synth_world}
 
-__all__ = ["RECIPES", "get_recipe", "run", "raise_resolution", "finetune", "multimodal", "resolution"]
+__all__ = ["RECIPES", "get_recipe", "run", "raise_resolution", "finetune", "multimodal", "resolution",
+           "shapes_tiny"]
 
 
 def get_recipe(name: str, smoke: bool = False) -> TrainConfig:
@@ -71,8 +77,11 @@ def _data(cfg: TrainConfig, info: DistInfo):
         return
     with tempfile.TemporaryDirectory(prefix="vlmkit-synth-") as tmp:
         n, seed = cfg.data.synthetic_scenes, cfg.data.synthetic_seed
-        train = write_dataset(Path(tmp) / "train", n, SynthConfig(seed=seed))
-        held_out = write_dataset(Path(tmp) / "eval", max(n // 4, 2), SynthConfig(seed=seed + 1))
+        world = SYNTH_WORLDS.get(cfg.recipe, lambda s: SynthConfig(seed=s))
+        train = write_dataset(Path(tmp) / "train", n, world(seed))
+        # Only the first eval_batches batches are read; cap the render at what could be used.
+        n_eval = min(max(n // 4, 2), 4096)
+        held_out = write_dataset(Path(tmp) / "eval", n_eval, world(seed + 1))
         yield str(train), cfg.data.eval_manifest or str(held_out)
 
 
@@ -169,8 +178,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, hooks: list[Hook] = ()) -> Tr
         n_img = model.cfg.num_image_tokens
         processor = PaliGemmaProcessor(tok, model.cfg.vision.image_size, n_img, max_length=cfg.data.max_length)
         length = _token_length(tok, n_img)
-        dataset = JsonlDataset(manifest, cfg.data.image_root, cfg.data.validate_images,
-                               max_len=cfg.data.max_length, length_fn=length)
+        dataset = _train_dataset(cfg, manifest, length)
         if dataset.skipped and info.is_main:
             print(f"data: skipped {sum(dataset.skipped.values())} bad rows of {manifest} "
                   f"({', '.join(f'{k}={v}' for k, v in sorted(dataset.skipped.items()))})", flush=True)
@@ -188,7 +196,16 @@ def run(cfg: TrainConfig, *, resume: bool = False, hooks: list[Hook] = ()) -> Tr
         return trainer.fit()
 
 
-def _start(trainer: Trainer, cfg: TrainConfig, info: DistInfo, resume: bool, dataset: JsonlDataset) -> None:
+def _train_dataset(cfg: TrainConfig, manifest: str, length: Callable[[dict], int]):
+    """A JSONL manifest (validated up front, too-long rows skipped) or webdataset-style tar shards
+    (streamed; a folder of .tar files, a .tar or a glob), shuffled with a buffer."""
+    if is_shard_source(manifest):
+        return TarShardDataset(manifest)
+    return JsonlDataset(manifest, cfg.data.image_root, cfg.data.validate_images,
+                        max_len=cfg.data.max_length, length_fn=length)
+
+
+def _start(trainer: Trainer, cfg: TrainConfig, info: DistInfo, resume: bool, dataset) -> None:
     out = Path(cfg.out_dir)
     found = latest_checkpoint(out / "checkpoints")
     if found is not None and not resume:
@@ -201,5 +218,6 @@ def _start(trainer: Trainer, cfg: TrainConfig, info: DistInfo, resume: bool, dat
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
         n_train = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-        print(f"{cfg.recipe}: {len(dataset)} examples, {n_train:,} trainable parameters, {cfg.steps} steps, "
+        size = f"{len(dataset)} examples" if hasattr(dataset, "__len__") else "streamed tar shards"
+        print(f"{cfg.recipe}: {size}, {n_train:,} trainable parameters, {cfg.steps} steps, "
               f"strategy={info.strategy} x{info.world_size}", flush=True)
