@@ -137,10 +137,20 @@ def _add_optional(sub) -> None:
         from vlmkit.training.cli import add_train_arguments, run_train_args
     except ImportError:
         return
-    p = sub.add_parser("train", help="train or fine-tune with a recipe (see `vlmkit train --help`)",
+    from vlmkit.experiments.objectives import add_experiment_arguments, run_experiment_args
+    from vlmkit.training.recipes.contrastive import add_contrastive_arguments, run_contrastive_args
+
+    p = sub.add_parser("train", help="train or fine-tune PaliGemma with a recipe (see `vlmkit train --help`)",
                        epilog="Any other --key.value VALUE overrides the recipe's TrainConfig.")
     add_train_arguments(p)
     p.set_defaults(func=run_train_args)
+    p = sub.add_parser("train-contrastive", help="train SigLIP / CLIP two-towers or CoCa",
+                       epilog="Any other --key.value VALUE overrides the recipe's config.")
+    add_contrastive_arguments(p)
+    p.set_defaults(func=run_contrastive_args)
+    p = sub.add_parser("experiment", help="run a named experiment (objectives: contrastive vs captioning vs CoCa)")
+    add_experiment_arguments(p)
+    p.set_defaults(func=run_experiment_args)
 
 
 def _add_data(sub) -> None:
@@ -177,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["train"]:
+    if argv[:1] in (["train"], ["train-contrastive"]):
         # Training takes free-form `--key.value` config overrides next to its named flags.
         args, extra = parser.parse_known_args(argv)
         args.overrides = extra

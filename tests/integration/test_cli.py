@@ -110,7 +110,7 @@ def test_errors_are_one_line(case, debug_model, tmp_path, capsys):
 
 def test_subcommands_listed():
     text = build_parser().format_help()
-    for cmd in ("generate", "info", "create", "data", "eval", "demo", "train"):
+    for cmd in ("generate", "info", "create", "data", "eval", "demo", "train", "train-contrastive", "experiment"):
         assert cmd in text
 
 

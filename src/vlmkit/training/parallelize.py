@@ -87,21 +87,27 @@ def _checkpointed(forward, *args, **kwargs):
     return checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
 
-def apply_activation_checkpointing(model: nn.Module) -> int:
-    """Recompute each transformer block's activations in backward; returns the block count."""
-    blocks = transformer_blocks(model)
+def apply_activation_checkpointing(model: nn.Module, blocks: list[nn.Module] | None = None) -> int:
+    """Recompute each transformer block's activations in backward; returns the block count.
+
+    `blocks` defaults to the PaliGemma's (`transformer_blocks`); other models pass their own.
+    """
+    blocks = transformer_blocks(model) if blocks is None else blocks
     for block in blocks:
         block.forward = functools.partial(_checkpointed, block.forward)
     return len(blocks)
 
 
-def parallelize(loss_module: nn.Module, model: nn.Module, info: DistInfo, cfg: ParallelConfig) -> nn.Module:
+def parallelize(loss_module: nn.Module, model: nn.Module, info: DistInfo, cfg: ParallelConfig,
+                blocks: list[nn.Module] | None = None) -> nn.Module:
     """Apply activation checkpointing and DDP/FSDP2; returns the module to call in training.
 
-    `loss_module` is the root that computes the loss and holds `model` (the PaliGemma).
+    `loss_module` is the root that computes the loss and holds `model` (the PaliGemma, or any
+    model when `blocks` lists its repeated blocks: the units of checkpointing and sharding).
     """
+    blocks = transformer_blocks(model) if blocks is None else blocks
     if cfg.activation_checkpointing:
-        apply_activation_checkpointing(model)
+        apply_activation_checkpointing(model, blocks)
     loss_module.to(info.device)
     if info.strategy == "ddp":
         ids = [info.device.index] if info.device.type == "cuda" else None
@@ -109,7 +115,7 @@ def parallelize(loss_module: nn.Module, model: nn.Module, info: DistInfo, cfg: P
     if info.strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        for block in transformer_blocks(model):
+        for block in blocks:
             fully_shard(block)
         fully_shard(loss_module)  # root: embeddings, projector, norms, patch embedding
         return loss_module

@@ -1,0 +1,369 @@
+"""Training two-tower (SigLIP / CLIP) and CoCa models with the training engine.
+
+Axes: B micro-batch, T text tokens, E embedding width.
+
+What is shared with the PaliGemma `Trainer` and what is not:
+- `ContrastiveTrainer` subclasses `Trainer` and reuses its loop (`fit`), logging, evaluation
+  hooks, export and checkpointing with exact resume (weights, AdamW state, step, every rank's
+  RNG and data position; see `vlmkit.training.checkpoint`). It replaces the loss, the
+  optimizer's parameter groups and the step.
+- DDP / FSDP2 and activation checkpointing come from `parallelize`, given the model's repeated
+  blocks (`model_blocks`). The schedule is `optim.lr_factor` (linear warm-up + cosine).
+
+Loss and the global batch. `data.batch_size` is global. The contrastive loss of each rank is the
+model's own loss with the process group, i.e. `SigLipLoss` / `ClipLoss` in their distributed
+forms: every rank's images are scored against every rank's texts, and the mean over ranks is
+the loss of the whole global batch, so DDP's gradient averaging gives the full-batch gradient.
+The CoCa captioning term is a mean over caption tokens; each rank rescales its local mean by
+`n_local * world / n_global` so that the average over ranks is the mean over all tokens of the
+global batch (the result does not depend on how the batch is split). With `grad_accum` > 1 the
+micro-batches are separate contrastive batches (negatives only within a micro-batch; the losses
+are averaged): exact large-batch contrastive accumulation needs a gradient cache, not done here.
+
+Mixed precision: the towers run under autocast (`precision=bf16`), the losses in float32 on
+float32 copies of the embeddings (a bf16 cosine similarity times exp(t') ~ 10..100 is too coarse).
+
+CoCa with a zero loss weight: the parts that feed only the switched-off loss are frozen (and left
+out of the optimizer), so they keep their initial values and DDP never waits for their gradients;
+with `caption_weight=0` the multimodal decoder is not even run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+from vlmkit.data.datasets import ShuffledStream
+from vlmkit.data.image import preprocess_images_fast
+from vlmkit.data.tokenizer import Tokenizer
+from vlmkit.errors import ConfigError, DataError
+from vlmkit.models.coca.model import CoCa
+from vlmkit.models.siglip.model import SiglipVisionTower
+from vlmkit.models.siglip.two_tower import SiglipTwoTower, contrastive_loss
+from vlmkit.training.config import OptimConfig, ParallelConfig, Precision
+from vlmkit.training.optim import lr_factor, set_lr
+from vlmkit.training.parallelize import DistInfo, all_reduce_sum, clip_grad_norm, grad_sync, parallelize
+from vlmkit.training.trainer import Hook, MetricLogger, NonFiniteLossError, Trainer
+
+Family = Literal["siglip", "coca"]
+
+
+@dataclass(kw_only=True)
+class ContrastiveModelConfig:
+    family: Family = "siglip"
+    # A preset of the family (SiglipConfig two-tower / CocaConfig presets, random init) or, for
+    # siglip, a HF "siglip" checkpoint folder to fine-tune.
+    source: str = "debug"
+    contrastive_loss: str = ""  # "" = the preset's; "sigmoid" (SigLIP) or "softmax" (CLIP)
+    contrastive_weight: float | None = None  # CoCa only; None = the preset's
+    caption_weight: float | None = None  # CoCa only; None = the preset's
+    tokenizer: str | None = None  # folder; None: the checkpoint's, or a small BPE trained on the data
+    tokenizer_vocab: int = 512
+    init_std: float = 0.02
+    max_logit_scale: float = math.log(100.0)  # t' is clamped to [0, this] after each step (open_clip)
+
+
+@dataclass(kw_only=True)
+class ContrastiveDataConfig:
+    manifest: str = ""  # JSONL rows {"image": path, "caption": text}
+    eval_manifest: str | None = None
+    image_root: str | None = None
+    batch_size: int = 64  # global image-text pairs per optimizer step
+    grad_accum: int = 1
+    shuffle_seed: int = 0
+    synthetic_scenes: int = 0  # > 0 and no manifest: captioned synthetic scenes, in memory
+    synthetic_seed: int = 0
+
+
+@dataclass(kw_only=True)
+class ContrastiveTrainConfig:
+    """A contrastive / CoCa run; field names match `TrainConfig` where the meaning is the same."""
+
+    recipe: str = "custom"
+    out_dir: str = "runs/contrastive"
+    model: ContrastiveModelConfig = field(default_factory=ContrastiveModelConfig)
+    data: ContrastiveDataConfig = field(default_factory=ContrastiveDataConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, weight_decay=0.1))
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    steps: int = 100
+    stop_after: int | None = None
+    precision: Precision = "fp32"
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 0  # 0 = evaluation hooks at the end only
+    eval_batches: int = 4  # unused (no evaluation loss); kept for the shared loop
+    ckpt_every: int = 50
+    keep_checkpoints: int = 2
+    export: bool = True
+
+    def micro_batch_size(self, world_size: int) -> int:
+        per_step = world_size * self.data.grad_accum
+        if self.data.batch_size <= 0 or self.data.grad_accum <= 0 or self.data.batch_size % per_step:
+            raise ConfigError(f"data.batch_size={self.data.batch_size} does not split into {world_size} "
+                              f"rank(s) x {self.data.grad_accum} accumulation step(s)")
+        return self.data.batch_size // per_step
+
+    def validate(self) -> None:
+        checks = [
+            (self.steps > 0 and self.optim.lr > 0, "steps and optim.lr must be > 0"),
+            (0 <= self.optim.warmup_steps <= self.steps, "optim.warmup_steps must be in [0, steps]"),
+            (self.model.family in ("siglip", "coca"), f"model.family must be siglip or coca, got {self.model.family!r}"),
+            (self.model.contrastive_loss in ("", "sigmoid", "softmax"), "model.contrastive_loss must be sigmoid or softmax"),
+            (self.data.manifest or self.data.synthetic_scenes > 0, "data.manifest is required (--data)"),
+            (self.log_every > 0 and self.keep_checkpoints > 0, "log_every and keep_checkpoints must be > 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- text and batches
+
+
+def text_vocab_size(tok: Tokenizer) -> int:
+    """Ids a caption can contain: those below the PaliGemma layout's first `<loc0000>` token.
+
+    Small tokenizers trained here (`build_small_tokenizer`) append 1024 loc, 128 seg and the
+    `<image>` token after the text pieces; captions never use them, so a model trained from
+    scratch needs no embedding or output rows for them (a 3x smaller output layer at ~500 pieces).
+    """
+    first_loc = tok.token_to_id("<loc0000>")
+    return first_loc if first_loc is not None and first_loc > max(tok.bos_id, tok.eos_id, tok.pad_id) else tok.vocab_size
+
+
+def text_length(model: nn.Module) -> int:
+    """Token positions of the model's text side (CoCa context / SigLIP text positions)."""
+    if isinstance(model, CoCa):
+        return model.cfg.context_length
+    return model.cfg.text.max_position_embeddings
+
+
+def tokenize_captions(tok: Tokenizer, texts: list[str], model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Captions -> (input_ids [B, T] int64, attention_mask [B, T] int64), right-padded.
+
+    CoCa: <bos> caption <eos>, padded to the longest row (it reads a CLS token of its own).
+    SigLIP: caption <eos>, padded to the full text length: the tower pools the LAST position, so
+    every caption must be padded alike, in training and at inference (as SigLIP was trained).
+    Captions longer than the model's positions are cut, keeping the final <eos>.
+    """
+    limit, coca = text_length(model), isinstance(model, CoCa)
+    rows = []
+    for text in texts:
+        body = tok.encode(text)[: limit - (2 if coca else 1)]
+        rows.append(([tok.bos_id] if coca else []) + body + [tok.eos_id])
+    T = max(map(len, rows)) if coca else limit
+    ids = torch.full((len(rows), T), tok.pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), T, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+class PairBatches:
+    """Endless micro-batches of (image, caption) pairs of one rank, resumable at the exact sample.
+
+    `stream` yields {"pixels": uint8 [3, h, w], "text": str} (a `ShuffledStream` over a pairs
+    dataset); batches are {"pixel_values": float32 [B, 3, S, S] (SigLIP normalisation),
+    "input_ids", "attention_mask": int64 [B, T]}.
+    """
+
+    def __init__(self, stream: ShuffledStream, tok: Tokenizer, model: nn.Module, micro_batch_size: int):
+        self.stream, self.tok, self.model, self.micro_batch_size = stream, tok, model, micro_batch_size
+        self.image_size = model.cfg.vision.image_size
+        self._it = None
+
+    def _next_sample(self) -> dict:
+        for _ in range(2):  # at most one epoch boundary per sample
+            if self._it is None:
+                self._it = iter(self.stream)
+            try:
+                return next(self._it)
+            except StopIteration:
+                self._it = None
+        raise DataError("the data stream yields no samples for this rank (dataset smaller than world size?)")
+
+    def collate(self, samples: list[dict]) -> dict[str, torch.Tensor]:
+        pixels = torch.stack([s["pixels"] for s in samples])  # [B, 3, h, w] uint8
+        ids, mask = tokenize_captions(self.tok, [s["text"] for s in samples], self.model)
+        return {"pixel_values": preprocess_images_fast(pixels, self.image_size, resample="bilinear"),
+                "input_ids": ids, "attention_mask": mask}
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        return self.collate([self._next_sample() for _ in range(self.micro_batch_size)])
+
+    def state_dict(self) -> dict:
+        return self.stream.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stream.load_state_dict(state)
+        self._it = None
+
+
+# --------------------------------------------------------------------------- model plumbing
+
+
+def model_blocks(model: nn.Module) -> list[nn.Module]:
+    """The repeated transformer blocks (units of activation checkpointing and FSDP sharding)."""
+    vision: SiglipVisionTower = model.vision_tower
+    if isinstance(model, CoCa):
+        return [*vision.layers, *model.unimodal_layers, *model.multimodal_layers]
+    return [*vision.layers, *model.text_tower.layers]
+
+
+def freeze_unused(model: nn.Module) -> list[str]:
+    """Freeze the CoCa parts that feed only a loss of weight 0; returns their name prefixes."""
+    if not isinstance(model, CoCa):
+        return []
+    if model.cfg.caption_weight == 0 and model.cfg.contrastive_weight == 0:
+        raise ConfigError("both CoCa loss weights are 0; nothing to train")
+    frozen = []
+    if model.cfg.caption_weight == 0:
+        frozen += ["caption_pooler", "multimodal_layers", "final_norm", "lm_head"]
+    if model.cfg.contrastive_weight == 0:
+        frozen += ["contrastive_pooler", "image_proj", "text_norm", "text_proj", "cls_embedding",
+                   "logit_scale", "logit_bias"]
+    for name, p in model.named_parameters():
+        if name.split(".")[0] in frozen:
+            p.requires_grad_(False)
+    return frozen
+
+
+def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters: weight decay on the matrices of linear / conv /
+    attention-projection layers only; embeddings, norms, biases, queries and t', b undecayed."""
+    decayed = set()
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            decayed.add(id(m.weight))
+        elif isinstance(m, nn.MultiheadAttention):
+            decayed.add(id(m.in_proj_weight))
+    groups = {True: [], False: []}
+    for p in model.parameters():
+        if p.requires_grad:
+            groups[id(p) in decayed].append(p)
+    param_groups = [dict(params=ps, lr=optim.lr, base_lr=optim.lr, weight_decay=optim.weight_decay if d else 0.0)
+                    for d, ps in groups.items() if ps]
+    # foreach=False for bit-identical updates whatever the grouping (see optim.build_optimizer).
+    return torch.optim.AdamW(param_groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, foreach=False)
+
+
+def _float32(out):
+    return dataclasses.replace(out, image_embeds=out.image_embeds.float(), text_embeds=out.text_embeds.float())
+
+
+class ContrastiveLoss(nn.Module):
+    """Root module of training: holds the two-tower or CoCa model as `.model`.
+
+    forward(pixel_values [B, 3, S, S], input_ids / attention_mask [B, T], caption_scale) ->
+    (loss 0-dim float32, {"contrastive", "caption"} detached parts). Being the root matters for
+    DDP/FSDP, whose hooks run around the root's forward.
+    """
+
+    def __init__(self, model: nn.Module, autocast: Callable[[], object] = nullcontext, group=None):
+        super().__init__()
+        self.model, self.autocast, self.group = model, autocast, group
+
+    def forward(self, pixel_values, input_ids, attention_mask, caption_scale: float = 1.0):
+        m = self.model
+        if isinstance(m, SiglipTwoTower):
+            with self.autocast():
+                out = m(pixel_values, input_ids, attention_mask)
+            loss = m.loss(_float32(out), self.group)
+            return loss, {"contrastive": loss.detach()}
+        if m.cfg.caption_weight == 0:  # contrastive-only CoCa: the multimodal decoder is not needed
+            with self.autocast():
+                img, txt = m.encode_image(pixel_values), m.encode_text(input_ids, attention_mask)
+            con = contrastive_loss(m.cfg.contrastive_loss, img.float(), txt.float(), m.logit_scale,
+                                   m.logit_bias, self.group)
+            return m.cfg.contrastive_weight * con, {"contrastive": con.detach()}
+        with self.autocast():
+            out = m(pixel_values, input_ids, attention_mask)
+        parts = m.loss(_float32(out), input_ids, attention_mask, self.group)
+        loss = m.cfg.contrastive_weight * parts.contrastive + m.cfg.caption_weight * parts.caption * caption_scale
+        return loss, {"contrastive": parts.contrastive.detach(), "caption": parts.caption.detach()}
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+class ContrastiveTrainer(Trainer):
+    """Train a `SiglipTwoTower` or `CoCa` on a `PairBatches` stream; see the module docstring.
+
+    Args: as `Trainer` (`cfg` a `ContrastiveTrainConfig`); `export_fn(state)` writes the export.
+    """
+
+    def __init__(self, cfg: ContrastiveTrainConfig, model: nn.Module, batches: PairBatches, info: DistInfo, *,
+                 export_fn: Callable[[dict], object] | None = None, hooks: list[Hook] = ()):
+        # Not Trainer.__init__: that builds the PaliGemma loss and component-wise optimizer groups.
+        if cfg.precision == "fp16":
+            raise ConfigError("precision=fp16 is not supported for contrastive training; use bf16")
+        self.cfg, self.model, self.batches, self.info = cfg, model, batches, info
+        self.eval_data, self.export_fn, self.hooks = None, export_fn, list(hooks)
+        self.out = Path(cfg.out_dir)
+        freeze_unused(model)
+        self.loss_module = ContrastiveLoss(model, self._autocast)
+        self.root = parallelize(self.loss_module, model, info, cfg.parallel, blocks=model_blocks(model))
+        self.optimizer = build_optimizer(self.loss_module, cfg.optim)
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.scaler = torch.amp.GradScaler(info.device.type, enabled=False)
+        self.logger = MetricLogger(self.out, info.is_main)
+        self.step, self.losses, self.last_eval = 0, [], {}
+        self._sd_options = StateDictOptions(full_state_dict=info.strategy == "fsdp",
+                                            cpu_offload=info.strategy == "fsdp")
+
+    def _caption_scales(self, micro: list[dict]) -> list[float]:
+        """Per micro-batch factor n_local * world * accum / n_global on the mean caption loss."""
+        counts = [float(b["attention_mask"][:, 1:].sum()) for b in micro]
+        n_global = float(all_reduce_sum(torch.tensor(sum(counts), device=self.info.device)))
+        if n_global == 0:
+            raise DataError(f"step {self.step + 1}: the batch has no caption tokens")
+        return [c * self.info.world_size * len(micro) / n_global for c in counts]
+
+    def train_step(self, snapshot: tuple[dict, dict]) -> dict:
+        """One optimizer step over `grad_accum` micro-batches; returns its metrics."""
+        micro = [self._to_device(self.batches.next_batch()) for _ in range(self.cfg.data.grad_accum)]
+        scales = self._caption_scales(micro)
+        totals = torch.zeros(3, device=self.info.device)  # loss, contrastive, caption
+        for i, (batch, scale) in enumerate(zip(micro, scales)):
+            with grad_sync(self.root, i == len(micro) - 1):
+                loss, parts = self.root(**batch, caption_scale=scale)
+            (loss / len(micro)).backward()
+            caption = parts.get("caption", loss.new_zeros(())) * scale  # this micro-batch's share of the token mean
+            totals += torch.stack([loss.detach(), parts["contrastive"], caption])
+        # Each rank's contrastive term is its share of the global loss: the mean over ranks is the loss.
+        totals = all_reduce_sum(totals) / (self.info.world_size * len(micro))
+        loss = float(totals[0])
+        if not math.isfinite(loss):
+            path = self.save_checkpoint(*snapshot)
+            raise NonFiniteLossError(f"loss is {loss} at step {self.step + 1}; stopped and saved the last good "
+                                     f"state to {path} (try a lower optim.lr or precision=fp32)")
+        grad_norm = clip_grad_norm(self.params, self.cfg.optim.grad_clip)
+        lr = set_lr(self.optimizer, lr_factor(self.step, self.cfg.steps, self.cfg.optim.warmup_steps,
+                                              self.cfg.optim.min_lr_ratio))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._clamp_temperature()
+        metrics = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "contrastive": float(totals[1])}
+        if isinstance(self.model, CoCa) and self.model.cfg.caption_weight > 0:
+            metrics["caption"] = float(totals[2])
+        return metrics
+
+    @torch.no_grad()
+    def _clamp_temperature(self) -> None:
+        # exp(t') beyond ~100 makes the softmax/sigmoid saturate and training unstable (CLIP sec. 2.5).
+        scale = self.model.logit_scale
+        if scale.requires_grad:
+            scale.clamp_(0.0, self.cfg.model.max_logit_scale)

@@ -1,0 +1,375 @@
+"""Contrastive and CoCa recipes, their data and `run_contrastive`, which executes one.
+
+    siglip   SigLIP two-tower, pairwise sigmoid loss (arXiv:2303.15343)
+    clip     the same towers with CLIP's softmax InfoNCE and temperature init (arXiv:2103.00020)
+    coca     CoCa, contrastive + captioning losses (arXiv:2205.01917)
+
+These return a `ContrastiveTrainConfig`, not a `TrainConfig`, and need image-caption pairs rather
+than PaLI prefix/suffix rows, so they have their own entry point instead of `recipes.RECIPES`:
+
+    python -m vlmkit.training.recipes.contrastive siglip --smoke --out runs/siglip
+    torchrun --nproc-per-node 4 -m vlmkit.training.recipes.contrastive coca --data pairs.jsonl ...
+
+Data: a JSONL manifest of ``{"image": path, "caption": text}`` rows (``text`` or ``suffix`` are
+accepted for the caption), or, with ``data.synthetic_scenes``, captioned synthetic scenes (1-3
+coloured shapes, "a red circle and a blue square") rendered in memory. `smoke=True` gives a
+seconds-long CPU run on the debug presets that trains, checkpoints, resumes and evaluates
+image<->text retrieval on held-out scenes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from vlmkit.data.datasets import ShuffledStream
+from vlmkit.data.image import load_image
+from vlmkit.data.synth import SynthConfig, generate_scene
+from vlmkit.data.tokenizer import Tokenizer
+from vlmkit.errors import CheckpointError, ConfigError, DataError, VlmkitError
+from vlmkit.eval.retrieval import retrieval_recall_from_embeddings
+from vlmkit.models.coca.config import PRESETS as COCA_PRESETS
+from vlmkit.models.coca.config import CocaConfig
+from vlmkit.models.coca.model import CoCa
+from vlmkit.models.common.init import init_weights
+from vlmkit.models.siglip.config import TWO_TOWER_PRESETS, SiglipConfig
+from vlmkit.models.siglip.two_tower import SiglipTwoTower
+from vlmkit.training.collate import build_small_tokenizer
+from vlmkit.training.config import OptimConfig, apply_overrides
+from vlmkit.training.contrastive import (ContrastiveDataConfig, ContrastiveModelConfig, ContrastiveTrainConfig,
+                                         ContrastiveTrainer, PairBatches, text_vocab_size)
+from vlmkit.training.parallelize import DistInfo, barrier, init_distributed, shutdown_distributed
+from vlmkit.training.trainer import Hook, TrainResult
+from vlmkit.weights.create import TOKENIZER_FILES
+from vlmkit.weights.hf import load_hf, save_hf
+
+# --------------------------------------------------------------------------- recipes
+
+
+def _smoke(cfg: ContrastiveTrainConfig, source: str) -> ContrastiveTrainConfig:
+    cfg.model.source = source
+    cfg.data = ContrastiveDataConfig(batch_size=8, grad_accum=1, synthetic_scenes=64)
+    cfg.optim = OptimConfig(lr=2e-3, weight_decay=0.1, warmup_steps=2)
+    cfg.steps, cfg.precision, cfg.ckpt_every, cfg.log_every = 6, "fp32", 3, 1
+    return cfg
+
+
+def siglip(*, smoke: bool = False) -> ContrastiveTrainConfig:
+    """SigLIP B/16-style pretraining (sigmoid loss, t' = log 10, b = -10); needs --data."""
+    cfg = ContrastiveTrainConfig(
+        recipe="siglip", model=ContrastiveModelConfig(family="siglip", source="base-patch16-224"),
+        data=ContrastiveDataConfig(batch_size=1024), steps=20_000, precision="bf16", ckpt_every=1000,
+        # SigLIP's paper: lr 1e-3, weight decay 1e-4, warm-up, cosine.
+        optim=OptimConfig(lr=1e-3, weight_decay=1e-4, warmup_steps=2000),
+    )
+    return _smoke(cfg, "debug") if smoke else cfg
+
+
+def clip(*, smoke: bool = False) -> ContrastiveTrainConfig:
+    """CLIP-style two-tower (softmax InfoNCE, t' = log(1/0.07), no bias); needs --data."""
+    cfg = siglip(smoke=smoke)
+    cfg.recipe, cfg.model.contrastive_loss = "clip", "softmax"
+    cfg.optim.weight_decay = 0.1 if smoke else 0.2  # CLIP's 0.2
+    return cfg
+
+
+def coca(*, smoke: bool = False) -> ContrastiveTrainConfig:
+    """CoCa (contrastive weight 1, captioning weight 2, the paper's); needs --data."""
+    cfg = ContrastiveTrainConfig(
+        recipe="coca", model=ContrastiveModelConfig(family="coca", source="small"),
+        data=ContrastiveDataConfig(batch_size=512), steps=20_000, precision="bf16", ckpt_every=1000,
+        optim=OptimConfig(lr=5e-4, weight_decay=0.01, warmup_steps=2000),
+    )
+    return _smoke(cfg, "debug") if smoke else cfg
+
+
+CONTRASTIVE_RECIPES = {"siglip": siglip, "clip": clip, "coca": coca}
+
+
+# --------------------------------------------------------------------------- data
+
+
+class ImageTextPairs(torch.utils.data.Dataset):
+    """In-memory pairs: `images` uint8 [N, 3, H, W] and N captions; item i is
+    {"pixels": uint8 [3, H, W], "text": str}."""
+
+    def __init__(self, images: torch.Tensor, texts: list[str]):
+        if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(texts):
+            raise DataError(f"need uint8 [N, 3, H, W] images and N texts, got {tuple(images.shape)} and {len(texts)}")
+        self.images, self.texts = images, list(texts)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"pixels": self.images[i], "text": self.texts[i]}
+
+
+class ManifestPairs(torch.utils.data.Dataset):
+    """JSONL rows {"image": path, "caption" | "text" | "suffix": str}; images are read lazily and
+    resized to `image_size` (bicubic) so that a batch stacks."""
+
+    def __init__(self, manifest: str | Path, image_size: int, image_root: str | None = None):
+        self.rows, self.image_size = [], image_size
+        root = Path(image_root) if image_root else Path(manifest).parent
+        try:
+            lines = Path(manifest).read_text(encoding="utf-8").splitlines()
+        except OSError as e:
+            raise DataError(f"cannot read manifest {manifest} ({e.strerror})") from None
+        for n, line in enumerate(lines, 1):
+            try:
+                row = json.loads(line) if line.strip() else None
+            except ValueError:
+                raise DataError(f"{manifest}:{n} is not JSON") from None
+            if row is None:
+                continue
+            text = next((row[k] for k in ("caption", "text", "suffix") if isinstance(row.get(k), str)), None)
+            if not isinstance(row.get("image"), str) or text is None:
+                raise DataError(f"{manifest}:{n} needs an \"image\" path and a \"caption\"")
+            self.rows.append((root / row["image"], text))
+        if not self.rows:
+            raise DataError(f"manifest {manifest} has no rows")
+        self.texts = [t for _, t in self.rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        path, text = self.rows[i]
+        image = load_image(path).resize((self.image_size, self.image_size), resample=3)  # 3 = bicubic
+        return {"pixels": torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous(), "text": text}
+
+
+def caption_objects(objects) -> str:
+    """Shapes left to right: "a red circle", "a red circle and a blue square", "a, b and c"."""
+    parts = [f"a {o.color} {o.shape}" for o in sorted(objects, key=lambda o: (o.box[0] + o.box[2], o.box[1]))]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def synthetic_pairs(n: int, seed: int, image_size: int) -> ImageTextPairs:
+    """`n` captioned synthetic scenes (1-3 shapes of 6 colours x 5 kinds, no words)."""
+    cfg = SynthConfig(image_size=max(image_size, 32), min_shapes=1, max_shapes=3, word_prob=0.0,
+                      colors=("red", "green", "blue", "yellow", "purple", "orange"),
+                      shapes=("circle", "square", "triangle", "star", "diamond"), seed=seed)
+    rng = np.random.default_rng(seed)
+    scenes = [generate_scene(rng, cfg) for _ in range(n)]
+    images = torch.stack([torch.from_numpy(np.array(s.image.resize((image_size, image_size), resample=2)))
+                          for s in scenes]).permute(0, 3, 1, 2).contiguous()  # [N, H, W, 3] -> [N, 3, H, W]
+    return ImageTextPairs(images, [caption_objects(s.objects) for s in scenes])
+
+
+def _datasets(cfg: ContrastiveTrainConfig, image_size: int):
+    """(train pairs, held-out pairs) from the manifests or the synthetic generator."""
+    if cfg.data.manifest:
+        held = ManifestPairs(cfg.data.eval_manifest, image_size, cfg.data.image_root) if cfg.data.eval_manifest else None
+        return ManifestPairs(cfg.data.manifest, image_size, cfg.data.image_root), held
+    n, seed = cfg.data.synthetic_scenes, cfg.data.synthetic_seed
+    return synthetic_pairs(n, seed, image_size), synthetic_pairs(max(n // 4, 16), seed + 1, image_size)
+
+
+# --------------------------------------------------------------------------- model, tokenizer, export
+
+
+def _preset_config(m: ContrastiveModelConfig) -> SiglipConfig | CocaConfig:
+    """The family's preset config with the loss overrides applied (vocabulary set later)."""
+    presets = TWO_TOWER_PRESETS if m.family == "siglip" else COCA_PRESETS
+    if m.source not in presets:
+        raise CheckpointError(f"--model {m.source!r} is neither a folder nor a {m.family} preset "
+                              f"({', '.join(sorted(presets))})")
+    base = presets[m.source]
+    loss = {"contrastive_loss": m.contrastive_loss} if m.contrastive_loss else {}
+    if m.family == "siglip":
+        if m.contrastive_weight is not None or m.caption_weight is not None:
+            raise ConfigError("model.contrastive_weight / caption_weight apply to CoCa only")
+        return dataclasses.replace(base, **loss)
+    weights = {k: v for k, v in (("contrastive_weight", m.contrastive_weight), ("caption_weight", m.caption_weight))
+               if v is not None}
+    return dataclasses.replace(base, **loss, **weights)
+
+
+def build_model(base: SiglipConfig | CocaConfig, tok: Tokenizer, init_std: float, seed: int) -> nn.Module:
+    """A float32, randomly initialised model of `base` with the tokenizer's vocabulary and ids."""
+    ids = dict(pad_token_id=tok.pad_id, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id)
+    if isinstance(base, SiglipConfig):
+        model = SiglipTwoTower(dataclasses.replace(base, text=dataclasses.replace(
+            base.text, vocab_size=text_vocab_size(tok), **ids)))
+    else:
+        model = CoCa(dataclasses.replace(base, vocab_size=text_vocab_size(tok), **ids))
+    return init_weights(model, std=init_std, seed=seed).float().train()
+
+
+def _load_folder(folder: Path) -> SiglipTwoTower:
+    model = load_hf(folder, dtype="float32")
+    if not isinstance(model, SiglipTwoTower):
+        raise CheckpointError(f"{folder} holds a {type(model).__name__}, not a SigLIP two-tower checkpoint")
+    return model.train()
+
+
+def _tokenizer_dir(cfg: ContrastiveTrainConfig, folder: Path | None, texts: list[str], info: DistInfo) -> Path:
+    if cfg.model.tokenizer:
+        return Path(cfg.model.tokenizer)
+    if folder is not None:
+        return folder
+    out = Path(cfg.out_dir) / "tokenizer"
+    if info.is_main and not (out / "tokenizer.json").is_file():  # reused on resume
+        build_small_tokenizer(texts, out, cfg.model.tokenizer_vocab)
+    barrier()
+    return out
+
+
+def export_model(model: nn.Module, out: Path, tok_dir: Path) -> Path:
+    """SigLIP: a HF "siglip" folder (`save_hf`); CoCa (no HF format): model.safetensors and its
+    CocaConfig as config.json. The tokenizer files are copied beside the weights."""
+    extra = {n: tok_dir / n for n in TOKENIZER_FILES if (tok_dir / n).is_file()}
+    if isinstance(model, SiglipTwoTower):
+        return save_hf(model, out, extra_files=extra)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+    (out / "config.json").write_text(json.dumps({"model_type": "vlmkit-coca", **dataclasses.asdict(model.cfg)},
+                                                indent=2))
+    for name, src in extra.items():
+        (out / name).write_bytes(src.read_bytes())
+    return out
+
+
+def _exporter(cfg: ContrastiveTrainConfig, model_cfg, tok_dir: Path):
+    def export(state: dict[str, torch.Tensor]) -> Path:
+        with torch.device("meta"):
+            model = SiglipTwoTower(model_cfg) if isinstance(model_cfg, SiglipConfig) else CoCa(model_cfg)
+        model.load_state_dict(state, strict=True, assign=True)
+        return export_model(model, Path(cfg.out_dir) / "export", tok_dir)
+    return export
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def unique_captions(pairs, limit: int) -> list[int]:
+    """Indices of the first pair of each distinct caption (at most `limit`): retrieval needs
+    every text to have exactly one right image."""
+    seen, keep = set(), []
+    for i in range(len(pairs)):
+        text = pairs.texts[i]
+        if text not in seen:
+            seen.add(text)
+            keep.append(i)
+            if len(keep) == limit:
+                break
+    return keep
+
+
+def retrieval_hook(pairs, tok: Tokenizer, limit: int = 256) -> Hook:
+    """Evaluation hook: image<->text recall@1/5 on the held-out pairs with distinct captions."""
+    keep = unique_captions(pairs, limit)
+
+    @torch.no_grad()
+    def hook(trainer: ContrastiveTrainer, step: int) -> dict:
+        model, root = trainer.model, trainer.root
+        if hasattr(root, "unshard"):  # FSDP2: the root's own parameters are sharded between forwards
+            root.unshard()
+        model.eval()
+        batches = PairBatches(None, tok, model, 64)
+        img, txt = [], []
+        for i in range(0, len(keep), 64):
+            batch = trainer._to_device(batches.collate([pairs[j] for j in keep[i:i + 64]]))
+            img.append(model.encode_image(batch["pixel_values"]).float())
+            txt.append(model.encode_text(batch["input_ids"], batch["attention_mask"]).float())
+        model.train()
+        if hasattr(root, "reshard"):
+            root.reshard()
+        r = retrieval_recall_from_embeddings(torch.cat(img), torch.cat(txt), torch.arange(len(keep)), ks=(1, 5))
+        return {"i2t_r1": r.image_to_text[1], "i2t_r5": r.image_to_text[5], "t2i_r1": r.text_to_image[1],
+                "t2i_r5": r.text_to_image[5]}
+
+    return hook
+
+
+# --------------------------------------------------------------------------- run
+
+
+def run_contrastive(cfg: ContrastiveTrainConfig, *, resume: bool = False, hooks: list[Hook] = ()) -> TrainResult:
+    """Train per `cfg`: process group -> model config -> data -> tokenizer -> model -> stream ->
+    `ContrastiveTrainer` (DDP/FSDP there) -> optional resume -> fit (retrieval eval) -> export.
+    Under torchrun every rank calls this."""
+    from vlmkit.training.recipes import _start  # shared with the PaliGemma recipes
+
+    cfg.validate()
+    info = init_distributed(cfg.parallel)
+    folder = Path(cfg.model.source) if Path(cfg.model.source).is_dir() else None
+    if folder is not None and cfg.model.family != "siglip":
+        raise ConfigError("only SigLIP two-tower checkpoints can be loaded from a folder")
+    loaded = _load_folder(folder) if folder is not None else None
+    base = loaded.cfg if loaded is not None else _preset_config(cfg.model)
+    train, held = _datasets(cfg, base.vision.image_size)
+    tok_dir = _tokenizer_dir(cfg, folder, train.texts, info)
+    tok = Tokenizer.from_folder(tok_dir)
+    torch.manual_seed(cfg.seed)  # the same initialisation on every rank
+    model = loaded if loaded is not None else build_model(base, tok, cfg.model.init_std, cfg.seed)
+    stream = ShuffledStream(train, seed=cfg.data.shuffle_seed, rank=info.rank, world_size=info.world_size,
+                            equal_split=True)
+    batches = PairBatches(stream, tok, model, cfg.micro_batch_size(info.world_size))
+    torch.manual_seed(cfg.seed + info.rank)
+    trainer = ContrastiveTrainer(cfg, model, batches, info, export_fn=_exporter(cfg, model.cfg, tok_dir),
+                                 hooks=[*([retrieval_hook(held, tok)] if held is not None else []), *hooks])
+    _start(trainer, cfg, info, resume, train)
+    return trainer.fit()
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_contrastive_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Arguments of the contrastive trainer (a `train-contrastive` sub-parser, or standalone)."""
+    parser.add_argument("recipe", choices=sorted(CONTRASTIVE_RECIPES), help="contrastive training recipe")
+    parser.add_argument("--data", help="training manifest (JSONL rows {image, caption}); optional with --smoke")
+    parser.add_argument("--eval-data", help="held-out manifest for retrieval recall")
+    parser.add_argument("--model", help="preset of the family (e.g. debug) or a SigLIP HF folder to fine-tune")
+    parser.add_argument("--tokenizer", help="tokenizer folder (default: the model folder's, or trained on the data)")
+    parser.add_argument("--out", help="run folder (default runs/RECIPE)")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    parser.add_argument("--smoke", action="store_true", help="tiny CPU run: debug preset, synthetic scenes")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, extra: list[str]) -> ContrastiveTrainConfig:
+    from vlmkit.training.cli import parse_overrides
+
+    cfg = CONTRASTIVE_RECIPES[args.recipe](smoke=args.smoke)
+    named = {"data.manifest": args.data, "data.eval_manifest": args.eval_data, "model.source": args.model,
+             "model.tokenizer": args.tokenizer, "out_dir": args.out or f"runs/{args.recipe}"}
+    cfg = apply_overrides(cfg, {k: v for k, v in named.items() if v is not None})
+    return apply_overrides(cfg, parse_overrides(extra))
+
+
+def run_contrastive_args(args: argparse.Namespace, extra: list[str] | None = None) -> int:
+    """Run a parsed command; `extra` are `--key.value` overrides. 0, or 2 after a one-line error."""
+    try:
+        cfg = config_from_args(args, extra if extra is not None else getattr(args, "overrides", []) or [])
+        result = run_contrastive(cfg, resume=args.resume)
+    except VlmkitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        shutdown_distributed()
+    if result.export is not None:
+        print(f"exported {result.export}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = add_contrastive_arguments(argparse.ArgumentParser(
+        prog="vlmkit train-contrastive", description=__doc__.split("\n")[0], allow_abbrev=False))
+    args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    return run_contrastive_args(args, extra)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
