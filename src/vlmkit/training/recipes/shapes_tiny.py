@@ -4,6 +4,9 @@ synthetic shapes world (`vlmkit.data.synth`) on a 2-core CPU.
     vlmkit train shapes_tiny --out runs/shapes_tiny      # ~40 min on 2 CPU cores
     scripts/train_shapes_tiny.sh                          # train, evaluate, copy into assets/
 
+Status: runs end to end, but so far the model learns only the answer priors and ignores the image
+(docs/bundled_model.md, "Status"), so no weights are bundled yet.
+
 Everything is trained (there is no pretrained encoder to keep), on one fixed task mixture of
 caption / VQA / detect / OCR. The recipe renders its own training world (`synth_world`): the same
 scenes as `vlmkit data synth`, but more of them show a word and OCR is sampled more often, since
