@@ -1,0 +1,67 @@
+"""Every `vlmkit` command and Python snippet the README shows runs (paths to a real checkpoint are
+replaced by a random debug checkpoint; the images they name are created)."""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from vlmkit.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+REAL = "/path/to/paligemma-3b-pt-224"
+
+
+def _blocks(lang):
+    return re.findall(rf"```{lang}\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+
+
+def _commands():
+    lines = [line.strip() for block in _blocks("bash")[2:] for line in block.splitlines()]
+    return [line for line in lines if line.startswith("vlmkit ")]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("readme")
+    assert main(["create", str(d / "runs/debug-model")]) == 0
+    for name in ("cat.jpg", "a.jpg", "b.jpg"):
+        Image.new("RGB", (64, 48), "orange").save(d / name)
+    (d / "frames").mkdir()
+    for i in range(4):
+        Image.new("RGB", (40, 30), (60 * i, 20, 20)).save(d / "frames" / f"{i}.png")
+    return d
+
+
+def _run(line, workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    argv = shlex.split(line.replace(REAL, "runs/debug-model"))[1:]
+    assert main(argv) == 0, line
+
+
+FAST = [c for c in _commands() if not c.startswith("vlmkit experiment")]
+SLOW = [c for c in _commands() if c.startswith("vlmkit experiment")]
+
+
+def test_readme_shows_commands():
+    assert len(FAST) >= 8 and SLOW
+
+
+def test_readme_commands_run_in_order(workdir, monkeypatch, capsys):
+    for line in FAST:  # in order: later commands use what earlier ones wrote
+        _run(line, workdir, monkeypatch)
+    assert (workdir / "out.png").is_file() and (workdir / "runs/demo/index.html").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("line", SLOW)
+def test_readme_slow_commands(line, workdir, monkeypatch):
+    _run(line, workdir, monkeypatch)
+
+
+def test_readme_python_snippet(workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    (snippet,) = _blocks("python")
+    exec(compile(snippet.replace(REAL, "runs/debug-model"), "README.md", "exec"), {})
