@@ -1,0 +1,135 @@
+"""Shared benchmark helpers: hardware floors, peak RSS, worker subprocesses, tables.
+
+Fair comparison on a shared machine: each framework runs in its own long-lived subprocess (so its
+peak RSS is its own), and the parent sends them the same commands in turn (A, B, A, B, ...) so
+that load from other users of the CPU hits both sides alike. Reported times are the best of the
+repetitions (the least disturbed run), with every sample kept in the JSON output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MiB.
+
+    VmHWM (Linux) is per address space and starts afresh at exec; ru_maxrss is not used first
+    because Linux carries it over from the parent across fork + exec, so every worker would
+    report the parent's peak (e.g. the 1 GiB bandwidth test) if that was larger.
+    """
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB -> MiB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def best_time(fn: Callable[[], object], reps: int = 5) -> float:
+    """Smallest wall time of `reps` calls of fn (seconds)."""
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def measure_bandwidth(mib: int = 512, reps: int = 5) -> float:
+    """Memory bandwidth in bytes/s from copying a `mib` MiB tensor (a copy reads and writes it)."""
+    src = torch.ones(mib << 18, dtype=torch.float32)  # mib MiB of float32
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # fault the pages in before timing
+    return 2 * src.numel() * 4 / best_time(lambda: dst.copy_(src), reps)
+
+
+def measure_matmul_rate(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    """Dense matmul rate in FLOP/s for [n, n] @ [n, n] in `dtype`."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b  # warm-up: oneDNN picks and caches its kernel
+    return 2 * n**3 / best_time(lambda: a @ b, reps)
+
+
+def hardware() -> dict:
+    """What the floors are computed from, measured now (the machine may be shared)."""
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    return {
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+        "amx_bf16": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags,
+        "bandwidth_GBps": measure_bandwidth() / 1e9,
+        "matmul_GFLOPs": {str(d).removeprefix("torch."): measure_matmul_rate(d) / 1e9
+                          for d in (torch.float32, torch.bfloat16)},
+    }
+
+
+class Worker:
+    """A subprocess that answers JSON commands, one per line, with one JSON reply per line."""
+
+    def __init__(self, argv: Sequence[str], name: str):
+        self.name = name
+        self.proc = subprocess.Popen(
+            [sys.executable, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+        )
+
+    def ask(self, cmd: str, **kwargs) -> dict:
+        self.proc.stdin.write(json.dumps({"cmd": cmd, **kwargs}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker {self.name} exited (code {self.proc.wait()}); see its stderr above")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(f"worker {self.name}: {reply['error']}")
+        return reply
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+
+
+def serve(handlers: dict[str, Callable[..., dict]]) -> None:
+    """Worker side of `Worker`: read commands from stdin, answer on stdout until stdin closes.
+
+    Anything the handlers print goes to stderr, so stdout carries only the protocol.
+    """
+    out, sys.stdout = sys.stdout, sys.stderr
+    for line in sys.stdin:
+        msg = json.loads(line)
+        try:
+            reply = handlers[msg.pop("cmd")](**msg)
+        except Exception as e:  # noqa: BLE001 - reported to the parent, which stops the run
+            reply = {"error": f"{type(e).__name__}: {e}"}
+        out.write(json.dumps(reply) + "\n")
+        out.flush()
+
+
+def format_table(rows: list[dict], columns: Sequence[str]) -> str:
+    """Fixed-width text table; floats get 3 significant digits, None becomes '-'."""
+    def cell(v) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.0f}"
+        return str(v)
+
+    cells = [[cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b

@@ -1,0 +1,165 @@
+"""Worker subprocess of bench_generate.py: one framework, one model, timed commands over stdin.
+
+    python benchmarks/_gen_worker.py VARIANT FOLDER DTYPE INPUTS THREADS
+
+VARIANT is "transformers" or "vlmkit" with optional "+int8" and/or "+compile" suffixes. The model
+is loaded from the same safetensors FOLDER by each framework's own loader; INPUTS is a torch.save
+file of ready batches ({"b1": {...}, "b8": {...}}), so both sides see identical tensors.
+
+Commands (see `handlers`): load, prefill, generate, rss. Each replies with a JSON object.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import peak_rss_mb, serve  # noqa: E402
+
+
+class _NoTextTokenizer:
+    """vlmkit's generate decodes text every step; ids are what we compare, so decode is trivial."""
+
+    eos_id = -1  # never sampled: every run produces exactly max_new_tokens tokens, like HF below
+
+    def decode(self, ids):
+        return ""
+
+
+class _TimingStreamer:
+    """transformers streamer: put() gets the prompt first, then each new token batch."""
+
+    def __init__(self):
+        self.calls, self.t_first, self.t_end = 0, None, None
+
+    def put(self, value):
+        self.calls += 1
+        if self.calls == 2:
+            self.t_first = time.perf_counter()
+
+    def end(self):
+        self.t_end = time.perf_counter()
+
+
+class VlmkitRunner:
+    def __init__(self, folder: str, dtype: str, int8: bool, compiled: bool):
+        from vlmkit.generation.compile import compile_decode
+        from vlmkit.weights.hf import load_hf
+
+        self.model = load_hf(folder, dtype=dtype)
+        self.int8, self.logit_error = int8, None
+        self.decode_fn = compile_decode() if compiled else None
+
+    def quantize(self, batch: dict) -> None:
+        """Quantise in place and record the logit error against the float model on `batch`."""
+        from vlmkit.generation.quantize import quantize_int8
+
+        with torch.inference_mode():
+            ref = self.model(batch["input_ids"], batch["pixel_values"], batch["attention_mask"],
+                             batch["token_type_ids"]).float()
+            quantize_int8(self.model)
+            out = self.model(batch["input_ids"], batch["pixel_values"], batch["attention_mask"],
+                             batch["token_type_ids"]).float()
+        self.logit_error = {
+            "max_abs_over_max_ref": float((out - ref).abs().max() / ref.abs().max()),
+            "argmax_agreement": float((out.argmax(-1) == ref.argmax(-1)).float().mean()),
+        }
+
+    @torch.inference_mode()
+    def prefill(self, batch: dict) -> float:
+        """Image encoding + prompt forward up to the first logits (what generate does first)."""
+        from vlmkit.generation.decode import prefill
+        from vlmkit.models.paligemma.model import positions_from_mask
+
+        m, mask = self.model, batch["attention_mask"]
+        t0 = time.perf_counter()
+        embeds = m.embed_inputs(batch["input_ids"], m.encode_images(batch["pixel_values"]))
+        in_prefix = mask.bool() & (batch["token_type_ids"] == 0)
+        logits, _ = prefill(m.language_model, embeds, mask, in_prefix, positions_from_mask(mask),
+                            mask.shape[1] + 1)
+        logits.argmax(-1)
+        dt = time.perf_counter() - t0
+        m.language_model.clear_caches()
+        return dt
+
+    def generate(self, batch: dict, new_tokens: int) -> dict:
+        from vlmkit.generation import SamplingConfig, generate_stream
+
+        results, t_first = [], None
+        t0 = time.perf_counter()
+        stream = generate_stream(self.model, _NoTextTokenizer(), batch, SamplingConfig(max_new_tokens=new_tokens),
+                                 self.decode_fn, results)
+        for _ in stream:
+            t_first = t_first or time.perf_counter()
+        t_end = time.perf_counter()
+        compiled = getattr(self.decode_fn, "compiled", None)  # False if compile fell back to eager
+        return {"t0": t0, "t_first": t_first, "t_end": t_end, "tokens": [r.token_ids for r in results],
+                "compiled": compiled}
+
+
+class HFRunner:
+    def __init__(self, folder: str, dtype: str):
+        import transformers as tf
+
+        self.model = tf.PaliGemmaForConditionalGeneration.from_pretrained(
+            folder, dtype=getattr(torch, dtype)).eval()
+        self.model.generation_config.eos_token_id = None  # fixed length, like vlmkit above
+        self.model.generation_config.pad_token_id = 0
+        self.logit_error = None
+
+    @torch.inference_mode()
+    def prefill(self, batch: dict) -> float:
+        t0 = time.perf_counter()
+        out = self.model(**batch, use_cache=True, logits_to_keep=1)
+        out.logits[:, -1].argmax(-1)
+        return time.perf_counter() - t0
+
+    @torch.inference_mode()
+    def generate(self, batch: dict, new_tokens: int) -> dict:
+        streamer = _TimingStreamer()
+        T = batch["input_ids"].shape[1]
+        t0 = time.perf_counter()
+        out = self.model.generate(**batch, max_new_tokens=new_tokens, do_sample=False, streamer=streamer)
+        t_end = time.perf_counter()
+        return {"t0": t0, "t_first": streamer.t_first, "t_end": t_end, "tokens": out[:, T:].tolist()}
+
+
+def main(variant: str, folder: str, dtype: str, inputs: str, threads: str) -> None:
+    if int(threads) > 0:
+        torch.set_num_threads(int(threads))
+    torch.manual_seed(0)
+    batches = torch.load(inputs)
+    state: dict = {}
+
+    def load() -> dict:
+        t0 = time.perf_counter()
+        if variant == "transformers":
+            runner = HFRunner(folder, dtype)
+        else:
+            parts = variant.split("+")
+            runner = VlmkitRunner(folder, dtype, "int8" in parts, "compile" in parts)
+            if runner.int8:
+                runner.quantize(batches["b1"])
+        state["runner"] = runner
+        return {"load_s": time.perf_counter() - t0, "rss_mb": peak_rss_mb(), "logit_error": runner.logit_error}
+
+    def prefill(batch: str) -> dict:
+        return {"s": state["runner"].prefill(batches[batch])}
+
+    def generate(batch: str, new_tokens: int) -> dict:
+        r = state["runner"].generate(batches[batch], new_tokens)
+        rows = len(r["tokens"])
+        decode_s = r["t_end"] - r["t_first"]
+        return {"ttft_s": r["t_first"] - r["t0"], "decode_s": decode_s, "total_s": r["t_end"] - r["t0"],
+                "tokens_per_s": rows * (new_tokens - 1) / decode_s, "tokens": r["tokens"],
+                "compiled": r.get("compiled")}
+
+    serve({"load": load, "prefill": prefill, "generate": generate, "rss": lambda: {"peak_rss_mb": peak_rss_mb()}})
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:6])

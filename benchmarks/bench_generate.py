@@ -1,0 +1,227 @@
+"""PaliGemma generation on CPU: vlmkit vs transformers, side by side, with hardware floors.
+
+    python benchmarks/bench_generate.py                       # debug + mid-300m (fp32, bf16)
+    python benchmarks/bench_generate.py --full                # + the real paligemma-3b-224 shape, bf16
+    python benchmarks/bench_generate.py --cases mid-300m:bfloat16 --variants vlmkit+compile,transformers
+    python benchmarks/bench_generate.py --json out.json
+
+For each case, one random-weight PaliGemma is written as a HF safetensors folder (cached under
+--workdir) and loaded by each framework's own loader in its own subprocess. Measured per variant:
+prefill (image encoding + prompt forward to the first logits, batch 1), time to first token and
+decode tokens/s of greedy `generate` at batch 1 and batch 8, and peak RSS of the process.
+
+Floors: decode must read every language-model weight (and the KV cache) once per step, so a step
+takes at least bytes / memory bandwidth; prefill must do its matmul FLOPs, so it takes at least
+FLOPs / dense matmul rate. Both rates are measured at the start of the run. `frac` = floor /
+measured time (1.0 = at the hardware limit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import Worker, format_table, hardware, ratio  # noqa: E402
+
+from vlmkit.models.common.init import init_weights  # noqa: E402
+from vlmkit.models.gemma.config import GemmaConfig  # noqa: E402
+from vlmkit.models.paligemma import PaliGemma, PaliGemmaConfig  # noqa: E402
+from vlmkit.models.siglip.config import SiglipVisionConfig  # noqa: E402
+from vlmkit.weights.hf import save_hf  # noqa: E402
+
+WORKER = str(Path(__file__).with_name("_gen_worker.py"))
+
+
+def case_config(name: str) -> PaliGemmaConfig:
+    """debug (tiny), mid-300m (SigLIP-B/16 + 12-layer 1024-wide Gemma, 32k vocab), 3b-224 (real)."""
+    if name == "debug":
+        return PaliGemmaConfig.from_preset("debug")
+    if name == "mid-300m":
+        vision = SiglipVisionConfig.from_preset("b16-224", use_head=False)
+        text = GemmaConfig(vocab_size=32768, hidden_size=1024, intermediate_size=4096, num_layers=12,
+                           num_heads=8, num_kv_heads=1, head_dim=128)
+        return PaliGemmaConfig(vision=vision, text=text, image_token_id=32767)
+    if name == "3b-224":
+        return PaliGemmaConfig.from_preset("paligemma-3b-224")
+    raise SystemExit(f"unknown case {name!r}; choose from debug, mid-300m, 3b-224")
+
+
+def ensure_checkpoint(name: str, dtype: str, workdir: Path) -> Path:
+    """Write (once) a seeded random-weight checkpoint of case `name` in `dtype`."""
+    folder = workdir / f"{name}-{dtype}"
+    if (folder / "config.json").is_file():
+        return folder
+    torch.set_default_dtype(getattr(torch, dtype))  # build in place: no fp32 copy of a 3B model
+    try:
+        model = init_weights(PaliGemma(case_config(name)), std=0.02, seed=0)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    print(f"writing {folder} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M params)", flush=True)
+    return save_hf(model, folder)
+
+
+def make_batch(cfg: PaliGemmaConfig, batch: int, text_len: int, dtype: str, seed: int) -> dict:
+    """`batch` prompts of image tokens + `text_len` random text tokens (no padding), and images."""
+    g = torch.Generator().manual_seed(seed)
+    n, size = cfg.num_image_tokens, cfg.vision.image_size
+    text = torch.randint(3, min(cfg.text.vocab_size, 1000) - 1, (batch, text_len), generator=g)
+    ids = torch.cat([torch.full((batch, n), cfg.image_token_id), text], 1)
+    pixels = (torch.rand(batch, 3, size, size, generator=g) * 2 - 1).to(getattr(torch, dtype))
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids),
+            "pixel_values": pixels}
+
+
+def floors(cfg: PaliGemmaConfig, dtype: str, hw: dict, batch: int, text_len: int, new_tokens: int) -> dict:
+    """Lower bounds (seconds) for batch-1 prefill and per-step decode at `batch` rows."""
+    with torch.device("meta"):
+        m = PaliGemma(cfg)
+    elt = torch.finfo(getattr(torch, dtype)).bits // 8
+    c, v = cfg.text, cfg.vision
+    lm_params = sum(p.numel() for p in m.language_model.parameters())
+    n, T = cfg.num_image_tokens, cfg.num_image_tokens + text_len
+    # Decode: all LM weights once per step (tied head included), plus the KV cache read at the
+    # mean length of the run.
+    kv = 2 * c.num_layers * batch * c.num_kv_heads * (T + new_tokens / 2) * c.head_dim * elt
+    decode_s = (lm_params * elt + kv) / (hw["bandwidth_GBps"] * 1e9)
+    # Prefill FLOPs: 2 per weight per token for every matmul, attention's QK^T and PV, the head
+    # for the last position only, the vision tower on its n patches.
+    vis_mat = sum(p.numel() for p in m.vision_tower.parameters() if p.dim() >= 2)
+    lm_mat = sum(p.numel() for p in m.language_model.layers.parameters() if p.dim() >= 2)
+    flops = (2 * n * vis_mat + 4 * n * n * v.hidden_size * v.num_layers + 2 * n * v.hidden_size * c.hidden_size
+             + 2 * T * lm_mat + 4 * T * T * c.num_heads * c.head_dim * c.num_layers + 2 * c.hidden_size * c.vocab_size)
+    prefill_s = flops / (hw["matmul_GFLOPs"][dtype] * 1e9)
+    return {"prefill_s": prefill_s, "decode_step_s": decode_s, "prefill_GFLOP": flops / 1e9,
+            "decode_bytes_per_step_MB": (lm_params * elt + kv) / 1e6}
+
+
+def run_case(name: str, dtype: str, variants: list[str], args, hw: dict) -> dict:
+    cfg = case_config(name)
+    folder = ensure_checkpoint(name, dtype, args.workdir)
+    inputs = args.workdir / f"inputs-{name}-{dtype}.pt"
+    torch.save({f"b{b}": make_batch(cfg, b, args.text_len, dtype, seed=b) for b in (1, 8)}, inputs)
+    workers = [Worker([WORKER, v, str(folder), dtype, str(inputs), str(args.threads)], v) for v in variants]
+    try:
+        samples = {w.name: {"load": w.ask("load")} for w in workers}
+        for w in workers:  # warm-up (and compilation) outside the timed repetitions
+            w.ask("prefill", batch="b1")
+            for b in ("b1", "b8"):
+                samples[w.name][f"warmup_{b}_s"] = w.ask("generate", batch=b, new_tokens=args.new_tokens)["total_s"]
+        for _ in range(args.reps):
+            for w in workers:  # interleaved: A, B, A, B ...
+                samples[w.name].setdefault("prefill", []).append(w.ask("prefill", batch="b1")["s"])
+            for b in ("b1", "b8"):
+                for w in workers:
+                    samples[w.name].setdefault(b, []).append(w.ask("generate", batch=b, new_tokens=args.new_tokens))
+        for w in workers:
+            samples[w.name]["peak_rss_mb"] = w.ask("rss")["peak_rss_mb"]
+    finally:
+        for w in workers:
+            w.close()
+    fl = {b: floors(cfg, dtype, hw, int(b[1:]), args.text_len, args.new_tokens) for b in ("b1", "b8")}
+    return summarise(name, dtype, samples, fl)
+
+
+def summarise(name: str, dtype: str, samples: dict, fl: dict) -> dict:
+    """Best-of-reps metrics per variant, ratios to transformers, floors and fractions."""
+    out = {"case": name, "dtype": dtype, "floors": fl, "variants": {}}
+    for v, s in samples.items():
+        best = {b: max(s[b], key=lambda r: r["tokens_per_s"]) for b in ("b1", "b8")}
+        out["variants"][v] = {
+            "prefill_s": min(s["prefill"]), "ttft_s": min(r["ttft_s"] for r in s["b1"]),
+            "decode_tok_s_b1": best["b1"]["tokens_per_s"], "decode_tok_s_b8": best["b8"]["tokens_per_s"],
+            "peak_rss_mb": s["peak_rss_mb"], "load_s": s["load"]["load_s"],
+            "compiled": best["b8"].get("compiled"),  # None: eager variant; False: compile fell back
+            "logit_error": s["load"]["logit_error"],
+            "first_run_s": {b: s[f"warmup_{b}_s"] for b in ("b1", "b8")},
+            "tokens": {b: best[b]["tokens"] for b in ("b1", "b8")},
+            "samples": {"prefill_s": s["prefill"],
+                        **{f"tok_s_{b}": [r["tokens_per_s"] for r in s[b]] for b in ("b1", "b8")}},
+        }
+    ref = out["variants"].get("transformers")
+    for v, m in out["variants"].items():
+        m["vs_transformers"] = None if ref is None else {
+            "prefill": ratio(m["prefill_s"], ref["prefill_s"]), "ttft": ratio(m["ttft_s"], ref["ttft_s"]),
+            "decode_b1": ratio(m["decode_tok_s_b1"], ref["decode_tok_s_b1"]),
+            "decode_b8": ratio(m["decode_tok_s_b8"], ref["decode_tok_s_b8"]),
+            "peak_rss": ratio(m["peak_rss_mb"], ref["peak_rss_mb"]),
+            "same_tokens_b1": m["tokens"]["b1"] == ref["tokens"]["b1"],
+            "same_tokens_b8": m["tokens"]["b8"] == ref["tokens"]["b8"],
+        }
+        m["fraction_of_floor"] = {
+            "prefill": fl["b1"]["prefill_s"] / m["prefill_s"],
+            "decode_b1": m["decode_tok_s_b1"] * fl["b1"]["decode_step_s"],
+            "decode_b8": m["decode_tok_s_b8"] * fl["b8"]["decode_step_s"] / 8,
+        }
+    return out
+
+
+def table_rows(result: dict) -> list[dict]:
+    fl, rows = result["floors"], []
+    for v, m in result["variants"].items():
+        vs, frac = m["vs_transformers"] or {}, m["fraction_of_floor"]
+        rows.append({
+            "case": f"{result['case']} {result['dtype']}",
+            "variant": v + (" (fell back to eager)" if m["compiled"] is False else ""),
+            "prefill ms": m["prefill_s"] * 1e3, "pf x": vs.get("prefill"),
+            "ttft ms": m["ttft_s"] * 1e3, "ttft x": vs.get("ttft"),
+            "tok/s b1": m["decode_tok_s_b1"], "b1 x": vs.get("decode_b1"),
+            "tok/s b8": m["decode_tok_s_b8"], "b8 x": vs.get("decode_b8"),
+            "RSS MB": m["peak_rss_mb"], "rss x": vs.get("peak_rss"),
+            "same tok": None if not vs else ("yes" if vs["same_tokens_b1"] and vs["same_tokens_b8"] else "no"),
+            "frac pf/b1/b8": f"{frac['prefill']:.2f}/{frac['decode_b1']:.2f}/{frac['decode_b8']:.2f}",
+        })
+    rows.append({"case": "", "variant": "floor", "prefill ms": fl["b1"]["prefill_s"] * 1e3,
+                 "tok/s b1": 1 / fl["b1"]["decode_step_s"], "tok/s b8": 8 / fl["b8"]["decode_step_s"]})
+    return rows
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cases", default="debug:float32,mid-300m:float32,mid-300m:bfloat16",
+                   help="comma-separated CASE:DTYPE (cases: debug, mid-300m, 3b-224)")
+    p.add_argument("--full", action="store_true", help="add 3b-224:bfloat16 (about 6 GB per framework, slow)")
+    p.add_argument("--variants", default="vlmkit,vlmkit+compile,transformers",
+                   help="comma-separated; vlmkit with +int8 / +compile suffixes, or transformers")
+    p.add_argument("--int8", action="store_true", help="add vlmkit+int8+compile (reports logit error)")
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--text-len", type=int, default=16, help="prompt text tokens after the image tokens")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads in each worker (0 = torch's default); 1 is steadier on a busy machine")
+    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "vlmkit-bench")
+    p.add_argument("--json", type=Path, help="write all results and samples here")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    cases = [c.split(":") for c in args.cases.split(",")] + ([["3b-224", "bfloat16"]] if args.full else [])
+    variants = args.variants.split(",") + (["vlmkit+int8+compile"] if args.int8 else [])
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)  # floors measured with the workers' thread count
+    hw = hardware()
+    print(json.dumps(hw), flush=True)
+    results = []
+    for name, dtype in cases:
+        results.append(run_case(name, dtype, variants, args, hw))
+        print(format_table(table_rows(results[-1]), list(table_rows(results[-1])[0])), flush=True)
+        for v, m in results[-1]["variants"].items():
+            if m["logit_error"]:
+                print(f"  {v} logit error vs {dtype}: {m['logit_error']}")
+    rows = [r for res in results for r in table_rows(res)]
+    print("\nAll cases (... x = variant / transformers, decode x is a speed-up; frac = floor / measured time):")
+    print(format_table(rows, list(rows[0])))
+    if args.json:
+        args.json.write_text(json.dumps({"hardware": hw, "args": {k: str(v) for k, v in vars(args).items()},
+                                         "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

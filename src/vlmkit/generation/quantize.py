@@ -1,0 +1,167 @@
+"""Int8 weight-only quantisation, applied to a loaded model from outside (no model code changes).
+
+Each selected `nn.Linear` weight W [out, in] becomes int8 values q and one scale per output
+channel, s = max|W[o, :]| / 127, so W ~= q * s[:, None]. Activations stay in the model dtype;
+y = (x @ q.T) * s, which equals x @ (q * s).T exactly, so the weight is never materialised in
+full precision. Decoding is memory-bound (every weight is read once per token), so halving (bf16)
+or quartering (fp32) the bytes read is what makes it faster; prefill is compute-bound and gains
+little.
+
+On CPU with bf16/fp16 activations and at most `INT8PACK_MAX_ROWS` rows (decode),
+`torch._weight_int8pack_mm` (a fused int8-weight GEMV) is used; otherwise the int8 weight is cast
+to the activation dtype on the fly, which costs time: int8 is a speed-up for bf16 decoding at
+batch 1-2 and a memory saving everywhere, not a speed-up for fp32, batch >= 8 or prefill.
+
+Gemma ties the LM head to the token embedding, and the head is the largest matrix (257216 x
+2048 in PaliGemma): with `embeddings=True` the table is stored in int8, looked up row-wise with
+dequantisation, and the instance's `logits` method is replaced to multiply by the int8 table.
+
+Error: per-channel symmetric int8 has a relative weight error of at most 1/254 per entry; on
+random-weight models the logits stay within ~1-2 % of their range (see tests/unit/test_quantize.py
+and benchmarks/bench_generate.py --int8, which reports the logit error against the float model).
+
+Not supported: saving quantised checkpoints (quantise after `load_hf`), training through Int8Linear.
+"""
+
+import types
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlmkit.models.gemma.model import Gemma
+
+_HAS_INT8PACK = hasattr(torch, "_weight_int8pack_mm")
+INT8PACK_MAX_ROWS = 32
+
+
+def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """weight [out, in] float -> (q [out, in] int8, scale [out] float32), weight ~= q * scale[:, None]."""
+    q = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+    scale = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)  # [out]
+    # Row chunks keep the float32 temporary small (a 257216 x 2048 table would need 2 GB at once).
+    for start in range(0, weight.shape[0], 8192):
+        w = weight[start:start + 8192].detach().float()  # [rows, in]
+        s = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0  # [rows]; clamp: all-zero rows
+        q[start:start + 8192] = torch.round(w / s[:, None]).clamp(-127, 127).to(torch.int8)
+        scale[start:start + 8192] = s
+    return q, scale
+
+
+def _use_int8pack(x2: torch.Tensor) -> bool:
+    """Whether to use the fused CPU kernel for x2 [M, in].
+
+    Measured (PyTorch 2.13, AMX CPU, 1 thread, 16384 x 2048 weight, bf16 activations): 1-2 rows
+    1.5-3x faster than a bf16 matmul; 8 rows 1.6x slower than bf16 but 5x faster than casting the
+    int8 weight (~40 ms: the cast runs at ~1 G elements/s); the two meet near 48 rows, and for
+    prefill-sized M the kernel is 5-10x slower than the cast. With fp32 activations it is 3-40x
+    slower than fp32 matmul, so fp32 always casts."""
+    return (_HAS_INT8PACK and x2.device.type == "cpu" and x2.dtype in (torch.bfloat16, torch.float16)
+            and x2.shape[0] <= INT8PACK_MAX_ROWS)
+
+
+def int8_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x [..., in] float, q [out, in] int8, scale [out] float -> x @ (q * scale).T [..., out] in x's dtype."""
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])  # [M, in]
+    # Cast only when needed: an in-graph cast of the scales breaks inductor's int8pack lowering
+    # ("LoweringException: AssertionError: Pointwise"), so modules store them in the model dtype.
+    scale = scale if scale.dtype == x.dtype else scale.to(x.dtype)
+    if _use_int8pack(x2):
+        y = torch._weight_int8pack_mm(x2.contiguous(), q, scale)  # [M, out]
+    else:
+        # (x @ q.T) * s == x @ (q * s).T: scaling the output avoids a full-size dequantised copy.
+        y = F.linear(x2, q.to(x.dtype)) * scale
+    return y.reshape(*lead, q.shape[0])  # [..., out]
+
+
+class Int8Linear(nn.Module):
+    """Drop-in for an inference `nn.Linear` with an int8 weight and per-output-channel scales.
+
+    Buffers: weight_int8 [out, in] int8, weight_scale [out] and bias [out] (or None) in the
+    original weight dtype.
+    """
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        q, scale = quantize_per_channel(linear.weight)
+        self.register_buffer("weight_int8", q)
+        # In the model dtype: the fused kernel takes scales in the activation dtype anyway.
+        self.register_buffer("weight_scale", scale.to(linear.weight.dtype))
+        bias = None if linear.bias is None else linear.bias.detach().clone()
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., in] -> [..., out] in x's dtype."""
+        y = int8_matmul(x, self.weight_int8, self.weight_scale)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Int8Embedding(nn.Module):
+    """Drop-in for `nn.Embedding` (lookup only) with an int8 table; rows come back in `dtype`.
+
+    Buffers: weight_int8 [V, D] int8, weight_scale [V] in the original weight dtype.
+    """
+
+    def __init__(self, emb: nn.Embedding):
+        super().__init__()
+        q, scale = quantize_per_channel(emb.weight)
+        self.register_buffer("weight_int8", q)
+        self.register_buffer("weight_scale", scale.to(emb.weight.dtype))
+        self.dtype = emb.weight.dtype
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [...] int64 -> [..., D] in the original embedding dtype."""
+        rows = self.weight_int8[ids].to(self.dtype)  # [..., D]
+        return rows * self.weight_scale[ids][..., None].to(self.dtype)
+
+
+def _int8_tied_logits(self: Gemma, h: torch.Tensor) -> torch.Tensor:
+    """Replacement for `Gemma.logits` when the tied table is int8: h [B, T, D] -> [B, T, V]."""
+    emb = self.embed_tokens
+    logits = int8_matmul(h, emb.weight_int8, emb.weight_scale)
+    cap = self.cfg.final_logit_softcap
+    return logits if cap is None else torch.tanh(logits / cap) * cap
+
+
+def _set_child(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, attr, module)
+
+
+@torch.no_grad()
+def quantize_int8(model: nn.Module, skip: tuple[str, ...] = ("vision_tower",), embeddings: bool = True,
+                  min_features: int = 16) -> nn.Module:
+    """Replace the model's `nn.Linear` layers (and Gemma's tied embedding) by int8 versions, in place.
+
+    Args:
+        model: a loaded model in eval mode (PaliGemma, Gemma, ...); returned for chaining.
+        skip: module-name prefixes left in float. The vision tower runs once per image
+            (compute-bound, and cached by the pipeline), so quantising it saves memory but
+            costs accuracy for no speed.
+        embeddings: also quantise every tied Gemma embedding / LM head (the largest matrix).
+        min_features: Linears with fewer input features are kept (no bandwidth to save).
+    """
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    for name in names:
+        if any(name == s or name.startswith(s + ".") for s in skip):
+            continue
+        linear = model.get_submodule(name)
+        if linear.in_features >= min_features:
+            _set_child(model, name, Int8Linear(linear))
+    if embeddings:
+        for name, m in list(model.named_modules()):
+            skipped = any(name == s or name.startswith(s + ".") for s in skip)
+            if isinstance(m, Gemma) and m.lm_head is None and not skipped:
+                m.embed_tokens = Int8Embedding(m.embed_tokens)
+                m.logits = types.MethodType(_int8_tied_logits, m)  # per instance, like checkpointing
+    return model
+
+
+def state_bytes(model: nn.Module) -> int:
+    """Bytes of all parameters and persistent buffers (what the model holds in memory)."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
