@@ -54,8 +54,12 @@ class BatchStream:
                 self._it = None
         raise DataError("the data stream yields no samples for this rank (dataset smaller than world size?)")
 
+    def collate(self, samples: list[dict]) -> dict[str, torch.Tensor]:
+        """Samples -> one micro-batch; subclasses for other model inputs override only this."""
+        return collate(samples, self.processor)
+
     def next_batch(self) -> dict[str, torch.Tensor]:
-        return collate([self._next_sample() for _ in range(self.micro_batch_size)], self.processor)
+        return self.collate([self._next_sample() for _ in range(self.micro_batch_size)])
 
     def state_dict(self) -> dict:
         return self.stream.state_dict()

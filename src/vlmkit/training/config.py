@@ -105,6 +105,15 @@ class ParallelConfig:
     device: str = "auto"  # auto: this rank's CUDA device if there is one, else cpu
 
 
+def split_batch(batch_size: int, grad_accum: int, world_size: int) -> int:
+    """Global batch -> examples per forward pass on one rank; ConfigError unless it splits evenly."""
+    per_step = world_size * grad_accum
+    if batch_size <= 0 or grad_accum <= 0 or batch_size % per_step:
+        raise ConfigError(f"data.batch_size={batch_size} does not split into {world_size} "
+                          f"rank(s) x {grad_accum} accumulation step(s)")
+    return batch_size // per_step
+
+
 @dataclass(kw_only=True)
 class TrainConfig:
     recipe: str = "custom"
@@ -129,11 +138,7 @@ class TrainConfig:
 
     def micro_batch_size(self, world_size: int) -> int:
         """Examples per forward pass on one rank; ConfigError unless the batch splits evenly."""
-        per_step = world_size * self.data.grad_accum
-        if self.data.batch_size <= 0 or self.data.grad_accum <= 0 or self.data.batch_size % per_step:
-            raise ConfigError(f"data.batch_size={self.data.batch_size} does not split into {world_size} "
-                              f"rank(s) x {self.data.grad_accum} accumulation step(s)")
-        return self.data.batch_size // per_step
+        return split_batch(self.data.batch_size, self.data.grad_accum, world_size)
 
     def validate(self) -> None:
         """Raise ConfigError on values that would fail later in a less readable way."""

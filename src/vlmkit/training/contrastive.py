@@ -49,7 +49,8 @@ from vlmkit.errors import ConfigError, DataError
 from vlmkit.models.coca.model import CoCa
 from vlmkit.models.siglip.model import SiglipVisionTower
 from vlmkit.models.siglip.two_tower import SiglipTwoTower, contrastive_loss
-from vlmkit.training.config import OptimConfig, ParallelConfig, Precision
+from vlmkit.training.collate import BatchStream
+from vlmkit.training.config import OptimConfig, ParallelConfig, Precision, split_batch
 from vlmkit.training.optim import lr_factor, set_lr
 from vlmkit.training.parallelize import DistInfo, all_reduce_sum, clip_grad_norm, grad_sync, parallelize
 from vlmkit.training.trainer import Hook, MetricLogger, NonFiniteLossError, Trainer
@@ -106,11 +107,7 @@ class ContrastiveTrainConfig:
     export: bool = True
 
     def micro_batch_size(self, world_size: int) -> int:
-        per_step = world_size * self.data.grad_accum
-        if self.data.batch_size <= 0 or self.data.grad_accum <= 0 or self.data.batch_size % per_step:
-            raise ConfigError(f"data.batch_size={self.data.batch_size} does not split into {world_size} "
-                              f"rank(s) x {self.data.grad_accum} accumulation step(s)")
-        return self.data.batch_size // per_step
+        return split_batch(self.data.batch_size, self.data.grad_accum, world_size)
 
     def validate(self) -> None:
         checks = [
@@ -172,44 +169,24 @@ def tokenize_captions(tok: Tokenizer, texts: list[str], model: nn.Module) -> tup
     return ids, mask
 
 
-class PairBatches:
+class PairBatches(BatchStream):
     """Endless micro-batches of (image, caption) pairs of one rank, resumable at the exact sample.
 
     `stream` yields {"pixels": uint8 [3, h, w], "text": str} (a `ShuffledStream` over a pairs
     dataset); batches are {"pixel_values": float32 [B, 3, S, S] (SigLIP normalisation),
-    "input_ids", "attention_mask": int64 [B, T]}.
+    "input_ids", "attention_mask": int64 [B, T]}. Streaming and resume come from `BatchStream`.
     """
 
     def __init__(self, stream: ShuffledStream, tok: Tokenizer, model: nn.Module, micro_batch_size: int):
-        self.stream, self.tok, self.model, self.micro_batch_size = stream, tok, model, micro_batch_size
+        super().__init__(stream, None, micro_batch_size)
+        self.tok, self.model = tok, model
         self.image_size = model.cfg.vision.image_size
-        self._it = None
-
-    def _next_sample(self) -> dict:
-        for _ in range(2):  # at most one epoch boundary per sample
-            if self._it is None:
-                self._it = iter(self.stream)
-            try:
-                return next(self._it)
-            except StopIteration:
-                self._it = None
-        raise DataError("the data stream yields no samples for this rank (dataset smaller than world size?)")
 
     def collate(self, samples: list[dict]) -> dict[str, torch.Tensor]:
         pixels = torch.stack([s["pixels"] for s in samples])  # [B, 3, h, w] uint8
         ids, mask = tokenize_captions(self.tok, [s["text"] for s in samples], self.model)
         return {"pixel_values": preprocess_images_fast(pixels, self.image_size, resample="bilinear"),
                 "input_ids": ids, "attention_mask": mask}
-
-    def next_batch(self) -> dict[str, torch.Tensor]:
-        return self.collate([self._next_sample() for _ in range(self.micro_batch_size)])
-
-    def state_dict(self) -> dict:
-        return self.stream.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.stream.load_state_dict(state)
-        self._it = None
 
 
 # --------------------------------------------------------------------------- model plumbing
