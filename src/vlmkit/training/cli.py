@@ -55,7 +55,12 @@ def config_from_args(args: argparse.Namespace, extra: list[str]) -> TrainConfig:
     """The recipe's config with the named flags and then the overrides applied."""
     from vlmkit.training.recipes import get_recipe
 
-    cfg = get_recipe(args.recipe, smoke=args.smoke)
+    return apply_args(get_recipe(args.recipe, smoke=args.smoke), args, extra)
+
+
+def apply_args(cfg, args: argparse.Namespace, extra: list[str]):
+    """Apply the named flags shared by every trainer (--data, --eval-data, --model, --tokenizer,
+    --out), then the free-form `--key.value` overrides, to a recipe's config dataclass."""
     named = {"data.manifest": args.data, "data.eval_manifest": args.eval_data, "model.source": args.model,
              "model.tokenizer": args.tokenizer, "out_dir": args.out or f"runs/{args.recipe}"}
     cfg = apply_overrides(cfg, {k: v for k, v in named.items() if v is not None})

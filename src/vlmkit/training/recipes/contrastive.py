@@ -43,7 +43,7 @@ from vlmkit.models.common.init import init_weights
 from vlmkit.models.siglip.config import TWO_TOWER_PRESETS, SiglipConfig
 from vlmkit.models.siglip.two_tower import SiglipTwoTower
 from vlmkit.training.collate import build_small_tokenizer
-from vlmkit.training.config import OptimConfig, apply_overrides
+from vlmkit.training.config import OptimConfig
 from vlmkit.training.contrastive import (ContrastiveDataConfig, ContrastiveModelConfig, ContrastiveTrainConfig,
                                          ContrastiveTrainer, PairBatches, text_vocab_size)
 from vlmkit.training.parallelize import DistInfo, barrier, init_distributed, shutdown_distributed
@@ -340,13 +340,9 @@ def add_contrastive_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
 
 
 def config_from_args(args: argparse.Namespace, extra: list[str]) -> ContrastiveTrainConfig:
-    from vlmkit.training.cli import parse_overrides
+    from vlmkit.training.cli import apply_args
 
-    cfg = CONTRASTIVE_RECIPES[args.recipe](smoke=args.smoke)
-    named = {"data.manifest": args.data, "data.eval_manifest": args.eval_data, "model.source": args.model,
-             "model.tokenizer": args.tokenizer, "out_dir": args.out or f"runs/{args.recipe}"}
-    cfg = apply_overrides(cfg, {k: v for k, v in named.items() if v is not None})
-    return apply_overrides(cfg, parse_overrides(extra))
+    return apply_args(CONTRASTIVE_RECIPES[args.recipe](smoke=args.smoke), args, extra)
 
 
 def run_contrastive_args(args: argparse.Namespace, extra: list[str] | None = None) -> int:
