@@ -1,5 +1,6 @@
 """Summaries of checkpoints: config and parameter counts per component, without loading weights."""
 
+import math
 from pathlib import Path
 
 from vlmkit.weights.hf import read_config
@@ -16,13 +17,10 @@ def model_info(source: str | Path | None) -> dict:
     counts: dict[str, int] = {}
     dtypes: set[str] = set()
     for key in reader.keys():
-        sl = reader._open(reader._where[key]).get_slice(key)
-        n = 1
-        for s in sl.get_shape():
-            n *= s
+        shape, dtype = reader.header(key)
         part = fam.normalise_key(key).split(".")[0]
-        counts[part] = counts.get(part, 0) + n
-        dtypes.add(sl.get_dtype())
+        counts[part] = counts.get(part, 0) + math.prod(shape)
+        dtypes.add(dtype)
     info = {"folder": str(folder), "model_type": d.get("model_type"), "dtype": ", ".join(sorted(dtypes))}
     for name in ("vision", "text"):
         sub = getattr(cfg, name, None)

@@ -64,9 +64,10 @@ class SafetensorsReader:
     def get(self, key: str) -> torch.Tensor:
         return self._open(self._where[key]).get_tensor(key)
 
-    def dtypes(self) -> set[torch.dtype]:
-        """Dtypes of the first few tensors (cheap: reads headers' tensors lazily)."""
-        return {self.get(k).dtype for k in self.keys()[:4]}
+    def header(self, key: str) -> tuple[list[int], str]:
+        """(shape, safetensors dtype name) of a tensor, read from the header without its data."""
+        sl = self._open(self._where[key]).get_slice(key)
+        return sl.get_shape(), sl.get_dtype()
 
 
 def atomic_folder(final: str | Path):
