@@ -132,7 +132,7 @@ def test_tar_bad_samples_are_skipped_and_corrupt_shards_raise(tmp_path, caplog):
         "a/4.json": meta,
     })  # fmt: skip
     ds = TarShardDataset(tmp_path / "s.tar")
-    with caplog.at_level(logging.WARNING, logger="vlmkit.data.datasets"):
+    with caplog.at_level(logging.WARNING, logger="vlmkit.data.shards"):
         samples = list(ds)
     assert [s["__key__"] for s in samples] == ["a/1"] and samples[0]["suffix"] == "CAT"
     assert ds.skipped == Counter(undecodable=1, empty_suffix=1, missing_field=1)

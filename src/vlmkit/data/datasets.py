@@ -2,8 +2,8 @@
 
 - `JsonlDataset`: map-style; a manifest of rows ``{"image": path | [paths], "prefix", "suffix",
   ...}``. Bad rows are skipped, counted by reason in `.skipped`, and summarised in one warning.
-- `TarShardDataset`: iterable; webdataset-style tar shards (members grouped by key, e.g.
-  ``000001_00.png`` + ``000001_00.json``), read as a stream, never all in memory.
+- `TarShardDataset` (in `vlmkit.data.shards`, re-exported here with `is_shard_source` and
+  `shard_texts`): iterable; webdataset-style tar shards, read as a stream.
 - `ShuffledStream`: deterministic order for a seed, a disjoint per-rank split, epochs, and
   `state_dict()`/`load_state_dict()` that resume at the exact sample.
 - `Augment`: photometric jitter only. Geometric augmentation would have to rewrite the targets:
@@ -17,12 +17,10 @@ every other field of the row (e.g. ``task``, ``boxes``).
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
-import tarfile
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -32,23 +30,24 @@ import torch
 from PIL import Image
 
 from vlmkit.data.image import load_image
+from vlmkit.data.shards import (
+    IMAGE_EXTS,
+    SampleError,
+    TarShardDataset,
+    _decode_or_count,
+    _summary,
+    _warn_skipped,
+    is_shard_source,
+    shard_texts,
+)
 from vlmkit.errors import ConfigError, DataError, ImageError
 
+__all__ = [
+    "IMAGE_EXTS", "Augment", "JsonlDataset", "SampleError", "ShuffledStream", "TarShardDataset",
+    "augment_image", "is_shard_source", "shard_texts",
+]  # fmt: skip
+
 log = logging.getLogger(__name__)
-
-IMAGE_EXTS = frozenset({"png", "jpg", "jpeg", "webp", "bmp"})
-
-
-class SampleError(DataError):
-    """A single sample is unusable; `reason` is its key in a `skipped` counter."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-def _summary(counts: Counter) -> str:
-    return ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
 
 
 def _row_problem(row: object, max_len: int | None, length_fn: Callable[[dict], int]) -> str | None:
@@ -150,124 +149,6 @@ class JsonlDataset(torch.utils.data.Dataset):
         images = [load_image(p) for p in self._paths(row)]
         row["image"] = images if isinstance(row["image"], list) else images[0]
         return row
-
-
-def _resolve_shards(shards: str | Path | Sequence[str | Path]) -> list[Path]:
-    if isinstance(shards, (str, Path)):
-        p = Path(shards)
-        if p.is_dir():
-            found = sorted(p.glob("*.tar"))
-        elif p.is_file():
-            found = [p]
-        else:
-            found = [Path(s) for s in sorted(glob.glob(str(shards)))]
-    else:
-        found = [Path(s) for s in shards]
-    if not found:
-        raise DataError(f"no tar shards found at {shards}")
-    missing = [str(s) for s in found if not s.is_file()]
-    if missing:
-        raise DataError(f"tar shards do not exist: {', '.join(missing[:3])}")
-    return found
-
-
-class TarShardDataset(torch.utils.data.IterableDataset):
-    """Webdataset-style tar shards: consecutive members sharing a key form one sample.
-
-    The key is the member path up to the first "." of its file name (webdataset's rule), the
-    rest is the extension: ``a/0001.png`` + ``a/0001.json`` -> key ``a/0001``. Images decode to
-    RGB PIL under ``image``; a ``.json`` member is merged into the sample; ``.txt`` goes under
-    ``txt``. Shards are read in streaming mode, one member at a time. Samples that cannot be
-    decoded or lack prefix/suffix are skipped, counted in `.skipped` and summarised in a warning
-    at the end of each pass. A corrupt shard raises `DataError`.
-    """
-
-    def __init__(self, shards: str | Path | Sequence[str | Path]) -> None:
-        self.shards: list[Path] = _resolve_shards(shards)
-        self.skipped: Counter = Counter()
-
-    def iter_raw(self, shards: Sequence[Path] | None = None) -> Iterator[dict[str, bytes | str]]:
-        """Undecoded samples ``{"__key__": key, ext: bytes, ...}`` (cheap to buffer or skip)."""
-        for shard in self.shards if shards is None else shards:
-            try:
-                with open(shard, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
-                    yield from self._group(tar, str(shard))
-                    # tarfile takes a cut-off header for the end of the archive; a complete
-                    # tar ends with two zero blocks right after the last member.
-                    f.seek(tar.offset)
-                    if f.read(1024) != bytes(1024):
-                        raise tarfile.ReadError("no end-of-archive marker, file is truncated")
-            except (tarfile.TarError, EOFError, OSError) as exc:
-                raise DataError(f"tar shard {shard} is corrupt ({exc})") from None
-
-    @staticmethod
-    def _group(tar: tarfile.TarFile, shard: str) -> Iterator[dict]:
-        current: dict = {}
-        for member in tar:
-            if not member.isfile():
-                continue
-            parent, _, name = member.name.rpartition("/")
-            stem, _, ext = name.partition(".")
-            key = f"{parent}/{stem}" if parent else stem
-            if current and current["__key__"] != key:
-                yield current
-                current = {}
-            current = current or {"__key__": key, "__shard__": shard}
-            data = tar.extractfile(member).read()
-            if len(data) != member.size:  # tarfile's stream mode returns short reads silently
-                raise tarfile.ReadError(f"member {member.name} is truncated")
-            current[ext.lower()] = data
-        if current:
-            yield current
-
-    @staticmethod
-    def decode(raw: dict) -> dict:
-        """Decode one raw sample; raises `SampleError` naming the key if it is unusable."""
-        sample = {"__key__": raw["__key__"], "__shard__": raw["__shard__"]}
-        try:
-            if "json" in raw:
-                meta = json.loads(raw["json"])
-                if not isinstance(meta, dict):
-                    raise ValueError("json is not an object")
-                sample |= meta
-            if "txt" in raw:
-                sample["txt"] = raw["txt"].decode("utf-8")
-            exts = sorted(e for e in raw if e in IMAGE_EXTS)
-            if exts:
-                sample["image"] = load_image(raw[exts[0]])
-        except (ValueError, ImageError) as exc:
-            msg = f"sample {raw['__key__']} in {raw['__shard__']}: {exc}"
-            raise SampleError("undecodable", msg) from None
-        if "image" not in sample or not isinstance(sample.get("prefix"), str):
-            raise SampleError("missing_field", f"sample {raw['__key__']} lacks an image or prefix")
-        if not isinstance(sample.get("suffix"), str) or not sample["suffix"].strip():
-            raise SampleError("empty_suffix", f"sample {raw['__key__']} has an empty suffix")
-        return sample
-
-    def __iter__(self) -> Iterator[dict]:
-        """All samples in shard order; DataLoader worker w of n reads shards w, w + n, ..."""
-        info = torch.utils.data.get_worker_info()
-        shards = self.shards if info is None else self.shards[info.id :: info.num_workers]
-        before = sum(self.skipped.values())
-        for raw in self.iter_raw(shards):
-            sample = _decode_or_count(self.decode, raw, self.skipped)
-            if sample is not None:
-                yield sample
-        _warn_skipped(self.skipped, before, "tar shards")
-
-
-def _decode_or_count(decode: Callable[[dict], dict], raw, skipped: Counter) -> dict | None:
-    try:
-        return decode(raw)
-    except SampleError as exc:
-        skipped[exc.reason] += 1
-        return None
-
-
-def _warn_skipped(skipped: Counter, before: int, what: str) -> None:
-    if sum(skipped.values()) > before:
-        log.warning("%s: skipped %d samples so far (%s)", what, sum(skipped.values()),
-                    _summary(skipped))  # fmt: skip
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -432,22 +313,3 @@ class ShuffledStream(torch.utils.data.IterableDataset):
         else:
             sample["image"] = augment_image(img, self.augment, rng)
         return sample
-
-
-def is_shard_source(source: str | Path) -> bool:
-    """True if `source` names tar shards (a .tar file, a glob, or a folder of .tar files)."""
-    p = Path(source)
-    return str(source).endswith(".tar") or "*" in str(source) or (p.is_dir() and any(p.glob("*.tar")))
-
-
-def shard_texts(shards: str | Path | Sequence[str | Path]) -> list[str]:
-    """Prefix and suffix strings of every sample's `.json` member, without decoding images."""
-    texts = []
-    for raw in TarShardDataset(shards).iter_raw():
-        try:
-            meta = json.loads(raw.get("json", b"null"))
-        except ValueError:
-            continue
-        if isinstance(meta, dict):
-            texts += [meta[k] for k in ("prefix", "suffix") if isinstance(meta.get(k), str)]
-    return texts
