@@ -49,7 +49,10 @@ def _batch(prompts):
 
 def test_cached_decode_equals_full_forward(model):
     """Feeding tokens one at a time through the cache gives the full-forward logits at each step,
-    with the prefix block bidirectional and the appended tokens causal."""
+    with the prefix block bidirectional and the appended tokens causal.
+
+    Not bitwise: a one-query SDPA over the cache and the full-sequence SDPA reduce in different
+    orders; on AMX CPUs that is ~1.1e-5 on logits of magnitude ~0.1, hence 1e-4."""
     ids, px = _prompt(5, seed=1)
     suffix = torch.randint(3, 500, (6,), generator=torch.Generator().manual_seed(2))
     full_ids = torch.cat([ids, suffix])[None]
@@ -61,11 +64,11 @@ def test_cached_decode_equals_full_forward(model):
         mask = torch.ones(1, len(ids), dtype=torch.long)
         emb = model.embed_inputs(ids[None], model.encode_images(px))
         logits, state = prefill(lm, emb, mask, mask.bool(), positions_from_mask(mask), len(full_ids[0]))
-        torch.testing.assert_close(logits, ref[:, len(ids) - 1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(logits, ref[:, len(ids) - 1], atol=1e-4, rtol=1e-4)
         for j, tok in enumerate(suffix[:-1]):
             pos, slot = advance(state)
             logits = decode_one_token(lm, tok.view(1, 1), pos, slot, state.key_valid, state.in_prefix)
-            torch.testing.assert_close(logits, ref[:, len(ids) + j], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(logits, ref[:, len(ids) + j], atol=1e-4, rtol=1e-4)
         lm.clear_caches()
 
 
