@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
+from torch.utils import flop_counter
 
 
 def peak_rss_mb() -> float:
@@ -72,13 +73,40 @@ def hardware() -> dict:
     }
 
 
+def _sdpa_cpu_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return flop_counter.sdpa_flop_count(query, key, value)
+
+
+def _sdpa_cpu_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return flop_counter.sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+def count_flops(fn: Callable[[], object]) -> tuple[object, int]:
+    """(fn(), the matmul FLOPs it ran): linear, conv, bmm and attention, forward and backward.
+
+    torch's FlopCounterMode knows the CUDA attention kernels but not the CPU flash-attention op
+    that F.scaled_dot_product_attention (and nn.MultiheadAttention) dispatch to on CPU, which it
+    would count as 0; it is mapped here to torch's own SDPA formulas (2 matmuls forward; backward
+    counts 5, the scores being recomputed).
+    """
+    aten = torch.ops.aten
+    mapping = {
+        aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_cpu_backward_flops,
+    }
+    with flop_counter.FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        out = fn()
+    return out, counter.get_total_flops()
+
+
 class Worker:
     """A subprocess that answers JSON commands, one per line, with one JSON reply per line."""
 
-    def __init__(self, argv: Sequence[str], name: str):
+    def __init__(self, argv: Sequence[str], name: str, python: str | None = None):
+        """`python`: the interpreter to run argv with (another environment's); default this one."""
         self.name = name
         self.proc = subprocess.Popen(
-            [sys.executable, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+            [python or sys.executable, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
         )
 
     def ask(self, cmd: str, **kwargs) -> dict:

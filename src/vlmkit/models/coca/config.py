@@ -5,6 +5,7 @@ Presets:
 - base: CoCa-Base from the paper's Table 1 (ViT 12 layers at width 768 / MLP 3072 / 12 heads,
   patch 18 at 288 px; 12 unimodal + 12 multimodal decoder layers at the same width; 256
   captioning queries; 64k vocabulary; loss weights lambda_Con = 1, lambda_Cap = 2).
+- open-clip-b32: the shape of open_clip's coca_ViT-B-32, for the training benchmark.
 - small: a ~20M-parameter model for experiments on one GPU (or slowly on CPU).
 - debug: a few thousand parameters; a forward pass takes milliseconds on CPU.
 """
@@ -79,6 +80,16 @@ PRESETS: dict[str, CocaConfig] = {
                                   image_size=64, patch_size=8),
         vocab_size=8192, width=384, num_heads=6, mlp_dim=1536, num_unimodal_layers=4,
         num_multimodal_layers=4, context_length=32, embed_dim=256, num_caption_queries=32,
+    ),
+    # Mirrors open_clip's coca_ViT-B-32 (model_configs/coca_ViT-B-32.json) for
+    # benchmarks/bench_train.py: ViT-B/32 at 224, a 512-wide text side with 49408-token vocabulary
+    # and 76 text positions, 12 unimodal + 12 multimodal layers, 256 caption queries. Not the same
+    # network: open_clip's multimodal layers have two MLPs (see model.py) and its ViT a class token.
+    "open-clip-b32": CocaConfig(
+        vision=SiglipVisionConfig(hidden_size=768, intermediate_size=3072, num_layers=12, num_heads=12,
+                                  image_size=224, patch_size=32),
+        vocab_size=49408, width=512, num_heads=8, mlp_dim=2048, num_unimodal_layers=12,
+        num_multimodal_layers=12, context_length=76, embed_dim=512,
     ),
     "debug": CocaConfig(
         vision=SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,

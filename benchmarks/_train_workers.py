@@ -1,0 +1,137 @@
+"""Worker subprocess of bench_train.py: one framework's contrastive training step, timed over stdin.
+
+    python benchmarks/_train_workers.py FRAMEWORK MODEL BATCH THREADS [tiny]
+
+FRAMEWORK is "vlmkit" or "open_clip", MODEL "siglip" or "coca"; "tiny" swaps in vlmkit's debug
+presets (open_clip has no tiny equivalent, so bench_train.py runs only vlmkit then). Both
+frameworks build from random weights and get the same seeded random inputs (images of the model's
+size, BATCH token rows of its full text length with ids in 1..vocab-1, so no padding), and run the
+same step: zero_grad, forward, the framework's own loss, backward, AdamW.
+
+| MODEL  | vlmkit                                      | open_clip                                |
+| ------ | ------------------------------------------- | ---------------------------------------- |
+| siglip | SiglipTwoTower("base-patch16-224"), sigmoid | ViT-B-16-SigLIP + loss.SigLipLoss        |
+| coca   | CoCa("open-clip-b32"), CoCa.loss            | coca_ViT-B-32 + loss.CoCaLoss(2.0, 1.0)  |
+
+Commands (see `main`): build (also runs the untimed warm-up step, counting its FLOPs), step,
+rss. Each replies with a JSON object.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import count_flops, peak_rss_mb, serve  # noqa: E402
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # random weights: nothing to fetch
+
+
+def vlmkit_setup(model_name: str, tiny: bool):
+    """-> (model, loss_fn(pixels, ids) -> 0-dim loss, image size, text length, vocab size)."""
+    from vlmkit.models.common.init import init_weights
+
+    if model_name == "siglip":
+        from vlmkit.models.siglip.config import TWO_TOWER_PRESETS
+        from vlmkit.models.siglip.two_tower import SiglipTwoTower
+
+        cfg = TWO_TOWER_PRESETS["debug" if tiny else "base-patch16-224"]
+        model = init_weights(SiglipTwoTower(cfg), seed=0)
+        return (model, lambda px, ids: model.loss(model(px, ids)), cfg.vision.image_size,
+                cfg.text.max_position_embeddings, cfg.text.vocab_size)
+    from vlmkit.models.coca import CoCa, CocaConfig
+
+    cfg = CocaConfig.from_preset("debug" if tiny else "open-clip-b32")
+    model = init_weights(CoCa(cfg), seed=0)
+    return (model, lambda px, ids: model.loss(model(px, ids), ids).total, cfg.vision.image_size,
+            cfg.context_length, cfg.vocab_size)
+
+
+def open_clip_setup(model_name: str, tiny: bool):
+    """As `vlmkit_setup`, for open_clip's model of the same shape (see the module table)."""
+    import open_clip
+
+    if tiny:
+        raise ValueError("open_clip has no tiny config here; tiny mode runs vlmkit only")
+    if model_name == "siglip":
+        model = open_clip.create_model("ViT-B-16-SigLIP", pretrained=None, output_dict=True)
+        siglip = open_clip.loss.SigLipLoss()
+
+        def loss(px, ids):
+            out = model(px, ids)
+            return siglip(out["image_features"], out["text_features"], out["logit_scale"], out["logit_bias"])
+    else:
+        model = open_clip.create_model("coca_ViT-B-32", pretrained=None)
+        coca = open_clip.loss.CoCaLoss(caption_loss_weight=2.0, clip_loss_weight=1.0)  # CoCa paper / open_clip
+
+        def loss(px, ids):
+            out = model(px, ids)  # drops the last token for captioning; labels = ids[:, 1:]
+            con, cap = coca(out["image_features"], out["text_features"], out["logits"], out["labels"],
+                            out["logit_scale"])
+            return con + cap
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    return model, loss, size, model.text.context_length, model.text.vocab_size
+
+
+def parts(model: torch.nn.Module) -> dict[str, int]:
+    """Parameters per top-level child (towers), to show that both sides have the same shapes."""
+    out: dict[str, int] = {}
+    for name, p in model.named_parameters():
+        key = name.split(".")[0]
+        out[key] = out.get(key, 0) + p.numel()
+    return out
+
+
+def main(framework: str, model_name: str, batch: str, threads: str, tiny: str = "") -> None:
+    if int(threads) > 0:
+        torch.set_num_threads(int(threads))
+    state: dict = {}
+
+    def build() -> dict:
+        t0 = time.perf_counter()
+        setup = vlmkit_setup if framework == "vlmkit" else open_clip_setup
+        model, loss_fn, size, text_len, vocab = setup(model_name, tiny == "tiny")
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        g = torch.Generator().manual_seed(0)
+        px = torch.randn(int(batch), 3, size, size, generator=g)
+        ids = torch.randint(1, vocab, (int(batch), text_len), generator=g)
+
+        def step() -> float:
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(px, ids)
+            loss.backward()
+            opt.step()
+            return float(loss.detach())
+
+        state["step"] = step
+        build_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        loss, flops = count_flops(step)  # warm-up: allocates gradients and optimizer state
+        versions = {"torch": torch.__version__}
+        if framework == "open_clip":
+            import open_clip
+            import timm
+
+            versions.update(open_clip=open_clip.__version__, timm=timm.__version__)
+        return {"params": sum(p.numel() for p in model.parameters()), "parts": parts(model),
+                "flops_per_step": flops, "image_size": size, "text_len": text_len, "vocab": vocab,
+                "build_s": build_s, "warmup_s": time.perf_counter() - t0, "warmup_loss": loss,
+                "threads": torch.get_num_threads(), "rss_after_warmup_mb": peak_rss_mb(), **versions}
+
+    def step() -> dict:
+        t0 = time.perf_counter()
+        loss = state["step"]()
+        return {"s": time.perf_counter() - t0, "loss": loss}
+
+    serve({"build": build, "step": step, "rss": lambda: {"peak_rss_mb": peak_rss_mb()}})
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
