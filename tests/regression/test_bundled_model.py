@@ -121,12 +121,18 @@ def test_answers_depend_on_the_image(pipe, items, got):
 
 
 def test_default_dtype_answers_match_their_pins(golden):
-    """On CPUs with fast bf16 `load` picks bf16. This small, not very confident model flips a few
-    near-tie answers in bf16 (4 of 42 when pinned), so bf16 has its own pins."""
+    """`load` with no dtype picks bf16 on CPUs with native bf16 (avx512_bf16 / amx) and float32
+    elsewhere. float32 answers must equal the pins. bf16 kernels differ by CPU (oneDNN's native
+    path vs the fp32-accumulating fallback) and this small model has near-tie answers, so exact
+    bf16 pins would hold only on the CPU that made them: bf16 must agree on >= 80% of them."""
     pipe = vlmkit.load(NAME)
     dtype = str(pipe.model.projector.weight.dtype).removeprefix("torch.")
-    pinned = golden["answers"] if dtype == "float32" else golden["answers_by_dtype"][dtype]
-    assert answers(pipe, cases()) == [g["answer"] for g in pinned]
+    got, pinned = answers(pipe, cases()), [g["answer"] for g in golden["answers"]]
+    if dtype == "float32":
+        assert got == pinned
+    else:
+        same = sum(a == b for a, b in zip(got, pinned))
+        assert same >= 0.8 * len(pinned), f"{dtype}: {same} of {len(pinned)} answers equal the float32 pins"
 
 
 def test_demo_runs_on_the_default_model(tmp_path, capsys):
@@ -144,16 +150,14 @@ def test_demo_runs_on_the_default_model(tmp_path, capsys):
 def regenerate() -> None:
     torch.set_num_threads(2)
     items = cases()
-    pins = {}
-    for dtype in ("float32", "bfloat16"):
-        pipe = vlmkit.load(NAME, dtype=dtype)
-        pins[dtype] = [{"scene": c["scene"], "task": c["task"], "subtask": c["subtask"], "prefix": c["prefix"],
-                        "truth": c["truth"], "answer": a, "correct": is_correct(c, a)}
-                       for c, a in zip(items, answers(pipe, items))]
-    GOLDEN.write_text(json.dumps({"model": NAME, "seed": SEED, "dtype": "float32", "answers": pins["float32"],
-                                  "answers_by_dtype": {"bfloat16": pins["bfloat16"]}}, indent=1) + "\n")
-    for dtype, rows in pins.items():
-        print(f"{dtype}: {len(rows)} answers, {sum(r['correct'] for r in rows)} correct")
+    pipe = vlmkit.load(NAME, dtype="float32")
+    rows = [{"scene": c["scene"], "task": c["task"], "subtask": c["subtask"], "prefix": c["prefix"],
+             "truth": c["truth"], "answer": a, "correct": is_correct(c, a)}
+            for c, a in zip(items, answers(pipe, items))]
+    GOLDEN.write_text(json.dumps({"model": NAME, "seed": SEED, "dtype": "float32", "answers": rows}, indent=1) + "\n")
+    bf16 = answers(vlmkit.load(NAME, dtype="bfloat16"), items)
+    print(f"float32: {len(rows)} answers, {sum(r['correct'] for r in rows)} correct; "
+          f"bfloat16 on this CPU: {sum(a == r['answer'] for a, r in zip(bf16, rows))} equal to float32")
     print(f"wrote {GOLDEN}")
 
 
