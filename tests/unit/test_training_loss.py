@@ -114,7 +114,9 @@ def test_grad_accumulation_equals_one_big_batch(tmp_path):
     # (rows here have unequal token counts, so a per-micro-batch mean would differ).
     assert ra.losses == pytest.approx(rb.losses, rel=1e-6)
     for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
-        torch.testing.assert_close(pa, pb, rtol=0, atol=1e-5, msg=lambda m: f"{name}: {m}")
+        # atol 3e-5: the summation order of the two gradients differs; an AVX2-only CPU
+        # showed 1.03e-5 on one of 8192 elements (one Adam step at lr 2.5e-3 moves ~2.5e-3).
+        torch.testing.assert_close(pa, pb, rtol=0, atol=3e-5, msg=lambda m: f"{name}: {m}")
 
 
 def test_activation_checkpointing_gives_the_same_gradients():
