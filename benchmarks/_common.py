@@ -63,8 +63,9 @@ def measure_matmul_rate(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> flo
 
 def hardware() -> dict:
     """What the floors are computed from, measured now (the machine may be shared)."""
+    from vlmkit.weights.dtype import cpu_has_fast_bf16  # here: open_clip's worker env has no vlmkit
+
     flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-    native_bf16 = "amx_bf16" in flags or "avx512_bf16" in flags
     return {
         "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
         "amx_bf16": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags,
@@ -73,7 +74,7 @@ def hardware() -> dict:
         # 2048^3 product takes ~50 s, so measure it on 512^3 there (the rate is what matters).
         "matmul_GFLOPs": {
             "float32": measure_matmul_rate(torch.float32) / 1e9,
-            "bfloat16": measure_matmul_rate(torch.bfloat16, n=2048 if native_bf16 else 512) / 1e9,
+            "bfloat16": measure_matmul_rate(torch.bfloat16, n=2048 if cpu_has_fast_bf16() else 512) / 1e9,
         },
     }
 
