@@ -18,19 +18,36 @@ from vlmkit.errors import ConfigError, VlmkitError
 from vlmkit.training.config import TrainConfig, apply_overrides
 
 
+# Generic help of the flags every trainer takes; a trainer may reword some (`add_run_arguments`).
+RUN_FLAG_HELP = {
+    "recipe": "training recipe",
+    "data": "training manifest (JSONL); optional with --smoke",
+    "eval_data": "held-out manifest for the evaluation loss",
+    "model": "HF checkpoint folder, bundled model or preset name (e.g. debug)",
+    "tokenizer": "tokenizer folder (default: the model folder's)",
+    "out": "run folder: metrics, checkpoints, export (default runs/RECIPE)",
+    "resume": "continue from the latest checkpoint in --out",
+    "smoke": "tiny CPU run: debug preset, synthetic data",
+}
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, recipes, **help_text: str) -> argparse.ArgumentParser:
+    """Add the flags shared by every trainer (recipe, --data, --eval-data, --model, --tokenizer,
+    --out, --resume, --smoke) to `parser`; `help_text` rewords some, keyed by their dest name."""
+    helps = RUN_FLAG_HELP | help_text
+    parser.add_argument("recipe", choices=sorted(recipes), help=helps["recipe"])
+    for dest in ("data", "eval_data", "model", "tokenizer", "out"):
+        parser.add_argument("--" + dest.replace("_", "-"), help=helps[dest])
+    for dest in ("resume", "smoke"):
+        parser.add_argument("--" + dest, action="store_true", help=helps[dest])
+    return parser
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the `train` arguments to `parser` (the main CLI's `train` sub-parser)."""
     from vlmkit.training.recipes import RECIPES
 
-    parser.add_argument("recipe", choices=sorted(RECIPES), help="training recipe")
-    parser.add_argument("--data", help="training manifest (JSONL); optional with --smoke")
-    parser.add_argument("--eval-data", help="held-out manifest for the evaluation loss")
-    parser.add_argument("--model", help="HF checkpoint folder, bundled model or preset name (e.g. debug)")
-    parser.add_argument("--tokenizer", help="tokenizer folder (default: the model folder's)")
-    parser.add_argument("--out", help="run folder: metrics, checkpoints, export (default runs/RECIPE)")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    parser.add_argument("--smoke", action="store_true", help="tiny CPU run: debug preset, synthetic data")
-    return parser
+    return add_run_arguments(parser, RECIPES)
 
 
 def parse_overrides(extra: list[str]) -> dict[str, str]:
@@ -67,15 +84,15 @@ def apply_args(cfg, args: argparse.Namespace, extra: list[str]):
     return apply_overrides(cfg, parse_overrides(extra))
 
 
-def run_train_args(args: argparse.Namespace, extra: list[str] | None = None) -> int:
-    """Run a parsed `train` command; `extra` are the unparsed `--key.value` overrides (or
-    `args.overrides`). Returns the exit code: 0, or 2 after printing a one-line error."""
-    from vlmkit.training.recipes import run
+def run_parsed(make_config, run_fn, args: argparse.Namespace, extra: list[str] | None) -> int:
+    """`run_fn(make_config(args, overrides), resume=args.resume)` for a parsed command; `extra` are
+    the unparsed `--key.value` overrides (or `args.overrides`). Returns the exit code: 0, or 2
+    after printing a one-line error."""
     from vlmkit.training.parallelize import shutdown_distributed
 
     try:
-        cfg = config_from_args(args, extra if extra is not None else getattr(args, "overrides", []) or [])
-        result = run(cfg, resume=args.resume)
+        cfg = make_config(args, extra if extra is not None else getattr(args, "overrides", []) or [])
+        result = run_fn(cfg, resume=args.resume)
     except VlmkitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -84,6 +101,13 @@ def run_train_args(args: argparse.Namespace, extra: list[str] | None = None) -> 
     if result.export is not None:
         print(f"exported {result.export}")
     return 0
+
+
+def run_train_args(args: argparse.Namespace, extra: list[str] | None = None) -> int:
+    """Run a parsed `train` command (see `run_parsed`)."""
+    from vlmkit.training.recipes import run
+
+    return run_parsed(config_from_args, run, args, extra)
 
 
 def run_train(argv: list[str]) -> int:

@@ -34,7 +34,7 @@ from vlmkit.data.datasets import ShuffledStream
 from vlmkit.data.image import load_image
 from vlmkit.data.synth import SynthConfig, generate_scene
 from vlmkit.data.tokenizer import Tokenizer
-from vlmkit.errors import CheckpointError, ConfigError, DataError, VlmkitError
+from vlmkit.errors import CheckpointError, ConfigError, DataError
 from vlmkit.eval.retrieval import retrieval_recall_from_embeddings
 from vlmkit.models.coca.config import PRESETS as COCA_PRESETS
 from vlmkit.models.coca.config import CocaConfig
@@ -46,7 +46,7 @@ from vlmkit.training.collate import build_small_tokenizer
 from vlmkit.training.config import OptimConfig
 from vlmkit.training.contrastive import (ContrastiveDataConfig, ContrastiveModelConfig, ContrastiveTrainConfig,
                                          ContrastiveTrainer, PairBatches, text_vocab_size)
-from vlmkit.training.parallelize import DistInfo, barrier, init_distributed, shutdown_distributed
+from vlmkit.training.parallelize import DistInfo, barrier, init_distributed
 from vlmkit.training.trainer import Hook, TrainResult
 from vlmkit.weights.create import TOKENIZER_FILES
 from vlmkit.weights.hf import load_hf, save_hf
@@ -328,15 +328,16 @@ def run_contrastive(cfg: ContrastiveTrainConfig, *, resume: bool = False, hooks:
 
 def add_contrastive_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Arguments of the contrastive trainer (a `train-contrastive` sub-parser, or standalone)."""
-    parser.add_argument("recipe", choices=sorted(CONTRASTIVE_RECIPES), help="contrastive training recipe")
-    parser.add_argument("--data", help="training manifest (JSONL rows {image, caption}); optional with --smoke")
-    parser.add_argument("--eval-data", help="held-out manifest for retrieval recall")
-    parser.add_argument("--model", help="preset of the family (e.g. debug) or a SigLIP HF folder to fine-tune")
-    parser.add_argument("--tokenizer", help="tokenizer folder (default: the model folder's, or trained on the data)")
-    parser.add_argument("--out", help="run folder (default runs/RECIPE)")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    parser.add_argument("--smoke", action="store_true", help="tiny CPU run: debug preset, synthetic scenes")
-    return parser
+    from vlmkit.training.cli import add_run_arguments
+
+    return add_run_arguments(
+        parser, CONTRASTIVE_RECIPES, recipe="contrastive training recipe",
+        data="training manifest (JSONL rows {image, caption}); optional with --smoke",
+        eval_data="held-out manifest for retrieval recall",
+        model="preset of the family (e.g. debug) or a SigLIP HF folder to fine-tune",
+        tokenizer="tokenizer folder (default: the model folder's, or trained on the data)",
+        out="run folder (default runs/RECIPE)", smoke="tiny CPU run: debug preset, synthetic scenes",
+    )  # fmt: skip
 
 
 def config_from_args(args: argparse.Namespace, extra: list[str]) -> ContrastiveTrainConfig:
@@ -347,17 +348,9 @@ def config_from_args(args: argparse.Namespace, extra: list[str]) -> ContrastiveT
 
 def run_contrastive_args(args: argparse.Namespace, extra: list[str] | None = None) -> int:
     """Run a parsed command; `extra` are `--key.value` overrides. 0, or 2 after a one-line error."""
-    try:
-        cfg = config_from_args(args, extra if extra is not None else getattr(args, "overrides", []) or [])
-        result = run_contrastive(cfg, resume=args.resume)
-    except VlmkitError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        shutdown_distributed()
-    if result.export is not None:
-        print(f"exported {result.export}")
-    return 0
+    from vlmkit.training.cli import run_parsed
+
+    return run_parsed(config_from_args, run_contrastive, args, extra)
 
 
 def main(argv: list[str] | None = None) -> int:
