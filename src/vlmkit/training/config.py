@@ -55,6 +55,10 @@ class DataConfig:
     validate_images: bool = True
     synthetic_scenes: int = 0  # > 0 and no manifest: render this many synthetic scenes to a temp dir
     synthetic_seed: int = 0
+    # > 0 (with synthetic_scenes): also render this many scenes that each show a word and give one
+    # `ocr` row, appended after the main rows; more reading practice than the task mix gives.
+    synthetic_ocr_scenes: int = 0
+    synthetic_ocr_seed: int = 7
 
 
 @dataclass(kw_only=True)

@@ -79,10 +79,26 @@ def _data(cfg: TrainConfig, info: DistInfo):
         n, seed = cfg.data.synthetic_scenes, cfg.data.synthetic_seed
         world = SYNTH_WORLDS.get(cfg.recipe, lambda s: SynthConfig(seed=s))
         train = write_dataset(Path(tmp) / "train", n, world(seed))
+        if cfg.data.synthetic_ocr_scenes > 0:
+            reading = replace(world(cfg.data.synthetic_ocr_seed), word_prob=1.0, examples_per_scene=1,
+                              task_weights={"ocr": 1.0})  # fmt: skip
+            extra = write_dataset(Path(tmp) / "ocr", cfg.data.synthetic_ocr_scenes, reading)
+            train = _concat_manifests([train, extra], Path(tmp) / "train_ocr.jsonl")
         # Only the first eval_batches batches are read; cap the render at what could be used.
         n_eval = min(max(n // 4, 2), 4096)
         held_out = write_dataset(Path(tmp) / "eval", n_eval, world(seed + 1))
         yield str(train), cfg.data.eval_manifest or str(held_out)
+
+
+def _concat_manifests(manifests: list[Path], out: Path) -> str:
+    """One manifest with the rows of `manifests` in order, image paths made absolute."""
+    with open(out, "w", encoding="utf-8") as f:
+        for manifest in manifests:
+            for line in manifest.read_text(encoding="utf-8").splitlines():
+                row = json.loads(line)
+                row["image"] = str(manifest.parent / row["image"])
+                f.write(json.dumps(row) + "\n")
+    return str(out)
 
 
 def _source_folder(source: str) -> Path | None:
