@@ -4,9 +4,11 @@ reading scenes (`data.synthetic_ocr_scenes`) of the bundled model's stage 3."""
 import json
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from vlmkit.data.synth import write_dataset
+from vlmkit.errors import ConfigError
 from vlmkit.training.config import apply_overrides
 from vlmkit.training.parallelize import DistInfo
 from vlmkit.training.recipes import _data, get_recipe
@@ -49,3 +51,10 @@ def test_ocr_scenes_are_seeded_and_off_by_default():
         assert [r["suffix"] for r in _rows(c)][-4:] != words_a
     with _data(_cfg(**{"data.synthetic_scenes": "2"}), ONE) as (d, _):
         assert len(_rows(d)) == len(_rows(write_dataset(Path(d).parent / "again", 2, synth_world(0))))
+
+
+def test_ocr_scenes_with_a_manifest_is_a_config_error(tmp_path: Path):
+    cfg = _cfg(**{"data.manifest": str(tmp_path / "m.jsonl"), "data.synthetic_ocr_scenes": "10"})
+    with pytest.raises(ConfigError, match="synthetic_ocr_scenes"):
+        cfg.validate()
+    _cfg(**{"data.manifest": str(tmp_path / "m.jsonl")}).validate()  # the default (0) is fine
