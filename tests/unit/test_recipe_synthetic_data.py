@@ -58,3 +58,5 @@ def test_ocr_scenes_with_a_manifest_is_a_config_error(tmp_path: Path):
     with pytest.raises(ConfigError, match="synthetic_ocr_scenes"):
         cfg.validate()
     _cfg(**{"data.manifest": str(tmp_path / "m.jsonl")}).validate()  # the default (0) is fine
+    with pytest.raises(ConfigError, match="synthetic_ocr_scenes must be >= 0"):
+        _cfg(**{"data.synthetic_ocr_scenes": "-1"}).validate()

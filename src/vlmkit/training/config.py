@@ -154,8 +154,9 @@ class TrainConfig:
             (self.lora.rank > 0 and 0.0 <= self.lora.dropout < 1.0, "lora.rank must be > 0, lora.dropout in [0, 1)"),
             (self.log_every > 0 and self.keep_checkpoints > 0, "log_every and keep_checkpoints must be > 0"),
             (self.data.manifest or self.data.synthetic_scenes > 0, "data.manifest is required (--data)"),
-            (self.data.synthetic_ocr_scenes >= 0 and not (self.data.manifest and self.data.synthetic_ocr_scenes),
-             "data.synthetic_ocr_scenes (>= 0) adds to rendered synthetic data, not to --data; drop one of them"),
+            (self.data.synthetic_ocr_scenes >= 0, "data.synthetic_ocr_scenes must be >= 0"),
+            (not (self.data.manifest and self.data.synthetic_ocr_scenes),
+             "data.synthetic_ocr_scenes adds to rendered synthetic data, not to --data; drop one of them"),
             (bool(self.model.source), "model.source is required (--model DIR_OR_PRESET)"),
         ]
         for ok, message in checks:
