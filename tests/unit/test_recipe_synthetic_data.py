@@ -1,5 +1,5 @@
 """The synthetic training data a recipe renders for itself (`recipes._data`), including the extra
-reading scenes (`data.synthetic_ocr_scenes`) of the bundled model's stage 3."""
+reading scenes (`data.synthetic_ocr_scenes`) of the bundled model's stages 3 and 4."""
 
 import json
 from pathlib import Path
