@@ -36,38 +36,59 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def best_time(fn: Callable[[], object], reps: int = 5) -> float:
-    """Smallest wall time of `reps` calls of fn (seconds)."""
+def sync(device: torch.device | str = "cpu") -> None:
+    """Wait for queued GPU work, so that a wall-clock reading covers it (no-op on CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_time(fn: Callable[[], object], reps: int = 5, device: torch.device | str = "cpu") -> float:
+    """Smallest wall time of `reps` calls of fn (seconds), GPU work included."""
     times = []
     for _ in range(reps):
+        sync(device)
         t0 = time.perf_counter()
         fn()
+        sync(device)
         times.append(time.perf_counter() - t0)
     return min(times)
 
 
-def measure_bandwidth(mib: int = 512, reps: int = 5) -> float:
+def measure_bandwidth(mib: int = 512, reps: int = 5, device: torch.device | str = "cpu") -> float:
     """Memory bandwidth in bytes/s from copying a `mib` MiB tensor (a copy reads and writes it)."""
-    src = torch.ones(mib << 18, dtype=torch.float32)  # mib MiB of float32
+    src = torch.ones(mib << 18, dtype=torch.float32, device=device)  # mib MiB of float32
     dst = torch.empty_like(src)
     dst.copy_(src)  # fault the pages in before timing
-    return 2 * src.numel() * 4 / best_time(lambda: dst.copy_(src), reps)
+    return 2 * src.numel() * 4 / best_time(lambda: dst.copy_(src), reps, device)
 
 
-def measure_matmul_rate(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
-    """Dense matmul rate in FLOP/s for [n, n] @ [n, n] in `dtype`."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    a @ b  # warm-up: oneDNN picks and caches its kernel
-    return 2 * n**3 / best_time(lambda: a @ b, reps)
+def measure_matmul_rate(dtype: torch.dtype, n: int = 2048, reps: int = 5,
+                        device: torch.device | str = "cpu") -> float:  # fmt: skip
+    """Dense matmul rate in FLOP/s for [n, n] @ [n, n] in `dtype` on `device`."""
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    a @ b  # warm-up: oneDNN / cuBLAS picks and caches its kernel
+    return 2 * n**3 / best_time(lambda: a @ b, reps, device)
 
 
-def hardware() -> dict:
+def gpu_hardware(device: torch.device) -> dict:
+    """The GPU's floors: copy bandwidth of its memory and dense matmul rates, measured now."""
+    return {
+        "torch": torch.__version__, "device": "cuda", "gpu": torch.cuda.get_device_name(device),
+        "bandwidth_GBps": measure_bandwidth(2048, 10, device) / 1e9,  # 2 GiB: far past any cache
+        "matmul_GFLOPs": {d: measure_matmul_rate(getattr(torch, d), 8192, 10, device) / 1e9
+                          for d in ("float32", "bfloat16", "float16")},
+    }
+
+
+def hardware(device: torch.device | str = "cpu") -> dict:
     """What the floors are computed from, measured now (the machine may be shared)."""
+    if torch.device(device).type == "cuda":
+        return gpu_hardware(torch.device(device))
     from vlmkit.weights.dtype import cpu_has_fast_bf16  # here: open_clip's worker env has no vlmkit
 
     flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
     return {
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+        "torch": torch.__version__, "device": "cpu", "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
         "amx_bf16": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags,
         "bandwidth_GBps": measure_bandwidth() / 1e9,
         # Without native bf16 (e.g. AVX2-only CPUs) torch's bf16 matmul runs ~0.3 GFLOP/s: one

@@ -1,12 +1,15 @@
 """Worker subprocess of bench_generate.py: one framework, one model, timed commands over stdin.
 
-    python benchmarks/_gen_worker.py VARIANT FOLDER DTYPE INPUTS THREADS
+    python benchmarks/_gen_worker.py VARIANT FOLDER DTYPE INPUTS THREADS [DEVICE]
 
-VARIANT is "transformers" or "vlmkit" with optional "+int8" and/or "+compile" suffixes. The model
+VARIANT is "transformers" or "vlmkit" with optional "+int8", "+compile" and "+graphs" (with
++compile: CUDA graphs, torch.compile mode reduce-overhead) suffixes. The model
 is loaded from the same safetensors FOLDER by each framework's own loader; INPUTS is a torch.save
-file of ready batches ({"b1": {...}, "b8": {...}}), so both sides see identical tensors.
+file of ready batches ({"b1": {...}, "b8": {...}}), so both sides see identical tensors; DEVICE
+(default cpu) is where the model and the batches live. On CUDA every timed span ends with a
+synchronize, so it covers the GPU work and not just its launch.
 
-Commands (see `handlers`): load, prefill, generate, rss. Each replies with a JSON object.
+Commands (see `handlers`): load, prefill, vision, generate, rss. Each replies with a JSON object.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import peak_rss_mb, serve  # noqa: E402
+from _common import best_time, peak_rss_mb, serve, sync  # noqa: E402
 
 
 class _NoTextTokenizer:
@@ -46,13 +49,16 @@ class _TimingStreamer:
 
 
 class VlmkitRunner:
-    def __init__(self, folder: str, dtype: str, int8: bool, compiled: bool):
+    def __init__(self, folder: str, dtype: str, int8: bool, compiled: bool, device: torch.device,
+                 graphs: bool = False):
         from vlmkit.generation.compile import compile_decode
         from vlmkit.weights.hf import load_hf
 
-        self.model = load_hf(folder, dtype=dtype)
+        self.model, self.device = load_hf(folder, dtype=dtype, device=device), device
         self.int8, self.logit_error = int8, None
-        self.decode_fn = compile_decode() if compiled else None
+        # "+graphs": CUDA graphs around the compiled step (mode reduce-overhead; same as default on CPU).
+        mode = "reduce-overhead" if graphs else "default"
+        self.decode_fn = compile_decode(mode, device=device) if compiled else None
 
     def quantize(self, batch: dict) -> None:
         """Quantise in place and record the logit error against the float model on `batch`."""
@@ -76,25 +82,34 @@ class VlmkitRunner:
         from vlmkit.models.paligemma.model import positions_from_mask
 
         m, mask = self.model, batch["attention_mask"]
+        sync(self.device)
         t0 = time.perf_counter()
         embeds = m.embed_inputs(batch["input_ids"], m.encode_images(batch["pixel_values"]))
         in_prefix = mask.bool() & (batch["token_type_ids"] == 0)
         logits, _ = prefill(m.language_model, embeds, mask, in_prefix, positions_from_mask(mask),
                             mask.shape[1] + 1)
         logits.argmax(-1)
+        sync(self.device)
         dt = time.perf_counter() - t0
         m.language_model.clear_caches()
         return dt
+
+    @torch.inference_mode()
+    def vision(self, pixel_values: torch.Tensor) -> None:
+        """The vision tower + projector alone (what the image-feature cache saves)."""
+        self.model.encode_images(pixel_values)
 
     def generate(self, batch: dict, new_tokens: int) -> dict:
         from vlmkit.generation import SamplingConfig, generate_stream
 
         results, t_first = [], None
+        sync(self.device)
         t0 = time.perf_counter()
         stream = generate_stream(self.model, _NoTextTokenizer(), batch, SamplingConfig(max_new_tokens=new_tokens),
                                  self.decode_fn, results)
         for _ in stream:
-            t_first = t_first or time.perf_counter()
+            t_first = t_first or time.perf_counter()  # a yield follows the sampled id's copy to host
+        sync(self.device)
         t_end = time.perf_counter()
         compiled = getattr(self.decode_fn, "compiled", None)  # False if compile fell back to eager
         return {"t0": t0, "t_first": t_first, "t_end": t_end, "tokens": [r.token_ids for r in results],
@@ -102,46 +117,57 @@ class VlmkitRunner:
 
 
 class HFRunner:
-    def __init__(self, folder: str, dtype: str):
+    def __init__(self, folder: str, dtype: str, device: torch.device):
         import transformers as tf
 
+        self.device = device
         self.model = tf.PaliGemmaForConditionalGeneration.from_pretrained(
-            folder, dtype=getattr(torch, dtype)).eval()
+            folder, dtype=getattr(torch, dtype)).eval().to(device)
         self.model.generation_config.eos_token_id = None  # fixed length, like vlmkit above
         self.model.generation_config.pad_token_id = 0
         self.logit_error = None
 
     @torch.inference_mode()
     def prefill(self, batch: dict) -> float:
+        sync(self.device)
         t0 = time.perf_counter()
         out = self.model(**batch, use_cache=True, logits_to_keep=1)
         out.logits[:, -1].argmax(-1)
+        sync(self.device)
         return time.perf_counter() - t0
+
+    @torch.inference_mode()
+    def vision(self, pixel_values: torch.Tensor) -> None:
+        self.model.get_image_features(pixel_values)
 
     @torch.inference_mode()
     def generate(self, batch: dict, new_tokens: int) -> dict:
         streamer = _TimingStreamer()
         T = batch["input_ids"].shape[1]
+        sync(self.device)
         t0 = time.perf_counter()
+        # The streamer gets each new token batch already copied to the host (a sync per token).
         out = self.model.generate(**batch, max_new_tokens=new_tokens, do_sample=False, streamer=streamer)
+        sync(self.device)
         t_end = time.perf_counter()
         return {"t0": t0, "t_first": streamer.t_first, "t_end": t_end, "tokens": out[:, T:].tolist()}
 
 
-def main(variant: str, folder: str, dtype: str, inputs: str, threads: str) -> None:
+def main(variant: str, folder: str, dtype: str, inputs: str, threads: str, device: str = "cpu") -> None:
     if int(threads) > 0:
         torch.set_num_threads(int(threads))
     torch.manual_seed(0)
-    batches = torch.load(inputs)
+    dev = torch.device(device)
+    batches = {k: {n: t.to(dev) for n, t in b.items()} for k, b in torch.load(inputs).items()}
     state: dict = {}
 
     def load() -> dict:
         t0 = time.perf_counter()
         if variant == "transformers":
-            runner = HFRunner(folder, dtype)
+            runner = HFRunner(folder, dtype, dev)
         else:
             parts = variant.split("+")
-            runner = VlmkitRunner(folder, dtype, "int8" in parts, "compile" in parts)
+            runner = VlmkitRunner(folder, dtype, "int8" in parts, "compile" in parts, dev, "graphs" in parts)
             if runner.int8:
                 runner.quantize(batches["b1"])
         state["runner"] = runner
@@ -149,6 +175,11 @@ def main(variant: str, folder: str, dtype: str, inputs: str, threads: str) -> No
 
     def prefill(batch: str) -> dict:
         return {"s": state["runner"].prefill(batches[batch])}
+
+    def vision(batch: str, reps: int) -> dict:
+        pixels = batches[batch]["pixel_values"]
+        state["runner"].vision(pixels)  # warm-up
+        return {"s": best_time(lambda: state["runner"].vision(pixels), reps, dev), "images": pixels.shape[0]}
 
     def generate(batch: str, new_tokens: int) -> dict:
         r = state["runner"].generate(batches[batch], new_tokens)
@@ -158,8 +189,14 @@ def main(variant: str, folder: str, dtype: str, inputs: str, threads: str) -> No
                 "tokens_per_s": rows * (new_tokens - 1) / decode_s, "tokens": r["tokens"],
                 "compiled": r.get("compiled")}
 
-    serve({"load": load, "prefill": prefill, "generate": generate, "rss": lambda: {"peak_rss_mb": peak_rss_mb()}})
+    def memory() -> dict:
+        out = {"peak_rss_mb": peak_rss_mb()}
+        if dev.type == "cuda":  # the GPU's own peak: what limits batch size and model size there
+            out["cuda_peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+        return out
+
+    serve({"load": load, "prefill": prefill, "vision": vision, "generate": generate, "rss": memory})
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:6])
+    main(*sys.argv[1:7])

@@ -1,19 +1,23 @@
-"""PaliGemma generation on CPU: vlmkit vs transformers, side by side, with hardware floors.
+"""PaliGemma generation on CPU or a CUDA GPU: vlmkit vs transformers, side by side, with floors.
 
     python benchmarks/bench_generate.py                       # debug + mid-300m (fp32, bf16)
     python benchmarks/bench_generate.py --full                # + the real paligemma-3b-224 shape, bf16
     python benchmarks/bench_generate.py --cases mid-300m:bfloat16 --variants vlmkit+compile,transformers
     python benchmarks/bench_generate.py --json out.json
+    python benchmarks/bench_generate.py --device cuda --cases debug:bfloat16,mid-300m:bfloat16 --full
 
 For each case, one random-weight PaliGemma is written as a HF safetensors folder (cached under
 --workdir) and loaded by each framework's own loader in its own subprocess. Measured per variant:
 prefill (image encoding + prompt forward to the first logits, batch 1), time to first token and
-decode tokens/s of greedy `generate` at batch 1 and batch 8, and peak RSS of the process.
+decode tokens/s of greedy `generate` at batch 1 and batch 8, the vision tower alone on 8 images,
+and peak RSS of the process (on CUDA also the GPU's peak allocated memory). `--device` (default:
+cuda when available, else cpu) is where both frameworks run and the floors are measured.
 
 Floors: decode must read every language-model weight (and the KV cache) once per step, so a step
 takes at least bytes / memory bandwidth; prefill must do its matmul FLOPs, so it takes at least
-FLOPs / dense matmul rate. Both rates are measured at the start of the run. `frac` = floor /
-measured time (1.0 = at the hardware limit).
+FLOPs / dense matmul rate; the vision tower likewise on its own FLOPs. Both rates are measured
+on the device at the start of the run. `frac` = floor / measured time (1.0 = at the hardware
+limit).
 """
 
 from __future__ import annotations
@@ -95,9 +99,12 @@ def floors(cfg: PaliGemmaConfig, dtype: str, hw: dict, batch: int, text_len: int
     lm_mat = sum(p.numel() for p in m.language_model.layers.parameters() if p.dim() >= 2)
     flops = (2 * n * vis_mat + 4 * n * n * v.hidden_size * v.num_layers + 2 * n * v.hidden_size * c.hidden_size
              + 2 * T * lm_mat + 4 * T * T * c.num_heads * c.head_dim * c.num_layers + 2 * c.hidden_size * c.vocab_size)
-    prefill_s = flops / (hw["matmul_GFLOPs"][dtype] * 1e9)
-    return {"prefill_s": prefill_s, "decode_step_s": decode_s, "prefill_GFLOP": flops / 1e9,
-            "decode_bytes_per_step_MB": (lm_params * elt + kv) / 1e6}
+    rate = hw["matmul_GFLOPs"][dtype] * 1e9
+    # Vision tower + projector for one image: the first three terms above.
+    vis_flops = 2 * n * vis_mat + 4 * n * n * v.hidden_size * v.num_layers + 2 * n * v.hidden_size * c.hidden_size
+    return {"prefill_s": flops / rate, "decode_step_s": decode_s, "prefill_GFLOP": flops / 1e9,
+            "decode_bytes_per_step_MB": (lm_params * elt + kv) / 1e6,
+            "vision_s_per_image": vis_flops / rate, "vision_GFLOP_per_image": vis_flops / 1e9}
 
 
 def run_case(name: str, dtype: str, variants: list[str], args, hw: dict) -> dict:
@@ -105,7 +112,8 @@ def run_case(name: str, dtype: str, variants: list[str], args, hw: dict) -> dict
     folder = ensure_checkpoint(name, dtype, args.workdir)
     inputs = args.workdir / f"inputs-{name}-{dtype}.pt"
     torch.save({f"b{b}": make_batch(cfg, b, args.text_len, dtype, seed=b) for b in (1, 8)}, inputs)
-    workers = [Worker([WORKER, v, str(folder), dtype, str(inputs), str(args.threads)], v) for v in variants]
+    argv = [str(folder), dtype, str(inputs), str(args.threads), args.device]
+    workers = [Worker([WORKER, v, *argv], v) for v in variants]
     try:
         samples = {w.name: {"load": w.ask("load")} for w in workers}
         for w in workers:  # warm-up (and compilation) outside the timed repetitions
@@ -115,11 +123,14 @@ def run_case(name: str, dtype: str, variants: list[str], args, hw: dict) -> dict
         for _ in range(args.reps):
             for w in workers:  # interleaved: A, B, A, B ...
                 samples[w.name].setdefault("prefill", []).append(w.ask("prefill", batch="b1")["s"])
+            for w in workers:
+                vis = w.ask("vision", batch="b8", reps=1)
+                samples[w.name].setdefault("vision_per_image", []).append(vis["s"] / vis["images"])
             for b in ("b1", "b8"):
                 for w in workers:
                     samples[w.name].setdefault(b, []).append(w.ask("generate", batch=b, new_tokens=args.new_tokens))
         for w in workers:
-            samples[w.name]["peak_rss_mb"] = w.ask("rss")["peak_rss_mb"]
+            samples[w.name]["memory"] = w.ask("rss")
     finally:
         for w in workers:
             w.close()
@@ -135,12 +146,14 @@ def summarise(name: str, dtype: str, samples: dict, fl: dict) -> dict:
         out["variants"][v] = {
             "prefill_s": min(s["prefill"]), "ttft_s": min(r["ttft_s"] for r in s["b1"]),
             "decode_tok_s_b1": best["b1"]["tokens_per_s"], "decode_tok_s_b8": best["b8"]["tokens_per_s"],
-            "peak_rss_mb": s["peak_rss_mb"], "load_s": s["load"]["load_s"],
+            "vision_s_per_image": min(s["vision_per_image"]),
+            "peak_rss_mb": s["memory"]["peak_rss_mb"], "cuda_peak_mb": s["memory"].get("cuda_peak_mb"),
+            "load_s": s["load"]["load_s"],
             "compiled": best["b8"].get("compiled"),  # None: eager variant; False: compile fell back
             "logit_error": s["load"]["logit_error"],
             "first_run_s": {b: s[f"warmup_{b}_s"] for b in ("b1", "b8")},
             "tokens": {b: best[b]["tokens"] for b in ("b1", "b8")},
-            "samples": {"prefill_s": s["prefill"],
+            "samples": {"prefill_s": s["prefill"], "vision_s_per_image": s["vision_per_image"],
                         **{f"tok_s_{b}": [r["tokens_per_s"] for r in s[b]] for b in ("b1", "b8")}},
         }
     ref = out["variants"].get("transformers")
@@ -149,7 +162,9 @@ def summarise(name: str, dtype: str, samples: dict, fl: dict) -> dict:
             "prefill": ratio(m["prefill_s"], ref["prefill_s"]), "ttft": ratio(m["ttft_s"], ref["ttft_s"]),
             "decode_b1": ratio(m["decode_tok_s_b1"], ref["decode_tok_s_b1"]),
             "decode_b8": ratio(m["decode_tok_s_b8"], ref["decode_tok_s_b8"]),
+            "vision": ratio(m["vision_s_per_image"], ref["vision_s_per_image"]),
             "peak_rss": ratio(m["peak_rss_mb"], ref["peak_rss_mb"]),
+            "cuda_peak": ratio(m["cuda_peak_mb"], ref["cuda_peak_mb"]),
             "same_tokens_b1": m["tokens"]["b1"] == ref["tokens"]["b1"],
             "same_tokens_b8": m["tokens"]["b8"] == ref["tokens"]["b8"],
         }
@@ -157,6 +172,7 @@ def summarise(name: str, dtype: str, samples: dict, fl: dict) -> dict:
             "prefill": fl["b1"]["prefill_s"] / m["prefill_s"],
             "decode_b1": m["decode_tok_s_b1"] * fl["b1"]["decode_step_s"],
             "decode_b8": m["decode_tok_s_b8"] * fl["b8"]["decode_step_s"] / 8,
+            "vision": fl["b1"]["vision_s_per_image"] / m["vision_s_per_image"],
         }
     return out
 
@@ -172,12 +188,15 @@ def table_rows(result: dict) -> list[dict]:
             "ttft ms": m["ttft_s"] * 1e3, "ttft x": vs.get("ttft"),
             "tok/s b1": m["decode_tok_s_b1"], "b1 x": vs.get("decode_b1"),
             "tok/s b8": m["decode_tok_s_b8"], "b8 x": vs.get("decode_b8"),
+            "vis ms/img": m["vision_s_per_image"] * 1e3, "vis x": vs.get("vision"),
             "RSS MB": m["peak_rss_mb"], "rss x": vs.get("peak_rss"),
+            **({"GPU MB": m["cuda_peak_mb"], "gpu x": vs.get("cuda_peak")} if m["cuda_peak_mb"] else {}),
             "same tok": None if not vs else ("yes" if vs["same_tokens_b1"] and vs["same_tokens_b8"] else "no"),
-            "frac pf/b1/b8": f"{frac['prefill']:.2f}/{frac['decode_b1']:.2f}/{frac['decode_b8']:.2f}",
+            "frac pf/b1/b8/vis": "/".join(f"{frac[k]:.2f}" for k in ("prefill", "decode_b1", "decode_b8", "vision")),
         })
     rows.append({"case": "", "variant": "floor", "prefill ms": fl["b1"]["prefill_s"] * 1e3,
-                 "tok/s b1": 1 / fl["b1"]["decode_step_s"], "tok/s b8": 8 / fl["b8"]["decode_step_s"]})
+                 "tok/s b1": 1 / fl["b1"]["decode_step_s"], "tok/s b8": 8 / fl["b8"]["decode_step_s"],
+                 "vis ms/img": fl["b1"]["vision_s_per_image"] * 1e3})
     return rows
 
 
@@ -194,6 +213,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads in each worker (0 = torch's default); 1 is steadier on a busy machine")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where both frameworks run (auto: cuda when available)")
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "vlmkit-bench")
     p.add_argument("--json", type=Path, help="write all results and samples here")
     return p.parse_args(argv)
@@ -201,12 +222,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device here")
     args.workdir.mkdir(parents=True, exist_ok=True)
     cases = [c.split(":") for c in args.cases.split(",")] + ([["3b-224", "bfloat16"]] if args.full else [])
     variants = args.variants.split(",") + (["vlmkit+int8+compile"] if args.int8 else [])
     if args.threads > 0:
         torch.set_num_threads(args.threads)  # floors measured with the workers' thread count
-    hw = hardware()
+    hw = hardware(args.device)
     print(json.dumps(hw), flush=True)
     results = []
     for name, dtype in cases:

@@ -11,6 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -50,11 +53,34 @@ def test_bench_generate_smoke(tmp_path):
     assert _positive(out["hardware"]["matmul_GFLOPs"]["float32"]) and _positive(out["hardware"]["bandwidth_GBps"])
     (res,) = out["results"]
     assert set(res["variants"]) == {"vlmkit", "transformers"}
+    assert out["hardware"]["device"] == "cpu"  # no CUDA here: --device auto falls back to cpu
     for m in res["variants"].values():
-        keys = ("prefill_s", "ttft_s", "decode_tok_s_b1", "decode_tok_s_b8", "peak_rss_mb")
+        keys = ("prefill_s", "ttft_s", "decode_tok_s_b1", "decode_tok_s_b8", "vision_s_per_image", "peak_rss_mb")
         assert all(_positive(m[k]) for k in keys)
+        assert _positive(m["fraction_of_floor"]["vision"]) and m["cuda_peak_mb"] is None
     # Greedy decoding of the same weights: both frameworks pick the same tokens.
     assert res["variants"]["vlmkit"]["vs_transformers"]["same_tokens_b1"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bench_generate_cuda_smoke(tmp_path):
+    out, _ = _run("bench_generate.py", "--device", "cuda", "--cases", "debug:bfloat16",
+                  "--variants", "vlmkit,vlmkit+compile,transformers", "--new-tokens", "2", "--reps", "1",
+                  "--workdir", str(tmp_path / "work"), json_path=tmp_path / "gen.json")
+    hw = out["hardware"]
+    assert hw["device"] == "cuda" and _positive(hw["bandwidth_GBps"]) and _positive(hw["matmul_GFLOPs"]["bfloat16"])
+    (res,) = out["results"]
+    for m in res["variants"].values():
+        assert all(_positive(m[k]) for k in ("prefill_s", "decode_tok_s_b1", "vision_s_per_image", "cuda_peak_mb"))
+    assert res["variants"]["vlmkit"]["vs_transformers"]["same_tokens_b1"]
+
+
+def test_bench_generate_cuda_without_gpu_is_one_line(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_generate.py"), "--device", "cuda"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and proc.stderr.strip() == "--device cuda: torch sees no CUDA device here"
 
 
 def test_bench_preprocess_smoke(tmp_path):
