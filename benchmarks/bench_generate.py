@@ -97,11 +97,12 @@ def floors(cfg: PaliGemmaConfig, dtype: str, hw: dict, batch: int, text_len: int
     # for the last position only, the vision tower on its n patches.
     vis_mat = sum(p.numel() for p in m.vision_tower.parameters() if p.dim() >= 2)
     lm_mat = sum(p.numel() for p in m.language_model.layers.parameters() if p.dim() >= 2)
-    flops = (2 * n * vis_mat + 4 * n * n * v.hidden_size * v.num_layers + 2 * n * v.hidden_size * c.hidden_size
-             + 2 * T * lm_mat + 4 * T * T * c.num_heads * c.head_dim * c.num_layers + 2 * c.hidden_size * c.vocab_size)
+    # The vision tower + projector's share on its own: the vision target is measured against it.
+    vis_flops = (2 * n * vis_mat + 4 * n * n * v.hidden_size * v.num_layers
+                 + 2 * n * v.hidden_size * c.hidden_size)
+    flops = (vis_flops + 2 * T * lm_mat + 4 * T * T * c.num_heads * c.head_dim * c.num_layers
+             + 2 * c.hidden_size * c.vocab_size)
     rate = hw["matmul_GFLOPs"][dtype] * 1e9
-    # Vision tower + projector for one image: the first three terms above.
-    vis_flops = 2 * n * vis_mat + 4 * n * n * v.hidden_size * v.num_layers + 2 * n * v.hidden_size * c.hidden_size
     return {"prefill_s": flops / rate, "decode_step_s": decode_s, "prefill_GFLOP": flops / 1e9,
             "decode_bytes_per_step_MB": (lm_params * elt + kv) / 1e6,
             "vision_s_per_image": vis_flops / rate, "vision_GFLOP_per_image": vis_flops / 1e9}
