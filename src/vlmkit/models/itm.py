@@ -17,7 +17,8 @@ Fused representations (what the classifier reads):
   features; the product and difference expose agreement per dimension, which a linear layer on
   [u, v] alone cannot express).
 
-Not supported: gathering candidates across processes (ALBEF mines over the global batch).
+Across processes, ALBEF/BLIP mine over the global batch: `vlmkit.training.itm` gathers the
+candidates and uses the same sampler (`draw_negatives`) and batch layout (`ItmBatch.of`).
 """
 
 from collections.abc import Callable
@@ -44,6 +45,17 @@ def positive_pairs(batch_size: int, group_ids: torch.Tensor | None = None, devic
 
 
 @torch.no_grad()
+def draw_negatives(
+    sim: torch.Tensor, positive: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """One negative column per row of `sim` [R, C], drawn with probability softmax over the
+    row's entries where `positive` [R, C] (bool) is False. Returns [R] int64 column indices."""
+    if bool(positive.all(dim=1).any()):
+        raise DataError("ITM needs a negative for every pair: a batch row matches every other row")
+    scores = sim.detach().float().masked_fill(positive, float("-inf"))  # [R, C]
+    return torch.multinomial(scores.softmax(dim=1), 1, generator=generator)[:, 0]
+
+
 def sample_hard_negatives(
     sim: torch.Tensor, generator: torch.Generator | None = None, group_ids: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,12 +76,7 @@ def sample_hard_negatives(
     if sim.ndim != 2 or sim.shape[1] != B:
         raise ValueError(f"similarity must be square [B, B], got {tuple(sim.shape)}")
     pos = positive_pairs(B, group_ids, sim.device)
-    if bool(pos.all(dim=1).any()):
-        raise DataError("ITM needs a negative for every pair: a batch row matches every other row")
-    scores = sim.detach().float().masked_fill(pos, float("-inf"))  # [B, B]
-    neg_text = torch.multinomial(scores.softmax(dim=1), 1, generator=generator)[:, 0]
-    neg_image = torch.multinomial(scores.T.softmax(dim=1), 1, generator=generator)[:, 0]
-    return neg_text, neg_image
+    return draw_negatives(sim, pos, generator), draw_negatives(sim.T, pos.T, generator)
 
 
 @dataclass
@@ -81,16 +88,21 @@ class ItmBatch:
     text_index: torch.Tensor
     labels: torch.Tensor
 
+    @classmethod
+    def of(cls, pairs: torch.Tensor, neg_text: torch.Tensor, neg_image: torch.Tensor) -> "ItmBatch":
+        """pairs [B]: index of each positive pair (its image and its text); neg_text, neg_image
+        [B]: the drawn negatives of pair i's image and of pair i's text."""
+        B = len(pairs)
+        labels = torch.cat([torch.ones(B, dtype=torch.long, device=pairs.device), pairs.new_zeros(2 * B)])
+        return cls(torch.cat([pairs, pairs, neg_image]), torch.cat([pairs, neg_text, pairs]), labels)
+
 
 def build_itm_batch(
     sim: torch.Tensor, generator: torch.Generator | None = None, group_ids: torch.Tensor | None = None
 ) -> ItmBatch:
     """[B, B] similarity -> the ALBEF/BLIP batch of positives and mined negatives (see ItmBatch)."""
-    B = sim.shape[0]
     neg_text, neg_image = sample_hard_negatives(sim, generator, group_ids)
-    idx = torch.arange(B, device=sim.device)
-    labels = torch.cat([torch.ones(B, dtype=torch.long, device=sim.device), idx.new_zeros(2 * B)])
-    return ItmBatch(torch.cat([idx, idx, neg_image]), torch.cat([idx, neg_text, idx]), labels)
+    return ItmBatch.of(torch.arange(sim.shape[0], device=sim.device), neg_text, neg_image)
 
 
 @dataclass

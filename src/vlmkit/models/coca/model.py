@@ -24,7 +24,8 @@ Choices (documented because the paper leaves them open or open_clip differs):
   self-attention; the LM head is not tied to the token embedding.
 
 Text must be right-padded (attention_mask 1 for tokens, a prefix of each row). Not supported:
-loading open_clip CoCa checkpoints, dropout, distributed hard-negative gathering.
+loading open_clip CoCa checkpoints, dropout. (ITM negatives mined across processes:
+`vlmkit.training.itm`.)
 """
 
 import math
