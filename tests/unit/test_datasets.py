@@ -218,6 +218,50 @@ def test_resume_refuses_other_settings(data):
         ShuffledStream(_dataset("map", data), seed=1, rank=0, world_size=2).load_state_dict(state)
 
 
+def _global_batches(streams: list[ShuffledStream], micro: int, steps: int) -> list[dict]:
+    """What `steps` training steps read: per step, {uid: image array} over every rank's
+    micro-batch (each rank's stream rolls over epochs, as `BatchStream` does)."""
+    def endless(stream):
+        while True:
+            yield from stream
+
+    its = [endless(s) for s in streams]
+    return [{_uid(x): np.asarray(x["image"]) for it in its for x in (next(it) for _ in range(micro))}
+            for _ in range(steps)]  # fmt: skip
+
+
+@pytest.mark.parametrize("new_world", [1, 3])
+def test_resplit_resume_continues_the_same_global_batches(new_world, data):
+    """2 ranks x 3 rows stop after 3 steps; 1 or 3 ranks resume: every later global batch of 6
+    holds the same rows, augmented alike, as an uninterrupted 1-rank run (over an epoch end)."""
+    ds, aug = _dataset("map", data), Augment(brightness=0.3, noise=2.0)
+    make = lambda r, w: ShuffledStream(ds, seed=4, rank=r, world_size=w, equal_split=True, augment=aug)  # noqa: E731
+    reference = _global_batches([make(0, 1)], 6, 12)  # 42 rows: two epochs
+    old = [make(r, 2) for r in range(2)]
+    assert [b.keys() for b in _global_batches(old, 3, 3)] == [b.keys() for b in reference[:3]]
+    states = json.loads(json.dumps([s.state_dict() for s in old]))
+    new = [make(r, new_world) for r in range(new_world)]
+    for stream in new:
+        stream.load_resplit_state(states)
+    resumed = _global_batches(new, 6 // new_world, 9)
+    for got, want in zip(resumed, reference[3:]):
+        assert got.keys() == want.keys()
+        assert all(np.array_equal(got[k], want[k]) for k in want)
+
+
+def test_resplit_resume_refusals(data):
+    tar = ShuffledStream(_dataset("tar", data), seed=1, rank=0, world_size=2)
+    with pytest.raises(ConfigError, match="map-style"):
+        tar.load_resplit_state([tar.state_dict()])
+    ds = _dataset("map", data)
+    states = [ShuffledStream(ds, seed=1, rank=r, world_size=2).state_dict() for r in range(2)]
+    with pytest.raises(ConfigError, match="seed"):
+        ShuffledStream(ds, seed=2).load_resplit_state(states)
+    states[1]["position"] = 1  # rank 1 skipped an undecodable row: no common global position
+    with pytest.raises(ConfigError, match="different data positions"):
+        ShuffledStream(ds, seed=1).load_resplit_state(states)
+
+
 def test_augmentation_is_photometric_seeded_and_resumable(data):
     ds = _dataset("map", data)
     aug = Augment(brightness=0.3, contrast=0.3, saturation=0.2, noise=2.0)

@@ -216,8 +216,15 @@ class ShuffledStream(torch.utils.data.IterableDataset):
     `state_dict()` records (epoch, position) where position counts samples this rank has
     handed out (including skipped undecodable ones); after `load_state_dict` the next `iter`
     yields exactly the rest of the interrupted epoch, then the stream moves to the next epoch.
-    Augmentation is seeded by (seed, epoch, rank, position), so it resumes exactly too. State
-    lives in this object: use it with `DataLoader(num_workers=0)`.
+    Augmentation is seeded by (seed, epoch, slot) for map-style datasets, slot being the item's
+    place in the epoch's permutation, and by (seed, epoch, rank, position) for streamed ones, so
+    it resumes exactly too. State lives in this object: use it with `DataLoader(num_workers=0)`.
+
+    Another number of ranks (`load_resplit_state`, map-style only): W ranks that each handed out
+    p items have consumed exactly the first W * p items of the epoch's permutation (rank r holds
+    items r, r + W, ...), whatever W is; so W' ranks resume by splitting the rest of the
+    permutation from offset W * p (`start`) among themselves. Every later global batch holds the
+    same items as the uninterrupted run's. Streamed datasets shuffle per rank: no such invariant.
     """
 
     def __init__(
@@ -239,6 +246,7 @@ class ShuffledStream(torch.utils.data.IterableDataset):
         self.rank, self.world_size, self.split = rank, world_size, split
         self.equal_split, self.augment = equal_split, augment
         self.epoch, self.position = 0, 0
+        self.start = 0  # where this split of the current epoch begins (> 0 after a resplit)
         self.skipped: Counter = Counter()
 
     def _settings(self) -> dict:
@@ -246,7 +254,7 @@ class ShuffledStream(torch.utils.data.IterableDataset):
         return {k: getattr(self, k) for k in keys}
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, **self._settings()}
+        return {"epoch": self.epoch, "position": self.position, "start": self.start, **self._settings()}
 
     def load_state_dict(self, state: dict) -> None:
         """Resume; refuses a state saved with other settings (the order would differ)."""
@@ -254,9 +262,27 @@ class ShuffledStream(torch.utils.data.IterableDataset):
         if diff:
             raise ConfigError(f"stream state was saved with other settings: {sorted(diff)}")
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self.start = int(state.get("start", 0))
+
+    def load_resplit_state(self, states: list[dict]) -> None:
+        """Resume from the states of every rank of a run with another number of ranks: continue
+        at the same global place of the same epoch (see the class docstring)."""
+        if not self.map_style:
+            raise ConfigError("resuming on another number of ranks needs a map-style dataset (a JSONL "
+                              "manifest): a streamed dataset is shuffled per rank")  # fmt: skip
+        keys = ("seed", "buffer_size", "split", "equal_split")
+        diff = sorted(k for k in keys if any(s.get(k) != getattr(self, k) for s in states))
+        if diff:
+            raise ConfigError(f"stream state was saved with other settings: {diff}")
+        places = {(int(s["epoch"]), int(s["position"]), int(s.get("start", 0))) for s in states}
+        if len(places) != 1 or [s.get("rank") for s in states] != list(range(len(states))):
+            raise ConfigError("the saved ranks stopped at different data positions (some skipped bad "
+                              "samples), so no global position exists; resume on the same number of ranks")
+        epoch, position, start = places.pop()
+        self.epoch, self.position, self.start = epoch, 0, start + len(states) * position
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch, self.position = epoch, 0
+        self.epoch, self.position, self.start = epoch, 0, 0
 
     def __len__(self) -> int:
         if not self.map_style:
@@ -270,8 +296,9 @@ class ShuffledStream(torch.utils.data.IterableDataset):
         if self.map_style:
             n = len(ds)
             perm = np.random.default_rng([self.seed, epoch]).permutation(n)  # same on all ranks
+            perm = perm[self.start :]  # the rest of the epoch after a resplit (else start = 0)
             if self.equal_split:
-                perm = perm[: n - n % self.world_size]
+                perm = perm[: len(perm) - len(perm) % self.world_size]
             return iter(perm[self.rank :: self.world_size].tolist()), ds.__getitem__
         if hasattr(ds, "iter_raw"):
             order = np.random.default_rng([self.seed, epoch, 0]).permutation(len(ds.shards))
@@ -290,20 +317,25 @@ class ShuffledStream(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         if torch.utils.data.get_worker_info() is not None:
             raise ConfigError("ShuffledStream keeps its resume state in-process: use num_workers=0")
-        epoch, start = self.epoch, self.position
+        epoch, first = self.epoch, self.position
         items, fetch = self._plan(epoch)
         before = sum(self.skipped.values())
-        for k, item in enumerate(islice(items, start, None), start=start):
+        for k, item in enumerate(islice(items, first, None), start=first):
             sample = fetch(item)
             self.position = k + 1  # counted before yielding: state_dict() now excludes it
             if sample is None:
                 continue
             if self.augment is not None:
-                rng = np.random.default_rng([self.seed, epoch, 2, self.rank, k])
-                sample = self._augmented(sample, rng)
+                sample = self._augmented(sample, np.random.default_rng(self._augment_seed(epoch, k)))
             yield sample
         _warn_skipped(self.skipped, before, "stream")
-        self.epoch, self.position = epoch + 1, 0
+        self.epoch, self.position, self.start = epoch + 1, 0, 0
+
+    def _augment_seed(self, epoch: int, k: int) -> list[int]:
+        """Map-style: the item's slot in the epoch's permutation (the same for any rank split)."""
+        if self.map_style:
+            return [self.seed, epoch, 2, self.start + self.rank + k * self.world_size]
+        return [self.seed, epoch, 2, self.rank, k]
 
     def _augmented(self, sample: dict, rng: np.random.Generator) -> dict:
         sample = dict(sample)

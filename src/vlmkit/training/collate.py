@@ -68,6 +68,11 @@ class BatchStream:
         self.stream.load_state_dict(state)
         self._it = None  # the next sample comes from a fresh iterator at the loaded position
 
+    def load_resplit_state(self, states: list[dict]) -> None:
+        """Resume from every rank's state of a run with another number of ranks."""
+        self.stream.load_resplit_state(states)
+        self._it = None
+
 
 def eval_batches(dataset: JsonlDataset, processor: PaliGemmaProcessor, batch_size: int,
                  max_batches: int, rank: int = 0, world_size: int = 1) -> Iterator[dict]:

@@ -15,7 +15,11 @@ world_size.
 
 Resume. A checkpoint holds weights, optimizer state, the step (the LR schedule is a function of
 it), every rank's RNG state and data-stream position, so an interrupted run continues with the
-same loss sequence and weights as an uninterrupted one.
+same loss sequence and weights as an uninterrupted one. On another number of ranks (a node
+lost, or more GPUs) it continues with the same global batches, a map-style dataset's
+permutation being split among the new ranks from where the old ones stopped
+(`ShuffledStream.load_resplit_state`); the result equals the uninterrupted run up to float
+reduction order, except for per-rank random streams (dropout), which are reseeded.
 """
 
 from __future__ import annotations
@@ -278,15 +282,22 @@ class Trainer:
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore weights, optimizer, step, RNG and data position from checkpoint `path`."""
         msd, osd, rngs, state = ckpt.load_checkpoint(path)
-        if state.get("world_size", 1) != self.info.world_size:
-            raise ConfigError(f"{path} was written by {state.get('world_size')} rank(s); resume with the same number "
-                              f"(this run has {self.info.world_size}) so that the data order continues exactly")
+        saved_world, rank = int(state.get("world_size", 1)), self.info.rank
+        if saved_world == self.info.world_size:
+            self.batches.load_state_dict(state["data"][rank])
+        else:  # elastic: the same global batches continue (see ShuffledStream.load_resplit_state)
+            self.batches.load_resplit_state(state["data"])
         set_state_dict(self.root, self.optimizer, model_state_dict={f"model.{k}": v for k, v in msd.items()},
                        optim_state_dict=osd, options=self._sd_options)
-        ckpt.set_rng_state(rngs[f"rank{self.info.rank}"])
-        self.batches.load_state_dict(state["data"][self.info.rank])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.losses = int(state["step"]), list(state["losses"])
+        if saved_world == self.info.world_size:
+            ckpt.set_rng_state(rngs[f"rank{rank}"])
+        else:  # per-rank random streams (dropout) cannot be re-split: new seeds, still reproducible
+            torch.manual_seed(self.cfg.seed + rank + 7919 * self.step)
+            if self.info.is_main:
+                print(f"{path} was written by {saved_world} rank(s), this run has {self.info.world_size}: the data "
+                      f"continues at the same global sample; random streams are reseeded", flush=True)
 
     def export(self) -> Path | None:
         """Gather the full model and let rank 0 write it with `export_fn` (collective)."""
