@@ -132,7 +132,11 @@ def itm_loss(
         sim: [B, B] contrastive similarity used for mining (no gradient flows through it).
         generator, group_ids: see `sample_hard_negatives`.
     """
-    batch = build_itm_batch(sim, generator, group_ids)
+    return score_itm_batch(score_fn, build_itm_batch(sim, generator, group_ids))
+
+
+def score_itm_batch(score_fn: ScoreFn, batch: ItmBatch) -> ItmResult:
+    """Score the M pairs of `batch` and take the mean cross-entropy against its labels."""
     logits = score_fn(batch.image_index, batch.text_index)  # [M, 2]
     # Classes are 1:2 (positive:negative), as in ALBEF/BLIP; we keep their unweighted loss.
     return ItmResult(F.cross_entropy(logits.float(), batch.labels), logits, batch.labels)

@@ -27,10 +27,18 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from vlmkit.models.coca.model import CoCa, CocaOutput
-from vlmkit.models.itm import ItmBatch, ItmHead, ItmResult, PairItmHead, ScoreFn, draw_negatives, itm_loss
+from vlmkit.models.itm import (
+    ItmBatch,
+    ItmHead,
+    ItmResult,
+    PairItmHead,
+    ScoreFn,
+    draw_negatives,
+    itm_loss,
+    score_itm_batch,
+)
 from vlmkit.training.losses import _all_gather_single, _use_distributed, all_gather_with_grad
 
 
@@ -78,9 +86,7 @@ def itm_loss_distributed(
         positive = group_ids[:, None] == gather_detached(group_ids, group)[None, :]  # [B, N]
     neg_text = draw_negatives(scale * img @ all_txt.T, positive, generator)
     neg_image = draw_negatives(scale * txt @ all_img.T, positive, generator)
-    batch = ItmBatch.of(pairs, neg_text, neg_image)
-    logits = score_fn(batch.image_index, batch.text_index)  # [M, 2]
-    return ItmResult(F.cross_entropy(logits.float(), batch.labels), logits, batch.labels)
+    return score_itm_batch(score_fn, ItmBatch.of(pairs, neg_text, neg_image))
 
 
 def two_tower_scorer_distributed(

@@ -282,22 +282,21 @@ class Trainer:
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore weights, optimizer, step, RNG and data position from checkpoint `path`."""
         msd, osd, rngs, state = ckpt.load_checkpoint(path)
-        saved_world, rank = int(state.get("world_size", 1)), self.info.rank
+        saved_world, rank, step = int(state.get("world_size", 1)), self.info.rank, int(state["step"])
         if saved_world == self.info.world_size:
             self.batches.load_state_dict(state["data"][rank])
+            ckpt.set_rng_state(rngs[f"rank{rank}"])
         else:  # elastic: the same global batches continue (see ShuffledStream.load_resplit_state)
             self.batches.load_resplit_state(state["data"])
-        set_state_dict(self.root, self.optimizer, model_state_dict={f"model.{k}": v for k, v in msd.items()},
-                       optim_state_dict=osd, options=self._sd_options)
-        self.scaler.load_state_dict(state["scaler"])
-        self.step, self.losses = int(state["step"]), list(state["losses"])
-        if saved_world == self.info.world_size:
-            ckpt.set_rng_state(rngs[f"rank{rank}"])
-        else:  # per-rank random streams (dropout) cannot be re-split: new seeds, still reproducible
-            torch.manual_seed(self.cfg.seed + rank + 7919 * self.step)
+            # Per-rank random streams (dropout) cannot be re-split: new seeds, still reproducible.
+            torch.manual_seed(self.cfg.seed + rank + 7919 * step)
             if self.info.is_main:
                 print(f"{path} was written by {saved_world} rank(s), this run has {self.info.world_size}: the data "
                       f"continues at the same global sample; random streams are reseeded", flush=True)
+        set_state_dict(self.root, self.optimizer, model_state_dict={f"model.{k}": v for k, v in msd.items()},
+                       optim_state_dict=osd, options=self._sd_options)
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.losses = step, list(state["losses"])
 
     def export(self) -> Path | None:
         """Gather the full model and let rank 0 write it with `export_fn` (collective)."""
