@@ -25,6 +25,8 @@ Without an initialised process group (or with one process) this is `itm_loss` on
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.distributed as dist
 
@@ -35,21 +37,13 @@ from vlmkit.models.itm import (
     ItmResult,
     PairItmHead,
     ScoreFn,
+    coca_scorer,
     draw_negatives,
     itm_loss,
     score_itm_batch,
+    two_tower_scorer,
 )
-from vlmkit.training.losses import _all_gather_single, _use_distributed, all_gather_with_grad
-
-
-@torch.no_grad()
-def gather_detached(x: torch.Tensor, group=None) -> torch.Tensor:
-    """(B, ...) on each rank -> (W * B, ...) in rank order, no gradient; bool tensors go through
-    uint8 (not every backend gathers bool)."""
-    src = x.to(torch.uint8) if x.dtype == torch.bool else x
-    out = src.new_empty((dist.get_world_size(group) * src.shape[0], *src.shape[1:]))  # (W * B, ...)
-    _all_gather_single(out, src.contiguous(), group)
-    return out.bool() if x.dtype == torch.bool else out
+from vlmkit.training.losses import _use_distributed, all_gather_detached, all_gather_with_grad
 
 
 def itm_loss_distributed(
@@ -78,12 +72,10 @@ def itm_loss_distributed(
     if not _use_distributed(group):
         return itm_loss(score_fn, scale * img @ txt.T, generator, group_ids)
     B, rank = img.shape[0], dist.get_rank(group)
-    all_img, all_txt = gather_detached(img, group), gather_detached(txt, group)  # [N, E]
+    all_img, all_txt = all_gather_detached(img, group), all_gather_detached(txt, group)  # [N, E]
     pairs = torch.arange(B, device=img.device) + rank * B  # global index of the local pairs
-    if group_ids is None:
-        positive = pairs[:, None] == torch.arange(len(all_img), device=img.device)[None, :]  # [B, N]
-    else:
-        positive = group_ids[:, None] == gather_detached(group_ids, group)[None, :]  # [B, N]
+    ids = pairs if group_ids is None else group_ids  # without groups each pair is its own group
+    positive = ids[:, None] == all_gather_detached(ids, group)[None, :]  # [B, N]
     neg_text = draw_negatives(scale * img @ all_txt.T, positive, generator)
     neg_image = draw_negatives(scale * txt @ all_img.T, positive, generator)
     return score_itm_batch(score_fn, ItmBatch.of(pairs, neg_text, neg_image))
@@ -93,21 +85,18 @@ def two_tower_scorer_distributed(
     head: PairItmHead, image_embeds: torch.Tensor, text_embeds: torch.Tensor, group=None
 ) -> ScoreFn:
     """Score global pairs of a two-tower batch: local embeddings [B, E] gathered with gradient."""
-    if not _use_distributed(group):
-        return lambda i, t: head(image_embeds[i], text_embeds[t])
-    all_img = all_gather_with_grad(image_embeds, group)  # [N, E]
-    all_txt = all_gather_with_grad(text_embeds, group)  # [N, E]
-    return lambda i, t: head(all_img[i], all_txt[t])
+    if _use_distributed(group):
+        image_embeds = all_gather_with_grad(image_embeds, group)  # [N, E]
+        text_embeds = all_gather_with_grad(text_embeds, group)  # [N, E]
+    return two_tower_scorer(head, image_embeds, text_embeds)
 
 
 def coca_scorer_distributed(model: CoCa, head: ItmHead, out: CocaOutput, group=None) -> ScoreFn:
     """Score global pairs of a `CoCa` forward: every rank's caption tokens and unimodal text
     states are gathered with gradient (the attention mask without) and re-paired through the
     multimodal decoder (`CoCa.fuse`)."""
-    if not _use_distributed(group):
-        tokens, states, mask = out.caption_tokens, out.text_states, out.text_mask
-    else:
-        tokens = all_gather_with_grad(out.caption_tokens, group)  # [N, n, W]
-        states = all_gather_with_grad(out.text_states, group)  # [N, T+1, W]
-        mask = gather_detached(out.text_mask, group)  # [N, 1, T+1, T+1]
-    return lambda i, t: head(model.fuse(tokens[i], states[t], mask[t]))
+    if _use_distributed(group):  # only the fields coca_scorer reads are made global
+        out = replace(out, caption_tokens=all_gather_with_grad(out.caption_tokens, group),  # [N, n, W]
+                      text_states=all_gather_with_grad(out.text_states, group),  # [N, T+1, W]
+                      text_mask=all_gather_detached(out.text_mask, group))  # [N, 1, T+1, T+1]
+    return coca_scorer(model, head, out)

@@ -115,6 +115,16 @@ def _reduce_scatter_single(out: torch.Tensor, x: torch.Tensor, group) -> None:
     fn(out, x, op=dist.ReduceOp.SUM, group=group)
 
 
+@torch.no_grad()
+def all_gather_detached(x: torch.Tensor, group=None) -> torch.Tensor:
+    """(B, ...) on each rank -> (W * B, ...) in rank order, no gradient; bool tensors go through
+    uint8 (not every backend gathers bool)."""
+    src = x.to(torch.uint8) if x.dtype == torch.bool else x
+    out = src.new_empty((dist.get_world_size(group) * src.shape[0], *src.shape[1:]))  # (W * B, ...)
+    _all_gather_single(out, src.contiguous(), group)
+    return out.bool() if x.dtype == torch.bool else out
+
+
 class _AllGatherWithGrad(torch.autograd.Function):
     """Concatenate every rank's (B, ...) tensor into (W * B, ...), with a gradient.
 
@@ -125,10 +135,7 @@ class _AllGatherWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
         ctx.group = group
-        world = dist.get_world_size(group)
-        out = x.new_empty((world * x.shape[0], *x.shape[1:]))  # (W * B, ...)
-        _all_gather_single(out, x.contiguous(), group)
-        return out
+        return all_gather_detached(x, group)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
