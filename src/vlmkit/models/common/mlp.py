@@ -1,5 +1,7 @@
 """Feed-forward blocks: the ViT two-layer MLP and the gated (GeGLU) MLP of Gemma."""
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -11,16 +13,23 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x, approximate="tanh")
 
 
-class MLP(nn.Module):
-    """fc2(gelu_tanh(fc1(x))), with biases. x [..., dim] -> [..., dim]."""
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    # OpenAI's CLIP was trained with x * sigmoid(1.702 x), a cheaper GELU stand-in; its towers
+    # (and LLaVA's, which reuse them) must keep it.
+    return x * torch.sigmoid(1.702 * x)
 
-    def __init__(self, dim: int, hidden_dim: int):
+
+class MLP(nn.Module):
+    """fc2(act(fc1(x))), with biases; act is tanh-GELU unless given. x [..., dim] -> [..., dim]."""
+
+    def __init__(self, dim: int, hidden_dim: int, act: Callable[[torch.Tensor], torch.Tensor] = gelu_tanh):
         super().__init__()
+        self.act = act
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(gelu_tanh(self.fc1(x)))
+        return self.fc2(self.act(self.fc1(x)))
 
 
 class GatedMLP(nn.Module):

@@ -17,17 +17,10 @@ from torch import nn
 
 from vlmkit.models.gemma.model import Gemma
 from vlmkit.models.paligemma.config import PaliGemmaConfig
+from vlmkit.models.parts.placeholders import merge_image_features, positions_from_mask
 from vlmkit.models.siglip.model import SiglipVisionTower
 
-
-def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """attention_mask [B, T] (1 = token) -> RoPE positions [B, T] int64, 1-based over tokens.
-
-    Left padding therefore does not shift a prompt's positions, which is what makes batched
-    output equal one-by-one output. Padding slots get position 1 (never attended to).
-    """
-    pos = attention_mask.long().cumsum(-1)
-    return pos.masked_fill(attention_mask == 0, 1)
+__all__ = ["PaliGemma", "positions_from_mask"]
 
 
 class PaliGemma(nn.Module):
@@ -51,20 +44,7 @@ class PaliGemma(nn.Module):
 
         The k-th `<image>` token of the flattened batch (row-major) takes the k-th feature row.
         """
-        is_image = input_ids == self.cfg.image_token_id
-        x = self.language_model.embed(input_ids.masked_fill(is_image, 0))
-        n_slots = int(is_image.sum())
-        if image_features is None:
-            if n_slots:
-                raise ValueError(f"{n_slots} <image> tokens in the input but no images were given")
-            return x
-        feats = image_features.reshape(-1, image_features.shape[-1])  # [M * N, D]
-        if feats.shape[0] != n_slots:
-            raise ValueError(
-                f"{n_slots} <image> tokens in the input but the images give {feats.shape[0]} features "
-                f"({image_features.shape[0]} images x {image_features.shape[1]} patches)"
-            )
-        return x.masked_scatter(is_image[..., None], feats.to(x.dtype))
+        return merge_image_features(self.language_model.embed, input_ids, self.cfg.image_token_id, image_features)
 
     def forward(
         self,

@@ -7,6 +7,13 @@ Presets follow the published checkpoints (arXiv:2303.15343; HF google/siglip-*):
 """
 
 from dataclasses import dataclass, replace
+from typing import Literal
+
+from vlmkit.models.parts.activations import Activation
+
+# Where the final LayerNorm applies: to every output token (SigLIP: the features PaliGemma reads)
+# or only to the pooled class token (CLIP: `last_hidden_state` stays un-normed).
+PostNorm = Literal["tokens", "pooled"]
 
 
 @dataclass(kw_only=True)
@@ -22,8 +29,20 @@ class SiglipVisionConfig:
     # Multihead attention-pooling ("MAP") head: a learned probe attends over the patch tokens.
     # PaliGemma does not use it (it reads all patch tokens); contrastive SigLIP does.
     use_head: bool = False
+    # The CLIP ViT (arXiv:2103.00020) is this tower with the switches below flipped (see
+    # `vlmkit.models.clip.ClipVisionConfig`); SigLIP has none of them.
+    # A learned class token before the patches; positions then cover N + 1 tokens.
+    class_token: bool = False
+    # A LayerNorm on the embeddings before the first block (HF's `pre_layrnorm`).
+    pre_norm: bool = False
+    # Bias on the patch convolution (CLIP has none).
+    patch_bias: bool = True
+    hidden_act: Activation = "gelu_tanh"
+    post_norm: PostNorm = "tokens"
 
     def __post_init__(self):
+        if self.post_norm == "pooled" and not self.class_token:
+            raise ValueError("post_norm='pooled' normalises the class token, which needs class_token=True")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.hidden_size % self.num_heads:
@@ -37,6 +56,11 @@ class SiglipVisionConfig:
     @property
     def num_patches(self) -> int:
         return self.grid**2
+
+    @property
+    def num_positions(self) -> int:
+        """Tokens the encoder sees: the patches, plus the class token if there is one."""
+        return self.num_patches + int(self.class_token)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "SiglipVisionConfig":

@@ -15,6 +15,15 @@ VISION_TABLE: Table = [
     ("post_layernorm", "post_layernorm"),
     ("head", "head"),
 ]
+# Entries of the CLIP switches (class token, pre-LayerNorm; HF spells it "pre_layrnorm").
+_CLASS_TOKEN: Table = [("class_embedding", "embeddings.class_embedding")]
+_PRE_NORM: Table = [("pre_layernorm", "pre_layrnorm")]
+
+
+def vision_table(cfg: SiglipVisionConfig) -> Table:
+    """The vision table for this config: VISION_TABLE plus the entries its switches add."""
+    return VISION_TABLE + (_CLASS_TOKEN if cfg.class_token else []) + (_PRE_NORM if cfg.pre_norm else [])
+
 
 # transformers' SiglipVisionConfig defaults, used for fields a config.json leaves out.
 _HF_DEFAULTS = dict(

@@ -1,19 +1,30 @@
-"""SigLIP vision tower (arXiv:2303.15343): a pre-LN ViT, single-device plain PyTorch.
+"""SigLIP vision tower (arXiv:2303.15343), and the CLIP ViT (arXiv:2103.00020) through typed
+switches of the same tower; single-device plain PyTorch.
 
-Axes: B batch, N patches, D hidden size, H heads, hd head dim, g patches per side.
+Axes: B batch, N patches, P positions (N, or N + 1 with a class token), D hidden size, H heads,
+hd head dim, g patches per side.
 
-Patch conv -> + learned position embeddings -> pre-LN encoder blocks (tanh-GELU MLP) ->
-post-LayerNorm -> optionally a multihead attention-pooling (MAP) head. No class token.
+SigLIP: patch conv -> + learned position embeddings -> pre-LN encoder blocks (tanh-GELU MLP) ->
+post-LayerNorm on every token -> optionally a multihead attention-pooling (MAP) head.
+CLIP (`class_token`, `pre_norm`, `patch_bias=False`, `hidden_act="quick_gelu"`,
+`post_norm="pooled"`): a class token is prepended before the position embeddings (which cover
+it), a LayerNorm runs before the first block, and the post-LayerNorm applies only to the pooled
+class token, so `forward` returns the last block's output un-normed, as transformers does.
 
-Not supported: native-resolution / variable aspect inputs (NaFlex), dropout.
+Not supported: native-resolution / variable aspect inputs (NaFlex), position interpolation for
+other image sizes, dropout.
 """
+
+from collections.abc import Sequence
+
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vlmkit.models.common.attention import attend
-from vlmkit.models.common.mlp import MLP
+from vlmkit.models.common.mlp import MLP, gelu_tanh
+from vlmkit.models.parts.activations import ACTIVATIONS
 from vlmkit.models.siglip.config import SiglipVisionConfig
 
 
@@ -41,12 +52,12 @@ class SelfAttention(nn.Module):
 class EncoderBlock(nn.Module):
     """Pre-LN transformer block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_dim: int, eps: float):
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, eps: float, act=gelu_tanh):
         super().__init__()
         self.layer_norm1 = nn.LayerNorm(dim, eps=eps)
         self.self_attn = SelfAttention(dim, num_heads)
         self.layer_norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = MLP(dim, mlp_dim)
+        self.mlp = MLP(dim, mlp_dim, act)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.self_attn(self.layer_norm1(x), mask)
@@ -75,16 +86,19 @@ class AttentionPoolingHead(nn.Module):
 
 
 class SiglipVisionTower(nn.Module):
-    """pixel_values [B, C, H, W] float -> patch features [B, N, D] (post-LayerNorm)."""
+    """pixel_values [B, C, H, W] float -> last hidden state [B, P, D] (see `forward`)."""
 
     def __init__(self, cfg: SiglipVisionConfig):
         super().__init__()
         self.cfg = cfg
-        D = cfg.hidden_size
-        self.patch_embedding = nn.Conv2d(cfg.num_channels, D, cfg.patch_size, stride=cfg.patch_size)
-        self.position_embedding = nn.Embedding(cfg.num_patches, D)
+        D, act = cfg.hidden_size, ACTIVATIONS[cfg.hidden_act]
+        self.class_embedding = nn.Parameter(torch.randn(D)) if cfg.class_token else None
+        self.patch_embedding = nn.Conv2d(cfg.num_channels, D, cfg.patch_size, stride=cfg.patch_size,
+                                         bias=cfg.patch_bias)
+        self.position_embedding = nn.Embedding(cfg.num_positions, D)
+        self.pre_layernorm = nn.LayerNorm(D, eps=cfg.layer_norm_eps) if cfg.pre_norm else None
         self.layers = nn.ModuleList(
-            EncoderBlock(D, cfg.num_heads, cfg.intermediate_size, cfg.layer_norm_eps)
+            EncoderBlock(D, cfg.num_heads, cfg.intermediate_size, cfg.layer_norm_eps, act)
             for _ in range(cfg.num_layers)
         )
         self.post_layernorm = nn.LayerNorm(D, eps=cfg.layer_norm_eps)
@@ -95,23 +109,49 @@ class SiglipVisionTower(nn.Module):
         )
 
     def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[B, C, H, W] -> [B, N, D] patch embeddings plus position embeddings."""
+        """[B, C, H, W] -> [B, P, D]: (class token +) patch embeddings + positions (+ pre-LN)."""
         dtype = self.patch_embedding.weight.dtype
         x = self.patch_embedding(pixel_values.to(dtype))  # [B, D, g, g]
         x = x.flatten(2).transpose(1, 2)  # [B, N, D], patches in row-major order
-        return x + self.position_embedding.weight[None]
+        if self.class_embedding is not None:
+            cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # [B, 1, D]
+            x = torch.cat([cls, x], dim=1)  # [B, N + 1, D]
+        x = x + self.position_embedding.weight[None]
+        return x if self.pre_layernorm is None else self.pre_layernorm(x)
+
+    def hidden_states(self, pixel_values: torch.Tensor, layers: Sequence[int]) -> list[torch.Tensor]:
+        """The hidden states transformers' `output_hidden_states` lists, at the given indices.
+
+        Index 0 is the embedding output (after the pre-LN, if any), index i the output of block i,
+        negative indices count from the end (-1 = the last block); none is post-LayerNormed.
+        Blocks after the deepest requested index are not run. Returns [B, P, D] per index.
+        """
+        n = self.cfg.num_layers + 1
+        if any(not -n <= i < n for i in layers):
+            raise ValueError(f"hidden-state index out of range in {list(layers)} (the tower has {n} states)")
+        wanted = [i % n for i in layers]
+        x = self.embed(pixel_values)
+        kept = {0: x}
+        for i, layer in enumerate(self.layers[: max(wanted)], start=1):
+            x = layer(x)
+            if i in wanted:
+                kept[i] = x
+        return [kept[i] for i in wanted]
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        x = self.embed(pixel_values)
-        for layer in self.layers:
-            x = layer(x)
-        return self.post_layernorm(x)
+        """-> [B, P, D], transformers' `last_hidden_state`: post-LayerNormed for SigLIP
+        (`post_norm="tokens"`), the last block's raw output for CLIP (`post_norm="pooled"`)."""
+        x = self.hidden_states(pixel_values, [-1])[0]
+        return self.post_layernorm(x) if self.cfg.post_norm == "tokens" else x
 
     def pool(self, features: torch.Tensor) -> torch.Tensor:
-        """features [B, N, D] from `forward` -> pooled [B, D] through the MAP head."""
-        if self.head is None:
-            raise ValueError("this SigLIP tower has no attention-pooling head (use_head=False)")
-        return self.head(features)
+        """features [B, P, D] from `forward` -> pooled [B, D]: the MAP head's output, or the
+        post-LayerNormed class token (CLIP's `pooler_output`)."""
+        if self.head is not None:
+            return self.head(features)
+        if self.cfg.class_token:
+            return self.post_layernorm(features[:, 0])
+        raise ValueError("this SigLIP tower has no attention-pooling head (use_head=False)")
 
 
 def interpolate_position_embeddings(weight: torch.Tensor, new_grid: int) -> torch.Tensor:

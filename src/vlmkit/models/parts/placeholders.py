@@ -1,0 +1,53 @@
+"""Placing image features in the prompt: the k-th `<image>` placeholder takes the k-th feature.
+
+Axes: B batch, T tokens, M images in the batch, N tokens per image, D text width.
+
+Shared by every Type C family whose processor expands each image into N placeholder tokens
+(PaliGemma, LLaVA): the placeholders' embeddings are replaced by the image features in order,
+row-major over the flattened batch, and the features are not rescaled (transformers 5 applies
+any embedding scale, e.g. Gemma's sqrt(D), inside the embedding layer, so it never reaches the
+image features).
+"""
+
+from collections.abc import Callable
+
+import torch
+
+
+def merge_image_features(
+    embed: Callable[[torch.Tensor], torch.Tensor],
+    input_ids: torch.Tensor,
+    image_token_id: int,
+    image_features: torch.Tensor | None,
+) -> torch.Tensor:
+    """input_ids [B, T]; image_features [M, N, D] or None -> embeddings [B, T, D].
+
+    `embed` maps ids to text embeddings. Placeholder ids are embedded as id 0 before being
+    overwritten, so an image token id outside the text vocabulary is allowed (PaliGemma's is).
+    """
+    is_image = input_ids == image_token_id
+    x = embed(input_ids.masked_fill(is_image, 0))
+    n_slots = int(is_image.sum())
+    if image_features is None:
+        if n_slots:
+            raise ValueError(f"{n_slots} <image> tokens in the input but no images were given")
+        return x
+    feats = image_features.reshape(-1, image_features.shape[-1])  # [M * N, D]
+    if feats.shape[0] != n_slots:
+        raise ValueError(
+            f"{n_slots} <image> tokens in the input but the images give {feats.shape[0]} features "
+            f"({image_features.shape[0]} images x {image_features.shape[1]} patches)"
+        )
+    return x.masked_scatter(is_image[..., None], feats.to(x.dtype))
+
+
+def positions_from_mask(attention_mask: torch.Tensor, start: int = 1) -> torch.Tensor:
+    """attention_mask [B, T] (1 = token) -> RoPE positions [B, T] int64, counted over tokens.
+
+    The first token of each row gets `start` (PaliGemma counts from 1, transformers' generate
+    for decoder-only models from 0), so left padding does not shift a prompt's positions, which
+    is what makes batched output equal one-by-one output. Padding slots get `start` (never
+    attended to).
+    """
+    pos = attention_mask.long().cumsum(-1) + (start - 1)
+    return pos.masked_fill(attention_mask == 0, start)
