@@ -14,7 +14,7 @@ import transformers as tf
 
 from tests.parity import hf_builders as hb
 from tests.parity.pending_families import pending_families  # noqa: F401 (fixture)
-from tests.parity.test_vision_parts_parity import clip_vision_cfg
+from tests.parity.llava_builders import llama_cfg, llava
 from vlmkit.errors import CheckpointError
 from vlmkit.generation import SamplingConfig, generate
 from vlmkit.models.gemma.config import GemmaConfig
@@ -32,23 +32,11 @@ LLAMA_DECODER_FIELD = "norm_unit_offset"
 _HAS_LLAMA = LLAMA_DECODER_FIELD in {f.name for f in dataclasses.fields(GemmaConfig)}
 
 
-def llama_cfg():
-    return tf.LlamaConfig(vocab_size=hb.VOCAB, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
-                          num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, bos_token_id=1,
-                          eos_token_id=2)
-
-
 TEXT_CASES = [
     pytest.param(lambda: hb.gemma_cfg(1), id="gemma"),
     pytest.param(llama_cfg, id="llama", marks=pytest.mark.skipif(
         not _HAS_LLAMA, reason=f"the Llama decoder is not merged yet (GemmaConfig has no {LLAMA_DECODER_FIELD!r})")),
 ]
-
-
-def llava(text_cfg, seed=0, **kw):
-    cfg = tf.LlavaConfig(vision_config=clip_vision_cfg().to_dict(), text_config=text_cfg.to_dict(),
-                         image_token_index=hb.IMAGE_TOKEN, **kw)
-    return hb.randomize(tf.LlavaForConditionalGeneration(cfg), seed)
 
 
 def _inputs(batch=2, text_len=7, seed=1, images_per_row=1):

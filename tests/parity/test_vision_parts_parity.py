@@ -1,29 +1,27 @@
 """Vision parts against transformers (tiny random configs, fp32, CPU): the CLIP ViT as switches
 of the SigLIP tower, LLaVA feature selection, and the connectors (LLaVA MLP, Idefics3 pixel
-shuffle + linear, InternVL pixel shuffle + LayerNorm + MLP), each with the reference's weights."""
+shuffle + linear, InternVL pixel shuffle + LayerNorm + MLP, DeepSeek-VL's MLP and hybrid
+aligner), each with the reference's weights."""
 
 import pytest
 import torch
 import transformers as tf
+from transformers.models.deepseek_vl.modeling_deepseek_vl import DeepseekVLAligner
+from transformers.models.deepseek_vl_hybrid.modeling_deepseek_vl_hybrid import DeepseekVLHybridAligner
 from transformers.models.idefics3.modeling_idefics3 import Idefics3Connector
 from transformers.models.internvl.modeling_internvl import InternVLModel, InternVLMultiModalProjector
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from tests.parity import hf_builders as hb
+from tests.parity.llava_builders import clip_vision_cfg
 from tests.parity.pending_families import pending_families  # noqa: F401 (fixture)
 from vlmkit.models.clip.config import ClipVisionConfig
-from vlmkit.models.parts.connectors import Connector, ConnectorConfig, pixel_shuffle
+from vlmkit.models.parts.connectors import (Connector, ConnectorConfig, HybridConnector, HybridConnectorConfig,
+                                            pixel_shuffle)
 from vlmkit.models.parts.vision import FeatureSelect, select_image_features
 from vlmkit.weights.hf import load_hf, save_hf
 
 ATOL = 0.0  # measured: every comparison here is bit-identical in fp32 (same ops, same order)
-
-
-def clip_vision_cfg(**kw):
-    return tf.CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, image_size=32,
-        patch_size=8, **kw,
-    )
 
 
 def _clip(tmp_path, seed=0):
@@ -151,4 +149,33 @@ def test_internvl_projector():
         got = ours(x)
         grid = InternVLModel.pixel_shuffle(None, x.reshape(2, 8, 8, 32), scale_factor=0.5)
         want = ref(grid.reshape(2, -1, 128))
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+
+
+def test_deepseek_vl_aligner():
+    cfg = tf.DeepseekVLConfig(vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                 num_attention_heads=4),
+                              text_config=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=1,
+                                               num_attention_heads=4, vocab_size=100))
+    ref = hb.randomize(DeepseekVLAligner(cfg))
+    ours = Connector(ConnectorConfig(), 32, 48)
+    _copy(ours, ref, {f"linear_{i}.{p}": f"linear{i}.{p}" for i in (1, 2) for p in ("weight", "bias")})
+    x = torch.randn(2, 16, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), atol=ATOL, rtol=0)
+
+
+def test_deepseek_vl_hybrid_aligner():
+    cfg = tf.DeepseekVLHybridConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4),
+        high_res_vision_config=dict(output_channels=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2),
+        text_config=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=1, num_attention_heads=4,
+                         vocab_size=100))
+    ref = hb.randomize(DeepseekVLHybridAligner(cfg))
+    ours = HybridConnector(HybridConnectorConfig(), 32, 32, 48)
+    _copy(ours, ref, {n: n for n in ref.state_dict()})
+    low, high = torch.randn(2, 16, 32), torch.randn(2, 16, 32)
+    with torch.no_grad():
+        got, want = ours(low, high), ref(low, high)
+    assert got.shape == (2, 16, 48)
     torch.testing.assert_close(got, want, atol=ATOL, rtol=0)

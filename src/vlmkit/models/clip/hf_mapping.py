@@ -35,20 +35,12 @@ def to_hub_name(key: str) -> str:
 def config_from_hf(d: dict) -> ClipVisionConfig:
     """HF `clip_vision_model` dict -> ClipVisionConfig (missing fields take transformers' defaults)."""
     d = {**_HF_DEFAULTS, **d}
-    return ClipVisionConfig(
-        hidden_size=d["hidden_size"], intermediate_size=d["intermediate_size"],
-        num_layers=d["num_hidden_layers"], num_heads=d["num_attention_heads"],
-        num_channels=d["num_channels"], image_size=d["image_size"], patch_size=d["patch_size"],
-        layer_norm_eps=d["layer_norm_eps"], hidden_act=activation_from_hf(d["hidden_act"]),
-    )
+    return ClipVisionConfig(**siglip_map.vision_shape_from_hf(d), hidden_act=activation_from_hf(d["hidden_act"]))
 
 
 def config_to_hf(c: ClipVisionConfig) -> dict:
     """`projection_dim` is written as transformers' default: the tower has no projection."""
     return dict(
-        architectures=["CLIPVisionModel"], model_type="clip_vision_model", hidden_size=c.hidden_size,
-        intermediate_size=c.intermediate_size, projection_dim=_HF_DEFAULTS["projection_dim"],
-        num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads, num_channels=c.num_channels,
-        image_size=c.image_size, patch_size=c.patch_size, layer_norm_eps=c.layer_norm_eps,
-        hidden_act=TO_HF_ACTIVATION[c.hidden_act], attention_dropout=0.0,
+        architectures=["CLIPVisionModel"], model_type="clip_vision_model", **siglip_map.vision_shape_to_hf(c),
+        projection_dim=_HF_DEFAULTS["projection_dim"], hidden_act=TO_HF_ACTIVATION[c.hidden_act],
     )

@@ -19,12 +19,12 @@ from torch import nn
 from vlmkit.models.gemma.model import Gemma
 from vlmkit.models.llava.config import LlavaConfig
 from vlmkit.models.parts.connectors import Connector
-from vlmkit.models.parts.placeholders import merge_image_features, positions_from_mask
+from vlmkit.models.parts.placeholders import ImagePlaceholders, positions_from_mask
 from vlmkit.models.parts.vision import select_image_features
 from vlmkit.models.siglip.model import SiglipVisionTower
 
 
-class Llava(nn.Module):
+class Llava(ImagePlaceholders, nn.Module):
     def __init__(self, cfg: LlavaConfig):
         super().__init__()
         self.cfg = cfg
@@ -35,10 +35,6 @@ class Llava(nn.Module):
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """pixel_values [M, 3, H, W] -> image tokens [M, N, D] in the projector dtype."""
         return self.projector(select_image_features(self.vision_tower, pixel_values, self.cfg.features))
-
-    def embed_inputs(self, input_ids: torch.Tensor, image_features: torch.Tensor | None) -> torch.Tensor:
-        """input_ids [B, T]; image_features [M, N, D] or None -> embeddings [B, T, D]."""
-        return merge_image_features(self.language_model.embed, input_ids, self.cfg.image_token_id, image_features)
 
     def forward(
         self,

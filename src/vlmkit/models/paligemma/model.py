@@ -17,13 +17,13 @@ from torch import nn
 
 from vlmkit.models.gemma.model import Gemma
 from vlmkit.models.paligemma.config import PaliGemmaConfig
-from vlmkit.models.parts.placeholders import merge_image_features, positions_from_mask
+from vlmkit.models.parts.placeholders import ImagePlaceholders, positions_from_mask
 from vlmkit.models.siglip.model import SiglipVisionTower
 
 __all__ = ["PaliGemma", "positions_from_mask"]
 
 
-class PaliGemma(nn.Module):
+class PaliGemma(ImagePlaceholders, nn.Module):
     def __init__(self, cfg: PaliGemmaConfig):
         super().__init__()
         self.cfg = cfg
@@ -38,13 +38,6 @@ class PaliGemma(nn.Module):
         divides image features by sqrt(D) before a global multiply, which cancels).
         """
         return self.projector(self.vision_tower(pixel_values))
-
-    def embed_inputs(self, input_ids: torch.Tensor, image_features: torch.Tensor | None) -> torch.Tensor:
-        """input_ids [B, T]; image_features [M, N, D] or None -> embeddings [B, T, D].
-
-        The k-th `<image>` token of the flattened batch (row-major) takes the k-th feature row.
-        """
-        return merge_image_features(self.language_model.embed, input_ids, self.cfg.image_token_id, image_features)
 
     def forward(
         self,

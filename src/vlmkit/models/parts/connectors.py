@@ -12,14 +12,14 @@ Every Type C connector we load is a path through the same steps, each a typed fi
 - Idefics3 / SmolVLM (`connector.modality_projection.proj`): pixel shuffle, one linear, no bias.
 - InternVL (`multi_modal_projector.layer_norm/linear_1/linear_2`): pixel shuffle
   (`1 / downsample_ratio`), LayerNorm (eps 1e-5), two layers with biases.
+- DeepSeek-VL (`aligner.linear1/linear2`): two layers, exact GELU, biases.
+DeepSeek-VL hybrid reads two towers, so it is its own module, `HybridConnector`.
 
 Pixel shuffle (space-to-depth): each s x s block of neighbouring patches becomes one token whose
 channels are the block's vectors in the order (row in block, column in block, channel). This is
 the order of both transformers' Idefics3Connector.pixel_shuffle and InternVL's pixel_shuffle
 (written differently: one reshapes a [M, N, Dv] sequence, the other a [M, g, g, Dv] grid with
 `scale_factor` 0.5; the parity tests check ours against both).
-
-Not supported: DeepSeek-VL's hybrid connector (two MLPs over two towers, concatenated).
 """
 
 from dataclasses import dataclass
@@ -88,3 +88,30 @@ class Connector(nn.Module):
             x = self.layer_norm(x)
         x = self.linear_1(x)
         return x if self.linear_2 is None else self.linear_2(self.act(x))
+
+
+@dataclass(kw_only=True)
+class HybridConnectorConfig:
+    hidden_act: Activation = "gelu"
+
+
+class HybridConnector(nn.Module):
+    """DeepSeek-VL hybrid's aligner: each tower's tokens are projected to D / 2, concatenated
+    (high-resolution half first, as in the reference), then act -> linear to D.
+
+    low [M, N, Dlow] (SigLIP tokens), high [M, N, Dhigh] (SAM-B tokens, already flattened to
+    the same N) -> [M, N, D].
+    """
+
+    def __init__(self, cfg: HybridConnectorConfig, low_dim: int, high_dim: int, out_dim: int):
+        super().__init__()
+        if out_dim % 2:
+            raise ValueError(f"the hybrid connector splits the text width in halves; {out_dim} is odd")
+        self.vision_proj = nn.Linear(low_dim, out_dim // 2)
+        self.high_res_vision_proj = nn.Linear(high_dim, out_dim // 2)
+        self.act = ACTIVATIONS[cfg.hidden_act]
+        self.proj = nn.Linear(out_dim, out_dim)
+
+    def forward(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([self.high_res_vision_proj(high), self.vision_proj(low)], dim=-1)  # [M, N, D]
+        return self.proj(self.act(x))

@@ -41,6 +41,17 @@ def merge_image_features(
     return x.masked_scatter(is_image[..., None], feats.to(x.dtype))
 
 
+class ImagePlaceholders:
+    """Mixin for a VLM with `cfg.image_token_id` and a `language_model` that has `embed(ids)`."""
+
+    def embed_inputs(self, input_ids: torch.Tensor, image_features: torch.Tensor | None) -> torch.Tensor:
+        """input_ids [B, T]; image_features [M, N, D] or None -> embeddings [B, T, D].
+
+        The k-th `<image>` token of the flattened batch (row-major) takes the k-th feature row.
+        """
+        return merge_image_features(self.language_model.embed, input_ids, self.cfg.image_token_id, image_features)
+
+
 def positions_from_mask(attention_mask: torch.Tensor, start: int = 1) -> torch.Tensor:
     """attention_mask [B, T] (1 = token) -> RoPE positions [B, T] int64, counted over tokens.
 

@@ -32,6 +32,8 @@ class FeatureSelect:
     def __post_init__(self):
         if isinstance(self.vision_feature_layer, list):
             self.vision_feature_layer = tuple(self.vision_feature_layer)
+        if self.vision_feature_layer == ():
+            raise ValueError("vision_feature_layer is an empty list")
         if self.vision_feature_select_strategy not in ("default", "full"):
             raise ValueError(
                 f"vision_feature_select_strategy must be 'default' or 'full', "

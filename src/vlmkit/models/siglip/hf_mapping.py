@@ -33,26 +33,37 @@ _HF_DEFAULTS = dict(
 )
 
 
+def vision_shape_from_hf(d: dict) -> dict:
+    """The ViT shape fields shared by SigLIP and CLIP vision configs: HF dict -> our kwargs."""
+    return dict(
+        hidden_size=d["hidden_size"], intermediate_size=d["intermediate_size"],
+        num_layers=d["num_hidden_layers"], num_heads=d["num_attention_heads"],
+        num_channels=d["num_channels"], image_size=d["image_size"], patch_size=d["patch_size"],
+        layer_norm_eps=d["layer_norm_eps"],
+    )
+
+
+def vision_shape_to_hf(c: SiglipVisionConfig) -> dict:
+    """The inverse of `vision_shape_from_hf`."""
+    return dict(
+        hidden_size=c.hidden_size, intermediate_size=c.intermediate_size, num_hidden_layers=c.num_layers,
+        num_attention_heads=c.num_heads, num_channels=c.num_channels, image_size=c.image_size,
+        patch_size=c.patch_size, layer_norm_eps=c.layer_norm_eps, attention_dropout=0.0,
+    )
+
+
 def vision_config_from_hf(d: dict) -> SiglipVisionConfig:
     """HF `vision_config` dict -> SiglipVisionConfig (missing fields take transformers' defaults)."""
     d = {**_HF_DEFAULTS, **d}
     if d["hidden_act"] not in ("gelu_pytorch_tanh", "gelu_fast"):
         raise ValueError(f"unsupported SigLIP activation {d['hidden_act']!r}")
-    return SiglipVisionConfig(
-        hidden_size=d["hidden_size"], intermediate_size=d["intermediate_size"],
-        num_layers=d["num_hidden_layers"], num_heads=d["num_attention_heads"],
-        num_channels=d["num_channels"], image_size=d["image_size"], patch_size=d["patch_size"],
-        layer_norm_eps=d["layer_norm_eps"], use_head=bool(d["vision_use_head"]),
-    )
+    return SiglipVisionConfig(**vision_shape_from_hf(d), use_head=bool(d["vision_use_head"]))
 
 
 def vision_config_to_hf(c: SiglipVisionConfig) -> dict:
     return dict(
-        model_type="siglip_vision_model", hidden_size=c.hidden_size,
-        intermediate_size=c.intermediate_size, num_hidden_layers=c.num_layers,
-        num_attention_heads=c.num_heads, num_channels=c.num_channels, image_size=c.image_size,
-        patch_size=c.patch_size, layer_norm_eps=c.layer_norm_eps, vision_use_head=c.use_head,
-        hidden_act="gelu_pytorch_tanh", attention_dropout=0.0,
+        model_type="siglip_vision_model", **vision_shape_to_hf(c), vision_use_head=c.use_head,
+        hidden_act="gelu_pytorch_tanh",
     )
 
 
