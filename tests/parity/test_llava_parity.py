@@ -231,3 +231,21 @@ def test_bad_folders(tmp_path, pending_families):
     (tmp_path / "hub" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="unsupported LLaVA vision model_type 'dinov2'"):
         load_hf(tmp_path / "hub")
+
+
+def test_siglip_tower(tmp_path, pending_families):
+    """A LLaVA whose vision_config is SigLIP (no class token; "full" keeps every patch) loads and
+    matches too: the tower is chosen by the vision model_type, not by the family."""
+    cfg = tf.LlavaConfig(vision_config=hb.siglip_vision_cfg(use_head=False).to_dict(),
+                         text_config=hb.gemma_cfg(1).to_dict(), image_token_index=hb.IMAGE_TOKEN,
+                         vision_feature_layer=-1, vision_feature_select_strategy="full")
+    hf = hb.randomize(tf.LlavaForConditionalGeneration(cfg))
+    hf.save_pretrained(tmp_path / "hf")
+    ours = load_hf(tmp_path / "hf", dtype="float32")
+    assert not ours.cfg.vision.class_token and ours.cfg.num_image_tokens == N_IMG
+    ids, pix = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids, pix), hf(input_ids=ids, pixel_values=pix).logits, atol=ATOL, rtol=1e-5)
+    save_hf(ours, tmp_path / "ours")
+    _, info = tf.LlavaForConditionalGeneration.from_pretrained(tmp_path / "ours", output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info

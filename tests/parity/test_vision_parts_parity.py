@@ -179,3 +179,14 @@ def test_deepseek_vl_hybrid_aligner():
         got, want = ours(low, high), ref(low, high)
     assert got.shape == (2, 16, 48)
     torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+
+
+def test_clip_presets():
+    """Presets with the published shapes; only the CLIP switches differ from a SigLIP tower."""
+    big = ClipVisionConfig.from_preset("clip-vit-large-patch14-336")
+    assert (big.hidden_size, big.num_layers, big.num_heads, big.num_positions) == (1024, 24, 16, 577)
+    assert ClipVisionConfig.from_preset("clip-vit-large-patch14").num_positions == 257
+    assert (big.class_token, big.pre_norm, big.patch_bias, big.hidden_act, big.post_norm) == (
+        True, True, False, "quick_gelu", "pooled")
+    with pytest.raises(ValueError, match="class_token"):
+        ClipVisionConfig.from_preset("debug", class_token=False)

@@ -8,7 +8,7 @@ Presets follow the published OpenAI checkpoints (arXiv:2103.00020; HF openai/cli
 - clip-vit-base-patch16: ViT-B/16 at 224 px.
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from vlmkit.models.parts.activations import Activation
 from vlmkit.models.siglip.config import PostNorm, SiglipVisionConfig
@@ -28,10 +28,8 @@ class ClipVisionConfig(SiglipVisionConfig):
     post_norm: PostNorm = "pooled"
 
     @classmethod
-    def from_preset(cls, name: str, **overrides) -> "ClipVisionConfig":
-        if name not in PRESETS:
-            raise KeyError(f"unknown CLIP preset {name!r}; choose from {sorted(PRESETS)}")
-        return replace(PRESETS[name], **overrides)
+    def presets(cls) -> dict[str, "ClipVisionConfig"]:
+        return PRESETS
 
 
 _VIT_L14 = dict(hidden_size=1024, intermediate_size=4096, num_layers=24, num_heads=16, patch_size=14)

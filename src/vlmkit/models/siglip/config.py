@@ -63,10 +63,16 @@ class SiglipVisionConfig:
         return self.num_patches + int(self.class_token)
 
     @classmethod
+    def presets(cls) -> dict[str, "SiglipVisionConfig"]:
+        """This class's named presets (the CLIP subclass has its own)."""
+        return PRESETS
+
+    @classmethod
     def from_preset(cls, name: str, **overrides) -> "SiglipVisionConfig":
-        if name not in PRESETS:
-            raise KeyError(f"unknown SigLIP preset {name!r}; choose from {sorted(PRESETS)}")
-        return replace(PRESETS[name], **overrides)
+        presets = cls.presets()
+        if name not in presets:
+            raise KeyError(f"unknown {cls.__name__} preset {name!r}; choose from {sorted(presets)}")
+        return replace(presets[name], **overrides)
 
 
 _SO400M = dict(hidden_size=1152, intermediate_size=4304, num_layers=27, num_heads=16, patch_size=14)
