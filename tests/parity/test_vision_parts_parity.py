@@ -190,3 +190,18 @@ def test_clip_presets():
         True, True, False, "quick_gelu", "pooled")
     with pytest.raises(ValueError, match="class_token"):
         ClipVisionConfig.from_preset("debug", class_token=False)
+
+
+def test_siglip_hidden_states(tmp_path):
+    """The SigLIP tower's hidden states (feature selection reads them) equal SiglipVisionModel's;
+    only `forward` applies the post-LayerNorm there."""
+    hf_model = hb.randomize(tf.SiglipVisionModel(hb.siglip_vision_cfg(use_head=False)))
+    hf_model.save_pretrained(tmp_path)
+    ours = load_hf(tmp_path, dtype="float32")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = hf_model(pixel_values=x, output_hidden_states=True)
+        states = ours.hidden_states(x, range(3))
+        torch.testing.assert_close(ours(x), ref.last_hidden_state, atol=ATOL, rtol=0)
+    for got, want in zip(states, ref.hidden_states, strict=True):
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
