@@ -12,6 +12,7 @@ from vlmkit.models.common.init import init_weights
 from vlmkit.models.common.norms import RMSNorm
 from vlmkit.models.common.rope import RopeScaling, rope_inv_freq
 from vlmkit.models.gemma import Gemma, GemmaConfig
+from vlmkit.models.gemma import hf_mapping as gemma_map
 from vlmkit.models.llama import Llama, LlamaConfig, hf_mapping, positions_from_mask
 from vlmkit.models.llama.config import PRESETS
 
@@ -209,3 +210,9 @@ def test_gemma_default_config_is_not_a_llama_one():
     c = GemmaConfig(vocab_size=8, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
                     num_kv_heads=1, head_dim=8)
     assert replace(c) == c and c.norm_unit_offset and c.embed_scale and c.mlp_activation == "gelu_tanh"
+
+
+def test_gemma_config_to_hf_refuses_llama_switches():
+    assert gemma_map.config_to_hf(GemmaConfig.from_preset("debug"))["model_type"] == "gemma"
+    with pytest.raises(ConfigError, match="Llama-style"):
+        gemma_map.config_to_hf(GemmaConfig.from_preset("debug", qkv_bias=True))

@@ -1,4 +1,5 @@
-"""Gemma decoder config: Gemma 1 and Gemma 2 differ only in the typed fields below.
+"""Gemma decoder config: the shared `DecoderConfig` with Gemma's defaults; Gemma 1 and Gemma 2
+differ only in its typed fields (post_norms, softcaps, query_pre_attn_scalar, layer_types).
 
 Presets follow the published checkpoints:
 - gemma-2b: Gemma 1 2B (arXiv:2403.08295, HF google/gemma-2b), as used by PaliGemma 1 with the

@@ -9,11 +9,8 @@ Not supported: RoPE scaling in Gemma checkpoints, Gemma 3 (QK-norm, local RoPE b
 """
 
 from vlmkit.models.common.decoder import Decoder
-from vlmkit.models.gemma.config import GemmaConfig
 
 
 class Gemma(Decoder):
-    """The Gemma family's decoder class (its own type, so families can be told apart as data)."""
-
-    def __init__(self, cfg: GemmaConfig):
-        super().__init__(cfg)
+    """The Gemma family's decoder class (its own type, so families can be told apart as data);
+    built from a `GemmaConfig`."""

@@ -14,7 +14,6 @@ Not supported: dynamic / YaRN / longrope RoPE, Llama 4 (MoE, chunked attention),
 import torch
 
 from vlmkit.models.common.decoder import Decoder
-from vlmkit.models.llama.config import LlamaConfig
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -28,7 +27,5 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 class Llama(Decoder):
-    """The Llama family's decoder class (its own type, so families can be told apart as data)."""
-
-    def __init__(self, cfg: LlamaConfig):
-        super().__init__(cfg)
+    """The Llama family's decoder class (its own type, so families can be told apart as data);
+    built from a `LlamaConfig`."""
