@@ -15,7 +15,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from tests.parity import hf_builders as hb
 from vlmkit.generation.decode import advance, decode_one_token, prefill
-from vlmkit.models.common.rope import rope_inv_freq
+from vlmkit.models.common.rope import RopeScaling, rope_inv_freq
 from vlmkit.models.llama import Llama, LlamaConfig, hf_mapping, positions_from_mask
 from vlmkit.weights.convert import convert_strict, rename
 from vlmkit.weights.hf import load_hf
@@ -24,6 +24,7 @@ _TINY = dict(vocab_size=hb.VOCAB, hidden_size=48, intermediate_size=96, num_hidd
              num_attention_heads=4, num_key_value_heads=2, pad_token_id=0)
 _LLAMA3 = dict(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
                original_max_position_embeddings=64)  # head_dim 12: frequencies in all three bands
+_YARN = dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=256)
 CASES = {
     "llama": (tf.LlamaForCausalLM, tf.LlamaConfig, {}),
     "llama-llama3-rope": (tf.LlamaForCausalLM, tf.LlamaConfig,
@@ -37,6 +38,9 @@ CASES = {
                            dict(use_sliding_window=True, sliding_window=5, max_window_layers=1,
                                 tie_word_embeddings=True)),
     "qwen2-untied": (tf.Qwen2ForCausalLM, tf.Qwen2Config, dict(tie_word_embeddings=False)),
+    # YaRN as Qwen2.5 long-context configs use it (a ramp over dims 0..3 of 6, attention factor).
+    "qwen2-yarn": (tf.Qwen2ForCausalLM, tf.Qwen2Config,
+                   dict(rope_parameters=_YARN, max_position_embeddings=1024)),
 }
 
 
@@ -108,6 +112,7 @@ def test_cases_exercise_their_switches():
     assert c["mistral"].num_kv_heads == 1
     assert c["qwen2-tied-sliding"].layer_types == ("full", "sliding", "sliding") and c["qwen2-tied-sliding"].qkv_bias
     assert not c["qwen2-untied"].tie_embeddings and c["qwen2-untied"].layer_types is None
+    assert c["qwen2-yarn"].rope_scaling.kind == "yarn" and c["qwen2-yarn"].rope_scaling.cos_sin_scale > 1.0
 
 
 @pytest.mark.parametrize("name", ["llama-llama3-rope", "mistral", "qwen2-tied-sliding"])
@@ -216,11 +221,24 @@ def _hf_rope_config(c: LlamaConfig):
     return tf.AutoConfig.for_model(d.pop("model_type"), **d)
 
 
-@pytest.mark.parametrize("preset", ["llama-3.2-1b", "debug-llama3"])
-def test_llama3_frequencies_bit_equal(preset):
+_YARN_VARIANTS = [
+    dict(),
+    dict(truncate=False, beta_fast=16.0, beta_slow=2.0),
+    dict(mscale=0.707, mscale_all_dim=1.0),
+    dict(attention_factor=0.8, factor=8.0),
+]
+
+
+@pytest.mark.parametrize("preset,kw", [("llama-3.2-1b", None), ("debug-llama3", None)]
+                         + [("debug", v) for v in _YARN_VARIANTS])
+def test_rope_frequencies_and_scale_bit_equal(preset, kw):
+    """Our inverse frequencies and cos/sin multiplier == transformers' rope init functions (llama3, yarn)."""
     c = LlamaConfig.from_preset(preset)
-    ref, scaling = ROPE_INIT_FUNCTIONS["llama3"](_hf_rope_config(c))
-    assert scaling == 1.0
+    if kw is not None:
+        yarn = dict(kind="yarn", factor=4.0, original_max_position_embeddings=128)
+        c = replace(c, max_position_embeddings=512, rope_scaling=RopeScaling(**{**yarn, **kw}))
+    ref, scale = ROPE_INIT_FUNCTIONS[c.rope_scaling.kind](_hf_rope_config(c))
+    assert scale == c.rope_scaling.cos_sin_scale
     assert torch.equal(rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling), ref)
 
 

@@ -1,5 +1,6 @@
 """The shared decoder's switches, configs and HF config conversion (no reference model needed)."""
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -65,6 +66,16 @@ def test_llama3_rope_scaling_keeps_high_and_divides_low_frequencies():
     torch.testing.assert_close(scaled[low], base[low] / 8.0)
     mid = ~high & ~low
     assert bool(((scaled[mid] < base[mid]) & (scaled[mid] > base[mid] / 8.0)).all())
+
+
+def test_yarn_scales_cos_sin_by_its_attention_factor():
+    s = RopeScaling(kind="yarn", factor=4.0, original_max_position_embeddings=64)
+    assert s.cos_sin_scale == pytest.approx(0.1 * math.log(4.0) + 1.0)
+    assert replace(s, attention_factor=0.5).cos_sin_scale == 0.5
+    assert RopeScaling(kind="linear", factor=4.0).cos_sin_scale == 1.0
+    base, scaled = rope_inv_freq(16, 10000.0), rope_inv_freq(16, 10000.0, s)
+    assert torch.equal(scaled[0], base[0])  # the fastest dimension is extrapolated (kept)
+    torch.testing.assert_close(scaled[-1], base[-1] / 4.0)  # the slowest is interpolated
 
 
 def test_sliding_window_hides_exactly_the_tokens_outside_it():
@@ -149,7 +160,7 @@ def test_config_errors(kw, match):
 
 def test_rope_scaling_errors():
     with pytest.raises(ValueError, match="not supported"):
-        RopeScaling(kind="yarn", factor=2.0)
+        RopeScaling(kind="dynamic", factor=2.0)
     with pytest.raises(ValueError, match="high_freq_factor"):
         RopeScaling(kind="llama3", factor=8.0, low_freq_factor=4.0, high_freq_factor=1.0)
 
@@ -196,7 +207,8 @@ def test_config_from_hf_sliding_window_semantics():
 
 
 @pytest.mark.parametrize("d,match", [
-    (dict(_HF, model_type="llama", rope_parameters=dict(rope_type="yarn", factor=2.0)), "yarn"),
+    (dict(_HF, model_type="llama", rope_parameters=dict(rope_type="dynamic", factor=2.0)), "dynamic"),
+    (dict(_HF, model_type="llama", rope_parameters=dict(rope_type="longrope", factor=2.0)), "longrope"),
     (dict(_HF, model_type="llama", hidden_act="gelu"), "hidden_act"),
     (dict(_HF, model_type="phi3"), "unsupported text model_type"),
 ])

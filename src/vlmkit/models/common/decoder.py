@@ -21,7 +21,7 @@ included), as the reference's mask does.
 Contract used by `vlmkit.generation`: `embed(ids)`, `forward(x, positions, key_valid, in_prefix,
 slots)`, `logits(h)`, `setup_caches(B, S, dtype, device)`, `clear_caches()`.
 
-Not supported: dropout, dynamic / YaRN RoPE, Gemma 3 (QK-norm, local RoPE base), MoE.
+Not supported: dropout, dynamic / longrope RoPE, Gemma 3 (QK-norm, local RoPE base), MoE.
 """
 
 import math
@@ -139,7 +139,8 @@ class Decoder(nn.Module):
         # Frequencies are recomputed (cheap, constant under compile) rather than kept as a buffer,
         # so that casting the model to bf16 can never round them.
         inv_freq = rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling).to(x.device)
-        cos, sin = rope_cos_sin(positions, inv_freq, x.dtype)
+        scale = 1.0 if c.rope_scaling is None else c.rope_scaling.cos_sin_scale
+        cos, sin = rope_cos_sin(positions, inv_freq, x.dtype, scale)
         windows = [c.layer_window(i) for i in range(c.num_layers)]
         masks = {w: prefix_lm_mask(key_valid, in_prefix, slots, w) for w in set(windows)}
         for layer, w in zip(self.layers, windows):

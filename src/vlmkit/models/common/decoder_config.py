@@ -32,7 +32,7 @@ class DecoderConfig:
     head_dim: int
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
-    # Long-context frequency scaling (linear / llama3); None = plain RoPE.
+    # Long-context frequency scaling (linear / llama3 / yarn); None = plain RoPE.
     rope_scaling: RopeScaling | None = None
     max_position_embeddings: int = 8192
     # RMSNorm scales by (1 + w) (Gemma) instead of w (Llama).

@@ -38,21 +38,28 @@ _ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
 
 def _rope_from_hf(d: dict) -> tuple[float, RopeScaling | None]:
     """(rope_theta, scaling) from `rope_parameters` (5.x) or `rope_theta` + `rope_scaling` (4.x)."""
-    params = d.get("rope_parameters") or d.get("rope_scaling") or {}
-    theta = float(params.get("rope_theta") or d.get("rope_theta") or 10000.0)
-    kind = params.get("rope_type", params.get("type", "default"))
+    p = d.get("rope_parameters") or d.get("rope_scaling") or {}
+    theta = float(p.get("rope_theta") or d.get("rope_theta") or 10000.0)
+    kind = p.get("rope_type", p.get("type", "default"))
+    # transformers fills original_max_position_embeddings from max_position_embeddings if absent.
+    original = int(p.get("original_max_position_embeddings") or d["max_position_embeddings"])
     if kind == "default":
         return theta, None
     if kind == "linear":
-        return theta, RopeScaling(kind="linear", factor=float(params["factor"]))
+        return theta, RopeScaling(kind="linear", factor=float(p["factor"]))
     if kind == "llama3":
         return theta, RopeScaling(
-            kind="llama3", factor=float(params["factor"]), low_freq_factor=float(params["low_freq_factor"]),
-            high_freq_factor=float(params["high_freq_factor"]),
-            original_max_position_embeddings=int(
-                params.get("original_max_position_embeddings") or d["max_position_embeddings"]),
+            kind="llama3", factor=float(p["factor"]), original_max_position_embeddings=original,
+            low_freq_factor=float(p["low_freq_factor"]), high_freq_factor=float(p["high_freq_factor"]),
         )
-    raise ValueError(f"rope_type {kind!r} is not supported (default, linear, llama3)")
+    if kind == "yarn":
+        return theta, RopeScaling(
+            kind="yarn", factor=float(p.get("factor") or d["max_position_embeddings"] / original),
+            original_max_position_embeddings=original, beta_fast=float(p.get("beta_fast") or 32),
+            beta_slow=float(p.get("beta_slow") or 1), truncate=bool(p.get("truncate", True)),
+            attention_factor=p.get("attention_factor"), mscale=p.get("mscale"), mscale_all_dim=p.get("mscale_all_dim"),
+        )
+    raise ValueError(f"rope_type {kind!r} is not supported (default, linear, llama3, yarn)")
 
 
 def _layer_types_from_hf(kind: str, d: dict, n: int) -> tuple[int | None, tuple | None]:
@@ -121,11 +128,16 @@ def _rope_to_hf(c: LlamaConfig) -> dict:
     s = c.rope_scaling
     if s is None:
         return dict(rope_type="default", rope_theta=c.rope_theta)
-    if s.kind == "linear":
-        return dict(rope_type="linear", rope_theta=c.rope_theta, factor=s.factor)
-    return dict(rope_type="llama3", rope_theta=c.rope_theta, factor=s.factor, low_freq_factor=s.low_freq_factor,
-                high_freq_factor=s.high_freq_factor,
-                original_max_position_embeddings=s.original_max_position_embeddings)
+    d = dict(rope_type=s.kind, rope_theta=c.rope_theta, factor=s.factor)
+    if s.kind == "llama3":
+        d.update(low_freq_factor=s.low_freq_factor, high_freq_factor=s.high_freq_factor)
+    if s.kind == "yarn":
+        d.update(beta_fast=s.beta_fast, beta_slow=s.beta_slow, truncate=s.truncate)
+        d.update({k: v for k, v in dict(attention_factor=s.attention_factor, mscale=s.mscale,
+                                        mscale_all_dim=s.mscale_all_dim).items() if v is not None})
+    if s.kind != "linear":
+        d.update(original_max_position_embeddings=s.original_max_position_embeddings)
+    return d
 
 
 def config_to_hf(c: LlamaConfig) -> dict:

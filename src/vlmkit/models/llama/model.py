@@ -3,12 +3,12 @@
 
 The computation is the shared `vlmkit.models.common.decoder.Decoder`; `LlamaConfig` sets what
 makes it one of these: RMSNorm scaling by w after casting, SwiGLU, no embedding scale, optional
-q/k/v biases, sliding windows and RoPE scaling.
+q/k/v biases, sliding windows and RoPE scaling (linear, llama3, yarn).
 
 Positions: transformers' causal LMs count from 0 over the non-padding tokens when generating
 (`positions_from_mask`), so a left-padded row gets the positions it would have alone.
 
-Not supported: dynamic / YaRN / longrope RoPE, Llama 4 (MoE, chunked attention), dropout.
+Not supported: dynamic / longrope RoPE, Llama 4 (MoE, chunked attention), dropout.
 """
 
 import torch
