@@ -31,6 +31,8 @@ CASES = {
                           dict(rope_parameters=_LLAMA3, max_position_embeddings=256, tie_word_embeddings=True)),
     "llama-linear-rope": (tf.LlamaForCausalLM, tf.LlamaConfig,
                           dict(rope_parameters=dict(rope_type="linear", rope_theta=10000.0, factor=4.0))),
+    # Llama's attention_bias (q, k, v and o) and mlp_bias, off in published checkpoints.
+    "llama-biases": (tf.LlamaForCausalLM, tf.LlamaConfig, dict(attention_bias=True, mlp_bias=True)),
     # Window 5 < 16 tokens, head_dim 16 != 48 / 4, one KV head for four query heads.
     "mistral": (tf.MistralForCausalLM, tf.MistralConfig, dict(sliding_window=5, head_dim=16, num_key_value_heads=1)),
     # q/k/v biases; layers 1.. slide (max_window_layers=1), tied head.
@@ -108,6 +110,7 @@ def test_cases_exercise_their_switches():
     c = {name: hf_mapping.config_from_hf(_reference(name).config.to_dict()) for name in CASES}
     assert c["llama-llama3-rope"].rope_scaling.kind == "llama3" and c["llama-llama3-rope"].tie_embeddings
     assert c["llama-linear-rope"].rope_scaling.kind == "linear"
+    assert c["llama-biases"].qkv_bias and c["llama-biases"].o_bias and c["llama-biases"].mlp_bias
     assert c["mistral"].layer_types == ("sliding",) * 3 and c["mistral"].head_dim == 16
     assert c["mistral"].num_kv_heads == 1
     assert c["qwen2-tied-sliding"].layer_types == ("full", "sliding", "sliding") and c["qwen2-tied-sliding"].qkv_bias
