@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from vlmkit.errors import ConfigError
+from vlmkit.generation.quantize import quantize_int8
 from vlmkit.models.common.decoder import Decoder
 from vlmkit.models.common.decoder_config import DecoderConfig, sliding_from
 from vlmkit.models.common.init import init_weights
@@ -228,3 +229,14 @@ def test_gemma_config_to_hf_refuses_llama_switches():
     assert gemma_map.config_to_hf(GemmaConfig.from_preset("debug"))["model_type"] == "gemma"
     with pytest.raises(ConfigError, match="Llama-style"):
         gemma_map.config_to_hf(GemmaConfig.from_preset("debug", qkv_bias=True))
+
+
+def test_untied_head_survives_int8_quantisation():
+    """`logits` calls an untied head as a module, so generation's int8 replacement of it works."""
+    model = _model("debug")
+    ids = torch.randint(0, 512, (1, 8), generator=torch.Generator().manual_seed(0))
+    ref = _logits(model, ids)
+    quantize_int8(model)
+    assert type(model.lm_head).__name__ == "Int8Linear"
+    got = _logits(model, ids)
+    assert (got - ref).abs().max() <= 0.02 * (ref.max() - ref.min())

@@ -149,8 +149,8 @@ class Decoder(nn.Module):
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """h [B, T, D] -> logits [B, T, V] in h's dtype, soft-capped if configured."""
-        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        logits = F.linear(h, weight)
+        # The untied head is called as a module so that a replaced one (int8) works unchanged.
+        logits = F.linear(h, self.embed_tokens.weight) if self.lm_head is None else self.lm_head(h)
         cap = self.cfg.final_logit_softcap
         return logits if cap is None else torch.tanh(logits / cap) * cap
 
