@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from vlmkit.errors import ConfigError
+from vlmkit.generation.decode import advance, decode_one_token, prefill
 from vlmkit.generation.quantize import quantize_int8
 from vlmkit.models.common.decoder import Decoder
 from vlmkit.models.common.decoder_config import DecoderConfig, sliding_from
@@ -240,3 +241,23 @@ def test_untied_head_survives_int8_quantisation():
     assert type(model.lm_head).__name__ == "Int8Linear"
     got = _logits(model, ids)
     assert (got - ref).abs().max() <= 0.02 * (ref.max() - ref.min())
+
+
+@pytest.mark.parametrize("name,overrides", [
+    ("debug-llama3", {}), ("debug-mistral", {}), ("debug-qwen2", {}),
+    ("debug", dict(rope_scaling=RopeScaling(kind="yarn", factor=4.0, original_max_position_embeddings=64))),
+])
+def test_decode_step_has_no_graph_breaks(name, overrides):
+    """The generation engine's compiled decode step traces the new switches in one graph."""
+    model = _model(name, **overrides)
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    ids = torch.randint(3, 500, mask.shape, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        logits, state = prefill(model, model.embed(ids), mask, torch.zeros_like(mask, dtype=torch.bool),
+                                positions_from_mask(mask), 10)
+        pos, slot = advance(state)
+        args = (model, logits.argmax(-1)[:, None], pos, slot, state.key_valid, state.in_prefix)
+        explanation = torch._dynamo.explain(decode_one_token)(*args)
+    model.clear_caches()
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
