@@ -43,5 +43,5 @@ class RMSNorm(nn.Module):
         return (xf * scale).type_as(x)
 
     def extra_repr(self) -> str:
-        return f"{self.weight.shape[0]}, eps={self.eps}, unit_offset={self.unit_offset}, " \
-               f"scale_in_fp32={self.scale_in_fp32}"
+        return (f"{self.weight.shape[0]}, eps={self.eps}, unit_offset={self.unit_offset}, "
+                f"scale_in_fp32={self.scale_in_fp32}")
