@@ -10,7 +10,7 @@ Presets follow the published OpenAI checkpoints (arXiv:2103.00020; HF openai/cli
 
 from dataclasses import dataclass
 
-from vlmkit.models.parts.activations import Activation
+from vlmkit.models.common.activations import Activation
 from vlmkit.models.siglip.config import PostNorm, SiglipVisionConfig
 
 

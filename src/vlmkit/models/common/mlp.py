@@ -1,22 +1,11 @@
-"""Feed-forward blocks: the ViT two-layer MLP and the gated (GeGLU) MLP of Gemma."""
+"""Feed-forward blocks: the ViT two-layer MLP and the gated MLP of decoders (GeGLU / SwiGLU)."""
 
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-
-def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    # Both SigLIP and Gemma were trained with the tanh approximation of GELU; the exact erf form
-    # changes outputs beyond float tolerance.
-    return F.gelu(x, approximate="tanh")
-
-
-def quick_gelu(x: torch.Tensor) -> torch.Tensor:
-    # OpenAI's CLIP was trained with x * sigmoid(1.702 x), a cheaper GELU stand-in; its towers
-    # (and LLaVA's, which reuse them) must keep it.
-    return x * torch.sigmoid(1.702 * x)
+from vlmkit.models.common.activations import ACTIVATIONS, Activation, gelu_tanh
 
 
 class MLP(nn.Module):
@@ -33,13 +22,20 @@ class MLP(nn.Module):
 
 
 class GatedMLP(nn.Module):
-    """down(gelu_tanh(gate(x)) * up(x)), no biases (GeGLU). x [..., dim] -> [..., dim]."""
+    """down(act(gate(x)) * up(x)). x [..., dim] -> [..., dim].
 
-    def __init__(self, dim: int, hidden_dim: int):
+    `activation` "gelu_tanh" is GeGLU (Gemma), "silu" SwiGLU (Llama, Mistral, Qwen2); `bias`
+    adds biases to all three projections (Llama's `mlp_bias`, off in published checkpoints).
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, activation: Activation = "gelu_tanh", bias: bool = False):
         super().__init__()
-        self.gate_proj = nn.Linear(dim, hidden_dim, bias=False)
-        self.up_proj = nn.Linear(dim, hidden_dim, bias=False)
-        self.down_proj = nn.Linear(hidden_dim, dim, bias=False)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown MLP activation {activation!r}; choose from {sorted(ACTIVATIONS)}")
+        self.act = ACTIVATIONS[activation]
+        self.gate_proj = nn.Linear(dim, hidden_dim, bias=bias)
+        self.up_proj = nn.Linear(dim, hidden_dim, bias=bias)
+        self.down_proj = nn.Linear(hidden_dim, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(gelu_tanh(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))

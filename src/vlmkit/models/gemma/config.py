@@ -1,4 +1,5 @@
-"""Gemma decoder config: Gemma 1 and Gemma 2 differ only in the typed fields below.
+"""Gemma decoder config: the shared `DecoderConfig` with Gemma's defaults; Gemma 1 and Gemma 2
+differ only in its typed fields (post_norms, softcaps, query_pre_attn_scalar, layer_types).
 
 Presets follow the published checkpoints:
 - gemma-2b: Gemma 1 2B (arXiv:2403.08295, HF google/gemma-2b), as used by PaliGemma 1 with the
@@ -7,67 +8,40 @@ Presets follow the published checkpoints:
   PaliGemma 2 (arXiv:2412.03555), vocabulary 257216.
 """
 
-from dataclasses import dataclass, field, replace
-from typing import Literal
+from dataclasses import dataclass
 
-LayerType = Literal["full", "sliding"]
+from vlmkit.models.common.decoder_config import (
+    DecoderConfig,
+    LayerType,
+    alternating_layer_types,
+    pick_preset,
+)
+from vlmkit.models.common.mlp import Activation
+
+__all__ = ["GemmaConfig", "LayerType", "PRESETS", "gemma2_layer_types"]
 
 
 @dataclass(kw_only=True)
-class GemmaConfig:
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    rms_norm_eps: float = 1e-6
-    rope_theta: float = 10000.0
-    max_position_embeddings: int = 8192
-    # Multiply token embeddings by sqrt(hidden_size), rounded to the weights' dtype (Gemma).
+class GemmaConfig(DecoderConfig):
+    """`DecoderConfig` with Gemma's defaults: (1 + w) RMSNorm scaled in float32, sqrt(D) embedding
+    scale, GeGLU (tanh GELU) MLP, tied LM head, Gemma's special-token ids."""
+
+    norm_unit_offset: bool = True
+    norm_scale_in_fp32: bool = True
     embed_scale: bool = True
-    # Gemma 2: RMSNorm after attention and after the MLP as well as before ("sandwich").
-    post_norms: bool = False
-    # Gemma 2: softcap * tanh(x / softcap) on attention scores / on final logits; None = off.
-    attn_logit_softcap: float | None = None
-    final_logit_softcap: float | None = None
-    # Attention scale is query_pre_attn_scalar ** -0.5; None means head_dim (Gemma 1).
-    query_pre_attn_scalar: float | None = None
-    # Gemma 2 local layers: sliding window size and the per-layer pattern; None = all full.
-    sliding_window: int | None = None
-    layer_types: tuple[LayerType, ...] | None = None
+    mlp_activation: Activation = "gelu_tanh"
     tie_embeddings: bool = True
-    pad_token_id: int = 0
-    bos_token_id: int = 2
-    eos_token_id: int = 1
-
-    def __post_init__(self):
-        if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
-        if self.layer_types is not None and len(self.layer_types) != self.num_layers:
-            raise ValueError(f"layer_types has {len(self.layer_types)} entries for {self.num_layers} layers")
-
-    @property
-    def attn_scale(self) -> float:
-        return (self.query_pre_attn_scalar or self.head_dim) ** -0.5
-
-    def layer_window(self, i: int) -> int | None:
-        """The sliding window of layer i, or None for a full-attention layer."""
-        if self.layer_types is None or self.layer_types[i] == "full":
-            return None
-        return self.sliding_window
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = 2
+    eos_token_id: int | None = 1
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "GemmaConfig":
-        if name not in PRESETS:
-            raise KeyError(f"unknown Gemma preset {name!r}; choose from {sorted(PRESETS)}")
-        return replace(PRESETS[name], **overrides)
+        return pick_preset(PRESETS, name, "Gemma", **overrides)
 
 
-def gemma2_layer_types(num_layers: int) -> tuple[LayerType, ...]:
-    """Gemma 2 alternates local (sliding) and global layers, starting with local."""
-    return tuple("sliding" if i % 2 == 0 else "full" for i in range(num_layers))
+# Gemma 2 alternates local (sliding) and global layers, starting with local.
+gemma2_layer_types = alternating_layer_types
 
 
 _GEMMA2 = dict(

@@ -83,6 +83,11 @@ def config_to_hf(c: GemmaConfig) -> dict:
     gemma2_only = c.attn_logit_softcap or c.final_logit_softcap or c.sliding_window or c.query_pre_attn_scalar
     if not c.post_norms and gemma2_only:
         raise ConfigError("a Gemma config with Gemma 2 features but no post_norms has no HF equivalent")
+    not_gemma = (not (c.norm_unit_offset and c.norm_scale_in_fp32 and c.embed_scale) or c.mlp_activation != "gelu_tanh"
+                 or c.qkv_bias or c.o_bias or c.mlp_bias or c.rope_scaling)
+    if not_gemma:
+        raise ConfigError("a Gemma config with Llama-style switches (norm, embed scale, activation, biases, "
+                          "rope scaling) has no HF Gemma equivalent")
     d = dict(
         model_type="gemma2" if c.post_norms else "gemma", vocab_size=c.vocab_size,
         hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,

@@ -15,7 +15,7 @@ from vlmkit.models.clip.config import ClipVisionConfig
 from vlmkit.models.gemma import hf_mapping as gemma_map
 from vlmkit.models.llava.config import LlavaConfig
 from vlmkit.models.paligemma.hf_mapping import normalise_key, to_hub_name
-from vlmkit.models.parts.activations import TO_HF_ACTIVATION, activation_from_hf
+from vlmkit.models.common.activations import TO_HF_ACTIVATION, activation_from_hf
 from vlmkit.models.parts.connectors import ConnectorConfig
 from vlmkit.models.parts.vision import FeatureSelect
 from vlmkit.models.siglip import hf_mapping as siglip_map

@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from vlmkit.models.parts.activations import ACTIVATIONS, Activation
+from vlmkit.models.common.activations import ACTIVATIONS, Activation
 
 
 @dataclass(kw_only=True)

@@ -9,7 +9,7 @@ Presets follow the published checkpoints (arXiv:2303.15343; HF google/siglip-*):
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from vlmkit.models.parts.activations import Activation
+from vlmkit.models.common.activations import Activation
 
 # Where the final LayerNorm applies: to every output token (SigLIP: the features PaliGemma reads)
 # or only to the pooled class token (CLIP: `last_hidden_state` stays un-normed).

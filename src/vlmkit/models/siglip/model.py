@@ -24,7 +24,7 @@ from torch import nn
 
 from vlmkit.models.common.attention import attend
 from vlmkit.models.common.mlp import MLP, gelu_tanh
-from vlmkit.models.parts.activations import ACTIVATIONS
+from vlmkit.models.common.activations import ACTIVATIONS
 from vlmkit.models.siglip.config import SiglipVisionConfig
 
 

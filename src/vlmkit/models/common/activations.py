@@ -11,9 +11,20 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from vlmkit.models.common.mlp import gelu_tanh, quick_gelu
 
 Activation = Literal["gelu", "gelu_tanh", "quick_gelu", "silu"]
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    # Both SigLIP and Gemma were trained with the tanh approximation of GELU; the exact erf form
+    # changes outputs beyond float tolerance.
+    return F.gelu(x, approximate="tanh")
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    # OpenAI's CLIP was trained with x * sigmoid(1.702 x), a cheaper GELU stand-in; its towers
+    # (and LLaVA's, which reuse them) must keep it.
+    return x * torch.sigmoid(1.702 * x)
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,  # exact (erf) GELU: LLaVA's and InternVL's projectors
