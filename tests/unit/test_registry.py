@@ -105,3 +105,17 @@ def test_non_generating_families_fail_in_one_line(paligemma_folder, tmp_path):
     batch = {"input_ids": torch.ones(1, 3, dtype=torch.long), "attention_mask": torch.ones(1, 3, dtype=torch.long)}
     with pytest.raises(ConfigError, match="siglip models do not generate text"):
         generate(model, None, batch, SamplingConfig(max_new_tokens=2))
+
+
+def test_trainers_refuse_another_familys_folder(paligemma_folder, tmp_path):
+    from vlmkit.data.tokenizer import Tokenizer
+    from vlmkit.training.config import TrainConfig
+    from vlmkit.training.recipes import build_model
+    from vlmkit.training.recipes.contrastive import _load_folder
+
+    folder = _create("siglip", tmp_path, paligemma_folder)
+    with pytest.raises(CheckpointError, match="holds a siglip model; the PaliGemma recipes train paligemma"):
+        build_model(TrainConfig(), folder, Tokenizer.from_folder(folder))
+    with pytest.raises(CheckpointError, match="holds a siglip model, not a coca checkpoint"):
+        _load_folder(folder, "coca")
+    assert family_of(_load_folder(_create("coca", tmp_path, paligemma_folder), "coca")).name == "coca"
