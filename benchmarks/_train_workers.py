@@ -35,6 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # random weights: nothing to fetch
 def vlmkit_setup(model_name: str, tiny: bool):
     """-> (model, loss_fn(pixels, ids) -> 0-dim loss, image size, text length, vocab size)."""
     from vlmkit.models.common.init import init_weights
+    from vlmkit.training.losses import image_text_loss
 
     if model_name == "siglip":
         from vlmkit.models.siglip.config import TWO_TOWER_PRESETS
@@ -42,13 +43,23 @@ def vlmkit_setup(model_name: str, tiny: bool):
 
         cfg = TWO_TOWER_PRESETS["debug" if tiny else "base-patch16-224"]
         model = init_weights(SiglipTwoTower(cfg), seed=0)
-        return (model, lambda px, ids: model.loss(model(px, ids)), cfg.vision.image_size,
+
+        def siglip_loss(px, ids):
+            out = model(px, ids)
+            return image_text_loss(model, out.image_embeds, out.text_embeds).total
+
+        return (model, siglip_loss, cfg.vision.image_size,
                 cfg.text.max_position_embeddings, cfg.text.vocab_size)
     from vlmkit.models.coca import CoCa, CocaConfig
 
     cfg = CocaConfig.from_preset("debug" if tiny else "open-clip-b32")
     model = init_weights(CoCa(cfg), seed=0)
-    return (model, lambda px, ids: model.loss(model(px, ids), ids).total, cfg.vision.image_size,
+
+    def coca_loss(px, ids):
+        out = model(px, ids)
+        return image_text_loss(model, out.image_embeds, out.text_embeds, out.logits, ids).total
+
+    return (model, coca_loss, cfg.vision.image_size,
             cfg.context_length, cfg.vocab_size)
 
 

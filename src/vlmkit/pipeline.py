@@ -1,4 +1,7 @@
-"""The user-facing PaliGemma pipeline: folder -> model + tokenizer + processor -> answers.
+"""The user-facing text pipeline: folder -> model + tokenizer + processor -> answers.
+
+The folder's config.json names its family (`vlmkit.models.registry`); the family's record gives
+the processor builder and the generation adapter, so any `vlm` family runs here.
 
 Image features are cached by a hash of the preprocessed pixels, so asking several questions
 about one image runs the vision tower once.
@@ -16,7 +19,6 @@ from vlmkit.data.processor import PaliGemmaProcessor
 from vlmkit.data.tokenizer import Tokenizer
 from vlmkit.errors import CheckpointError
 from vlmkit.generation import GenerationResult, SamplingConfig, StreamEvent, generate
-from vlmkit.models.paligemma.model import PaliGemma
 from vlmkit.weights.hf import load_hf, read_config
 from vlmkit.weights.registry import resolve_model
 
@@ -35,10 +37,22 @@ def _image_stats(folder: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(d.get("image_mean", (0.5,) * 3)), tuple(d.get("image_std", (0.5,) * 3))
 
 
-class Pipeline:
-    """A loaded PaliGemma-family model with its tokenizer and processor."""
+def paligemma_processor(folder: Path, tokenizer: Tokenizer, cfg) -> PaliGemmaProcessor:
+    """The PaliGemma family's processor builder (named by its registry record)."""
+    if tokenizer.image_token_id != cfg.image_token_id:
+        raise CheckpointError(
+            f"{folder}: tokenizer's <image> id {tokenizer.image_token_id} != config image_token_index "
+            f"{cfg.image_token_id}"
+        )
+    mean, std = _image_stats(folder)
+    return PaliGemmaProcessor(tokenizer, cfg.vision.image_size, cfg.num_image_tokens, mean, std,
+                              max_length=cfg.text.max_position_embeddings)
 
-    def __init__(self, model: PaliGemma, tokenizer: Tokenizer, processor: PaliGemmaProcessor,
+
+class Pipeline:
+    """A loaded model of a `vlm` family with its tokenizer and processor."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, processor,
                  folder: Path | None = None, feature_cache_size: int = 16):
         self.model, self.tokenizer, self.processor, self.folder = model, tokenizer, processor, folder
         self._features: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -49,25 +63,16 @@ class Pipeline:
         """Load a bundled model by name (None = the default) or a HF checkpoint folder."""
         folder = resolve_model(source)
         _, fam = read_config(folder)
-        if fam.model_class is not PaliGemma:
-            raise CheckpointError(f"{folder} holds a {fam.model_types[0]} model, not a PaliGemma checkpoint")
+        if fam.generation is None or fam.processor is None:
+            raise CheckpointError(f"{folder} holds a {fam.name} model ({fam.kind}), which the text pipeline "
+                                  "does not run; load it with vlmkit.weights.hf.load_hf")
         tokenizer = Tokenizer.from_folder(folder)
         model = load_hf(folder, dtype=dtype, device=device)
-        if tokenizer.image_token_id != model.cfg.image_token_id:
-            raise CheckpointError(
-                f"{folder}: tokenizer's <image> id {tokenizer.image_token_id} != config image_token_index "
-                f"{model.cfg.image_token_id}"
-            )
-        mean, std = _image_stats(folder)
-        processor = PaliGemmaProcessor(
-            tokenizer, model.cfg.vision.image_size, model.cfg.num_image_tokens, mean, std,
-            max_length=model.cfg.text.max_position_embeddings,
-        )
-        return cls(model, tokenizer, processor, folder)
+        return cls(model, tokenizer, fam.build_processor(folder, tokenizer, model.cfg), folder)
 
     @property
     def device(self) -> torch.device:
-        return self.model.projector.weight.device
+        return next(self.model.parameters()).device
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[M, 3, H, W] -> [M, N, D], each image looked up in (or added to) the feature cache."""
@@ -76,7 +81,7 @@ class Pipeline:
             key = hashlib.sha1(px.contiguous().numpy().tobytes()).hexdigest()
             if key not in self._features:
                 with torch.inference_mode():
-                    dtype = self.model.projector.weight.dtype
+                    dtype = next(self.model.parameters()).dtype
                     self._features[key] = self.model.encode_images(px[None].to(self.device, dtype))[0]
                 if len(self._features) > self.feature_cache_size:
                     self._features.popitem(last=False)

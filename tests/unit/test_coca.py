@@ -5,12 +5,18 @@ import torch
 
 from vlmkit.errors import PromptTooLongError
 from vlmkit.generation.sampling import SamplingConfig
-from vlmkit.models.coca import CoCa, CocaConfig, generate_caption
-from vlmkit.models.coca.generate import decode_one_token, prefill
+from vlmkit.generation.coca import decode_one_token, generate_caption, prefill
+from vlmkit.models.coca import CoCa, CocaConfig
+from vlmkit.training.losses import image_text_loss
 from vlmkit.models.common.init import init_weights
 from vlmkit.models.siglip.config import SiglipVisionConfig
 
 V = 64  # debug vocabulary
+
+
+def _loss(model, out, ids, mask):
+    """The training loss of a CoCa batch (contrastive + caption terms, weighted)."""
+    return image_text_loss(model, out.image_embeds, out.text_embeds, out.logits, ids, mask)
 
 
 def _model(seed=0, std=0.1, **overrides) -> CoCa:
@@ -83,11 +89,11 @@ def test_loss_weights_and_padding_ignored():
     model = _model()
     ids, mask = _captions(lengths=[10, 6, 8])
     out = model(_pixels(), ids, mask)
-    loss = model.loss(out, ids, mask)
+    loss = _loss(model, out, ids, mask)
     torch.testing.assert_close(loss.total, 1.0 * loss.contrastive + 2.0 * loss.caption)
     weighted = _model(contrastive_weight=0.3, caption_weight=0.0)
     out2 = weighted(_pixels(), ids, mask)
-    l2 = weighted.loss(out2, ids, mask)
+    l2 = _loss(weighted, out2, ids, mask)
     torch.testing.assert_close(l2.total, 0.3 * l2.contrastive)
     # Caption loss over real next tokens only: recompute by hand.
     logp = out.logits[:, :-1].log_softmax(-1)
@@ -96,14 +102,14 @@ def test_loss_weights_and_padding_ignored():
     torch.testing.assert_close(loss.caption, nll[valid].mean())
     # Pad ids never matter.
     other = ids.masked_fill(mask == 0, 5)
-    torch.testing.assert_close(model.loss(model(_pixels(), other, mask), other, mask).total, loss.total)
+    torch.testing.assert_close(_loss(model, model(_pixels(), other, mask), other, mask).total, loss.total)
 
 
 def test_sigmoid_variant_has_bias():
     model = _model(contrastive_loss="sigmoid")
     assert model.logit_bias is not None and model.logit_bias.item() == -10.0
     ids, mask = _captions()
-    loss = model.loss(model(_pixels(), ids, mask), ids, mask)
+    loss = _loss(model, model(_pixels(), ids, mask), ids, mask)
     assert torch.isfinite(loss.total)
 
 
@@ -115,7 +121,7 @@ def test_overfits_a_tiny_batch():
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(30):
-        loss = model.loss(model(pix, ids, mask), ids, mask)
+        loss = _loss(model, model(pix, ids, mask), ids, mask)
         opt.zero_grad()
         loss.total.backward()
         opt.step()

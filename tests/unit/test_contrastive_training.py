@@ -17,10 +17,11 @@ from vlmkit.models.coca.config import CocaConfig
 from vlmkit.models.coca.model import CoCa
 from vlmkit.models.common.init import init_weights
 from vlmkit.models.siglip.config import SiglipConfig
-from vlmkit.models.siglip.two_tower import SiglipTwoTower, contrastive_loss
+from vlmkit.models.siglip.two_tower import SiglipTwoTower
 from vlmkit.training.checkpoint import latest_checkpoint
 from vlmkit.training.collate import build_small_tokenizer
 from vlmkit.training.config import OptimConfig, apply_overrides
+from vlmkit.training.losses import caption_loss, contrastive_loss
 from vlmkit.training.contrastive import (ContrastiveLoss, build_optimizer, freeze_unused, text_vocab_size,
                                          tokenize_captions)
 from vlmkit.training.recipes.contrastive import (build_model, main, run_contrastive, siglip, synthetic_pairs,
@@ -102,9 +103,11 @@ def test_loss_module_matches_the_models_losses(tok):
     coca = _coca(tok)
     b = _batch(tok, coca)
     loss, parts = ContrastiveLoss(coca)(**b, caption_scale=0.5)
-    ref = coca.loss(coca(**b), b["input_ids"], b["attention_mask"])
-    torch.testing.assert_close(loss, ref.contrastive + 2.0 * ref.caption * 0.5)
-    torch.testing.assert_close(parts["caption"], ref.caption)
+    out = coca(**b)
+    ref_con = contrastive_loss("softmax", out.image_embeds, out.text_embeds, coca.logit_scale, coca.logit_bias)
+    ref_cap = caption_loss(out.logits, b["input_ids"], b["attention_mask"])
+    torch.testing.assert_close(loss, ref_con + 2.0 * ref_cap * 0.5)
+    torch.testing.assert_close(parts["caption"], ref_cap)
     # Contrastive-only: the fast path (no multimodal decoder) gives the same contrastive term.
     con = _coca(tok, caption_weight=0.0)
     loss, _ = ContrastiveLoss(con)(**b)
@@ -114,7 +117,9 @@ def test_loss_module_matches_the_models_losses(tok):
     two = _siglip(tok)
     b = _batch(tok, two)
     loss, _ = ContrastiveLoss(two)(**b)
-    torch.testing.assert_close(loss, two.loss(two(**b)))
+    out = two(**b)
+    expected = contrastive_loss("sigmoid", out.image_embeds, out.text_embeds, two.logit_scale, two.logit_bias)
+    torch.testing.assert_close(loss, expected)
 
 
 def _losses(out: Path) -> list[float]:
@@ -154,7 +159,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: unknown config key 'optim.lrr'") and err.count("\n") == 1
     assert main(["siglip", "--smoke", "--out", str(tmp_path), "--model.caption_weight", "1"]) == 2
-    assert "CoCa only" in capsys.readouterr().err
+    assert "model.caption_weight does not apply to siglip" in capsys.readouterr().err
     assert siglip().data.batch_size == 1024  # the full recipe is a real pretraining config
 
 

@@ -25,8 +25,8 @@ from vlmkit.data.tokenizer import Tokenizer
 from vlmkit.eval.retrieval import retrieval_recall, retrieval_recall_from_embeddings
 from vlmkit.eval.text_metrics import cider_d
 from vlmkit.experiments.objectives_data import ZeroShotSet
+from vlmkit.generation.coca import generate_caption
 from vlmkit.generation.sampling import SamplingConfig
-from vlmkit.models.coca.generate import generate_caption
 from vlmkit.models.coca.model import CoCa
 from vlmkit.training.contrastive import tokenize_captions
 from vlmkit.training.recipes.contrastive import ImageTextPairs

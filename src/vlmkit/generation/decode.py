@@ -1,4 +1,4 @@
-"""Static-cache prefill and one-token decode (gpt-fast style) for Gemma-based decoders.
+"""Static-cache prefill and one-token decode (gpt-fast style) for every `CachedDecoder`.
 
 Axes: B batch, T prompt tokens, S cache slots (prompt + new tokens), D width, V vocabulary.
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vlmkit.models.gemma.model import Gemma
+from vlmkit.models.common.contracts import CachedDecoder
 
 
 @dataclass
@@ -32,7 +32,7 @@ class DecodeState:
 
 
 def prefill(
-    lm: Gemma,
+    lm: CachedDecoder,
     embeds: torch.Tensor,
     attention_mask: torch.Tensor,
     in_prefix: torch.Tensor,
@@ -65,7 +65,7 @@ def prefill(
 
 
 def decode_one_token(
-    lm: Gemma,
+    lm: CachedDecoder,
     tokens: torch.Tensor,
     positions: torch.Tensor,
     slot: torch.Tensor,

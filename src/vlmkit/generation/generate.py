@@ -1,4 +1,8 @@
-"""The generate loop for PaliGemma: batched, streaming, with EOS and stop strings.
+"""The generate loop of every decoder-based family: batched, streaming, with EOS and stop strings.
+
+The model's family record (`vlmkit.models.registry`) supplies its `GenerationAdapter`, which turns
+the processor's batch into decoder inputs (embeddings with the images in place, the prefix block,
+positions) and names the cached decoder; the loop itself knows no family.
 
 Rows are left-padded by the processor, so every row's next token goes to the same cache slot
 while its RoPE position continues from its own length: batched output equals one-by-one output.
@@ -10,10 +14,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vlmkit.errors import PromptTooLongError
+from torch import nn
+
+from vlmkit.errors import ConfigError, PromptTooLongError
 from vlmkit.generation.decode import advance, decode_one_token, prefill
 from vlmkit.generation.sampling import SamplingConfig, sample_next
-from vlmkit.models.paligemma.model import PaliGemma, positions_from_mask
+from vlmkit.models.common.contracts import CachedDecoder, DecoderInputs
+from vlmkit.models.registry import family_of
 
 
 @dataclass
@@ -59,27 +66,26 @@ class _Row:
         return delta
 
 
-def _prepare(model: PaliGemma, batch: dict, cfg: SamplingConfig):
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    tt = batch.get("token_type_ids")
-    max_len = ids.shape[1] + cfg.max_new_tokens
-    limit = model.cfg.text.max_position_embeddings
+def _prepare(model: nn.Module, batch: dict, cfg: SamplingConfig) -> tuple[CachedDecoder, DecoderInputs, int]:
+    """(decoder, its inputs, cache length) through the model's family adapter."""
+    family = family_of(model)
+    adapter = family.generation
+    if adapter is None:
+        raise ConfigError(f"{family.name} models do not generate text (a {family.kind} family)")
+    T = batch["input_ids"].shape[1]
+    max_len = T + cfg.max_new_tokens
+    limit = adapter.context_length(model)
     if max_len > limit:
         raise PromptTooLongError(
-            f"prompt of {ids.shape[1]} tokens (with image tokens) + {cfg.max_new_tokens} new tokens "
+            f"prompt of {T} tokens (with image tokens) + {cfg.max_new_tokens} new tokens "
             f"exceeds the model's context of {limit}"
         )
-    feats = batch.get("image_features")
-    if feats is None and batch.get("pixel_values") is not None:
-        feats = model.encode_images(batch["pixel_values"])
-    in_prefix = mask.bool() if tt is None else mask.bool() & (tt == 0)
-    embeds = model.embed_inputs(ids, feats)
-    return embeds, mask, in_prefix, positions_from_mask(mask), max_len
+    return adapter.decoder(model), adapter.prepare(model, batch), max_len
 
 
 @torch.inference_mode()
 def generate_stream(
-    model: PaliGemma,
+    model: nn.Module,
     tokenizer,
     batch: dict,
     cfg: SamplingConfig,
@@ -89,8 +95,10 @@ def generate_stream(
     """Yield tokens as they are produced for a processed, left-padded batch.
 
     Args:
-        batch: input_ids / attention_mask / token_type_ids [B, T] and pixel_values [M, 3, H, W]
-            (or image_features [M, N, D]) as the processor returns them.
+        model: a model of a family with a generation adapter (`kind == "vlm"`).
+        batch: input_ids / attention_mask [B, T] and the family's image inputs as its processor
+            returns them (PaliGemma: token_type_ids [B, T], pixel_values [M, 3, H, W] or
+            image_features [M, N, D]).
         decode_fn: a (possibly compiled) replacement for `decode_one_token`.
         results: if given, a list that receives one GenerationResult per row at the end.
     """
@@ -99,11 +107,10 @@ def generate_stream(
     if cfg.seed is not None:
         gen = torch.Generator(device=batch["input_ids"].device).manual_seed(cfg.seed)
     t0 = time.perf_counter()
-    embeds, mask, in_prefix, positions, max_len = _prepare(model, batch, cfg)
-    lm = model.language_model
-    logits, state = prefill(lm, embeds, mask, in_prefix, positions, max_len)
+    lm, inputs, max_len = _prepare(model, batch, cfg)
+    logits, state = prefill(lm, inputs.embeds, inputs.attention_mask, inputs.in_prefix, inputs.positions, max_len)
     stop_ids = {tokenizer.eos_id, *cfg.extra_eos_ids}
-    rows = [_Row(tokenizer, stop_ids, cfg.stop_strings) for _ in range(embeds.shape[0])]
+    rows = [_Row(tokenizer, stop_ids, cfg.stop_strings) for _ in range(inputs.embeds.shape[0])]
     timing = {"prefill_s": None, "decode_s": 0.0, "new_tokens": 0}
     try:
         for step in range(cfg.max_new_tokens):
@@ -132,7 +139,7 @@ def generate_stream(
             results.append(GenerationResult(r.text, r.ids, r.finish or "length", dict(timing)))
 
 
-def generate(model: PaliGemma, tokenizer, batch: dict, cfg: SamplingConfig, decode_fn=None,
+def generate(model: nn.Module, tokenizer, batch: dict, cfg: SamplingConfig, decode_fn=None,
              on_token: Callable[[StreamEvent], None] | None = None) -> list[GenerationResult]:
     """Run `generate_stream` to the end; `on_token` is called with every StreamEvent."""
     results: list[GenerationResult] = []

@@ -8,7 +8,7 @@ What is shared with the PaliGemma `Trainer` and what is not:
   RNG and data position; see `vlmkit.training.checkpoint`). It replaces the loss, the
   optimizer's parameter groups and the step.
 - DDP / FSDP2 and activation checkpointing come from `parallelize`, given the model's repeated
-  blocks (`model_blocks`). The schedule is `optim.lr_factor` (linear warm-up + cosine).
+  blocks (its family record's `blocks`). The schedule is `optim.lr_factor` (linear warm-up + cosine).
 
 Loss and the global batch. `data.batch_size` is global. The contrastive loss of each rank is the
 model's own loss with the process group, i.e. `SigLipLoss` / `ClipLoss` in their distributed
@@ -26,6 +26,11 @@ float32 copies of the embeddings (a bf16 cosine similarity times exp(t') ~ 10..1
 CoCa with a zero loss weight: the parts that feed only the switched-off loss are frozen (and left
 out of the optimizer), so they keep their initial values and DDP never waits for their gradients;
 with `caption_weight=0` the multimodal decoder is not even run.
+
+Families. Nothing here tests a model's type: an image-text model (a registry family of kind
+"image-text") provides `encode_image`, `encode_text`, `forward` (-> image_embeds, text_embeds,
+logits), `cfg.contrastive_loss`, `logit_scale` / `logit_bias`, and the properties `loss_weights`,
+`loss_only_parts` and `text_format` (`vlmkit.models.common.contracts.TextFormat`).
 """
 
 from __future__ import annotations
@@ -46,23 +51,22 @@ from vlmkit.data.datasets import ShuffledStream
 from vlmkit.data.image import preprocess_images_fast
 from vlmkit.data.tokenizer import Tokenizer
 from vlmkit.errors import ConfigError, DataError
-from vlmkit.models.coca.model import CoCa
-from vlmkit.models.siglip.model import SiglipVisionTower
-from vlmkit.models.siglip.two_tower import SiglipTwoTower, contrastive_loss
+from vlmkit.models.registry import families
 from vlmkit.training.collate import BatchStream
 from vlmkit.training.config import OptimConfig, ParallelConfig, Precision, split_batch
+from vlmkit.training.losses import image_text_loss
 from vlmkit.training.optim import lr_factor, set_lr
 from vlmkit.training.parallelize import DistInfo, all_reduce_sum, clip_grad_norm, grad_sync, parallelize
 from vlmkit.training.trainer import Hook, MetricLogger, NonFiniteLossError, Trainer
 
-Family = Literal["siglip", "coca"]
+Family = Literal["siglip", "coca"]  # registry families of kind "image-text"
 
 
 @dataclass(kw_only=True)
 class ContrastiveModelConfig:
     family: Family = "siglip"
-    # A preset of the family (SiglipConfig two-tower / CocaConfig presets, random init) or, for
-    # siglip, a HF "siglip" checkpoint folder to fine-tune.
+    # A preset of the family (SiglipConfig two-tower / CocaConfig presets, random init) or a
+    # checkpoint folder of the family to fine-tune (HF "siglip", or a vlmkit CoCa export).
     source: str = "debug"
     contrastive_loss: str = ""  # "" = the preset's; "sigmoid" (SigLIP) or "softmax" (CLIP)
     contrastive_weight: float | None = None  # CoCa only; None = the preset's
@@ -113,7 +117,8 @@ class ContrastiveTrainConfig:
         checks = [
             (self.steps > 0 and self.optim.lr > 0, "steps and optim.lr must be > 0"),
             (0 <= self.optim.warmup_steps <= self.steps, "optim.warmup_steps must be in [0, steps]"),
-            (self.model.family in ("siglip", "coca"), f"model.family must be siglip or coca, got {self.model.family!r}"),
+            (self.model.family in image_text_families(),
+             f"model.family must be one of {', '.join(image_text_families())}, got {self.model.family!r}"),
             (self.model.contrastive_loss in ("", "sigmoid", "softmax"), "model.contrastive_loss must be sigmoid or softmax"),
             (self.data.manifest or self.data.synthetic_scenes > 0, "data.manifest is required (--data)"),
             (self.log_every > 0 and self.keep_checkpoints > 0, "log_every and keep_checkpoints must be > 0"),
@@ -124,6 +129,11 @@ class ContrastiveTrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def image_text_families() -> list[str]:
+    """Names of the registered families this trainer trains."""
+    return [f.name for f in families() if f.kind == "image-text"]
 
 
 # --------------------------------------------------------------------------- text and batches
@@ -140,27 +150,19 @@ def text_vocab_size(tok: Tokenizer) -> int:
     return first_loc if first_loc is not None and first_loc > max(tok.bos_id, tok.eos_id, tok.pad_id) else tok.vocab_size
 
 
-def text_length(model: nn.Module) -> int:
-    """Token positions of the model's text side (CoCa context / SigLIP text positions)."""
-    if isinstance(model, CoCa):
-        return model.cfg.context_length
-    return model.cfg.text.max_position_embeddings
-
-
 def tokenize_captions(tok: Tokenizer, texts: list[str], model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """Captions -> (input_ids [B, T] int64, attention_mask [B, T] int64), right-padded.
-
-    CoCa: <bos> caption <eos>, padded to the longest row (it reads a CLS token of its own).
-    SigLIP: caption <eos>, padded to the full text length: the tower pools the LAST position, so
-    every caption must be padded alike, in training and at inference (as SigLIP was trained).
+    """Captions -> (input_ids [B, T] int64, attention_mask [B, T] int64), right-padded, laid out
+    as the model's `text_format` says: CoCa <bos> caption <eos> padded to the longest row; SigLIP
+    caption <eos> padded to the full text length (the tower pools the LAST position, so every
+    caption must be padded alike, in training and at inference, as SigLIP was trained).
     Captions longer than the model's positions are cut, keeping the final <eos>.
     """
-    limit, coca = text_length(model), isinstance(model, CoCa)
+    fmt = model.text_format
     rows = []
     for text in texts:
-        body = tok.encode(text)[: limit - (2 if coca else 1)]
-        rows.append(([tok.bos_id] if coca else []) + body + [tok.eos_id])
-    T = max(map(len, rows)) if coca else limit
+        body = tok.encode(text)[: fmt.max_len - 1 - fmt.bos]
+        rows.append(([tok.bos_id] if fmt.bos else []) + body + [tok.eos_id])
+    T = fmt.max_len if fmt.pad_to_max else max(map(len, rows))
     ids = torch.full((len(rows), T), tok.pad_id, dtype=torch.long)
     mask = torch.zeros(len(rows), T, dtype=torch.long)
     for i, row in enumerate(rows):
@@ -192,26 +194,13 @@ class PairBatches(BatchStream):
 # --------------------------------------------------------------------------- model plumbing
 
 
-def model_blocks(model: nn.Module) -> list[nn.Module]:
-    """The repeated transformer blocks (units of activation checkpointing and FSDP sharding)."""
-    vision: SiglipVisionTower = model.vision_tower
-    if isinstance(model, CoCa):
-        return [*vision.layers, *model.unimodal_layers, *model.multimodal_layers]
-    return [*vision.layers, *model.text_tower.layers]
-
-
 def freeze_unused(model: nn.Module) -> list[str]:
-    """Freeze the CoCa parts that feed only a loss of weight 0; returns their name prefixes."""
-    if not isinstance(model, CoCa):
-        return []
-    if model.cfg.caption_weight == 0 and model.cfg.contrastive_weight == 0:
-        raise ConfigError("both CoCa loss weights are 0; nothing to train")
-    frozen = []
-    if model.cfg.caption_weight == 0:
-        frozen += ["caption_pooler", "multimodal_layers", "final_norm", "lm_head"]
-    if model.cfg.contrastive_weight == 0:
-        frozen += ["contrastive_pooler", "image_proj", "text_norm", "text_proj", "cls_embedding",
-                   "logit_scale", "logit_bias"]
+    """Freeze the parts that feed only a loss term of weight 0 (`model.loss_only_parts`);
+    returns their name prefixes."""
+    weights = model.loss_weights
+    if not any(weights.values()):
+        raise ConfigError(f"every loss weight of the model is 0 ({weights}); nothing to train")
+    frozen = [part for term, parts in model.loss_only_parts.items() if not weights.get(term) for part in parts]
     for name, p in model.named_parameters():
         if name.split(".")[0] in frozen:
             p.requires_grad_(False)
@@ -237,12 +226,8 @@ def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(param_groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, foreach=False)
 
 
-def _float32(out):
-    return dataclasses.replace(out, image_embeds=out.image_embeds.float(), text_embeds=out.text_embeds.float())
-
-
 class ContrastiveLoss(nn.Module):
-    """Root module of training: holds the two-tower or CoCa model as `.model`.
+    """Root module of training: holds the image-text model (two-tower or CoCa) as `.model`.
 
     forward(pixel_values [B, 3, S, S], input_ids / attention_mask [B, T], caption_scale) ->
     (loss 0-dim float32, {"contrastive", "caption"} detached parts). Being the root matters for
@@ -255,29 +240,26 @@ class ContrastiveLoss(nn.Module):
 
     def forward(self, pixel_values, input_ids, attention_mask, caption_scale: float = 1.0):
         m = self.model
-        if isinstance(m, SiglipTwoTower):
-            with self.autocast():
-                out = m(pixel_values, input_ids, attention_mask)
-            loss = m.loss(_float32(out), self.group)
-            return loss, {"contrastive": loss.detach()}
-        if m.cfg.caption_weight == 0:  # contrastive-only CoCa: the multimodal decoder is not needed
-            with self.autocast():
-                img, txt = m.encode_image(pixel_values), m.encode_text(input_ids, attention_mask)
-            con = contrastive_loss(m.cfg.contrastive_loss, img.float(), txt.float(), m.logit_scale,
-                                   m.logit_bias, self.group)
-            return m.cfg.contrastive_weight * con, {"contrastive": con.detach()}
         with self.autocast():
-            out = m(pixel_values, input_ids, attention_mask)
-        parts = m.loss(_float32(out), input_ids, attention_mask, self.group)
-        loss = m.cfg.contrastive_weight * parts.contrastive + m.cfg.caption_weight * parts.caption * caption_scale
-        return loss, {"contrastive": parts.contrastive.detach(), "caption": parts.caption.detach()}
+            if not m.loss_weights.get("caption"):  # no captioning term: no caption decoder to run
+                img, txt, logits = m.encode_image(pixel_values), m.encode_text(input_ids, attention_mask), None
+            else:
+                out = m(pixel_values, input_ids, attention_mask)
+                img, txt, logits = out.image_embeds, out.text_embeds, out.logits
+        loss = image_text_loss(m, img.float(), txt.float(), logits, input_ids, attention_mask, group=self.group,
+                               caption_scale=caption_scale)
+        parts = {"contrastive": loss.contrastive.detach()}
+        if loss.caption is not None:
+            parts["caption"] = loss.caption.detach()
+        return loss.total, parts
 
 
 # --------------------------------------------------------------------------- trainer
 
 
 class ContrastiveTrainer(Trainer):
-    """Train a `SiglipTwoTower` or `CoCa` on a `PairBatches` stream; see the module docstring.
+    """Train an image-text model (`SiglipTwoTower`, `CoCa`) on a `PairBatches` stream; see the
+    module docstring.
 
     Args: as `Trainer` (`cfg` a `ContrastiveTrainConfig`); `export_fn(state)` writes the export.
     """
@@ -292,7 +274,7 @@ class ContrastiveTrainer(Trainer):
         self.out = Path(cfg.out_dir)
         freeze_unused(model)
         self.loss_module = ContrastiveLoss(model, self._autocast)
-        self.root = parallelize(self.loss_module, model, info, cfg.parallel, blocks=model_blocks(model))
+        self.root = parallelize(self.loss_module, model, info, cfg.parallel)
         self.optimizer = build_optimizer(self.loss_module, cfg.optim)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.scaler = torch.amp.GradScaler(info.device.type, enabled=False)
@@ -334,7 +316,7 @@ class ContrastiveTrainer(Trainer):
         self.optimizer.zero_grad(set_to_none=True)
         self._clamp_temperature()
         metrics = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "contrastive": float(totals[1])}
-        if isinstance(self.model, CoCa) and self.model.cfg.caption_weight > 0:
+        if self.model.loss_weights.get("caption"):
             metrics["caption"] = float(totals[2])
         return metrics
 

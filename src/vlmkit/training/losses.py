@@ -20,6 +20,8 @@ averaging of parameter gradients turns both into exactly the full-batch gradient
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -318,3 +320,64 @@ class SigLipLoss(nn.Module):
                 img_emb, txt_emb, logit_scale, logit_bias, group=self.group
             )
         return siglip_loss(img_emb, txt_emb, logit_scale, logit_bias)
+
+
+# --------------------------------------------------------------------------- image-text models
+
+
+def contrastive_loss(
+    kind: str,
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor | None = None,
+    group=None,
+) -> torch.Tensor:
+    """The `kind` ("sigmoid" / "softmax") loss of paired [B, E] embeddings, a 0-dim tensor.
+
+    `logit_scale` is the model's log-temperature t' (exponentiated here). Delegates to
+    `SigLipLoss` / `ClipLoss`, which switch to their distributed forms when a process group with
+    more than one rank is initialised.
+    """
+    if kind == "sigmoid":
+        if logit_bias is None:
+            raise ValueError("the sigmoid loss needs a logit bias")
+        return SigLipLoss(group=group)(image_embeds, text_embeds, logit_scale.exp(), logit_bias)
+    return ClipLoss(group=group)(image_embeds, text_embeds, logit_scale.exp())
+
+
+def caption_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+    """Next-token cross-entropy (float32, mean over real tokens) of caption logits [B, T, V] for
+    right-padded captions input_ids [B, T]: position t predicts token t+1."""
+    targets = input_ids[:, 1:]  # [B, T-1]
+    if attention_mask is not None:
+        targets = targets.masked_fill(attention_mask[:, 1:] == 0, -100)
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+
+
+@dataclass
+class ImageTextLoss:
+    """total = w_con * contrastive + w_cap * caption * caption_scale (0-dim); caption is None for
+    models without a captioning term (or with its weight 0)."""
+
+    total: torch.Tensor
+    contrastive: torch.Tensor
+    caption: torch.Tensor | None
+
+
+def image_text_loss(model, image_embeds, text_embeds, caption_logits=None, input_ids=None, attention_mask=None,
+                    *, group=None, caption_scale: float = 1.0) -> ImageTextLoss:
+    """The loss of an image-text model (two-tower or CoCa) on a batch of matching pairs.
+
+    The model supplies `cfg.contrastive_loss`, `logit_scale`, `logit_bias` and `loss_weights`
+    ({"contrastive": w, "caption": w}, a missing term weighs 0). Embeddings [B, E] normalised
+    (pass float32 copies under autocast); caption_logits [B, T, V] with input_ids /
+    attention_mask [B, T] when the caption weight is > 0.
+    """
+    weights = model.loss_weights
+    con = contrastive_loss(model.cfg.contrastive_loss, image_embeds, text_embeds, model.logit_scale,
+                           model.logit_bias, group)
+    if not weights.get("caption"):
+        return ImageTextLoss(weights["contrastive"] * con, con, None)
+    cap = caption_loss(caption_logits, input_ids, attention_mask)
+    return ImageTextLoss(weights["contrastive"] * con + weights["caption"] * cap * caption_scale, con, cap)

@@ -2,9 +2,10 @@
 
 - `init_distributed`: reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and starts a
   process group (gloo on CPU, nccl on CUDA). Without torchrun it is a one-process no-op.
-- `apply_activation_checkpointing`: every SigLIP encoder block and Gemma decoder block recomputes
-  its activations in backward (`torch.utils.checkpoint`, non-reentrant). The block's `forward` is
-  replaced on the instance, so parameter names and state dicts do not change.
+- `apply_activation_checkpointing`: every transformer block the model's family record lists
+  (`blocks`; a PaliGemma's SigLIP and Gemma blocks) recomputes its activations in backward
+  (`torch.utils.checkpoint`, non-reentrant). The block's `forward` is replaced on the instance,
+  so parameter names and state dicts do not change.
 - `parallelize`: DDP, or FSDP2 (`torch.distributed.fsdp.fully_shard`) with one shard group per
   transformer block plus the root, like torchtitan.
 - Collectives used by the trainer (`all_reduce_sum`, `gather_objects`, `grad_sync`).
@@ -31,6 +32,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vlmkit.errors import ConfigError
+from vlmkit.models.registry import family_of
 from vlmkit.training.config import ParallelConfig
 
 
@@ -77,8 +79,9 @@ def shutdown_distributed() -> None:
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
-    """The repeated blocks of a PaliGemma: SigLIP encoder blocks, then Gemma decoder blocks."""
-    return [*model.vision_tower.layers, *model.language_model.layers]
+    """The repeated blocks of any registered model (its family record's `blocks`), e.g. a
+    PaliGemma's SigLIP encoder blocks, then its Gemma decoder blocks."""
+    return family_of(model).blocks(model)
 
 
 def _checkpointed(forward, *args, **kwargs):
@@ -90,7 +93,7 @@ def _checkpointed(forward, *args, **kwargs):
 def apply_activation_checkpointing(model: nn.Module, blocks: list[nn.Module] | None = None) -> int:
     """Recompute each transformer block's activations in backward; returns the block count.
 
-    `blocks` defaults to the PaliGemma's (`transformer_blocks`); other models pass their own.
+    `blocks` defaults to the model's family's (`transformer_blocks`).
     """
     blocks = transformer_blocks(model) if blocks is None else blocks
     for block in blocks:
@@ -102,8 +105,8 @@ def parallelize(loss_module: nn.Module, model: nn.Module, info: DistInfo, cfg: P
                 blocks: list[nn.Module] | None = None) -> nn.Module:
     """Apply activation checkpointing and DDP/FSDP2; returns the module to call in training.
 
-    `loss_module` is the root that computes the loss and holds `model` (the PaliGemma, or any
-    model when `blocks` lists its repeated blocks: the units of checkpointing and sharding).
+    `loss_module` is the root that computes the loss and holds `model`; `blocks` (default: the
+    family record's, `transformer_blocks`) are the units of checkpointing and sharding.
     """
     blocks = transformer_blocks(model) if blocks is None else blocks
     if cfg.activation_checkpointing:

@@ -1,10 +1,9 @@
 """Strict, table-driven conversion between our parameter names and a checkpoint's.
 
-A family's mapping is a list of `(ours, theirs)` name patterns where `{}` stands for a layer
-index; a pattern names a module (its parameters keep their suffix) or a single tensor. The same
-table converts in both directions. Conversion is strict: every source key must be consumed or
-explicitly dropped, every target key filled, and every shape must match; otherwise one
-`CheckpointError` lists the offending keys.
+The tables and `rename` live beside the models (`vlmkit.models.common.mapping`, re-exported
+here); this module is the driver that reads tensors and checks them. Conversion is strict:
+every source key must be consumed or explicitly dropped, every target key filled, and every
+shape must match; otherwise one `CheckpointError` lists the offending keys.
 """
 
 import re
@@ -13,31 +12,11 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 
 from vlmkit.errors import CheckpointError
+from vlmkit.models.common.mapping import Table, rename
 
-Table = list[tuple[str, str]]
+__all__ = ["Table", "convert_strict", "rename"]
+
 _MAX_LISTED = 8
-
-
-def _compile(pattern: str) -> re.Pattern:
-    body = re.escape(pattern).replace(r"\{\}", r"(\d+)")
-    return re.compile(rf"^{body}(\..+)?$")
-
-
-def _fill(pattern: str, indices: tuple[str, ...]) -> str:
-    for idx in indices:
-        pattern = pattern.replace("{}", idx, 1)
-    return pattern
-
-
-def rename(key: str, table: Table, reverse: bool = False) -> str | None:
-    """Translate one key through the table (ours -> theirs, or theirs -> ours); None if no rule."""
-    for ours, theirs in table:
-        src, dst = (theirs, ours) if reverse else (ours, theirs)
-        m = _compile(src).match(key)
-        if m:
-            *indices, suffix = m.groups()
-            return _fill(dst, tuple(indices)) + (suffix or "")
-    return None
 
 
 def _listed(keys: Iterable[str]) -> str:

@@ -1,28 +1,20 @@
 """Load and save Hugging Face checkpoint folders (config.json + safetensors) strictly.
 
-Families are data: each `Family` names how to read/write its config, its key table, which
-checkpoint prefixes are aliases, and which checkpoint keys are known but unused. Models are built
-on the meta device and filled tensor by tensor from memory-mapped files, so a 3B model loads in
-about its own size of RAM.
+Families are data: each `FamilySpec` of `vlmkit.models.registry` names how to read/write its
+config, its key table, which checkpoint prefixes are aliases, and which checkpoint keys are known
+but unused. Models are built on the meta device and filled tensor by tensor from memory-mapped
+files, so a 3B model loads in about its own size of RAM.
 """
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from vlmkit.errors import CheckpointError
-from vlmkit.models.gemma import hf_mapping as gemma_map
-from vlmkit.models.gemma.model import Gemma
-from vlmkit.models.paligemma import hf_mapping as pg_map
-from vlmkit.models.paligemma.model import PaliGemma
-from vlmkit.models.siglip import hf_mapping as siglip_map
-from vlmkit.models.siglip.model import SiglipVisionTower
-from vlmkit.models.siglip.two_tower import SiglipTwoTower
-from vlmkit.weights.convert import Table, convert_strict, rename
+from vlmkit.models.registry import FamilySpec, family_for_model_type, family_of
+from vlmkit.weights.convert import convert_strict, rename
 from vlmkit.weights.dtype import resolve_dtype
 from vlmkit.weights.safetensors_io import SafetensorsReader, atomic_folder, write_state_dict
 
@@ -31,44 +23,7 @@ CONFIG_NAME = "config.json"
 _BUFFER_KEYS = [r"rotary_emb\.inv_freq$", r"position_ids$"]
 
 
-@dataclass(frozen=True)
-class Family:
-    model_types: tuple[str, ...]
-    model_class: type[nn.Module]
-    config_from_hf: Callable[[dict], object]
-    config_to_hf: Callable[[object], dict]
-    table: Callable[[object], Table]
-    normalise_key: Callable[[str], str]
-    to_hub_name: Callable[[str], str]
-    tied_head_key: str | None  # checkpoint key of an LM head that is dropped when tied
-
-
-def _strip(prefix: str) -> Callable[[str], str]:
-    return lambda k: k[len(prefix):] if k.startswith(prefix) else k
-
-
-FAMILIES: list[Family] = [
-    Family(("paligemma",), PaliGemma, pg_map.config_from_hf, pg_map.config_to_hf, pg_map.table,
-           pg_map.normalise_key, pg_map.to_hub_name, r"^language_model\.lm_head\.weight$"),
-    Family(("gemma", "gemma2"), Gemma, gemma_map.config_from_hf, gemma_map.config_to_hf,
-           gemma_map.table, lambda k: k, lambda k: k, r"^lm_head\.weight$"),
-    Family(("siglip_vision_model",), SiglipVisionTower, siglip_map.vision_config_from_hf,
-           siglip_map.vision_config_to_hf, lambda c: siglip_map.VISION_TABLE,
-           _strip("vision_model."), lambda k: "vision_model." + k, None),
-    # Two-tower SigLIP (or our CLIP-style variant): checkpoint keys are already in the hub layout.
-    Family(("siglip",), SiglipTwoTower, siglip_map.config_from_hf, siglip_map.config_to_hf,
-           siglip_map.two_tower_table, lambda k: k, lambda k: k, None),
-]
-
-
-def family_for(model: nn.Module) -> Family:
-    for fam in FAMILIES:
-        if type(model) is fam.model_class:
-            return fam
-    raise TypeError(f"no HF mapping for {type(model).__name__}")
-
-
-def read_config(folder: str | Path) -> tuple[dict, Family]:
+def read_config(folder: str | Path) -> tuple[dict, FamilySpec]:
     """Read `config.json` and find its family; CheckpointError naming the problem otherwise."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -80,11 +35,7 @@ def read_config(folder: str | Path) -> tuple[dict, Family]:
         raise CheckpointError(f"{folder} has no {CONFIG_NAME}") from None
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path} is not valid JSON ({e})") from None
-    kind = d.get("model_type")
-    for fam in FAMILIES:
-        if kind in fam.model_types:
-            return d, fam
-    raise CheckpointError(f"{path}: unsupported model_type {kind!r}")
+    return d, family_for_model_type(d.get("model_type"), str(path))
 
 
 def load_hf(folder: str | Path, dtype: str | torch.dtype | None = None, device="cpu") -> nn.Module:
@@ -109,21 +60,15 @@ def load_hf(folder: str | Path, dtype: str | torch.dtype | None = None, device="
     return model.to(device).eval()
 
 
-def load_state(reader, fam: Family, cfg, model: nn.Module, dtype: torch.dtype, what: str) -> dict:
+def load_state(reader, fam: FamilySpec, cfg, model: nn.Module, dtype: torch.dtype, what: str) -> dict:
     """Convert a checkpoint's tensors to `model`'s names, strictly, cast to `dtype`."""
     original = {fam.normalise_key(k): k for k in reader.keys()}
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    drop = list(_BUFFER_KEYS)
-    if fam.tied_head_key and getattr(_text_cfg(cfg), "tie_embeddings", False):
-        drop.append(fam.tied_head_key)
+    drop = [*_BUFFER_KEYS, *fam.dropped_keys(cfg)]
     return convert_strict(
         original, lambda k: reader.get(original[k]).to(dtype), shapes, fam.table(cfg),
         reverse=True, drop=drop, what=what,
     )
-
-
-def _text_cfg(cfg):
-    return getattr(cfg, "text", cfg)
 
 
 def save_hf(model: nn.Module, folder: str | Path, max_shard_bytes: int = 4 << 30, extra_files=None) -> Path:
@@ -131,7 +76,7 @@ def save_hf(model: nn.Module, folder: str | Path, max_shard_bytes: int = 4 << 30
 
     `extra_files` maps file names to source paths copied in (e.g. tokenizer files).
     """
-    fam = family_for(model)
+    fam = family_of(model)
     table = fam.table(model.cfg)
     tensors = {}
     for key, tensor in model.state_dict().items():

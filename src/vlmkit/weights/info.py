@@ -1,27 +1,46 @@
-"""Summaries of checkpoints: config and parameter counts per component, without loading weights."""
+"""Summaries of checkpoints: family, config and parameter counts per part, without loading weights."""
 
-import math
 from pathlib import Path
 
-from vlmkit.weights.hf import read_config
+import torch
+from torch import nn
+
+from vlmkit.errors import CheckpointError
+from vlmkit.weights.hf import CONFIG_NAME, read_config
 from vlmkit.weights.registry import resolve_model
 from vlmkit.weights.safetensors_io import SafetensorsReader
 
 
+def part_counts(model: nn.Module) -> dict[str, int]:
+    """Parameters per top-level part: each child module, and each parameter held by the model
+    itself (e.g. a logit scale). Shared (tied) tensors count once, in the first part holding them."""
+    counts: dict[str, int] = {}
+    seen: set[int] = set()
+    for name, p in model.named_parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            part = name.split(".")[0]
+            counts[part] = counts.get(part, 0) + p.numel()
+    return counts
+
+
 def model_info(source: str | Path | None) -> dict:
-    """Config summary and parameter counts of a folder or bundled model (reads headers only)."""
+    """Family, config summary and parameter counts per part of a folder or bundled model.
+
+    Reads config.json and the safetensors headers only: the model is built on the meta device.
+    """
     folder = resolve_model(source)
     d, fam = read_config(folder)
-    cfg = fam.config_from_hf(d)
+    try:
+        cfg = fam.config_from_hf(d)
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{Path(folder) / CONFIG_NAME}: {e}") from None
+    with torch.device("meta"):
+        model = fam.model_class(cfg)
     reader = SafetensorsReader(folder)
-    counts: dict[str, int] = {}
-    dtypes: set[str] = set()
-    for key in reader.keys():
-        shape, dtype = reader.header(key)
-        part = fam.normalise_key(key).split(".")[0]
-        counts[part] = counts.get(part, 0) + math.prod(shape)
-        dtypes.add(dtype)
-    info = {"folder": str(folder), "model_type": d.get("model_type"), "dtype": ", ".join(sorted(dtypes))}
+    dtypes = {reader.header(key)[1] for key in reader.keys()}
+    info = {"folder": str(folder), "family": fam.name, "model_type": d.get("model_type"),
+            "dtype": ", ".join(sorted(dtypes))}
     for name in ("vision", "text"):
         sub = getattr(cfg, name, None)
         if sub is not None:
@@ -29,6 +48,7 @@ def model_info(source: str | Path | None) -> dict:
     if hasattr(cfg, "num_image_tokens"):
         info["num_image_tokens"] = cfg.num_image_tokens
         info["image_token_id"] = cfg.image_token_id
+    counts = part_counts(model)
     info.update({f"params.{k}": f"{v:,}" for k, v in counts.items()})
     info["params.total"] = f"{sum(counts.values()):,}"
     return info

@@ -1,7 +1,10 @@
-"""CoCa, contrastive captioner (arXiv:2205.01917): config, model and cached caption generation."""
+"""CoCa, contrastive captioner (arXiv:2205.01917): config and model.
+
+Caption generation is `vlmkit.generation.coca.generate_caption`; the losses are
+`vlmkit.training.losses.image_text_loss`.
+"""
 
 from vlmkit.models.coca.config import CocaConfig
-from vlmkit.models.coca.generate import generate_caption
-from vlmkit.models.coca.model import CoCa, CocaLoss, CocaOutput
+from vlmkit.models.coca.model import CoCa, CocaOutput
 
-__all__ = ["CoCa", "CocaConfig", "CocaLoss", "CocaOutput", "generate_caption"]
+__all__ = ["CoCa", "CocaConfig", "CocaOutput"]

@@ -32,15 +32,15 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vlmkit.errors import PromptTooLongError
 from vlmkit.models.coca.config import CocaConfig
 from vlmkit.models.common.attention import attend, prefix_lm_mask
+from vlmkit.models.common.contracts import TextFormat
 from vlmkit.models.common.kv_cache import KVCache
 from vlmkit.models.siglip.model import EncoderBlock, SelfAttention, SiglipVisionTower
-from vlmkit.models.siglip.two_tower import contrastive_logits, contrastive_loss, l2_normalize
+from vlmkit.models.siglip.two_tower import contrastive_logits, l2_normalize
 
 KV = tuple[torch.Tensor, torch.Tensor]
 
@@ -146,15 +146,6 @@ class CocaOutput:
     caption_tokens: torch.Tensor
     text_states: torch.Tensor
     text_mask: torch.Tensor
-
-
-@dataclass
-class CocaLoss:
-    """total = contrastive_weight * contrastive + caption_weight * caption (all 0-dim)."""
-
-    total: torch.Tensor
-    contrastive: torch.Tensor
-    caption: torch.Tensor
 
 
 def causal_text_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -268,23 +259,30 @@ class CoCa(nn.Module):
         [M, T+1, W] and their mask [M, 1, T+1, T+1] -> final-normed multimodal CLS state [M, W]."""
         return self.multimodal(states, mask, self.caption_kv(caption_tokens))[:, -1]
 
-    def loss(self, out: CocaOutput, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-             group=None) -> CocaLoss:
-        """Weighted contrastive + captioning loss (next-token cross-entropy over real tokens)."""
-        con = contrastive_loss(self.cfg.contrastive_loss, out.image_embeds, out.text_embeds,
-                               self.logit_scale, self.logit_bias, group)
-        targets = input_ids[:, 1:]  # [B, T-1]: position t predicts token t+1
-        if attention_mask is not None:
-            targets = targets.masked_fill(attention_mask[:, 1:] == 0, -100)
-        cap = F.cross_entropy(out.logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-        total = self.cfg.contrastive_weight * con + self.cfg.caption_weight * cap
-        return CocaLoss(total, con, cap)
-
     def logits(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
         """Normalised [Bi, E], [Bt, E] -> contrastive logits_per_image [Bi, Bt]."""
         return contrastive_logits(image_embeds, text_embeds, self.logit_scale, self.logit_bias)
 
-    # --- cached decoding (see vlmkit.models.coca.generate) ----------------------------------------
+    # --- what the training engine asks of an image-text model (vlmkit.training.contrastive) ---
+
+    @property
+    def loss_weights(self) -> dict[str, float]:
+        """{"contrastive": lambda_Con, "caption": lambda_Cap} from the config."""
+        return {"contrastive": self.cfg.contrastive_weight, "caption": self.cfg.caption_weight}
+
+    @property
+    def loss_only_parts(self) -> dict[str, tuple[str, ...]]:
+        """Top-level parts that feed only one loss term (frozen when its weight is 0)."""
+        return {"caption": ("caption_pooler", "multimodal_layers", "final_norm", "lm_head"),
+                "contrastive": ("contrastive_pooler", "image_proj", "text_norm", "text_proj", "cls_embedding",
+                                "logit_scale", "logit_bias")}
+
+    @property
+    def text_format(self) -> TextFormat:
+        """BOS caption EOS, padded to the longest row (CoCa reads a CLS token of its own)."""
+        return TextFormat(max_len=self.cfg.context_length, bos=True, pad_to_max=False)
+
+    # --- cached decoding (see vlmkit.generation.coca) ---------------------------------------------
 
     def setup_caches(self, batch_size: int, max_len: int, dtype: torch.dtype, device=None) -> None:
         """Allocate a static KV cache of `max_len` slots in every self-attention layer."""

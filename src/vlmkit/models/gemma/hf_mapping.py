@@ -6,7 +6,7 @@ Gemma 1 but the post-attention norm in Gemma 2, so the table depends on `post_no
 
 from vlmkit.models.gemma.config import GemmaConfig, gemma2_layer_types
 from vlmkit.errors import ConfigError
-from vlmkit.weights.convert import Table
+from vlmkit.models.common.mapping import Table
 
 _COMMON: Table = [
     ("embed_tokens", "model.embed_tokens"),

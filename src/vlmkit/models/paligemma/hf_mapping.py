@@ -5,10 +5,10 @@ We write the hub layout (`vision_tower.vision_model.*`, `language_model.model.*`
 accept transformers 5's own layouts by normalising prefixes first (`HF_PREFIX_ALIASES`).
 """
 
+from vlmkit.models.common.mapping import Table
 from vlmkit.models.gemma import hf_mapping as gemma_map
 from vlmkit.models.paligemma.config import PaliGemmaConfig
 from vlmkit.models.siglip import hf_mapping as siglip_map
-from vlmkit.weights.convert import Table
 
 # (alias prefix, canonical hub prefix), applied in order to checkpoint keys before mapping.
 HF_PREFIX_ALIASES: list[tuple[str, str]] = [

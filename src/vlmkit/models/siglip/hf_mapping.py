@@ -5,8 +5,8 @@ Names on the right are relative to the vision model root; the hub checkpoints pu
 without it. The loaders accept both (see `vlmkit.weights.hf`).
 """
 
+from vlmkit.models.common.mapping import Table
 from vlmkit.models.siglip.config import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
-from vlmkit.weights.convert import Table
 
 VISION_TABLE: Table = [
     ("patch_embedding", "embeddings.patch_embedding"),

@@ -6,8 +6,8 @@ Equal to transformers' SiglipModel: the vision tower's MAP-head output and the t
 pooled output are L2-normalised, and logits_per_image = exp(t') * img @ txt^T + b, where t' is the
 learned `logit_scale` (stored as a log, so exp(t') stays positive) and b the learned
 `logit_bias`. The CLIP-style variant (`contrastive_loss="softmax"`) has no bias and starts at
-t' = log(1/0.07); SigLIP starts at t' = log 10, b = -10 (see `SiglipConfig`). The losses are the
-ones in `vlmkit.training.losses`.
+t' = log(1/0.07); SigLIP starts at t' = log 10, b = -10 (see `SiglipConfig`). The model returns
+embeddings and logits; the losses are applied from outside (`vlmkit.training.losses`).
 
 Clamping t' during training (open_clip clamps at log 100) is the trainer's job, not the model's.
 Not supported: NaFlex / SigLIP 2 multi-resolution inputs, dropout.
@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vlmkit.models.common.contracts import TextFormat
 from vlmkit.models.siglip.config import SiglipConfig
 from vlmkit.models.siglip.model import SiglipVisionTower
 from vlmkit.models.siglip.text import SiglipTextTower
-from vlmkit.training.losses import ClipLoss, SigLipLoss
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -42,26 +42,6 @@ def contrastive_logits(
     """
     logits = image_embeds @ text_embeds.T * logit_scale.exp()  # [Bi, Bt]
     return logits if logit_bias is None else logits + logit_bias
-
-
-def contrastive_loss(
-    kind: str,
-    image_embeds: torch.Tensor,
-    text_embeds: torch.Tensor,
-    logit_scale: torch.Tensor,
-    logit_bias: torch.Tensor | None = None,
-    group=None,
-) -> torch.Tensor:
-    """The `kind` ("sigmoid" / "softmax") loss of paired [B, E] embeddings, a 0-dim tensor.
-
-    Delegates to `SigLipLoss` / `ClipLoss`, which switch to their distributed forms when a
-    process group with more than one rank is initialised.
-    """
-    if kind == "sigmoid":
-        if logit_bias is None:
-            raise ValueError("the sigmoid loss needs a logit bias")
-        return SigLipLoss(group=group)(image_embeds, text_embeds, logit_scale.exp(), logit_bias)
-    return ClipLoss(group=group)(image_embeds, text_embeds, logit_scale.exp())
 
 
 @dataclass
@@ -117,8 +97,19 @@ class SiglipTwoTower(nn.Module):
         txt = self.encode_text(input_ids, attention_mask)
         return TwoTowerOutput(self.logits(img, txt), img, txt)
 
-    def loss(self, out: TwoTowerOutput, group=None) -> torch.Tensor:
-        """The configured contrastive loss of a batch of matching pairs (Bi == Bt), 0-dim."""
-        return contrastive_loss(
-            self.cfg.contrastive_loss, out.image_embeds, out.text_embeds, self.logit_scale, self.logit_bias, group
-        )
+    # --- what the training engine asks of an image-text model (vlmkit.training.contrastive) ---
+
+    @property
+    def loss_weights(self) -> dict[str, float]:
+        """Weights of the loss terms this model trains with: the contrastive loss only."""
+        return {"contrastive": 1.0}
+
+    @property
+    def loss_only_parts(self) -> dict[str, tuple[str, ...]]:
+        """Top-level parts that feed only one loss term (frozen when its weight is 0): none."""
+        return {}
+
+    @property
+    def text_format(self) -> TextFormat:
+        """Caption then EOS, padded to every text position: the tower pools the LAST position."""
+        return TextFormat(max_len=self.cfg.text.max_position_embeddings, bos=False, pad_to_max=True)

@@ -34,6 +34,7 @@ from vlmkit.errors import CheckpointError, ConfigError
 from vlmkit.models.common.init import init_weights
 from vlmkit.models.paligemma.config import PRESETS, PaliGemmaConfig
 from vlmkit.models.paligemma.model import PaliGemma
+from vlmkit.models.registry import get_family
 from vlmkit.training.checkpoint import latest_checkpoint
 from vlmkit.training.collate import BatchStream, build_small_tokenizer, manifest_texts
 from vlmkit.training.config import TrainConfig
@@ -46,7 +47,7 @@ from vlmkit.training.recipes.resolution import raise_resolution, resolution
 from vlmkit.training.recipes.shapes_tiny import shapes_tiny, synth_world
 from vlmkit.training.trainer import Hook, Trainer, TrainResult
 from vlmkit.weights.create import TOKENIZER_FILES, preprocessor_config
-from vlmkit.weights.hf import load_hf, save_hf
+from vlmkit.weights.hf import load_hf, read_config, save_hf
 from vlmkit.weights.registry import bundled_models
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,12 @@ def _tokenizer_dir(cfg: TrainConfig, folder: Path | None, manifest: str, info: D
 def build_model(cfg: TrainConfig, folder: Path | None, tok: Tokenizer) -> PaliGemma:
     """float32 PaliGemma from a folder or a randomly initialised preset (vocabulary and special
     ids taken from the tokenizer), at `model.image_size`, with LoRA and freezing applied."""
+    family = get_family("paligemma")  # the family these recipes train (PaliGemmaProcessor, prefix-LM)
     if folder is not None:
+        held = read_config(folder)[1]
+        if held is not family:
+            raise CheckpointError(f"{folder} holds a {held.name} model; the PaliGemma recipes train "
+                                  f"{family.name} checkpoints")
         model = load_hf(folder, dtype="float32")
         if tok.vocab_size > model.cfg.text.vocab_size or tok.image_token_id != model.cfg.image_token_id:
             raise CheckpointError(f"tokenizer ({tok.vocab_size} ids, <image>={tok.image_token_id}) does not fit "
@@ -136,10 +142,7 @@ def build_model(cfg: TrainConfig, folder: Path | None, tok: Tokenizer) -> PaliGe
                                   f"<image>={model.cfg.image_token_id})")
     else:
         base = PaliGemmaConfig.from_preset(cfg.model.source)
-        text = replace(base.text, vocab_size=tok.vocab_size, pad_token_id=tok.pad_id, bos_token_id=tok.bos_id,
-                       eos_token_id=tok.eos_id)
-        model = init_weights(PaliGemma(replace(base, text=text, image_token_id=tok.image_token_id)),
-                             std=cfg.model.init_std, seed=cfg.seed)
+        model = init_weights(PaliGemma(family.with_tokenizer(base, tok)), std=cfg.model.init_std, seed=cfg.seed)
     if cfg.model.image_size and cfg.model.image_size != model.cfg.vision.image_size:
         model = raise_resolution(model, cfg.model.image_size)
     if cfg.lora.enabled:

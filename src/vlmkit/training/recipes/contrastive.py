@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from vlmkit.data.datasets import ShuffledStream
@@ -36,12 +35,8 @@ from vlmkit.data.synth import SynthConfig, generate_scene
 from vlmkit.data.tokenizer import Tokenizer
 from vlmkit.errors import CheckpointError, ConfigError, DataError
 from vlmkit.eval.retrieval import retrieval_recall_from_embeddings
-from vlmkit.models.coca.config import PRESETS as COCA_PRESETS
-from vlmkit.models.coca.config import CocaConfig
-from vlmkit.models.coca.model import CoCa
 from vlmkit.models.common.init import init_weights
-from vlmkit.models.siglip.config import TWO_TOWER_PRESETS, SiglipConfig
-from vlmkit.models.siglip.two_tower import SiglipTwoTower
+from vlmkit.models.registry import family_of, get_family
 from vlmkit.training.collate import build_small_tokenizer
 from vlmkit.training.config import OptimConfig
 from vlmkit.training.contrastive import (ContrastiveDataConfig, ContrastiveModelConfig, ContrastiveTrainConfig,
@@ -49,7 +44,7 @@ from vlmkit.training.contrastive import (ContrastiveDataConfig, ContrastiveModel
 from vlmkit.training.parallelize import DistInfo, barrier, init_distributed
 from vlmkit.training.trainer import Hook, TrainResult
 from vlmkit.weights.create import TOKENIZER_FILES
-from vlmkit.weights.hf import load_hf, save_hf
+from vlmkit.weights.hf import load_hf, read_config, save_hf
 
 # --------------------------------------------------------------------------- recipes
 
@@ -178,39 +173,35 @@ def _datasets(cfg: ContrastiveTrainConfig, image_size: int):
 # --------------------------------------------------------------------------- model, tokenizer, export
 
 
-def _preset_config(m: ContrastiveModelConfig) -> SiglipConfig | CocaConfig:
+def _preset_config(m: ContrastiveModelConfig):
     """The family's preset config with the loss overrides applied (vocabulary set later)."""
-    presets = TWO_TOWER_PRESETS if m.family == "siglip" else COCA_PRESETS
-    if m.source not in presets:
+    spec = get_family(m.family)
+    if m.source not in spec.presets:
         raise CheckpointError(f"--model {m.source!r} is neither a folder nor a {m.family} preset "
-                              f"({', '.join(sorted(presets))})")
-    base = presets[m.source]
-    loss = {"contrastive_loss": m.contrastive_loss} if m.contrastive_loss else {}
-    if m.family == "siglip":
-        if m.contrastive_weight is not None or m.caption_weight is not None:
-            raise ConfigError("model.contrastive_weight / caption_weight apply to CoCa only")
-        return dataclasses.replace(base, **loss)
-    weights = {k: v for k, v in (("contrastive_weight", m.contrastive_weight), ("caption_weight", m.caption_weight))
-               if v is not None}
-    return dataclasses.replace(base, **loss, **weights)
+                              f"({', '.join(sorted(spec.presets))})")
+    base = spec.presets[m.source]
+    overrides = {k: v for k, v in (("contrastive_loss", m.contrastive_loss or None),
+                                   ("contrastive_weight", m.contrastive_weight),
+                                   ("caption_weight", m.caption_weight)) if v is not None}
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(base)})
+    if unknown:
+        raise ConfigError(f"model.{unknown[0]} does not apply to {m.family} models")
+    return dataclasses.replace(base, **overrides)
 
 
-def build_model(base: SiglipConfig | CocaConfig, tok: Tokenizer, init_std: float, seed: int) -> nn.Module:
-    """A float32, randomly initialised model of `base` with the tokenizer's vocabulary and ids."""
-    ids = dict(pad_token_id=tok.pad_id, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id)
-    if isinstance(base, SiglipConfig):
-        model = SiglipTwoTower(dataclasses.replace(base, text=dataclasses.replace(
-            base.text, vocab_size=text_vocab_size(tok), **ids)))
-    else:
-        model = CoCa(dataclasses.replace(base, vocab_size=text_vocab_size(tok), **ids))
+def build_model(base, tok: Tokenizer, init_std: float, seed: int) -> nn.Module:
+    """A float32, randomly initialised model of config `base` (any image-text family) with the
+    tokenizer's text vocabulary (`text_vocab_size`) and special ids."""
+    spec = family_of(base)
+    model = spec.model_class(spec.with_tokenizer(base, tok, text_vocab_size(tok)))
     return init_weights(model, std=init_std, seed=seed).float().train()
 
 
-def _load_folder(folder: Path) -> SiglipTwoTower:
-    model = load_hf(folder, dtype="float32")
-    if not isinstance(model, SiglipTwoTower):
-        raise CheckpointError(f"{folder} holds a {type(model).__name__}, not a SigLIP two-tower checkpoint")
-    return model.train()
+def _load_folder(folder: Path, family: str) -> nn.Module:
+    _, spec = read_config(folder)
+    if spec.name != family:
+        raise CheckpointError(f"{folder} holds a {spec.name} model, not a {family} checkpoint")
+    return load_hf(folder, dtype="float32").train()
 
 
 def _tokenizer_dir(cfg: ContrastiveTrainConfig, folder: Path | None, texts: list[str], info: DistInfo) -> Path:
@@ -226,24 +217,16 @@ def _tokenizer_dir(cfg: ContrastiveTrainConfig, folder: Path | None, texts: list
 
 
 def export_model(model: nn.Module, out: Path, tok_dir: Path) -> Path:
-    """SigLIP: a HF "siglip" folder (`save_hf`); CoCa (no HF format): model.safetensors and its
-    CocaConfig as config.json. The tokenizer files are copied beside the weights."""
+    """The model's folder (`save_hf`: a HF "siglip" folder, or a vlmkit CoCa folder) with the
+    tokenizer files copied beside the weights."""
     extra = {n: tok_dir / n for n in TOKENIZER_FILES if (tok_dir / n).is_file()}
-    if isinstance(model, SiglipTwoTower):
-        return save_hf(model, out, extra_files=extra)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
-    (out / "config.json").write_text(json.dumps({"model_type": "vlmkit-coca", **dataclasses.asdict(model.cfg)},
-                                                indent=2))
-    for name, src in extra.items():
-        (out / name).write_bytes(src.read_bytes())
-    return out
+    return save_hf(model, out, extra_files=extra)
 
 
 def _exporter(cfg: ContrastiveTrainConfig, model_cfg, tok_dir: Path):
     def export(state: dict[str, torch.Tensor]) -> Path:
         with torch.device("meta"):
-            model = SiglipTwoTower(model_cfg) if isinstance(model_cfg, SiglipConfig) else CoCa(model_cfg)
+            model = family_of(model_cfg).model_class(model_cfg)
         model.load_state_dict(state, strict=True, assign=True)
         return export_model(model, Path(cfg.out_dir) / "export", tok_dir)
     return export
@@ -304,9 +287,7 @@ def run_contrastive(cfg: ContrastiveTrainConfig, *, resume: bool = False, hooks:
     cfg.validate()
     info = init_distributed(cfg.parallel)
     folder = Path(cfg.model.source) if Path(cfg.model.source).is_dir() else None
-    if folder is not None and cfg.model.family != "siglip":
-        raise ConfigError("only SigLIP two-tower checkpoints can be loaded from a folder")
-    loaded = _load_folder(folder) if folder is not None else None
+    loaded = _load_folder(folder, cfg.model.family) if folder is not None else None
     base = loaded.cfg if loaded is not None else _preset_config(cfg.model)
     train, held = _datasets(cfg, base.vision.image_size)
     tok_dir = _tokenizer_dir(cfg, folder, train.texts, info)
@@ -334,7 +315,7 @@ def add_contrastive_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
         parser, CONTRASTIVE_RECIPES, recipe="contrastive training recipe",
         data="training manifest (JSONL rows {image, caption}); optional with --smoke",
         eval_data="held-out manifest for retrieval recall",
-        model="preset of the family (e.g. debug) or a SigLIP HF folder to fine-tune",
+        model="preset of the family (e.g. debug) or a checkpoint folder of the family to fine-tune",
         tokenizer="tokenizer folder (default: the model folder's, or trained on the data)",
         out="run folder (default runs/RECIPE)", smoke="tiny CPU run: debug preset, synthetic scenes",
     )  # fmt: skip

@@ -1,5 +1,8 @@
 """CoCa caption generation with a static KV cache (gpt-fast style), plain PyTorch.
 
+CoCa does not fit the `GenerationAdapter` contract of the decoder-based families (its decoder
+cross-attends to caption tokens and adds a CLS position), so it has this small loop of its own.
+
 Axes: B batch, T0 prompt tokens, S cache slots (= T0 + new tokens), n caption queries,
 W width, V vocabulary.
 

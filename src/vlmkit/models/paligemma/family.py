@@ -1,0 +1,36 @@
+"""PaliGemma 1/2 registry record (and the image metadata a PaliGemma folder carries)."""
+
+from dataclasses import replace
+
+from vlmkit.models.paligemma import hf_mapping
+from vlmkit.models.paligemma.config import PRESETS, PaliGemmaConfig
+from vlmkit.models.paligemma.model import PaliGemma, PaliGemmaGeneration
+from vlmkit.models.registry import FamilySpec, register, tokenizer_fields
+from vlmkit.models.siglip.family import image_processor_config
+
+
+def preprocessor_config(cfg: PaliGemmaConfig) -> dict:
+    """The image-processing metadata saved beside the weights (transformers' format)."""
+    return {**image_processor_config(cfg.vision.image_size), "processor_class": "PaliGemmaProcessor",
+            "image_seq_length": cfg.num_image_tokens}
+
+
+def with_tokenizer(cfg: PaliGemmaConfig, tok, vocab_size: int | None = None) -> PaliGemmaConfig:
+    """`cfg` with the tokenizer's vocabulary size and its pad / bos / eos / `<image>` ids."""
+    text = replace(cfg.text, **tokenizer_fields(tok, vocab_size))
+    return replace(cfg, text=text, image_token_id=tok.image_token_id)
+
+
+def blocks(model: PaliGemma) -> list:
+    """SigLIP encoder blocks, then Gemma decoder blocks."""
+    return [*model.vision_tower.layers, *model.language_model.layers]
+
+
+PALIGEMMA = register(FamilySpec(
+    name="paligemma", kind="vlm", config_class=PaliGemmaConfig, model_class=PaliGemma,
+    model_types=("paligemma",), config_from_hf=hf_mapping.config_from_hf, config_to_hf=hf_mapping.config_to_hf,
+    table=hf_mapping.table, normalise_key=hf_mapping.normalise_key, to_hub_name=hf_mapping.to_hub_name,
+    dropped_keys=lambda cfg: (r"^language_model\.lm_head\.weight$",) if cfg.text.tie_embeddings else (),
+    presets=PRESETS, with_tokenizer=with_tokenizer, preprocessor_config=preprocessor_config,
+    processor="vlmkit.pipeline:paligemma_processor", blocks=blocks, generation=PaliGemmaGeneration(),
+))
