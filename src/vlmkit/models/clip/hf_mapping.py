@@ -8,7 +8,7 @@ names under `vision_model.` (transformers 5 saves them without); we read both, w
 from vlmkit.models.clip.config import ClipVisionConfig
 from vlmkit.models.common.activations import TO_HF_ACTIVATION, activation_from_hf
 from vlmkit.models.siglip import hf_mapping as siglip_map
-from vlmkit.weights.convert import Table
+from vlmkit.models.common.mapping import Table
 
 HUB_PREFIX = "vision_model."
 

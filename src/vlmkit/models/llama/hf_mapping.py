@@ -12,7 +12,7 @@ from vlmkit.models.common.decoder_config import sliding_from
 from vlmkit.models.common.rope import RopeScaling
 from vlmkit.models.gemma import hf_mapping as gemma_map
 from vlmkit.models.llama.config import LlamaConfig
-from vlmkit.weights.convert import Table
+from vlmkit.models.common.mapping import Table
 
 
 def table(cfg: LlamaConfig) -> Table:

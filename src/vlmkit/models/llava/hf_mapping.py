@@ -20,7 +20,7 @@ from vlmkit.models.parts.connectors import ConnectorConfig
 from vlmkit.models.parts.vision import FeatureSelect
 from vlmkit.models.siglip import hf_mapping as siglip_map
 from vlmkit.models.siglip.config import SiglipVisionConfig
-from vlmkit.weights.convert import Table
+from vlmkit.models.common.mapping import Table
 
 __all__ = ["config_from_hf", "config_to_hf", "normalise_key", "table", "to_hub_name"]
 
