@@ -1,8 +1,8 @@
 """LLaVA parity with transformers' LlavaForConditionalGeneration (tiny random configs, fp32, CPU):
 logits, a left-padded batch, greedy generation, and both load directions of the weights.
 
-The decoder is vlmkit's Gemma (which transformers' LLaVA accepts as a text_config). The Llama
-case (the decoder of every published LLaVA) is skipped until the generalised decoder lands.
+Two text models: Llama (the decoder of every published LLaVA) and Gemma (which transformers'
+LLaVA accepts as a text_config too): the decoder comes from the text config's family record.
 """
 
 import dataclasses
@@ -13,11 +13,9 @@ import torch
 import transformers as tf
 
 from tests.parity import hf_builders as hb
-from tests.parity.pending_families import pending_families  # noqa: F401 (fixture)
 from tests.parity.llava_builders import llama_cfg, llava
 from vlmkit.errors import CheckpointError
 from vlmkit.generation import SamplingConfig, generate
-from vlmkit.models.gemma.config import GemmaConfig
 from vlmkit.models.llava import LlavaConfig
 from vlmkit.models.llava.model import Llava
 from vlmkit.weights.hf import load_hf, save_hf
@@ -26,16 +24,9 @@ from vlmkit.weights.safetensors_io import SafetensorsReader, write_state_dict
 ATOL = 1e-5  # measured with the Gemma decoder: 0.0 (bit-identical) for every fp32 comparison here
 N_IMG = 16  # (32 / 8)^2 patches; the class token is dropped by the default strategy
 
-# The switch that tells whether the decoder covers Llama (plain RMSNorm weight instead of
-# Gemma's 1 + w); the lead renames it here if the decoder branch calls it otherwise.
-LLAMA_DECODER_FIELD = "norm_unit_offset"
-_HAS_LLAMA = LLAMA_DECODER_FIELD in {f.name for f in dataclasses.fields(GemmaConfig)}
-
-
 TEXT_CASES = [
     pytest.param(lambda: hb.gemma_cfg(1), id="gemma"),
-    pytest.param(llama_cfg, id="llama", marks=pytest.mark.skipif(
-        not _HAS_LLAMA, reason=f"the Llama decoder is not merged yet (GemmaConfig has no {LLAMA_DECODER_FIELD!r})")),
+    pytest.param(llama_cfg, id="llama"),
 ]
 
 
@@ -49,7 +40,7 @@ def _inputs(batch=2, text_len=7, seed=1, images_per_row=1):
 
 
 @pytest.fixture
-def pair(tmp_path, request, pending_families):
+def pair(tmp_path, request):
     hf = llava(request.param())
     hf.save_pretrained(tmp_path / "hf")
     return hf, load_hf(tmp_path / "hf", dtype="float32")
@@ -147,7 +138,7 @@ def test_roundtrip(pair, tmp_path):
 
 
 @pytest.mark.parametrize("layer,strategy", [((-3, -1), "default"), (-1, "full")])
-def test_feature_layer_variants(tmp_path, pending_families, layer, strategy):
+def test_feature_layer_variants(tmp_path, layer, strategy):
     """A list of feature layers (concatenated channels) and the "full" strategy, end to end."""
     hf = llava(hb.gemma_cfg(1), vision_feature_layer=list(layer) if isinstance(layer, tuple) else layer,
                vision_feature_select_strategy=strategy)
@@ -162,7 +153,7 @@ def test_feature_layer_variants(tmp_path, pending_families, layer, strategy):
         torch.testing.assert_close(ours(ids, pix), hf(input_ids=ids, pixel_values=pix).logits, atol=ATOL, rtol=1e-5)
 
 
-def test_placeholder_count_mismatch(tmp_path, pending_families):
+def test_placeholder_count_mismatch(tmp_path):
     hf = llava(hb.gemma_cfg(1))
     hf.save_pretrained(tmp_path)
     ours = load_hf(tmp_path, dtype="float32")
@@ -186,7 +177,7 @@ def test_presets():
         LlavaConfig.from_preset("debug", features=dataclasses.replace(cfg.features, vision_feature_layer=-5))
 
 
-def test_bf16_bit_identical(tmp_path, pending_families):
+def test_bf16_bit_identical(tmp_path):
     """In bf16 our logits equal transformers' bit for bit (CLIP tower, projector and Gemma decoder
     run the same ops in the same order)."""
     llava(hb.gemma_cfg(1)).save_pretrained(tmp_path)
@@ -200,7 +191,7 @@ def test_bf16_bit_identical(tmp_path, pending_families):
     torch.testing.assert_close(got, ref, atol=0, rtol=0)
 
 
-def test_reads_module_layout_and_shards(tmp_path, pending_families):
+def test_reads_module_layout_and_shards(tmp_path):
     """transformers 5's own module names (`model.language_model.*`, `model.vision_tower.*`,
     `model.multi_modal_projector.*`, top-level `lm_head`) in a sharded folder load to the same model."""
     hf = llava(hb.gemma_cfg(1))
@@ -216,7 +207,7 @@ def test_reads_module_layout_and_shards(tmp_path, pending_families):
         assert k == k2 and torch.equal(v, v2), k
 
 
-def test_bad_folders(tmp_path, pending_families):
+def test_bad_folders(tmp_path):
     """An unknown vision tower type and a missing projector tensor are one-line CheckpointErrors."""
     llava(hb.gemma_cfg(1)).save_pretrained(tmp_path / "hub")
     cfg = json.loads((tmp_path / "hub" / "config.json").read_text())
@@ -233,7 +224,7 @@ def test_bad_folders(tmp_path, pending_families):
         load_hf(tmp_path / "hub")
 
 
-def test_siglip_tower(tmp_path, pending_families):
+def test_siglip_tower(tmp_path):
     """A LLaVA whose vision_config is SigLIP (no class token; "full" keeps every patch) loads and
     matches too: the tower is chosen by the vision model_type, not by the family."""
     cfg = tf.LlavaConfig(vision_config=hb.siglip_vision_cfg(use_head=False).to_dict(),

@@ -14,7 +14,6 @@ from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from tests.parity import hf_builders as hb
 from tests.parity.llava_builders import clip_vision_cfg
-from tests.parity.pending_families import pending_families  # noqa: F401 (fixture)
 from vlmkit.models.clip.config import ClipVisionConfig
 from vlmkit.models.parts.connectors import (Connector, ConnectorConfig, HybridConnector, HybridConnectorConfig,
                                             pixel_shuffle)
@@ -30,7 +29,7 @@ def _clip(tmp_path, seed=0):
     return hf_model, load_hf(tmp_path / "hf", dtype="float32")
 
 
-def test_clip_vision_outputs(tmp_path, pending_families):
+def test_clip_vision_outputs(tmp_path):
     """last_hidden_state, pooler_output and every hidden state equal CLIPVisionModel's."""
     hf_model, ours = _clip(tmp_path)
     assert isinstance(ours.cfg, ClipVisionConfig) and ours.cfg.num_positions == 17
@@ -48,7 +47,7 @@ def test_clip_vision_outputs(tmp_path, pending_families):
     assert torch.equal(states[-1], feats)
 
 
-def test_clip_roundtrip(tmp_path, pending_families):
+def test_clip_roundtrip(tmp_path):
     """Ours -> HF -> CLIPVisionModel loads with nothing missing; ours -> HF -> ours is bit-identical."""
     hf_model, ours = _clip(tmp_path)
     save_hf(ours, tmp_path / "ours")
@@ -63,7 +62,7 @@ def test_clip_roundtrip(tmp_path, pending_families):
 
 @pytest.mark.parametrize("layer,strategy", [(-2, "default"), (-1, "full"), (0, "default"), ((-3, -1), "default"),
                                             ((1, -2, 3), "full")])
-def test_feature_selection(tmp_path, pending_families, layer, strategy):
+def test_feature_selection(tmp_path, layer, strategy):
     """select_image_features == transformers' LlavaModel.get_image_features before the projector."""
     hf_model, ours = _clip(tmp_path)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
@@ -77,7 +76,7 @@ def test_feature_selection(tmp_path, pending_families, layer, strategy):
     torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
 
 
-def test_feature_layer_out_of_range(tmp_path, pending_families):
+def test_feature_layer_out_of_range(tmp_path):
     _, ours = _clip(tmp_path)
     with pytest.raises(ValueError, match="out of range"):
         ours.hidden_states(torch.zeros(1, 3, 32, 32), [4])

@@ -41,14 +41,14 @@ def test_records_are_consistent():
 
 
 def test_unknown_names_are_one_line_errors(tmp_path):
-    with pytest.raises(CheckpointError, match=r"unsupported model_type 'llava' \(supported: .*paligemma") as e:
-        family_for_model_type("llava")
+    with pytest.raises(CheckpointError, match=r"unsupported model_type 'blip-2' \(supported: .*paligemma") as e:
+        family_for_model_type("blip-2")
     assert "\n" not in str(e.value)
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava"}))
-    with pytest.raises(CheckpointError, match="config.json: unsupported model_type 'llava'"):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "blip-2"}))
+    with pytest.raises(CheckpointError, match="config.json: unsupported model_type 'blip-2'"):
         read_config(tmp_path)
-    with pytest.raises(ConfigError, match="unknown model family 'llava'; choose from .*coca"):
-        get_family("llava")
+    with pytest.raises(ConfigError, match="unknown model family 'blip-2'; choose from .*coca"):
+        get_family("blip-2")
     with pytest.raises(ConfigError, match="unknown siglip preset 'huge'; choose from .*debug"):
         create_checkpoint(tmp_path / "x", "huge", family="siglip")
     assert not (tmp_path / "x").exists()

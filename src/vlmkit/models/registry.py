@@ -153,8 +153,14 @@ def family_for_model_type(model_type, where: str = "config.json") -> FamilySpec:
 
 
 def family_of(obj) -> FamilySpec:
-    """The family whose model class (or config class) `obj` is exactly, e.g. `family_of(model)`."""
-    for spec in families():
-        if type(obj) in (spec.model_class, spec.config_class):
-            return spec
+    """The family of a model or config, e.g. `family_of(model)`.
+
+    A model is looked up by its config's class first: two families may share a model class (the
+    CLIP tower is `SiglipVisionTower` with CLIP's switches) but never a config class.
+    """
+    cfg = getattr(obj, "cfg", None)
+    for kind in (type(cfg), type(obj)):
+        for spec in families():
+            if kind in (spec.model_class, spec.config_class):
+                return spec
     raise ConfigError(f"{type(obj).__name__} belongs to no registered model family")

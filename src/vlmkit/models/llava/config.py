@@ -5,18 +5,17 @@ Presets follow the published checkpoints (LLaVA-1.5, arXiv:2310.03744; HF llava-
   -> 576 image tokens), a 2-layer GELU MLP 1024 -> 4096 -> 4096 with biases, and the Vicuna-7B
   (Llama 2 7B shape) decoder: 32 layers, width 4096, MLP 11008, 32 heads, vocabulary 32064,
   `<image>` = 32000, pad 32001.
-  The decoder is today's `Gemma` class with those shapes and Llama's non-Gemma settings that
-  already are fields (no sqrt(D) embedding scale, untied head, eps 1e-5); Llama's SiLU MLP and
-  plain (no unit offset) RMSNorm come with the generalised decoder, so this preset has the
-  published shapes but not yet Llama's arithmetic.
-- debug: CLIP debug tower + Gemma debug decoder, runs on a CPU in milliseconds.
+  The text side is any registered decoder config (`LlamaConfig` here; a `GemmaConfig` works
+  too): the decoder class comes from the text config's family record.
+- debug: CLIP debug tower + Llama debug decoder, runs on a CPU in milliseconds.
 """
 
 from dataclasses import dataclass, field, replace
 
 from vlmkit.models.clip.config import PRESETS as CLIP_PRESETS
-from vlmkit.models.gemma.config import PRESETS as GEMMA_PRESETS
-from vlmkit.models.gemma.config import GemmaConfig
+from vlmkit.models.common.decoder_config import DecoderConfig
+from vlmkit.models.llama.config import PRESETS as LLAMA_PRESETS
+from vlmkit.models.llama.config import LlamaConfig
 from vlmkit.models.parts.connectors import ConnectorConfig
 from vlmkit.models.parts.vision import FeatureSelect
 from vlmkit.models.siglip.config import SiglipVisionConfig
@@ -27,7 +26,7 @@ LLAVA_IMAGE_TOKEN_ID = 32000
 @dataclass(kw_only=True)
 class LlavaConfig:
     vision: SiglipVisionConfig  # a ClipVisionConfig for every published LLaVA
-    text: GemmaConfig
+    text: DecoderConfig  # LlamaConfig for every published LLaVA
     # LLaVA's projector: linear_1 -> GELU -> linear_2, with biases.
     projector: ConnectorConfig = field(default_factory=ConnectorConfig)
     features: FeatureSelect = field(default_factory=FeatureSelect)
@@ -52,13 +51,13 @@ class LlavaConfig:
         return replace(PRESETS[name], **overrides)
 
 
-_VICUNA_7B = GemmaConfig(
+_VICUNA_7B = LlamaConfig(
     vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32,
     num_kv_heads=32, head_dim=128, rms_norm_eps=1e-5, max_position_embeddings=4096,
-    embed_scale=False, tie_embeddings=False, pad_token_id=32001, bos_token_id=1, eos_token_id=2,
+    tie_embeddings=False, pad_token_id=32001, bos_token_id=1, eos_token_id=2,
 )
 
 PRESETS: dict[str, LlavaConfig] = {
     "llava-1.5-7b-hf": LlavaConfig(vision=CLIP_PRESETS["clip-vit-large-patch14-336"], text=_VICUNA_7B),
-    "debug": LlavaConfig(vision=CLIP_PRESETS["debug"], text=GEMMA_PRESETS["debug"], image_token_id=511),
+    "debug": LlavaConfig(vision=CLIP_PRESETS["debug"], text=LLAMA_PRESETS["debug"], image_token_id=511),
 }

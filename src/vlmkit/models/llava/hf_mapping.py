@@ -12,12 +12,12 @@ from dataclasses import replace
 from vlmkit.errors import ConfigError
 from vlmkit.models.clip import hf_mapping as clip_map
 from vlmkit.models.clip.config import ClipVisionConfig
-from vlmkit.models.gemma import hf_mapping as gemma_map
 from vlmkit.models.llava.config import LlavaConfig
 from vlmkit.models.paligemma.hf_mapping import normalise_key, to_hub_name
 from vlmkit.models.common.activations import TO_HF_ACTIVATION, activation_from_hf
 from vlmkit.models.parts.connectors import ConnectorConfig
 from vlmkit.models.parts.vision import FeatureSelect
+from vlmkit.models.registry import family_for_model_type, family_of
 from vlmkit.models.siglip import hf_mapping as siglip_map
 from vlmkit.models.siglip.config import SiglipVisionConfig
 from vlmkit.models.common.mapping import Table
@@ -42,7 +42,7 @@ def table(cfg: LlavaConfig) -> Table:
     return (
         [(f"vision_tower.{o}", f"vision_tower.{t}") for o, t in siglip_map.vision_table(cfg.vision)]
         + _PROJECTOR
-        + [(f"language_model.{o}", f"language_model.{t}") for o, t in gemma_map.table(cfg.text)]
+        + [(f"language_model.{o}", f"language_model.{t}") for o, t in family_of(cfg.text).table(cfg.text)]
     )
 
 
@@ -52,7 +52,7 @@ def config_from_hf(d: dict) -> LlavaConfig:
     if kind not in _VISION_FROM_HF:
         raise ValueError(f"unsupported LLaVA vision model_type {kind!r} (supported: {sorted(_VISION_FROM_HF)})")
     text_d = {"model_type": "llama", **(d.get("text_config") or {})}
-    text = gemma_map.config_from_hf(text_d)
+    text = family_for_model_type(text_d["model_type"], "text_config").config_from_hf(text_d)
     if d.get("tie_word_embeddings"):  # transformers ties if either level says so
         text = replace(text, tie_embeddings=True)
     layer = d.get("vision_feature_layer", -2)
@@ -81,7 +81,7 @@ def config_to_hf(c: LlavaConfig) -> dict:
     return dict(
         architectures=["LlavaForConditionalGeneration"], model_type="llava",
         vision_config={k: v for k, v in _VISION_TO_HF[type(c.vision)](c.vision).items() if k != "architectures"},
-        text_config=gemma_map.config_to_hf(c.text), image_token_index=c.image_token_id,
+        text_config=family_of(c.text).config_to_hf(c.text), image_token_index=c.image_token_id,
         image_seq_length=c.num_image_tokens, projector_hidden_act=TO_HF_ACTIVATION[p.hidden_act],
         multimodal_projector_bias=p.bias, vision_feature_layer=layer if isinstance(layer, int) else list(layer),
         vision_feature_select_strategy=c.features.vision_feature_select_strategy,

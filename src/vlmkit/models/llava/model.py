@@ -16,11 +16,11 @@ Not supported: LLaVA-NeXT "anyres" tiles and `image_newline`, dropout.
 import torch
 from torch import nn
 
-from vlmkit.models.gemma.model import Gemma
 from vlmkit.models.llava.config import LlavaConfig
 from vlmkit.models.parts.connectors import Connector
 from vlmkit.models.parts.placeholders import ImagePlaceholders, positions_from_mask
 from vlmkit.models.parts.vision import select_image_features
+from vlmkit.models.registry import family_of
 from vlmkit.models.siglip.model import SiglipVisionTower
 
 
@@ -30,7 +30,7 @@ class Llava(ImagePlaceholders, nn.Module):
         self.cfg = cfg
         self.vision_tower = SiglipVisionTower(cfg.vision)
         self.projector = Connector(cfg.projector, cfg.features.width(cfg.vision.hidden_size), cfg.text.hidden_size)
-        self.language_model = Gemma(cfg.text)
+        self.language_model = family_of(cfg.text).model_class(cfg.text)
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """pixel_values [M, 3, H, W] -> image tokens [M, N, D] in the projector dtype."""

@@ -4,7 +4,7 @@ from dataclasses import replace
 
 from vlmkit.models.paligemma import hf_mapping
 from vlmkit.models.paligemma.config import PRESETS, PaliGemmaConfig
-from vlmkit.models.paligemma.model import PaliGemma, PaliGemmaGeneration
+from vlmkit.models.paligemma.model import PALIGEMMA_GENERATION, PaliGemma
 from vlmkit.models.registry import FamilySpec, register, tokenizer_fields
 from vlmkit.models.siglip.family import image_processor_config
 
@@ -32,5 +32,5 @@ PALIGEMMA = register(FamilySpec(
     table=hf_mapping.table, normalise_key=hf_mapping.normalise_key, to_hub_name=hf_mapping.to_hub_name,
     dropped_keys=lambda cfg: (r"^language_model\.lm_head\.weight$",) if cfg.text.tie_embeddings else (),
     presets=PRESETS, with_tokenizer=with_tokenizer, preprocessor_config=preprocessor_config,
-    processor="vlmkit.pipeline:paligemma_processor", blocks=blocks, generation=PaliGemmaGeneration(),
+    processor="vlmkit.pipeline:paligemma_processor", blocks=blocks, generation=PALIGEMMA_GENERATION,
 ))

@@ -15,10 +15,9 @@ Not supported: the MAP head's output (PaliGemma reads all patch tokens), dropout
 import torch
 from torch import nn
 
-from vlmkit.models.common.contracts import DecoderInputs
 from vlmkit.models.gemma.model import Gemma
 from vlmkit.models.paligemma.config import PaliGemmaConfig
-from vlmkit.models.parts.placeholders import ImagePlaceholders, positions_from_mask
+from vlmkit.models.parts.placeholders import ImagePlaceholders, PlaceholderGeneration, positions_from_mask
 from vlmkit.models.siglip.model import SiglipVisionTower
 
 __all__ = ["PaliGemma", "positions_from_mask"]
@@ -76,22 +75,5 @@ class PaliGemma(ImagePlaceholders, nn.Module):
         return self.language_model(x, positions_from_mask(attention_mask), valid, in_prefix)
 
 
-class PaliGemmaGeneration:
-    """The `GenerationAdapter` of PaliGemma: image features replace the `<image>` embeddings, the
-    image + prefix block (token_type_ids 0) is bidirectional, positions are 1-based over tokens."""
-
-    def context_length(self, model: PaliGemma) -> int:
-        return model.cfg.text.max_position_embeddings
-
-    def decoder(self, model: PaliGemma) -> Gemma:
-        return model.language_model
-
-    def prepare(self, model: PaliGemma, batch: dict) -> DecoderInputs:
-        """batch: input_ids / attention_mask / token_type_ids [B, T], and pixel_values [M, 3, H, W]
-        or image_features [M, N, D] (either may be absent for a text-only prompt)."""
-        ids, mask, tt = batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
-        feats = batch.get("image_features")
-        if feats is None and batch.get("pixel_values") is not None:
-            feats = model.encode_images(batch["pixel_values"])
-        in_prefix = mask.bool() if tt is None else mask.bool() & (tt == 0)
-        return DecoderInputs(model.embed_inputs(ids, feats), mask, in_prefix, positions_from_mask(mask))
+# Image + prefix bidirectional, positions 1-based over tokens (as the reference).
+PALIGEMMA_GENERATION = PlaceholderGeneration(prefix_lm=True, position_start=1)

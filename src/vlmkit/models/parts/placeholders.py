@@ -10,8 +10,12 @@ image features).
 """
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+from torch import nn
+
+from vlmkit.models.common.contracts import DecoderInputs
 
 
 def merge_image_features(
@@ -62,3 +66,37 @@ def positions_from_mask(attention_mask: torch.Tensor, start: int = 1) -> torch.T
     """
     pos = attention_mask.long().cumsum(-1) + (start - 1)
     return pos.masked_fill(attention_mask == 0, start)
+
+
+@dataclass(frozen=True)
+class PlaceholderGeneration:
+    """The `GenerationAdapter` of every Type C family whose images fill `<image>` placeholders
+    (the model has `encode_images`, `embed_inputs`, `language_model` and `cfg.text`).
+
+    prefix_lm: the image + prefix block (token_type_ids 0, or the whole prompt without them) is
+        bidirectional (PaliGemma); False is plain causal attention (LLaVA, SmolVLM, InternVL).
+    position_start: the first token's RoPE position (PaliGemma 1, transformers' decoder-only 0).
+    """
+
+    prefix_lm: bool = False
+    position_start: int = 0
+
+    def context_length(self, model: nn.Module) -> int:
+        return model.cfg.text.max_position_embeddings
+
+    def decoder(self, model: nn.Module) -> nn.Module:
+        return model.language_model
+
+    def prepare(self, model: nn.Module, batch: dict) -> DecoderInputs:
+        """batch: input_ids / attention_mask (/ token_type_ids) [B, T], and pixel_values
+        [M, 3, H, W] or image_features [M, N, D] (either may be absent for a text-only prompt)."""
+        ids, mask, tt = batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
+        feats = batch.get("image_features")
+        if feats is None and batch.get("pixel_values") is not None:
+            feats = model.encode_images(batch["pixel_values"])
+        if not self.prefix_lm:
+            in_prefix = torch.zeros_like(mask, dtype=torch.bool)
+        else:
+            in_prefix = mask.bool() if tt is None else mask.bool() & (tt == 0)
+        positions = positions_from_mask(mask, start=self.position_start)
+        return DecoderInputs(model.embed_inputs(ids, feats), mask, in_prefix, positions)

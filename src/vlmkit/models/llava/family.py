@@ -1,0 +1,30 @@
+"""LLaVA registry record (llava-hf/llava-1.5-* folders)."""
+
+from dataclasses import replace
+
+from vlmkit.models.clip.family import image_processor_config
+from vlmkit.models.llava import hf_mapping
+from vlmkit.models.llava.config import PRESETS, LlavaConfig
+from vlmkit.models.llava.model import Llava
+from vlmkit.models.parts.placeholders import PlaceholderGeneration
+from vlmkit.models.registry import FamilySpec, register, tokenizer_fields
+
+
+def with_tokenizer(cfg: LlavaConfig, tok, vocab_size: int | None = None) -> LlavaConfig:
+    """`cfg` with the tokenizer's vocabulary size and its pad / bos / eos / `<image>` ids."""
+    return replace(cfg, text=replace(cfg.text, **tokenizer_fields(tok, vocab_size)), image_token_id=tok.image_token_id)
+
+
+def preprocessor_config(cfg: LlavaConfig) -> dict:
+    return {**image_processor_config(cfg.vision.image_size), "processor_class": "LlavaProcessor"}
+
+
+LLAVA = register(FamilySpec(
+    name="llava", kind="vlm", config_class=LlavaConfig, model_class=Llava, model_types=("llava",),
+    config_from_hf=hf_mapping.config_from_hf, config_to_hf=hf_mapping.config_to_hf, table=hf_mapping.table,
+    normalise_key=hf_mapping.normalise_key, to_hub_name=hf_mapping.to_hub_name,
+    dropped_keys=lambda cfg: (r"^language_model\.lm_head\.weight$",) if cfg.text.tie_embeddings else (),
+    presets=PRESETS, with_tokenizer=with_tokenizer, preprocessor_config=preprocessor_config,
+    blocks=lambda model: [*model.vision_tower.layers, *model.language_model.layers],
+    generation=PlaceholderGeneration(prefix_lm=False, position_start=0),
+))
