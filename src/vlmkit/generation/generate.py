@@ -121,7 +121,7 @@ def generate_stream(
     try:
         for step in range(cfg.max_new_tokens):
             if output_logits:  # a copy: a compiled (CUDA-graph) step may reuse its output buffer
-                step_logits.append(logits.float().clone())
+                step_logits.append(logits.to(torch.float32, copy=True))
             next_ids = sample_next(logits, cfg, gen)
             host_ids = next_ids.tolist()  # the one host sync per step
             if timing["prefill_s"] is None:

@@ -50,9 +50,9 @@ def _filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     Walking up from the least likely token, a token is dropped while the mass up to and
     including it is <= 1 - p; the top token always stays. This is the rule (and the float32
     comparison) of transformers' `TopPLogitsWarper` with min_tokens_to_keep=1, so a token exactly
-    at the boundary is dropped by both. The ascending sort is stable: among tied logits the lower
-    token id is dropped first, which is the order transformers' sort gives on CPU (its sort is not
-    declared stable; the number kept is the same either way).
+    at the boundary is dropped by both. The ascending sort is stable, so at a tie on the cut the
+    lower token ids are dropped first; transformers' sort is not stable and may keep other tied
+    tokens there (the number kept is the same; tests/unit/test_sampling_reference.py).
     """
     sorted_logits, order = torch.sort(logits, dim=-1, stable=True)  # [B, V] ascending
     cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
