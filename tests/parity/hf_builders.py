@@ -45,3 +45,35 @@ def paligemma(version: int, image_size: int = 32, seed: int = 0):
         vocab_size=VOCAB, projection_dim=48,
     )
     return randomize(tf.PaliGemmaForConditionalGeneration(cfg), seed)
+
+
+def paligemma_inputs(hf_model, text_len: int = 7, pad: int = 2, suffix_len: int = 3, seed: int = 1):
+    """Two processor-style prompts `<image>*N text`, left-padded to one length (pad id 0, mask 0).
+
+    Row 1 has `pad` more text tokens than row 0, so row 0 starts with `pad` padding slots and its
+    image block sits `pad` slots later. The last `suffix_len` tokens of each row are suffix
+    (token type 1). Returns input_ids, token_type_ids, attention_mask [2, T] and pixel_values.
+    """
+    vc = hf_model.config.vision_config
+    n_img = (vc.image_size // vc.patch_size) ** 2
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randint(3, IMAGE_TOKEN, (2, text_len + pad), generator=g)
+    ids = torch.cat([torch.full((2, n_img), IMAGE_TOKEN), text], 1)  # row 1's prompt
+    ids[0] = torch.cat([torch.zeros(pad, dtype=torch.long), ids[0, : n_img + text_len]])
+    ids[0, pad + n_img:] = text[0, :text_len]
+    mask = torch.ones_like(ids)
+    mask[0, :pad] = 0
+    tt = torch.zeros_like(ids)
+    tt[:, ids.shape[1] - suffix_len:] = 1
+    pix = torch.randn(2, 3, vc.image_size, vc.image_size, generator=g)
+    return ids, tt, mask, pix
+
+
+def generate_positions(mask: torch.Tensor) -> torch.Tensor:
+    """The RoPE positions transformers' `generate` feeds PaliGemma for a padded prompt.
+
+    `GenerationMixin._prepare_position_ids_for_generation` gives mask.cumsum - 1 (padding at 0) and
+    PaliGemma's `prepare_inputs_for_generation` adds 1. Its plain forward without `position_ids`
+    uses 1..T instead, counting the padding slots.
+    """
+    return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0) + 1

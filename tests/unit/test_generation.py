@@ -127,3 +127,21 @@ def test_errors(model):
     batch = _batch([_prompt(4, seed=3)])
     with pytest.raises(PromptTooLongError):
         generate(model, CharTokenizer(), batch, SamplingConfig(max_new_tokens=10_000))
+
+
+def test_output_logits(model):
+    """Each row keeps the raw logits of its steps (the EOS step included); greedy picks their argmax."""
+    batch = _batch([_prompt(4, seed=3), _prompt(7, seed=4)])
+    cfg = SamplingConfig(max_new_tokens=6)
+    assert all(r.logits is None for r in generate(model, CharTokenizer(), batch, cfg))
+    full = generate(model, CharTokenizer(), batch, cfg, output_logits=True)
+    V = model.cfg.text.vocab_size
+    for r in full:
+        assert r.logits.shape == (6, V) and r.logits.dtype == torch.float32
+        assert r.logits.argmax(-1).tolist() == r.token_ids
+    eos = full[0].token_ids[2]
+    cut = generate(model, CharTokenizer(), batch, SamplingConfig(max_new_tokens=6, extra_eos_ids=(eos,)),
+                   output_logits=True)
+    n = full[0].token_ids.index(eos)
+    assert cut[0].finish_reason == "eos" and len(cut[0].token_ids) == n
+    assert torch.equal(cut[0].logits, full[0].logits[: n + 1])

@@ -34,10 +34,18 @@ class StreamEvent:
 
 @dataclass
 class GenerationResult:
+    """One row's output.
+
+    logits: with `output_logits=True`, the raw (unprocessed) logits each of the row's tokens was
+        chosen from, [steps, V] float32, one per step while the row was unfinished (so the step
+        that chose EOS is included); as transformers' `generate(..., output_logits=True)`.
+    """
+
     text: str
     token_ids: list[int]
     finish_reason: str  # "eos", "stop_string" or "length"
     timing: dict = field(default_factory=dict)
+    logits: torch.Tensor | None = None
 
 
 class _Row:
@@ -48,8 +56,10 @@ class _Row:
         self.ids: list[int] = []
         self.text = ""
         self.finish: str | None = None
+        self.steps = 0  # tokens chosen for this row, EOS included
 
     def add(self, token_id: int) -> str:
+        self.steps += 1
         if token_id in self.stop_ids:
             self.finish = "eos"
             return ""
@@ -91,6 +101,7 @@ def generate_stream(
     cfg: SamplingConfig,
     decode_fn: Callable | None = None,
     results: list | None = None,
+    output_logits: bool = False,
 ) -> Iterator[StreamEvent]:
     """Yield tokens as they are produced for a processed, left-padded batch.
 
@@ -101,6 +112,7 @@ def generate_stream(
             image_features [M, N, D]).
         decode_fn: a (possibly compiled) replacement for `decode_one_token`.
         results: if given, a list that receives one GenerationResult per row at the end.
+        output_logits: keep each step's raw logits in the results (`GenerationResult.logits`).
     """
     decode_fn = decode_fn or decode_one_token
     gen = None
@@ -112,8 +124,11 @@ def generate_stream(
     stop_ids = {tokenizer.eos_id, *cfg.extra_eos_ids}
     rows = [_Row(tokenizer, stop_ids, cfg.stop_strings) for _ in range(inputs.embeds.shape[0])]
     timing = {"prefill_s": None, "decode_s": 0.0, "new_tokens": 0}
+    step_logits: list[torch.Tensor] = []  # [B, V] float32 per step, if output_logits
     try:
         for step in range(cfg.max_new_tokens):
+            if output_logits:  # a copy: a compiled (CUDA-graph) step may reuse its output buffer
+                step_logits.append(logits.to(torch.float32, copy=True))
             next_ids = sample_next(logits, cfg, gen)
             host_ids = next_ids.tolist()  # the one host sync per step
             if timing["prefill_s"] is None:
@@ -135,15 +150,18 @@ def generate_stream(
     if timing["decode_s"] and timing["new_tokens"]:
         timing["tokens_per_s"] = timing["new_tokens"] / max(timing["decode_s"], 1e-9)
     if results is not None:
-        for r in rows:
-            results.append(GenerationResult(r.text, r.ids, r.finish or "length", dict(timing)))
+        stacked = torch.stack(step_logits, 1) if output_logits else None  # [B, steps, V]
+        for b, r in enumerate(rows):
+            row_logits = None if stacked is None else stacked[b, : r.steps]
+            results.append(GenerationResult(r.text, r.ids, r.finish or "length", dict(timing), row_logits))
 
 
 def generate(model: nn.Module, tokenizer, batch: dict, cfg: SamplingConfig, decode_fn=None,
-             on_token: Callable[[StreamEvent], None] | None = None) -> list[GenerationResult]:
+             on_token: Callable[[StreamEvent], None] | None = None,
+             output_logits: bool = False) -> list[GenerationResult]:
     """Run `generate_stream` to the end; `on_token` is called with every StreamEvent."""
     results: list[GenerationResult] = []
-    for event in generate_stream(model, tokenizer, batch, cfg, decode_fn, results):
+    for event in generate_stream(model, tokenizer, batch, cfg, decode_fn, results, output_logits):
         if on_token is not None:
             on_token(event)
     return results
