@@ -5,7 +5,6 @@ about one image runs the vision tower once.
 """
 
 import hashlib
-import json
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ from vlmkit.data.tokenizer import Tokenizer
 from vlmkit.errors import CheckpointError
 from vlmkit.generation import GenerationResult, SamplingConfig, StreamEvent, generate
 from vlmkit.models.paligemma.model import PaliGemma
+from vlmkit.validate import image_stats
 from vlmkit.weights.hf import load_hf, read_config
 from vlmkit.weights.registry import resolve_model
 
@@ -28,11 +28,7 @@ def _image_stats(folder: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
     path = folder / PREPROCESSOR_NAME
     if not path.is_file():
         return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-    try:
-        d = json.loads(path.read_text())
-    except ValueError as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e})") from None
-    return tuple(d.get("image_mean", (0.5,) * 3)), tuple(d.get("image_std", (0.5,) * 3))
+    return image_stats(path)  # checked: finite, one value or one per channel, std > 0
 
 
 class Pipeline:

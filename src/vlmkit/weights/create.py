@@ -31,10 +31,11 @@ def preprocessor_config(cfg: PaliGemmaConfig) -> dict:
 
 
 def create_checkpoint(out: str | Path, preset: str = "debug", seed: int = 0, texts=DEFAULT_CORPUS,
-                      tokenizer_dir: str | Path | None = None) -> Path:
+                      tokenizer_dir: str | Path | None = None, overwrite: bool = True) -> Path:
     """Write a random-weight PaliGemma `preset` whose vocabulary matches its tokenizer.
 
-    The tokenizer is `tokenizer_dir` if given, else trained on `texts`.
+    The tokenizer is `tokenizer_dir` if given, else trained on `texts`. A non-empty `out` is refused
+    unless `overwrite`; files other than the checkpoint's own are never removed (see `save_hf`).
     """
     with tempfile.TemporaryDirectory() as tmp:
         tok_dir = Path(tokenizer_dir) if tokenizer_dir else train_paligemma_tokenizer(Path(tmp) / "tok", texts)
@@ -48,4 +49,4 @@ def create_checkpoint(out: str | Path, preset: str = "debug", seed: int = 0, tex
         pre.write_text(json.dumps(preprocessor_config(cfg), indent=2))
         extra = {n: tok_dir / n for n in TOKENIZER_FILES if (tok_dir / n).is_file()}
         extra["preprocessor_config.json"] = pre
-        return save_hf(model, out, extra_files=extra)
+        return save_hf(model, out, extra_files=extra, overwrite=overwrite)

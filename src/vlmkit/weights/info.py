@@ -3,6 +3,7 @@
 import math
 from pathlib import Path
 
+from vlmkit.validate import build_config
 from vlmkit.weights.hf import read_config
 from vlmkit.weights.registry import resolve_model
 from vlmkit.weights.safetensors_io import SafetensorsReader
@@ -12,7 +13,7 @@ def model_info(source: str | Path | None) -> dict:
     """Config summary and parameter counts of a folder or bundled model (reads headers only)."""
     folder = resolve_model(source)
     d, fam = read_config(folder)
-    cfg = fam.config_from_hf(d)
+    cfg = build_config(fam.config_from_hf, d, folder / "config.json")
     reader = SafetensorsReader(folder)
     counts: dict[str, int] = {}
     dtypes: set[str] = set()
