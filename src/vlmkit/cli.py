@@ -5,6 +5,7 @@ Flags are checked when parsed (`vlmkit.cli_types`); every command runs inside on
 its traceback. Commands that write a folder or file refuse to overwrite anything unless `--force`.
 """
 
+import io
 import json
 import os
 import sys
@@ -50,7 +51,7 @@ def _add_generate(sub) -> None:
 def cmd_generate(args) -> int:
     from vlmkit.errors import ConfigError
     from vlmkit.generation import SamplingConfig
-    from vlmkit.outputs import check_output_file
+    from vlmkit.outputs import atomic_write_bytes, check_output_file
     from vlmkit.pipeline import load
     from vlmkit.tasks.run import run_task
 
@@ -76,7 +77,9 @@ def cmd_generate(args) -> int:
     if args.draw:
         from vlmkit.tasks.draw import draw_results
 
-        draw_results(out.image, out.boxes, out.masks, out_path=args.draw)
+        png = io.BytesIO()
+        draw_results(out.image, out.boxes, out.masks).save(png, format="PNG")
+        atomic_write_bytes(args.draw, png.getvalue(), overwrite=args.force)  # never a half-written PNG
         out.json["draw"] = args.draw
     if args.json:
         print(json.dumps(out.json, indent=2))

@@ -59,11 +59,11 @@ IMAGE_CASES = {
     "empty": "is empty",
     "truncated_png": "truncated or corrupt",
     "text_named_png": "not an image",
-    "png_signature_only": "bad.png",
+    "png_signature_only": "not an image",
     "bomb_declared": "too large",
     "bomb_warning": "too large",
     "over_max_pixels": "too large",
-    "zero_width": "bad.png",
+    "zero_width": "not an image",
     "oversize_sparse": "too large",
     "garbage_jpeg": "bad.jpg",
     "unreadable": "permission denied",
@@ -129,3 +129,24 @@ def test_bad_prompt(case, debug_model, image, tmp_path, capsys):
     images = [] if case == "no_image" else ["--image", image]
     run_bad(capsys, ["generate", "--model", debug_model, *images, *extra, "--max-new-tokens", "2"],
             cause, tmp_path, debug_model)
+
+
+MANIFESTS = {  # eval manifests: read and checked before the model loads
+    "missing": (None, "does not exist"),
+    "row_is_list": ("[1, 2]\n", "needs an object"),
+    "not_json": ("{image: x}\n", "is not valid JSON"),
+    "not_utf8": (b"\xff\xfe\n", "is not valid JSON"),
+    "row_without_prefix": ('{"image": "x.png"}\n', "'prefix'"),
+    "empty": ("", "has no rows"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MANIFESTS))
+def test_bad_eval_manifest(case, debug_model, tmp_path, capsys):
+    content, cause = MANIFESTS[case]
+    path = tmp_path / "manifest.jsonl"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    run_bad(capsys, ["eval", "--model", debug_model, "--data", path, "--task", "vqa"], cause, tmp_path, debug_model)

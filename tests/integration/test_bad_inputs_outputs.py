@@ -42,6 +42,8 @@ TARGETS = {  # name: (argv with {t} for the target, how the target is made, caus
     "draw_existing_file": (["generate", "--image", "{img}", "--prompt", "x", "--draw", "{t}"], "file", "exists; pass --force"),
     "draw_under_file": (["generate", "--image", "{img}", "--prompt", "x", "--draw", "{t}/o.png"], "file", "is a file, not a folder"),
     "draw_is_folder": (["generate", "--image", "{img}", "--prompt", "x", "--draw", "{t}", "--force"], "user_folder", "is an existing folder"),
+    "experiment_non_empty": (["experiment", "objectives", "--size", "small", "--out", "{t}"], "user_folder", "is not empty"),
+    "experiment_dot": (["experiment", "objectives", "--out", "."], "cwd", "current folder"),
     "eval_json_exists": (["eval", "--data", "{t}", "--task", "vqa", "--json", "{t}"], "file", "exists; pass --force"),
     "eval_json_under_file": (["eval", "--data", "{t}", "--task", "vqa", "--json", "{t}/r.json"], "file", "is a file, not a folder"),
 }
