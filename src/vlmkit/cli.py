@@ -116,8 +116,7 @@ def _add_create(sub) -> None:
     p.add_argument("out", help="folder to write (must be absent or empty unless --force)")
     p.add_argument("--preset", default="debug", help="PaliGemma preset (default: debug)")
     p.add_argument("--seed", type=T.seed, default=0, help="weight initialisation seed (default 0)")
-    p.add_argument("--force", action="store_true",
-                   help="write into a non-empty folder: same-named files are replaced, others kept")
+    p.add_argument("--force", action="store_true", help=T.FORCE_HELP)
     p.set_defaults(func=cmd_create)
 
 
@@ -177,8 +176,7 @@ def _add_data(sub) -> None:
     s.add_argument("--image-size", type=T.image_size, default=64, help="image side in pixels (default 64)")
     s.add_argument("--seed", type=T.seed, default=0, help="scene seed; use another for a held-out split")
     s.add_argument("--shards", action="store_true", help="write webdataset-style tar shards")
-    s.add_argument("--force", action="store_true",
-                   help="write into a non-empty folder: same-named files are replaced, others kept")
+    s.add_argument("--force", action="store_true", help=T.FORCE_HELP)
     s.set_defaults(func=cmd_data_synth)
 
 

@@ -14,6 +14,7 @@ from vlmkit.errors import ConfigError
 GREEDY_BELOW = 1e-5  # temperatures under this (denormals included) decode greedily, see `temperature`
 SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes 0 .. 2**64 - 1
 IMAGE_SIZE_RANGE = (16, 4096)
+FORCE_HELP = "write into a non-empty folder: same-named files are replaced, others kept"
 
 
 class Parser(argparse.ArgumentParser):

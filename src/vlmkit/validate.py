@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import types
 import typing
 from collections.abc import Callable
@@ -167,14 +168,16 @@ def shard_index(path: Path, folder: Path) -> dict[str, Path]:
     weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict):
         raise CheckpointError(f"{path}: weight_map: expected an object, got {_kind(weight_map)}")
-    root, out = folder.resolve(), {}
+    out = {}
     for key, shard in weight_map.items():
         if not isinstance(shard, str) or not shard:
             raise CheckpointError(f"{path}: weight_map.{key}: expected a file name, got {_kind(shard)}")
-        shard_path = (folder / shard).resolve()
-        if Path(shard).is_absolute() or root not in shard_path.parents:
+        # Checked on the name, not the resolved path: the Hugging Face cache links each shard to a
+        # blob outside the snapshot folder, which is fine; a name that climbs out is not.
+        norm = os.path.normpath(shard)
+        if os.path.isabs(norm) or norm == ".." or norm.startswith(".." + os.sep):
             raise CheckpointError(f"{path}: weight_map.{key}: shard {shard!r} is outside the model folder")
-        out[key] = folder / shard
+        out[key] = folder / norm
     return out
 
 

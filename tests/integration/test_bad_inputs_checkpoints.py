@@ -108,6 +108,9 @@ def _break(case: str, model: Path, tmp_path: Path) -> None:
         _shard(model, "../x.safetensors")
     elif case == "index_absolute_path":
         _shard(model, str(weights.resolve()))
+    elif case == "index_climbing_path":
+        (model / "sub").mkdir()
+        _shard(model, "sub/../../m/model-00001-of-00001.safetensors")
     elif case == "index_missing_shard":
         _shard(model, "model-00002-of-00002.safetensors")
     elif case == "index_weight_map_list":
@@ -134,6 +137,7 @@ CHECKPOINT = {
     "unexpected_tensor": "unexpected keys: extra.weight",
     "index_parent_path": "'../x.safetensors' is outside the model folder",
     "index_absolute_path": "is outside the model folder",
+    "index_climbing_path": "is outside the model folder",
     "index_missing_shard": "lists shard model-00002-of-00002.safetensors which does not exist",
     "index_weight_map_list": "weight_map: expected an object, got a list",
     "index_list": "model.safetensors.index.json: expected a JSON object",
@@ -174,6 +178,20 @@ def test_bad_side_file(case, debug_model, image, tmp_path, capsys):
             cause, tmp_path, debug_model)
 
 
+def test_shards_linked_from_elsewhere_load(debug_model, image, tmp_path, capsys):
+    """The Hugging Face cache layout: shard names inside the folder, files symlinked to blobs outside."""
+    from vlmkit.cli import main
+
+    model = copy_model(debug_model, tmp_path / "snapshot")
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    _shard(model, "model-00001-of-00001.safetensors")
+    shard = model / "model-00001-of-00001.safetensors"
+    shard.rename(blobs / "abc123")
+    shard.symlink_to(blobs / "abc123")
+    assert main(["info", "--model", str(model)]) == 0 and capsys.readouterr().err == ""
+
+
 def test_float_checkpoint_in_other_float_dtype_is_cast(debug_model, image, tmp_path, capsys):
     """Not an error: float32 weights load as bfloat16 when asked (same kind, cast)."""
     from vlmkit.cli import main
@@ -181,3 +199,8 @@ def test_float_checkpoint_in_other_float_dtype_is_cast(debug_model, image, tmp_p
     rc = main(["generate", "--model", str(debug_model), "--image", str(image), "--prompt", "x",
                "--max-new-tokens", "1", "--dtype", "bfloat16"])
     assert rc == 0 and capsys.readouterr().err == ""
+
+
+def test_model_path_is_a_file(image, tmp_path, capsys):
+    run_bad(capsys, ["generate", "--model", image, "--image", image, "--prompt", "x"],
+            "is not a checkpoint folder", tmp_path)

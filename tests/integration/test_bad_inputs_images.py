@@ -47,6 +47,8 @@ def _make(kind: str, tmp_path: Path) -> Path:
     elif kind == "garbage_jpeg":
         path = tmp_path / "bad.jpg"
         path.write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 40)
+    elif kind == "fifo":
+        os.mkfifo(path)
     elif kind == "unreadable":
         path.write_bytes(_valid_png())
         path.chmod(0)
@@ -67,6 +69,8 @@ IMAGE_CASES = {
     "oversize_sparse": "too large",
     "garbage_jpeg": "bad.jpg",
     "unreadable": "permission denied",
+    "fifo": "not a regular file",
+    "dev_zero": "not a regular file",
 }
 
 
@@ -74,7 +78,9 @@ IMAGE_CASES = {
 def test_bad_image(kind, debug_model, tmp_path, capsys):
     if kind == "unreadable" and os.geteuid() == 0:
         pytest.skip("running as root: file permissions do not stop reads")
-    path = _make(kind, tmp_path)
+    if kind == "dev_zero" and not os.path.exists("/dev/zero"):
+        pytest.skip("no /dev/zero on this system")
+    path = Path("/dev/zero") if kind == "dev_zero" else _make(kind, tmp_path)
     run_bad(capsys, ["generate", "--model", debug_model, "--image", path, "--prompt", "caption en",
                      "--max-new-tokens", "2"], IMAGE_CASES[kind], tmp_path, debug_model)
 

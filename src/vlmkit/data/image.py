@@ -26,6 +26,7 @@ against `preprocess_images` (tests/unit/test_image.py):
 from __future__ import annotations
 
 import io
+import stat
 import warnings
 from pathlib import Path
 from typing import Sequence, Union
@@ -115,9 +116,12 @@ def _open_bytes(data: bytes, name: str, max_pixels: int) -> Image.Image:
 def _read_file(path: Path, max_bytes: int) -> bytes:
     """The file's bytes; its size is checked first, so a multi-GB file is refused before any read."""
     try:
-        size = path.stat().st_size
-        if path.is_dir():
+        st = path.stat()
+        size = st.st_size
+        if stat.S_ISDIR(st.st_mode):
             raise ImageError(f"image path {path} is a directory, not a file")
+        if not stat.S_ISREG(st.st_mode):  # /dev/zero, a FIFO: no size to check, reads never end
+            raise ImageError(f"image path {path} is not a regular file")
         if size > max_bytes:
             raise ImageError(f"image file {path} is too large: {size:,} bytes > max_bytes={max_bytes:,}")
         return path.read_bytes()

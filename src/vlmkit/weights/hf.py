@@ -73,7 +73,8 @@ def read_config(folder: str | Path) -> tuple[dict, Family]:
     """Read `config.json` and find its family; CheckpointError naming the problem otherwise."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise CheckpointError(f"checkpoint folder {folder} does not exist")
+        raise CheckpointError(f"{folder} is not a checkpoint folder" if folder.exists()
+                              else f"checkpoint folder {folder} does not exist")
     path = folder / CONFIG_NAME
     if not path.is_file():
         raise CheckpointError(f"{folder} has no {CONFIG_NAME}")
