@@ -116,17 +116,18 @@ class _AtomicFolder:
         return False
 
     def _commit(self) -> None:
-        try:
-            os.rmdir(self.final)  # only succeeds on an empty folder, which holds nothing to lose
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                raise
-        if not self.final.exists():
+        if not self.final.is_symlink():  # a linked folder stays where the link points: merge into it
+            try:
+                os.rmdir(self.final)  # only succeeds on an empty folder, which holds nothing to lose
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+        if not os.path.lexists(self.final):
             os.replace(self.tmp, self.final)
             return
-        if not self.overwrite:  # it filled up while we were writing
+        if not self.overwrite and any(self.final.iterdir()):  # it filled up while we were writing
             raise OutputError(f"output folder {self.final} is not empty; pass --force to write into it")
         self._check_stale()
         _merge(self.tmp, self.final, dry_run=True)  # every conflict found before anything moves

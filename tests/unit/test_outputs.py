@@ -108,3 +108,12 @@ def test_atomic_write_bytes(tmp_path):
         atomic_write_bytes(path, b"two", overwrite=False)
     atomic_write_bytes(path, b"three")
     assert path.read_bytes() == b"three" and [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_symlinked_target_folder_is_written_through(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    with atomic_folder(tmp_path / "link", overwrite=False) as tmp:
+        (tmp / "a.txt").write_text("a")
+    assert (tmp_path / "link").is_symlink() and (real / "a.txt").read_text() == "a"
