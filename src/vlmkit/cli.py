@@ -1,14 +1,18 @@
 """The `vlmkit` command line: thin subcommands over typed library functions.
 
-Every user error is a `VlmkitError`: printed as one line `vlmkit: error: ...`, exit code 2.
+Flags are checked when parsed (`vlmkit.cli_types`); every command runs inside one error boundary
+(`vlmkit.cli_errors`): a user error is one line `vlmkit: error: ...` and exit code 2, a bug keeps
+its traceback. Commands that write a folder or file refuse to overwrite anything unless `--force`.
 """
 
-import argparse
+import io
 import json
+import os
 import sys
 from pathlib import Path
 
-from vlmkit.errors import VlmkitError
+from vlmkit import cli_types as T
+from vlmkit.cli_errors import run_command
 
 TASKS = ("raw", "caption", "cap", "describe", "answer", "question", "ocr", "detect", "segment")
 
@@ -20,23 +24,25 @@ def _add_generate(sub) -> None:
     p.add_argument("--image", action="append", default=[], help="image path (repeat for several images)")
     p.add_argument("--video", help="video file, animated GIF/WebP or folder of frames: frames are sampled "
                    "with a fixed stride and each becomes an image, in order (after any --image)")
-    p.add_argument("--max-frames", type=int, default=16, help="most frames taken from --video (default 16)")
-    p.add_argument("--frame-stride", type=int, help="take every k-th frame (default: spread over the clip)")
-    p.add_argument("--prompt", help="raw prompt text (task 'raw'); for other tasks it is built for you")
+    p.add_argument("--max-frames", type=T.positive_int, default=16, help="most frames taken from --video (default 16)")
+    p.add_argument("--frame-stride", type=T.positive_int, help="take every k-th frame (default: spread over the clip)")
+    p.add_argument("--prompt", type=T.text, help="raw prompt text (task 'raw'); for other tasks it is built for you")
     p.add_argument("--task", choices=TASKS, default="raw", help="PaLI task (default: raw prompt)")
-    p.add_argument("--lang", default="en", help="language code for caption/answer/question tasks")
-    p.add_argument("--question", help="question for --task answer")
-    p.add_argument("--answer", help="answer for --task question")
-    p.add_argument("--objects", help="objects for detect/segment, separated by ';'")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--lang", type=T.text, default="en", help="language code for caption/answer/question tasks")
+    p.add_argument("--question", type=T.text, help="question for --task answer")
+    p.add_argument("--answer", type=T.text, help="answer for --task question")
+    p.add_argument("--objects", type=T.text, help="objects for detect/segment, separated by ';'")
+    p.add_argument("--max-new-tokens", type=T.positive_int, default=64, help="most tokens to generate (default 64)")
+    p.add_argument("--temperature", type=T.temperature, default=0.0,
+                   help=f"sampling temperature >= 0 (default 0 = greedy; values below {T.GREEDY_BELOW:g} are greedy too)")
+    p.add_argument("--top-p", type=T.top_p, help="nucleus sampling: keep the most likely tokens up to this mass, in (0, 1]")
+    p.add_argument("--top-k", type=T.top_k, help="sample among the k most likely tokens (0 = no limit)")
+    p.add_argument("--seed", type=T.seed, help="sampling seed in [0, 2**64 - 1] (default: unseeded)")
     p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=T.device, default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
     p.add_argument("--mask-vae", help="PaliGemma mask VQ-VAE weights (.npz) to decode segment masks")
-    p.add_argument("--draw", help="write boxes/masks over the first image to this PNG")
+    p.add_argument("--draw", help="write boxes/masks over the first image to this PNG (an existing file needs --force)")
+    p.add_argument("--force", action="store_true", help="replace an existing --draw file")
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     p.add_argument("--json", action="store_true", help="print a JSON object instead of the text")
     p.set_defaults(func=cmd_generate)
@@ -45,11 +51,14 @@ def _add_generate(sub) -> None:
 def cmd_generate(args) -> int:
     from vlmkit.errors import ConfigError
     from vlmkit.generation import SamplingConfig
+    from vlmkit.outputs import atomic_write_bytes, check_output_file
     from vlmkit.pipeline import load
     from vlmkit.tasks.run import run_task
 
     if args.task == "raw" and not args.prompt:
         raise ConfigError("--prompt is required unless --task is given")
+    if args.draw:
+        check_output_file(args.draw, args.force)  # before the model runs, not after
     images = list(args.image)
     if args.video:
         from vlmkit.data.video import sample_frames
@@ -68,7 +77,9 @@ def cmd_generate(args) -> int:
     if args.draw:
         from vlmkit.tasks.draw import draw_results
 
-        draw_results(out.image, out.boxes, out.masks, out_path=args.draw)
+        png = io.BytesIO()
+        draw_results(out.image, out.boxes, out.masks).save(png, format="PNG")
+        atomic_write_bytes(args.draw, png.getvalue(), overwrite=args.force)  # never a half-written PNG
         out.json["draw"] = args.draw
     if args.json:
         print(json.dumps(out.json, indent=2))
@@ -84,7 +95,7 @@ def cmd_generate(args) -> int:
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="print a checkpoint's config and parameter counts")
     p.add_argument("--model", help="checkpoint folder or bundled model name (default: the bundled model)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(func=cmd_info)
 
 
@@ -102,20 +113,23 @@ def cmd_info(args) -> int:
 
 def _add_create(sub) -> None:
     p = sub.add_parser("create", help="write a randomly initialised checkpoint folder (with tokenizer)")
-    p.add_argument("out", help="folder to write")
-    p.add_argument("--preset", default="debug", help="PaliGemma preset (default: debug)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("out", help="folder to write (must be absent or empty unless --force)")
+    p.add_argument("--family", default="paligemma",
+                   help="model family, as registered in vlmkit.models.registry (default: paligemma)")
+    p.add_argument("--preset", default="debug", help="preset of the family (default: debug)")
+    p.add_argument("--seed", type=T.seed, default=0, help="weight initialisation seed (default 0)")
+    p.add_argument("--force", action="store_true", help=T.FORCE_HELP)
     p.set_defaults(func=cmd_create)
 
 
 def cmd_create(args) -> int:
-    from vlmkit.errors import ConfigError
-    from vlmkit.models.paligemma.config import PRESETS
+    from vlmkit.models.registry import get_family
+    from vlmkit.outputs import check_output_dir
     from vlmkit.weights.create import create_checkpoint
 
-    if args.preset not in PRESETS:
-        raise ConfigError(f"unknown preset {args.preset!r}; choose from {', '.join(sorted(PRESETS))}")
-    print(create_checkpoint(args.out, args.preset, args.seed))
+    get_family(args.family).preset(args.preset)  # unknown family / preset: one line, nothing written
+    check_output_dir(args.out, args.force)
+    print(create_checkpoint(args.out, args.preset, args.seed, family=args.family, overwrite=args.force))
     return 0
 
 
@@ -157,51 +171,61 @@ def _add_data(sub) -> None:
     p = sub.add_parser("data", help="dataset tools")
     dsub = p.add_subparsers(dest="data_cmd", required=True)
     s = dsub.add_parser("synth", help="render a synthetic dataset of shapes, colours and words")
-    s.add_argument("out", help="output folder")
-    s.add_argument("--num-scenes", type=int, default=1000)
-    s.add_argument("--image-size", type=int, default=64)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("out", help="output folder (must be absent or empty unless --force)")
+    s.add_argument("--num-scenes", type=T.positive_int, default=1000, help="scenes to render (default 1000)")
+    s.add_argument("--image-size", type=T.image_size, default=64, help="image side in pixels (default 64)")
+    s.add_argument("--seed", type=T.seed, default=0, help="scene seed; use another for a held-out split")
     s.add_argument("--shards", action="store_true", help="write webdataset-style tar shards")
+    s.add_argument("--force", action="store_true", help=T.FORCE_HELP)
     s.set_defaults(func=cmd_data_synth)
 
 
 def cmd_data_synth(args) -> int:
     from vlmkit.data.synth import SynthConfig, write_dataset
+    from vlmkit.outputs import check_output_dir
 
+    check_output_dir(args.out, args.force)
     cfg = SynthConfig(image_size=args.image_size, seed=args.seed)
-    print(write_dataset(Path(args.out), args.num_scenes, cfg, shards=args.shards))
+    print(write_dataset(Path(args.out), args.num_scenes, cfg, shards=args.shards, overwrite=args.force))
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vlmkit", description="Exact, fast, readable vision-language models.")
+def build_parser() -> T.Parser:
+    parser = T.Parser(prog="vlmkit", description="Exact, fast, readable vision-language models.")
     from vlmkit import __version__
 
     parser.add_argument("--version", action="version", version=f"vlmkit {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=T.Parser)
     for add in (_add_generate, _add_info, _add_create, _add_data, _add_eval_demo, _add_optional):
         add(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_and_run(argv: list[str]) -> int:
     parser = build_parser()
-    argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] in (["train"], ["train-contrastive"]):
         # Training takes free-form `--key.value` config overrides next to its named flags.
         args, extra = parser.parse_known_args(argv)
         args.overrides = extra
     else:
         args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except VlmkitError as e:
-        msg = " ".join(str(e).split())
-        print(f"vlmkit: error: {msg}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("vlmkit: interrupted", file=sys.stderr)
-        return 130
+    return args.func(args)
+
+
+def _reserve_std_fds() -> None:
+    """If the shell closed fd 0/1/2 (`>&-`), hold them on /dev/null: otherwise the next file we open
+    would get fd 1 and stray prints from C libraries would land in it."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free fd: this one
+
+
+def main(argv: list[str] | None = None) -> int:
+    _reserve_std_fds()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_command(lambda: _parse_and_run(argv))
 
 
 if __name__ == "__main__":

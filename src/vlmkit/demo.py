@@ -27,11 +27,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from vlmkit import cli_types as T
 from vlmkit.data.synth import Scene, SynthConfig, all_examples, generate_scene
 from vlmkit.errors import ConfigError, ImageError
 from vlmkit.eval.detection import ImageBoxes, precision_recall
 from vlmkit.eval.text_metrics import normalize_vqa_answer
 from vlmkit.generation import SamplingConfig
+from vlmkit.outputs import atomic_folder
 from vlmkit.tasks.draw import draw_results
 from vlmkit.tasks.parsing import Box, clean_text, parse_detections
 
@@ -184,10 +186,12 @@ def _items(queries: list[_Query], texts: list[str], scenes: list[Scene]) -> list
 
 
 def run_demo(pipe, out_dir: str | Path, cfg: DemoConfig | None = None,
-             log: Callable[[str], None] = print) -> DemoResult:
+             log: Callable[[str], None] = print, overwrite: bool = True) -> DemoResult:
     """Render fresh scenes, ask `pipe` every task, print the answers, write index.html + grid.png.
 
-    `pipe` needs `generate_batch(prompts, images, sampling)` (a `vlmkit.pipeline.Pipeline`).
+    `pipe` needs `generate_batch(prompts, images, sampling)` (a `vlmkit.pipeline.Pipeline`). The two
+    files appear together (`vlmkit.outputs.atomic_folder`); a non-empty `out_dir` is refused unless
+    `overwrite`, and even then only those two files are replaced.
     """
     cfg = cfg or DemoConfig()
     seed = cfg.seed if cfg.seed is not None else fresh_seed()
@@ -202,16 +206,13 @@ def run_demo(pipe, out_dir: str | Path, cfg: DemoConfig | None = None,
     for line in format_items(items, scenes):
         log(line)
     out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ImageError(f"cannot create demo folder {out}: {e.strerror or e}") from None
     result = DemoResult(seed=seed, scenes=scenes, items=items, html_path=out / "index.html",
                         grid_path=out / "grid.png")
     panels = [_panel(sc, [it for it in items if it.scene == i], cfg.display_size, predicted=True)
               for i, sc in enumerate(scenes)]
-    _save(grid_image(panels, items, cfg.display_size), result.grid_path)
-    _write_text(result.html_path, render_html(result, cfg.display_size, str(folder or "")))
+    with atomic_folder(out, overwrite) as tmp:
+        _save(grid_image(panels, items, cfg.display_size), tmp / result.grid_path.name)
+        _write_text(tmp / result.html_path.name, render_html(result, cfg.display_size, str(folder or "")))
     summary = ", ".join(f"{t} {c}/{n}" for t, (c, n) in result.tally().items())
     log(f"correct: {summary}")
     log(f"wrote {result.html_path}\nwrote {result.grid_path}")
@@ -342,21 +343,26 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Render fresh synthetic scenes, run caption / VQA / detect / OCR on each, print the "
                           "answers next to the truth and write an HTML page and a PNG grid.")
     parser.add_argument("--model", help="checkpoint folder or bundled model name (default: the bundled model)")
-    parser.add_argument("--out", default="vlmkit-demo", help="output folder (default: ./vlmkit-demo)")
-    parser.add_argument("--num-scenes", type=int, default=4, help="scenes to render (default 4)")
-    parser.add_argument("--seed", type=int, help="scene seed (default: fresh from the clock, printed)")
-    parser.add_argument("--questions", type=int, default=3, help="VQA questions per scene (default 3)")
-    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--out", default="vlmkit-demo",
+                        help="output folder (default: ./vlmkit-demo; must be absent or empty unless --force)")
+    parser.add_argument("--force", action="store_true",
+                        help="write into a non-empty --out: index.html and grid.png are replaced, other files kept")
+    parser.add_argument("--num-scenes", type=T.positive_int, default=4, help="scenes to render (default 4)")
+    parser.add_argument("--seed", type=T.seed, help="scene seed (default: fresh from the clock, printed)")
+    parser.add_argument("--questions", type=T.non_negative_int, default=3, help="VQA questions per scene (default 3)")
+    parser.add_argument("--max-new-tokens", type=T.positive_int, default=48, help="generation budget per prompt (default 48)")
     parser.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", type=T.device, default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
 
 
 def run_demo_args(args: argparse.Namespace) -> int:
     """Run `vlmkit demo` for parsed `args`; returns the exit code (VlmkitError propagates)."""
+    from vlmkit.outputs import check_output_dir
     from vlmkit.pipeline import load
 
+    check_output_dir(args.out, args.force)  # before the model runs, not after
     cfg = DemoConfig(num_scenes=args.num_scenes, seed=args.seed, questions_per_scene=args.questions,
                      max_new_tokens=args.max_new_tokens)
     pipe = load(args.model, dtype=args.dtype, device=args.device)
-    run_demo(pipe, args.out, cfg)
+    run_demo(pipe, args.out, cfg, overwrite=args.force)
     return 0

@@ -36,3 +36,7 @@ class ParseError(VlmkitError):
 
 class DataError(VlmkitError):
     """A dataset, manifest or shard is unreadable or malformed."""
+
+
+class OutputError(VlmkitError):
+    """An output target would destroy existing data (non-empty folder, existing file) or is unwritable."""

@@ -8,7 +8,6 @@ about one image runs the vision tower once.
 """
 
 import hashlib
-import json
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ from vlmkit.data.processor import PaliGemmaProcessor
 from vlmkit.data.tokenizer import Tokenizer
 from vlmkit.errors import CheckpointError
 from vlmkit.generation import GenerationResult, SamplingConfig, StreamEvent, generate
+from vlmkit.validate import image_stats
 from vlmkit.weights.hf import load_hf, read_config
 from vlmkit.weights.registry import resolve_model
 
@@ -30,11 +30,7 @@ def _image_stats(folder: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
     path = folder / PREPROCESSOR_NAME
     if not path.is_file():
         return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-    try:
-        d = json.loads(path.read_text())
-    except ValueError as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e})") from None
-    return tuple(d.get("image_mean", (0.5,) * 3)), tuple(d.get("image_std", (0.5,) * 3))
+    return image_stats(path)  # checked: finite, one value or one per channel, std > 0
 
 
 def paligemma_processor(folder: Path, tokenizer: Tokenizer, cfg) -> PaliGemmaProcessor:

@@ -121,7 +121,8 @@ def test_help_snapshot():
     """`vlmkit generate --help` is a user-facing contract: options must not vanish silently."""
     text = build_parser()._subparsers._group_actions[0].choices["generate"].format_help()
     for opt in ("--model", "--image", "--prompt", "--task", "--objects", "--max-new-tokens", "--temperature",
-                "--top-p", "--top-k", "--seed", "--dtype", "--json", "--draw", "--stream", "--mask-vae"):
+                "--top-p", "--top-k", "--seed", "--dtype", "--json", "--draw", "--stream", "--mask-vae",
+                "--device", "--force", "--video", "--max-frames", "--frame-stride"):
         assert opt in text
 
 

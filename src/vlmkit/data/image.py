@@ -26,6 +26,8 @@ against `preprocess_images` (tests/unit/test_image.py):
 from __future__ import annotations
 
 import io
+import stat
+import warnings
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -38,6 +40,7 @@ from vlmkit.errors import ImageError
 ImageSource = Union[str, Path, bytes, Image.Image, np.ndarray]
 
 DEFAULT_MAX_PIXELS = 8192 * 8192
+DEFAULT_MAX_FILE_BYTES = 256 << 20  # no photo needs more; a bigger file is read whole otherwise
 FAST_MAX_LEVEL_DIFF = 2  # worst |torch uint8 resize - PIL| in uint8 levels, same pass order
 FAST_MEAN_LEVEL_DIFF = 0.5  # bound on the mean |difference| in uint8 levels, any shape
 
@@ -92,12 +95,15 @@ def _open_bytes(data: bytes, name: str, max_pixels: int) -> Image.Image:
     if not data:
         raise ImageError(f"image file {name} is empty")
     try:
-        image = Image.open(io.BytesIO(data))  # reads the header only
+        with warnings.catch_warnings():
+            # PIL only warns between its pixel limit and twice that; make it an error (one line).
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))  # reads the header only
         _check_pixels(image.width, image.height, name, max_pixels)
         image.load()
     except ImageError:
         raise
-    except Image.DecompressionBombError:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(f"image {name} is too large (PIL decompression-bomb limit)") from None
     except UnidentifiedImageError:
         raise ImageError(f"{name} is not an image or is in an unsupported format") from None
@@ -107,30 +113,39 @@ def _open_bytes(data: bytes, name: str, max_pixels: int) -> Image.Image:
     return image
 
 
-def _read_file(path: Path) -> bytes:
-    if not path.exists():
-        raise ImageError(f"image file {path} does not exist")
-    if path.is_dir():
-        raise ImageError(f"image path {path} is a directory, not a file")
+def _read_file(path: Path, max_bytes: int) -> bytes:
+    """The file's bytes; its size is checked first, so a multi-GB file is refused before any read."""
     try:
+        st = path.stat()
+        size = st.st_size
+        if stat.S_ISDIR(st.st_mode):
+            raise ImageError(f"image path {path} is a directory, not a file")
+        if not stat.S_ISREG(st.st_mode):  # /dev/zero, a FIFO: no size to check, reads never end
+            raise ImageError(f"image path {path} is not a regular file")
+        if size > max_bytes:
+            raise ImageError(f"image file {path} is too large: {size:,} bytes > max_bytes={max_bytes:,}")
         return path.read_bytes()
+    except FileNotFoundError:
+        raise ImageError(f"image file {path} does not exist") from None
     except OSError as exc:
         raise ImageError(f"cannot read image file {path} ({exc.strerror or type(exc).__name__})") from None
 
 
-def load_image(src: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_image(src: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Image.Image:
     """Load `src` as an RGB PIL image (EXIF orientation applied, alpha composited onto white).
 
     Args:
         src: a file path, encoded bytes (JPEG, PNG, WebP, ...), a PIL image, or a uint8 numpy
             array HxW / HxWxC with C in (1, 3, 4).
         max_pixels: refuse images with more pixels than this (decompression bombs, huge scans).
+        max_bytes: refuse image files larger than this, checked before reading.
     Raises:
         ImageError: missing/empty/unreadable file, not an image, unsupported format, truncated or
             corrupt data, too many pixels, or an array of the wrong dtype/shape.
     """
     if isinstance(src, (str, Path)):
-        image = _open_bytes(_read_file(Path(src)), str(src), max_pixels)
+        image = _open_bytes(_read_file(Path(src), max_bytes), str(src), max_pixels)
     elif isinstance(src, (bytes, bytearray, memoryview)):
         image = _open_bytes(bytes(src), f"<{len(src)} bytes>", max_pixels)
     elif isinstance(src, Image.Image):

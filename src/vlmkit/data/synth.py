@@ -44,6 +44,7 @@ from vlmkit.data.synth_scene import (
     generate_scene,
 )
 from vlmkit.errors import ConfigError
+from vlmkit.outputs import atomic_folder
 
 __all__ = [
     "COLORS", "SHAPES", "TASKS", "WORDS", "Example", "Scene", "SceneObject", "SceneWord",
@@ -74,7 +75,7 @@ def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def write_dataset(
     out_dir: str | Path, n_scenes: int, cfg: SynthConfig, *, shards: bool = False,
-    shard_size: int = 1000,
+    shard_size: int = 1000, overwrite: bool = True,
 ) -> Path:  # fmt: skip
     """Render `n_scenes` scenes and write them; byte-identical output for the same cfg.
 
@@ -82,11 +83,19 @@ def write_dataset(
     (``{"image": "images/NNNNNN.png", **example_row(...)}``); or, with `shards`, webdataset tars
     ``shards/shard-NNNNNN.tar`` of `shard_size` samples, one per example: ``{key}.png`` +
     ``{key}.json`` (the row). Both write ``info.json`` (config, per-task counts). Returns the
-    manifest path, or the shard folder.
+    manifest path, or the shard folder. The dataset appears whole or not at all
+    (`vlmkit.outputs.atomic_folder`): a non-empty `out_dir` is refused unless `overwrite`, and
+    even then only same-named files are replaced.
     """
     if n_scenes < 1 or shard_size < 1:
         raise ConfigError(f"n_scenes and shard_size must be >= 1, got {n_scenes}, {shard_size}")
-    out, counts, n = Path(out_dir), Counter(), 0
+    with atomic_folder(out_dir, overwrite) as tmp:
+        _write_into(tmp, n_scenes, cfg, shards, shard_size)
+    return Path(out_dir) / ("shards" if shards else "manifest.jsonl")
+
+
+def _write_into(out: Path, n_scenes: int, cfg: SynthConfig, shards: bool, shard_size: int) -> None:
+    counts, n = Counter(), 0
     (out / ("shards" if shards else "images")).mkdir(parents=True, exist_ok=True)
     manifest = None if shards else open(out / "manifest.jsonl", "w", encoding="utf-8")
     tar = None
@@ -114,7 +123,6 @@ def write_dataset(
                 f.close()
     info = {"config": asdict(cfg), "n_scenes": n_scenes, "counts": dict(sorted(counts.items()))}
     (out / "info.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
-    return out / "shards" if shards else out / "manifest.jsonl"
 
 
 def main(argv: list[str] | None = None) -> None:

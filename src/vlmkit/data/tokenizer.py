@@ -16,12 +16,12 @@ the PaliGemma processor places them itself.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Protocol, Sequence
 
 from vlmkit.errors import TokenizerError
+from vlmkit.validate import read_json_object
 
 IMAGE_TOKEN = "<image>"
 
@@ -128,15 +128,14 @@ def _named_tokens(folder: Path) -> dict[str, str]:
         path = folder / name
         if not path.is_file():
             continue
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise TokenizerError(f"cannot read {path}: {type(exc).__name__}") from None
+        data = read_json_object(path, TokenizerError)
         for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
             value = data.get(key)
             value = value.get("content") if isinstance(value, dict) else value
             if isinstance(value, str):
                 named[key] = value
+            elif value is not None:  # a number or list here would silently fall back to the default
+                raise TokenizerError(f"{path}: {key}: expected a token string, got {type(value).__name__}")
     return named
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vlmkit import cli_types as T
 from vlmkit.errors import ConfigError
-from vlmkit.eval.runner import EVAL_TASKS, evaluate, read_manifest, select_rows, write_report
+from vlmkit.eval.runner import EVAL_TASKS, evaluate, predictions_path, read_manifest, select_rows, write_report
+from vlmkit.outputs import check_output_file
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,13 +25,15 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="checkpoint folder or bundled model name (default: the bundled model)")
     parser.add_argument("--data", required=True, help="manifest.jsonl (rows with image, prefix, suffix, task)")
     parser.add_argument("--task", required=True, choices=EVAL_TASKS, help="which rows to evaluate")
-    parser.add_argument("--limit", type=int, help="evaluate only the first N examples")
-    parser.add_argument("--batch-size", type=int, default=16, help="rows per generation batch (default 16)")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="generation budget per row (default 64)")
+    parser.add_argument("--limit", type=T.positive_int, help="evaluate only the first N examples")
+    parser.add_argument("--batch-size", type=T.positive_int, default=16, help="rows per generation batch (default 16)")
+    parser.add_argument("--max-new-tokens", type=T.positive_int, default=64,
+                        help="generation budget per row (default 64)")
     parser.add_argument("--json", metavar="OUT.json",
                         help="write the summary here and per-example predictions to OUT.predictions.jsonl")
+    parser.add_argument("--force", action="store_true", help="replace existing --json output files")
     parser.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", type=T.device, default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
     parser.add_argument("--quiet", action="store_true", help="no progress line on stderr")
 
 
@@ -47,6 +51,9 @@ def run_eval_args(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {args.limit}")
+    if args.json:  # refuse existing outputs before hours of generation, not after
+        for path in (args.json, predictions_path(args.json)):
+            check_output_file(path, args.force)
     # Read and check the rows before loading the model, so a bad manifest fails fast.
     rows = select_rows(read_manifest(args.data), args.task, args.limit)
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens)

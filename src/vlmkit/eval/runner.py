@@ -39,6 +39,7 @@ from vlmkit.eval.detection import ImageBoxes, average_precision, precision_recal
 from vlmkit.eval.text_metrics import (bleu, character_error_rate, cider_d, exact_match,
                                       normalize_vqa_answer, vqa_accuracy)
 from vlmkit.generation import SamplingConfig
+from vlmkit.outputs import atomic_write_bytes
 from vlmkit.tasks.parsing import clean_text, parse_detections
 
 EVAL_TASKS = ("caption", "vqa", "detect", "ocr")
@@ -353,12 +354,10 @@ def write_report(report: EvalReport, json_path: str | Path) -> tuple[Path, Path]
     """Write the summary JSON and the per-example JSONL beside it; return both paths."""
     json_path = Path(json_path)
     jsonl = predictions_path(json_path)
-    try:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
-        with open(jsonl, "w", encoding="utf-8") as f:
-            for ex in report.examples:
-                f.write(json.dumps(ex, ensure_ascii=False) + "\n")
+    lines = "".join(json.dumps(ex, ensure_ascii=False) + "\n" for ex in report.examples)
+    try:  # each file appears whole or not at all
+        atomic_write_bytes(json_path, (json.dumps(report.to_json(), indent=2) + "\n").encode())
+        atomic_write_bytes(jsonl, lines.encode("utf-8"))
     except OSError as e:
         raise DataError(f"cannot write eval results to {json_path}: {e.strerror or e}") from None
     return json_path, jsonl

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from vlmkit import cli_types as T
 from vlmkit.data.datasets import ShuffledStream
 from vlmkit.data.tokenizer import Tokenizer
 from vlmkit.errors import ConfigError, VlmkitError
@@ -42,6 +43,7 @@ from vlmkit.models.coca.config import CocaConfig
 from vlmkit.models.coca.model import CoCa
 from vlmkit.models.common.init import init_weights
 from vlmkit.models.siglip.config import SiglipVisionConfig
+from vlmkit.outputs import check_output_dir
 from vlmkit.training.collate import build_small_tokenizer
 from vlmkit.training.config import OptimConfig
 from vlmkit.training.contrastive import (ContrastiveDataConfig, ContrastiveModelConfig, ContrastiveTrainConfig,
@@ -237,23 +239,27 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
     parser.add_argument("name", choices=["objectives"], help="experiment to run")
     parser.add_argument("--size", choices=sorted(SIZES), default="default",
                         help="model and budget (default: ~8-10 min on 2 CPU cores; small: ~1 min)")
-    parser.add_argument("--out", default="runs/objectives", help="output folder (table, results.json, PNG)")
+    parser.add_argument("--out", default="runs/objectives",
+                        help="output folder (table, results.json, PNG); must be absent or empty unless --force")
+    parser.add_argument("--force", action="store_true",
+                        help="write into a non-empty --out (its contrastive/, captioning/ and coca/ runs restart)")
     parser.add_argument("--data", default=",".join(SOURCES),
                         help="comma-separated data sources: synth, fashion (Fashion-MNIST needs "
                              "`sudo apt-get install dataset-fashion-mnist`)")
-    parser.add_argument("--seed", type=int, default=0, help="data, initialisation and order seed")
+    parser.add_argument("--seed", type=T.seed, default=0, help="data, initialisation and order seed")
     parser.add_argument("--fashion-root", help="folder with the Fashion-MNIST IDX files (default: Debian's)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for these sizes)")
+    parser.add_argument("--threads", type=T.positive_int, default=1, help="torch CPU threads (1 is fastest for these sizes)")
     return parser
 
 
 def run_experiment_args(args: argparse.Namespace) -> int:
     """Run a parsed `experiment` command: 0, or 2 after a one-line error."""
     try:
+        check_output_dir(args.out, args.force)
         run_objectives(args.size, args.out, tuple(d.strip() for d in args.data.split(",") if d.strip()),
                        args.seed, args.fashion_root, args.threads)
     except VlmkitError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"vlmkit: error: {e}", file=sys.stderr)
         return 2
     return 0
 

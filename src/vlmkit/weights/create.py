@@ -23,11 +23,14 @@ __all__ = ["TOKENIZER_FILES", "create_checkpoint", "preprocessor_config"]
 
 
 def create_checkpoint(out: str | Path, preset: str = "debug", seed: int = 0, texts=DEFAULT_CORPUS,
-                      tokenizer_dir: str | Path | None = None, family: str = "paligemma") -> Path:
+                      tokenizer_dir: str | Path | None = None, family: str = "paligemma",
+                      overwrite: bool = True) -> Path:
     """Write a random-weight `family` `preset` whose vocabulary matches its tokenizer.
 
     The tokenizer (for families with text) is `tokenizer_dir` if given, else a PaliGemma-layout
     tokenizer trained on `texts`. Unknown family or preset: one ConfigError line listing the choices.
+    A non-empty `out` is refused unless `overwrite`; files other than the checkpoint's own are never
+    removed (see `save_hf`).
     """
     spec = get_family(family)
     base = spec.preset(preset)
@@ -43,4 +46,4 @@ def create_checkpoint(out: str | Path, preset: str = "debug", seed: int = 0, tex
             pre = Path(tmp) / "preprocessor_config.json"
             pre.write_text(json.dumps(spec.preprocessor_config(cfg), indent=2))
             extra["preprocessor_config.json"] = pre
-        return save_hf(model, out, extra_files=extra)
+        return save_hf(model, out, extra_files=extra, overwrite=overwrite)

@@ -16,7 +16,8 @@ from vlmkit.errors import CheckpointError
 from vlmkit.models.registry import FamilySpec, family_for_model_type, family_of
 from vlmkit.weights.convert import convert_strict, rename
 from vlmkit.weights.dtype import resolve_dtype
-from vlmkit.weights.safetensors_io import SafetensorsReader, atomic_folder, write_state_dict
+from vlmkit.validate import build_config, cast_checked, read_json_object
+from vlmkit.weights.safetensors_io import INDEX_NAME, SafetensorsReader, atomic_folder, write_state_dict
 
 CONFIG_NAME = "config.json"
 # Buffers that some exports include but that we recompute.
@@ -27,14 +28,12 @@ def read_config(folder: str | Path) -> tuple[dict, FamilySpec]:
     """Read `config.json` and find its family; CheckpointError naming the problem otherwise."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise CheckpointError(f"checkpoint folder {folder} does not exist")
+        raise CheckpointError(f"{folder} is not a checkpoint folder" if folder.exists()
+                              else f"checkpoint folder {folder} does not exist")
     path = folder / CONFIG_NAME
-    try:
-        d = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{folder} has no {CONFIG_NAME}") from None
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e})") from None
+    if not path.is_file():
+        raise CheckpointError(f"{folder} has no {CONFIG_NAME}")
+    d = read_json_object(path)
     return d, family_for_model_type(d.get("model_type"), str(path))
 
 
@@ -47,10 +46,7 @@ def load_hf(folder: str | Path, dtype: str | torch.dtype | None = None, device="
         device: where the weights end up.
     """
     d, fam = read_config(folder)
-    try:
-        cfg = fam.config_from_hf(d)
-    except (ValueError, TypeError, KeyError) as e:
-        raise CheckpointError(f"{Path(folder) / CONFIG_NAME}: {e}") from None
+    cfg = build_config(fam.config_from_hf, d, Path(folder) / CONFIG_NAME)
     reader = SafetensorsReader(folder)
     dtype = resolve_dtype(dtype, device)
     with torch.device("meta"):
@@ -66,15 +62,18 @@ def load_state(reader, fam: FamilySpec, cfg, model: nn.Module, dtype: torch.dtyp
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     drop = [*_BUFFER_KEYS, *fam.dropped_keys(cfg)]
     return convert_strict(
-        original, lambda k: reader.get(original[k]).to(dtype), shapes, fam.table(cfg),
+        original, lambda k: cast_checked(reader.get(original[k]), dtype, original[k], what), shapes, fam.table(cfg),
         reverse=True, drop=drop, what=what,
     )
 
 
-def save_hf(model: nn.Module, folder: str | Path, max_shard_bytes: int = 4 << 30, extra_files=None) -> Path:
+def save_hf(model: nn.Module, folder: str | Path, max_shard_bytes: int = 4 << 30, extra_files=None,
+            overwrite: bool = True) -> Path:
     """Write `model` as a HF folder (config.json + safetensors) atomically, in the hub layout.
 
-    `extra_files` maps file names to source paths copied in (e.g. tokenizer files).
+    `extra_files` maps file names to source paths copied in (e.g. tokenizer files). A non-empty
+    `folder` is refused unless `overwrite`; then same-named files are replaced, others kept
+    (see `vlmkit.outputs.atomic_folder`).
     """
     fam = family_of(model)
     table = fam.table(model.cfg)
@@ -86,7 +85,7 @@ def save_hf(model: nn.Module, folder: str | Path, max_shard_bytes: int = 4 << 30
         tensors[fam.to_hub_name(name)] = tensor
     dtype = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
     config = {**fam.config_to_hf(model.cfg), "torch_dtype": dtype}
-    with atomic_folder(folder) as tmp:
+    with atomic_folder(folder, overwrite, stale=(INDEX_NAME,)) as tmp:
         write_state_dict(tensors, tmp, max_shard_bytes)
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))
         for name, src in (extra_files or {}).items():

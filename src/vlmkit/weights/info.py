@@ -5,8 +5,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vlmkit.errors import CheckpointError
-from vlmkit.weights.hf import CONFIG_NAME, read_config
+from vlmkit.validate import build_config
+from vlmkit.weights.hf import read_config
 from vlmkit.weights.registry import resolve_model
 from vlmkit.weights.safetensors_io import SafetensorsReader
 
@@ -31,10 +31,7 @@ def model_info(source: str | Path | None) -> dict:
     """
     folder = resolve_model(source)
     d, fam = read_config(folder)
-    try:
-        cfg = fam.config_from_hf(d)
-    except (ValueError, TypeError, KeyError) as e:
-        raise CheckpointError(f"{Path(folder) / CONFIG_NAME}: {e}") from None
+    cfg = build_config(fam.config_from_hf, d, folder / "config.json")
     with torch.device("meta"):
         model = fam.model_class(cfg)
     reader = SafetensorsReader(folder)

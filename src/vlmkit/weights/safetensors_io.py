@@ -1,13 +1,10 @@
 """Reading and writing safetensors checkpoints: single files, sharded folders, atomically.
 
-Only safetensors are read (never pickle). Tensors are read lazily one at a time from memory-mapped
+Only safetensors are read (never pickle); a shard index may only name files inside its folder. Tensors are read lazily one at a time from memory-mapped
 files, so loading a model needs about its own size in RAM, not twice that.
 """
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -16,6 +13,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from vlmkit.errors import CheckpointError
+from vlmkit.outputs import atomic_folder  # noqa: F401 - re-exported: checkpoints are written with it
+from vlmkit.validate import shard_index
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -40,14 +39,9 @@ class SafetensorsReader:
             raise CheckpointError(f"{folder} has no {SINGLE_NAME} or {INDEX_NAME}")
 
     def _read_index(self, path: Path) -> None:
-        try:
-            weight_map = json.loads(path.read_text())["weight_map"]
-        except (OSError, ValueError, KeyError) as e:
-            raise CheckpointError(f"{path} is not a valid safetensors index ({e})") from None
-        for key, shard in weight_map.items():
-            shard_path = self.folder / shard
+        for key, shard_path in shard_index(path, self.folder).items():
             if not shard_path.is_file():
-                raise CheckpointError(f"{path} lists shard {shard} which does not exist")
+                raise CheckpointError(f"{path} lists shard {shard_path.name} which does not exist")
             self._where[key] = shard_path
 
     def _open(self, path: Path):
@@ -68,34 +62,6 @@ class SafetensorsReader:
         """(shape, safetensors dtype name) of a tensor, read from the header without its data."""
         sl = self._open(self._where[key]).get_slice(key)
         return sl.get_shape(), sl.get_dtype()
-
-
-def atomic_folder(final: str | Path):
-    """Context manager yielding a temp folder beside `final`, renamed onto it only on success."""
-    return _AtomicFolder(Path(final))
-
-
-class _AtomicFolder:
-    def __init__(self, final: Path):
-        self.final = final
-
-    def __enter__(self) -> Path:
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.tmp-", dir=self.final.parent))
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return False
-        old = None
-        if self.final.exists():
-            old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
-            os.replace(self.final, old)
-        os.replace(self.tmp, self.final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return False
 
 
 def write_state_dict(

@@ -22,7 +22,7 @@ def config_from_hf(d: dict) -> CocaConfig:
     known = {f.name for f in fields(CocaConfig)}
     unknown = sorted(set(d) - known - {"model_type", "torch_dtype"})
     if unknown:
-        raise TypeError(f"unknown CoCa config fields {unknown}")
+        raise ValueError(f"unknown CoCa config fields {unknown}")
     values = {k: v for k, v in d.items() if k in known}
     return CocaConfig(**{**values, "vision": SiglipVisionConfig(**values.get("vision", {}))})
 

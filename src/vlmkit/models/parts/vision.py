@@ -11,7 +11,7 @@ class token). A list of layers concatenates their states on the channel axis, in
 CLIP tower; transformers drops it whatever the tower, and so do we), "full" keeps all.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -26,7 +26,8 @@ class FeatureSelect:
     """vision_feature_layer: one hidden-state index or a tuple of them (see the module doc).
     vision_feature_select_strategy: "default" drops the first token, "full" keeps it."""
 
-    vision_feature_layer: int | tuple[int, ...] = -2
+    # Negative indices count from the end, as in Python (metadata: the config checker allows them).
+    vision_feature_layer: int | tuple[int, ...] = field(default=-2, metadata={"signed": True})
     vision_feature_select_strategy: SelectStrategy = "default"
 
     def __post_init__(self):
