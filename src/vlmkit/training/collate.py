@@ -96,14 +96,17 @@ def manifest_texts(manifest: str | Path) -> list[str]:
             raise DataError(f"tar shards {manifest} have no text to train a tokenizer on")
         return texts
     texts = []
-    with open(manifest, encoding="utf-8") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict):
-                texts += [row[k] for k in ("prefix", "suffix") if isinstance(row.get(k), str)]
+    try:
+        lines = Path(manifest).read_bytes().splitlines()
+    except OSError as e:
+        raise DataError(f"cannot read manifest {manifest} ({e.strerror})") from None
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:  # also bad UTF-8: the dataset reports such rows by line
+            continue
+        if isinstance(row, dict):
+            texts += [row[k] for k in ("prefix", "suffix") if isinstance(row.get(k), str)]
     if not texts:
         raise DataError(f"manifest {manifest} has no text to train a tokenizer on")
     return texts

@@ -39,6 +39,7 @@ from vlmkit.training.collate import BatchStream, build_small_tokenizer, manifest
 from vlmkit.training.config import TrainConfig
 from vlmkit.training.freeze import apply_freeze
 from vlmkit.training.lora import apply_lora, merge_lora, save_lora
+from vlmkit.training.outdir import locked_run, trim_metrics
 from vlmkit.training.parallelize import DistInfo, barrier, init_distributed
 from vlmkit.training.recipes.finetune import finetune
 from vlmkit.training.recipes.multimodal import multimodal
@@ -181,9 +182,10 @@ def _exporter(cfg: TrainConfig, model_cfg: PaliGemmaConfig, tok_dir: Path) -> Ca
     return export
 
 
+@locked_run
 def run(cfg: TrainConfig, *, resume: bool = False, hooks: list[Hook] = ()) -> TrainResult:
-    """Train per `cfg` (see module docstring); under torchrun every rank calls this."""
-    cfg.validate()
+    """Train per `cfg` (see module docstring); under torchrun every rank calls this. `cfg.out_dir`
+    is locked for the run (a second run into it stops; see `vlmkit.training.outdir`)."""
     info = init_distributed(cfg.parallel)
     with _data(cfg, info) as (manifest, eval_manifest):
         folder = _source_folder(cfg.model.source)
@@ -204,7 +206,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, hooks: list[Hook] = ()) -> Tr
         eval_data = None
         if eval_manifest:
             eval_data = (JsonlDataset(eval_manifest, None, cfg.data.validate_images, max_len=cfg.data.max_length,
-                                      length_fn=length), processor)
+                                      length_fn=length, bad_rows=cfg.data.bad_rows), processor)
         torch.manual_seed(cfg.seed + info.rank)  # dropout differs per rank; init above is shared
         trainer = Trainer(cfg, model, batches, info, eval_data=eval_data, hooks=hooks,
                           export_fn=_exporter(cfg, model.cfg, tok_dir))
@@ -218,7 +220,7 @@ def _train_dataset(cfg: TrainConfig, manifest: str, length: Callable[[dict], int
     if is_shard_source(manifest):
         return TarShardDataset(manifest)
     return JsonlDataset(manifest, cfg.data.image_root, cfg.data.validate_images,
-                        max_len=cfg.data.max_length, length_fn=length)
+                        max_len=cfg.data.max_length, length_fn=length, bad_rows=cfg.data.bad_rows)
 
 
 def _start(trainer: Trainer, cfg: TrainConfig, info: DistInfo, resume: bool, dataset) -> None:
@@ -232,6 +234,7 @@ def _start(trainer: Trainer, cfg: TrainConfig, info: DistInfo, resume: bool, dat
             print(f"resumed from {found} at step {trainer.step}", flush=True)
     elif info.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        trim_metrics(trainer.logger.path, 0, 0)  # rows of an earlier attempt that left no checkpoint
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
         n_train = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         size = f"{len(dataset)} examples" if hasattr(dataset, "__len__") else "streamed tar shards"
