@@ -24,6 +24,7 @@ from vlmkit.data.datasets import JsonlDataset, ShuffledStream, is_shard_source, 
 from vlmkit.data.processor import PaliGemmaProcessor
 from vlmkit.data.tokenizer_train import train_paligemma_tokenizer
 from vlmkit.errors import DataError
+from vlmkit.weights.safetensors_io import atomic_folder
 
 BATCH_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels", "pixel_values")
 
@@ -118,4 +119,7 @@ def build_small_tokenizer(texts: list[str], out_dir: str | Path, vocab_size: int
     # Location / segmentation tokens are added by the PaliGemma layout; BPE merges of their
     # spelling ("<loc0") would only waste the small vocabulary.
     words = [w for w in (re.sub(r"<(loc\d{4}|seg\d{3})>", " ", t).strip() for t in texts) if w]
-    return train_paligemma_tokenizer(Path(out_dir), words, vocab_size)
+    # Atomic: a run killed while writing leaves no half folder that a resume would take as built.
+    with atomic_folder(out_dir) as tmp:
+        train_paligemma_tokenizer(tmp, words, vocab_size)
+    return Path(out_dir)

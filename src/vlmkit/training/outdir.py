@@ -7,10 +7,10 @@
   (SIGKILL included), so a lock left by a dead run is simply free: it is taken over, and said so.
   The file is never deleted (deleting a locked file lets two runs lock two different files), only
   emptied on a clean exit.
-- Leftovers. A run killed while writing a checkpoint or the export leaves the temp folder of
-  `atomic_folder` (``.step_000120.tmp-k3j2x9_a``, ``.export.tmp-...``) and maybe
-  ``checkpoints/.latest.tmp``; once the lock is held nobody else can be writing them, so they are
-  removed. Only names of exactly that pattern are touched.
+- Leftovers. A run killed while writing a checkpoint, the export or its tokenizer leaves the temp
+  folder of `atomic_folder` (``.step_000120.tmp-k3j2x9_a``, ``.export.tmp-...``) and maybe
+  ``checkpoints/.latest.tmp`` or ``.metrics.jsonl.tmp-PID``; once the lock is held nobody else can
+  be writing them, so they are removed. Only names of exactly these patterns are touched.
 - Metrics. Each checkpoint records the size of ``metrics.jsonl`` when it was written; a resume cuts
   the file back to that size (`trim_metrics`), so the replayed steps are not logged twice.
 """
@@ -34,9 +34,10 @@ from vlmkit.training.parallelize import DistInfo, gather_objects, init_distribut
 
 LOCK_NAME = ".vlmkit.lock"
 METRICS_NAME = "metrics.jsonl"
-# The temp / moved-aside names `atomic_folder` gives to checkpoint and export folders.
-STALE_DIR = re.compile(r"\.(step_\d+|export)\.(tmp|old)-[A-Za-z0-9_]+")
-STALE_FILE = ".latest.tmp"
+# The temp / moved-aside names `atomic_folder` gives to the folders a run writes, and the temp
+# files of `latest` (in checkpoints/) and of the metrics log (`trim_metrics`).
+STALE_DIR = re.compile(r"\.(step_\d+|export|tokenizer)\.(tmp|old)-[A-Za-z0-9_]+")
+STALE_FILE = re.compile(r"\.latest\.tmp|\.metrics\.jsonl\.tmp-\d+")
 
 
 def _note(message: str) -> None:
@@ -79,9 +80,13 @@ class RunLock:
         previous = os.pread(fd, 4096, 0)
         if previous.strip():
             _note(f"taking over the lock {self.path} left by a run that died ({_holder(fd)}, no longer running)")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode(), 0)
-        os.fsync(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode(), 0)
+            os.fsync(fd)
+        except OSError as e:  # e.g. a full disk
+            os.close(fd)
+            raise ConfigError(f"cannot write the lock {self.path} ({e.strerror})") from None
         self.fd = fd
 
     def release(self) -> None:
@@ -101,7 +106,7 @@ def remove_stale_temp(out: Path) -> list[Path]:
             if STALE_DIR.fullmatch(p.name) and p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p)
                 removed.append(p)
-            elif p.name == STALE_FILE and folder.name == "checkpoints" and p.is_file():
+            elif STALE_FILE.fullmatch(p.name) and p.is_file() and not p.is_symlink():
                 p.unlink()
                 removed.append(p)
     if removed:
@@ -119,6 +124,8 @@ def hold_run_folder(out: Path, info: DistInfo):
             remove_stale_temp(out)
         except ConfigError as e:
             error = str(e)
+        except OSError as e:  # a temp folder that cannot be removed
+            error = f"cannot clean {out} of an interrupted run's temp files ({e.strerror}: {e.filename})"
     error = gather_objects(error)[0]  # collective: the other ranks wait here for rank 0's outcome
     if error is not None:
         lock.release()
