@@ -225,6 +225,30 @@ def test_second_run_into_a_locked_folder_stops_naming_the_pid(tmp_path, capsys, 
         holder.join()
 
 
+@pytest.mark.distributed
+def test_locked_folder_under_torchrun_stops_every_rank(tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.is_file():
+        pytest.skip("torchrun not installed")
+    out = tmp_path / "out"
+    ctx = multiprocessing.get_context("fork")
+    ready, done = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(out, ready, done))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        cmd = [str(torchrun), "--nproc-per-node", "2", "-m", "vlmkit.training.cli", *argv("train", out)[1:]]
+        # Only rank 0 tries the lock; rank 1 learns the outcome from it instead of running on alone.
+        done_run = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(SRC)}, capture_output=True, text=True,
+                                  timeout=600)  # a hang guard, not a speed limit
+    finally:
+        done.set()
+        holder.join()
+    ours = [line for line in done_run.stderr.splitlines() if line.startswith("vlmkit:")]
+    assert len(ours) == 2 and all(f"in use by another training run (pid {holder.pid} on" in m for m in ours), ours
+    assert "exitcode  : 2" in done_run.stderr and sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
+
+
 def test_real_concurrent_run_then_its_stale_lock_is_taken_over(tmp_path, capsys):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(SRC)}
@@ -427,6 +451,12 @@ def test_resume_with_another_config_names_the_field(stopped, capsys, command, fl
     rc, _, err = call(argv(command, out, "--resume", *flags), capsys)
     assert_one_line_error(rc, err, "resume: checkpoint", "step_000002", message)
     assert tree(out) == before
+
+
+def test_resume_may_change_what_does_not_shape_the_model(stopped, capsys, reference):
+    rc, _, err = call(argv("train", stopped["train"], "--resume", "--log_every", "3", "--lora.dropout", "0.5"), capsys)
+    assert rc == 0, err
+    assert_same_as(reference["train"], stopped["train"])  # lora.dropout is unused with LoRA off
 
 
 def test_resume_of_an_older_checkpoint_names_the_parameter(stopped, capsys):

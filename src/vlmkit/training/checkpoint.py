@@ -8,11 +8,16 @@ to a temp folder and renamed, see `atomic_folder`):
                             (AdamW: step, exp_avg, exp_avg_sq)
     rng.safetensors         ``rank<r>/torch_cpu`` (uint8) and ``rank<r>/cuda`` per rank
     trainer_state.json      step, optimizer param groups (hyper-parameters, parameter names),
-                            each rank's data-stream position, the run config, loss history
+                            each rank's data-stream position, the run config, loss history,
+                            the model's architecture config and the size of metrics.jsonl
+                            (a resume refuses another architecture in one line naming the
+                            field, and cuts the metrics log back to that size)
 
 ``OUT/checkpoints/latest`` names the newest complete checkpoint. Optimizer state is keyed by
 parameter name (the format of torch.distributed.checkpoint.state_dict), so it does not depend
-on the parameter order, the strategy (none/DDP/FSDP) or the number of ranks.
+on the parameter order, the strategy (none/DDP/FSDP) or the number of ranks. A failed write
+(ENOSPC, EACCES, EROFS...) is a `CheckpointError` naming the cause and the path; the earlier
+checkpoints and `latest` stay as they were.
 """
 
 from __future__ import annotations
@@ -215,8 +220,18 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-# Run-config groups that decide which parameters exist and are trained: a resume must keep them.
-FIXED_RUN_GROUPS = ("lora", "freeze")
+# Run-config fields that decide which parameters exist, are trained and how the adapters scale:
+# a resume must keep them (`steps`, intervals, data, lr... may change; so may lora.dropout).
+FIXED_RUN_FIELDS = re.compile(r"freeze\..*|lora\.(enabled|rank|alpha|targets)")
+
+
+def _refuse_difference(path: Path, saved: dict, now: dict) -> None:
+    """CheckpointError naming the first field (dotted) whose value differs between two configs."""
+    saved, now = _flat(saved), _flat(json.loads(json.dumps(now)))  # tuples -> lists, as saved
+    for key in sorted(saved.keys() & now.keys()):  # a field added by a later version is no difference
+        if saved[key] != now[key]:
+            raise CheckpointError(f"resume: checkpoint {path} was trained with {key}={json.dumps(saved[key])}, "
+                                  f"this run has {json.dumps(now[key])}")
 
 
 def check_resumable(path: Path, state: dict, model_config: dict | None, run_config: dict,
@@ -224,20 +239,13 @@ def check_resumable(path: Path, state: dict, model_config: dict | None, run_conf
     """CheckpointError naming the first difference between checkpoint `path` and this run: the
     model's config (`model_config`, a dataclass as dict), the LoRA / freezing settings, then the
     parameter names and shapes (`shapes` this model's, `saved_shapes` the checkpoint's)."""
-    def differ(saved: dict, now: dict) -> None:
-        saved, now = _flat(saved), _flat(json.loads(json.dumps(now)))  # tuples -> lists, as saved
-        for key in sorted(saved.keys() & now.keys()):  # a field added by a later version is no difference
-            if saved[key] != now[key]:
-                raise CheckpointError(f"resume: checkpoint {path} was trained with {key}={json.dumps(saved[key])}, "
-                                      f"this run has {json.dumps(now[key])}")
     if isinstance(state.get("model_config"), dict) and model_config is not None:
-        differ(state["model_config"], model_config)
-    saved_run = state["config"]
-    differ({g: saved_run[g] for g in FIXED_RUN_GROUPS if isinstance(saved_run.get(g), dict)},
-           {g: run_config[g] for g in FIXED_RUN_GROUPS if isinstance(saved_run.get(g), dict) and g in run_config})
+        _refuse_difference(path, state["model_config"], model_config)
+    fixed = [{k: v for k, v in _flat(c).items() if FIXED_RUN_FIELDS.fullmatch(k)} for c in (state["config"], run_config)]
+    _refuse_difference(path, *fixed)
     for name in sorted(saved_shapes.keys() | shapes.keys()):
         old, new = saved_shapes.get(name), shapes.get(name)
         if old != new:
-            what = (f"has no parameter {name}" if old is None else f"has {name} of shape {list(old)}")
+            what = f"has no parameter {name}" if old is None else f"has {name} of shape {list(old)}"
             now = "this model has none" if new is None else f"this model's is {list(new)}"
             raise CheckpointError(f"resume: checkpoint {path} {what}, {now}")

@@ -19,7 +19,10 @@ same loss sequence and weights as an uninterrupted one. On another number of ran
 lost, or more GPUs) it continues with the same global batches, a map-style dataset's
 permutation being split among the new ranks from where the old ones stopped
 (`ShuffledStream.load_resplit_state`); the result equals the uninterrupted run up to float
-reduction order, except for per-rank random streams (dropout), which are reseeded.
+reduction order, except for per-rank random streams (dropout), which are reseeded. A checkpoint
+of another model (architecture, LoRA or freezing) is refused in one line naming the first field
+that differs, and metrics.jsonl is cut back to what was logged at the checkpoint, so the
+replayed steps appear once.
 """
 
 from __future__ import annotations

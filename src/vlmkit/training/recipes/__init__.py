@@ -8,10 +8,11 @@
 Each takes `smoke=True` for a seconds-long CPU run on the debug preset with synthetic data
 rendered into a temp dir (`data.synthetic_scenes`), which the tests run end to end.
 
-`run(cfg)` builds everything from the config, in this order: process group -> data (manifest
-or synthetic) -> tokenizer -> model (HF folder or preset; resolution change; LoRA; freezing) ->
-processor -> rank-split resumable batch stream -> `Trainer` (DDP/FSDP applied there) ->
-optional resume from the latest checkpoint -> fit -> export.
+`run(cfg)` builds everything from the config, in this order: process group -> the lock of
+`out_dir` (a second run into it stops; an interrupted run's temp folders are removed; see
+`vlmkit.training.outdir`) -> data (manifest or synthetic) -> tokenizer -> model (HF folder or
+preset; resolution change; LoRA; freezing) -> processor -> rank-split resumable batch stream ->
+`Trainer` (DDP/FSDP applied there) -> optional resume from the latest checkpoint -> fit -> export.
 """
 
 from __future__ import annotations
