@@ -12,6 +12,7 @@ Runs are the smoke recipes at 4 steps (about a second each).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
 import hashlib
@@ -205,24 +206,31 @@ def _hold_lock(out: Path, ready, done) -> None:
     os._exit(0)
 
 
-@pytest.mark.parametrize("command", sorted(COMMANDS))
-def test_second_run_into_a_locked_folder_stops_naming_the_pid(tmp_path, capsys, command):
-    out = tmp_path / "out"
+@contextlib.contextmanager
+def lock_held_elsewhere(out: Path):
+    """A forked child holds the lock of `out` for the block; yields its PID."""
     ctx = multiprocessing.get_context("fork")
     ready, done = ctx.Event(), ctx.Event()
     holder = ctx.Process(target=_hold_lock, args=(out, ready, done))
     holder.start()
     try:
         assert ready.wait(30)
+        yield holder.pid
+    finally:
+        done.set()
+        holder.join()
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_second_run_into_a_locked_folder_stops_naming_the_pid(tmp_path, capsys, command):
+    out = tmp_path / "out"
+    with lock_held_elsewhere(out) as pid:
         stale = out / "checkpoints" / ".step_000002.tmp-abcd1234"
         stale.mkdir(parents=True)  # the holder's own temp folder: must not be touched
         before = tree(tmp_path)
         rc, _, err = call(argv(command, out), capsys)
-        assert_one_line_error(rc, err, f"pid {holder.pid} on {socket.gethostname()}", "in use by another training run")
+        assert_one_line_error(rc, err, f"pid {pid} on {socket.gethostname()}", "in use by another training run")
         assert tree(tmp_path) == before and stale.is_dir()
-    finally:
-        done.set()
-        holder.join()
 
 
 @pytest.mark.distributed
@@ -231,22 +239,15 @@ def test_locked_folder_under_torchrun_stops_every_rank(tmp_path):
     if not torchrun.is_file():
         pytest.skip("torchrun not installed")
     out = tmp_path / "out"
-    ctx = multiprocessing.get_context("fork")
-    ready, done = ctx.Event(), ctx.Event()
-    holder = ctx.Process(target=_hold_lock, args=(out, ready, done))
-    holder.start()
-    try:
-        assert ready.wait(30)
-        cmd = [str(torchrun), "--nproc-per-node", "2", "-m", "vlmkit.training.cli", *argv("train", out)[1:]]
+    cmd = [str(torchrun), "--nproc-per-node", "2", "-m", "vlmkit.training.cli", *argv("train", out)[1:]]
+    with lock_held_elsewhere(out) as pid:
         # Only rank 0 tries the lock; rank 1 learns the outcome from it instead of running on alone.
-        done_run = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(SRC)}, capture_output=True, text=True,
-                                  timeout=600)  # a hang guard, not a speed limit
-    finally:
-        done.set()
-        holder.join()
-    ours = [line for line in done_run.stderr.splitlines() if line.startswith("vlmkit:")]
-    assert len(ours) == 2 and all(f"in use by another training run (pid {holder.pid} on" in m for m in ours), ours
-    assert "exitcode  : 2" in done_run.stderr and sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
+        result = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(SRC)}, capture_output=True, text=True,
+                                timeout=600)  # a hang guard, not a speed limit
+    # torchrun stops the other rank once one fails, so it may not get to print its own line.
+    ours = [line for line in result.stderr.splitlines() if "vlmkit:" in line]
+    assert 1 <= len(ours) <= 2 and all(f"in use by another training run (pid {pid} on" in m for m in ours), ours
+    assert "exitcode  : 2" in result.stderr and sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
 
 
 def test_real_concurrent_run_then_its_stale_lock_is_taken_over(tmp_path, capsys):
