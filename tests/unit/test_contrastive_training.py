@@ -157,7 +157,7 @@ def test_siglip_smoke_exports_a_strict_hf_folder_and_clamps_temperature(tmp_path
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["clip", "--smoke", "--out", str(tmp_path), "--optim.lrr", "1"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: unknown config key 'optim.lrr'") and err.count("\n") == 1
+    assert err.startswith("vlmkit: error: unknown config key 'optim.lrr'") and err.count("\n") == 1
     assert main(["siglip", "--smoke", "--out", str(tmp_path), "--model.caption_weight", "1"]) == 2
     assert "model.caption_weight does not apply to siglip" in capsys.readouterr().err
     assert siglip().data.batch_size == 1024  # the full recipe is a real pretraining config

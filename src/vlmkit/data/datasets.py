@@ -50,20 +50,20 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def _row_problem(row: object, max_len: int | None, length_fn: Callable[[dict], int]) -> str | None:
-    """Reason a parsed row is unusable (before looking at images), or None."""
+def _row_problem(row: object, max_len: int | None, length_fn: Callable[[dict], int]) -> tuple[str, str] | None:
+    """(skip reason, what is wrong) of a parsed row (before looking at images), or None."""
     if not isinstance(row, dict):
-        return "bad_json"
-    img, prefix, suffix = row.get("image"), row.get("prefix"), row.get("suffix")
-    images_ok = isinstance(img, str) or (
-        isinstance(img, list) and img and all(isinstance(p, str) for p in img)
-    )
-    if not images_ok or not isinstance(prefix, str) or not isinstance(suffix, str):
-        return "missing_field"
-    if not suffix.strip():
-        return "empty_suffix"
+        return "bad_json", "is not valid JSON" if row is None else f"is not a JSON object (got {type(row).__name__})"
+    img = row.get("image")
+    if not (isinstance(img, str) or (isinstance(img, list) and img and all(isinstance(p, str) for p in img))):
+        return "missing_field", f'needs "image" as a path or a list of paths, got {json.dumps(img)[:40]}'
+    for key in ("prefix", "suffix"):
+        if not isinstance(row.get(key), str):
+            return "missing_field", f'needs "{key}" as a string, got {json.dumps(row.get(key))[:40]}'
+    if not row["suffix"].strip():
+        return "empty_suffix", 'has an empty "suffix"'
     if max_len is not None and length_fn(row) > max_len:
-        return "too_long"
+        return "too_long", f"is longer than max_len={max_len}"
     return None
 
 
@@ -76,31 +76,41 @@ class JsonlDataset(torch.utils.data.Dataset):
     the manifest's folder).
 
     With `validate`, every image is decoded once at construction (cached per path), so a bad
-    file is skipped here instead of crashing a training step; without it only the JSON is
+    file is found here instead of crashing a training step; without it only the JSON is
     checked and a bad image raises `ImageError` when its row is read. `max_len` drops rows whose
     `length_fn(row)` (default: characters of prefix + suffix; pass a token count to be exact)
-    exceeds it. Skip reasons: bad_json, missing_field, empty_suffix, too_long, missing_image,
-    unreadable_image. Raises `DataError` if the manifest is missing or no row is usable.
+    exceeds it. Other bad rows raise a `DataError` naming the file and line with
+    ``bad_rows="error"``; with ``"skip"`` (the default) they are skipped and counted by reason in
+    `.skipped` (bad_json, missing_field, empty_suffix, too_long, missing_image, unreadable_image),
+    `.first_bad` naming the first one. Raises `DataError` if the manifest is missing or no row is
+    usable.
     """
 
     def __init__(
         self, manifest: str | Path, image_root: str | Path | None = None, validate: bool = True,
-        *, max_len: int | None = None, length_fn: Callable[[dict], int] | None = None,
+        *, max_len: int | None = None, length_fn: Callable[[dict], int] | None = None, bad_rows: str = "skip",
     ) -> None:  # fmt: skip
         self.manifest = Path(manifest)
         if not self.manifest.is_file():
             raise DataError(f"manifest {self.manifest} does not exist")
+        if bad_rows not in ("skip", "error"):
+            raise ConfigError(f"bad_rows must be 'skip' or 'error', got {bad_rows!r}")
         self.image_root = Path(image_root) if image_root is not None else self.manifest.parent
         self.length_fn = length_fn or _char_length
         self.rows: list[dict] = []
         self.skipped: Counter = Counter()
-        self._read(validate, max_len)
+        self.first_bad: str | None = None  # "manifest:line what is wrong" of the first skipped row
+        self._read(validate, max_len, strict=bad_rows == "error")
 
-    def _read(self, validate: bool, max_len: int | None) -> None:
-        image_ok: dict[Path, str | None] = {}  # path -> skip reason (None = fine), decoded once
+    def _read(self, validate: bool, max_len: int | None, strict: bool) -> None:
+        image_ok: dict[Path, tuple[str, str] | None] = {}  # path -> problem (None = fine), decoded once
         total = 0
-        with open(self.manifest, "rb") as f:  # bytes: a line of bad UTF-8 is one bad row
-            for line in f:
+        try:
+            f = open(self.manifest, "rb")  # bytes: a line of bad UTF-8 is one bad row
+        except OSError as e:
+            raise DataError(f"cannot read manifest {self.manifest} ({e.strerror})") from None
+        with f:
+            for n, line in enumerate(f, 1):
                 if not line.strip():
                     continue  # blank lines (e.g. a trailing newline) are not rows
                 total += 1
@@ -108,22 +118,26 @@ class JsonlDataset(torch.utils.data.Dataset):
                     row = json.loads(line)
                 except ValueError:  # JSONDecodeError and UnicodeDecodeError
                     row = None
-                reason = _row_problem(row, max_len, self.length_fn)
-                if reason is None and validate:
+                problem = _row_problem(row, max_len, self.length_fn)
+                if problem is None and validate:
                     for p in self._paths(row):
                         if p not in image_ok:
                             image_ok[p] = self._check_image(p)
-                        reason = reason or image_ok[p]
-                if reason is None:
+                        problem = problem or image_ok[p]
+                if problem is None:
                     self.rows.append(row)
-                else:
-                    self.skipped[reason] += 1
+                    continue
+                where = f"{self.manifest}:{n} {problem[1]}"
+                if strict and problem[0] != "too_long":  # too_long is the max_len filter, not an error
+                    raise DataError(f"{where} (pass --data.bad_rows skip to skip bad rows)")
+                self.skipped[problem[0]] += 1
+                self.first_bad = self.first_bad or where
         if self.skipped:
             n = sum(self.skipped.values())
-            log.warning("%s: skipped %d of %d rows (%s)", self.manifest, n, total,
-                        _summary(self.skipped))  # fmt: skip
+            log.warning("%s: skipped %d of %d rows (%s; first: %s)", self.manifest, n, total,
+                        _summary(self.skipped), self.first_bad)  # fmt: skip
         if not self.rows:
-            why = _summary(self.skipped)
+            why = f"{_summary(self.skipped)}; first: {self.first_bad}" if self.skipped else "it is empty"
             raise DataError(f"manifest {self.manifest} has no usable rows ({why})")
 
     def _paths(self, row: dict) -> list[Path]:
@@ -131,13 +145,13 @@ class JsonlDataset(torch.utils.data.Dataset):
         return [self.image_root / p for p in images]  # absolute p stays absolute under `/`
 
     @staticmethod
-    def _check_image(path: Path) -> str | None:
+    def _check_image(path: Path) -> tuple[str, str] | None:
         if not path.is_file():
-            return "missing_image"
+            return "missing_image", f"names image {path}, which does not exist"
         try:
             load_image(path)
-        except ImageError:
-            return "unreadable_image"
+        except ImageError as e:
+            return "unreadable_image", f"names image {path}, which cannot be read ({e})"
         return None
 
     def __len__(self) -> int:

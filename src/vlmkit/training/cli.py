@@ -93,8 +93,8 @@ def run_parsed(make_config, run_fn, args: argparse.Namespace, extra: list[str] |
     try:
         cfg = make_config(args, extra if extra is not None else getattr(args, "overrides", []) or [])
         result = run_fn(cfg, resume=args.resume)
-    except VlmkitError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except VlmkitError as e:  # the same one line as `vlmkit.cli.main` prints
+        print(f"vlmkit: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     finally:
         shutdown_distributed()

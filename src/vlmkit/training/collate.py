@@ -24,6 +24,7 @@ from vlmkit.data.datasets import JsonlDataset, ShuffledStream, is_shard_source, 
 from vlmkit.data.processor import PaliGemmaProcessor
 from vlmkit.data.tokenizer_train import train_paligemma_tokenizer
 from vlmkit.errors import DataError
+from vlmkit.weights.safetensors_io import atomic_folder
 
 BATCH_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels", "pixel_values")
 
@@ -96,14 +97,17 @@ def manifest_texts(manifest: str | Path) -> list[str]:
             raise DataError(f"tar shards {manifest} have no text to train a tokenizer on")
         return texts
     texts = []
-    with open(manifest, encoding="utf-8") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict):
-                texts += [row[k] for k in ("prefix", "suffix") if isinstance(row.get(k), str)]
+    try:
+        lines = Path(manifest).read_bytes().splitlines()
+    except OSError as e:
+        raise DataError(f"cannot read manifest {manifest} ({e.strerror})") from None
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:  # also bad UTF-8: the dataset reports such rows by line
+            continue
+        if isinstance(row, dict):
+            texts += [row[k] for k in ("prefix", "suffix") if isinstance(row.get(k), str)]
     if not texts:
         raise DataError(f"manifest {manifest} has no text to train a tokenizer on")
     return texts
@@ -115,4 +119,7 @@ def build_small_tokenizer(texts: list[str], out_dir: str | Path, vocab_size: int
     # Location / segmentation tokens are added by the PaliGemma layout; BPE merges of their
     # spelling ("<loc0") would only waste the small vocabulary.
     words = [w for w in (re.sub(r"<(loc\d{4}|seg\d{3})>", " ", t).strip() for t in texts) if w]
-    return train_paligemma_tokenizer(Path(out_dir), words, vocab_size)
+    # Atomic: a run killed while writing leaves no half folder that a resume would take as built.
+    with atomic_folder(out_dir) as tmp:
+        train_paligemma_tokenizer(tmp, words, vocab_size)
+    return Path(out_dir)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -53,6 +55,9 @@ class DataConfig:
     max_length: int | None = None  # rows with more tokens (image tokens included) are skipped
     shuffle_seed: int = 0
     validate_images: bool = True
+    # A bad manifest row (not a JSON object, a field of the wrong type, a missing or unreadable
+    # image): "error" stops with one line naming file and line; "skip" skips and counts it.
+    bad_rows: Literal["error", "skip"] = "error"
     synthetic_scenes: int = 0  # > 0 and no manifest: render this many synthetic scenes to a temp dir
     synthetic_seed: int = 0
     # > 0 (with synthetic_scenes): also render this many scenes that each show a word and give one
@@ -146,13 +151,9 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ConfigError on values that would fail later in a less readable way."""
+        check_run_fields(self)
         checks = [
-            (self.steps > 0, f"steps must be > 0, got {self.steps}"),
-            (self.optim.lr > 0, f"optim.lr must be > 0, got {self.optim.lr}"),
-            (0 <= self.optim.warmup_steps <= self.steps, "optim.warmup_steps must be in [0, steps]"),
-            (0.0 <= self.optim.min_lr_ratio <= 1.0, "optim.min_lr_ratio must be in [0, 1]"),
             (self.lora.rank > 0 and 0.0 <= self.lora.dropout < 1.0, "lora.rank must be > 0, lora.dropout in [0, 1)"),
-            (self.log_every > 0 and self.keep_checkpoints > 0, "log_every and keep_checkpoints must be > 0"),
             (self.data.manifest or self.data.synthetic_scenes > 0, "data.manifest is required (--data)"),
             (self.data.synthetic_ocr_scenes >= 0, "data.synthetic_ocr_scenes must be >= 0"),
             (not (self.data.manifest and self.data.synthetic_ocr_scenes),
@@ -162,9 +163,60 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        for pattern in self.lora.targets:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ConfigError(f"lora.targets: {pattern!r} is not a regular expression ({e})") from None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- range checks
+
+# (field, lowest value, lowest allowed too?, what it means) checked on every trainer's config by
+# `check_run_fields`; fields a config lacks are skipped, None passes for Optional fields.
+RUN_FIELD_RULES = (
+    ("steps", 1, True, ""), ("stop_after", 1, True, ""), ("seed", 0, True, ""),
+    ("log_every", 1, True, ""), ("eval_every", 0, True, " (0 = only at the end)"),
+    ("ckpt_every", 0, True, " (0 = only at the end)"), ("eval_batches", 1, True, ""),
+    ("keep_checkpoints", 1, True, ""), ("data.batch_size", 1, True, ""), ("data.grad_accum", 1, True, ""),
+    ("data.shuffle_seed", 0, True, ""), ("data.synthetic_scenes", 0, True, ""), ("data.max_length", 1, True, ""),
+    ("optim.lr", 0, False, ""), ("optim.weight_decay", 0, True, ""), ("optim.eps", 0, False, ""),
+    ("optim.warmup_steps", 0, True, ""), ("optim.grad_clip", 0, False, " (none = no clipping)"),
+    ("optim.min_lr_ratio", 0, True, ""), ("lora.alpha", 0, False, ""),
+)
+
+
+def _field(cfg: Any, dotted: str) -> Any:
+    for name in dotted.split("."):
+        cfg = getattr(cfg, name, _MISSING)
+    return cfg
+
+
+_MISSING = object()
+
+
+def check_run_fields(cfg: Any) -> None:
+    """ConfigError naming the first field of `RUN_FIELD_RULES` out of range (or not finite), then the
+    fields bounded by others: warm-up <= steps, min_lr_ratio <= 1, betas in [0, 1), seeds < 2**63."""
+    for key, low, inclusive, meaning in RUN_FIELD_RULES:
+        value = _field(cfg, key)
+        if value is _MISSING or value is None:
+            continue
+        ok = isinstance(value, (int, float)) and math.isfinite(value) and (value >= low if inclusive else value > low)
+        if not ok:
+            raise ConfigError(f"{key} must be {'>=' if inclusive else '>'} {low}{meaning}, got {value!r}")
+    uppers = [("optim.warmup_steps", cfg.steps, "steps"), ("optim.min_lr_ratio", 1, "1"),
+              ("seed", 2**63 - 1, "2**63 - 1"), ("data.shuffle_seed", 2**63 - 1, "2**63 - 1")]
+    for key, high, name in uppers:
+        value = _field(cfg, key)
+        if value is not _MISSING and value > high:
+            raise ConfigError(f"{key} must be <= {name}, got {value!r}")
+    betas = _field(cfg, "optim.betas")
+    if betas is not _MISSING and not all(math.isfinite(b) and 0.0 <= b < 1.0 for b in betas):
+        raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {list(betas)}")
 
 
 # --------------------------------------------------------------------------- overrides
@@ -188,7 +240,12 @@ def _convert(value: str, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be one of {list(args)}, got {value!r}")
         return value
     if origin is tuple:
-        items = json.loads(value) if value.startswith("[") else [v for v in value.split(",") if v]
+        try:
+            items = json.loads(value) if value.lstrip().startswith("[") else [v for v in value.split(",") if v]
+        except ValueError as e:
+            raise ConfigError(f"--{key}: {value!r} is not a valid JSON list ({e.msg} at character {e.pos})") from None
+        if not isinstance(items, list):
+            raise ConfigError(f"--{key}: {value!r} is not a list")
         inner = args[:1] * len(items) if len(args) == 2 and args[1] is Ellipsis else args
         if len(inner) != len(items):
             raise ConfigError(f"{key} needs {len(inner)} comma-separated values, got {value!r}")

@@ -53,7 +53,7 @@ from vlmkit.data.tokenizer import Tokenizer
 from vlmkit.errors import ConfigError, DataError
 from vlmkit.models.registry import families
 from vlmkit.training.collate import BatchStream
-from vlmkit.training.config import OptimConfig, ParallelConfig, Precision, split_batch
+from vlmkit.training.config import OptimConfig, ParallelConfig, Precision, check_run_fields, split_batch
 from vlmkit.training.losses import image_text_loss
 from vlmkit.training.optim import lr_factor, set_lr
 from vlmkit.training.parallelize import DistInfo, all_reduce_sum, clip_grad_norm, grad_sync, parallelize
@@ -114,6 +114,7 @@ class ContrastiveTrainConfig:
         return split_batch(self.data.batch_size, self.data.grad_accum, world_size)
 
     def validate(self) -> None:
+        check_run_fields(self)
         checks = [
             (self.steps > 0 and self.optim.lr > 0, "steps and optim.lr must be > 0"),
             (0 <= self.optim.warmup_steps <= self.steps, "optim.warmup_steps must be in [0, steps]"),

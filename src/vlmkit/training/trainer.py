@@ -19,11 +19,15 @@ same loss sequence and weights as an uninterrupted one. On another number of ran
 lost, or more GPUs) it continues with the same global batches, a map-style dataset's
 permutation being split among the new ranks from where the old ones stopped
 (`ShuffledStream.load_resplit_state`); the result equals the uninterrupted run up to float
-reduction order, except for per-rank random streams (dropout), which are reseeded.
+reduction order, except for per-rank random streams (dropout), which are reseeded. A checkpoint
+of another model (architecture, LoRA or freezing) is refused in one line naming the first field
+that differs, and metrics.jsonl is cut back to what was logged at the checkpoint, so the
+replayed steps appear once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -38,11 +42,12 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from vlmkit.data.processor import IGNORE_INDEX
-from vlmkit.errors import ConfigError, VlmkitError
+from vlmkit.errors import CheckpointError, ConfigError, VlmkitError
 from vlmkit.training import checkpoint as ckpt
 from vlmkit.training.collate import BatchStream, eval_batches
 from vlmkit.training.config import TrainConfig
 from vlmkit.training.optim import build_optimizer, lr_factor, set_lr
+from vlmkit.training.outdir import trim_metrics
 from vlmkit.training.parallelize import (DistInfo, all_reduce_sum, barrier, clip_grad_norm, gather_objects,
                                          grad_sync, parallelize)
 
@@ -102,6 +107,10 @@ class MetricLogger:
             except ImportError:  # tensorboard is optional
                 self.tb = None
 
+    def size(self) -> int:
+        """Bytes logged so far (recorded in each checkpoint; a resume cuts the log back to it)."""
+        return self.path.stat().st_size if self.enabled and self.path.is_file() else 0
+
     def log(self, step: int, metrics: dict, line: str | None = None) -> None:
         if not self.enabled:
             return
@@ -113,6 +122,12 @@ class MetricLogger:
                     self.tb.add_scalar(k, v, step)
         if line:
             print(line, flush=True)
+
+
+def _model_config(model: nn.Module) -> dict | None:
+    """The model's architecture config as a dict (saved in checkpoints, compared on resume)."""
+    cfg = getattr(model, "cfg", None)
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else None
 
 
 def _eta(seconds: float) -> str:
@@ -273,7 +288,8 @@ class Trainer:
         root = self.out / "checkpoints"
         if self.info.is_main:
             state = {"data": data, "losses": self.losses, "config": self.cfg.to_dict(),
-                     "scaler": self.scaler.state_dict(), "world_size": self.info.world_size}
+                     "scaler": self.scaler.state_dict(), "world_size": self.info.world_size,
+                     "model_config": _model_config(self.model), "metrics_bytes": self.logger.size()}
             ckpt.save_checkpoint(root, self.step, {k.removeprefix("model."): v for k, v in msd.items()}, osd,
                                  rngs, state, keep=self.cfg.keep_checkpoints)
         barrier()
@@ -281,7 +297,10 @@ class Trainer:
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore weights, optimizer, step, RNG and data position from checkpoint `path`."""
-        msd, osd, rngs, state = ckpt.load_checkpoint(path)
+        msd, osd, rngs, state = ckpt.load_checkpoint(path, required=ckpt.TRAINER_KEYS)
+        ckpt.check_resumable(Path(path), state, _model_config(self.model), self.cfg.to_dict(),
+                             {k: tuple(v.shape) for k, v in self.model.state_dict().items()},
+                             {k: tuple(v.shape) for k, v in msd.items()})
         saved_world, rank, step = int(state.get("world_size", 1)), self.info.rank, int(state["step"])
         if saved_world == self.info.world_size:
             self.batches.load_state_dict(state["data"][rank])
@@ -293,10 +312,16 @@ class Trainer:
             if self.info.is_main:
                 print(f"{path} was written by {saved_world} rank(s), this run has {self.info.world_size}: the data "
                       f"continues at the same global sample; random streams are reseeded", flush=True)
-        set_state_dict(self.root, self.optimizer, model_state_dict={f"model.{k}": v for k, v in msd.items()},
-                       optim_state_dict=osd, options=self._sd_options)
-        self.scaler.load_state_dict(state["scaler"])
+        try:
+            set_state_dict(self.root, self.optimizer, model_state_dict={f"model.{k}": v for k, v in msd.items()},
+                           optim_state_dict=osd, options=self._sd_options)
+            self.scaler.load_state_dict(state["scaler"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:  # names and shapes were checked above
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"resume: cannot restore {path}: {first}") from None
         self.step, self.losses = step, list(state["losses"])
+        if self.info.is_main:  # the steps after this checkpoint are replayed: log them once
+            trim_metrics(self.logger.path, state.get("metrics_bytes"), step)
 
     def export(self) -> Path | None:
         """Gather the full model and let rank 0 write it with `export_fn` (collective)."""

@@ -8,10 +8,11 @@
 Each takes `smoke=True` for a seconds-long CPU run on the debug preset with synthetic data
 rendered into a temp dir (`data.synthetic_scenes`), which the tests run end to end.
 
-`run(cfg)` builds everything from the config, in this order: process group -> data (manifest
-or synthetic) -> tokenizer -> model (HF folder or preset; resolution change; LoRA; freezing) ->
-processor -> rank-split resumable batch stream -> `Trainer` (DDP/FSDP applied there) ->
-optional resume from the latest checkpoint -> fit -> export.
+`run(cfg)` builds everything from the config, in this order: process group -> the lock of
+`out_dir` (a second run into it stops; an interrupted run's temp folders are removed; see
+`vlmkit.training.outdir`) -> data (manifest or synthetic) -> tokenizer -> model (HF folder or
+preset; resolution change; LoRA; freezing) -> processor -> rank-split resumable batch stream ->
+`Trainer` (DDP/FSDP applied there) -> optional resume from the latest checkpoint -> fit -> export.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from vlmkit.training.collate import BatchStream, build_small_tokenizer, manifest
 from vlmkit.training.config import TrainConfig
 from vlmkit.training.freeze import apply_freeze
 from vlmkit.training.lora import apply_lora, merge_lora, save_lora
+from vlmkit.training.outdir import locked_run, trim_metrics
 from vlmkit.training.parallelize import DistInfo, barrier, init_distributed
 from vlmkit.training.recipes.finetune import finetune
 from vlmkit.training.recipes.multimodal import multimodal
@@ -184,9 +186,10 @@ def _exporter(cfg: TrainConfig, model_cfg: PaliGemmaConfig, tok_dir: Path) -> Ca
     return export
 
 
+@locked_run
 def run(cfg: TrainConfig, *, resume: bool = False, hooks: list[Hook] = ()) -> TrainResult:
-    """Train per `cfg` (see module docstring); under torchrun every rank calls this."""
-    cfg.validate()
+    """Train per `cfg` (see module docstring); under torchrun every rank calls this. `cfg.out_dir`
+    is locked for the run (a second run into it stops; see `vlmkit.training.outdir`)."""
     info = init_distributed(cfg.parallel)
     with _data(cfg, info) as (manifest, eval_manifest):
         folder = _source_folder(cfg.model.source)
@@ -207,7 +210,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, hooks: list[Hook] = ()) -> Tr
         eval_data = None
         if eval_manifest:
             eval_data = (JsonlDataset(eval_manifest, None, cfg.data.validate_images, max_len=cfg.data.max_length,
-                                      length_fn=length), processor)
+                                      length_fn=length, bad_rows=cfg.data.bad_rows), processor)
         torch.manual_seed(cfg.seed + info.rank)  # dropout differs per rank; init above is shared
         trainer = Trainer(cfg, model, batches, info, eval_data=eval_data, hooks=hooks,
                           export_fn=_exporter(cfg, model.cfg, tok_dir))
@@ -221,7 +224,7 @@ def _train_dataset(cfg: TrainConfig, manifest: str, length: Callable[[dict], int
     if is_shard_source(manifest):
         return TarShardDataset(manifest)
     return JsonlDataset(manifest, cfg.data.image_root, cfg.data.validate_images,
-                        max_len=cfg.data.max_length, length_fn=length)
+                        max_len=cfg.data.max_length, length_fn=length, bad_rows=cfg.data.bad_rows)
 
 
 def _start(trainer: Trainer, cfg: TrainConfig, info: DistInfo, resume: bool, dataset) -> None:
@@ -235,6 +238,7 @@ def _start(trainer: Trainer, cfg: TrainConfig, info: DistInfo, resume: bool, dat
             print(f"resumed from {found} at step {trainer.step}", flush=True)
     elif info.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        trim_metrics(trainer.logger.path, 0, 0)  # rows of an earlier attempt that left no checkpoint
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
         n_train = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         size = f"{len(dataset)} examples" if hasattr(dataset, "__len__") else "streamed tar shards"

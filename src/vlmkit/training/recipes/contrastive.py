@@ -41,6 +41,7 @@ from vlmkit.training.collate import build_small_tokenizer
 from vlmkit.training.config import OptimConfig
 from vlmkit.training.contrastive import (ContrastiveDataConfig, ContrastiveModelConfig, ContrastiveTrainConfig,
                                          ContrastiveTrainer, PairBatches, text_vocab_size)
+from vlmkit.training.outdir import locked_run
 from vlmkit.training.parallelize import DistInfo, barrier, init_distributed
 from vlmkit.training.trainer import Hook, TrainResult
 from vlmkit.weights.create import TOKENIZER_FILES
@@ -117,8 +118,8 @@ class ManifestPairs(torch.utils.data.Dataset):
         root = Path(image_root) if image_root else Path(manifest).parent
         try:
             lines = Path(manifest).read_text(encoding="utf-8").splitlines()
-        except OSError as e:
-            raise DataError(f"cannot read manifest {manifest} ({e.strerror})") from None
+        except (OSError, UnicodeDecodeError) as e:  # bad UTF-8 is a ValueError
+            raise DataError(f"cannot read manifest {manifest} ({getattr(e, 'strerror', None) or e})") from None
         for n, line in enumerate(lines, 1):
             try:
                 row = json.loads(line) if line.strip() else None
@@ -126,9 +127,13 @@ class ManifestPairs(torch.utils.data.Dataset):
                 raise DataError(f"{manifest}:{n} is not JSON") from None
             if row is None:
                 continue
+            if not isinstance(row, dict):
+                raise DataError(f"{manifest}:{n} is not a JSON object")
             text = next((row[k] for k in ("caption", "text", "suffix") if isinstance(row.get(k), str)), None)
             if not isinstance(row.get("image"), str) or text is None:
                 raise DataError(f"{manifest}:{n} needs an \"image\" path and a \"caption\"")
+            if not (root / row["image"]).is_file():
+                raise DataError(f"{manifest}:{n} names image {root / row['image']}, which does not exist")
             self.rows.append((root / row["image"], text))
         if not self.rows:
             raise DataError(f"manifest {manifest} has no rows")
@@ -278,6 +283,7 @@ def retrieval_hook(pairs, tok: Tokenizer, limit: int = 256) -> Hook:
 # --------------------------------------------------------------------------- run
 
 
+@locked_run
 def run_contrastive(cfg: ContrastiveTrainConfig, *, resume: bool = False, hooks: list[Hook] = ()) -> TrainResult:
     """Train per `cfg`: process group -> model config -> data -> tokenizer -> model -> stream ->
     `ContrastiveTrainer` (DDP/FSDP there) -> optional resume -> fit (retrieval eval) -> export.
