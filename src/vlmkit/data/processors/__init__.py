@@ -1,0 +1,9 @@
+"""Type C processors (LLaVA, LLaVA-NeXT, Idefics3/SmolVLM, InternVL): prompts + images -> model inputs,
+identical to transformers' processors (PIL image backends)."""
+
+from vlmkit.data.processors.common import PromptTokenizer, read_processor_files
+from vlmkit.data.processors.llava import ClipImageConfig, LlavaProcessor, LlavaProcessorConfig
+from vlmkit.data.processors.llava_next import LlavaNextProcessor, LlavaNextProcessorConfig
+
+__all__ = ["ClipImageConfig", "LlavaNextProcessor", "LlavaNextProcessorConfig", "LlavaProcessor",
+           "LlavaProcessorConfig", "PromptTokenizer", "read_processor_files"]

@@ -1,0 +1,155 @@
+"""Type C processors vs transformers' own (PIL image backends), on folders saved by transformers.
+
+For each family a transformers processor (tiny sizes) is saved with `save_pretrained`; vlmkit's
+processor is read back from that folder. input_ids / attention_mask must be equal, pixel_values
+bit-identical (torch.equal: both resize uint8 images with PIL and use the same float arithmetic),
+and the family's extra outputs (image_sizes, pixel_attention_mask, num_patches) equal.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vlmkit.errors import DataError
+
+transformers = pytest.importorskip("transformers")
+
+FAMILY_TOKENS = (["<fake_token_around_image>", "<global-img>", "<end_of_utterance>", "<img>", "</img>",
+                  "<IMG_CONTEXT>", "<video>"]
+                 + [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)])
+INTERNVL_TOKENS = {"start_image_token": "<img>", "end_image_token": "</img>",
+                   "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"}
+
+
+@pytest.fixture(scope="module")
+def family_tokenizer_dir(tmp_path_factory, paligemma_tokenizer_dir):
+    """The test vocabulary + every family's image tokens, BOS added by the post-processor (as Llama's)."""
+    from tokenizers import Tokenizer, processors
+
+    tok = Tokenizer.from_file(str(paligemma_tokenizer_dir / "tokenizer.json"))
+    tok.add_special_tokens(FAMILY_TOKENS)
+    bos = tok.token_to_id("<bos>")
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A <bos> $B",
+                                                       special_tokens=[("<bos>", bos)])
+    out = tmp_path_factory.mktemp("family_tokenizer")
+    tok.save(str(out / "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<bos>", "eos_token": "<eos>",
+              "pad_token": "<pad>", "unk_token": "<unk>", "extra_special_tokens": INTERNVL_TOKENS}
+    (out / "tokenizer_config.json").write_text(json.dumps(config))
+    return out
+
+
+@pytest.fixture(scope="module")
+def hf_tokenizer(family_tokenizer_dir):
+    return transformers.AutoTokenizer.from_pretrained(str(family_tokenizer_dir))
+
+
+@pytest.fixture
+def images(rng_image):
+    """RGB, RGBA, L, tiny and very wide / very tall images."""
+    return {"rgb": rng_image(50, 75, seed=1), "rgba": rng_image(90, 60, "RGBA", seed=2),
+            "gray": rng_image(40, 90, "L", seed=3), "tiny": rng_image(3, 5, seed=4),
+            "wide": rng_image(12, 200, seed=5), "tall": rng_image(150, 20, seed=6)}
+
+
+def _save(hf_processor, tmp_path):
+    hf_processor.save_pretrained(str(tmp_path))
+    return tmp_path
+
+
+def _assert_equal(ours: dict, theirs, keys) -> None:
+    for key in keys:
+        expected = theirs[key]
+        expected = torch.as_tensor(expected) if not isinstance(expected, torch.Tensor) else expected
+        assert ours[key].dtype == expected.dtype, key
+        assert ours[key].shape == expected.shape, (key, ours[key].shape, expected.shape)
+        assert torch.equal(ours[key], expected), key
+
+
+# ---- LLaVA 1.5: CLIP shortest-edge resize + centre crop ----------------------------------------------
+
+
+@pytest.fixture
+def llava(hf_tokenizer, tmp_path):
+    from transformers import CLIPImageProcessorPil
+    from transformers import LlavaProcessor as HFLlava
+
+    from vlmkit.data.processors import LlavaProcessor
+
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    theirs = HFLlava(image_processor=image_processor, tokenizer=hf_tokenizer, patch_size=8,
+                     vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    return LlavaProcessor.from_folder(_save(theirs, tmp_path)), theirs
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_llava_parity(llava, images, padding_side):
+    ours, theirs = llava
+    prompts = ["USER: <image>\nWhat is this? ASSISTANT:", "<image> and <image><image>: compare", "no image"]
+    flat = [images["rgb"], images["rgba"], images["gray"], images["wide"]]
+    expected = theirs(text=prompts, images=flat, padding="longest", padding_side=padding_side,
+                      return_tensors="pt")
+    got = ours(prompts, flat, padding_side=padding_side)
+    _assert_equal(got, expected, ["input_ids", "attention_mask", "pixel_values"])
+    assert (got["input_ids"] == ours.image_token_id).sum() == 4 * 16  # (32 / 8)^2 + 1 - 1 per image
+
+
+def test_llava_pixels_every_mode(llava, images):
+    ours, theirs = llava
+    for name, image in images.items():
+        expected = theirs.image_processor(image, return_tensors="pt")["pixel_values"]
+        assert torch.equal(ours.pixel_values([image]), expected), name
+
+
+def test_placeholder_count_errors(llava, images):
+    ours, _ = llava
+    with pytest.raises(DataError, match=r"got 2 image\(s\) but the prompts hold 1 <image> placeholder"):
+        ours(["<image> hi"], [images["rgb"], images["gray"]])
+    with pytest.raises(DataError, match=r"got 0 image\(s\) but the prompts hold 1"):
+        ours("<image> hi")
+    with pytest.raises(DataError, match=r"prompt 1 holds 1 <image> placeholder\(s\) but got 2"):
+        ours(["<image> a", "<image> b"], [[images["rgb"]], [images["rgb"], images["rgb"]]])
+
+
+# ---- LLaVA-NeXT: anyres tiles + base image, unpadding, image_newline ---------------------------------
+
+
+@pytest.fixture
+def llava_next(hf_tokenizer, tmp_path):
+    from transformers import LlavaNextImageProcessorPil
+    from transformers import LlavaNextProcessor as HFLlavaNext
+
+    from vlmkit.data.processors import LlavaNextProcessor
+
+    pinpoints = [[32, 64], [64, 32], [64, 64], [96, 32], [32, 96]]
+    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                                 image_grid_pinpoints=pinpoints)
+    theirs = HFLlavaNext(image_processor=image_processor, tokenizer=hf_tokenizer, patch_size=8,
+                         vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    return LlavaNextProcessor.from_folder(_save(theirs, tmp_path)), theirs
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_llava_next_parity(llava_next, images, padding_side):
+    ours, theirs = llava_next
+    prompts = ["[INST] <image>\nWhat is this? [/INST]", "<image><image> compare <image>", "<image>"]
+    flat = [images["rgb"], images["wide"], images["tall"], images["gray"], images["rgba"]]
+    expected = theirs(text=prompts, images=flat, padding="longest", padding_side=padding_side,
+                      return_tensors="pt")
+    got = ours(prompts, flat, padding_side=padding_side)
+    _assert_equal(got, expected, ["input_ids", "attention_mask", "pixel_values", "image_sizes"])
+    assert got["pixel_values"].shape[1] > 2  # really tiled
+
+
+def test_llava_next_token_counts(llava_next, images):
+    """Tokens per image (base + unpadded tiles + one newline per row) equal transformers' expansion."""
+    ours, theirs = llava_next
+    for name, image in images.items():
+        expected = theirs(text="<image>", images=[image], return_tensors="pt")
+        got = ours("<image>", [image])
+        n_expected = int((expected["input_ids"] == ours.image_token_id).sum())
+        assert int((got["input_ids"] == ours.image_token_id).sum()) == n_expected, name
+        assert torch.equal(got["pixel_values"], expected["pixel_values"]), name
