@@ -153,3 +153,86 @@ def test_llava_next_token_counts(llava_next, images):
         n_expected = int((expected["input_ids"] == ours.image_token_id).sum())
         assert int((got["input_ids"] == ours.image_token_id).sum()) == n_expected, name
         assert torch.equal(got["pixel_values"], expected["pixel_values"]), name
+
+
+# ---- Idefics3 / SmolVLM: longest-edge resize, N x M tiles + global image -----------------------------
+
+
+def _idefics3_image_processor(cls_name="Idefics3ImageProcessorPil", **kw):
+    cls = getattr(transformers, cls_name)
+    return cls(size={"longest_edge": 96}, max_image_size={"longest_edge": 32}, **kw)
+
+
+@pytest.fixture
+def idefics3(hf_tokenizer, tmp_path):
+    from vlmkit.data.processors import Idefics3Processor
+
+    theirs = transformers.Idefics3Processor(image_processor=_idefics3_image_processor(), tokenizer=hf_tokenizer,
+                                            image_seq_len=4)
+    return Idefics3Processor.from_folder(_save(theirs, tmp_path)), theirs
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_idefics3_parity(idefics3, images, padding_side):
+    ours, theirs = idefics3
+    prompts = ["<|im_start|>User:<image>What is this?<end_of_utterance>\nAssistant:",
+               "<image> vs <image><image>", "text only"]
+    groups = [[images["rgb"]], [images["wide"], images["tiny"], images["rgba"]], []]
+    expected = theirs(text=prompts, images=groups, padding="longest", padding_side=padding_side,
+                      return_tensors="pt")
+    got = ours(prompts, groups, padding_side=padding_side)
+    _assert_equal(got, expected, ["input_ids", "attention_mask", "pixel_values", "pixel_attention_mask"])
+    text = ours.tokenizer.tok.decode(got["input_ids"][0].tolist(), skip_special_tokens=False)
+    assert "<row_2_col_3>" in text and "\n\n<fake_token_around_image><global-img>" in text
+
+
+def test_idefics3_every_mode_and_no_splitting(idefics3, images, hf_tokenizer, tmp_path):
+    from vlmkit.data.processors import Idefics3Processor
+
+    ours, theirs = idefics3
+    for name, image in images.items():
+        expected = theirs(text="<image>", images=[image], return_tensors="pt")
+        _assert_equal(ours("<image>", [image]), expected, ["input_ids", "pixel_values", "pixel_attention_mask"])
+    flat = transformers.Idefics3Processor(image_processor=_idefics3_image_processor(do_image_splitting=False),
+                                          tokenizer=hf_tokenizer, image_seq_len=3)
+    ours_flat = Idefics3Processor.from_folder(_save(flat, tmp_path / "flat"))
+    expected = flat(text=["<image> a", "<image><image> b"], images=[images["tall"], images["gray"], images["rgb"]],
+                    padding="longest", return_tensors="pt")
+    got = ours_flat(["<image> a", "<image><image> b"], [images["tall"], images["gray"], images["rgb"]])
+    _assert_equal(got, expected, ["input_ids", "attention_mask", "pixel_values", "pixel_attention_mask"])
+
+
+def test_smolvlm_processor_parity(hf_tokenizer, images, tmp_path, monkeypatch):
+    """SmolVLM's processor (same image maths and strings) against the same vlmkit processor.
+
+    Its video slot would import torchvision's video processor, which cannot load here: the class
+    check of the (absent) video processor is skipped; images never touch it."""
+    pytest.importorskip("num2words")
+    from vlmkit.data.processors import Idefics3Processor
+
+    monkeypatch.setattr(transformers.SmolVLMProcessor, "check_argument_for_proper_class", lambda *a: None)
+    image_processor = _idefics3_image_processor("SmolVLMImageProcessorPil")
+    theirs = transformers.SmolVLMProcessor(image_processor=image_processor, tokenizer=hf_tokenizer,
+                                           video_processor=None, image_seq_len=4)
+    # the older checkpoint layout: preprocessor_config.json + a flat processor_config.json
+    image_processor.save_pretrained(str(tmp_path))
+    hf_tokenizer.save_pretrained(str(tmp_path))
+    (tmp_path / "processor_config.json").write_text(json.dumps({"image_seq_len": 4}))
+    ours = Idefics3Processor.from_folder(tmp_path)
+    prompts = ["User:<image>Describe.<end_of_utterance>\nAssistant:", "<image><image>"]
+    groups = [[images["tall"]], [images["rgb"], images["wide"]]]
+    expected = theirs(text=prompts, images=groups, padding="longest", return_tensors="pt")
+    _assert_equal(ours(prompts, groups), expected, ["input_ids", "attention_mask", "pixel_values",
+                                                  "pixel_attention_mask"])
+
+
+def test_idefics3_too_many_tiles(hf_tokenizer, images, tmp_path):
+    from vlmkit.data.processors import Idefics3Processor
+
+    big = transformers.Idefics3Processor(
+        image_processor=transformers.Idefics3ImageProcessorPil(size={"longest_edge": 8 * 16},
+                                                               max_image_size={"longest_edge": 16}),
+        tokenizer=hf_tokenizer, image_seq_len=2)
+    ours = Idefics3Processor.from_folder(_save(big, tmp_path))
+    with pytest.raises(DataError, match=r"image 0 splits into 1x8 tiles but the tokenizer has no <row_1_col_8>"):
+        ours("<image>", [images["wide"]])

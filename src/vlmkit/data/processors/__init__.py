@@ -2,8 +2,9 @@
 identical to transformers' processors (PIL image backends)."""
 
 from vlmkit.data.processors.common import PromptTokenizer, read_processor_files
+from vlmkit.data.processors.idefics3 import Idefics3Processor, Idefics3ProcessorConfig
 from vlmkit.data.processors.llava import ClipImageConfig, LlavaProcessor, LlavaProcessorConfig
 from vlmkit.data.processors.llava_next import LlavaNextProcessor, LlavaNextProcessorConfig
 
-__all__ = ["ClipImageConfig", "LlavaNextProcessor", "LlavaNextProcessorConfig", "LlavaProcessor",
+__all__ = ["ClipImageConfig", "Idefics3Processor", "Idefics3ProcessorConfig", "LlavaNextProcessor", "LlavaNextProcessorConfig", "LlavaProcessor",
            "LlavaProcessorConfig", "PromptTokenizer", "read_processor_files"]
