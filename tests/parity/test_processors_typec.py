@@ -236,3 +236,50 @@ def test_idefics3_too_many_tiles(hf_tokenizer, images, tmp_path):
     ours = Idefics3Processor.from_folder(_save(big, tmp_path))
     with pytest.raises(DataError, match=r"image 0 splits into 1x8 tiles but the tokenizer has no <row_1_col_8>"):
         ours("<image>", [images["wide"]])
+
+
+# ---- InternVL: dynamic tiling with thumbnail (GotOcr2 crop-to-patches) -------------------------------
+
+
+@pytest.fixture
+def internvl(hf_tokenizer, tmp_path, monkeypatch):
+    """InternVLProcessor without its (torchvision) video processor; folder in the preprocessor_config layout."""
+    from vlmkit.data.processors import InternVLProcessor
+
+    monkeypatch.setattr(transformers.InternVLProcessor, "check_argument_for_proper_class", lambda *a: None)
+    image_processor = transformers.GotOcr2ImageProcessorPil(size={"height": 16, "width": 16}, max_patches=6,
+                                                            image_mean=[0.485, 0.456, 0.406],
+                                                            image_std=[0.229, 0.224, 0.225])
+    theirs = transformers.InternVLProcessor(image_processor=image_processor, tokenizer=hf_tokenizer,
+                                            video_processor=None, image_seq_length=2)
+    image_processor.save_pretrained(str(tmp_path))
+    hf_tokenizer.save_pretrained(str(tmp_path))
+    (tmp_path / "processor_config.json").write_text(json.dumps({"image_seq_length": 2}))
+    return InternVLProcessor.from_folder(tmp_path), theirs
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_internvl_parity(internvl, images, padding_side):
+    ours, theirs = internvl
+    prompts = ["<|im_start|>user\n<IMG_CONTEXT>\nWhat is this?<|im_end|>\n<|im_start|>assistant\n",
+               "<IMG_CONTEXT>\n<IMG_CONTEXT>\ncompare", "no image here"]
+    flat = [images["rgb"], images["wide"], images["gray"]]
+    expected = theirs(text=prompts, images=flat, padding="longest", padding_side=padding_side,
+                      return_tensors="pt")
+    got = ours(prompts, flat, padding_side=padding_side)
+    _assert_equal(got, expected, ["input_ids", "attention_mask", "pixel_values"])
+    processed = theirs.image_processor(flat, crop_to_patches=True, return_tensors="pt")
+    assert got["num_patches"].tolist() == list(processed["num_patches"])
+    assert got["num_patches"].tolist()[1] > 2  # the wide image is tiled (+ thumbnail)
+
+
+def test_internvl_every_mode_and_left_default(internvl, images):
+    ours, theirs = internvl
+    for name, image in images.items():
+        expected = theirs(text="<IMG_CONTEXT>", images=[image], return_tensors="pt")
+        _assert_equal(ours("<IMG_CONTEXT>", [image]), expected, ["input_ids", "pixel_values"])
+    expected = theirs(text=["<IMG_CONTEXT> a", "b"], images=[images["tall"]], padding="longest",
+                      return_tensors="pt")
+    got = ours(["<IMG_CONTEXT> a", "b"], [images["tall"]])
+    _assert_equal(got, expected, ["input_ids", "attention_mask"])
+    assert got["attention_mask"][1, 0] == 0  # left padded, as InternVLProcessor
