@@ -18,7 +18,7 @@ from vlmkit.errors import DataError
 transformers = pytest.importorskip("transformers")
 
 FAMILY_TOKENS = (["<fake_token_around_image>", "<global-img>", "<end_of_utterance>", "<img>", "</img>",
-                  "<IMG_CONTEXT>", "<video>"]
+                  "<IMG_CONTEXT>", "<video>", "<image_placeholder>"]
                  + [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)])
 INTERNVL_TOKENS = {"start_image_token": "<img>", "end_image_token": "</img>",
                    "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"}
@@ -283,3 +283,39 @@ def test_internvl_every_mode_and_left_default(internvl, images):
     got = ours(["<IMG_CONTEXT> a", "b"], [images["tall"]])
     _assert_equal(got, expected, ["input_ids", "attention_mask"])
     assert got["attention_mask"][1, 0] == 0  # left padded, as InternVLProcessor
+
+
+# ---- DeepSeek-VL: longest-side resize + pad to a square with the mean colour -------------------------
+
+
+@pytest.fixture
+def deepseek_vl(family_tokenizer_dir, tmp_path):
+    """DeepseekVLProcessor reads its placeholder from the tokenizer's extra special "image_token".
+
+    do_convert_rgb=True: transformers' default keeps RGBA / L as 4 / 1 channels and then fails to pad
+    them with the 3-channel mean colour; vlmkit always converts to RGB first."""
+    import shutil
+
+    from vlmkit.data.processors import DeepseekVLProcessor
+
+    tok_dir = tmp_path / "tok"
+    shutil.copytree(family_tokenizer_dir, tok_dir)
+    config = json.loads((tok_dir / "tokenizer_config.json").read_text())
+    config["extra_special_tokens"] = {"image_token": "<image_placeholder>"}
+    (tok_dir / "tokenizer_config.json").write_text(json.dumps(config))
+    image_processor = transformers.DeepseekVLImageProcessorPil(size={"height": 24, "width": 24}, min_size=4,
+                                                                 do_convert_rgb=True)
+    theirs = transformers.DeepseekVLProcessor(image_processor=image_processor, num_image_tokens=9,
+                                              tokenizer=transformers.AutoTokenizer.from_pretrained(str(tok_dir)))
+    return DeepseekVLProcessor.from_folder(_save(theirs, tmp_path / "proc")), theirs
+
+
+def test_deepseek_vl_parity(deepseek_vl, images):
+    ours, theirs = deepseek_vl
+    prompts = ["User: <image_placeholder>Describe it.\n\nAssistant:", "<image_placeholder><image_placeholder>"]
+    flat = [images["wide"], images["rgba"], images["tiny"]]
+    expected = theirs(text=prompts, images=flat, padding="longest", return_tensors="pt")
+    _assert_equal(ours(prompts, flat), expected, ["input_ids", "attention_mask", "pixel_values"])
+    for name, image in images.items():
+        expected = theirs.image_processor(image, return_tensors="pt")["pixel_values"]
+        assert torch.equal(ours.pixel_values([image]), expected), name
