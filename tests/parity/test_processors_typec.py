@@ -60,6 +60,16 @@ def _save(hf_processor, tmp_path):
     return tmp_path
 
 
+def _batch_parity(pair, prompts, images, keys, padding_side=None) -> dict:
+    """Run both processors on one padded batch; assert `keys` equal; return ours."""
+    ours, theirs = pair
+    side = {} if padding_side is None else {"padding_side": padding_side}
+    expected = theirs(text=prompts, images=images, padding="longest", return_tensors="pt", **side)
+    got = ours(prompts, images, **side)
+    _assert_equal(got, expected, keys)
+    return got
+
+
 def _assert_equal(ours: dict, theirs, keys) -> None:
     for key in keys:
         expected = theirs[key]
@@ -72,29 +82,28 @@ def _assert_equal(ours: dict, theirs, keys) -> None:
 # ---- LLaVA 1.5: CLIP shortest-edge resize + centre crop ----------------------------------------------
 
 
+def _llava_pair(family: str, image_processor, hf_tokenizer, tmp_path):
+    """(ours, theirs) for LlavaProcessor / LlavaNextProcessor: 8-px patches, CLIP's class token dropped."""
+    from vlmkit.data import processors
+
+    theirs = getattr(transformers, family)(image_processor=image_processor, tokenizer=hf_tokenizer, patch_size=8,
+                                           vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    return getattr(processors, family).from_folder(_save(theirs, tmp_path)), theirs
+
+
 @pytest.fixture
 def llava(hf_tokenizer, tmp_path):
-    from transformers import CLIPImageProcessorPil
-    from transformers import LlavaProcessor as HFLlava
-
-    from vlmkit.data.processors import LlavaProcessor
-
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    theirs = HFLlava(image_processor=image_processor, tokenizer=hf_tokenizer, patch_size=8,
-                     vision_feature_select_strategy="default", num_additional_image_tokens=1)
-    return LlavaProcessor.from_folder(_save(theirs, tmp_path)), theirs
+    image_processor = transformers.CLIPImageProcessorPil(size={"shortest_edge": 32},
+                                                         crop_size={"height": 32, "width": 32})
+    return _llava_pair("LlavaProcessor", image_processor, hf_tokenizer, tmp_path)
 
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 def test_llava_parity(llava, images, padding_side):
-    ours, theirs = llava
     prompts = ["USER: <image>\nWhat is this? ASSISTANT:", "<image> and <image><image>: compare", "no image"]
     flat = [images["rgb"], images["rgba"], images["gray"], images["wide"]]
-    expected = theirs(text=prompts, images=flat, padding="longest", padding_side=padding_side,
-                      return_tensors="pt")
-    got = ours(prompts, flat, padding_side=padding_side)
-    _assert_equal(got, expected, ["input_ids", "attention_mask", "pixel_values"])
-    assert (got["input_ids"] == ours.image_token_id).sum() == 4 * 16  # (32 / 8)^2 + 1 - 1 per image
+    got = _batch_parity(llava, prompts, flat, ["input_ids", "attention_mask", "pixel_values"], padding_side)
+    assert (got["input_ids"] == llava[0].image_token_id).sum() == 4 * 16  # (32 / 8)^2 + 1 - 1 per image
 
 
 def test_llava_pixels_every_mode(llava, images):
@@ -119,28 +128,19 @@ def test_placeholder_count_errors(llava, images):
 
 @pytest.fixture
 def llava_next(hf_tokenizer, tmp_path):
-    from transformers import LlavaNextImageProcessorPil
-    from transformers import LlavaNextProcessor as HFLlavaNext
-
-    from vlmkit.data.processors import LlavaNextProcessor
-
     pinpoints = [[32, 64], [64, 32], [64, 64], [96, 32], [32, 96]]
-    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
-                                                 image_grid_pinpoints=pinpoints)
-    theirs = HFLlavaNext(image_processor=image_processor, tokenizer=hf_tokenizer, patch_size=8,
-                         vision_feature_select_strategy="default", num_additional_image_tokens=1)
-    return LlavaNextProcessor.from_folder(_save(theirs, tmp_path)), theirs
+    image_processor = transformers.LlavaNextImageProcessorPil(size={"shortest_edge": 32},
+                                                              crop_size={"height": 32, "width": 32},
+                                                              image_grid_pinpoints=pinpoints)
+    return _llava_pair("LlavaNextProcessor", image_processor, hf_tokenizer, tmp_path)
 
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 def test_llava_next_parity(llava_next, images, padding_side):
-    ours, theirs = llava_next
     prompts = ["[INST] <image>\nWhat is this? [/INST]", "<image><image> compare <image>", "<image>"]
     flat = [images["rgb"], images["wide"], images["tall"], images["gray"], images["rgba"]]
-    expected = theirs(text=prompts, images=flat, padding="longest", padding_side=padding_side,
-                      return_tensors="pt")
-    got = ours(prompts, flat, padding_side=padding_side)
-    _assert_equal(got, expected, ["input_ids", "attention_mask", "pixel_values", "image_sizes"])
+    got = _batch_parity(llava_next, prompts, flat, ["input_ids", "attention_mask", "pixel_values", "image_sizes"],
+                        padding_side)
     assert got["pixel_values"].shape[1] > 2  # really tiled
 
 
@@ -156,6 +156,9 @@ def test_llava_next_token_counts(llava_next, images):
 
 
 # ---- Idefics3 / SmolVLM: longest-edge resize, N x M tiles + global image -----------------------------
+
+
+IDEFICS3_KEYS = ["input_ids", "attention_mask", "pixel_values", "pixel_attention_mask"]
 
 
 def _idefics3_image_processor(cls_name="Idefics3ImageProcessorPil", **kw):
@@ -174,15 +177,11 @@ def idefics3(hf_tokenizer, tmp_path):
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 def test_idefics3_parity(idefics3, images, padding_side):
-    ours, theirs = idefics3
     prompts = ["<|im_start|>User:<image>What is this?<end_of_utterance>\nAssistant:",
                "<image> vs <image><image>", "text only"]
     groups = [[images["rgb"]], [images["wide"], images["tiny"], images["rgba"]], []]
-    expected = theirs(text=prompts, images=groups, padding="longest", padding_side=padding_side,
-                      return_tensors="pt")
-    got = ours(prompts, groups, padding_side=padding_side)
-    _assert_equal(got, expected, ["input_ids", "attention_mask", "pixel_values", "pixel_attention_mask"])
-    text = ours.tokenizer.tok.decode(got["input_ids"][0].tolist(), skip_special_tokens=False)
+    got = _batch_parity(idefics3, prompts, groups, IDEFICS3_KEYS, padding_side)
+    text = idefics3[0].tokenizer.tok.decode(got["input_ids"][0].tolist(), skip_special_tokens=False)
     assert "<row_2_col_3>" in text and "\n\n<fake_token_around_image><global-img>" in text
 
 
@@ -196,10 +195,8 @@ def test_idefics3_every_mode_and_no_splitting(idefics3, images, hf_tokenizer, tm
     flat = transformers.Idefics3Processor(image_processor=_idefics3_image_processor(do_image_splitting=False),
                                           tokenizer=hf_tokenizer, image_seq_len=3)
     ours_flat = Idefics3Processor.from_folder(_save(flat, tmp_path / "flat"))
-    expected = flat(text=["<image> a", "<image><image> b"], images=[images["tall"], images["gray"], images["rgb"]],
-                    padding="longest", return_tensors="pt")
-    got = ours_flat(["<image> a", "<image><image> b"], [images["tall"], images["gray"], images["rgb"]])
-    _assert_equal(got, expected, ["input_ids", "attention_mask", "pixel_values", "pixel_attention_mask"])
+    _batch_parity((ours_flat, flat), ["<image> a", "<image><image> b"], [images["tall"], images["gray"], images["rgb"]],
+                  IDEFICS3_KEYS)
 
 
 def test_smolvlm_processor_parity(hf_tokenizer, images, tmp_path, monkeypatch):
@@ -220,10 +217,7 @@ def test_smolvlm_processor_parity(hf_tokenizer, images, tmp_path, monkeypatch):
     (tmp_path / "processor_config.json").write_text(json.dumps({"image_seq_len": 4}))
     ours = Idefics3Processor.from_folder(tmp_path)
     prompts = ["User:<image>Describe.<end_of_utterance>\nAssistant:", "<image><image>"]
-    groups = [[images["tall"]], [images["rgb"], images["wide"]]]
-    expected = theirs(text=prompts, images=groups, padding="longest", return_tensors="pt")
-    _assert_equal(ours(prompts, groups), expected, ["input_ids", "attention_mask", "pixel_values",
-                                                  "pixel_attention_mask"])
+    _batch_parity((ours, theirs), prompts, [[images["tall"]], [images["rgb"], images["wide"]]], IDEFICS3_KEYS)
 
 
 def test_idefics3_too_many_tiles(hf_tokenizer, images, tmp_path):
@@ -260,15 +254,11 @@ def internvl(hf_tokenizer, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 def test_internvl_parity(internvl, images, padding_side):
-    ours, theirs = internvl
     prompts = ["<|im_start|>user\n<IMG_CONTEXT>\nWhat is this?<|im_end|>\n<|im_start|>assistant\n",
                "<IMG_CONTEXT>\n<IMG_CONTEXT>\ncompare", "no image here"]
     flat = [images["rgb"], images["wide"], images["gray"]]
-    expected = theirs(text=prompts, images=flat, padding="longest", padding_side=padding_side,
-                      return_tensors="pt")
-    got = ours(prompts, flat, padding_side=padding_side)
-    _assert_equal(got, expected, ["input_ids", "attention_mask", "pixel_values"])
-    processed = theirs.image_processor(flat, crop_to_patches=True, return_tensors="pt")
+    got = _batch_parity(internvl, prompts, flat, ["input_ids", "attention_mask", "pixel_values"], padding_side)
+    processed = internvl[1].image_processor(flat, crop_to_patches=True, return_tensors="pt")
     assert got["num_patches"].tolist() == list(processed["num_patches"])
     assert got["num_patches"].tolist()[1] > 2  # the wide image is tiled (+ thumbnail)
 
@@ -278,10 +268,7 @@ def test_internvl_every_mode_and_left_default(internvl, images):
     for name, image in images.items():
         expected = theirs(text="<IMG_CONTEXT>", images=[image], return_tensors="pt")
         _assert_equal(ours("<IMG_CONTEXT>", [image]), expected, ["input_ids", "pixel_values"])
-    expected = theirs(text=["<IMG_CONTEXT> a", "b"], images=[images["tall"]], padding="longest",
-                      return_tensors="pt")
-    got = ours(["<IMG_CONTEXT> a", "b"], [images["tall"]])
-    _assert_equal(got, expected, ["input_ids", "attention_mask"])
+    got = _batch_parity(internvl, ["<IMG_CONTEXT> a", "b"], [images["tall"]], ["input_ids", "attention_mask"])
     assert got["attention_mask"][1, 0] == 0  # left padded, as InternVLProcessor
 
 
@@ -313,9 +300,8 @@ def deepseek_vl(family_tokenizer_dir, tmp_path):
 def test_deepseek_vl_parity(deepseek_vl, images):
     ours, theirs = deepseek_vl
     prompts = ["User: <image_placeholder>Describe it.\n\nAssistant:", "<image_placeholder><image_placeholder>"]
-    flat = [images["wide"], images["rgba"], images["tiny"]]
-    expected = theirs(text=prompts, images=flat, padding="longest", return_tensors="pt")
-    _assert_equal(ours(prompts, flat), expected, ["input_ids", "attention_mask", "pixel_values"])
+    _batch_parity(deepseek_vl, prompts, [images["wide"], images["rgba"], images["tiny"]],
+                  ["input_ids", "attention_mask", "pixel_values"])
     for name, image in images.items():
         expected = theirs.image_processor(image, return_tensors="pt")["pixel_values"]
         assert torch.equal(ours.pixel_values([image]), expected), name

@@ -147,7 +147,8 @@ class ChatTemplate:
         chat = []
         for i, message in enumerate(messages):
             if not isinstance(message, Mapping):
-                raise ChatTemplateError(f"message {i} must be a dict with role and content, got {type(message).__name__}")
+                raise ChatTemplateError(f"message {i} must be a dict with role and content, "
+                                        f"got {type(message).__name__}")
             chat.append(_plain({k: v for k, v in message.items() if v is not None}))
         context = {**self.special_tokens, **_plain(variables)}
         try:

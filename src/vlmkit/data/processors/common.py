@@ -171,3 +171,53 @@ def build_text(tokenizer: PromptTokenizer, prompts: Sequence[str], placeholder: 
         texts.append(expand(prompt, placeholder, expansions[k:k + n]))
         k += n
     return tokenize_batch(tokenizer, texts, padding_side)
+
+
+class TypeCProcessor:
+    """Base of the family processors: (prompts with image placeholders, images) -> model inputs.
+
+    A family sets `config_class` (with `from_folder`), `placeholder_field` (the config field naming
+    the text placeholder), `extra_tokens` (config fields of other tokens its expansion uses) and
+    implements `encode_images`; this class does the rest as transformers' ProcessorMixin does.
+    """
+
+    config_class: type
+    placeholder_field: str = "image_token"
+    extra_tokens: tuple[str, ...] = ()
+    padding_side: str | None = None  # None: the tokenizer's own default
+
+    def __init__(self, config, tokenizer: PromptTokenizer):
+        self.config, self.tokenizer = config, tokenizer
+        self.placeholder = getattr(config, self.placeholder_field)
+        self.image_token_id = tokenizer.token_id(self.placeholder)
+        for name in self.extra_tokens:  # fail at construction, with one line naming the token
+            tokenizer.token_id(getattr(config, name))
+
+    @classmethod
+    def from_folder(cls, folder: str | Path):
+        """Read the processor config and tokenizer.json that transformers saved in `folder`."""
+        return cls(cls.config_class.from_folder(folder), PromptTokenizer.from_folder(folder))
+
+    def encode_images(self, groups: list[list[ImageSource]]) -> tuple[dict[str, torch.Tensor], list[str]]:
+        """(image tensors, one expansion string per image in batch order) for per-prompt image lists."""
+        raise NotImplementedError
+
+    def __call__(self, prompts: str | Sequence[str], images=None,
+                 padding_side: str | None = None) -> dict[str, torch.Tensor]:
+        """Build a padded batch.
+
+        Args:
+            prompts: B prompts, each with one placeholder per image it refers to.
+            images: a flat list in placeholder order, one list per prompt, or one image.
+            padding_side: "left" / "right"; default: the family's, else the tokenizer's.
+        Returns:
+            input_ids, attention_mask: int64 [B, T], plus the family's image tensors when there are
+            images (see the family module).
+        Raises:
+            DataError: images and placeholders do not match up (or a family-specific limit).
+        """
+        prompts = prompts_list(prompts)
+        groups = images_per_prompt(prompts, images, self.placeholder)
+        out, expansions = self.encode_images(groups) if any(groups) else ({}, [])
+        side = padding_side or self.padding_side or self.tokenizer.padding_side
+        return {**build_text(self.tokenizer, prompts, self.placeholder, expansions, side), **out}

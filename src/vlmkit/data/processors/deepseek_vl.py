@@ -21,8 +21,7 @@ import numpy as np
 import torch
 
 from vlmkit.data.processors import pixels
-from vlmkit.data.processors.common import (PromptTokenizer, build_text, images_per_prompt, prompts_list,
-                                           read_processor_files, size_field)
+from vlmkit.data.processors.common import TypeCProcessor, read_processor_files, size_field
 from vlmkit.errors import ConfigError
 
 
@@ -72,32 +71,15 @@ class DeepseekVLProcessorConfig:
         return canvas
 
 
-class DeepseekVLProcessor:
-    """(prompts with image placeholders, images) -> DeepSeek-VL model inputs."""
+class DeepseekVLProcessor(TypeCProcessor):
+    """(prompts with image placeholders, images) -> DeepSeek-VL inputs; pixel_values float32 [N, 3, S, S]."""
 
-    def __init__(self, config: DeepseekVLProcessorConfig, tokenizer: PromptTokenizer):
-        self.config, self.tokenizer = config, tokenizer
-        self.image_token_id = tokenizer.token_id(config.image_token)
-
-    @classmethod
-    def from_folder(cls, folder: str | Path) -> "DeepseekVLProcessor":
-        return cls(DeepseekVLProcessorConfig.from_folder(folder), PromptTokenizer.from_folder(folder))
+    config_class = DeepseekVLProcessorConfig
 
     def pixel_values(self, images: Sequence) -> torch.Tensor:
         """float32 [N, 3, S, S] for N image sources."""
         return pixels.stack([self.config.prepare(pixels.load_rgb(src)) for src in images], self.config.norm)
 
-    def __call__(self, prompts: str | Sequence[str], images=None,
-                 padding_side: str | None = None) -> dict[str, torch.Tensor]:
-        """input_ids, attention_mask int64 [B, T] (+ pixel_values float32 [N, 3, S, S]).
-
-        Raises:
-            DataError: images and placeholders do not match up.
-        """
-        cfg = self.config
-        prompts = prompts_list(prompts)
-        flat = [img for g in images_per_prompt(prompts, images, cfg.image_token) for img in g]
-        out = {"pixel_values": self.pixel_values(flat)} if flat else {}
-        text = build_text(self.tokenizer, prompts, cfg.image_token, [cfg.image_token * cfg.num_image_tokens] * len(flat),
-                          padding_side or self.tokenizer.padding_side)
-        return {**text, **out}
+    def encode_images(self, groups):
+        values = self.pixel_values([img for g in groups for img in g])
+        return {"pixel_values": values}, [self.placeholder * self.config.num_image_tokens] * values.shape[0]

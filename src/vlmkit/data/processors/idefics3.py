@@ -32,8 +32,7 @@ import numpy as np
 import torch
 
 from vlmkit.data.processors import pixels
-from vlmkit.data.processors.common import (PromptTokenizer, build_text, images_per_prompt, prompts_list,
-                                           read_processor_files, size_field)
+from vlmkit.data.processors.common import TypeCProcessor, read_processor_files, size_field
 from vlmkit.errors import DataError
 
 MAX_IMAGE_SIDE = 4096  # transformers' absolute cap on the resized longest edge
@@ -81,6 +80,9 @@ class Idefics3ProcessorConfig:
     do_image_splitting: bool = True
     resample: int = 1  # PIL LANCZOS
     norm: pixels.Normalization = pixels.Normalization()
+    image_token: str = IMAGE
+    fake_token: str = FAKE
+    global_token: str = GLOBAL
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> "Idefics3ProcessorConfig":
@@ -134,17 +136,13 @@ def pad_frames(frames: Sequence[Sequence[torch.Tensor]]) -> dict[str, torch.Tens
     return {"pixel_values": values, "pixel_attention_mask": mask}
 
 
-class Idefics3Processor:
-    """(prompts with `<image>` placeholders, images) -> Idefics3 / SmolVLM model inputs."""
+class Idefics3Processor(TypeCProcessor):
+    """(prompts with `<image>` placeholders, images) -> Idefics3 / SmolVLM inputs: pixel_values float32
+    [B, F, 3, H, W] and pixel_attention_mask int64 [B, F, H, W] (F = most frames of any prompt).
+    An image needing more tiles than the tokenizer has `<row_r_col_c>` tokens for is a DataError."""
 
-    def __init__(self, config: Idefics3ProcessorConfig, tokenizer: PromptTokenizer):
-        self.config, self.tokenizer = config, tokenizer
-        self.image_token_id = tokenizer.token_id(IMAGE)
-        tokenizer.token_id(FAKE), tokenizer.token_id(GLOBAL)  # fail at construction, one line
-
-    @classmethod
-    def from_folder(cls, folder: str | Path) -> "Idefics3Processor":
-        return cls(Idefics3ProcessorConfig.from_folder(folder), PromptTokenizer.from_folder(folder))
+    config_class = Idefics3ProcessorConfig
+    extra_tokens = ("fake_token", "global_token")
 
     def _check_grid(self, index: int, rows: int, cols: int) -> None:
         """Each tile is named by a `<row_r_col_c>` token; a grid beyond the vocabulary's is refused."""
@@ -152,29 +150,13 @@ class Idefics3Processor:
             raise DataError(f"image {index} splits into {rows}x{cols} tiles but the tokenizer has no "
                             f"<row_{rows}_col_{cols}> token; lower size.longest_edge")
 
-    def __call__(self, prompts: str | Sequence[str], images=None,
-                 padding_side: str | None = None) -> dict[str, torch.Tensor]:
-        """Build a padded batch.
-
-        Returns:
-            input_ids, attention_mask: int64 [B, T]; with images also pixel_values float32
-            [B, F, 3, H, W] and pixel_attention_mask int64 [B, F, H, W] (F = most frames per prompt).
-        Raises:
-            DataError: images and placeholders do not match, or an image needs more tiles than the
-                tokenizer has `<row_r_col_c>` tokens for.
-        """
-        prompts = prompts_list(prompts)
-        groups = images_per_prompt(prompts, images, IMAGE)
-        out, expansions, frames, k = {}, [], [], 0
+    def encode_images(self, groups):
+        expansions, frames = [], []
         for group in groups:
             frames.append([])
             for src in group:
                 tiles, rows, cols = split_frames(pixels.load_rgb(src), self.config)
-                self._check_grid(k, rows, cols)
+                self._check_grid(len(expansions), rows, cols)
                 frames[-1] += [pixels.to_pixel_values(t, self.config.norm) for t in tiles]
                 expansions.append(image_prompt(rows, cols, self.config.image_seq_len))
-                k += 1
-        if k:
-            out = pad_frames(frames)
-        text = build_text(self.tokenizer, prompts, IMAGE, expansions, padding_side or self.tokenizer.padding_side)
-        return {**text, **out}
+        return pad_frames(frames), expansions

@@ -27,8 +27,7 @@ import numpy as np
 import torch
 
 from vlmkit.data.processors import pixels
-from vlmkit.data.processors.common import (PromptTokenizer, build_text, images_per_prompt, prompts_list,
-                                           read_processor_files, size_field)
+from vlmkit.data.processors.common import TypeCProcessor, read_processor_files, size_field
 from vlmkit.errors import ConfigError
 
 
@@ -103,17 +102,15 @@ def crop_to_tiles(image: np.ndarray, cfg: InternVLProcessorConfig) -> list[np.nd
     return tiles
 
 
-class InternVLProcessor:
-    """(prompts with `<IMG_CONTEXT>` placeholders, images) -> InternVL model inputs (left padded)."""
+class InternVLProcessor(TypeCProcessor):
+    """(prompts with `<IMG_CONTEXT>` placeholders, images) -> InternVL inputs, left padded by default:
+    pixel_values float32 [total tiles, 3, th, tw] and num_patches int64 [N] (transformers drops
+    the latter; the model only needs the tiles in order)."""
 
-    def __init__(self, config: InternVLProcessorConfig, tokenizer: PromptTokenizer):
-        self.config, self.tokenizer = config, tokenizer
-        self.image_token_id = tokenizer.token_id(config.context_token)
-        tokenizer.token_id(config.start_token), tokenizer.token_id(config.end_token)  # fail now, one line
-
-    @classmethod
-    def from_folder(cls, folder: str | Path) -> "InternVLProcessor":
-        return cls(InternVLProcessorConfig.from_folder(folder), PromptTokenizer.from_folder(folder))
+    config_class = InternVLProcessorConfig
+    placeholder_field = "context_token"
+    extra_tokens = ("start_token", "end_token")
+    padding_side = "left"  # InternVLProcessor's text default
 
     def image_inputs(self, images: Sequence) -> dict[str, torch.Tensor]:
         """pixel_values float32 [total tiles, 3, th, tw] and num_patches int64 [N]."""
@@ -121,22 +118,8 @@ class InternVLProcessor:
         return {"pixel_values": pixels.stack([t for tiles in per_image for t in tiles], self.config.norm),
                 "num_patches": torch.tensor([len(t) for t in per_image], dtype=torch.long)}
 
-    def __call__(self, prompts: str | Sequence[str], images=None,
-                 padding_side: str = "left") -> dict[str, torch.Tensor]:
-        """Build a padded batch (left padding by default, as InternVLProcessor).
-
-        Returns:
-            input_ids, attention_mask: int64 [B, T]; with images also pixel_values float32
-            [total tiles, 3, th, tw] and num_patches int64 [N] (transformers drops the latter).
-        Raises:
-            DataError: images and `<IMG_CONTEXT>` placeholders do not match up.
-        """
+    def encode_images(self, groups):
         cfg = self.config
-        prompts = prompts_list(prompts)
-        flat = [img for g in images_per_prompt(prompts, images, cfg.context_token) for img in g]
-        out, expansions = (self.image_inputs(flat) if flat else {}), []
-        if flat:
-            expansions = [cfg.start_token + cfg.context_token * (cfg.image_seq_length * n) + cfg.end_token
-                          for n in out["num_patches"].tolist()]
-        text = build_text(self.tokenizer, prompts, cfg.context_token, expansions, padding_side)
-        return {**text, **out}
+        out = self.image_inputs([img for g in groups for img in g])
+        return out, [cfg.start_token + cfg.context_token * (cfg.image_seq_length * n) + cfg.end_token
+                     for n in out["num_patches"].tolist()]

@@ -21,8 +21,7 @@ import numpy as np
 import torch
 
 from vlmkit.data.processors import pixels
-from vlmkit.data.processors.common import (PromptTokenizer, build_text, images_per_prompt, prompts_list,
-                                           read_processor_files, size_field)
+from vlmkit.data.processors.common import TypeCProcessor, read_processor_files, size_field
 from vlmkit.errors import ConfigError
 
 
@@ -97,48 +96,17 @@ class LlavaProcessorConfig:
         return n - 1 if self.vision_feature_select_strategy == "default" else n
 
 
-class LlavaProcessor:
-    """(prompts with `<image>` placeholders, images) -> LLaVA 1.5 model inputs.
+class LlavaProcessor(TypeCProcessor):
+    """(prompts with `<image>` placeholders, images) -> LLaVA 1.5 inputs; pixel_values float32 [N, 3, H, W]."""
 
-    Args:
-        config: the processor config (`LlavaProcessorConfig.from_folder`).
-        tokenizer: the checkpoint's tokenizer (`PromptTokenizer.from_folder`).
-    """
-
-    def __init__(self, config: LlavaProcessorConfig, tokenizer: PromptTokenizer):
-        self.config, self.tokenizer = config, tokenizer
-        self.image_token_id = tokenizer.token_id(config.image_token)
-
-    @classmethod
-    def from_folder(cls, folder: str | Path) -> "LlavaProcessor":
-        return cls(LlavaProcessorConfig.from_folder(folder), PromptTokenizer.from_folder(folder))
+    config_class = LlavaProcessorConfig
 
     def pixel_values(self, images: Sequence) -> torch.Tensor:
         """float32 [N, 3, H, W] for N image sources."""
         cfg = self.config.image
         return pixels.stack([cfg.resize_and_crop(pixels.load_rgb(src)) for src in images], cfg.norm)
 
-    def __call__(self, prompts: str | Sequence[str], images=None,
-                 padding_side: str | None = None) -> dict[str, torch.Tensor]:
-        """Build a padded batch.
-
-        Args:
-            prompts: B prompts, each with one `<image>` per image it refers to.
-            images: a flat list in placeholder order, or one list per prompt (or one image).
-            padding_side: "left" / "right"; default: the tokenizer's.
-        Returns:
-            input_ids, attention_mask: int64 [B, T]; pixel_values: float32 [N, 3, H, W] (N images).
-        Raises:
-            DataError: images and `<image>` placeholders do not match up.
-        """
-        prompts = prompts_list(prompts)
-        groups = images_per_prompt(prompts, images, self.config.image_token)
-        flat = [img for g in groups for img in g]
-        out, expansions = {}, []
-        if flat:
-            out["pixel_values"] = self.pixel_values(flat)
-            n_tokens = self.config.tokens_for(*out["pixel_values"].shape[-2:])
-            expansions = [self.config.image_token * n_tokens] * len(flat)
-        text = build_text(self.tokenizer, prompts, self.config.image_token, expansions,
-                          padding_side or self.tokenizer.padding_side)
-        return {**text, **out}
+    def encode_images(self, groups):
+        values = self.pixel_values([img for g in groups for img in g])
+        n_tokens = self.config.tokens_for(*values.shape[-2:])
+        return {"pixel_values": values}, [self.placeholder * n_tokens] * values.shape[0]

@@ -29,8 +29,7 @@ import numpy as np
 import torch
 
 from vlmkit.data.processors import pixels
-from vlmkit.data.processors.common import (PromptTokenizer, build_text, images_per_prompt, prompts_list,
-                                           read_processor_files)
+from vlmkit.data.processors.common import TypeCProcessor, read_processor_files
 from vlmkit.data.processors.llava import ClipImageConfig, LlavaProcessorConfig
 from vlmkit.errors import ConfigError
 
@@ -117,45 +116,31 @@ def anyres_tiles(image: np.ndarray, config: LlavaNextProcessorConfig) -> list[np
     return [pixels.resize(image, *config.base_size(), config.image.resample)] + tiles
 
 
-class LlavaNextProcessor:
-    """(prompts with `<image>` placeholders, images) -> LLaVA-NeXT model inputs."""
+class LlavaNextProcessor(TypeCProcessor):
+    """(prompts with `<image>` placeholders, images) -> LLaVA-NeXT inputs: pixel_values float32
+    [N, max_tiles, 3, S, S] and image_sizes int64 [N, 2]."""
 
-    def __init__(self, config: LlavaNextProcessorConfig, tokenizer: PromptTokenizer):
-        self.config, self.tokenizer = config, tokenizer
-        self.image_token_id = tokenizer.token_id(config.image_token)
-
-    @classmethod
-    def from_folder(cls, folder: str | Path) -> "LlavaNextProcessor":
-        return cls(LlavaNextProcessorConfig.from_folder(folder), PromptTokenizer.from_folder(folder))
+    config_class = LlavaNextProcessorConfig
 
     def image_inputs(self, images: Sequence) -> dict[str, torch.Tensor]:
         """pixel_values float32 [N, max_tiles, 3, S, S] and image_sizes int64 [N, 2] for N images."""
         cfg: ClipImageConfig = self.config.image
+        if not self.config.do_pad:
+            raise ConfigError("LLaVA-NeXT batches need do_pad=True (tiles per image differ)")
         per_image, sizes = [], []
         for src in images:
             rgb = pixels.load_rgb(src)
             sizes.append(rgb.shape[:2])
             per_image.append(pixels.stack([cfg.resize_and_crop(t) for t in anyres_tiles(rgb, self.config)],
                                           cfg.norm))
-        if not self.config.do_pad:
-            raise ConfigError("LLaVA-NeXT batches need do_pad=True (tiles per image differ)")
         most = max(p.shape[0] for p in per_image)
         values = torch.zeros(len(per_image), most, *per_image[0].shape[1:], dtype=torch.float32)
         for i, p in enumerate(per_image):
             values[i, : p.shape[0]] = p
         return {"pixel_values": values, "image_sizes": torch.tensor(sizes, dtype=torch.long)}
 
-    def __call__(self, prompts: str | Sequence[str], images=None,
-                 padding_side: str | None = None) -> dict[str, torch.Tensor]:
-        """As `LlavaProcessor.__call__`; adds image_sizes int64 [N, 2] and 5-D pixel_values."""
-        prompts = prompts_list(prompts)
-        groups = images_per_prompt(prompts, images, self.config.image_token)
-        flat = [img for g in groups for img in g]
-        out, expansions = (self.image_inputs(flat) if flat else {}), []
-        if flat:
-            height, width = out["pixel_values"].shape[-2:]
-            expansions = [self.config.image_token * self.config.tokens_for(h, w, height, width)
-                          for h, w in out["image_sizes"].tolist()]
-        text = build_text(self.tokenizer, prompts, self.config.image_token, expansions,
-                          padding_side or self.tokenizer.padding_side)
-        return {**text, **out}
+    def encode_images(self, groups):
+        out = self.image_inputs([img for g in groups for img in g])
+        height, width = out["pixel_values"].shape[-2:]
+        return out, [self.placeholder * self.config.tokens_for(h, w, height, width)
+                     for h, w in out["image_sizes"].tolist()]
