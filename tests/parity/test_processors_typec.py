@@ -26,7 +26,9 @@ INTERNVL_TOKENS = {"start_image_token": "<img>", "end_image_token": "</img>",
 
 @pytest.fixture(scope="module")
 def family_tokenizer_dir(tmp_path_factory, paligemma_tokenizer_dir):
-    """The test vocabulary + every family's image tokens, BOS added by the post-processor (as Llama's)."""
+    """The test vocabulary + every family's image tokens, as a Llama-class tokenizer that transformers
+    loaded and saved again (so tokenizer.json holds the pipeline transformers 5 itself runs, BOS
+    added by its post-processor), like a llava-hf checkpoint folder."""
     from tokenizers import Tokenizer, processors
 
     tok = Tokenizer.from_file(str(paligemma_tokenizer_dir / "tokenizer.json"))
@@ -34,11 +36,13 @@ def family_tokenizer_dir(tmp_path_factory, paligemma_tokenizer_dir):
     bos = tok.token_to_id("<bos>")
     tok.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A <bos> $B",
                                                        special_tokens=[("<bos>", bos)])
-    out = tmp_path_factory.mktemp("family_tokenizer")
-    tok.save(str(out / "tokenizer.json"))
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<bos>", "eos_token": "<eos>",
+    raw = tmp_path_factory.mktemp("family_tokenizer_raw")
+    tok.save(str(raw / "tokenizer.json"))
+    config = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<bos>", "eos_token": "<eos>",
               "pad_token": "<pad>", "unk_token": "<unk>", "extra_special_tokens": INTERNVL_TOKENS}
-    (out / "tokenizer_config.json").write_text(json.dumps(config))
+    (raw / "tokenizer_config.json").write_text(json.dumps(config))
+    out = tmp_path_factory.mktemp("family_tokenizer")
+    transformers.AutoTokenizer.from_pretrained(str(raw)).save_pretrained(str(out))
     return out
 
 

@@ -20,6 +20,13 @@ from vlmkit.data.image import ImageSource
 from vlmkit.errors import ConfigError, DataError, TokenizerError
 
 
+# transformers 5 tokenizer classes whose class-level default padding_side is "left"; save_pretrained
+# does not write a class default into tokenizer_config.json, so it is only known from the class name.
+LEFT_PADDING_TOKENIZER_CLASSES = frozenset(
+    f"{name}{suffix}" for name in ("LlamaTokenizer", "CodeLlamaTokenizer", "GemmaTokenizer", "CohereTokenizer",
+                                   "XLNetTokenizer", "Siglip2Tokenizer") for suffix in ("", "Fast"))
+
+
 def read_processor_files(folder: str | Path) -> tuple[dict, dict]:
     """(image processor fields, processor fields) of a checkpoint folder.
 
@@ -64,7 +71,8 @@ class PromptTokenizer:
     Args:
         tokenizer: a `tokenizers.Tokenizer`.
         pad_token: the padding token's text (tokenizer_config.json "pad_token"), or None.
-        padding_side: the tokenizer's default side (tokenizer_config.json "padding_side").
+        padding_side: the tokenizer's default side (tokenizer_config.json "padding_side", else the
+            default of its transformers class).
     """
 
     def __init__(self, tokenizer, pad_token: str | None = None, padding_side: str = "right"):
@@ -88,8 +96,9 @@ class PromptTokenizer:
         config_path = folder / "tokenizer_config.json"
         config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
         pad = config.get("pad_token")
+        default_side = "left" if config.get("tokenizer_class") in LEFT_PADDING_TOKENIZER_CLASSES else "right"
         return cls(tok, pad.get("content") if isinstance(pad, dict) else pad,
-                   padding_side=config.get("padding_side", "right"))
+                   padding_side=config.get("padding_side", default_side))
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=True).ids
