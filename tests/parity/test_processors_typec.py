@@ -309,3 +309,32 @@ def test_deepseek_vl_parity(deepseek_vl, images):
     for name, image in images.items():
         expected = theirs.image_processor(image, return_tensors="pt")["pixel_values"]
         assert torch.equal(ours.pixel_values([image]), expected), name
+
+
+# ---- chat template -> processor, as processor.apply_chat_template(tokenize=True) ---------------------
+
+
+@pytest.mark.parametrize("template", ["llava-1.5", "bos-chatml"])
+def test_chat_matches_apply_chat_template(llava, images, template):
+    """The rendered conversation goes through the processor; no second BOS when the template writes it."""
+    from pathlib import Path
+
+    from vlmkit.data.chat_template import ChatTemplate
+
+    ours, theirs = llava
+    assets = Path(__file__).parents[1] / "assets" / "chat_templates"
+    source = ((assets / "llava-1.5.jinja").read_text() if template == "llava-1.5" else
+              "{{ bos_token }}{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}"
+              "{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+              "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    messages = [{"role": "user", "content": [{"type": "image", "image": images["rgb"]},
+                                             {"type": "text", "text": "Hi?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "A cat."}]},
+                {"role": "user", "content": [{"type": "image", "image": images["wide"]},
+                                             {"type": "text", "text": "And this one?"}]}]
+    expected = theirs.apply_chat_template(messages, chat_template=source, tokenize=True, return_dict=True,
+                                          add_generation_prompt=True, return_tensors="pt")
+    got = ours.chat(ChatTemplate(source=source, special_tokens={"bos_token": "<bos>"}), messages,
+                    [images["rgb"], images["wide"]])
+    _assert_equal(got, expected, ["input_ids", "attention_mask", "pixel_values"])
+    assert (got["input_ids"][0] == ours.tokenizer.token_id("<bos>")).sum() == 1

@@ -75,8 +75,10 @@ class PromptTokenizer:
             default of its transformers class).
     """
 
-    def __init__(self, tokenizer, pad_token: str | None = None, padding_side: str = "right"):
+    def __init__(self, tokenizer, pad_token: str | None = None, padding_side: str = "right",
+                 bos_token: str | None = None):
         self.tok = tokenizer
+        self.bos_token = bos_token
         self.pad_id = None if pad_token is None else self.token_id(pad_token)
         self.padding_side = padding_side
 
@@ -95,13 +97,14 @@ class PromptTokenizer:
             raise TokenizerError(f"cannot read {path}: {str(exc).splitlines()[0][:120]}") from None
         config_path = folder / "tokenizer_config.json"
         config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-        pad = config.get("pad_token")
+        pad, bos = config.get("pad_token"), config.get("bos_token")
         default_side = "left" if config.get("tokenizer_class") in LEFT_PADDING_TOKENIZER_CLASSES else "right"
         return cls(tok, pad.get("content") if isinstance(pad, dict) else pad,
-                   padding_side=config.get("padding_side", default_side))
+                   padding_side=config.get("padding_side", default_side),
+                   bos_token=bos.get("content") if isinstance(bos, dict) else bos)
 
-    def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=True).ids
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def token_id(self, token: str) -> int:
         """Id of a single vocabulary token; TokenizerError naming it when absent."""
@@ -147,11 +150,12 @@ def expand(prompt: str, placeholder: str, expansions: Sequence[str]) -> str:
     return "".join(out)
 
 
-def tokenize_batch(tokenizer: PromptTokenizer, texts: Sequence[str], padding_side: str) -> dict[str, torch.Tensor]:
+def tokenize_batch(tokenizer: PromptTokenizer, texts: Sequence[str], padding_side: str,
+                   add_special_tokens: bool = True) -> dict[str, torch.Tensor]:
     """input_ids / attention_mask int64 [B, T], padded to the longest text on `padding_side`."""
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-    rows = [tokenizer.encode(t) for t in texts]
+    rows = [tokenizer.encode(t, add_special_tokens) for t in texts]
     longest = max(len(r) for r in rows)
     if tokenizer.pad_id is None and any(len(r) != longest for r in rows):
         raise TokenizerError("prompts of different lengths need a pad token (tokenizer_config.json 'pad_token')")
@@ -171,15 +175,15 @@ def prompts_list(prompts: str | Sequence[str]) -> list[str]:
     return prompts
 
 
-def build_text(tokenizer: PromptTokenizer, prompts: Sequence[str], placeholder: str,
-               expansions: Sequence[str], padding_side: str) -> dict[str, torch.Tensor]:
+def build_text(tokenizer: PromptTokenizer, prompts: Sequence[str], placeholder: str, expansions: Sequence[str],
+               padding_side: str, add_special_tokens: bool = True) -> dict[str, torch.Tensor]:
     """Replace the k-th `placeholder` of the batch by `expansions[k]`, then tokenize and pad."""
     texts, k = [], 0
     for prompt in prompts:
         n = prompt.count(placeholder)
         texts.append(expand(prompt, placeholder, expansions[k:k + n]))
         k += n
-    return tokenize_batch(tokenizer, texts, padding_side)
+    return tokenize_batch(tokenizer, texts, padding_side, add_special_tokens)
 
 
 class TypeCProcessor:
@@ -211,14 +215,15 @@ class TypeCProcessor:
         """(image tensors, one expansion string per image in batch order) for per-prompt image lists."""
         raise NotImplementedError
 
-    def __call__(self, prompts: str | Sequence[str], images=None,
-                 padding_side: str | None = None) -> dict[str, torch.Tensor]:
+    def __call__(self, prompts: str | Sequence[str], images=None, padding_side: str | None = None,
+                 add_special_tokens: bool = True) -> dict[str, torch.Tensor]:
         """Build a padded batch.
 
         Args:
             prompts: B prompts, each with one placeholder per image it refers to.
             images: a flat list in placeholder order, one list per prompt, or one image.
             padding_side: "left" / "right"; default: the family's, else the tokenizer's.
+            add_special_tokens: let the tokenizer's post-processor add BOS etc. (as transformers).
         Returns:
             input_ids, attention_mask: int64 [B, T], plus the family's image tensors when there are
             images (see the family module).
@@ -229,4 +234,13 @@ class TypeCProcessor:
         groups = images_per_prompt(prompts, images, self.placeholder)
         out, expansions = self.encode_images(groups) if any(groups) else ({}, [])
         side = padding_side or self.padding_side or self.tokenizer.padding_side
-        return {**build_text(self.tokenizer, prompts, self.placeholder, expansions, side), **out}
+        return {**build_text(self.tokenizer, prompts, self.placeholder, expansions, side, add_special_tokens), **out}
+
+    def chat(self, template, messages: Sequence[dict], images=None,
+             add_generation_prompt: bool = True) -> dict[str, torch.Tensor]:
+        """One conversation rendered with `template` (a `ChatTemplate`) and processed with its images
+        in order, as transformers' `processor.apply_chat_template(tokenize=True)`: the tokenizer adds
+        no BOS when the rendered prompt already starts with it."""
+        prompt = template.render(messages, add_generation_prompt=add_generation_prompt)
+        bos = self.tokenizer.bos_token
+        return self(prompt, images, add_special_tokens=not (bos is not None and prompt.startswith(bos)))
