@@ -86,12 +86,13 @@ def _assert_equal(ours: dict, theirs, keys) -> None:
 # ---- LLaVA 1.5: CLIP shortest-edge resize + centre crop ----------------------------------------------
 
 
-def _llava_pair(family: str, image_processor, hf_tokenizer, tmp_path):
+def _llava_pair(family: str, image_processor, hf_tokenizer, tmp_path, strategy="default", additional=1):
     """(ours, theirs) for LlavaProcessor / LlavaNextProcessor: 8-px patches, CLIP's class token dropped."""
     from vlmkit.data import processors
 
     theirs = getattr(transformers, family)(image_processor=image_processor, tokenizer=hf_tokenizer, patch_size=8,
-                                           vision_feature_select_strategy="default", num_additional_image_tokens=1)
+                                           vision_feature_select_strategy=strategy,
+                                           num_additional_image_tokens=additional)
     return getattr(processors, family).from_folder(_save(theirs, tmp_path)), theirs
 
 
@@ -157,6 +158,17 @@ def test_llava_next_token_counts(llava_next, images):
         n_expected = int((expected["input_ids"] == ours.image_token_id).sum())
         assert int((got["input_ids"] == ours.image_token_id).sum()) == n_expected, name
         assert torch.equal(got["pixel_values"], expected["pixel_values"]), name
+
+
+def test_llava_next_full_features_and_stretched_base(hf_tokenizer, images, tmp_path):
+    """The "full" feature strategy, no class token, size as height/width, 16-px tiles (2 x 2 patches)."""
+    image_processor = transformers.LlavaNextImageProcessorPil(
+        size={"height": 16, "width": 16}, crop_size={"height": 16, "width": 16},
+        image_grid_pinpoints=[[16, 32], [32, 16], [32, 32], [48, 16], [16, 48], [48, 48]])
+    pair = _llava_pair("LlavaNextProcessor", image_processor, hf_tokenizer, tmp_path, "full", 0)
+    flat = [images["tall"], images["tiny"], images["wide"], images["rgb"]]
+    _batch_parity(pair, ["<image><image>", "x <image> y <image>"], flat,
+                  ["input_ids", "attention_mask", "pixel_values", "image_sizes"])
 
 
 # ---- Idefics3 / SmolVLM: longest-edge resize, N x M tiles + global image -----------------------------
