@@ -13,14 +13,10 @@ from vlmkit.models.siglip.two_tower import SiglipTwoTower
 from vlmkit.weights.hf import load_hf, save_hf
 
 TEXT_LEN = 16
-# The text tower is bit-identical. Two reduction orders differ (measured across the three tests
-# below): the MAP pooling head (vlmkit calls nn.MultiheadAttention with need_weights=False, the
-# fused SDPA path; transformers with the default explicit-softmax path): max 9.7e-8 on the unit-norm
-# image embeddings; and the similarity matmul (vlmkit image @ text.T, transformers text @ image.T
-# then transposed): with the first, max 1.9e-6 on the logits (the debug preset's logit_scale is 10).
-# With both orders as transformers' (a change in models/siglip, tried by patching), all four are 0.
-EMBED_ATOL = 2e-7
-LOGIT_ATOL = 3e-6
+# Every output is bit-identical: the MAP pooling head calls nn.MultiheadAttention as transformers
+# does (need_weights=False took the fused SDPA path: 9.7e-8 on the image embeddings), and the
+# similarity matrix is text @ image.T transposed, as there (image @ text.T was 1.9e-6 off on the
+# logits at the debug preset's logit_scale 10).
 
 
 def _hf_siglip(seed: int = 0) -> tf.SiglipModel:
@@ -50,9 +46,9 @@ def _assert_matches(ours: SiglipTwoTower, hf: tf.SiglipModel, with_mask: bool) -
         ref = hf(input_ids=ids, pixel_values=pix, **kw)
         got = ours(pix, ids, mask if with_mask else None)
     assert torch.equal(got.text_embeds, ref.text_embeds)
-    torch.testing.assert_close(got.image_embeds, ref.image_embeds, atol=EMBED_ATOL, rtol=0)
-    torch.testing.assert_close(got.logits_per_image, ref.logits_per_image, atol=LOGIT_ATOL, rtol=0)
-    torch.testing.assert_close(got.logits_per_text, ref.logits_per_text, atol=LOGIT_ATOL, rtol=0)
+    assert torch.equal(got.image_embeds, ref.image_embeds)
+    assert torch.equal(got.logits_per_image, ref.logits_per_image)
+    assert torch.equal(got.logits_per_text, ref.logits_per_text)
 
 
 @pytest.mark.parametrize("with_mask", [False, True])

@@ -65,6 +65,23 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
 
 
+def _attend_one_query_grouped(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """One decode query [B, H, 1, hd] against grouped K/V [B, Hkv, S, hd] under a [B, 1, 1, S] mask.
+
+    The query heads of each KV group become that group's query rows, so SDPA runs on the Hkv
+    heads without copying K/V. transformers (sdpa_attention's `pack_gqa`) does the same for a
+    one-token query with a mask, and matching its kernel call makes decode steps bit-identical
+    (`enable_gqa` is the same maths in another reduction order).
+    """
+    B, H, _, hd = q.shape
+    Hkv = k.shape[1]
+    q = q.reshape(B, Hkv, H // Hkv, hd)  # [B, Hkv, n_rep, hd]: head h -> group h // n_rep
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)  # [B, Hkv, n_rep, hd]
+    return out.reshape(B, H, 1, hd)  # [B, H, 1, hd]
+
+
 def attend(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -85,6 +102,9 @@ def attend(
         [B, H, T, hd] in q's dtype.
     """
     n_rep = q.shape[1] // k.shape[1]
+    if softcap is None and n_rep > 1 and mask is not None and q.shape[2] == 1:
+        # A masked decode step: transformers' kernel call, so that cached decoding is exact.
+        return _attend_one_query_grouped(q, k, v, mask, scale)
     if softcap is None and _SDPA_GQA and n_rep > 1:
         # SDPA reads each shared KV head for its query group directly: copying K/V per query
         # head (repeat_kv) costs ~13% of a batched decode step.

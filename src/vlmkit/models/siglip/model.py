@@ -67,8 +67,10 @@ class EncoderBlock(nn.Module):
 class AttentionPoolingHead(nn.Module):
     """MAP head: one learned probe query attends over the tokens, then a residual MLP.
 
-    Uses `nn.MultiheadAttention` because its packed in_proj layout is the published one.
-    x [B, N, D] -> [B, D].
+    Uses `nn.MultiheadAttention` because its packed in_proj layout is the published one. It is
+    called with the default `need_weights=True`, as transformers calls it: that selects the
+    explicit softmax(QK^T)V path, while `need_weights=False` takes the fused SDPA kernel, whose
+    other reduction order moved the pooled output by 1.8e-7. x [B, N, D] -> [B, D].
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_dim: int, eps: float):
@@ -80,7 +82,7 @@ class AttentionPoolingHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probe = self.probe.expand(x.shape[0], -1, -1)  # [B, 1, D]
-        h = self.attention(probe, x, x, need_weights=False)[0]  # [B, 1, D]
+        h = self.attention(probe, x, x)[0]  # [B, 1, D]
         h = h + self.mlp(self.layernorm(h))
         return h[:, 0]
 

@@ -39,9 +39,13 @@ def contrastive_logits(
     """Normalised image [Bi, E] and text [Bt, E] embeddings -> logits_per_image [Bi, Bt].
 
     `logit_scale` is the log-temperature t' (one element); the result is exp(t') * cos + b.
+    The matrix is computed text-major and transposed, as transformers does: `image @ text.T`
+    is the same maths in another reduction order (1.9e-6 off, measured at logit_scale 10).
     """
-    logits = image_embeds @ text_embeds.T * logit_scale.exp()  # [Bi, Bt]
-    return logits if logit_bias is None else logits + logit_bias
+    per_text = text_embeds @ image_embeds.T * logit_scale.exp()  # [Bt, Bi]
+    if logit_bias is not None:
+        per_text = per_text + logit_bias
+    return per_text.T  # [Bi, Bt]
 
 
 @dataclass
