@@ -40,14 +40,20 @@ def held_out_rows(n_scenes: int, cfg: SynthConfig) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def reports() -> dict:
-    torch.set_num_threads(2)
-    pipe = vlmkit.load(NAME, dtype="float32")
-    test_rows = held_out_rows(N_SCENES, SynthConfig(seed=1000))
-    word_cfg = SynthConfig(seed=1001, word_prob=1.0, examples_per_scene=1, task_weights={"ocr": 1.0})
-    word_rows = held_out_rows(N_WORD_SCENES, word_cfg)
-    return {"vqa": evaluate(pipe, test_rows, "vqa", batch_size=64),
-            "detect": evaluate(pipe, test_rows, "detect", batch_size=64),
-            "ocr": evaluate(pipe, test_rows + word_rows, "ocr", batch_size=64)}
+    # One thread: this tiny model's ops are too small to gain from two, and on a busy 2-core
+    # machine two OpenMP threads wait on each other (measured at load 3-4: 132 s with 2, 15 s with 1).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        pipe = vlmkit.load(NAME, dtype="float32")
+        test_rows = held_out_rows(N_SCENES, SynthConfig(seed=1000))
+        word_cfg = SynthConfig(seed=1001, word_prob=1.0, examples_per_scene=1, task_weights={"ocr": 1.0})
+        word_rows = held_out_rows(N_WORD_SCENES, word_cfg)
+        return {"vqa": evaluate(pipe, test_rows, "vqa", batch_size=64),
+                "detect": evaluate(pipe, test_rows, "detect", batch_size=64),
+                "ocr": evaluate(pipe, test_rows + word_rows, "ocr", batch_size=64)}
+    finally:
+        torch.set_num_threads(threads)  # later tests (golden loss curves) keep their thread count
 
 
 def test_bundled_model_meets_the_quality_bars(reports, record_property):
