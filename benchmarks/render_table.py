@@ -64,8 +64,8 @@ def generate_table(data: dict) -> list[str]:
                 f"| {_num(m['decode_tok_s_b8'])} | {_x(vs.get('decode_b8_speedup'))} | {_num(m['peak_rss_mb'])} "
                 f"| {_x(vs.get('peak_rss_ratio'))} | {same} |")
     errors = [f"{name} ({res['case']} {res['dtype']}): max |diff| / max |logit| "
-              f"{m['logit_error']['max_abs_over_max_ref']:.2%}, argmax agreement {m['logit_error']['argmax_agreement']:.0%}"
-              for res in data["results"] for name, m in res["variants"].items() if m.get("logit_error")]
+              f"{e['max_abs_over_max_ref']:.2%}, argmax agreement {e['argmax_agreement']:.0%}"
+              for res in data["results"] for name, m in res["variants"].items() if (e := m.get("logit_error"))]
     if errors:
         lines += ["", "int8 logit error against the same framework's float model: " + "; ".join(errors) + "."]
     return lines

@@ -259,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"({rows[-1]['seconds']:.1f}s) {rows[-1]['detail']}", flush=True)
         print_table(rows)
         survived = [r["name"] for r in rows if not r["caught"]]
-        print(f"\n{len(rows) - len(survived)} of {len(rows)} caught" + (f"; survived: {', '.join(survived)}" if survived else ""))
+        tail = f"; survived: {', '.join(survived)}" if survived else ""
+        print(f"\n{len(rows) - len(survived)} of {len(rows)} caught{tail}")
         return 1 if survived else 0
     except StaleMutation as e:
         print(e)

@@ -12,7 +12,8 @@ what `vlmkit eval` calls), greedy float32, and asserts the bars:
   asks OCR in a fraction of those, too few rows to measure 90%.
 
 The scores are attached to the test report (`record_property`, visible in --junitxml), printed
-(shown by `pytest -rP`, as .ci/run runs the slow step) and part of every failure message. Scenes are rendered in memory, nothing is written.
+(shown by `pytest -rP`, as .ci/run runs this file on its own) and part of every failure message.
+Scenes are rendered in memory, nothing is written.
 """
 
 from __future__ import annotations
