@@ -100,6 +100,55 @@ def hardware(device: torch.device | str = "cpu") -> dict:
     }
 
 
+def _lscpu_model() -> str | None:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), None)
+
+
+def _version(module: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(module)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def run_metadata(argv: Sequence[str] | None = None) -> dict:
+    """Where and when a benchmark ran, for the committed JSON: UTC date, the command, the CPU
+    (lscpu model name, the bf16 / AMX flags), library versions, git commit, and the load average
+    at the start (the machine may be shared: other load slows both sides, and more so tiny ops)."""
+    flags = set(open("/proc/cpuinfo").read().split()) if os.path.exists("/proc/cpuinfo") else set()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": " ".join(["python", os.path.relpath(sys.argv[0]), *argv]),
+        "loadavg_start": list(os.getloadavg()), "cpus": os.cpu_count(), "cpu_model": _lscpu_model(),
+        "cpu_flags": {f: f in flags for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")},
+        "python": sys.version.split()[0], "git_commit": commit,
+        **{m: _version(m) for m in ("torch", "transformers", "torchao")},
+    }
+
+
+def torchao_missing() -> str | None:
+    """None when torchao imports and int8-quantises a Linear here, else the one-line reason."""
+    try:
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+        quantize_(torch.nn.Sequential(torch.nn.Linear(32, 8)), Int8WeightOnlyConfig())
+    except Exception as e:  # noqa: BLE001 - any failure means the variant cannot run here
+        return f"{type(e).__name__}: {e}".splitlines()[0]
+    return None
+
+
 def _sdpa_cpu_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
     return flop_counter.sdpa_flop_count(query, key, value)
 

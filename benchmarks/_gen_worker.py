@@ -2,8 +2,10 @@
 
     python benchmarks/_gen_worker.py VARIANT FOLDER DTYPE INPUTS THREADS [DEVICE]
 
-VARIANT is "transformers" or "vlmkit" with optional "+int8", "+compile" and "+graphs" (with
-+compile: CUDA graphs, torch.compile mode reduce-overhead) suffixes. The model
+VARIANT is "vlmkit" with optional "+int8", "+compile" and "+graphs" (with +compile: CUDA graphs,
+torch.compile mode reduce-overhead) suffixes, or "transformers" with optional "+int8" (torchao
+int8 weight-only), "+static" (static cache) and "+compile" (torch.compile of the forward, with a
+static cache: transformers' documented fast path) suffixes. The model
 is loaded from the same safetensors FOLDER by each framework's own loader; INPUTS is a torch.save
 file of ready batches ({"b1": {...}, "b8": {...}}), so both sides see identical tensors; DEVICE
 (default cpu) is where the model and the batches live. On CUDA every timed span ends with a
@@ -48,6 +50,12 @@ class _TimingStreamer:
         self.t_end = time.perf_counter()
 
 
+def logit_error(out: torch.Tensor, ref: torch.Tensor) -> dict:
+    """How far quantised logits `out` are from the float model's `ref` (same shape, float32)."""
+    return {"max_abs_over_max_ref": float((out - ref).abs().max() / ref.abs().max()),
+            "argmax_agreement": float((out.argmax(-1) == ref.argmax(-1)).float().mean())}
+
+
 class VlmkitRunner:
     def __init__(self, folder: str, dtype: str, int8: bool, compiled: bool, device: torch.device,
                  graphs: bool = False):
@@ -70,10 +78,7 @@ class VlmkitRunner:
             quantize_int8(self.model)
             out = self.model(batch["input_ids"], batch["pixel_values"], batch["attention_mask"],
                              batch["token_type_ids"]).float()
-        self.logit_error = {
-            "max_abs_over_max_ref": float((out - ref).abs().max() / ref.abs().max()),
-            "argmax_agreement": float((out.argmax(-1) == ref.argmax(-1)).float().mean()),
-        }
+        self.logit_error = logit_error(out, ref)
 
     @torch.inference_mode()
     def prefill(self, batch: dict) -> float:
@@ -116,22 +121,58 @@ class VlmkitRunner:
                 "compiled": compiled}
 
 
+def torchao_int8(model: torch.nn.Module, skip: str) -> None:
+    """torchao's int8 weight-only quantisation (per-channel symmetric, like vlmkit's) of every
+    Linear with >= 16 input features outside `skip` (the vision tower), in place; its documented
+    use is with torch.compile. Raises ImportError without torchao."""
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    def chosen(module: torch.nn.Module, name: str) -> bool:
+        return isinstance(module, torch.nn.Linear) and module.in_features >= 16 and not name.startswith(skip)
+
+    quantize_(model, Int8WeightOnlyConfig(), filter_fn=chosen)
+
+
 class HFRunner:
-    def __init__(self, folder: str, dtype: str, device: torch.device):
+    """transformers' `generate`: default (dynamic cache, eager), or with its documented fast path
+    (`static`: `cache_implementation="static"`; `compile`: `model.forward = torch.compile(
+    model.forward, fullgraph=True)`, as transformers' "Optimizing inference" guide does; on CPU
+    generate never compiles by itself), and `int8`: torchao int8 weight-only (`torchao_int8`)."""
+
+    def __init__(self, folder: str, dtype: str, device: torch.device, int8: bool = False,
+                 static: bool = False, compiled: bool = False, graphs: bool = False):
         import transformers as tf
 
-        self.device = device
+        self.device, self.static = device, static
         self.model = tf.PaliGemmaForConditionalGeneration.from_pretrained(
             folder, dtype=getattr(torch, dtype)).eval().to(device)
         self.model.generation_config.eos_token_id = None  # fixed length, like vlmkit above
         self.model.generation_config.pad_token_id = 0
-        self.logit_error = None
+        if static:
+            self.model.generation_config.cache_implementation = "static"
+        self.int8, self.logit_error = int8, None
+        if compiled:  # same torch.compile mode as the vlmkit variant it is compared with
+            mode = "reduce-overhead" if graphs else "default"
+            self.model.forward = torch.compile(self.model.forward, mode=mode, fullgraph=True)
+
+    @torch.inference_mode()
+    def quantize(self, batch: dict) -> None:
+        """Quantise with torchao and record the logit error against the float model on `batch`."""
+        ref = self.model(**batch).logits.float()
+        torchao_int8(self.model, skip="model.vision_tower")
+        out = self.model(**batch).logits.float()
+        self.logit_error = logit_error(out, ref)
 
     @torch.inference_mode()
     def prefill(self, batch: dict) -> float:
+        kwargs = {}
+        if self.static:  # the cache generate() would prefill into
+            from transformers import StaticCache
+
+            kwargs["cache"] = StaticCache(config=self.model.config, max_cache_len=batch["input_ids"].shape[1] + 1)
         sync(self.device)
         t0 = time.perf_counter()
-        out = self.model(**batch, use_cache=True, logits_to_keep=1)
+        out = self.model(**batch, use_cache=True, logits_to_keep=1, **kwargs)
         out.logits[:, -1].argmax(-1)
         sync(self.device)
         return time.perf_counter() - t0
@@ -163,13 +204,14 @@ def main(variant: str, folder: str, dtype: str, inputs: str, threads: str, devic
 
     def load() -> dict:
         t0 = time.perf_counter()
-        if variant == "transformers":
-            runner = HFRunner(folder, dtype, dev)
+        parts = variant.split("+")
+        if parts[0] == "transformers":
+            runner = HFRunner(folder, dtype, dev, "int8" in parts, "static" in parts, "compile" in parts,
+                              "graphs" in parts)
         else:
-            parts = variant.split("+")
             runner = VlmkitRunner(folder, dtype, "int8" in parts, "compile" in parts, dev, "graphs" in parts)
-            if runner.int8:
-                runner.quantize(batches["b1"])
+        if runner.int8:
+            runner.quantize(batches["b1"])
         state["runner"] = runner
         return {"load_s": time.perf_counter() - t0, "rss_mb": peak_rss_mb(), "logit_error": runner.logit_error}
 

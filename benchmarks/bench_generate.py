@@ -3,7 +3,7 @@
     python benchmarks/bench_generate.py                       # debug + mid-300m (fp32, bf16)
     python benchmarks/bench_generate.py --full                # + the real paligemma-3b-224 shape, bf16
     python benchmarks/bench_generate.py --cases mid-300m:bfloat16 --variants vlmkit+compile,transformers
-    python benchmarks/bench_generate.py --json out.json
+    python benchmarks/bench_generate.py --cases debug:float32 --int8 --json out.json   # + int8 on both sides
     python benchmarks/bench_generate.py --device cuda --cases debug:bfloat16,mid-300m:bfloat16 --full
 
 For each case, one random-weight PaliGemma is written as a HF safetensors folder (cached under
@@ -12,6 +12,13 @@ prefill (image encoding + prompt forward to the first logits, batch 1), time to 
 decode tokens/s of greedy `generate` at batch 1 and batch 8, the vision tower alone on 8 images,
 and peak RSS of the process (on CUDA also the GPU's peak allocated memory). `--device` (default:
 cuda when available, else cpu) is where both frameworks run and the floors are measured.
+
+Baselines are transformers' own paths: default `generate`, `+static` (static cache), `+static+compile`
+(its documented fast path: static cache + torch.compile of the forward) and, with torchao,
+`+int8+static+compile`. Each vlmkit variant's table row is compared with the one that makes the
+same int8 / compile choices (`reference_for`); ratios are speed-ups (> 1 = faster) and memory
+ratios (< 1 = smaller), as the legend printed above each table says. `--json` also records where
+and when it ran (`meta`: command, CPU and flags, versions, load average).
 
 Floors: decode must read every language-model weight (and the KV cache) once per step, so a step
 takes at least bytes / memory bandwidth; prefill must do its matmul FLOPs, so it takes at least
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -31,7 +39,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import Worker, format_table, hardware, ratio  # noqa: E402
+from _common import Worker, format_table, hardware, ratio, run_metadata, torchao_missing  # noqa: E402
 
 from vlmkit.models.common.init import init_weights  # noqa: E402
 from vlmkit.models.gemma.config import GemmaConfig  # noqa: E402
@@ -139,6 +147,43 @@ def run_case(name: str, dtype: str, variants: list[str], args, hw: dict) -> dict
     return summarise(name, dtype, samples, fl)
 
 
+RATIO_LEGEND = ("ratios (x columns) are against the variant named in `vs`: pf x, ttft x, b1 x, b8 x, vis x = "
+                "its time / this row's time, i.e. a speed-up (> 1 = this row faster); rss x, gpu x = this row's "
+                "memory / its memory (< 1 = this row smaller)")
+
+
+def is_reference(variant: str) -> bool:
+    return variant.split("+")[0] == "transformers"
+
+
+def reference_for(variant: str, references: list[str]) -> str | None:
+    """The baseline a variant's table row is compared with: the transformers variant with the same
+    int8 and compile choices (vlmkit+compile -> transformers+static+compile, vlmkit+int8+compile ->
+    transformers+int8+static+compile), else default transformers; transformers variants are
+    compared with default transformers."""
+    flags = {"int8", "compile"} & set(variant.split("+"))
+    if not is_reference(variant):
+        same = [r for r in references if {"int8", "compile"} & set(r.split("+")) == flags]
+        if same:
+            return same[0]
+    return "transformers" if "transformers" in references else None
+
+
+def compare(m: dict, ref: dict) -> dict:
+    """Ratios of one variant's metrics `m` to a reference's: speed-ups (reference time / this time,
+    > 1 = faster) and memory ratios (this / reference, < 1 = smaller); greedy tokens identical?"""
+    return {
+        "prefill_speedup": ratio(ref["prefill_s"], m["prefill_s"]), "ttft_speedup": ratio(ref["ttft_s"], m["ttft_s"]),
+        "decode_b1_speedup": ratio(m["decode_tok_s_b1"], ref["decode_tok_s_b1"]),
+        "decode_b8_speedup": ratio(m["decode_tok_s_b8"], ref["decode_tok_s_b8"]),
+        "vision_speedup": ratio(ref["vision_s_per_image"], m["vision_s_per_image"]),
+        "peak_rss_ratio": ratio(m["peak_rss_mb"], ref["peak_rss_mb"]),
+        "cuda_peak_ratio": ratio(m["cuda_peak_mb"], ref["cuda_peak_mb"]),
+        "same_tokens_b1": m["tokens"]["b1"] == ref["tokens"]["b1"],
+        "same_tokens_b8": m["tokens"]["b8"] == ref["tokens"]["b8"],
+    }
+
+
 def summarise(name: str, dtype: str, samples: dict, fl: dict) -> dict:
     """Best-of-reps metrics per variant, ratios to transformers, floors and fractions."""
     out = {"case": name, "dtype": dtype, "floors": fl, "variants": {}}
@@ -157,18 +202,10 @@ def summarise(name: str, dtype: str, samples: dict, fl: dict) -> dict:
             "samples": {"prefill_s": s["prefill"], "vision_s_per_image": s["vision_per_image"],
                         **{f"tok_s_{b}": [r["tokens_per_s"] for r in s[b]] for b in ("b1", "b8")}},
         }
-    ref = out["variants"].get("transformers")
     for v, m in out["variants"].items():
-        m["vs_transformers"] = None if ref is None else {
-            "prefill": ratio(m["prefill_s"], ref["prefill_s"]), "ttft": ratio(m["ttft_s"], ref["ttft_s"]),
-            "decode_b1": ratio(m["decode_tok_s_b1"], ref["decode_tok_s_b1"]),
-            "decode_b8": ratio(m["decode_tok_s_b8"], ref["decode_tok_s_b8"]),
-            "vision": ratio(m["vision_s_per_image"], ref["vision_s_per_image"]),
-            "peak_rss": ratio(m["peak_rss_mb"], ref["peak_rss_mb"]),
-            "cuda_peak": ratio(m["cuda_peak_mb"], ref["cuda_peak_mb"]),
-            "same_tokens_b1": m["tokens"]["b1"] == ref["tokens"]["b1"],
-            "same_tokens_b8": m["tokens"]["b8"] == ref["tokens"]["b8"],
-        }
+        m["vs"] = {r: compare(m, out["variants"][r]) for r in out["variants"] if is_reference(r) and r != v}
+        m["reference"] = reference_for(v, list(m["vs"]))
+        m["vs_transformers"] = m["vs"].get("transformers")
         m["fraction_of_floor"] = {
             "prefill": fl["b1"]["prefill_s"] / m["prefill_s"],
             "decode_b1": m["decode_tok_s_b1"] * fl["b1"]["decode_step_s"],
@@ -181,17 +218,17 @@ def summarise(name: str, dtype: str, samples: dict, fl: dict) -> dict:
 def table_rows(result: dict) -> list[dict]:
     fl, rows = result["floors"], []
     for v, m in result["variants"].items():
-        vs, frac = m["vs_transformers"] or {}, m["fraction_of_floor"]
+        vs, frac = m["vs"].get(m["reference"]) or {}, m["fraction_of_floor"]
         rows.append({
             "case": f"{result['case']} {result['dtype']}",
-            "variant": v + (" (fell back to eager)" if m["compiled"] is False else ""),
-            "prefill ms": m["prefill_s"] * 1e3, "pf x": vs.get("prefill"),
-            "ttft ms": m["ttft_s"] * 1e3, "ttft x": vs.get("ttft"),
-            "tok/s b1": m["decode_tok_s_b1"], "b1 x": vs.get("decode_b1"),
-            "tok/s b8": m["decode_tok_s_b8"], "b8 x": vs.get("decode_b8"),
-            "vis ms/img": m["vision_s_per_image"] * 1e3, "vis x": vs.get("vision"),
-            "RSS MB": m["peak_rss_mb"], "rss x": vs.get("peak_rss"),
-            **({"GPU MB": m["cuda_peak_mb"], "gpu x": vs.get("cuda_peak")} if m["cuda_peak_mb"] else {}),
+            "variant": v + (" (fell back to eager)" if m["compiled"] is False else ""), "vs": m["reference"],
+            "prefill ms": m["prefill_s"] * 1e3, "pf x": vs.get("prefill_speedup"),
+            "ttft ms": m["ttft_s"] * 1e3, "ttft x": vs.get("ttft_speedup"),
+            "tok/s b1": m["decode_tok_s_b1"], "b1 x": vs.get("decode_b1_speedup"),
+            "tok/s b8": m["decode_tok_s_b8"], "b8 x": vs.get("decode_b8_speedup"),
+            "vis ms/img": m["vision_s_per_image"] * 1e3, "vis x": vs.get("vision_speedup"),
+            "RSS MB": m["peak_rss_mb"], "rss x": vs.get("peak_rss_ratio"),
+            **({"GPU MB": m["cuda_peak_mb"], "gpu x": vs.get("cuda_peak_ratio")} if m["cuda_peak_mb"] else {}),
             "same tok": None if not vs else ("yes" if vs["same_tokens_b1"] and vs["same_tokens_b8"] else "no"),
             "frac pf/b1/b8/vis": "/".join(f"{frac[k]:.2f}" for k in ("prefill", "decode_b1", "decode_b8", "vision")),
         })
@@ -206,9 +243,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cases", default="debug:float32,mid-300m:float32,mid-300m:bfloat16",
                    help="comma-separated CASE:DTYPE (cases: debug, mid-300m, 3b-224)")
     p.add_argument("--full", action="store_true", help="add 3b-224:bfloat16 (about 6 GB per framework, slow)")
-    p.add_argument("--variants", default="vlmkit,vlmkit+compile,transformers",
-                   help="comma-separated; vlmkit with +int8 / +compile suffixes, or transformers")
-    p.add_argument("--int8", action="store_true", help="add vlmkit+int8+compile (reports logit error)")
+    p.add_argument("--variants", default="vlmkit,vlmkit+compile,transformers,transformers+static+compile",
+                   help="comma-separated; vlmkit with +int8 / +compile / +graphs suffixes, transformers with "
+                        "+int8 (torchao) / +static / +compile")
+    p.add_argument("--int8", action="store_true",
+                   help="add vlmkit+int8+compile and transformers+int8+static+compile (torchao int8 weight-only, "
+                        "when torchao is installed); both report their logit error")
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--text-len", type=int, default=16, help="prompt text tokens after the image tokens")
     p.add_argument("--reps", type=int, default=3)
@@ -229,23 +269,33 @@ def main(argv=None) -> None:
         raise SystemExit("--device cuda: torch sees no CUDA device here")
     args.workdir.mkdir(parents=True, exist_ok=True)
     cases = [c.split(":") for c in args.cases.split(",")] + ([["3b-224", "bfloat16"]] if args.full else [])
-    variants = args.variants.split(",") + (["vlmkit+int8+compile"] if args.int8 else [])
+    meta = run_metadata(argv)  # load average first: before this run adds its own
+    variants = args.variants.split(",") + (["vlmkit+int8+compile", "transformers+int8+static+compile"]
+                                           if args.int8 else [])
+    missing = torchao_missing() if any(is_reference(v) and "int8" in v.split("+") for v in variants) else None
+    if missing:
+        print(f"torchao int8 variants skipped: {missing}", flush=True)
+        variants = [v for v in variants if not (is_reference(v) and "int8" in v.split("+"))]
     if args.threads > 0:
         torch.set_num_threads(args.threads)  # floors measured with the workers' thread count
     hw = hardware(args.device)
+    print(json.dumps(meta), flush=True)
     print(json.dumps(hw), flush=True)
     results = []
     for name, dtype in cases:
         results.append(run_case(name, dtype, variants, args, hw))
+        print(RATIO_LEGEND)
         print(format_table(table_rows(results[-1]), list(table_rows(results[-1])[0])), flush=True)
         for v, m in results[-1]["variants"].items():
             if m["logit_error"]:
                 print(f"  {v} logit error vs {dtype}: {m['logit_error']}")
     rows = [r for res in results for r in table_rows(res)]
-    print("\nAll cases (... x = variant / transformers, decode x is a speed-up; frac = floor / measured time):")
+    print(f"\nAll cases; {RATIO_LEGEND}; frac = floor / measured time (1.0 = at the hardware limit):")
     print(format_table(rows, list(rows[0])))
     if args.json:
-        args.json.write_text(json.dumps({"hardware": hw, "args": {k: str(v) for k, v in vars(args).items()},
+        meta["loadavg_end"] = list(os.getloadavg())
+        args.json.write_text(json.dumps({"meta": meta, "hardware": hw, "ratio_legend": RATIO_LEGEND,
+                                         "args": {k: str(v) for k, v in vars(args).items()},
                                          "results": results}, indent=1))
 
 

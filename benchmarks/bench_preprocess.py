@@ -5,8 +5,10 @@
 All variants get the same decoded RGB PIL images (file decoding is excluded: it is the same PIL
 call for everyone) and produce float32 [B, 3, size, size]:
 
-- transformers: `SiglipImageProcessor` (the torchvision backend where torchvision is installed,
-  else its PIL backend, which is what this environment has; the class used is printed);
+- transformers: its PIL-backend ("slow") SigLIP processor, `SiglipImageProcessorPil` (transformers
+  >= 5; `SiglipImageProcessor` before), the one vlmkit's reference path is bit-identical to and
+  the only one this environment can run (the default `SiglipImageProcessor` needs torchvision, which
+  does not import with the CPU torch here). Its class and backend are printed and stored;
 - vlmkit reference: `preprocess_images`, bit-identical to transformers' PIL backend;
 - vlmkit fast: `preprocess_images_fast` on the PIL images (uint8 torch resize, fused normalise);
 - vlmkit fast tensor: `preprocess_images_fast` on one uint8 [B, 3, h, w] tensor (frames already
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -30,7 +33,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import format_table  # noqa: E402
+from _common import format_table, run_metadata  # noqa: E402
 
 from vlmkit.data.image import preprocess_images, preprocess_images_fast  # noqa: E402
 
@@ -51,12 +54,18 @@ def photo_like(n: int, width: int, height: int, seed: int = 0) -> list[Image.Ima
 
 
 def hf_processor(size: int):
+    """transformers' PIL-backend SigLIP image processor and a description of it."""
     import transformers as tf
 
+    cls = getattr(tf, "SiglipImageProcessorPil", None) or tf.SiglipImageProcessor
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        proc = tf.SiglipImageProcessor(size={"height": size, "width": size})
-    return proc, type(proc).__name__
+        proc = cls(size={"height": size, "width": size})
+    backend = "PIL" if "Pil" in type(proc).__name__ or not hasattr(tf, "SiglipImageProcessorPil") else "torchvision"
+    return proc, {"class": type(proc).__name__, "backend": backend, "transformers": tf.__version__}
+
+
+RATIO_LEGEND = "x transformers = this row's images/s / transformers' images/s (> 1 = this row faster)"
 
 
 def main(argv=None) -> None:
@@ -68,14 +77,16 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
+    meta = run_metadata(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     w, h = map(int, args.src_size.split("x"))
     images = photo_like(args.n, w, h)
     frames = torch.from_numpy(np.stack([np.asarray(im) for im in images])).permute(0, 3, 1, 2).contiguous()
-    proc, proc_name = hf_processor(args.size)
+    proc, ref_info = hf_processor(args.size)
     variants = {
-        f"transformers {proc_name}": lambda: proc(images, return_tensors="pt")["pixel_values"],
+        f"transformers {ref_info['class']} ({ref_info['backend']} backend)":
+            lambda: proc(images, return_tensors="pt")["pixel_values"],
         "vlmkit preprocess_images": lambda: preprocess_images(images, args.size),
         "vlmkit preprocess_images_fast": lambda: preprocess_images_fast(images, args.size),
         "vlmkit fast, uint8 tensor": lambda: preprocess_images_fast(frames, args.size),
@@ -95,10 +106,14 @@ def main(argv=None) -> None:
         diff = (outputs[k].float() - reference.float()).abs()
         rows.append({"variant": k, "images/s": rate, "x transformers": rate / hf_rate,
                      "max |diff|": float(diff.max()), "mean |diff| (levels)": float(diff.mean()) * 255 * 0.5})
-    print(f"{args.n} images {w}x{h} -> {args.size}x{args.size}, torch threads {torch.get_num_threads()}")
+    print(f"{args.n} images {w}x{h} -> {args.size}x{args.size}, torch threads {torch.get_num_threads()}; "
+          f"reference: transformers {ref_info['transformers']} {ref_info['class']} ({ref_info['backend']} backend)")
+    print(RATIO_LEGEND)
     print(format_table(rows, list(rows[0])))
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
+        meta["loadavg_end"] = list(os.getloadavg())
+        args.json.write_text(json.dumps({"meta": meta, "reference": ref_info, "ratio_legend": RATIO_LEGEND,
+                                         "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
                                          "samples_s": times}, indent=1))
 
 

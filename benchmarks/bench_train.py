@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -38,7 +39,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import Worker, count_flops, format_table, measure_matmul_rate, peak_rss_mb, ratio  # noqa: E402
+from _common import (Worker, count_flops, format_table, measure_matmul_rate, peak_rss_mb, ratio,  # noqa: E402
+                     run_metadata)
 
 TRAIN_WORKER = str(Path(__file__).with_name("_train_workers.py"))
 
@@ -219,12 +221,13 @@ def main(argv=None) -> None:
     if args.worker:
         print(json.dumps(paligemma_worker(**json.loads(args.worker))))
         return
+    meta = run_metadata(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)  # the floors' matmul rate with the workers' thread count
     rates = {d: measure_matmul_rate(getattr(torch, d)) for d in {"float32", args.dtype}}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, dense matmul "
           + ", ".join(f"{d} {r / 1e9:.0f} GFLOP/s" for d, r in rates.items()), flush=True)
-    result = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+    result = {"meta": meta, "torch": torch.__version__, "threads": torch.get_num_threads(),
               "matmul_GFLOPs": {d: r / 1e9 for d, r in rates.items()}, "paligemma": [], "contrastive": []}
     if args.case != "none":
         result["paligemma"] = run_paligemma(args, rates[args.dtype])
@@ -241,6 +244,7 @@ def main(argv=None) -> None:
             "case", "framework", "torch", "params M", "batch", "samples/s", "x open_clip", "peak RSS MB",
             "rss x open_clip", "GFLOP/step", "floor s", "frac"]))
     if args.json:
+        meta["loadavg_end"] = list(os.getloadavg())
         args.json.write_text(json.dumps(result, indent=1))
 
 

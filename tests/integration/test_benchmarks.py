@@ -31,7 +31,7 @@ def _positive(x) -> bool:
 def test_bench_train_smoke(tmp_path):
     out, stdout = _run("bench_train.py", "--case", "debug", "--batch", "2", "--steps", "1", "--siglip", "--coca",
                        "--tiny", "--contrastive-batch", "2", json_path=tmp_path / "train.json")
-    assert _positive(out["matmul_GFLOPs"]["float32"])
+    assert _positive(out["matmul_GFLOPs"]["float32"]) and "bench_train.py" in out["meta"]["command"]
     assert [r["activation ckpt"] for r in out["paligemma"]] == [False, True]
     for r in out["paligemma"]:
         assert all(_positive(r[k]) for k in ("samples_per_s", "peak_rss_mb", "flops_per_step", "floor_s", "frac"))
@@ -46,20 +46,70 @@ def test_bench_train_smoke(tmp_path):
     assert "open_clip side skipped" in stdout
 
 
-def test_bench_generate_smoke(tmp_path):
-    out, _ = _run("bench_generate.py", "--cases", "debug:float32", "--variants", "vlmkit,transformers",
-                  "--new-tokens", "2", "--reps", "1", "--workdir", str(tmp_path / "work"),
-                  json_path=tmp_path / "gen.json")
-    assert _positive(out["hardware"]["matmul_GFLOPs"]["float32"]) and _positive(out["hardware"]["bandwidth_GBps"])
+def _has_torchao() -> bool:
+    try:
+        import torchao.quantization  # noqa: F401
+    except Exception:  # noqa: BLE001 - not installed, or built for another torch
+        return False
+    return True
+
+
+GEN_KEYS = ("prefill_s", "ttft_s", "decode_tok_s_b1", "decode_tok_s_b8", "vision_s_per_image", "peak_rss_mb")
+
+
+def _check_generate(out: dict, variants: set[str]) -> dict:
+    """Structure shared by every bench_generate run: metadata, positive metrics, directed ratios."""
+    meta = out["meta"]
+    assert meta["command"].startswith("python ") and "bench_generate.py" in meta["command"]
+    assert len(meta["loadavg_start"]) == 3 and meta["torch"] == torch.__version__ and meta["transformers"]
+    assert set(meta["cpu_flags"]) >= {"avx512_bf16", "amx_bf16"} and "date_utc" in meta
+    assert "> 1 = this row faster" in out["ratio_legend"] and "< 1 = this row smaller" in out["ratio_legend"]
     (res,) = out["results"]
-    assert set(res["variants"]) == {"vlmkit", "transformers"}
-    assert out["hardware"]["device"] == "cpu"  # no CUDA here: --device auto falls back to cpu
-    for m in res["variants"].values():
-        keys = ("prefill_s", "ttft_s", "decode_tok_s_b1", "decode_tok_s_b8", "vision_s_per_image", "peak_rss_mb")
-        assert all(_positive(m[k]) for k in keys)
+    assert set(res["variants"]) == variants
+    for name, m in res["variants"].items():
+        assert all(_positive(m[k]) for k in GEN_KEYS), name
         assert _positive(m["fraction_of_floor"]["vision"]) and m["cuda_peak_mb"] is None
-    # Greedy decoding of the same weights: both frameworks pick the same tokens.
-    assert res["variants"]["vlmkit"]["vs_transformers"]["same_tokens_b1"]
+        assert set(m["vs"]) == {v for v in variants if v.startswith("transformers") and v != name}
+        for r in m["vs"].values():
+            assert all(_positive(r[k]) for k in ("prefill_speedup", "decode_b1_speedup", "peak_rss_ratio"))
+    return res["variants"]
+
+
+def test_bench_generate_smoke(tmp_path):
+    int8 = _has_torchao()
+    variants = {"vlmkit", "transformers"} | ({"vlmkit+int8", "transformers+int8"} if int8 else set())
+    out, stdout = _run("bench_generate.py", "--cases", "debug:float32", "--variants", ",".join(sorted(variants)),
+                       "--new-tokens", "2", "--reps", "1", "--workdir", str(tmp_path / "work"),
+                       json_path=tmp_path / "gen.json")
+    assert _positive(out["hardware"]["matmul_GFLOPs"]["float32"]) and _positive(out["hardware"]["bandwidth_GBps"])
+    assert out["hardware"]["device"] == "cpu"  # no CUDA here: --device auto falls back to cpu
+    got = _check_generate(out, variants)
+    assert out["ratio_legend"] in stdout  # printed above the table
+    assert got["vlmkit"]["reference"] == "transformers" and got["transformers"]["reference"] is None
+    # Greedy decoding of the same weights: every float variant picks the same tokens.
+    same = got["vlmkit"]["vs"]["transformers"]
+    assert same["same_tokens_b1"] and same["same_tokens_b8"]
+    if int8:  # each int8 row is compared with the other framework's int8, and both report their error
+        assert got["vlmkit+int8"]["reference"] == "transformers+int8"
+        assert all(got[v]["logit_error"]["max_abs_over_max_ref"] < 0.05 for v in ("vlmkit+int8", "transformers+int8"))
+
+
+@pytest.mark.slow
+def test_bench_generate_compiled_baselines(tmp_path):
+    """vlmkit's compiled decode against transformers' documented fast path (static cache +
+    torch.compile of the forward), and transformers' static cache alone: same greedy tokens
+    everywhere; compiles both frameworks (~40 s on 2 cores)."""
+    variants = {"vlmkit+compile", "transformers", "transformers+static", "transformers+static+compile"}
+    out, _ = _run("bench_generate.py", "--cases", "debug:float32", "--variants", ",".join(sorted(variants)),
+                  "--new-tokens", "3", "--reps", "1", "--workdir", str(tmp_path / "work"),
+                  json_path=tmp_path / "gen.json")
+    got = _check_generate(out, variants)
+    assert got["vlmkit+compile"]["reference"] == "transformers+static+compile"
+    assert got["vlmkit+compile"]["compiled"] is True
+    for v, ref in (("vlmkit+compile", "transformers+static+compile"), ("transformers+static", "transformers"),
+                   ("transformers+static+compile", "transformers")):
+        same = got[v]["vs"][ref]
+        assert same["same_tokens_b1"] and same["same_tokens_b8"], (v, ref)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -72,7 +122,7 @@ def test_bench_generate_cuda_smoke(tmp_path):
     (res,) = out["results"]
     for m in res["variants"].values():
         assert all(_positive(m[k]) for k in ("prefill_s", "decode_tok_s_b1", "vision_s_per_image", "cuda_peak_mb"))
-    assert res["variants"]["vlmkit"]["vs_transformers"]["same_tokens_b1"]
+    assert res["variants"]["vlmkit"]["vs"]["transformers"]["same_tokens_b1"]
 
 
 def test_bench_generate_cuda_without_gpu_is_one_line(tmp_path):
@@ -84,9 +134,30 @@ def test_bench_generate_cuda_without_gpu_is_one_line(tmp_path):
 
 
 def test_bench_preprocess_smoke(tmp_path):
-    out, _ = _run("bench_preprocess.py", "--n", "2", "--reps", "1", "--src-size", "64x48", "--size", "32",
-                  json_path=tmp_path / "pre.json")
+    out, stdout = _run("bench_preprocess.py", "--n", "2", "--reps", "1", "--src-size", "64x48", "--size", "32",
+                       json_path=tmp_path / "pre.json")
     assert len(out["rows"]) == 4
     for r in out["rows"]:
         assert _positive(r["images/s"]) and r["max |diff|"] < 0.05
     assert out["rows"][1]["max |diff|"] == 0  # the reference path is bit-identical to transformers
+    # The baseline is named: transformers' PIL ("slow") processor, in the table and the JSON.
+    assert out["reference"]["backend"] == "PIL" and out["reference"]["class"] in out["rows"][0]["variant"]
+    assert "PIL backend" in out["rows"][0]["variant"] and out["ratio_legend"] in stdout
+    assert "bench_preprocess.py" in out["meta"]["command"] and len(out["meta"]["loadavg_start"]) == 3
+
+
+def test_render_table_on_the_committed_results():
+    """The README's tables come from benchmarks/results/*.json through render_table.py."""
+    files = sorted((ROOT / "benchmarks" / "results").glob("*.json"))
+    assert files, "no committed benchmark JSON"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "render_table.py"), *map(str, files)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for f in files:
+        data = json.loads(f.read_text())
+        assert data["meta"]["date_utc"] in proc.stdout and data["meta"]["command"] in proc.stdout
+        assert data["ratio_legend"][1:] in proc.stdout  # the direction of every ratio (first letter capitalised)
+        variants = [v for res in data.get("results", []) for v in res["variants"]]
+        variants = variants or [r["variant"] for r in data["rows"]]  # a preprocessing file
+        for v in variants:
+            assert f"| {v} |" in proc.stdout, v

@@ -1,0 +1,101 @@
+"""Render the README's benchmark tables (Markdown) from committed benchmark JSON.
+
+    python benchmarks/render_table.py benchmarks/results/*.json
+
+Every number the README shows comes from one of these files, written by `bench_generate.py
+--json` or `bench_preprocess.py --json`; each table is preceded by where and how its file was
+measured (date, command, CPU, bf16/AMX flags, versions, load average at the start) and by the
+direction of its ratios, both read from the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _x(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def _num(v: float | None, unit: str = "") -> str:
+    if v is None:
+        return "-"
+    return (f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}") + unit
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shown_path(path: Path) -> str:
+    """The file as the README names it: relative to the repository when inside it."""
+    try:
+        return path.resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def provenance(meta: dict, path: Path) -> str:
+    """One line: file, date, command, CPU and its flags, versions, load average at the start."""
+    flags = ", ".join(f for f, on in meta["cpu_flags"].items() if on) or "none of the listed"
+    versions = ", ".join(f"{m} {meta[m]}" for m in ("torch", "transformers", "torchao") if meta.get(m))
+    load = "load average (1/5/15 min) at start " + "/".join(f"{v:.2f}" for v in meta["loadavg_start"])
+    if meta.get("loadavg_end"):
+        load += ", at end " + "/".join(f"{v:.2f}" for v in meta["loadavg_end"])
+    return (f"`{shown_path(path)}`: {meta['date_utc']}, `{meta['command']}`; {meta['cpu_model']} "
+            f"({meta['cpus']} CPUs; {flags}); {versions}; {load}")
+
+
+def generate_table(data: dict) -> list[str]:
+    legend = data["ratio_legend"]
+    lines = [legend[0].upper() + legend[1:] + ".", "",
+             "| case | variant | vs | prefill ms | pf x | decode b1 tok/s | b1 x | decode b8 tok/s | b8 x "
+             "| peak RSS MB | rss x | same tokens |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for res in data["results"]:
+        for name, m in res["variants"].items():
+            vs = m["vs"].get(m["reference"]) or {}
+            same = "-" if not vs else ("yes" if vs["same_tokens_b1"] and vs["same_tokens_b8"] else "no")
+            lines.append(
+                f"| {res['case']} {res['dtype']} | {name} | {m['reference'] or '-'} | {_num(m['prefill_s'] * 1e3)} "
+                f"| {_x(vs.get('prefill_speedup'))} | {_num(m['decode_tok_s_b1'])} | {_x(vs.get('decode_b1_speedup'))} "
+                f"| {_num(m['decode_tok_s_b8'])} | {_x(vs.get('decode_b8_speedup'))} | {_num(m['peak_rss_mb'])} "
+                f"| {_x(vs.get('peak_rss_ratio'))} | {same} |")
+    errors = [f"{name} ({res['case']} {res['dtype']}): max |diff| / max |logit| "
+              f"{e['max_abs_over_max_ref']:.2%}, argmax agreement {e['argmax_agreement']:.0%}"
+              for res in data["results"] for name, m in res["variants"].items() if (e := m.get("logit_error"))]
+    if errors:
+        lines += ["", "int8 logit error against the same framework's float model: " + "; ".join(errors) + "."]
+    return lines
+
+
+def preprocess_table(data: dict) -> list[str]:
+    ref, args = data["reference"], data["args"]
+    lines = [f"{args['n']} images {args['src_size']} -> {args['size']}x{args['size']}; reference: transformers "
+             f"{ref['transformers']} `{ref['class']}` ({ref['backend']} backend); {data['ratio_legend']}.", "",
+             "| variant | images/s | x transformers | max abs diff |", "|---|---|---|---|"]
+    lines += [f"| {r['variant']} | {_num(r['images/s'])} | {_x(r['x transformers'])} | {r['max |diff|']:.3g} |"
+              for r in data["rows"]]
+    return lines
+
+
+def render(path: Path) -> str:
+    """Markdown for one committed JSON file (generation or preprocessing results)."""
+    data = json.loads(path.read_text())
+    if "meta" not in data:
+        raise SystemExit(f"{path}: no 'meta' block (written by an older benchmark script?)")
+    body = generate_table(data) if "results" in data else preprocess_table(data)
+    return "\n".join([f"Measured: {provenance(data['meta'], path)}.", "", *body])
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("files", nargs="+", type=Path, help="JSON written by bench_generate.py / bench_preprocess.py")
+    a = p.parse_args(argv)
+    print("\n\n".join(render(f) for f in a.files))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
