@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-GEN, COMMON, GEMMA = "src/vlmkit/generation", "src/vlmkit/models/common", "src/vlmkit/models/gemma"
+GEN, COMMON = "src/vlmkit/generation", "src/vlmkit/models/common"
+DECODER = f"{COMMON}/decoder.py"  # the one decoder of Gemma / Llama / Mistral / Qwen2
 T_GEN, T_SAMPLING = "tests/unit/test_generation.py", "tests/unit/test_sampling_reference.py"
 T_GEN_PARITY, T_MODEL_PARITY = "tests/parity/test_generation_parity.py", "tests/parity/test_model_parity.py"
 T_ATTENTION = "tests/unit/test_attention.py"
@@ -93,10 +94,10 @@ MUTATIONS = (
              edits=((f"{COMMON}/norms.py", "scale = 1.0 + w if self.unit_offset else w", "scale = w"),),
              tests=(T_MODEL_PARITY,)),
     Mutation(name="embed-scale-dropped", why="Gemma's sqrt(D) embedding scale dropped",
-             edits=((f"{GEMMA}/model.py", "if self.cfg.embed_scale:", "if False:"),),
+             edits=((DECODER, "if self.cfg.embed_scale:", "if False:"),),
              tests=(T_MODEL_PARITY,)),
     Mutation(name="final-softcap-dropped", why="Gemma 2's final logit soft-cap dropped",
-             edits=((f"{GEMMA}/model.py", "return logits if cap is None else torch.tanh(logits / cap) * cap",
+             edits=((DECODER, "return logits if cap is None else torch.tanh(logits / cap) * cap",
                      "return logits"),),
              tests=(T_MODEL_PARITY, T_GEN_PARITY)),
     Mutation(name="loc-decode-off-by-one", why="<locK> decoded as the start of bin K + 1",
