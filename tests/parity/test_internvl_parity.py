@@ -1,0 +1,252 @@
+"""InternVL parity with transformers' InternVLForConditionalGeneration (tiny random configs, fp32,
+CPU): logits with several tiles per image, a left-padded batch with different image counts,
+greedy generation through vlmkit's engine, both load directions, bf16, feature layers, presets.
+
+Measured (fp32): every logits comparison below is bit-identical (max |diff| 0.0), so ATOL is 0.
+Two towers are exercised: InternVL3's (LayerNorm, q/k/v biases, no final norm) and the
+InternViT-6B switches (RMSNorm, QK-norm, no biases, a final LayerNorm that only layer -1 reads).
+"""
+
+import json
+
+import pytest
+import torch
+import transformers as tf
+
+from tests.parity import hf_builders as hb
+from vlmkit.errors import CheckpointError
+from vlmkit.generation import SamplingConfig, generate
+from vlmkit.models.internvl import InternVL, InternVLConfig
+from vlmkit.models.parts.connectors import pixel_shuffle
+from vlmkit.models.registry import get_family
+from vlmkit.weights.hf import load_hf, save_hf
+from vlmkit.weights.safetensors_io import SafetensorsReader, write_state_dict
+
+ATOL = 0.0  # measured: 0.0 for every fp32 comparison in this file
+IMG, START, END = hb.IMAGE_TOKEN, 297, 298  # <IMG_CONTEXT>, <img>, </img>
+# A padded row vs the same row alone is another batch shape, so other matmul blockings: measured
+# 2.7e-7 max |diff| (this compares vlmkit with itself, not with transformers).
+PAD_ATOL = 1e-6
+PER_TILE = 4  # (32 / 8)^2 = 16 patches, pixel shuffle 2 -> 4 tokens per tile
+
+TOWERS = {
+    "internvl3": dict(attention_bias=True),
+    "6b-switches": dict(use_qk_norm=True, norm_type="rms_norm", use_mean_pooling=False, attention_bias=False),
+}
+
+
+def internvl_hf(tower="internvl3", tie=False, seed=0, **kw):
+    vision = tf.InternVLVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                     image_size=32, patch_size=8, **TOWERS[tower])
+    text = tf.Qwen2Config(vocab_size=hb.VOCAB, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+                          num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    cfg = tf.InternVLConfig(vision_config=vision.to_dict(), text_config=text.to_dict(), image_token_id=IMG,
+                            image_seq_length=PER_TILE, tie_word_embeddings=tie, **kw)
+    return hb.randomize(tf.InternVLForConditionalGeneration(cfg), seed)
+
+
+def _prompt(g, tiles_per_image, text_len=4):
+    """BOS-ish text, then per image `<img>` + 4 * tiles `<IMG_CONTEXT>` + `</img>` and some text."""
+    parts = [torch.randint(3, START, (2,), generator=g)]
+    for n in tiles_per_image:
+        parts += [torch.tensor([START]), torch.full((PER_TILE * n,), IMG), torch.tensor([END]),
+                  torch.randint(3, START, (text_len,), generator=g)]
+    return torch.cat(parts)
+
+
+def _batch(rows, seed=1):
+    """Left-padded batch of prompts with the given tiles per image; pixel_values in tile order."""
+    g = torch.Generator().manual_seed(seed)
+    prompts = [_prompt(g, tiles) for tiles in rows]
+    T = max(len(p) for p in prompts)
+    ids = torch.zeros(len(rows), T, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, T - len(p):], mask[i, T - len(p):] = p, 1
+    pix = torch.randn(sum(sum(t) for t in rows), 3, 32, 32, generator=g)
+    return ids, mask, pix
+
+
+@pytest.fixture(params=[("internvl3", False), ("6b-switches", True)], ids=["internvl3-untied", "6b-switches-tied"])
+def pair(tmp_path, request):
+    hf = internvl_hf(*request.param)
+    hf.save_pretrained(tmp_path / "hf")
+    return hf, load_hf(tmp_path / "hf", dtype="float32")
+
+
+def test_logits_several_tiles(pair):
+    """Two prompts, each one image of 3 tiles (2 + thumbnail) and one of 1 tile."""
+    hf, ours = pair
+    assert type(ours) is InternVL and ours.cfg.num_image_tokens == PER_TILE
+    ids, mask, pix = _batch([(3, 1), (1, 3)])
+    assert mask.all()
+    with torch.no_grad():
+        ref = hf(input_ids=ids, pixel_values=pix).logits
+        got = ours(ids, pix)
+        swapped = ours(ids, pix.flip(0))
+    torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
+    assert not torch.allclose(got, swapped)  # tile order matters
+
+
+def test_left_padded_batch(pair):
+    """Row 0: one image of 2 tiles; row 1: two images (3 + 1 tiles); row 0 left padded. Equal at
+    real tokens with generate's positions, and row 0 equals itself unpadded."""
+    hf, ours = pair
+    ids, mask, pix = _batch([(2,), (3, 1)])
+    pad = int((mask[0] == 0).sum())
+    assert pad > 0
+    pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    with torch.no_grad():
+        ref = hf(input_ids=ids, pixel_values=pix, attention_mask=mask, position_ids=pos).logits
+        got = ours(ids, pix, mask)
+        alone = ours(ids[:1, pad:], pix[:2])
+    valid = mask.bool()
+    torch.testing.assert_close(got[valid], ref[valid], atol=ATOL, rtol=0)
+    torch.testing.assert_close(got[0, pad:], alone[0], atol=PAD_ATOL, rtol=0)
+
+
+class IdTokenizer:
+    eos_id = -1
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(map(str, ids))
+
+
+def test_greedy_generation(pair):
+    """vlmkit's engine with the family's adapter vs transformers' generate, left-padded batch of 2."""
+    hf, ours = pair
+    ids, mask, pix = _batch([(2,), (3, 1)], seed=3)
+    hf.generation_config.eos_token_id = None
+    hf.generation_config.pad_token_id = 0
+    with torch.no_grad():
+        ref = hf.generate(input_ids=ids, pixel_values=pix, attention_mask=mask, max_new_tokens=12,
+                          do_sample=False)[:, ids.shape[1]:]
+    batch = dict(input_ids=ids, attention_mask=mask, pixel_values=pix)
+    out = generate(ours, IdTokenizer(), batch, SamplingConfig(max_new_tokens=12))
+    assert [r.token_ids for r in out] == ref.tolist()
+
+
+def test_roundtrip(pair, tmp_path):
+    """ours -> HF loads strictly in transformers with equal tensors and logits; ours -> HF -> ours is
+    bit-identical (HF -> ours strict is the fixture's load_hf)."""
+    hf, ours = pair
+    save_hf(ours, tmp_path / "ours")
+    hf2, info = tf.InternVLForConditionalGeneration.from_pretrained(tmp_path / "ours", output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    hf_sd = hf.state_dict()
+    assert hf2.state_dict().keys() == hf_sd.keys()
+    for k, v in hf2.state_dict().items():
+        assert torch.equal(v, hf_sd[k]), k
+    ids, _, pix = _batch([(3, 1), (1, 3)])
+    with torch.no_grad():
+        torch.testing.assert_close(hf2.eval()(input_ids=ids, pixel_values=pix).logits, ours(ids, pix), atol=ATOL, rtol=0)
+    again = load_hf(tmp_path / "ours", dtype="float32")
+    assert again.cfg == ours.cfg
+    for (k, v), (k2, v2) in zip(ours.state_dict().items(), again.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+
+
+def test_reads_module_layout_and_shards(tmp_path):
+    """transformers 5's module names (`model.vision_tower.*`, `model.language_model.*`,
+    `model.multi_modal_projector.*`, top-level `lm_head`) in a sharded folder load the same model."""
+    hf = internvl_hf()
+    hf.save_pretrained(tmp_path / "hub")
+    hub_keys = SafetensorsReader(tmp_path / "hub").keys()
+    assert "language_model.lm_head.weight" in hub_keys and any(k.startswith("vision_tower.embeddings") for k in hub_keys)
+    (tmp_path / "mod").mkdir()
+    (tmp_path / "mod" / "config.json").write_text((tmp_path / "hub" / "config.json").read_text())
+    sd = hf.state_dict()
+    assert any(k.startswith("model.vision_tower.") for k in sd) and "lm_head.weight" in sd
+    write_state_dict(sd, tmp_path / "mod", max_shard_bytes=20_000)
+    assert (tmp_path / "mod" / "model.safetensors.index.json").exists()
+    a, b = load_hf(tmp_path / "hub", dtype="float32"), load_hf(tmp_path / "mod", dtype="float32")
+    for (k, v), (k2, v2) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+
+
+@pytest.mark.parametrize("tie_top,tie_text", [(True, False), (False, True)])
+def test_tied_head_follows_the_top_level(tmp_path, tie_top, tie_text):
+    """InternVLForConditionalGeneration ties its head by the top-level tie_word_embeddings alone
+    (the text sub-model has no head), so text_config's value is ignored, by both."""
+    hf = internvl_hf(tie=tie_top)
+    hf.config.text_config.tie_word_embeddings = tie_text
+    hf = hb.randomize(tf.InternVLForConditionalGeneration(hf.config))
+    hf.save_pretrained(tmp_path)
+    ours = load_hf(tmp_path, dtype="float32")
+    assert ours.cfg.text.tie_embeddings is tie_top
+    assert ("language_model.lm_head.weight" in SafetensorsReader(tmp_path).keys()) is not tie_top
+    ids, _, pix = _batch([(1,), (2,)])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids, pix), hf(input_ids=ids, pixel_values=pix).logits, atol=ATOL, rtol=0)
+
+
+def test_bf16(tmp_path):
+    """bf16 logits against transformers in bf16. Measured: bit-identical (max |diff| 0)."""
+    internvl_hf().save_pretrained(tmp_path)
+    hf = tf.InternVLForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    ours = load_hf(tmp_path, dtype="bfloat16")
+    ids, _, pix = _batch([(3, 1), (1, 3)])
+    with torch.no_grad():
+        ref = hf(input_ids=ids, pixel_values=pix.bfloat16()).logits
+        got = ours(ids, pix.bfloat16())
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, ref, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("layer", [-2, 1, 3])
+def test_feature_layer(tmp_path, layer):
+    """vision_feature_layer other than -1 reads the un-normed block output (index 3 = the last
+    block, which differs from -1 when the tower has a final norm), end to end."""
+    hf = internvl_hf("6b-switches", vision_feature_layer=layer)
+    hf.save_pretrained(tmp_path)
+    ours = load_hf(tmp_path, dtype="float32")
+    assert ours.cfg.features.vision_feature_layer == layer
+    ids, _, pix = _batch([(2,), (1,)])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids, pix), hf(input_ids=ids, pixel_values=pix).logits, atol=ATOL, rtol=0)
+    if layer == 3:
+        default = load_hf(tmp_path, dtype="float32")
+        default.cfg.features.vision_feature_layer = -1
+        with torch.no_grad():
+            assert not torch.allclose(default(ids, pix), ours(ids, pix))
+
+
+def test_pixel_shuffle_matches_transformers():
+    """The shared connector's space-to-depth equals InternVLModel.pixel_shuffle (grid layout)."""
+    hf = internvl_hf()
+    x = torch.randn(3, 64, 5)  # 3 tiles, an 8x8 grid, 5 channels
+    ref = hf.model.pixel_shuffle(x.reshape(3, 8, 8, 5), scale_factor=0.5).reshape(3, 16, 20)
+    assert torch.equal(pixel_shuffle(x, 2), ref)
+
+
+def test_config_errors(tmp_path):
+    hf = internvl_hf()
+    hf.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    for key, value, match in [("vision_feature_layer", [-1, -2], "one vision_feature_layer"),
+                              ("vision_feature_select_strategy", "full", "strategy 'default'"),
+                              ("downsample_ratio", 0.4, "downsample_ratio 0.4")]:
+        (tmp_path / "config.json").write_text(json.dumps({**cfg, key: value}))
+        with pytest.raises(CheckpointError, match=match) as e:
+            load_hf(tmp_path)
+        assert "\n" not in str(e.value)
+
+
+def test_presets_and_parameter_count():
+    """internvl3-1b-hf on the meta device: 938,193,024 parameters (the hub's 938M for
+    OpenGVLab/InternVL3-1B-hf: 304.0M tower, 4.48M connector, 629.7M decoder with its untied head)."""
+    cfg = InternVLConfig.from_preset("internvl3-1b-hf")
+    assert cfg.num_image_tokens == 256 and cfg.image_token_id == 151667
+    with torch.device("meta"):
+        big = InternVL(cfg)
+    parts = {name: sum(p.numel() for p in m.parameters()) for name, m in big.named_children()}
+    assert parts == {"vision_tower": 304_012_288, "projector": 4_482_816, "language_model": 629_697_920}
+    assert sum(parts.values()) == 938_193_024
+    assert tuple(big.projector.linear_1.weight.shape) == (896, 4096)
+    hf_cfg = get_family("internvl").config_to_hf(cfg)
+    assert hf_cfg["image_seq_length"] == 256 and hf_cfg["downsample_ratio"] == 0.5
+    debug = InternVL(InternVLConfig.from_preset("debug"))
+    assert debug.cfg.num_image_tokens == 4
+    with torch.no_grad():
+        feats = debug.encode_images(torch.randn(3, 3, 32, 32))
+    assert feats.shape == (3, 4, debug.cfg.text.hidden_size)
