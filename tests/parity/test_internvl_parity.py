@@ -20,7 +20,7 @@ from vlmkit.models.internvl import InternVL, InternVLConfig
 from vlmkit.models.parts.connectors import pixel_shuffle
 from vlmkit.models.registry import get_family
 from vlmkit.weights.hf import load_hf, save_hf
-from vlmkit.weights.safetensors_io import SafetensorsReader, write_state_dict
+from vlmkit.weights.safetensors_io import SafetensorsReader
 
 ATOL = 0.0  # measured: 0.0 for every fp32 comparison in this file
 IMG, START, END = hb.IMAGE_TOKEN, 297, 298  # <IMG_CONTEXT>, <img>, </img>
@@ -148,20 +148,11 @@ def test_roundtrip(pair, tmp_path):
 
 def test_reads_module_layout_and_shards(tmp_path):
     """transformers 5's module names (`model.vision_tower.*`, `model.language_model.*`,
-    `model.multi_modal_projector.*`, top-level `lm_head`) in a sharded folder load the same model."""
-    hf = internvl_hf()
-    hf.save_pretrained(tmp_path / "hub")
+    `model.multi_modal_projector.*`, top-level `lm_head`) in a sharded folder load the same model
+    as the hub layout (`vision_tower.*` without `vision_model.`, `language_model.lm_head`)."""
+    hb.assert_module_layout_loads(internvl_hf(), tmp_path)
     hub_keys = SafetensorsReader(tmp_path / "hub").keys()
     assert "language_model.lm_head.weight" in hub_keys and any(k.startswith("vision_tower.embeddings") for k in hub_keys)
-    (tmp_path / "mod").mkdir()
-    (tmp_path / "mod" / "config.json").write_text((tmp_path / "hub" / "config.json").read_text())
-    sd = hf.state_dict()
-    assert any(k.startswith("model.vision_tower.") for k in sd) and "lm_head.weight" in sd
-    write_state_dict(sd, tmp_path / "mod", max_shard_bytes=20_000)
-    assert (tmp_path / "mod" / "model.safetensors.index.json").exists()
-    a, b = load_hf(tmp_path / "hub", dtype="float32"), load_hf(tmp_path / "mod", dtype="float32")
-    for (k, v), (k2, v2) in zip(a.state_dict().items(), b.state_dict().items()):
-        assert k == k2 and torch.equal(v, v2), k
 
 
 @pytest.mark.parametrize("tie_top,tie_text", [(True, False), (False, True)])
@@ -250,3 +241,46 @@ def test_presets_and_parameter_count():
     with torch.no_grad():
         feats = debug.encode_images(torch.randn(3, 3, 32, 32))
     assert feats.shape == (3, 4, debug.cfg.text.hidden_size)
+
+
+# The processor-parity tests' tokenizer (test vocabulary + every family's image tokens, saved by transformers).
+from tests.parity.test_processors_typec import family_tokenizer_dir  # noqa: E402,F401  (a fixture)
+
+
+def test_pipeline_through_the_registry(family_tokenizer_dir, tmp_path, rng_image):
+    """A folder with tokenizer and image-processor files runs through `Pipeline.load` (the family
+    record's processor builder and generation adapter): greedy tokens equal transformers' generate
+    on the same processed batch (two prompts, one and two images, tiled with thumbnails)."""
+    import shutil
+
+    from vlmkit.data.tokenizer import Tokenizer
+    from vlmkit.pipeline import Pipeline
+
+    tok = Tokenizer.from_folder(family_tokenizer_dir)
+    vision = tf.InternVLVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                     image_size=32, patch_size=8, attention_bias=True)
+    text = tf.Qwen2Config(vocab_size=tok.vocab_size, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, pad_token_id=tok.pad_id,
+                          bos_token_id=tok.bos_id, eos_token_id=tok.eos_id)
+    hf = hb.randomize(tf.InternVLForConditionalGeneration(tf.InternVLConfig(
+        vision_config=vision.to_dict(), text_config=text.to_dict(), image_token_id=tok.token_to_id("<IMG_CONTEXT>"),
+        image_seq_length=PER_TILE, tie_word_embeddings=False)))
+    folder = tmp_path / "model"
+    hf.save_pretrained(folder)
+    for f in family_tokenizer_dir.iterdir():
+        shutil.copy(f, folder / f.name)
+    fam = get_family("internvl")
+    pre = {**fam.preprocessor_config(load_hf(folder).cfg), "max_patches": 4}
+    (folder / "preprocessor_config.json").write_text(json.dumps(pre))
+    pipe = Pipeline.load(folder, dtype="float32")
+    prompts = ["<IMG_CONTEXT>\nwhat is it?", "<IMG_CONTEXT> and <IMG_CONTEXT> compare"]
+    images = [[rng_image(40, 90, seed=1)], [rng_image(50, 50, seed=2), rng_image(90, 30, seed=3)]]
+    batch = pipe.processor(prompts, images, padding_side="left")
+    assert batch["num_patches"].tolist() == [3, 5, 4] and batch["attention_mask"][0, 0] == 0
+    hf.generation_config.pad_token_id = tok.pad_id
+    with torch.no_grad():
+        ref = hf.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          pixel_values=batch["pixel_values"], max_new_tokens=8, do_sample=False)
+    out = pipe.generate_batch(prompts, images, SamplingConfig(max_new_tokens=8))
+    assert all(r.token_ids for r in out)
+    assert [r.token_ids for r in out] == ref[:, batch["input_ids"].shape[1]:].tolist()

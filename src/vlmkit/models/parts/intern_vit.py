@@ -34,12 +34,13 @@ from vlmkit.models.common.activations import ACTIVATIONS, Activation
 from vlmkit.models.common.attention import attend
 from vlmkit.models.common.mlp import MLP
 from vlmkit.models.common.norms import RMSNorm
+from vlmkit.models.common.patches import PatchGrid
 
 NormType = Literal["layer_norm", "rms_norm"]
 
 
 @dataclass(kw_only=True)
-class InternVitConfig:
+class InternVitConfig(PatchGrid):
     hidden_size: int
     intermediate_size: int
     num_layers: int
@@ -60,20 +61,9 @@ class InternVitConfig:
     hidden_act: Activation = "gelu"
 
     def __post_init__(self):
-        if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
+        self.check_patch_grid()
         if self.norm_type not in ("layer_norm", "rms_norm"):
             raise ValueError(f"norm_type must be 'layer_norm' or 'rms_norm', got {self.norm_type!r}")
-
-    @property
-    def grid(self) -> int:
-        return self.image_size // self.patch_size
-
-    @property
-    def num_patches(self) -> int:
-        return self.grid**2
 
     @property
     def num_positions(self) -> int:
