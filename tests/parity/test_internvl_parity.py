@@ -187,7 +187,9 @@ def test_bf16(tmp_path):
 @pytest.mark.parametrize("layer", [-2, 1, 3])
 def test_feature_layer(tmp_path, layer):
     """vision_feature_layer other than -1 reads the un-normed block output (index 3 = the last
-    block, which differs from -1 when the tower has a final norm), end to end."""
+    block, which differs from -1 when the tower has a final norm), end to end. Layer 0 (the
+    embeddings) is not compared: transformers 5.24 passes it on as `output_hidden_states=0`,
+    which is falsy, and fails to collect any hidden state."""
     hf = internvl_hf("6b-switches", vision_feature_layer=layer)
     hf.save_pretrained(tmp_path)
     ours = load_hf(tmp_path, dtype="float32")
