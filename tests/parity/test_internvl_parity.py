@@ -14,13 +14,15 @@ import torch
 import transformers as tf
 
 from tests.parity import hf_builders as hb
+# A fixture: the processor-parity tests' tokenizer (test vocabulary + every family's image tokens).
+from tests.parity.test_processors_typec import family_tokenizer_dir  # noqa: F401
 from vlmkit.errors import CheckpointError
 from vlmkit.generation import SamplingConfig, generate
 from vlmkit.models.internvl import InternVL, InternVLConfig
 from vlmkit.models.parts.connectors import pixel_shuffle
 from vlmkit.models.registry import get_family
 from vlmkit.weights.hf import load_hf, save_hf
-from vlmkit.weights.safetensors_io import SafetensorsReader
+from vlmkit.weights.safetensors_io import SafetensorsReader, write_state_dict
 
 ATOL = 0.0  # measured: 0.0 for every fp32 comparison in this file
 IMG, START, END = hb.IMAGE_TOKEN, 297, 298  # <IMG_CONTEXT>, <img>, </img>
@@ -245,9 +247,6 @@ def test_presets_and_parameter_count():
     assert feats.shape == (3, 4, debug.cfg.text.hidden_size)
 
 
-# The processor-parity tests' tokenizer (test vocabulary + every family's image tokens, saved by transformers).
-from tests.parity.test_processors_typec import family_tokenizer_dir  # noqa: E402,F401  (a fixture)
-
 
 def test_pipeline_through_the_registry(family_tokenizer_dir, tmp_path, rng_image):
     """A folder with tokenizer and image-processor files runs through `Pipeline.load` (the family
@@ -286,3 +285,20 @@ def test_pipeline_through_the_registry(family_tokenizer_dir, tmp_path, rng_image
     out = pipe.generate_batch(prompts, images, SamplingConfig(max_new_tokens=8))
     assert all(r.token_ids for r in out)
     assert [r.token_ids for r in out] == ref[:, batch["input_ids"].shape[1]:].tolist()
+    (folder / "processor_config.json").write_text(json.dumps({"image_seq_length": 256}))
+    with pytest.raises(CheckpointError, match=r"processor tiles 32x32 with 256 tokens each, the model 32x32 with 4$"):
+        fam.build_processor(folder, tok, pipe.model.cfg)
+
+
+def test_strict_loading_names_missing_and_unexpected_keys(tmp_path):
+    internvl_hf().save_pretrained(tmp_path / "hub")
+    reader = SafetensorsReader(tmp_path / "hub")
+    tensors = {k: reader.get(k) for k in reader.keys() if k != "multi_modal_projector.layer_norm.weight"}
+    tensors["vision_tower.embeddings.mask_token"] = torch.zeros(1, 1, 32)
+    (tmp_path / "bad").mkdir()
+    write_state_dict(tensors, tmp_path / "bad")
+    (tmp_path / "bad" / "config.json").write_text((tmp_path / "hub" / "config.json").read_text())
+    with pytest.raises(CheckpointError, match=r"missing keys: projector\.layer_norm\.weight; "
+                                              r"unexpected keys: vision_tower\.embeddings\.mask_token$") as e:
+        load_hf(tmp_path / "bad")
+    assert "\n" not in str(e.value)
