@@ -77,3 +77,22 @@ def generate_positions(mask: torch.Tensor) -> torch.Tensor:
     uses 1..T instead, counting the padding slots.
     """
     return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0) + 1
+
+
+def assert_module_layout_loads(hf_model, tmp_path) -> None:
+    """transformers 5's module names (`model.vision_tower.*`, `model.language_model.*`, top-level
+    `lm_head`, ...) written as a sharded folder load to the same vlmkit model as the hub layout
+    `save_pretrained` writes."""
+    from vlmkit.weights.hf import load_hf
+    from vlmkit.weights.safetensors_io import write_state_dict
+
+    hf_model.save_pretrained(tmp_path / "hub")
+    (tmp_path / "mod").mkdir()
+    (tmp_path / "mod" / "config.json").write_text((tmp_path / "hub" / "config.json").read_text())
+    sd = hf_model.state_dict()
+    assert any(k.startswith("model.vision_tower.") for k in sd) and "lm_head.weight" in sd
+    write_state_dict(sd, tmp_path / "mod", max_shard_bytes=20_000)
+    assert (tmp_path / "mod" / "model.safetensors.index.json").exists()
+    a, b = load_hf(tmp_path / "hub", dtype="float32"), load_hf(tmp_path / "mod", dtype="float32")
+    for (k, v), (k2, v2) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k

@@ -194,17 +194,7 @@ def test_bf16_bit_identical(tmp_path):
 def test_reads_module_layout_and_shards(tmp_path):
     """transformers 5's own module names (`model.language_model.*`, `model.vision_tower.*`,
     `model.multi_modal_projector.*`, top-level `lm_head`) in a sharded folder load to the same model."""
-    hf = llava(hb.gemma_cfg(1))
-    hf.save_pretrained(tmp_path / "hub")
-    (tmp_path / "mod").mkdir()
-    (tmp_path / "mod" / "config.json").write_text((tmp_path / "hub" / "config.json").read_text())
-    sd = hf.state_dict()
-    assert any(k.startswith("model.vision_tower.") for k in sd) and "lm_head.weight" in sd
-    write_state_dict(sd, tmp_path / "mod", max_shard_bytes=20_000)
-    assert (tmp_path / "mod" / "model.safetensors.index.json").exists()
-    a, b = load_hf(tmp_path / "hub", dtype="float32"), load_hf(tmp_path / "mod", dtype="float32")
-    for (k, v), (k2, v2) in zip(a.state_dict().items(), b.state_dict().items()):
-        assert k == k2 and torch.equal(v, v2), k
+    hb.assert_module_layout_loads(llava(hb.gemma_cfg(1)), tmp_path)
 
 
 def test_bad_folders(tmp_path):

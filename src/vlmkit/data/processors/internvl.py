@@ -18,7 +18,7 @@ becomes `<img>` + `<IMG_CONTEXT>` * (image_seq_length * tiles) + `</img>`.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from vlmkit.data.processors import pixels
-from vlmkit.data.processors.common import TypeCProcessor, read_processor_files, size_field
-from vlmkit.errors import ConfigError
+from vlmkit.data.processors.common import PromptTokenizer, TypeCProcessor, read_processor_files, size_field
+from vlmkit.errors import CheckpointError, ConfigError
 
 
 @lru_cache(maxsize=16)
@@ -123,3 +123,21 @@ class InternVLProcessor(TypeCProcessor):
         out = self.image_inputs([img for g in groups for img in g])
         return out, [cfg.start_token + cfg.context_token * (cfg.image_seq_length * n) + cfg.end_token
                      for n in out["num_patches"].tolist()]
+
+
+def build_processor(folder: str | Path, tokenizer, cfg) -> InternVLProcessor:
+    """The InternVL registry record's processor builder: the folder's processor, checked against the
+    model config `cfg` (an `InternVLConfig`). `tokenizer` is unused: the processor runs the folder's
+    tokenizer.json itself. A folder without `image_seq_length` gets the model's tokens per tile."""
+    config = InternVLProcessorConfig.from_folder(folder)
+    if "image_seq_length" not in read_processor_files(folder)[1]:
+        config = replace(config, image_seq_length=cfg.num_image_tokens)
+    size = cfg.vision.image_size
+    if (config.tile_height, config.tile_width) != (size, size) or config.image_seq_length != cfg.num_image_tokens:
+        raise CheckpointError(f"{folder}: processor tiles {config.tile_height}x{config.tile_width} with "
+                              f"{config.image_seq_length} tokens each, the model {size}x{size} with {cfg.num_image_tokens}")
+    processor = InternVLProcessor(config, PromptTokenizer.from_folder(folder))
+    if processor.image_token_id != cfg.image_token_id:
+        raise CheckpointError(f"{folder}: tokenizer's {config.context_token} id {processor.image_token_id} != "
+                              f"config image_token_id {cfg.image_token_id}")
+    return processor

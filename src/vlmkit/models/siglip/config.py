@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from vlmkit.models.common.activations import Activation
+from vlmkit.models.common.patches import PatchGrid
 
 # Where the final LayerNorm applies: to every output token (SigLIP: the features PaliGemma reads)
 # or only to the pooled class token (CLIP: `last_hidden_state` stays un-normed).
@@ -17,7 +18,7 @@ PostNorm = Literal["tokens", "pooled"]
 
 
 @dataclass(kw_only=True)
-class SiglipVisionConfig:
+class SiglipVisionConfig(PatchGrid):
     hidden_size: int
     intermediate_size: int
     num_layers: int
@@ -43,19 +44,7 @@ class SiglipVisionConfig:
     def __post_init__(self):
         if self.post_norm == "pooled" and not self.class_token:
             raise ValueError("post_norm='pooled' normalises the class token, which needs class_token=True")
-        if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
-
-    @property
-    def grid(self) -> int:
-        """Patches per side."""
-        return self.image_size // self.patch_size
-
-    @property
-    def num_patches(self) -> int:
-        return self.grid**2
+        self.check_patch_grid()
 
     @property
     def num_positions(self) -> int:
