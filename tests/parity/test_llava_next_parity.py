@@ -14,6 +14,7 @@ import torch
 import transformers as tf
 
 from tests.parity import hf_builders as hb
+from tests.parity.test_generation_parity import IdTokenizer
 from tests.parity.llava_builders import clip_vision_cfg, llama_cfg
 from vlmkit.errors import ConfigError
 from vlmkit.generation import SamplingConfig, generate
@@ -146,13 +147,6 @@ def test_left_padded_batch(pair):
         torch.testing.assert_close(got[b, -a.shape[0]:], a, atol=ATOL, rtol=1e-5)
 
 
-class IdTokenizer:
-    eos_id = -1
-
-    def decode(self, ids, skip_special_tokens=True):
-        return " ".join(map(str, ids))
-
-
 @pytest.mark.parametrize("pair", TEXT_CASES, indirect=True)
 def test_greedy_generation(pair):
     """vlmkit's engine with the family's adapter (PlaceholderGeneration, which hands image_sizes
@@ -222,3 +216,153 @@ def test_bf16_bit_identical(tmp_path):
         got = ours(ids, pix.bfloat16(), image_sizes=sizes)
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got, ref, atol=0, rtol=0)
+
+
+# ---- the processor, end to end -------------------------------------------------------------------
+
+
+@pytest.fixture
+def folder_with_processor(tmp_path, paligemma_tokenizer_dir):
+    """A transformers-saved folder: tiny LLaVA-NeXT (Mistral) sized to a real tokenizer + its
+    LlavaNextProcessor (PIL image processor, 8-px patches, CLIP's class token dropped)."""
+    tok = tf.AutoTokenizer.from_pretrained(str(paligemma_tokenizer_dir))
+    hf = llava_next(mistral_cfg, vocab=len(tok), image_token=tok.convert_tokens_to_ids("<image>"))
+    image_processor = tf.LlavaNextImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                                    image_grid_pinpoints=PINPOINTS)
+    proc = tf.LlavaNextProcessor(image_processor=image_processor, tokenizer=tok, patch_size=8,
+                                 vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    hf.save_pretrained(tmp_path / "m")
+    proc.save_pretrained(tmp_path / "m")
+    return tmp_path / "m", hf, proc
+
+
+def test_processor_and_generation_end_to_end(folder_with_processor, rng_image):
+    """The family's processor builder on the folder: its left-padded batch (2 prompts, different
+    images and image counts) equals transformers' processor's, and vlmkit's engine generates
+    transformers' greedy tokens from it."""
+    folder, hf, proc = folder_with_processor
+    ours = load_hf(folder, dtype="float32")
+    processor = get_family("llava_next").build_processor(folder, None, ours.cfg)
+    prompts = ["[INST] <image>\nWhat is this? [/INST]", "[INST] Compare <image> and <image> [/INST]"]
+    images = [rng_image(12, 200, seed=1), rng_image(150, 20, seed=2), rng_image(50, 75, seed=3)]
+    theirs = proc(text=prompts, images=images, padding=True, padding_side="left", return_tensors="pt")
+    batch = processor(prompts, images, padding_side="left")
+    for key in ("input_ids", "attention_mask", "pixel_values", "image_sizes"):
+        assert torch.equal(batch[key], theirs[key]), key
+    assert (batch["attention_mask"] == 0).any()
+    hf.generation_config.eos_token_id = None
+    hf.generation_config.pad_token_id = proc.tokenizer.pad_token_id
+    with torch.no_grad():
+        ref = hf.generate(**theirs, max_new_tokens=8, do_sample=False)[:, theirs["input_ids"].shape[1]:]
+    out = generate(ours, IdTokenizer(), batch, SamplingConfig(max_new_tokens=8))
+    assert [r.token_ids for r in out] == ref.tolist()
+
+
+def test_processor_builder_checks_the_model(folder_with_processor):
+    """A processor that would expand `<image>` to another count than the model packs, or another
+    `<image>` id, is one ConfigError line naming the folder."""
+    folder, _, _ = folder_with_processor
+    cfg = load_hf(folder, dtype="float32").cfg
+    spec = get_family("llava_next")
+    with pytest.raises(ConfigError, match="image_token_index 7$"):
+        spec.build_processor(folder, None, LlavaNextConfig(**{**vars(cfg), "image_token_id": 7}))
+    other = LlavaNextConfig(**{**vars(cfg), "image_grid_pinpoints": ((32, 96), (96, 32))})
+    with pytest.raises(ConfigError, match=r"expands a 32x96 image to \d+ tokens but the model packs \d+") as e:
+        spec.build_processor(folder, None, other)
+    assert "\n" not in str(e.value)
+
+
+# ---- published shapes, config and errors ----------------------------------------------------------
+
+
+# llava-hf/llava-v1.6-mistral-7b-hf config.json as NVIDIA TensorRT-LLM's test_modeling_llava_next.py
+# reproduces it (num_hidden_layers of the tower restored to the published 24).
+PUBLISHED_V16_MISTRAL = {
+    "architectures": ["LlavaNextForConditionalGeneration"], "ignore_index": -100,
+    "image_grid_pinpoints": [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
+    "image_token_index": 32000, "model_type": "llava_next", "projector_hidden_act": "gelu",
+    "text_config": {"_name_or_path": "mistralai/Mistral-7B-Instruct-v0.2", "architectures": ["MistralForCausalLM"],
+                    "intermediate_size": 14336, "max_position_embeddings": 32768, "model_type": "mistral",
+                    "num_key_value_heads": 8, "rms_norm_eps": 1e-05, "rope_theta": 1000000.0,
+                    "sliding_window": None, "torch_dtype": "bfloat16", "vocab_size": 32064},
+    "torch_dtype": "float16", "use_image_newline_parameter": True,
+    "vision_config": {"hidden_size": 1024, "image_size": 336, "intermediate_size": 4096,
+                      "model_type": "clip_vision_model", "num_attention_heads": 16, "num_hidden_layers": 24,
+                      "patch_size": 14, "projection_dim": 768, "vocab_size": 32000},
+    "vision_feature_layer": -2, "vision_feature_select_strategy": "default", "vocab_size": 32064,
+}
+
+
+def test_preset_is_the_published_config():
+    preset = LlavaNextConfig.from_preset("llava-v1.6-mistral-7b-hf")
+    assert hf_mapping.config_from_hf(PUBLISHED_V16_MISTRAL) == preset
+    assert preset.text.hf_model_type == "mistral" and preset.text.sliding_window is None
+    assert preset.num_image_tokens == 576 and preset.grid_side == 24
+
+
+def test_parameter_count_on_meta():
+    """The 7B preset built on the meta device has transformers' parameter count, part by part."""
+    cfg = LlavaNextConfig.from_preset("llava-v1.6-mistral-7b-hf")
+    hf_cfg = tf.LlavaNextConfig(**{k: v for k, v in PUBLISHED_V16_MISTRAL.items() if k != "model_type"})
+    with torch.device("meta"):
+        ours = LlavaNext(cfg)
+        ref = tf.LlavaNextForConditionalGeneration(hf_cfg)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(ours) == count(ref)
+    assert count(ours.vision_tower) == count(ref.model.vision_tower)
+    assert count(ours.projector) == count(ref.model.multi_modal_projector)
+    assert ours.image_newline.shape == ref.model.image_newline.shape == (4096,)
+
+
+def test_token_counts_match_transformers_processor():
+    """`tokens_for` at the published shape equals LlavaNextProcessor's own count (its
+    `_get_number_of_features`, minus the dropped class token) over many sizes, including ones
+    whose scaled extent lands near .5 (the 7-decimal rounding)."""
+    cfg = LlavaNextConfig.from_preset("llava-v1.6-mistral-7b-hf")
+    theirs = object.__new__(tf.LlavaNextProcessor)  # only the counting methods are used
+    theirs.image_processor = SimpleNamespace(image_grid_pinpoints=[list(p) for p in cfg.image_grid_pinpoints])
+    theirs.patch_size, theirs.num_additional_image_tokens = 14, 1
+    sizes = [(h, w) for h in (1, 7, 100, 335, 336, 337, 500, 672, 1000, 2000)
+             for w in (1, 9, 224, 336, 640, 1333, 4000)]
+    sizes += [(3, 7), (7, 3), (1008, 335), (96, 48 * 7 + 1)]
+    for h, w in sizes:
+        assert cfg.tokens_for(h, w) == theirs._get_number_of_features(h, w, 336, 336) - 1, (h, w)
+
+
+def test_debug_preset_and_config_errors():
+    cfg = LlavaNextConfig.from_preset("debug")
+    model = LlavaNext(cfg)
+    assert model.image_newline.shape == (cfg.text.hidden_size,)
+    assert get_family("llava_next").preset("debug") is not None
+    with pytest.raises(ValueError, match="multiples of the vision image_size 32"):
+        LlavaNextConfig.from_preset("debug", image_grid_pinpoints=((32, 48),))
+    with pytest.raises(ValueError, match="as a 4 x 4 grid, .* 'full' give 17 tokens"):
+        LlavaNextConfig.from_preset("debug", features=type(cfg.features)(vision_feature_select_strategy="full"))
+    with pytest.raises(KeyError, match="unknown LLaVA-NeXT preset 'huge'"):
+        LlavaNextConfig.from_preset("huge")
+    with pytest.raises(ValueError, match=r"image_grid_pinpoints must be \[\[height, width\], ...\]"):
+        hf_mapping.config_from_hf({**PUBLISHED_V16_MISTRAL, "image_grid_pinpoints": [336, 672]})
+
+
+def test_input_errors():
+    model = LlavaNext(LlavaNextConfig.from_preset("debug", image_token_id=hb.IMAGE_TOKEN)).eval()
+    pix, sizes = _images(model.cfg, SIZES[:2], seed=13)
+    ids = _prompt(model.cfg, SIZES[:2], seed=14)
+    with pytest.raises(ValueError, match="need image_sizes"):
+        model(ids, pix)
+    with pytest.raises(ValueError, match="pixel_values must be \\[images, tiles, 3, H, W\\]"):
+        model(ids, pix[:, 0], image_sizes=sizes)
+    with pytest.raises(ValueError, match=r"need up to 5 tiles per image, pixel_values hold 3"):
+        model(ids, pix[:, :3], image_sizes=sizes)
+    n = model.cfg.tokens_for(*SIZES[0]) + model.cfg.tokens_for(*SIZES[1])
+    with pytest.raises(ValueError, match=rf"{n} <image> tokens in the input but the images give "
+                                         rf"{model.cfg.tokens_for(*SIZES[0])} features$"):
+        model(ids, pix[:1], image_sizes=sizes[:1])
+
+
+def test_config_json_round_trip():
+    cfg = LlavaNextConfig.from_preset("llava-v1.6-mistral-7b-hf")
+    d = hf_mapping.config_to_hf(cfg)
+    assert d["model_type"] == "llava_next"
+    assert d["image_grid_pinpoints"] == PUBLISHED_V16_MISTRAL["image_grid_pinpoints"]
+    assert hf_mapping.config_from_hf(json.loads(json.dumps(d))) == cfg

@@ -15,7 +15,9 @@ config's family record; reused, not copied) plus what is LLaVA-NeXT's own:
    (gh g) x (gw g) grid, the rows (or columns) that only cover the processor's padding cut off
    ("unpadding", with the original size), and the learned `image_newline` appended to each
    remaining row. This is the order in which `<image>` was expanded: n + rows * (cols + 1) tokens.
-The packed features of all images fill the `<image>` placeholders in order, as in LLaVA.
+The packed features of all images fill the `<image>` placeholders in order, as in LLaVA:
+`forward` / `hidden_states` are LLaVA's, called as `model(input_ids, pixel_values, attention_mask,
+image_sizes=image_sizes)` (or with precomputed packed `image_features` [sum_i N_i, D]).
 
 Not supported: transformers' single-tile branch (an image with no tiles, which no LLaVA-NeXT
 processor produces), LLaVA-OneVision's `vision_aspect_ratio` pooling, dropout.
@@ -65,32 +67,3 @@ class LlavaNext(Llava):
         grid = grid[top:top + rows, left:left + cols]  # [rows, cols, D]
         newline = self.image_newline.to(grid.dtype).expand(rows, 1, D)  # [rows, 1, D]
         return torch.cat([feats[0], torch.cat([grid, newline], 1).reshape(rows * (cols + 1), D)])
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        pixel_values: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        image_features: torch.Tensor | None = None,
-        image_sizes: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Full (uncached) forward, for training and scoring.
-
-        Args:
-            input_ids: [B, T] int64, each `<image>` expanded to `cfg.tokens_for(h, w)` placeholders.
-            pixel_values: [M, K_max, 3, S, S] float with image_sizes [M, 2] int64 (height, width);
-                or pass precomputed packed `image_features` [sum N_i, D].
-            attention_mask: [B, T] 1 for tokens, 0 for (left) padding (default all ones).
-
-        Returns:
-            logits [B, T, V] in the model dtype.
-        """
-        return self.language_model.logits(self.hidden_states(input_ids, pixel_values, attention_mask,
-                                                             image_features, image_sizes))
-
-    def hidden_states(self, input_ids, pixel_values=None, attention_mask=None, image_features=None,
-                      image_sizes=None) -> torch.Tensor:
-        """Same arguments as `forward`; returns final hidden states [B, T, D]."""
-        if image_features is None and pixel_values is not None:
-            image_features = self.encode_images(pixel_values, image_sizes)
-        return super().hidden_states(input_ids, None, attention_mask, image_features)
