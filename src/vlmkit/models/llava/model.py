@@ -10,7 +10,7 @@ Image features replace the `<image>` placeholder embeddings in order, unscaled. 
 plain causal over the whole prompt (no prefix-LM block, unlike PaliGemma) and RoPE positions
 count from 0 over non-padding tokens, as transformers' generate builds them.
 
-Not supported: LLaVA-NeXT "anyres" tiles and `image_newline`, dropout.
+Not supported: dropout. LLaVA-NeXT ("anyres" tiles, `image_newline`) builds on this in models/llava_next.
 """
 
 import torch
