@@ -219,6 +219,24 @@ def test_bf16_bit_identical(tmp_path):
     torch.testing.assert_close(got, ref, atol=0, rtol=0)
 
 
+def test_siglip_tower_with_layer_list(tmp_path):
+    """A SigLIP tower (no class token: "full" keeps the g x g grid) reading a list of layers
+    (concatenated channels), as Granite Vision's LLaVA-NeXT checkpoints do, matches too."""
+    cfg = tf.LlavaNextConfig(vision_config=hb.siglip_vision_cfg(use_head=False).to_dict(),
+                             text_config=mistral_cfg().to_dict(), image_token_index=hb.IMAGE_TOKEN,
+                             image_grid_pinpoints=PINPOINTS, vision_feature_layer=[-2, -1],
+                             vision_feature_select_strategy="full")
+    hb.randomize(tf.LlavaNextForConditionalGeneration(cfg)).save_pretrained(tmp_path)
+    hf = tf.LlavaNextForConditionalGeneration.from_pretrained(tmp_path).eval()
+    ours = load_hf(tmp_path, dtype="float32")
+    assert not ours.cfg.vision.class_token and ours.cfg.features.layers == (-2, -1)
+    pix, sizes = _images(ours.cfg, SIZES, seed=15)
+    ids = _prompt(ours.cfg, SIZES, seed=16)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids, pix, image_sizes=sizes),
+                                   hf(input_ids=ids, pixel_values=pix, image_sizes=sizes).logits, atol=ATOL, rtol=1e-5)
+
+
 # ---- the processor, end to end -------------------------------------------------------------------
 
 
