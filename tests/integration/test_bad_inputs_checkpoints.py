@@ -16,7 +16,7 @@ CONFIG = {  # name: (edit of config.json, expected cause)
     "list": (lambda d: [d], "config.json: expected a JSON object, got a list"),
     "string": (lambda d: "paligemma", "expected a JSON object, got a string"),
     "no_model_type": (lambda d: d.pop("model_type") and None, "unsupported model_type None"),
-    "unknown_model_type": (lambda d: d.update(model_type="llava_next"), "unsupported model_type 'llava_next'"),
+    "unknown_model_type": (lambda d: d.update(model_type="blip-2"), "unsupported model_type 'blip-2'"),
     "model_type_list": (lambda d: d.update(model_type=["paligemma"]), "unsupported model_type"),
     "vision_hidden_size_string": (lambda d: d["vision_config"].update(hidden_size="32"),
                                   "vision.hidden_size: expected an integer, got a string"),

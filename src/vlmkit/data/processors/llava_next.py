@@ -32,18 +32,7 @@ from vlmkit.data.processors import pixels
 from vlmkit.data.processors.common import TypeCProcessor, read_processor_files
 from vlmkit.data.processors.llava import ClipImageConfig, LlavaProcessorConfig
 from vlmkit.errors import ConfigError
-
-
-def select_best_resolution(height: int, width: int, pinpoints: Sequence[Sequence[int]]) -> tuple[int, int]:
-    """The (H, W) pinpoint with the largest effective resolution, then the least waste."""
-    best, best_effective, best_waste = None, 0, float("inf")
-    for h, w in pinpoints:
-        scale = min(w / width, h / height)
-        effective = min(int(width * scale) * int(height * scale), width * height)
-        waste = w * h - effective
-        if effective > best_effective or (effective == best_effective and waste < best_waste):
-            best, best_effective, best_waste = (h, w), effective, waste
-    return best
+from vlmkit.models.parts.anyres import select_best_resolution, unpadded_grid
 
 
 def fit_size(height: int, width: int, target_h: int, target_w: int) -> tuple[int, int]:
@@ -52,16 +41,6 @@ def fit_size(height: int, width: int, target_h: int, target_w: int) -> tuple[int
     if scale_w < scale_h:
         return min(math.ceil(height * scale_w), target_h), target_w
     return target_h, min(math.ceil(width * scale_h), target_w)
-
-
-def unpadded_grid(height: int, width: int, grid_h: int, grid_w: int) -> tuple[int, int]:
-    """Feature grid (rows, cols) left after removing the padding of a (height, width) image that was
-    fitted into a grid_h x grid_w feature grid (transformers' `_get_unpadded_features`)."""
-    if width / height > grid_w / grid_h:
-        new_h = int(round(height * (grid_w / width), 7))
-        return grid_h - 2 * ((grid_h - new_h) // 2), grid_w
-    new_w = int(round(width * (grid_h / height), 7))
-    return grid_h, grid_w - 2 * ((grid_w - new_w) // 2)
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -144,3 +123,28 @@ class LlavaNextProcessor(TypeCProcessor):
         height, width = out["pixel_values"].shape[-2:]
         return out, [self.placeholder * self.config.tokens_for(h, w, height, width)
                      for h, w in out["image_sizes"].tolist()]
+
+
+def build_processor(folder: str | Path, tokenizer, cfg) -> LlavaNextProcessor:
+    """The llava_next family's processor builder (named by its registry record).
+
+    Reads the folder's processor files and tokenizer.json (what transformers' processor runs; the
+    pipeline's `tokenizer` is not needed) and checks them against the model config `cfg`
+    (`LlavaNextConfig`): the `<image>` id, the tile size and, for the base image and every
+    pinpoint, the tokens an image expands to, so prompts always fit the packed features.
+    """
+    proc = LlavaNextProcessor.from_folder(folder)
+    if proc.image_token_id != cfg.image_token_id:
+        raise ConfigError(f"{folder}: the tokenizer's {proc.placeholder} id {proc.image_token_id} != config.json "
+                          f"image_token_index {cfg.image_token_id}")
+    tile = cfg.vision.image_size
+    if proc.config.tile_size != tile:
+        raise ConfigError(f"{folder}: the image processor's crop size {proc.config.tile_size} != the vision "
+                          f"image_size {tile}")
+    for h, w in ((tile, tile), *cfg.image_grid_pinpoints):
+        expanded, packed = proc.config.tokens_for(h, w, tile, tile), cfg.tokens_for(h, w)
+        if expanded != packed:
+            raise ConfigError(f"{folder}: the processor expands a {h}x{w} image to {expanded} tokens but the model "
+                              f"packs {packed} (check image_grid_pinpoints, patch_size, num_additional_image_tokens "
+                              "and vision_feature_select_strategy)")
+    return proc

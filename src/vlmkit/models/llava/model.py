@@ -10,7 +10,7 @@ Image features replace the `<image>` placeholder embeddings in order, unscaled. 
 plain causal over the whole prompt (no prefix-LM block, unlike PaliGemma) and RoPE positions
 count from 0 over non-padding tokens, as transformers' generate builds them.
 
-Not supported: LLaVA-NeXT "anyres" tiles and `image_newline`, dropout.
+Not supported: dropout. LLaVA-NeXT ("anyres" tiles, `image_newline`) builds on this in models/llava_next.
 """
 
 import torch
@@ -42,6 +42,7 @@ class Llava(ImagePlaceholders, nn.Module):
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         image_features: torch.Tensor | None = None,
+        **image_inputs: torch.Tensor,
     ) -> torch.Tensor:
         """Full (uncached) forward, for training and scoring.
 
@@ -49,16 +50,19 @@ class Llava(ImagePlaceholders, nn.Module):
             input_ids: [B, T] int64 with `num_image_tokens` `<image>` placeholders per image.
             pixel_values: [M, 3, H, W] float, or pass precomputed `image_features` [M, N, D].
             attention_mask: [B, T] 1 for tokens, 0 for (left) padding (default all ones).
+            image_inputs: what else `encode_images` takes with pixel_values (LLaVA-NeXT's image_sizes).
 
         Returns:
             logits [B, T, V] in the model dtype.
         """
-        return self.language_model.logits(self.hidden_states(input_ids, pixel_values, attention_mask, image_features))
+        return self.language_model.logits(
+            self.hidden_states(input_ids, pixel_values, attention_mask, image_features, **image_inputs))
 
-    def hidden_states(self, input_ids, pixel_values=None, attention_mask=None, image_features=None) -> torch.Tensor:
+    def hidden_states(self, input_ids, pixel_values=None, attention_mask=None, image_features=None,
+                      **image_inputs) -> torch.Tensor:
         """Same arguments as `forward`; returns final hidden states [B, T, D]."""
         if image_features is None and pixel_values is not None:
-            image_features = self.encode_images(pixel_values)
+            image_features = self.encode_images(pixel_values, **image_inputs)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         valid = attention_mask.bool()

@@ -24,7 +24,8 @@ def merge_image_features(
     image_token_id: int,
     image_features: torch.Tensor | None,
 ) -> torch.Tensor:
-    """input_ids [B, T]; image_features [M, N, D] or None -> embeddings [B, T, D].
+    """input_ids [B, T]; image_features [M, N, D], or [sum N_i, D] for images of different
+    lengths (LLaVA-NeXT), or None -> embeddings [B, T, D].
 
     `embed` maps ids to text embeddings. Placeholder ids are embedded as id 0 before being
     overwritten, so an image token id outside the text vocabulary is allowed (PaliGemma's is).
@@ -38,10 +39,9 @@ def merge_image_features(
         return x
     feats = image_features.reshape(-1, image_features.shape[-1])  # [M * N, D]
     if feats.shape[0] != n_slots:
-        raise ValueError(
-            f"{n_slots} <image> tokens in the input but the images give {feats.shape[0]} features "
-            f"({image_features.shape[0]} images x {image_features.shape[1]} patches)"
-        )
+        layout = (f" ({image_features.shape[0]} images x {image_features.shape[1]} patches)"
+                  if image_features.dim() == 3 else "")  # 2-D: packed, images of different lengths
+        raise ValueError(f"{n_slots} <image> tokens in the input but the images give {feats.shape[0]} features{layout}")
     return x.masked_scatter(is_image[..., None], feats.to(x.dtype))
 
 
@@ -76,10 +76,13 @@ class PlaceholderGeneration:
     prefix_lm: the image + prefix block (token_type_ids 0, or the whole prompt without them) is
         bidirectional (PaliGemma); False is plain causal attention (LLaVA, SmolVLM, InternVL).
     position_start: the first token's RoPE position (PaliGemma 1, transformers' decoder-only 0).
+    image_inputs: the batch entries passed, in order, to `model.encode_images` (LLaVA-NeXT also
+        needs the original `image_sizes`).
     """
 
     prefix_lm: bool = False
     position_start: int = 0
+    image_inputs: tuple[str, ...] = ("pixel_values",)
 
     def context_length(self, model: nn.Module) -> int:
         return model.cfg.text.max_position_embeddings
@@ -89,11 +92,12 @@ class PlaceholderGeneration:
 
     def prepare(self, model: nn.Module, batch: dict) -> DecoderInputs:
         """batch: input_ids / attention_mask (/ token_type_ids) [B, T], and pixel_values
-        [M, 3, H, W] or image_features [M, N, D] (either may be absent for a text-only prompt)."""
+        [M, 3, H, W] (with the other `image_inputs`) or image_features [M, N, D] (either may be
+        absent for a text-only prompt)."""
         ids, mask, tt = batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
         feats = batch.get("image_features")
         if feats is None and batch.get("pixel_values") is not None:
-            feats = model.encode_images(batch["pixel_values"])
+            feats = model.encode_images(*(batch.get(k) for k in self.image_inputs))
         if not self.prefix_lm:
             in_prefix = torch.zeros_like(mask, dtype=torch.bool)
         else:
