@@ -8,7 +8,7 @@
   The file is never deleted (deleting a locked file lets two runs lock two different files), only
   emptied on a clean exit.
 - Leftovers. A run killed while writing a checkpoint, the export or its tokenizer leaves the temp
-  folder of `atomic_folder` (``.step_000120.tmp-k3j2x9_a``, ``.export.tmp-...``) and maybe
+  folder of `atomic_folder` (``.step_000120.tmp-PID-HOST-k3j2x9_a``, ``.export.tmp-...``) and maybe
   ``checkpoints/.latest.tmp`` or ``.metrics.jsonl.tmp-PID``; once the lock is held nobody else can
   be writing them, so they are removed. Only names of exactly these patterns are touched.
 - Metrics. Each checkpoint records the size of ``metrics.jsonl`` when it was written; a resume cuts
@@ -36,7 +36,7 @@ LOCK_NAME = ".vlmkit.lock"
 METRICS_NAME = "metrics.jsonl"
 # The temp / moved-aside names `atomic_folder` gives to the folders a run writes, and the temp
 # files of `latest` (in checkpoints/) and of the metrics log (`trim_metrics`).
-STALE_DIR = re.compile(r"\.(step_\d+|export|tokenizer)\.(tmp|old)-[A-Za-z0-9_]+")
+STALE_DIR = re.compile(r"\.(step_\d+|export|tokenizer)\.(tmp|old)-[A-Za-z0-9_-]+")
 STALE_FILE = re.compile(r"\.latest\.tmp|\.metrics\.jsonl\.tmp-\d+")
 
 
