@@ -194,6 +194,47 @@ def test_out_that_cannot_be_a_folder(tmp_path, capsys, where):
     assert blocker.read_text() == "user data"
 
 
+def _user_folder(path: Path) -> Path:
+    (path / "notes").mkdir(parents=True)
+    (path / "notes" / "todo.txt").write_text("mine\n")
+    (path / "config.json").write_text('{"mine": true}')
+    return path
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize("resume", [False, True], ids=["new", "resume"])
+def test_out_holding_other_files_is_refused_without_force(tmp_path, capsys, command, resume):
+    """A non-empty --out that is no run folder: refused before anything (even the lock) is written."""
+    out = _user_folder(tmp_path / "out")
+    before = tree(tmp_path)
+    rc, _, err = call(argv(command, out, *(["--resume"] if resume else [])), capsys)
+    assert_one_line_error(rc, err, f"--out {out} is not empty and holds no training run", "--force")
+    assert tree(tmp_path) == before and sorted(p.name for p in out.iterdir()) == ["config.json", "notes"]
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_force_writes_a_run_beside_the_users_files(tmp_path, capsys, command, reference):
+    out = _user_folder(tmp_path / "out")
+    rc, _, err = call(argv(command, out, "--force"), capsys)
+    assert rc == 0, err
+    assert (out / "notes" / "todo.txt").read_text() == "mine\n"  # kept
+    assert json.loads((out / "config.json").read_text())["out_dir"] == str(out)  # same name: replaced
+    assert_same_as(reference[command], out)
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize("force", [False, True], ids=["plain", "force"])
+def test_new_run_over_checkpoints_is_refused_naming_resume(stopped, capsys, command, force):
+    """A run folder with checkpoints and no --resume: refused (also with --force), nothing changed;
+    a new run there would mix its checkpoints, `latest` and metrics with the old run's."""
+    out = stopped[command]
+    before = tree(out)
+    rc, _, err = call(argv(command, out, *(["--force"] if force else [])), capsys)
+    assert_one_line_error(rc, err, f"--out {out} holds a training run with checkpoints", "step_000002",
+                          "pass --resume to continue it")
+    assert tree(out) == before
+
+
 # --------------------------------------------------------------------------- the lock
 
 
