@@ -4,6 +4,7 @@ and a closed or full stdout (subprocesses: the only cases that need a real inter
 from __future__ import annotations
 
 import errno
+import json
 import multiprocessing
 import os
 import signal
@@ -237,3 +238,42 @@ def test_refused_write_leaves_even_dead_leftovers_alone(tmp_path, capsys):
     os.waitpid(pid, 0)
     (tmp_path / f".target.tmp-{pid}-{_HOST}-abc").mkdir()
     run_bad(capsys, ["create", target], "is not empty; pass --force", tmp_path)
+
+
+EXPERIMENT_STALE = {  # what an earlier run left in --out: (relative path, kind), cause
+    "checkpoint_of_another_size": (("coca/checkpoints/step_000500", "folder"), "left from an earlier run with another step count"),
+    "run_folder_is_a_file": (("captioning", "file"), "is a file; the experiment writes its captioning run folder"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EXPERIMENT_STALE))
+def test_experiment_force_refuses_to_mix_with_an_earlier_run(case, tmp_path, capsys):
+    (rel, kind), cause = EXPERIMENT_STALE[case]
+    out = _user_folder(tmp_path / "out")
+    (out / rel).parent.mkdir(parents=True, exist_ok=True)
+    (out / rel).mkdir() if kind == "folder" else (out / rel).write_text("mine\n")
+    run_bad(capsys, ["experiment", "objectives", "--size", "small", "--data", "synth", "--out", out, "--force"],
+            cause, tmp_path)
+
+
+def test_experiment_rerun_with_force_restarts_its_runs_and_deletes_nothing(tmp_path, monkeypatch, capsys):
+    """--force over an earlier experiment (and the user's files): each run's metrics and final
+    checkpoint are replaced (every step logged once, one checkpoint), the user's files stay."""
+    from vlmkit.experiments import objectives as exp
+
+    tiny = exp.ExperimentSize(vision_width=32, vision_layers=1, patch_size=8, width=32, unimodal_layers=1,
+                              multimodal_layers=1, steps=3, batch_size=8, n_train=32, n_eval=8)
+    monkeypatch.setitem(exp.SIZES, "tiny", tiny)
+    out = _user_folder(tmp_path / "out")
+    (out / "coca").mkdir()
+    (out / "coca" / "notes.txt").write_text("mine\n")  # a user's file inside one of our run folders
+    args = ["experiment", "objectives", "--size", "tiny", "--data", "synth", "--out", str(out), "--force"]
+    for attempt in range(2):
+        assert main(args) == 0, capsys.readouterr().err
+        for name in ("contrastive", "captioning", "coca"):
+            rows = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
+            assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3], (attempt, name)
+            assert sorted(p.name for p in (out / name / "checkpoints").iterdir()) == ["latest", "step_000003"]
+    assert (out / "notes" / "todo.txt").read_text() == "mine\n" and (out / "coca" / "notes.txt").read_text() == "mine\n"
+    assert json.loads((out / "config.json").read_text()) == {"mine": True}  # not a name the experiment writes
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
