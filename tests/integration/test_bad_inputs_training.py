@@ -371,6 +371,20 @@ def test_stale_temp_folders_are_removed_and_nothing_else(tmp_path, capsys, refer
     assert_same_as(reference["train"], out)
 
 
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_fresh_start_trains_the_tokenizer_again(tmp_path, capsys, reference, command):
+    """An attempt that stopped before its first checkpoint left tokenizer/ (here: not this run's):
+    the fresh start trains it again from this run's data instead of reusing it."""
+    out = tmp_path / "out"
+    (out / "tokenizer").mkdir(parents=True)
+    (out / "tokenizer" / "tokenizer.json").write_text('{"model": "from other data"}')
+    (out / LOCK_NAME).write_text("")
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n')
+    rc, _, err = call(argv(command, out), capsys)
+    assert rc == 0, err
+    assert_same_as(reference[command], out)
+
+
 KILL_POINTS = {
     "model file of checkpoint 2": (ckpt_mod, "save_file", lambda n, *a: n == 4),
     "optimizer file of checkpoint 2": (ckpt_mod, "save_file", lambda n, *a: n == 5),

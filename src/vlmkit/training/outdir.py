@@ -192,6 +192,13 @@ def locked_run(run_fn):
     return run
 
 
+def reuse_built_tokenizer(out: Path) -> bool:
+    """Whether the tokenizer a run trained into OUT/tokenizer is reused: only when the run resumes a
+    checkpoint (trained with it). A run starting afresh where an earlier attempt stopped before
+    its first checkpoint trains it again (from this run's data, which may differ)."""
+    return (out / "tokenizer" / "tokenizer.json").is_file() and (out / "checkpoints" / "latest").is_file()
+
+
 def _replace_text(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_bytes(data)
