@@ -230,7 +230,7 @@ def test_new_run_over_checkpoints_is_refused_naming_resume(stopped, capsys, comm
     out = stopped[command]
     before = tree(out)
     rc, _, err = call(argv(command, out, *(["--force"] if force else [])), capsys)
-    assert_one_line_error(rc, err, f"--out {out} holds a training run with checkpoints", "step_000002",
+    assert_one_line_error(rc, err, f"--out {out} already has checkpoints of a training run", "step_000002",
                           "pass --resume to continue it")
     assert tree(out) == before
 

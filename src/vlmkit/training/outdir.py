@@ -143,7 +143,7 @@ def check_out_after_lock(out: Path, resume: bool) -> None:
         return
     found = sorted(p.name for p in root.iterdir() if p.name == "latest" or p.name.startswith("step_"))
     if found:
-        raise ConfigError(f"--out {out} holds a training run with checkpoints ({', '.join(found[-2:])}); "
+        raise ConfigError(f"--out {out} already has checkpoints of a training run ({', '.join(found[-2:])}); "
                           "pass --resume to continue it, or choose a new --out (even with --force a new "
                           "run is not started there: its checkpoints would mix with the old ones)")
 
