@@ -241,7 +241,8 @@ def test_refused_write_leaves_even_dead_leftovers_alone(tmp_path, capsys):
 
 
 EXPERIMENT_STALE = {  # what an earlier run left in --out: (relative path, kind), cause
-    "checkpoint_of_another_size": (("coca/checkpoints/step_000500", "folder"), "left from an earlier run with another step count"),
+    "checkpoint_of_another_size": (("coca/checkpoints/step_000500", "folder"),
+                                   "left from an earlier run with another step count"),
     "run_folder_is_a_file": (("captioning", "file"), "is a file; the experiment writes its captioning run folder"),
 }
 
@@ -274,6 +275,7 @@ def test_experiment_rerun_with_force_restarts_its_runs_and_deletes_nothing(tmp_p
             rows = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
             assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3], (attempt, name)
             assert sorted(p.name for p in (out / name / "checkpoints").iterdir()) == ["latest", "step_000003"]
-    assert (out / "notes" / "todo.txt").read_text() == "mine\n" and (out / "coca" / "notes.txt").read_text() == "mine\n"
+    assert (out / "notes" / "todo.txt").read_text() == "mine\n"
+    assert (out / "coca" / "notes.txt").read_text() == "mine\n"
     assert json.loads((out / "config.json").read_text()) == {"mine": True}  # not a name the experiment writes
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]

@@ -128,7 +128,8 @@ def read_manifest(path: str | Path) -> list[dict]:
             try:
                 row = json.loads(line)
             except ValueError:
-                raise DataError(f"{path}:{n} is not valid JSON (a manifest is JSON Lines: one object a line)") from None
+                raise DataError(f"{path}:{n} is not valid JSON (a manifest is JSON Lines: one object a "
+                                "line)") from None
             image = row.get("image") if isinstance(row, dict) else None
             if isinstance(image, str):
                 row["image"] = str(path.parent / image)  # an absolute path stays as is

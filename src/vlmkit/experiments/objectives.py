@@ -19,9 +19,10 @@ curves), objectives.png (bars per metric and the loss curves) and each model's r
 --force restarts the three runs (the experiment has no intermediate checkpoints, and a finished
 run could only be reused after proving it was trained with the same size, seed and data): each
 run folder's metrics.jsonl and final checkpoint are replaced, nothing is deleted, other files stay,
-and a checkpoint of an earlier run with another step count is refused rather than mixed in. Fashion-MNIST needs ``sudo apt-get install
-dataset-fashion-mnist`` (or ``--data synth``). The default size takes about 8-10 minutes on 2 CPU
-cores; ``--size small`` about 1, ``--size large`` is for a bigger machine.
+and a checkpoint of an earlier run with another step count is refused rather than mixed in.
+Fashion-MNIST needs ``sudo apt-get install dataset-fashion-mnist`` (or ``--data synth``). The
+default size takes about 8-10 minutes on 2 CPU cores; ``--size small`` about 1, ``--size large``
+is for a bigger machine.
 """
 
 from __future__ import annotations

@@ -15,9 +15,10 @@
   run); a run folder of ours (it holds ``.vlmkit.lock``, ``checkpoints/`` or ``metrics.jsonl``)
   with checkpoints, only with --resume (without it the new run's checkpoints, `latest` and
   metrics would mix with the old ones; --force does not change that); a run folder without
-  checkpoints (a run stopped before its first one): started afresh, its metrics rows dropped; any
-  other non-empty folder only with --force (our files -- config.json, metrics.jsonl, tokenizer/,
-  checkpoints/, export/, the lock -- are written beside the user's, same-named ones replaced).
+  checkpoints (a run stopped before its first one): started afresh, its metrics rows dropped and
+  its tokenizer trained again (`reuse_built_tokenizer`); any other non-empty folder only with
+  --force (our files -- config.json, metrics.jsonl, tokenizer/, checkpoints/, export/, the lock --
+  are written beside the user's, same-named ones replaced).
 - Metrics. Each checkpoint records the size of ``metrics.jsonl`` when it was written; a resume cuts
   the file back to that size (`trim_metrics`), so the replayed steps are not logged twice.
 """
