@@ -9,19 +9,69 @@ Rules every command that writes follows (see README, "Errors and safety"):
   name are replaced, every other file stays;
 * the output appears complete or not at all: it is built in a hidden temp folder beside the target
   and renamed into place (a single rename when the target is absent or empty; with overwrite,
-  one atomic rename per file, so a crash never leaves a half-written file).
+  one atomic rename per file, so a crash never leaves a half-written file);
+* the temp name says who made it, ``.NAME.tmp-PID-HOST-xxxxxxxx`` (HOST: a hash of the host name),
+  so a write killed before its rename (SIGKILL, power loss) leaves a leftover the next write to
+  the same target recognises: one of this pattern, made on this host by a process that no longer
+  runs (``os.kill(pid, 0)``), is removed. Nothing else is: not another target's, not a live
+  process's, not one from another host (its PID means nothing here), not a name of another shape.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import re
 import shutil
+import socket
 import tempfile
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
 from vlmkit.errors import OutputError
+
+
+_HOST = f"{zlib.crc32(socket.gethostname().encode()):08x}"
+
+
+def _temp_prefix(target: Path) -> str:
+    """Prefix of the temp file / folder a write of `target` makes beside it (module docstring)."""
+    return f".{target.name}.tmp-{os.getpid()}-{_HOST}-"
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    except (OverflowError, ValueError):
+        return False  # not a possible PID
+    return pid > 0
+
+
+def remove_dead_temps(target: str | os.PathLike) -> list[Path]:
+    """Remove the temp files / folders that writes of `target` killed before their rename left
+    beside it (module docstring: ours, for this target, of a dead process on this host). Best
+    effort: a leftover that cannot be removed stays (it is hidden and blocks nothing)."""
+    target = Path(target)
+    pattern = re.compile(re.escape(f".{target.name}.tmp-") + r"(\d+)-([0-9a-f]{8})-[a-z0-9_]+")
+    try:
+        entries = list(target.parent.iterdir())
+    except OSError:  # no parent folder yet: nothing left there
+        return []
+    removed = []
+    for p in entries:
+        m = pattern.fullmatch(p.name)
+        if m is None or m[2] != _HOST or _running(int(m[1])) or p.is_symlink():
+            continue
+        with contextlib.suppress(OSError):  # a concurrent cleaner may have removed it first
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            removed.append(p)
+    return removed
 
 
 def _refuse_cwd_or_ancestor(path: Path) -> None:
@@ -71,7 +121,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = T
     """Write `data` to a temp file beside `path` and rename it onto `path` (never half-written)."""
     path = check_output_file(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    remove_dead_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -101,7 +152,8 @@ class _AtomicFolder:
     def __enter__(self) -> Path:
         check_output_dir(self.final, self.overwrite)
         self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.tmp-", dir=self.final.parent))
+        remove_dead_temps(self.final)
+        self.tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(self.final), dir=self.final.parent))
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb):

@@ -141,9 +141,18 @@ MANIFESTS = {  # eval manifests: read and checked before the model loads
     "missing": (None, "does not exist"),
     "row_is_list": ("[1, 2]\n", "needs an object"),
     "not_json": ("{image: x}\n", "is not valid JSON"),
-    "not_utf8": (b"\xff\xfe\n", "is not valid JSON"),
+    "not_utf8": (b"\xff\xfe\n", ":1 is not UTF-8 text"),
+    "bad_utf8_inside_a_string": (b'{"image": "x.png", "prefix": "\xff"}\n', ":1 is not UTF-8 text (byte 31)"),
+    "binary_png": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00", ":1 is not UTF-8 text (byte 1)"),
+    "binary_control_bytes": (bytes(range(256)), ":1 is not valid JSON"),  # line 1 is bytes 0..9: ASCII
+    "csv": ("image,prefix,suffix\nx.png,caption en,a cat\n", ":1 is not valid JSON (a manifest is JSON Lines"),
+    "json_array_over_lines": ('[\n{"image": "x.png"}\n]\n', ":1 is not valid JSON"),
     "row_without_prefix": ('{"image": "x.png"}\n', "'prefix'"),
     "empty": ("", "has no rows"),
+    "blank_lines_only": ("\n  \n\t\n", "has no rows (the file is empty or blank)"),
+    "folder": ("FOLDER", "is a folder, not a manifest file; pass the .jsonl file itself"),
+    "folder_of_a_synth_set": ("SYNTH_FOLDER", "is a folder, not a manifest file; did you mean"),
+    "fifo": ("FIFO", "is not a regular file"),
 }
 
 
@@ -153,6 +162,14 @@ def test_bad_eval_manifest(case, debug_model, tmp_path, capsys):
     path = tmp_path / "manifest.jsonl"
     if isinstance(content, bytes):
         path.write_bytes(content)
+    elif content == "FIFO":
+        os.mkfifo(path)  # would block a reader that opened it: refused before opening
+    elif content in ("FOLDER", "SYNTH_FOLDER"):
+        path = tmp_path / "set"
+        path.mkdir()
+        if content == "SYNTH_FOLDER":
+            (path / "manifest.jsonl").write_text('{"image": "x.png", "prefix": "p", "suffix": "s"}\n')
+            cause += f" {path / 'manifest.jsonl'}?"
     elif content is not None:
         path.write_text(content)
     run_bad(capsys, ["eval", "--model", debug_model, "--data", path, "--task", "vqa"], cause, tmp_path, debug_model)

@@ -4,7 +4,10 @@ and a closed or full stdout (subprocesses: the only cases that need a real inter
 from __future__ import annotations
 
 import errno
+import json
+import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +16,7 @@ import pytest
 
 from tests.integration.bad_inputs_common import debug_model, image, run_bad, snapshot  # noqa: F401
 from vlmkit.cli import main
+from vlmkit.outputs import _HOST
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -175,3 +179,103 @@ def test_full_stdout_is_one_line(debug_model):
         proc = _vlmkit(["info", "--model", str(debug_model)], stdout=full)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "vlmkit: error: No space left on device [ENOSPC] (<stdout>)"
+
+
+def _killed_before_rename(argv: list[str]) -> None:
+    """Forked child: run the command, SIGKILLed once its output is written but not yet renamed."""
+    import vlmkit.outputs
+
+    def kill(self):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    vlmkit.outputs._AtomicFolder._commit = kill
+    os._exit(main(argv))
+
+
+KILLED_WRITES = {
+    "create_force": ["create", "{t}", "--force"],
+    "synth_force": ["data", "synth", "{t}", "--num-scenes", "2", "--force"],
+    "synth": ["data", "synth", "{t}", "--num-scenes", "2"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(KILLED_WRITES))
+def test_sigkill_mid_write_leaves_a_temp_the_next_write_removes(case, tmp_path, capsys):
+    """SIGKILL of a real process mid-write: the target is as before (the user's files untouched) and
+    a hidden `.target.tmp-PID-...` is left; the next write of the same target removes it (its PID is
+    dead), and only it."""
+    target = tmp_path / "target"
+    if "force" in case:
+        _user_folder(target)
+    args = [a.format(t=target) for a in KILLED_WRITES[case]]
+    before = snapshot(target, folders=False)
+    proc = multiprocessing.get_context("fork").Process(target=_killed_before_rename, args=(args,))
+    proc.start()
+    proc.join()
+    assert proc.exitcode == -signal.SIGKILL
+    left = [p for p in tmp_path.iterdir() if p.name.startswith(f".target.tmp-{proc.pid}-")]
+    assert len(left) == 1 and left[0].is_dir() and any(left[0].iterdir())
+    assert snapshot(target, folders=False) == before
+    live = tmp_path / f".target.tmp-{os.getpid()}-{_HOST}-live"  # a running writer's
+    other = tmp_path / f".elsewhere.tmp-{proc.pid}-{_HOST}-x"  # another target's
+    live.mkdir()
+    other.mkdir()
+    capsys.readouterr()
+    assert main(args) == 0, capsys.readouterr().err
+    assert capsys.readouterr().err == ""
+    assert not left[0].exists() and live.is_dir() and other.is_dir()
+    assert (target / ("model.safetensors" if case == "create_force" else "manifest.jsonl")).is_file()
+    if "force" in case:
+        assert (target / "notes" / "todo.txt").read_text() == "mine\n"
+
+
+def test_refused_write_leaves_even_dead_leftovers_alone(tmp_path, capsys):
+    """A write refused up front (non-empty target, no --force) changes nothing, leftovers included."""
+    target = _user_folder(tmp_path / "target")
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    (tmp_path / f".target.tmp-{pid}-{_HOST}-abc").mkdir()
+    run_bad(capsys, ["create", target], "is not empty; pass --force", tmp_path)
+
+
+EXPERIMENT_STALE = {  # what an earlier run left in --out: (relative path, kind), cause
+    "checkpoint_of_another_size": (("coca/checkpoints/step_000500", "folder"),
+                                   "left from an earlier run with another step count"),
+    "run_folder_is_a_file": (("captioning", "file"), "is a file; the experiment writes its captioning run folder"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EXPERIMENT_STALE))
+def test_experiment_force_refuses_to_mix_with_an_earlier_run(case, tmp_path, capsys):
+    (rel, kind), cause = EXPERIMENT_STALE[case]
+    out = _user_folder(tmp_path / "out")
+    (out / rel).parent.mkdir(parents=True, exist_ok=True)
+    (out / rel).mkdir() if kind == "folder" else (out / rel).write_text("mine\n")
+    run_bad(capsys, ["experiment", "objectives", "--size", "small", "--data", "synth", "--out", out, "--force"],
+            cause, tmp_path)
+
+
+def test_experiment_rerun_with_force_restarts_its_runs_and_deletes_nothing(tmp_path, monkeypatch, capsys):
+    """--force over an earlier experiment (and the user's files): each run's metrics and final
+    checkpoint are replaced (every step logged once, one checkpoint), the user's files stay."""
+    from vlmkit.experiments import objectives as exp
+
+    tiny = exp.ExperimentSize(vision_width=32, vision_layers=1, patch_size=8, width=32, unimodal_layers=1,
+                              multimodal_layers=1, steps=3, batch_size=8, n_train=32, n_eval=8)
+    monkeypatch.setitem(exp.SIZES, "tiny", tiny)
+    out = _user_folder(tmp_path / "out")
+    (out / "coca").mkdir()
+    (out / "coca" / "notes.txt").write_text("mine\n")  # a user's file inside one of our run folders
+    args = ["experiment", "objectives", "--size", "tiny", "--data", "synth", "--out", str(out), "--force"]
+    for attempt in range(2):
+        assert main(args) == 0, capsys.readouterr().err
+        for name in ("contrastive", "captioning", "coca"):
+            rows = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
+            assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3], (attempt, name)
+            assert sorted(p.name for p in (out / name / "checkpoints").iterdir()) == ["latest", "step_000003"]
+    assert (out / "notes" / "todo.txt").read_text() == "mine\n"
+    assert (out / "coca" / "notes.txt").read_text() == "mine\n"
+    assert json.loads((out / "config.json").read_text()) == {"mine": True}  # not a name the experiment writes
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]

@@ -194,6 +194,47 @@ def test_out_that_cannot_be_a_folder(tmp_path, capsys, where):
     assert blocker.read_text() == "user data"
 
 
+def _user_folder(path: Path) -> Path:
+    (path / "notes").mkdir(parents=True)
+    (path / "notes" / "todo.txt").write_text("mine\n")
+    (path / "config.json").write_text('{"mine": true}')
+    return path
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize("resume", [False, True], ids=["new", "resume"])
+def test_out_holding_other_files_is_refused_without_force(tmp_path, capsys, command, resume):
+    """A non-empty --out that is no run folder: refused before anything (even the lock) is written."""
+    out = _user_folder(tmp_path / "out")
+    before = tree(tmp_path)
+    rc, _, err = call(argv(command, out, *(["--resume"] if resume else [])), capsys)
+    assert_one_line_error(rc, err, f"--out {out} is not empty and holds no training run", "--force")
+    assert tree(tmp_path) == before and sorted(p.name for p in out.iterdir()) == ["config.json", "notes"]
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_force_writes_a_run_beside_the_users_files(tmp_path, capsys, command, reference):
+    out = _user_folder(tmp_path / "out")
+    rc, _, err = call(argv(command, out, "--force"), capsys)
+    assert rc == 0, err
+    assert (out / "notes" / "todo.txt").read_text() == "mine\n"  # kept
+    assert json.loads((out / "config.json").read_text())["out_dir"] == str(out)  # same name: replaced
+    assert_same_as(reference[command], out)
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize("force", [False, True], ids=["plain", "force"])
+def test_new_run_over_checkpoints_is_refused_naming_resume(stopped, capsys, command, force):
+    """A run folder with checkpoints and no --resume: refused (also with --force), nothing changed;
+    a new run there would mix its checkpoints, `latest` and metrics with the old run's."""
+    out = stopped[command]
+    before = tree(out)
+    rc, _, err = call(argv(command, out, *(["--force"] if force else [])), capsys)
+    assert_one_line_error(rc, err, f"--out {out} already has checkpoints of a training run", "step_000002",
+                          "pass --resume to continue it")
+    assert tree(out) == before
+
+
 # --------------------------------------------------------------------------- the lock
 
 
@@ -328,6 +369,20 @@ def test_stale_temp_folders_are_removed_and_nothing_else(tmp_path, capsys, refer
     assert not abandoned.exists() and not (root / ".latest.tmp").exists()
     assert all(p.exists() for p in foreign)
     assert_same_as(reference["train"], out)
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_fresh_start_trains_the_tokenizer_again(tmp_path, capsys, reference, command):
+    """An attempt that stopped before its first checkpoint left tokenizer/ (here: not this run's):
+    the fresh start trains it again from this run's data instead of reusing it."""
+    out = tmp_path / "out"
+    (out / "tokenizer").mkdir(parents=True)
+    (out / "tokenizer" / "tokenizer.json").write_text('{"model": "from other data"}')
+    (out / LOCK_NAME).write_text("")
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n')
+    rc, _, err = call(argv(command, out), capsys)
+    assert rc == 0, err
+    assert_same_as(reference[command], out)
 
 
 KILL_POINTS = {

@@ -1,7 +1,10 @@
 """vlmkit.outputs: atomic folders that never delete what they did not write."""
 
+import os
+
 import pytest
 
+from vlmkit import outputs
 from vlmkit.errors import OutputError
 from vlmkit.outputs import atomic_folder, atomic_write_bytes, check_output_dir
 
@@ -117,3 +120,50 @@ def test_symlinked_target_folder_is_written_through(tmp_path):
     with atomic_folder(tmp_path / "link", overwrite=False) as tmp:
         (tmp / "a.txt").write_text("a")
     assert (tmp_path / "link").is_symlink() and (real / "a.txt").read_text() == "a"
+
+
+def _dead_pid() -> int:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)  # reaped: the PID names no process now
+    return pid
+
+
+def test_leftovers_of_dead_writers_are_removed_and_nothing_else(tmp_path):
+    """A write killed before its rename leaves `.NAME.tmp-PID-HOST-*`; the next write of NAME
+    removes it when PID is dead on this host, and touches nothing else."""
+    dead, host = _dead_pid(), outputs._HOST
+    final = tmp_path / "out"
+    left = [tmp_path / f".out.tmp-{dead}-{host}-k3j2x9_a", tmp_path / f".out.tmp-{dead}-{host}-zz9"]
+    left[0].mkdir()
+    (left[0] / "model.safetensors").write_bytes(b"half")
+    left[1].write_bytes(b"half a file")  # atomic_write_bytes' temp is a file
+    kept = [tmp_path / f".out.tmp-{os.getpid()}-{host}-live1",  # a live writer (this process)
+            tmp_path / f".other.tmp-{dead}-{host}-abc",  # another target's
+            tmp_path / f".out.tmp-{dead}-00000000-abc",  # made on another host
+            tmp_path / ".out.tmp-k3j2x9_a",  # no PID in the name: cannot tell whose
+            tmp_path / f".out.tmp-{dead}-{host}-has space"]  # not our shape
+    for p in kept:
+        p.mkdir()
+    link = tmp_path / f".out.tmp-{dead}-{host}-link"
+    link.symlink_to(tmp_path / "other.tmp-elsewhere")
+    with atomic_folder(final) as tmp:
+        assert not any(p.exists() for p in left)  # removed before this write starts
+        (tmp / "a.txt").write_text("a")
+    assert all(p.is_dir() for p in kept) and link.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["out"]
+
+
+def test_atomic_write_bytes_removes_its_dead_leftovers(tmp_path):
+    dead = _dead_pid()
+    left = tmp_path / f".r.json.tmp-{dead}-{outputs._HOST}-abc123"
+    left.write_text("{")
+    atomic_write_bytes(tmp_path / "r.json", b"{}")
+    assert not left.exists() and (tmp_path / "r.json").read_text() == "{}"
+
+
+def test_temp_names_carry_pid_and_host(tmp_path):
+    with atomic_folder(tmp_path / "out") as tmp:
+        assert tmp.name.startswith(f".out.tmp-{os.getpid()}-{outputs._HOST}-")
+    assert outputs.remove_dead_temps(tmp_path / "missing" / "x") == []  # no parent folder: nothing to do

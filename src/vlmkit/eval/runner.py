@@ -94,24 +94,42 @@ class EvalReport:
 # ---------------------------------------------------------------------------------------------
 
 
+def _manifest_file(path: str | Path) -> Path:
+    """`path` as a readable regular file, or a DataError saying what it is instead."""
+    path = Path(path)
+    if path.is_dir():
+        inside = path / "manifest.jsonl"  # what `vlmkit data synth` writes
+        hint = f"did you mean {inside}?" if inside.is_file() else "pass the .jsonl file itself"
+        raise DataError(f"manifest {path} is a folder, not a manifest file; {hint}")
+    if not path.exists():
+        raise DataError(f"manifest {path} does not exist")
+    if not path.is_file():
+        raise DataError(f"manifest {path} is not a regular file")
+    return path
+
+
 def read_manifest(path: str | Path) -> list[dict]:
     """All rows of a JSONL manifest, relative image paths made absolute (manifest's folder).
 
     Unlike the training reader, nothing is skipped: a dropped row would silently change the
     metric's denominator. Raises DataError naming the first bad line.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"manifest {path} does not exist")
+    path = _manifest_file(path)
     rows = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:  # strict: a replaced byte would change a prompt or answer
+                raise DataError(f"{path}:{n} is not UTF-8 text (byte {e.start + 1}); "
+                                "a manifest is JSON Lines") from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except ValueError:
-                raise DataError(f"{path}:{n} is not valid JSON") from None
+                raise DataError(f"{path}:{n} is not valid JSON (a manifest is JSON Lines: one object a "
+                                "line)") from None
             image = row.get("image") if isinstance(row, dict) else None
             if isinstance(image, str):
                 row["image"] = str(path.parent / image)  # an absolute path stays as is
@@ -122,7 +140,7 @@ def read_manifest(path: str | Path) -> list[dict]:
             row.setdefault("line", n)
             rows.append(row)
     if not rows:
-        raise DataError(f"manifest {path} has no rows")
+        raise DataError(f"manifest {path} has no rows (the file is empty or blank)")
     return rows
 
 

@@ -15,16 +15,20 @@ colourised Fashion-MNIST with held-out colour/kind compositions); scoring: `obje
 
 Outputs under --out: a table on stdout, results.json (every metric, sample captions, loss
 curves), objectives.png (bars per metric and the loss curves) and each model's run folder
-(metrics.jsonl, final checkpoint). Fashion-MNIST needs ``sudo apt-get install
-dataset-fashion-mnist`` (or ``--data synth``). The default size takes about 8-10 minutes on 2 CPU
-cores; ``--size small`` about 1, ``--size large`` is for a bigger machine.
+(metrics.jsonl, final checkpoint). --out must be absent or empty unless --force; a re-run with
+--force restarts the three runs (the experiment has no intermediate checkpoints, and a finished
+run could only be reused after proving it was trained with the same size, seed and data): each
+run folder's metrics.jsonl and final checkpoint are replaced, nothing is deleted, other files stay,
+and a checkpoint of an earlier run with another step count is refused rather than mixed in.
+Fashion-MNIST needs ``sudo apt-get install dataset-fashion-mnist`` (or ``--data synth``). The
+default size takes about 8-10 minutes on 2 CPU cores; ``--size small`` about 1, ``--size large``
+is for a bigger machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -35,7 +39,7 @@ import torch
 from vlmkit import cli_types as T
 from vlmkit.data.datasets import ShuffledStream
 from vlmkit.data.tokenizer import Tokenizer
-from vlmkit.errors import ConfigError, VlmkitError
+from vlmkit.errors import ConfigError, OutputError, VlmkitError
 from vlmkit.experiments import objectives_eval as ev
 from vlmkit.experiments.objectives_data import IMAGE_SIZE, Source, fashion_source, synth_source
 from vlmkit.experiments.plot import bar_panel, curve_panel, legend, new_canvas, save_png
@@ -43,11 +47,13 @@ from vlmkit.models.coca.config import CocaConfig
 from vlmkit.models.coca.model import CoCa
 from vlmkit.models.common.init import init_weights
 from vlmkit.models.siglip.config import SiglipVisionConfig
-from vlmkit.outputs import check_output_dir
+from vlmkit.outputs import atomic_write_bytes, check_output_dir
+from vlmkit.training.checkpoint import step_dir
 from vlmkit.training.collate import build_small_tokenizer
 from vlmkit.training.config import OptimConfig
 from vlmkit.training.contrastive import (ContrastiveDataConfig, ContrastiveModelConfig, ContrastiveTrainConfig,
                                          ContrastiveTrainer, PairBatches, text_vocab_size)
+from vlmkit.training.outdir import METRICS_NAME, hold_run_folder, remove_stale_temp, trim_metrics
 from vlmkit.training.parallelize import DistInfo
 from vlmkit.training.recipes.contrastive import ImageTextPairs
 
@@ -110,7 +116,10 @@ def train_one(name: str, size: ExperimentSize, tok: Tokenizer, train: ImageTextP
               seed: int) -> tuple[CoCa, list[float], float]:
     """Train one objective's model; returns (model, per-step losses, train seconds)."""
     run_dir = out / name
-    shutil.rmtree(run_dir, ignore_errors=True)  # the experiment always starts from scratch
+    # A re-run restarts (module docstring): an interrupted attempt's temp folders go (the lock of
+    # `out` is held), the old metrics rows are replaced rather than appended to; nothing else is removed.
+    remove_stale_temp(run_dir)
+    trim_metrics(run_dir / METRICS_NAME, 0, 0)
     cfg = ContrastiveTrainConfig(
         recipe=f"objectives-{name}", out_dir=str(run_dir), steps=size.steps, seed=seed, log_every=50,
         ckpt_every=0, export=False, keep_checkpoints=1,
@@ -126,6 +135,20 @@ def train_one(name: str, size: ExperimentSize, tok: Tokenizer, train: ImageTextP
     t0 = time.perf_counter()
     result = trainer.fit()
     return model.eval(), result.losses, time.perf_counter() - t0
+
+
+def refuse_stale_runs(out: Path, steps: int) -> None:
+    """Refuse an --out whose earlier run folders would mix with this run's: a run folder's path is
+    a file, or it holds a checkpoint other than the `steps` one this run replaces (from a run of
+    another size: `latest` would no longer name it, and pruning keeps the highest step, not ours)."""
+    for name in OBJECTIVES:
+        run_dir, keep = out / name, step_dir(out / name / "checkpoints", steps)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise OutputError(f"{run_dir} is a file; the experiment writes its {name} run folder there")
+        stale = sorted(p for p in keep.parent.glob("step_*") if p != keep) if keep.parent.is_dir() else []
+        if stale:
+            raise OutputError(f"{stale[-1]} is left from an earlier run with another step count and would "
+                              f"mix with this one; remove it or choose another --out")
 
 
 def evaluate(name: str, model: CoCa, tok: Tokenizer, source: Source) -> dict:
@@ -189,8 +212,10 @@ def plot(results: dict, path: Path) -> Path:
 
 
 def run_objectives(size: str = "default", out: str | Path = "runs/objectives", data: tuple[str, ...] = SOURCES,
-                   seed: int = 0, fashion_root: str | None = None, threads: int = 1) -> dict:
+                   seed: int = 0, fashion_root: str | None = None, threads: int = 1, force: bool = False) -> dict:
     """Run the experiment (module docstring); returns {objective: {metrics, losses, train_s}}.
+
+    `force`: --out may be non-empty (the runs restart there, see the module docstring).
 
     `threads`: torch CPU threads while it runs. One by default: these models are so small that
     OpenMP synchronisation dominates, and on a shared 2-core machine 2 threads measured 4x
@@ -199,21 +224,28 @@ def run_objectives(size: str = "default", out: str | Path = "runs/objectives", d
     previous = torch.get_num_threads()
     torch.set_num_threads(max(threads, 1))
     try:
-        return _run(size, out, data, seed, fashion_root)
+        return _run(size, check_output_dir(out, force), data, seed, fashion_root)
     finally:
         torch.set_num_threads(previous)
 
 
-def _run(size: str, out: str | Path, data: tuple[str, ...], seed: int, fashion_root: str | None) -> dict:
+def _run(size: str, out: Path, data: tuple[str, ...], seed: int, fashion_root: str | None) -> dict:
     if size not in SIZES:
         raise ConfigError(f"unknown --size {size!r}; choose from {sorted(SIZES)}")
     bad = [d for d in data if d not in SOURCES]
     if bad or not data:
         raise ConfigError(f"--data takes a comma-separated subset of {SOURCES}, got {list(data)}")
-    spec, out = SIZES[size], Path(out)
+    spec = SIZES[size]
+    refuse_stale_runs(out, spec.steps)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     sources = build_sources(list(data), spec, seed, fashion_root)
+    with hold_run_folder(out, DistInfo()):  # one experiment at a time in `out`; written only from here
+        return _train_all(size, spec, out, data, seed, sources, t0)
+
+
+def _train_all(size: str, spec: ExperimentSize, out: Path, data: tuple[str, ...], seed: int,
+               sources: list[Source], t0: float) -> dict:
     train = ImageTextPairs(torch.cat([s.train.images for s in sources]), [t for s in sources for t in s.train.texts])
     tok = Tokenizer.from_folder(build_small_tokenizer(sorted(set(train.texts)), out / "tokenizer", 512))
     print(f"data: {len(train)} training pairs ({', '.join(s.name for s in sources)}) in "
@@ -228,7 +260,7 @@ def _run(size: str, out: str | Path, data: tuple[str, ...], seed: int, fashion_r
     print(table)
     info = {"size": size, "spec": asdict(spec), "data": list(data), "seed": seed,
             "total_s": time.perf_counter() - t0, "table": table, "results": results}
-    (out / "results.json").write_text(json.dumps(info, indent=1))
+    atomic_write_bytes(out / "results.json", json.dumps(info, indent=1).encode())
     print(f"wrote {out / 'results.json'} and {plot(results, out / 'objectives.png')} "
           f"({info['total_s']:.0f} s in all)", flush=True)
     return results
@@ -242,7 +274,8 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
     parser.add_argument("--out", default="runs/objectives",
                         help="output folder (table, results.json, PNG); must be absent or empty unless --force")
     parser.add_argument("--force", action="store_true",
-                        help="write into a non-empty --out (its contrastive/, captioning/ and coca/ runs restart)")
+                        help="write into a non-empty --out: its contrastive/, captioning/ and coca/ runs restart "
+                             "(their metrics and final checkpoints replaced, nothing deleted, other files kept)")
     parser.add_argument("--data", default=",".join(SOURCES),
                         help="comma-separated data sources: synth, fashion (Fashion-MNIST needs "
                              "`sudo apt-get install dataset-fashion-mnist`)")
@@ -255,9 +288,8 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
 def run_experiment_args(args: argparse.Namespace) -> int:
     """Run a parsed `experiment` command: 0, or 2 after a one-line error."""
     try:
-        check_output_dir(args.out, args.force)
         run_objectives(args.size, args.out, tuple(d.strip() for d in args.data.split(",") if d.strip()),
-                       args.seed, args.fashion_root, args.threads)
+                       args.seed, args.fashion_root, args.threads, args.force)
     except VlmkitError as e:
         print(f"vlmkit: error: {e}", file=sys.stderr)
         return 2

@@ -1,18 +1,30 @@
 """Choosing the next token from logits, on the logits' device (no host sync)."""
 
+import math
+import numbers
 from dataclasses import dataclass, field
 
 import torch
 
+# The CLI's limits (torch-free there, so flags are checked without importing torch); one source.
+from vlmkit.cli_types import GREEDY_BELOW, SEED_MAX
 from vlmkit.errors import ConfigError
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 @dataclass(kw_only=True)
 class SamplingConfig:
     """How to pick tokens and when to stop.
 
-    temperature 0 means greedy (argmax); top_k / top_p restrict sampling to the k most likely
-    tokens / the smallest set whose probability reaches p. `seed` makes sampling reproducible.
+    temperature 0 means greedy (argmax), and so does any temperature below `GREEDY_BELOW` (1e-5,
+    denormals included): logits / t would overflow to inf and the softmax to NaN, and a sample at
+    such a temperature is the argmax anyway. top_k / top_p restrict sampling to the k most likely
+    tokens / the smallest set whose probability reaches p (top_k 0 or None, top_p 1 or None: no
+    restriction, as in transformers). `seed` (0 .. 2**64 - 1, what torch.Generator takes) makes
+    sampling reproducible. A value out of range is a ConfigError naming the field.
     """
 
     max_new_tokens: int = 64
@@ -24,18 +36,22 @@ class SamplingConfig:
     extra_eos_ids: tuple[int, ...] = field(default_factory=tuple)
 
     def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+        t = self.temperature
+        if not isinstance(t, numbers.Real) or isinstance(t, bool) or not math.isfinite(t) or t < 0:
+            raise ConfigError(f"temperature must be a finite number >= 0 (0 = greedy), got {t!r}")
+        if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 0):
+            raise ConfigError(f"top_k must be an integer >= 0 (0 = no top-k), got {self.top_k!r}")
+        p = self.top_p
+        if p is not None and (not isinstance(p, numbers.Real) or isinstance(p, bool) or not 0 < p <= 1):
+            raise ConfigError(f"top_p must be in (0, 1], got {p!r}")  # NaN fails the comparison too
+        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed <= SEED_MAX):
+            raise ConfigError(f"seed must be an integer in [0, 2**64 - 1], got {self.seed!r}")
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < GREEDY_BELOW
 
 
 def _filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -67,10 +83,10 @@ def process_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
 
     Applies temperature, then top-k, then top-p, in the order transformers' `generate` applies
     `TemperatureLogitsWarper`, `TopKLogitsWarper` and `TopPLogitsWarper`; removed tokens are -inf.
-    Only meaningful when sampling (`cfg.temperature > 0`).
+    Only meaningful when sampling (`not cfg.greedy`).
     """
     logits = logits.float() / cfg.temperature
-    if cfg.top_k is not None:
+    if cfg.top_k:  # None or 0: no top-k
         logits = _filter_top_k(logits, cfg.top_k)
     if cfg.top_p is not None and cfg.top_p < 1:
         logits = _filter_top_p(logits, cfg.top_p)

@@ -28,17 +28,19 @@ RUN_FLAG_HELP = {
     "out": "run folder: metrics, checkpoints, export (default runs/RECIPE)",
     "resume": "continue from the latest checkpoint in --out",
     "smoke": "tiny CPU run: debug preset, synthetic data",
+    "force": "use a non-empty --out that holds no training run (files of the same name are replaced, "
+             "others kept); never restarts a run that has checkpoints (use --resume or a new --out)",
 }
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, recipes, **help_text: str) -> argparse.ArgumentParser:
     """Add the flags shared by every trainer (recipe, --data, --eval-data, --model, --tokenizer,
-    --out, --resume, --smoke) to `parser`; `help_text` rewords some, keyed by their dest name."""
+    --out, --resume, --smoke, --force) to `parser`; `help_text` rewords some, keyed by their dest name."""
     helps = RUN_FLAG_HELP | help_text
     parser.add_argument("recipe", choices=sorted(recipes), help=helps["recipe"])
     for dest in ("data", "eval_data", "model", "tokenizer", "out"):
         parser.add_argument("--" + dest.replace("_", "-"), help=helps[dest])
-    for dest in ("resume", "smoke"):
+    for dest in ("resume", "smoke", "force"):
         parser.add_argument("--" + dest, action="store_true", help=helps[dest])
     return parser
 
@@ -85,14 +87,14 @@ def apply_args(cfg, args: argparse.Namespace, extra: list[str]):
 
 
 def run_parsed(make_config, run_fn, args: argparse.Namespace, extra: list[str] | None) -> int:
-    """`run_fn(make_config(args, overrides), resume=args.resume)` for a parsed command; `extra` are
-    the unparsed `--key.value` overrides (or `args.overrides`). Returns the exit code: 0, or 2
-    after printing a one-line error."""
+    """`run_fn(make_config(args, overrides), resume=args.resume, force=args.force)` for a parsed
+    command; `extra` are the unparsed `--key.value` overrides (or `args.overrides`). Returns the
+    exit code: 0, or 2 after printing a one-line error."""
     from vlmkit.training.parallelize import shutdown_distributed
 
     try:
         cfg = make_config(args, extra if extra is not None else getattr(args, "overrides", []) or [])
-        result = run_fn(cfg, resume=args.resume)
+        result = run_fn(cfg, resume=args.resume, force=args.force)
     except VlmkitError as e:  # the same one line as `vlmkit.cli.main` prints
         print(f"vlmkit: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

@@ -8,9 +8,17 @@
   The file is never deleted (deleting a locked file lets two runs lock two different files), only
   emptied on a clean exit.
 - Leftovers. A run killed while writing a checkpoint, the export or its tokenizer leaves the temp
-  folder of `atomic_folder` (``.step_000120.tmp-k3j2x9_a``, ``.export.tmp-...``) and maybe
+  folder of `atomic_folder` (``.step_000120.tmp-PID-HOST-k3j2x9_a``, ``.export.tmp-...``) and maybe
   ``checkpoints/.latest.tmp`` or ``.metrics.jsonl.tmp-PID``; once the lock is held nobody else can
   be writing them, so they are removed. Only names of exactly these patterns are touched.
+- What --out may be (`check_out_before_lock`, `check_out_after_lock`): absent or empty (a new
+  run); a run folder of ours (it holds ``.vlmkit.lock``, ``checkpoints/`` or ``metrics.jsonl``)
+  with checkpoints, only with --resume (without it the new run's checkpoints, `latest` and
+  metrics would mix with the old ones; --force does not change that); a run folder without
+  checkpoints (a run stopped before its first one): started afresh, its metrics rows dropped and
+  its tokenizer trained again (`reuse_built_tokenizer`); any other non-empty folder only with
+  --force (our files -- config.json, metrics.jsonl, tokenizer/, checkpoints/, export/, the lock --
+  are written beside the user's, same-named ones replaced).
 - Metrics. Each checkpoint records the size of ``metrics.jsonl`` when it was written; a resume cuts
   the file back to that size (`trim_metrics`), so the replayed steps are not logged twice.
 """
@@ -36,7 +44,7 @@ LOCK_NAME = ".vlmkit.lock"
 METRICS_NAME = "metrics.jsonl"
 # The temp / moved-aside names `atomic_folder` gives to the folders a run writes, and the temp
 # files of `latest` (in checkpoints/) and of the metrics log (`trim_metrics`).
-STALE_DIR = re.compile(r"\.(step_\d+|export|tokenizer)\.(tmp|old)-[A-Za-z0-9_]+")
+STALE_DIR = re.compile(r"\.(step_\d+|export|tokenizer)\.(tmp|old)-[A-Za-z0-9_-]+")
 STALE_FILE = re.compile(r"\.latest\.tmp|\.metrics\.jsonl\.tmp-\d+")
 
 
@@ -114,13 +122,46 @@ def remove_stale_temp(out: Path) -> list[Path]:
     return removed
 
 
+RUN_MARKERS = (LOCK_NAME, "checkpoints", METRICS_NAME)  # what only a run folder of ours holds
+
+
+def check_out_before_lock(out: Path, force: bool) -> None:
+    """Refuse a non-empty --out that is no run folder of ours unless `force` (before the lock file
+    is made in it; module docstring)."""
+    if not out.is_dir() or any((out / m).exists() for m in RUN_MARKERS) or force:
+        return
+    if any(out.iterdir()):
+        raise ConfigError(f"--out {out} is not empty and holds no training run (no {LOCK_NAME}, checkpoints/ "
+                          f"or {METRICS_NAME}); choose a new --out, or pass --force to write the run's "
+                          "files beside yours (same-named files such as config.json are replaced)")
+
+
+def check_out_after_lock(out: Path, resume: bool) -> None:
+    """Refuse to start a new run over the checkpoints of an earlier one (with the lock held, so a
+    live run is reported as such first)."""
+    root = out / "checkpoints"
+    if resume or not root.is_dir():
+        return
+    found = sorted(p.name for p in root.iterdir() if p.name == "latest" or p.name.startswith("step_"))
+    if found:
+        raise ConfigError(f"--out {out} already has checkpoints of a training run ({', '.join(found[-2:])}); "
+                          "pass --resume to continue it, or choose a new --out (even with --force a new "
+                          "run is not started there: its checkpoints would mix with the old ones)")
+
+
 @contextlib.contextmanager
-def hold_run_folder(out: Path, info: DistInfo):
-    """Rank 0 holds the lock of `out` (and cleans it) for the block; every rank raises if it fails."""
+def hold_run_folder(out: Path, info: DistInfo, *, resume: bool | None = None, force: bool = False):
+    """Rank 0 holds the lock of `out` (and cleans it) for the block; every rank raises if it fails.
+    With `resume` given (True/False), `out` is first checked as a trainer's --out (module
+    docstring; `force` lets a non-empty foreign folder be used); None skips those checks."""
     lock, error = RunLock(out), None
     if info.is_main:
         try:
+            if resume is not None:
+                check_out_before_lock(out, force)
             lock.acquire()
+            if resume is not None:
+                check_out_after_lock(out, resume)
             remove_stale_temp(out)
         except ConfigError as e:
             error = str(e)
@@ -137,17 +178,26 @@ def hold_run_folder(out: Path, info: DistInfo):
 
 
 def locked_run(run_fn):
-    """Decorator of a trainer's ``run(cfg, ...)``: validate `cfg`, then run it while holding the lock
-    of ``cfg.out_dir`` (see the module docstring), before it writes anything there."""
+    """Decorator of a trainer's ``run(cfg, *, resume=False, ...)``: validate `cfg`, check
+    ``cfg.out_dir`` (what --out may be, see the module docstring; the wrapper takes `force=False`,
+    the CLI's --force, which lets a non-empty folder that is no run folder be used), then run while
+    holding its lock, before anything is written there."""
 
     @functools.wraps(run_fn)
-    def run(cfg, *args, **kwargs):
+    def run(cfg, *args, force: bool = False, **kwargs):
         cfg.validate()
         info = init_distributed(cfg.parallel)
-        with hold_run_folder(Path(cfg.out_dir), info):
+        with hold_run_folder(Path(cfg.out_dir), info, resume=bool(kwargs.get("resume")), force=force):
             return run_fn(cfg, *args, **kwargs)
 
     return run
+
+
+def reuse_built_tokenizer(out: Path) -> bool:
+    """Whether the tokenizer a run trained into OUT/tokenizer is reused: only when the run resumes a
+    checkpoint (trained with it). A run starting afresh where an earlier attempt stopped before
+    its first checkpoint trains it again (from this run's data, which may differ)."""
+    return (out / "tokenizer" / "tokenizer.json").is_file() and (out / "checkpoints" / "latest").is_file()
 
 
 def _replace_text(path: Path, data: bytes) -> None:

@@ -41,7 +41,7 @@ from vlmkit.training.collate import BatchStream, build_small_tokenizer, manifest
 from vlmkit.training.config import TrainConfig
 from vlmkit.training.freeze import apply_freeze
 from vlmkit.training.lora import apply_lora, merge_lora, save_lora
-from vlmkit.training.outdir import locked_run, trim_metrics
+from vlmkit.training.outdir import locked_run, reuse_built_tokenizer, trim_metrics
 from vlmkit.training.parallelize import DistInfo, barrier, init_distributed
 from vlmkit.training.recipes.finetune import finetune
 from vlmkit.training.recipes.multimodal import multimodal
@@ -122,7 +122,7 @@ def _tokenizer_dir(cfg: TrainConfig, folder: Path | None, manifest: str, info: D
     if folder is not None:
         return folder
     out = Path(cfg.out_dir) / "tokenizer"
-    if info.is_main and not (out / "tokenizer.json").is_file():  # reused on resume
+    if info.is_main and not reuse_built_tokenizer(Path(cfg.out_dir)):  # reused only on resume
         build_small_tokenizer(manifest_texts(manifest), out, cfg.model.tokenizer_vocab)
     barrier()
     return out

@@ -41,7 +41,7 @@ from vlmkit.training.collate import build_small_tokenizer
 from vlmkit.training.config import OptimConfig
 from vlmkit.training.contrastive import (ContrastiveDataConfig, ContrastiveModelConfig, ContrastiveTrainConfig,
                                          ContrastiveTrainer, PairBatches, text_vocab_size)
-from vlmkit.training.outdir import locked_run
+from vlmkit.training.outdir import locked_run, reuse_built_tokenizer
 from vlmkit.training.parallelize import DistInfo, barrier, init_distributed
 from vlmkit.training.trainer import Hook, TrainResult
 from vlmkit.weights.create import TOKENIZER_FILES
@@ -215,7 +215,7 @@ def _tokenizer_dir(cfg: ContrastiveTrainConfig, folder: Path | None, texts: list
     if folder is not None:
         return folder
     out = Path(cfg.out_dir) / "tokenizer"
-    if info.is_main and not (out / "tokenizer.json").is_file():  # reused on resume
+    if info.is_main and not reuse_built_tokenizer(Path(cfg.out_dir)):  # reused only on resume
         build_small_tokenizer(texts, out, cfg.model.tokenizer_vocab)
     barrier()
     return out
