@@ -65,3 +65,18 @@ def test_readme_python_snippet(workdir, monkeypatch):
     monkeypatch.chdir(workdir)
     (snippet,) = _blocks("python")
     exec(compile(snippet.replace(REAL, "runs/debug-model"), "README.md", "exec"), {})
+
+
+def test_readme_benchmark_block_is_rendered_from_committed_json():
+    """The Performance block is `benchmarks/render_table.py`'s output on the committed results it
+    names, so every number in it has its JSON (machine, date, command) in benchmarks/results/."""
+    import subprocess
+    import sys
+
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- bench:begin -->\n(.*?)\n<!-- bench:end -->", text, re.S).group(1)
+    files = re.findall(r"Measured: `(benchmarks/results/[^`]+\.json)`", block)
+    assert files, "the block names no committed result"
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "render_table.py"), *files],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    assert block.strip() == out
