@@ -64,8 +64,10 @@ def _conversation(args) -> tuple[list[dict] | None, list]:
         return None, []
     if args.chat and args.messages:
         raise ConfigError("give --chat or --messages, not both")
-    if args.prompt or args.task != "raw" or args.draw:
-        raise ConfigError("--chat / --messages replace --prompt and --task (and draw no boxes: no --draw)")
+    if args.prompt or args.task != "raw":
+        raise ConfigError("--chat / --messages replace --prompt and --task; give one of them")
+    if args.draw:
+        raise ConfigError("--draw draws the boxes of a detect / segment --task; a chat has none")
     if args.chat:
         return None, []
     messages, named = read_messages(args.messages)

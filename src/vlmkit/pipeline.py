@@ -54,7 +54,7 @@ class Pipeline:
     """A loaded model of a `vlm` family with its tokenizer and processor."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, processor,
-                 folder: Path | None = None, feature_cache_size: int = 16, family: str = "this"):
+                 folder: Path | None = None, feature_cache_size: int = 16, family: str | None = None):
         self.model, self.tokenizer, self.processor, self.folder = model, tokenizer, processor, folder
         self.family = family
         self._features: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -85,7 +85,7 @@ class Pipeline:
     def chat_template(self) -> ChatTemplate:
         """The checkpoint's chat template (read once); one-line error if the family or folder has none."""
         if not hasattr(self.processor, "chat"):
-            raise ConfigError(f"{self.family} models have no chat template; give the prompt itself (--prompt)")
+            raise ConfigError(f"{self.family or 'these'} models have no chat template; give the prompt itself (--prompt)")
         if self._template is None:
             if self.folder is None:
                 raise ConfigError("this pipeline has no checkpoint folder to read a chat template from")

@@ -224,6 +224,7 @@ BAD_MESSAGES = {
     (["--task", "caption"], "--task caption builds a PaliGemma (PaLI) prompt"),
     (["--chat", "a", "--chat", "b"], "give an odd number"),
     (["--chat", "a", "--prompt", "b"], "replace --prompt"),
+    (["--chat", "a", "--draw", "x.png"], "a chat has none"),
     (["--messages", "@not_json"], "cannot read messages file"),
     (["--messages", "@not_list"], "expected a non-empty list of messages"),
     (["--messages", "@bad_role"], "message 0 must be an object with a role"),

@@ -42,7 +42,7 @@ def run_task(pipe, task: str, images: list, *, prompt: str | None = None, lang: 
     PaLI task prompts are PaliGemma's (its processor places the image tokens itself); a processor
     whose prompts carry image placeholders (`placeholder`, e.g. LLaVA's `<image>`) takes raw prompts.
     """
-    placeholder = getattr(pipe.processor, "placeholder", None)
+    placeholder = getattr(getattr(pipe, "processor", None), "placeholder", None)  # `pipe` needs only generate()
     if task != "raw" and placeholder is not None:
         raise ConfigError(f"--task {task} builds a PaliGemma (PaLI) prompt, but this model's prompts hold "
                           f"{placeholder} placeholders; give --prompt or --chat instead")

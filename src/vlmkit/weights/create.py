@@ -34,8 +34,11 @@ def _tokenizer_dir(tmp: Path, texts, tokenizer_dir, files) -> Path:
     if files is None:
         return Path(tokenizer_dir) if tokenizer_dir else train_paligemma_tokenizer(tmp / "tok", texts)
     out = tmp / "tok"
-    if tokenizer_dir:
-        shutil.copytree(tokenizer_dir, out)
+    if tokenizer_dir:  # the tokenizer files only (tokenizer_dir may be a whole checkpoint folder)
+        out.mkdir()
+        for name in TOKENIZER_FILES:
+            if (Path(tokenizer_dir) / name).is_file():
+                shutil.copyfile(Path(tokenizer_dir) / name, out / name)
     else:
         train_paligemma_tokenizer(out, texts)
     return extend_tokenizer(out, files.special_tokens, files.chat_template)
