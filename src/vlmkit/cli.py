@@ -19,14 +19,19 @@ TASKS = ("raw", "caption", "cap", "describe", "answer", "question", "ocr", "dete
 
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="answer a prompt about one or more images",
-                       description="Generate text for images with a PaliGemma-family model.")
+                       description="Generate text for images with a model of any registered vlm family.")
     p.add_argument("--model", help="checkpoint folder or bundled model name (default: the bundled model)")
     p.add_argument("--image", action="append", default=[], help="image path (repeat for several images)")
     p.add_argument("--video", help="video file, animated GIF/WebP or folder of frames: frames are sampled "
                    "with a fixed stride and each becomes an image, in order (after any --image)")
     p.add_argument("--max-frames", type=T.positive_int, default=16, help="most frames taken from --video (default 16)")
     p.add_argument("--frame-stride", type=T.positive_int, help="take every k-th frame (default: spread over the clip)")
-    p.add_argument("--prompt", type=T.text, help="raw prompt text (task 'raw'); for other tasks it is built for you")
+    p.add_argument("--prompt", type=T.text, help="the prompt as the family's processor takes it (a LLaVA prompt holds "
+                   "one <image> per image); for a --task other than raw it is built for you")
+    p.add_argument("--chat", action="append", type=T.text, help="a chat turn (repeat: user, assistant, ..., user); "
+                   "rendered with the checkpoint's chat template, the images open the first turn")
+    p.add_argument("--messages", help="JSON file of chat messages (OpenAI / transformers format); its image parts "
+                   "name their files, or --image fills them in order")
     p.add_argument("--task", choices=TASKS, default="raw", help="PaLI task (default: raw prompt)")
     p.add_argument("--lang", type=T.text, default="en", help="language code for caption/answer/question tasks")
     p.add_argument("--question", type=T.text, help="question for --task answer")
@@ -48,33 +53,67 @@ def _add_generate(sub) -> None:
     p.set_defaults(func=cmd_generate)
 
 
+def _conversation(args) -> tuple[list[dict] | None, list]:
+    """(--messages' messages or None, the images they name), the prompt / chat flags checked."""
+    from vlmkit.data.conversation import read_messages
+    from vlmkit.errors import ConfigError
+
+    if not (args.chat or args.messages):
+        if args.task == "raw" and not args.prompt:
+            raise ConfigError("--prompt is required unless --task, --chat or --messages is given")
+        return None, []
+    if args.chat and args.messages:
+        raise ConfigError("give --chat or --messages, not both")
+    if args.prompt or args.task != "raw":
+        raise ConfigError("--chat / --messages replace --prompt and --task; give one of them")
+    if args.draw:
+        raise ConfigError("--draw draws the boxes of a detect / segment --task; a chat has none")
+    if args.chat:
+        return None, []
+    messages, named = read_messages(args.messages)
+    if named and (args.image or args.video):
+        raise ConfigError(f"{args.messages} names its images; give no --image / --video with it")
+    return messages, named
+
+
 def cmd_generate(args) -> int:
+    from vlmkit.data.conversation import chat_turns
     from vlmkit.errors import ConfigError
     from vlmkit.generation import SamplingConfig
-    from vlmkit.outputs import atomic_write_bytes, check_output_file
+    from vlmkit.outputs import check_output_file
     from vlmkit.pipeline import load
-    from vlmkit.tasks.run import run_task
+    from vlmkit.tasks.run import run_chat, run_task
 
-    if args.task == "raw" and not args.prompt:
-        raise ConfigError("--prompt is required unless --task is given")
+    messages, images = _conversation(args)
     if args.draw:
         check_output_file(args.draw, args.force)  # before the model runs, not after
-    images = list(args.image)
+    images += list(args.image)
     if args.video:
         from vlmkit.data.video import sample_frames
 
         images += sample_frames(args.video, max_frames=args.max_frames, stride=args.frame_stride)
-    if not images:
+    if args.chat:  # one image part per image (or sampled frame) opens the first turn
+        messages = chat_turns(args.chat, len(images))
+    if not images and messages is None:
         raise ConfigError("give at least one --image or a --video")
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                               top_p=args.top_p, top_k=args.top_k, seed=args.seed)
     pipe = load(args.model, dtype=args.dtype, device=args.device)
     on_token = (lambda e: print(e.text, end="", flush=True)) if args.stream and not args.json else None
-    objects = [o.strip() for o in args.objects.split(";")] if args.objects else None
-    out = run_task(pipe, args.task, images, prompt=args.prompt, lang=args.lang, question=args.question,
-                   answer=args.answer, objects=objects, sampling=sampling, mask_vae_path=args.mask_vae,
-                   on_token=on_token)
+    if messages is not None:
+        out = run_chat(pipe, messages, images, sampling=sampling, on_token=on_token)
+    else:
+        objects = [o.strip() for o in args.objects.split(";")] if args.objects else None
+        out = run_task(pipe, args.task, images, prompt=args.prompt, lang=args.lang, question=args.question,
+                       answer=args.answer, objects=objects, sampling=sampling, mask_vae_path=args.mask_vae,
+                       on_token=on_token)
+    _print_generated(args, out, streamed=on_token is not None)
+    return 0
+
+
+def _print_generated(args, out, streamed: bool) -> None:
     if args.draw:
+        from vlmkit.outputs import atomic_write_bytes
         from vlmkit.tasks.draw import draw_results
 
         png = io.BytesIO()
@@ -83,13 +122,12 @@ def cmd_generate(args) -> int:
         out.json["draw"] = args.draw
     if args.json:
         print(json.dumps(out.json, indent=2))
-    elif on_token is not None:
+    elif streamed:
         print()
     else:
         print(out.json["text"])
         for b in out.json["boxes"]:
             print(f"  {b['label']}: ({b['x1']:.0f}, {b['y1']:.0f}) - ({b['x2']:.0f}, {b['y2']:.0f})")
-    return 0
 
 
 def _add_info(sub) -> None:

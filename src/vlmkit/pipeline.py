@@ -1,22 +1,27 @@
 """The user-facing text pipeline: folder -> model + tokenizer + processor -> answers.
 
 The folder's config.json names its family (`vlmkit.models.registry`); the family's record gives
-the processor builder and the generation adapter, so any `vlm` family runs here.
+the processor builder and the generation adapter, so any `vlm` family runs here. A prompt is what
+the family's processor takes as text (LLaVA: with its `<image>` placeholders; PaliGemma: the prefix
+alone); `chat` renders a conversation with the checkpoint's own chat template first.
 
 Image features are cached by a hash of the preprocessed pixels, so asking several questions
-about one image runs the vision tower once.
+about one image runs the vision tower once. That needs a processor whose `pixel_values[i]` is the
+i-th image alone (its `per_image_pixels` is True: PaliGemma, LLaVA); for the others (tiles,
+masks, image sizes beside the pixels) the batch goes to the model as it is.
 """
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
 
+from vlmkit.data.chat_template import ChatTemplate, load_chat_template
 from vlmkit.data.processor import PaliGemmaProcessor
 from vlmkit.data.tokenizer import Tokenizer
-from vlmkit.errors import CheckpointError
+from vlmkit.errors import CheckpointError, ConfigError
 from vlmkit.generation import GenerationResult, SamplingConfig, StreamEvent, generate
 from vlmkit.validate import image_stats
 from vlmkit.weights.hf import load_hf, read_config
@@ -49,10 +54,12 @@ class Pipeline:
     """A loaded model of a `vlm` family with its tokenizer and processor."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, processor,
-                 folder: Path | None = None, feature_cache_size: int = 16):
+                 folder: Path | None = None, feature_cache_size: int = 16, family: str | None = None):
         self.model, self.tokenizer, self.processor, self.folder = model, tokenizer, processor, folder
+        self.family = family
         self._features: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.feature_cache_size = feature_cache_size
+        self._template: ChatTemplate | None = None
 
     @classmethod
     def load(cls, source: str | Path | None = None, dtype=None, device="cpu") -> "Pipeline":
@@ -64,11 +71,26 @@ class Pipeline:
                                   "does not run; load it with vlmkit.weights.hf.load_hf")
         tokenizer = Tokenizer.from_folder(folder)
         model = load_hf(folder, dtype=dtype, device=device)
-        return cls(model, tokenizer, fam.build_processor(folder, tokenizer, model.cfg), folder)
+        return cls(model, tokenizer, fam.build_processor(folder, tokenizer, model.cfg), folder, family=fam.name)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def chat_template(self) -> ChatTemplate:
+        """The checkpoint's chat template (read once); one-line error if the family or folder has none."""
+        if not hasattr(self.processor, "chat"):
+            raise ConfigError(f"{self.family or 'these'} models have no chat template; give the prompt itself (--prompt)")
+        if self._template is None:
+            if self.folder is None:
+                raise ConfigError("this pipeline has no checkpoint folder to read a chat template from")
+            self._template = load_chat_template(self.folder)
+        return self._template
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[M, 3, H, W] -> [M, N, D], each image looked up in (or added to) the feature cache."""
@@ -77,28 +99,53 @@ class Pipeline:
             key = hashlib.sha1(px.contiguous().numpy().tobytes()).hexdigest()
             if key not in self._features:
                 with torch.inference_mode():
-                    dtype = next(self.model.parameters()).dtype
-                    self._features[key] = self.model.encode_images(px[None].to(self.device, dtype))[0]
+                    self._features[key] = self.model.encode_images(px[None].to(self.device, self.dtype))[0]
                 if len(self._features) > self.feature_cache_size:
                     self._features.popitem(last=False)
             self._features.move_to_end(key)
             out.append(self._features[key])
         return torch.stack(out)
 
+    def _model_inputs(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The processor's batch on the model's device (floating tensors in its dtype), with cached
+        image features in place of the pixels where the processor lays them out per image."""
+        batch = dict(batch)
+        feats = None
+        if getattr(self.processor, "per_image_pixels", False) and batch.get("pixel_values") is not None:
+            feats = self.image_features(batch.pop("pixel_values"))
+        out = {k: v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device)
+               for k, v in batch.items()}
+        if feats is not None:
+            out["image_features"] = feats
+        return out
+
+    def run(self, batch: Mapping[str, torch.Tensor], sampling: SamplingConfig | None = None,
+            on_token: Callable[[StreamEvent], None] | None = None, decode_fn=None,
+            output_logits: bool = False) -> list[GenerationResult]:
+        """Generate for a batch the processor made (left-padded), one result per row (with each
+        step's raw logits if `output_logits`, see `GenerationResult`)."""
+        return generate(self.model, self.tokenizer, self._model_inputs(batch), sampling or SamplingConfig(),
+                        decode_fn, on_token, output_logits)
+
     def generate_batch(self, prompts: Sequence[str], images: Sequence, sampling: SamplingConfig | None = None,
                        on_token: Callable[[StreamEvent], None] | None = None,
                        decode_fn=None) -> list[GenerationResult]:
         """One result per prompt; `images[i]` is an image source or a list of them for prompt i."""
-        batch = self.processor(list(prompts), list(images), padding_side="left")
-        feats = self.image_features(batch.pop("pixel_values"))
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        batch["image_features"] = feats
-        return generate(self.model, self.tokenizer, batch, sampling or SamplingConfig(), decode_fn, on_token)
+        groups = [list(g) if isinstance(g, (list, tuple)) else [g] for g in images]
+        batch = self.processor(list(prompts), groups, padding_side="left")
+        return self.run(batch, sampling, on_token, decode_fn)
 
     def generate(self, prompt: str, images, sampling: SamplingConfig | None = None,
                  on_token: Callable[[StreamEvent], None] | None = None) -> GenerationResult:
         """Answer one prompt about one image (or a list of images / video frames)."""
         return self.generate_batch([prompt], [images], sampling, on_token)[0]
+
+    def chat(self, messages: Sequence[Mapping], images: Sequence = (), sampling: SamplingConfig | None = None,
+             on_token: Callable[[StreamEvent], None] | None = None) -> GenerationResult:
+        """Answer a conversation ({"role", "content"} dicts, transformers' format) rendered with the
+        checkpoint's chat template; `images` fill its image parts in order."""
+        batch = self.processor.chat(self.chat_template, list(messages), list(images))
+        return self.run(batch, sampling, on_token)[0]
 
 
 def load(source: str | Path | None = None, dtype=None, device="cpu") -> Pipeline:

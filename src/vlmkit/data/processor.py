@@ -55,6 +55,9 @@ class PaliGemmaProcessor:
         TokenizerError: the tokenizer lacks `<image>` or another token the layout needs.
     """
 
+    # pixel_values[i] is the i-th image alone, encoded on its own: features may be cached per image.
+    per_image_pixels = True
+
     def __init__(self, tokenizer: Tokenizer, image_size: int | tuple[int, int], num_image_tokens: int,
                  image_mean: Sequence[float] = (0.5, 0.5, 0.5),
                  image_std: Sequence[float] = (0.5, 0.5, 0.5),

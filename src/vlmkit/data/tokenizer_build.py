@@ -200,3 +200,38 @@ def build_paligemma_tokenizer(base_model: Path, out_dir: Path, *, num_loc: int =
     (out_dir / "tokenizer.json").write_text(_tokenizer_json(pieces), encoding="utf-8")
     _config_files(pieces, out_dir)
     return out_dir
+
+
+def extend_tokenizer(folder: Path, special_tokens: tuple[str, ...] = (), chat_template: str | None = None) -> Path:
+    """Add `special_tokens` (those not yet in the vocabulary, at the next ids) and a chat template
+    to the tokenizer folder `folder`, in place.
+
+    tokenizer.json, tokenizer_config.json ("added_tokens_decoder", "additional_special_tokens",
+    "chat_template") and special_tokens_map.json are rewritten; tokenizer.model is removed when
+    tokens were added, since its vocabulary would no longer match (readers prefer tokenizer.json).
+    """
+    from tokenizers import AddedToken, Tokenizer
+
+    folder = Path(folder)
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    new = [t for t in dict.fromkeys(special_tokens) if tok.token_to_id(t) is None]
+    if new:
+        tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in new])
+        (folder / "tokenizer.json").write_text(tok.to_str(pretty=False), encoding="utf-8")
+        (folder / "tokenizer.model").unlink(missing_ok=True)
+    config_path, map_path = folder / "tokenizer_config.json", folder / "special_tokens_map.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    for t in new:
+        config.setdefault("added_tokens_decoder", {})[str(tok.token_to_id(t))] = {
+            "content": t, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
+            "special": True}
+    extra = [t for t in new if t not in config.get("additional_special_tokens", [])]
+    config["additional_special_tokens"] = [*config.get("additional_special_tokens", []), *extra]
+    if chat_template is not None:
+        config["chat_template"] = chat_template
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
+    if map_path.is_file():
+        special_map = json.loads(map_path.read_text(encoding="utf-8"))
+        special_map["additional_special_tokens"] = config["additional_special_tokens"]
+        map_path.write_text(json.dumps(special_map, indent=2), encoding="utf-8")
+    return folder

@@ -63,6 +63,10 @@ class FamilySpec:
     preprocessor_config: cfg -> the image-processing metadata saved beside the weights (or None).
     processor: "module:function" building the family's processor as
         function(folder, tokenizer, model_cfg); None if vlmkit has none for it.
+    processor_files: "module:function" giving, as function(model_cfg), the
+        `vlmkit.data.processor_files.ProcessorFiles` that `vlmkit create` writes beside the weights
+        (tokens the tokenizer must have, processor_config.json, the chat template); None: a
+        PaliGemma-layout tokenizer and preprocessor_config.json only.
     blocks: model -> its repeated transformer blocks (units of activation checkpointing / FSDP).
     generation: how the generation engine feeds the model (`kind == "vlm"` only).
     """
@@ -83,6 +87,7 @@ class FamilySpec:
     with_tokenizer: Callable[..., Any] | None = None
     preprocessor_config: Callable[[Any], dict] | None = None
     processor: str | None = None
+    processor_files: str | None = None
     generation: GenerationAdapter | None = None
 
     def preset(self, name: str):
@@ -96,8 +101,17 @@ class FamilySpec:
         """The family's processor for a loaded checkpoint folder (resolves `processor`)."""
         if self.processor is None:
             raise ConfigError(f"vlmkit has no processor for {self.name} models")
-        module, _, fn = self.processor.partition(":")
-        return getattr(importlib.import_module(module), fn)(folder, tokenizer, cfg)
+        return _resolve(self.processor)(folder, tokenizer, cfg)
+
+    def build_processor_files(self, cfg):
+        """What `vlmkit create` writes for the family's processor (resolves `processor_files`), or None."""
+        return None if self.processor_files is None else _resolve(self.processor_files)(cfg)
+
+
+def _resolve(dotted: str) -> Callable:
+    """The function named by "module:function" (imported on use: records stay in the leaf)."""
+    module, _, fn = dotted.partition(":")
+    return getattr(importlib.import_module(module), fn)
 
 
 _FAMILIES: dict[str, FamilySpec] = {}

@@ -1,7 +1,9 @@
-"""Run one PaLI task end to end: prompt -> generation -> structured, JSON-ready result.
+"""Run one PaLI task (or a raw prompt, or a chat) end to end: prompt -> generation -> structured,
+JSON-ready result.
 
 JSON schema (all tasks): {"task", "prompt", "num_images", "text", "token_ids", "finish_reason", "timing",
 "boxes": [{"label", "x1", "y1", "x2", "y2", "score"?}], "masks": [...], "errors": [...]}.
+A chat (`run_chat`) is task "chat"; its "prompt" is the conversation as the chat template renders it.
 Boxes are in pixels of the first (original) image. For `segment`, each entry of "masks" is
 {"label", "codes", "area"} (mask area in pixels when a mask VAE is given, else null).
 """
@@ -10,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vlmkit.data.image import load_image
+from vlmkit.errors import ConfigError
 from vlmkit.generation import SamplingConfig
 from vlmkit.tasks.parsing import clean_text, parse_detections, parse_segmentations
 from vlmkit.tasks.prompts import Task, build_prompt
@@ -34,7 +37,15 @@ def run_task(pipe, task: str, images: list, *, prompt: str | None = None, lang: 
              question: str | None = None, answer: str | None = None, objects=None,
              sampling: SamplingConfig | None = None, mask_vae_path: str | Path | None = None,
              on_token=None) -> TaskOutput:
-    """Build the prompt for `task` (or use `prompt` for task "raw"), generate and parse."""
+    """Build the prompt for `task` (or use `prompt` for task "raw"), generate and parse.
+
+    PaLI task prompts are PaliGemma's (its processor places the image tokens itself); a processor
+    whose prompts carry image placeholders (`placeholder`, e.g. LLaVA's `<image>`) takes raw prompts.
+    """
+    placeholder = getattr(getattr(pipe, "processor", None), "placeholder", None)  # `pipe` needs only generate()
+    if task != "raw" and placeholder is not None:
+        raise ConfigError(f"--task {task} builds a PaliGemma (PaLI) prompt, but this model's prompts hold "
+                          f"{placeholder} placeholders; give --prompt or --chat instead")
     pil = [load_image(i) for i in images]
     if task == "raw":
         text_prompt = prompt or ""
@@ -42,8 +53,7 @@ def run_task(pipe, task: str, images: list, *, prompt: str | None = None, lang: 
         text_prompt = build_prompt(task, lang=lang, question=question, answer=answer, objects=objects)
     result = pipe.generate(text_prompt, pil, sampling, on_token=on_token)
     w, h = pil[0].size
-    out = {"task": task, "prompt": text_prompt, "num_images": len(pil), "text": clean_text(result.text), "token_ids": result.token_ids,
-           "finish_reason": result.finish_reason, "timing": result.timing, "boxes": [], "masks": [], "errors": []}
+    out = _result_json(task, text_prompt, len(pil), result)
     boxes, masks = [], None
     if task == Task.DETECT.value:
         parsed = parse_detections(result.text, w, h)
@@ -59,6 +69,21 @@ def run_task(pipe, task: str, images: list, *, prompt: str | None = None, lang: 
         ]
     out["boxes"] = [_box_json(b) for b in boxes]
     return TaskOutput(out, pil[0], boxes, masks)
+
+
+def _result_json(task: str, prompt: str, num_images: int, result) -> dict:
+    return {"task": task, "prompt": prompt, "num_images": num_images, "text": clean_text(result.text),
+            "token_ids": result.token_ids, "finish_reason": result.finish_reason, "timing": result.timing,
+            "boxes": [], "masks": [], "errors": []}
+
+
+def run_chat(pipe, messages: list[dict], images: list, *, sampling: SamplingConfig | None = None,
+             on_token=None) -> TaskOutput:
+    """Answer a conversation with the checkpoint's chat template; `images` fill its image parts."""
+    pil = [load_image(i) for i in images]
+    prompt = pipe.chat_template.render(messages, add_generation_prompt=True)
+    result = pipe.chat(messages, pil, sampling, on_token=on_token)
+    return TaskOutput(_result_json("chat", prompt, len(pil), result), pil[0] if pil else None)
 
 
 def _masks(objects, boxes, w, h, mask_vae_path):

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from vlmkit.data.processors import pixels
+from vlmkit.data.processor_files import ProcessorFiles, bundled_chat_template
 from vlmkit.data.processors.common import TypeCProcessor, read_processor_files, size_field
 from vlmkit.errors import ConfigError
 
@@ -100,6 +101,8 @@ class LlavaProcessor(TypeCProcessor):
     """(prompts with `<image>` placeholders, images) -> LLaVA 1.5 inputs; pixel_values float32 [N, 3, H, W]."""
 
     config_class = LlavaProcessorConfig
+    # pixel_values[i] is the i-th image alone, encoded on its own: features may be cached per image.
+    per_image_pixels = True
 
     def pixel_values(self, images: Sequence) -> torch.Tensor:
         """float32 [N, 3, H, W] for N image sources."""
@@ -110,3 +113,25 @@ class LlavaProcessor(TypeCProcessor):
         values = self.pixel_values([img for g in groups for img in g])
         n_tokens = self.config.tokens_for(*values.shape[-2:])
         return {"pixel_values": values}, [self.placeholder * n_tokens] * values.shape[0]
+
+
+def build_processor(folder: str | Path, tokenizer, cfg) -> LlavaProcessor:
+    """The LLaVA family's processor builder (named by its registry record): the folder's own
+    processor files; its `<image>` id must be the config's image_token_index."""
+    processor = LlavaProcessor.from_folder(folder)
+    if processor.image_token_id != cfg.image_token_id:
+        raise ConfigError(f"{folder}: the tokenizer's {processor.placeholder} id {processor.image_token_id} != "
+                          f"config.json image_token_index {cfg.image_token_id}")
+    return processor
+
+
+def processor_files(cfg) -> ProcessorFiles:
+    """What a LLaVA folder made by `vlmkit create` carries for LlavaProcessor (and transformers'):
+    CLIP's class token is the one additional image token; LLaVA-1.5's chat template."""
+    return ProcessorFiles(
+        special_tokens=("<image>",),
+        processor_config={"processor_class": "LlavaProcessor", "image_token": "<image>",
+                          "patch_size": cfg.vision.patch_size,
+                          "vision_feature_select_strategy": cfg.features.vision_feature_select_strategy,
+                          "num_additional_image_tokens": int(cfg.vision.class_token)},
+        chat_template=bundled_chat_template("llava-1.5"))

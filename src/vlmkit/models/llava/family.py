@@ -25,6 +25,8 @@ LLAVA = register(FamilySpec(
     normalise_key=hf_mapping.normalise_key, to_hub_name=hf_mapping.to_hub_name,
     dropped_keys=lambda cfg: (r"^language_model\.lm_head\.weight$",) if cfg.text.tie_embeddings else (),
     presets=PRESETS, with_tokenizer=with_tokenizer, preprocessor_config=preprocessor_config,
+    processor="vlmkit.data.processors.llava:build_processor",
+    processor_files="vlmkit.data.processors.llava:processor_files",
     blocks=lambda model: [*model.vision_tower.layers, *model.language_model.layers],
     generation=PlaceholderGeneration(prefix_lm=False, position_start=0),
 ))
