@@ -8,8 +8,13 @@ differ in their names and in one behaviour, both fields here:
 - `hf_model_type`: the names config.json is written with (no effect on the computation).
 
 Presets follow the published config.json files (HF HuggingFaceTB/*; every one has model_type
-"idefics3", `tie_word_embeddings` false and a Llama (SmolLM2) text_config; values read from
-copies of those files found with the `search` tool, see the report of the smolvlm branch):
+"idefics3", `tie_word_embeddings` false and a Llama (SmolLM2) text_config). The hub files were
+not reachable here; the values are those of public copies found with the `search` tool: a
+SmolVLM-256M-Instruct reference write-up of config.json at hub revision 7e3e67e (with its
+tensor inventory, 256,484,928 parameters), a SmolVLM2-500M config.json quoted in a test (the
+500M text side, the SmolLM2-360M shape its model card names) and a test quoting the released
+SmolVLM-Instruct config.json; each preset builds with the published parameter count
+(tests/parity/test_idefics3_parity.py):
 - SmolVLM-256M-Instruct: SigLIP-B/16 at 512 (768 wide, 12 layers, 12 heads, MLP 3072), scale
   factor 4 (64 tokens per 512 px frame), SmolLM2-135M shape (576 wide, 30 layers, 9 heads,
   3 KV heads, MLP 1536, rope_theta 1e5, 8192 positions), vocabulary 49280, `<image>` 49190.
@@ -17,7 +22,7 @@ copies of those files found with the `search` tool, see the report of the smolvl
   15 heads, 5 KV heads, MLP 2560).
 - SmolVLM-Instruct (2.2B): SigLIP so400m/14 at 384, scale factor 3 (81 tokens per frame),
   SmolLM2-1.7B shape (2048 wide, 24 layers, 32 heads, MLP 8192, rope_theta 273768, 16384
-  positions), vocabulary 49155, `<image>` 49153.
+  positions: the model card's 16k context, not in the quoted copy), vocabulary 49155, `<image>` 49153.
 - debug: SigLIP debug tower (4 x 4 patches), scale factor 2 (4 tokens per frame), Llama debug.
 """
 

@@ -14,7 +14,7 @@ Canonical names (what `table` maps to) reuse the vision and text families' own t
 from dataclasses import replace
 
 from vlmkit.errors import ConfigError
-from vlmkit.models.common.mapping import Table
+from vlmkit.models.common.mapping import Table, prefixed
 from vlmkit.models.idefics3.config import Idefics3Config, idefics3_connector
 from vlmkit.models.registry import family_for_model_type, family_of
 from vlmkit.models.siglip import hf_mapping as siglip_map
@@ -39,11 +39,8 @@ _ARCHITECTURES = {"idefics3": "Idefics3ForConditionalGeneration", "smolvlm": "Sm
 
 def table(cfg: Idefics3Config) -> Table:
     """Ours -> canonical names (see the module docstring)."""
-    return (
-        [(f"vision_tower.{o}", f"vision_tower.{t}") for o, t in siglip_map.vision_table(cfg.vision)]
-        + _CONNECTOR
-        + [(f"language_model.{o}", f"language_model.{t}") for o, t in family_of(cfg.text).table(cfg.text)]
-    )
+    vision, text = siglip_map.vision_table(cfg.vision), family_of(cfg.text).table(cfg.text)
+    return prefixed("vision_tower.", vision) + _CONNECTOR + prefixed("language_model.", text)
 
 
 def to_hub_name(key: str) -> str:

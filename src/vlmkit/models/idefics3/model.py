@@ -45,7 +45,8 @@ class Idefics3(ImagePlaceholders, nn.Module):
         self.connector = Connector(cfg.connector, cfg.vision.hidden_size, cfg.text.hidden_size)
         self.language_model = family_of(cfg.text).model_class(cfg.text)
 
-    def encode_images(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_images(self, pixel_values: torch.Tensor,
+                      pixel_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """pixel_values [B, F, 3, H, W] (or [M, 3, H, W]) float; pixel_attention_mask [B, F, H, W]
         (or [M, H, W]), 1 on real pixels, default all ones -> image tokens [M, N, D] of the real
         (not all-zero) frames, in order, in the connector's dtype."""
