@@ -71,19 +71,23 @@ class Pipeline:
         return next(self.model.parameters()).device
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[M, 3, H, W] -> [M, N, D], each image looked up in (or added to) the feature cache."""
+        """[M, 3, H, W] -> [M, N, D], each image looked up in (or added to) the feature cache.
+
+        A row may also be all frames of one prompt ([B, F, 3, H, W], Idefics3): its entry then
+        holds that prompt's features [k, N, D] (k real frames), concatenated in order.
+        """
         out = []
         for px in pixel_values:
             key = hashlib.sha1(px.contiguous().numpy().tobytes()).hexdigest()
             if key not in self._features:
                 with torch.inference_mode():
                     dtype = next(self.model.parameters()).dtype
-                    self._features[key] = self.model.encode_images(px[None].to(self.device, dtype))[0]
+                    self._features[key] = self.model.encode_images(px[None].to(self.device, dtype))
                 if len(self._features) > self.feature_cache_size:
                     self._features.popitem(last=False)
             self._features.move_to_end(key)
             out.append(self._features[key])
-        return torch.stack(out)
+        return torch.cat(out)
 
     def generate_batch(self, prompts: Sequence[str], images: Sequence, sampling: SamplingConfig | None = None,
                        on_token: Callable[[StreamEvent], None] | None = None,

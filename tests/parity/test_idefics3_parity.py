@@ -309,3 +309,21 @@ def test_smolvlm_256m_shape_bf16(tmp_path):
         got = ours(ids, pix)
     print("max |diff|", (got.float() - ref.float()).abs().max().item())
     assert torch.equal(got, ref)
+
+
+def test_pipeline_generates_like_the_engine(family_tokenizer_dir, rng_image, tmp_path):
+    """`vlmkit create --family idefics3` + `Pipeline.load` (what `vlmkit generate` runs): the
+    pipeline's per-prompt feature cache gives the tokens of the engine on the processor batch
+    (whose logits and tokens equal transformers', above)."""
+    from vlmkit.pipeline import Pipeline
+    from vlmkit.weights.create import create_checkpoint
+
+    folder = create_checkpoint(tmp_path / "m", "debug", seed=1, family="idefics3", tokenizer_dir=family_tokenizer_dir)
+    pipe = Pipeline.load(folder)
+    prompts = ["<image> hi", "<image><image> yo"]
+    images = [[rng_image(50, 75, seed=1)], [rng_image(20, 20, seed=2), rng_image(40, 90, seed=3)]]
+    sampling = SamplingConfig(max_new_tokens=5)
+    got = pipe.generate_batch(prompts, images, sampling)
+    expected = generate(pipe.model, pipe.tokenizer, pipe.processor(prompts, images, padding_side="left"), sampling)
+    assert [r.token_ids for r in got] == [r.token_ids for r in expected]
+    assert len(pipe._features) == 2  # one cache entry per prompt
