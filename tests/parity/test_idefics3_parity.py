@@ -222,6 +222,23 @@ def test_presets_build_with_published_counts(name):
     count = sum(p.numel() for p in ours.parameters())
     assert count == PUBLISHED_PARAMS[name] == sum(p.numel() for p in hf.parameters())
     assert cfg.num_image_tokens == (81 if name == "SmolVLM-Instruct" else 64)
+    assert hf_mapping.config_from_hf(hf_mapping.config_to_hf(cfg)) == cfg
+
+
+def test_reads_a_published_style_config():
+    """A config.json as transformers 4.4x wrote SmolVLM-256M-Instruct's (4.x `rope_theta`, extra
+    keys of the training code, vision `model_type` "idefics3") reads as the preset."""
+    text = dict(model_type="llama", architectures=["VLlama3ForCausalLM"], vocab_size=49280, hidden_size=576,
+                intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                head_dim=64, rms_norm_eps=1e-5, rope_theta=100000, rope_scaling=None, max_position_embeddings=8192,
+                tie_word_embeddings=False, pad_token_id=2, bos_token_id=1, eos_token_id=2, is_llama_config=True,
+                pixel_shuffle_factor=4, use_resampler=False, qk_layer_norms=False)
+    vision = dict(model_type="idefics3", hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                  num_attention_heads=12, image_size=512, patch_size=16, use_base_siglip=True,
+                  size={"longest_edge": 2048}, max_image_size={"longest_edge": 512})
+    d = dict(architectures=["Idefics3ForConditionalGeneration"], model_type="idefics3", image_token_id=49190,
+             scale_factor=4, tie_word_embeddings=False, vocab_size=49280, text_config=text, vision_config=vision)
+    assert hf_mapping.config_from_hf(d) == Idefics3Config.from_preset("SmolVLM-256M-Instruct")
 
 
 def test_config_errors():

@@ -18,6 +18,7 @@ from vlmkit.models.common.mapping import Table, prefixed
 from vlmkit.models.idefics3.config import Idefics3Config, idefics3_connector
 from vlmkit.models.registry import family_for_model_type, family_of
 from vlmkit.models.siglip import hf_mapping as siglip_map
+from vlmkit.models.siglip.config import SiglipVisionConfig
 
 __all__ = ["config_from_hf", "config_to_hf", "normalise_key", "table", "to_hub_name"]
 
@@ -33,7 +34,8 @@ _HUB_PREFIXES = [
 
 # transformers' Idefics3VisionConfig defaults, for fields a config.json leaves out.
 _HF_VISION_DEFAULTS = dict(hidden_size=1152, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=16,
-                           image_size=224, patch_size=32, hidden_act="gelu_pytorch_tanh")
+                           num_channels=3, image_size=224, patch_size=32, hidden_act="gelu_pytorch_tanh",
+                           layer_norm_eps=1e-6)
 _ARCHITECTURES = {"idefics3": "Idefics3ForConditionalGeneration", "smolvlm": "SmolVLMForConditionalGeneration"}
 
 
@@ -63,11 +65,15 @@ def config_from_hf(d: dict) -> Idefics3Config:
         raise ValueError(f"unsupported Idefics3 model_type {kind!r} (supported: {sorted(_ARCHITECTURES)})")
     # transformers' Idefics3Config builds a missing text_config as Llama with rms_norm_eps 1e-5.
     text_d = {"model_type": "llama", **(d.get("text_config") or {"rms_norm_eps": 1e-5})}
+    if "vocab_size" in d:  # older configs state it only at the top level
+        text_d.setdefault("vocab_size", d["vocab_size"])
     text = family_for_model_type(text_d["model_type"], "text_config").config_from_hf(text_d)
     # Only the top-level flag ties lm_head to the embeddings (the text model has no head).
     text = replace(text, tie_embeddings=bool(d.get("tie_word_embeddings", False)))
-    vision_d = {**_HF_VISION_DEFAULTS, **(d.get("vision_config") or {}), "vision_use_head": False}
-    vision = replace(siglip_map.vision_config_from_hf(vision_d), bucket_positions=True)
+    vision_d = {**_HF_VISION_DEFAULTS, **(d.get("vision_config") or {})}
+    if vision_d["hidden_act"] != "gelu_pytorch_tanh":
+        raise ValueError(f"unsupported Idefics3 vision hidden_act {vision_d['hidden_act']!r}")
+    vision = SiglipVisionConfig(**siglip_map.vision_shape_from_hf(vision_d), bucket_positions=True)
     return Idefics3Config(
         vision=vision, text=text, connector=idefics3_connector(int(d.get("scale_factor", 2))),
         image_token_id=int(d.get("image_token_id", 128257)), keep_first_frame=kind == "smolvlm", hf_model_type=kind,
