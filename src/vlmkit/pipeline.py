@@ -93,18 +93,19 @@ class Pipeline:
         return self._template
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[M, 3, H, W] -> [M, N, D], each image looked up in (or added to) the feature cache."""
+        """[M, 3, H, W] -> [M, N, D], each image looked up in (or added to) the feature cache
+        (only for processors with `per_image_pixels`: row i of pixel_values is image i alone)."""
         out = []
         for px in pixel_values:
             key = hashlib.sha1(px.contiguous().numpy().tobytes()).hexdigest()
             if key not in self._features:
                 with torch.inference_mode():
-                    self._features[key] = self.model.encode_images(px[None].to(self.device, self.dtype))[0]
+                    self._features[key] = self.model.encode_images(px[None].to(self.device, self.dtype))
                 if len(self._features) > self.feature_cache_size:
                     self._features.popitem(last=False)
             self._features.move_to_end(key)
             out.append(self._features[key])
-        return torch.stack(out)
+        return torch.cat(out)
 
     def _model_inputs(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The processor's batch on the model's device (floating tensors in its dtype), with cached

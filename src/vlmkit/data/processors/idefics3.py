@@ -24,7 +24,7 @@ Text, per `<image>` (L = image_seq_len, F = `<fake_token_around_image>`):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from vlmkit.data.processors import pixels
-from vlmkit.data.processors.common import TypeCProcessor, read_processor_files, size_field
-from vlmkit.errors import DataError
+from vlmkit.data.processors.common import PromptTokenizer, TypeCProcessor, read_processor_files, size_field
+from vlmkit.errors import CheckpointError, DataError
 
 MAX_IMAGE_SIDE = 4096  # transformers' absolute cap on the resized longest edge
 FAKE, GLOBAL, IMAGE = "<fake_token_around_image>", "<global-img>", "<image>"
@@ -160,3 +160,24 @@ class Idefics3Processor(TypeCProcessor):
                 frames[-1] += [pixels.to_pixel_values(t, self.config.norm) for t in tiles]
                 expansions.append(image_prompt(rows, cols, self.config.image_seq_len))
         return pad_frames(frames), expansions
+
+
+def build(folder: str | Path, tokenizer, cfg) -> Idefics3Processor:
+    """The idefics3 family's processor builder (its registry record's `processor`): the folder's
+    processor files and tokenizer.json. A folder without `image_seq_len` gets the model's tokens
+    per frame; one that disagrees with the model, or whose `<image>` id is not the model's, is a
+    CheckpointError (`tokenizer`, vlmkit's own, is not needed: the prompt tokenizer reads the folder)."""
+    image, proc = read_processor_files(folder)
+    config = Idefics3ProcessorConfig.from_folder(folder)
+    if "image_seq_len" not in proc and "image_seq_len" not in image:
+        config = replace(config, image_seq_len=cfg.num_image_tokens)
+    elif "image_seq_len" not in proc:
+        config = replace(config, image_seq_len=int(image["image_seq_len"]))
+    if config.image_seq_len != cfg.num_image_tokens:
+        raise CheckpointError(f"{folder}: processor image_seq_len {config.image_seq_len} != the model's "
+                              f"{cfg.num_image_tokens} tokens per frame")
+    processor = Idefics3Processor(config, PromptTokenizer.from_folder(folder))
+    if processor.image_token_id != cfg.image_token_id:
+        raise CheckpointError(f"{folder}: tokenizer's {config.image_token} id {processor.image_token_id} != config "
+                              f"image_token_id {cfg.image_token_id}")
+    return processor

@@ -36,3 +36,8 @@ def rename(key: str, table: Table, reverse: bool = False) -> str | None:
 def identity_table(names: list[str]) -> Table:
     """A table for checkpoints already in our naming: each top-level name maps to itself."""
     return [(n, n) for n in names]
+
+
+def prefixed(prefix: str, table: Table) -> Table:
+    """`table` with `prefix` on both sides: a part's own table inside a composed model."""
+    return [(prefix + ours, prefix + theirs) for ours, theirs in table]

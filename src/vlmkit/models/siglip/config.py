@@ -40,11 +40,19 @@ class SiglipVisionConfig(PatchGrid):
     patch_bias: bool = True
     hidden_act: Activation = "gelu_tanh"
     post_norm: PostNorm = "tokens"
+    # Idefics2/3 (NaViT-style, arXiv:2307.06304): each patch's position id is its fractional
+    # (row, col) in the image's real (unpadded) patch grid, bucketed onto the grid x grid table,
+    # so padded or smaller images reuse the trained table; padded patches are masked as keys.
+    bucket_positions: bool = False
 
     def __post_init__(self):
         if self.post_norm == "pooled" and not self.class_token:
             raise ValueError("post_norm='pooled' normalises the class token, which needs class_token=True")
-        self.check_patch_grid()
+        if self.bucket_positions and self.class_token:
+            raise ValueError("bucket_positions places patches only; it does not support a class token")
+        # The patch conv drops a remainder; only the Idefics3 towers are published with one
+        # (SmolVLM-Instruct: 384 px, 14 px patches -> 27 x 27).
+        self.check_patch_grid(allow_remainder=self.bucket_positions)
 
     @property
     def num_positions(self) -> int:

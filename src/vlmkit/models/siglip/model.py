@@ -11,8 +11,12 @@ CLIP (`class_token`, `pre_norm`, `patch_bias=False`, `hidden_act="quick_gelu"`,
 it), a LayerNorm runs before the first block, and the post-LayerNorm applies only to the pooled
 class token, so `forward` returns the last block's output un-normed, as transformers does.
 
-Not supported: native-resolution / variable aspect inputs (NaFlex), position interpolation for
-other image sizes, dropout.
+Idefics3 / SmolVLM (`bucket_positions`): images may be padded (`patch_mask` False on padding);
+each real patch's position id is its fractional (row, col) in the image's real patch grid
+bucketed onto the trained grid x grid table, exactly as transformers' Idefics3VisionEmbeddings,
+and padded patches are masked out as keys.
+
+Not supported: NaFlex inputs, position interpolation for other image sizes, dropout.
 """
 
 from collections.abc import Sequence
@@ -60,6 +64,7 @@ class EncoderBlock(nn.Module):
         self.mlp = MLP(dim, mlp_dim, act)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, N, D]; mask [B, 1, 1 or N, N] bool (True = may attend) or None."""
         x = x + self.self_attn(self.layer_norm1(x), mask)
         return x + self.mlp(self.layer_norm2(x))
 
@@ -110,40 +115,55 @@ class SiglipVisionTower(nn.Module):
             else None
         )
 
-    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[B, C, H, W] -> [B, P, D]: (class token +) patch embeddings + positions (+ pre-LN)."""
+    def embed(self, pixel_values: torch.Tensor, patch_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, C, H, W] -> [B, P, D]: (class token +) patch embeddings + positions (+ pre-LN).
+
+        patch_mask: [B, H / patch, W / patch] bool, True on real patches (`bucket_positions`
+        towers only; default all True).
+        """
         dtype = self.patch_embedding.weight.dtype
-        x = self.patch_embedding(pixel_values.to(dtype))  # [B, D, g, g]
+        x = self.patch_embedding(pixel_values.to(dtype))  # [B, D, gh, gw]
+        B, _, gh, gw = x.shape
         x = x.flatten(2).transpose(1, 2)  # [B, N, D], patches in row-major order
         if self.class_embedding is not None:
             cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # [B, 1, D]
             x = torch.cat([cls, x], dim=1)  # [B, N + 1, D]
-        x = x + self.position_embedding.weight[None]
+        if self.cfg.bucket_positions:
+            if patch_mask is None:
+                patch_mask = torch.ones(B, gh, gw, dtype=torch.bool, device=x.device)
+            x = x + self.position_embedding(bucket_position_ids(patch_mask, self.cfg.grid))
+        else:
+            x = x + self.position_embedding.weight[None]
         return x if self.pre_layernorm is None else self.pre_layernorm(x)
 
-    def hidden_states(self, pixel_values: torch.Tensor, layers: Sequence[int]) -> list[torch.Tensor]:
+    def hidden_states(self, pixel_values: torch.Tensor, layers: Sequence[int],
+                      patch_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
         """The hidden states transformers' `output_hidden_states` lists, at the given indices.
 
         Index 0 is the embedding output (after the pre-LN, if any), index i the output of block i,
         negative indices count from the end (-1 = the last block); none is post-LayerNormed.
         Blocks after the deepest requested index are not run. Returns [B, P, D] per index.
+        patch_mask: see `embed`; padded patches are then masked out as keys.
         """
         n = self.cfg.num_layers + 1
         if any(not -n <= i < n for i in layers):
             raise ValueError(f"hidden-state index out of range in {list(layers)} (the tower has {n} states)")
         wanted = [i % n for i in layers]
-        x = self.embed(pixel_values)
+        x = self.embed(pixel_values, patch_mask)
         kept = {0: x}
+        # As transformers, no mask at all unless some patch of the batch is padding.
+        mask = None if patch_mask is None or bool(patch_mask.all()) else patch_mask.flatten(1)[:, None, None, :]
         for i, layer in enumerate(self.layers[: max(wanted)], start=1):
-            x = layer(x)
+            x = layer(x, mask)
             if i in wanted:
                 kept[i] = x
         return [kept[i] for i in wanted]
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixel_values: torch.Tensor, patch_mask: torch.Tensor | None = None) -> torch.Tensor:
         """-> [B, P, D], transformers' `last_hidden_state`: post-LayerNormed for SigLIP
-        (`post_norm="tokens"`), the last block's raw output for CLIP (`post_norm="pooled"`)."""
-        x = self.hidden_states(pixel_values, [-1])[0]
+        (`post_norm="tokens"`), the last block's raw output for CLIP (`post_norm="pooled"`).
+        patch_mask: see `embed`."""
+        x = self.hidden_states(pixel_values, [-1], patch_mask)[0]
         return self.post_layernorm(x) if self.cfg.post_norm == "tokens" else x
 
     def pool(self, features: torch.Tensor) -> torch.Tensor:
@@ -154,6 +174,27 @@ class SiglipVisionTower(nn.Module):
         if self.cfg.class_token:
             return self.post_layernorm(features[:, 0])
         raise ValueError("this SigLIP tower has no attention-pooling head (use_head=False)")
+
+
+def bucket_position_ids(patch_mask: torch.Tensor, grid: int) -> torch.Tensor:
+    """patch_mask [B, h, w] bool (True = real patch; real patches form a top-left block) ->
+    position ids [B, h * w] int64 into a grid x grid table; padded patches get 0.
+
+    Patch (r, c) of an image with R x C real patches sits at (r / R, c / C) in [0, 1)^2; each
+    coordinate is bucketed by the boundaries 1/grid, 2/grid, ... (float32, as transformers'
+    Idefics3VisionEmbeddings computes them, so ids match it exactly: a full grid x grid image
+    gets 0 .. grid^2 - 1 in order).
+    """
+    B, h, w = patch_mask.shape
+    device = patch_mask.device
+    boundaries = torch.arange(1 / grid, 1.0, 1 / grid, device=device)  # [grid - 1]
+    rows, cols = patch_mask[:, :, 0].sum(dim=1), patch_mask[:, 0, :].sum(dim=1)  # [B]
+    frac_r = torch.arange(h, device=device, dtype=torch.float32)[None] * (1.0 / rows)[:, None]  # [B, h]
+    frac_c = torch.arange(w, device=device, dtype=torch.float32)[None] * (1.0 / cols)[:, None]  # [B, w]
+    bucket_r = torch.bucketize(frac_r.clamp(max=1.0 - 1e-6), boundaries, right=True)
+    bucket_c = torch.bucketize(frac_c.clamp(max=1.0 - 1e-6), boundaries, right=True)
+    ids = (bucket_r[:, :, None] * grid + bucket_c[:, None, :]).reshape(B, h * w)  # [B, h * w]
+    return ids.masked_fill(~patch_mask.reshape(B, h * w), 0)
 
 
 def interpolate_position_embeddings(weight: torch.Tensor, new_grid: int) -> torch.Tensor:
