@@ -83,3 +83,16 @@ class DeepseekVLProcessor(TypeCProcessor):
     def encode_images(self, groups):
         values = self.pixel_values([img for g in groups for img in g])
         return {"pixel_values": values}, [self.placeholder * self.config.num_image_tokens] * values.shape[0]
+
+
+def build_processor(folder: str | Path, tokenizer, cfg) -> DeepseekVLProcessor:
+    """The deepseek_vl family's processor builder (named by its registry record): the folder's own
+    processor files and tokenizer.json, checked against the model config's image token and count."""
+    processor = DeepseekVLProcessor.from_folder(folder)
+    if processor.image_token_id != cfg.image_token_id:
+        raise ConfigError(f"{folder}: the tokenizer's {processor.placeholder} id {processor.image_token_id} != "
+                          f"config.json image_token_id {cfg.image_token_id}")
+    if processor.config.num_image_tokens != cfg.num_image_tokens:
+        raise ConfigError(f"{folder}: processor num_image_tokens {processor.config.num_image_tokens} != the "
+                          f"{cfg.num_image_tokens} tokens the vision tower gives per image")
+    return processor

@@ -1,0 +1,63 @@
+"""DeepSeek-VL config: a SigLIP vision tower, the aligner (a 2-layer GELU connector) and a decoder.
+
+Presets (DeepSeek-VL, arXiv:2403.05525; HF deepseek-community/deepseek-vl-1.3b-chat):
+- deepseek-vl-1.3b-chat: the SigLIP-L/16 tower at 384 px (`siglip_large_patch16_384` in
+  deepseek-ai/DeepSeek-VL's siglip_vit.py: width 1024, depth 24, 16 heads, MLP ratio 4, MAP head
+  kept in the checkpoint -> 24 x 24 = 576 image tokens), the aligner 1024 -> 2048 -> 2048, and the
+  DeepSeek-LLM-1.3B decoder in Llama layout (width 2048, 24 layers, 16 heads, vocabulary 102400;
+  `<image_placeholder>` = 100015, transformers' DeepseekVLConfig default image_token_id).
+  MLP width 5632, 16384 positions and the untied head are DeepSeek-LLM-1.3B's published shape as
+  we know it (not read from the converted config.json, which we could not fetch).
+- debug: the SigLIP debug tower + the Llama debug decoder, runs on a CPU in milliseconds.
+"""
+
+from dataclasses import dataclass, field, replace
+
+from vlmkit.models.common.decoder_config import DecoderConfig
+from vlmkit.models.llama.config import PRESETS as LLAMA_PRESETS
+from vlmkit.models.llama.config import LlamaConfig
+from vlmkit.models.parts.connectors import ConnectorConfig
+from vlmkit.models.siglip.config import PRESETS as SIGLIP_PRESETS
+from vlmkit.models.siglip.config import SiglipVisionConfig
+
+DEEPSEEK_VL_IMAGE_TOKEN_ID = 100015
+
+
+@dataclass(kw_only=True)
+class DeepseekVLConfig:
+    vision: SiglipVisionConfig
+    text: DecoderConfig  # LlamaConfig for every published DeepSeek-VL
+    # transformers' DeepseekVLAligner: linear1 -> exact GELU -> linear2, with biases.
+    aligner: ConnectorConfig = field(default_factory=ConnectorConfig)
+    # Id of `<image_placeholder>`; the processor repeats it num_image_tokens times per image.
+    image_token_id: int = DEEPSEEK_VL_IMAGE_TOKEN_ID
+
+    def __post_init__(self):
+        if self.aligner.pixel_shuffle != 1 or self.aligner.norm or self.aligner.num_layers != 2:
+            raise ValueError("the DeepSeek-VL aligner is two linears with an activation (no pixel shuffle, no norm)")
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Tokens each image contributes: every patch of the tower's last (post-LayerNormed) state."""
+        return self.vision.num_patches
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "DeepseekVLConfig":
+        if name not in PRESETS:
+            raise KeyError(f"unknown DeepSeek-VL preset {name!r}; choose from {sorted(PRESETS)}")
+        return replace(PRESETS[name], **overrides)
+
+
+_SIGLIP_L16_384 = SiglipVisionConfig(hidden_size=1024, intermediate_size=4096, num_layers=24, num_heads=16,
+                                     image_size=384, patch_size=16, use_head=True)
+_DEEPSEEK_LLM_1_3B = LlamaConfig(
+    vocab_size=102400, hidden_size=2048, intermediate_size=5632, num_layers=24, num_heads=16,
+    num_kv_heads=16, head_dim=128, rms_norm_eps=1e-6, max_position_embeddings=16384,
+    tie_embeddings=False, bos_token_id=100000, eos_token_id=100001,
+)
+
+PRESETS: dict[str, DeepseekVLConfig] = {
+    "deepseek-vl-1.3b-chat": DeepseekVLConfig(vision=_SIGLIP_L16_384, text=_DEEPSEEK_LLM_1_3B),
+    "debug": DeepseekVLConfig(vision=replace(SIGLIP_PRESETS["debug"], use_head=True), text=LLAMA_PRESETS["debug"],
+                              image_token_id=511),
+}

@@ -1,0 +1,39 @@
+"""DeepSeek-VL registry record (deepseek-community/deepseek-vl-* folders, model_type "deepseek_vl")."""
+
+from dataclasses import replace
+
+from vlmkit.models.clip.family import CLIP_MEAN, CLIP_STD
+from vlmkit.models.deepseek_vl import hf_mapping
+from vlmkit.models.deepseek_vl.config import PRESETS, DeepseekVLConfig
+from vlmkit.models.deepseek_vl.model import DeepseekVL
+from vlmkit.models.parts.placeholders import PlaceholderGeneration
+from vlmkit.models.registry import FamilySpec, register, tokenizer_fields
+
+
+def with_tokenizer(cfg: DeepseekVLConfig, tok, vocab_size: int | None = None) -> DeepseekVLConfig:
+    """`cfg` with the tokenizer's vocabulary size and its pad / bos / eos / image placeholder ids."""
+    return replace(cfg, text=replace(cfg.text, **tokenizer_fields(tok, vocab_size)), image_token_id=tok.image_token_id)
+
+
+def preprocessor_config(cfg: DeepseekVLConfig) -> dict:
+    """transformers' DeepseekVLImageProcessor metadata: longest side to S, pad to S x S with the mean."""
+    side = cfg.vision.image_size
+    return {
+        "image_processor_type": "DeepseekVLImageProcessor", "processor_class": "DeepseekVLProcessor",
+        "do_resize": True, "size": {"height": side, "width": side}, "min_size": 14, "resample": 3,
+        "do_pad": True, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+        "image_mean": CLIP_MEAN, "image_std": CLIP_STD, "do_convert_rgb": True,
+        "num_image_tokens": cfg.num_image_tokens,
+    }
+
+
+DEEPSEEK_VL = register(FamilySpec(
+    name="deepseek_vl", kind="vlm", config_class=DeepseekVLConfig, model_class=DeepseekVL,
+    model_types=("deepseek_vl",), config_from_hf=hf_mapping.config_from_hf, config_to_hf=hf_mapping.config_to_hf,
+    table=hf_mapping.table, normalise_key=hf_mapping.normalise_key,
+    dropped_keys=lambda cfg: (r"^lm_head\.weight$",) if cfg.text.tie_embeddings else (),
+    presets=PRESETS, with_tokenizer=with_tokenizer, preprocessor_config=preprocessor_config,
+    processor="vlmkit.data.processors.deepseek_vl:build_processor",
+    blocks=lambda model: [*model.vision_tower.layers, *model.language_model.layers],
+    generation=PlaceholderGeneration(prefix_lm=False, position_start=0),
+))

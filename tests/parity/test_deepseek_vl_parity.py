@@ -1,0 +1,263 @@
+"""DeepSeek-VL parity with transformers' DeepseekVLForConditionalGeneration (tiny random configs, fp32,
+CPU): logits, a left-padded batch, greedy generation through vlmkit's engine, both load directions of
+the weights, bf16, presets and the processor builder.
+
+Two heads: tied (transformers' DeepseekVLConfig default) and untied (`lm_head.weight` on disk).
+"""
+
+import json
+
+import pytest
+import torch
+import transformers as tf
+
+from tests.parity import hf_builders as hb
+from tests.parity.llava_builders import llama_cfg
+from vlmkit.errors import CheckpointError, ConfigError
+from vlmkit.generation import SamplingConfig, generate
+from vlmkit.models.deepseek_vl import DeepseekVL, DeepseekVLConfig
+from vlmkit.models.registry import family_of
+from vlmkit.weights.hf import load_hf, save_hf
+from vlmkit.weights.safetensors_io import SafetensorsReader, write_state_dict
+
+ATOL = 0.0  # measured: every fp32 comparison here is bit-identical (max |diff| 0.0)
+N_IMG = 16  # (32 / 8)^2 SigLIP patches, all kept (no class token, no feature selection)
+
+
+def deepseek_vl(tie=True, seed=0):
+    cfg = tf.DeepseekVLConfig(vision_config=hb.siglip_vision_cfg().to_dict(), text_config=llama_cfg().to_dict(),
+                              image_token_id=hb.IMAGE_TOKEN, tie_word_embeddings=tie)
+    return hb.randomize(tf.DeepseekVLForConditionalGeneration(cfg), seed)
+
+
+def _inputs(batch=2, text_len=7, seed=1, images_per_row=1):
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randint(3, hb.IMAGE_TOKEN, (batch, text_len), generator=g)
+    image = torch.full((batch, N_IMG * images_per_row), hb.IMAGE_TOKEN)
+    ids = torch.cat([text[:, :2], image, text[:, 2:]], 1)
+    pix = torch.randn(batch * images_per_row, 3, 32, 32, generator=g)
+    return ids, pix
+
+
+def _exact(got, ref):
+    torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
+
+
+@pytest.fixture(params=[True, False], ids=["tied", "untied"])
+def pair(tmp_path, request):
+    hf = deepseek_vl(tie=request.param)
+    hf.save_pretrained(tmp_path / "hf")
+    return hf, load_hf(tmp_path / "hf", dtype="float32")
+
+
+def test_logits(pair):
+    hf, ours = pair
+    assert type(ours) is DeepseekVL and ours.cfg.num_image_tokens == N_IMG
+    assert ours.cfg.text.tie_embeddings == hf.config.tie_word_embeddings
+    ids, pix = _inputs(images_per_row=2)
+    with torch.no_grad():
+        ref = hf(input_ids=ids, pixel_values=pix).logits
+        got = ours(ids, pix)
+        swapped = ours(ids, pix[[1, 0, 3, 2]])
+    _exact(got, ref)
+    assert not torch.allclose(got, swapped)  # image order matters
+
+
+def test_left_padding(pair):
+    """A left-padded batch of 2 with the positions generate builds (0-based over tokens): logits at
+    real tokens equal the reference's and the unpadded row's."""
+    hf, ours = pair
+    ids, pix = _inputs()
+    ids = torch.cat([torch.zeros(2, 3, dtype=torch.long), ids], 1)
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    ids[1, :3] = 7
+    pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    with torch.no_grad():
+        ref = hf(input_ids=ids, pixel_values=pix, attention_mask=mask, position_ids=pos).logits
+        got = ours(ids, pix, mask)
+        alone = ours(ids[:1, 3:], pix[:1])
+    valid = mask.bool()
+    _exact(got[valid], ref[valid])
+    torch.testing.assert_close(got[0, 3:], alone[0], atol=1e-5, rtol=1e-5)  # other shapes, other kernels
+
+
+class IdTokenizer:
+    eos_id = -1
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(map(str, ids))
+
+
+def test_greedy_generation(pair):
+    """vlmkit's engine with the family's adapter equals transformers' generate, left-padded batch of 2."""
+    hf, ours = pair
+    ids, pix = _inputs(seed=3)
+    ids = torch.cat([torch.zeros(2, 2, dtype=torch.long), ids], 1)
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    ids[1, :2] = 9
+    hf.generation_config.eos_token_id = None
+    hf.generation_config.pad_token_id = 0
+    with torch.no_grad():
+        ref = hf.generate(input_ids=ids, pixel_values=pix, attention_mask=mask, max_new_tokens=12,
+                          do_sample=False)[:, ids.shape[1]:]
+    assert family_of(ours).generation is not None
+    out = generate(ours, IdTokenizer(), dict(input_ids=ids, attention_mask=mask, pixel_values=pix),
+                   SamplingConfig(max_new_tokens=12))
+    assert [r.token_ids for r in out] == ref.tolist()
+
+
+def test_roundtrip(pair, tmp_path):
+    """HF -> ours is strict (the fixture) and equal (above); ours -> HF loads strictly in transformers
+    with equal tensors and logits; ours -> HF -> ours is bit-identical."""
+    hf, ours = pair
+    save_hf(ours, tmp_path / "ours")
+    keys = set(SafetensorsReader(tmp_path / "ours").keys())
+    assert keys == set(SafetensorsReader(tmp_path / "hf").keys())
+    hf2, info = tf.DeepseekVLForConditionalGeneration.from_pretrained(tmp_path / "ours", output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    hf_sd = hf.state_dict()
+    for k, v in hf2.state_dict().items():
+        assert torch.equal(v, hf_sd[k]), k
+    ids, pix = _inputs()
+    with torch.no_grad():
+        _exact(hf2.eval()(input_ids=ids, pixel_values=pix).logits, ours(ids, pix))
+    again = load_hf(tmp_path / "ours", dtype="float32")
+    assert again.cfg == ours.cfg
+    for (k, v), (k2, v2) in zip(ours.state_dict().items(), again.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+
+
+def test_reads_transformers_4_layout_and_shards(tmp_path):
+    """transformers 4.x's nesting `model.vision_model.vision_model.*`, sharded, loads to the same model."""
+    hf = deepseek_vl()
+    hf.save_pretrained(tmp_path / "hub")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text((tmp_path / "hub" / "config.json").read_text())
+    reader = SafetensorsReader(tmp_path / "hub")
+    old = {k.replace("model.vision_model.", "model.vision_model.vision_model."): reader.get(k) for k in reader.keys()}
+    write_state_dict(old, tmp_path / "old", max_shard_bytes=20_000)
+    assert (tmp_path / "old" / "model.safetensors.index.json").exists()
+    a, b = load_hf(tmp_path / "hub", dtype="float32"), load_hf(tmp_path / "old", dtype="float32")
+    for (k, v), (k2, v2) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+
+
+def test_bad_folders(tmp_path):
+    """A missing aligner tensor and a non-SigLIP tower are one-line CheckpointErrors."""
+    deepseek_vl().save_pretrained(tmp_path / "hub")
+    cfg = json.loads((tmp_path / "hub" / "config.json").read_text())
+    reader = SafetensorsReader(tmp_path / "hub")
+    (tmp_path / "short").mkdir()
+    write_state_dict({k: reader.get(k) for k in reader.keys() if k != "model.aligner.linear2.weight"},
+                     tmp_path / "short")
+    (tmp_path / "short" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"missing keys: aligner\.linear_2\.weight$"):
+        load_hf(tmp_path / "short")
+    cfg["vision_config"]["model_type"] = "clip_vision_model"
+    (tmp_path / "hub" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="unsupported DeepSeek-VL vision model_type 'clip_vision_model'"):
+        load_hf(tmp_path / "hub")
+
+
+def test_bf16_bit_identical(tmp_path):
+    """In bf16 our logits equal transformers' bit for bit (measured max |diff| 0.0)."""
+    deepseek_vl().save_pretrained(tmp_path)
+    hf = tf.DeepseekVLForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    ours = load_hf(tmp_path, dtype="bfloat16")
+    ids, pix = _inputs()
+    with torch.no_grad():
+        ref = hf(input_ids=ids, pixel_values=pix.bfloat16()).logits
+        got = ours(ids, pix.bfloat16())
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, ref, atol=0, rtol=0)
+
+
+def test_presets():
+    cfg = DeepseekVLConfig.from_preset("deepseek-vl-1.3b-chat")
+    assert cfg.num_image_tokens == 576 and cfg.image_token_id == 100015
+    v, t = cfg.vision, cfg.text
+    assert (v.hidden_size, v.num_layers, v.num_heads, v.image_size, v.patch_size) == (1024, 24, 16, 384, 16)
+    assert (t.num_layers, t.hidden_size, t.intermediate_size, t.num_heads, t.vocab_size) == (24, 2048, 5632, 16, 102400)
+    with torch.device("meta"):
+        big = DeepseekVL(cfg)
+    assert tuple(big.aligner.linear_1.weight.shape) == (2048, 1024)
+    vision = sum(p.numel() for p in big.vision_tower.parameters())
+    text = sum(p.numel() for p in big.language_model.parameters())
+    aligner = sum(p.numel() for p in big.aligner.parameters())
+    # SigLIP-L/16-384: patch conv + 576 positions + 24 blocks + post-LN + MAP head (probe, packed
+    # attention, LN, MLP), written out so that a changed part shows up here.
+    block = 4 * (1024 * 1024 + 1024) + 2 * 1024 * 4096 + 4096 + 1024 + 4 * 1024
+    head = 1024 + 4 * (1024 * 1024 + 1024) + 2 * 1024 + 2 * 1024 * 4096 + 4096 + 1024
+    assert vision == 3 * 16 * 16 * 1024 + 1024 + 576 * 1024 + 24 * block + 2 * 1024 + head == 316_283_904
+    assert aligner == 1024 * 2048 + 2048 + 2048 * 2048 + 2048
+    # DeepSeek-LLM-1.3B (1.65B with the untied head): embeddings + head + 24 x (attention, SwiGLU MLP, 2 norms) + final norm
+    assert text == 2 * 102400 * 2048 + 24 * (4 * 2048 * 2048 + 3 * 2048 * 5632 + 2 * 2048) + 2048
+    assert sum(p.numel() for p in big.parameters()) == vision + aligner + text == 1_975_235_584
+    debug = DeepseekVL(DeepseekVLConfig.from_preset("debug"))
+    assert debug.aligner.linear_1.in_features == 32 and debug.aligner.linear_2.out_features == 64
+    with pytest.raises(KeyError, match="unknown DeepSeek-VL preset"):
+        DeepseekVLConfig.from_preset("huge")
+
+
+# ---- processor builder: a transformers-saved folder -> our processor -> our engine --------------------
+
+WORDS = ["<pad>", "<bos>", "<eos>", "<unk>"] + [f"w{i}" for i in range(40)] + ["User:", "Assistant:",
+                                                                              "<image_placeholder>"]
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """A DeepSeek-VL folder as transformers saves it: model, DeepseekVLProcessor (PIL image processor)
+    and a word-level tokenizer whose "image_token" is `<image_placeholder>`."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens(["<pad>", "<bos>", "<eos>", "<unk>", "<image_placeholder>"])
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    hf_tok = tf.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                        unk_token="<unk>", extra_special_tokens={"image_token": "<image_placeholder>"})
+    image_processor = tf.DeepseekVLImageProcessorPil(size={"height": 32, "width": 32}, min_size=4, do_convert_rgb=True)
+    tf.DeepseekVLProcessor(image_processor=image_processor, tokenizer=hf_tok, num_image_tokens=N_IMG) \
+        .save_pretrained(tmp_path)
+    text = llama_cfg()
+    text.vocab_size = len(WORDS)
+    cfg = tf.DeepseekVLConfig(vision_config=hb.siglip_vision_cfg().to_dict(), text_config=text.to_dict(),
+                              image_token_id=WORDS.index("<image_placeholder>"))
+    hb.randomize(tf.DeepseekVLForConditionalGeneration(cfg), seed=5).save_pretrained(tmp_path)
+    return tmp_path
+
+
+def test_processor_builder_drives_generation(folder, rng_image):
+    """The registry's processor builder reads the folder; its left-padded batch (different prompt
+    lengths, one image each, different sizes) through the family's adapter generates the tokens
+    transformers' processor + generate give."""
+    ours = load_hf(folder, dtype="float32")
+    processor = family_of(ours).build_processor(folder, None, ours.cfg)
+    prompts = ["User: <image_placeholder> w1 w2 Assistant:", "w3 <image_placeholder> w4 w5 w6 w7 w8 Assistant:"]
+    images = [rng_image(20, 40, seed=1), rng_image(50, 30, seed=2)]
+    batch = processor(prompts, images, padding_side="left")
+    hf_proc = tf.AutoProcessor.from_pretrained(folder)
+    expected = hf_proc(text=prompts, images=images, padding="longest", padding_side="left", return_tensors="pt")
+    for key in ("input_ids", "attention_mask", "pixel_values"):
+        assert torch.equal(batch[key], expected[key]), key
+    assert batch["attention_mask"][0, 0] == 0  # row 0 is left-padded
+    hf = tf.DeepseekVLForConditionalGeneration.from_pretrained(folder).eval()
+    hf.generation_config.eos_token_id = None
+    with torch.no_grad():
+        ref = hf.generate(**expected, max_new_tokens=10, do_sample=False)[:, batch["input_ids"].shape[1]:]
+    out = generate(ours, IdTokenizer(), batch, SamplingConfig(max_new_tokens=10))
+    assert [r.token_ids for r in out] == ref.tolist()
+
+
+def test_processor_builder_checks_the_config(folder):
+    ours = load_hf(folder, dtype="float32")
+    spec = family_of(ours)
+    with pytest.raises(ConfigError, match=r"<image_placeholder> id 46 != config.json image_token_id 45$"):
+        spec.build_processor(folder, None, DeepseekVLConfig(vision=ours.cfg.vision, text=ours.cfg.text, image_token_id=45))
+    big_tower = DeepseekVLConfig(vision=DeepseekVLConfig.from_preset("deepseek-vl-1.3b-chat").vision,
+                                 text=ours.cfg.text, image_token_id=46)
+    with pytest.raises(ConfigError, match="processor num_image_tokens 16 != the 576 tokens"):
+        spec.build_processor(folder, None, big_tower)
