@@ -12,13 +12,14 @@ import torch
 import transformers as tf
 
 from tests.parity import hf_builders as hb
+from tests.parity import placeholder_checks as pc
 from tests.parity.llava_builders import llama_cfg
 from vlmkit.errors import CheckpointError, ConfigError
 from vlmkit.generation import SamplingConfig, generate
 from vlmkit.models.deepseek_vl import DeepseekVL, DeepseekVLConfig
 from vlmkit.models.registry import family_of
-from vlmkit.weights.hf import load_hf, save_hf
-from vlmkit.weights.safetensors_io import SafetensorsReader, write_state_dict
+from vlmkit.weights.hf import load_hf
+from vlmkit.weights.safetensors_io import SafetensorsReader
 
 ATOL = 0.0  # measured: every fp32 comparison here is bit-identical (max |diff| 0.0)
 N_IMG = 16  # (32 / 8)^2 SigLIP patches, all kept (no class token, no feature selection)
@@ -64,114 +65,50 @@ def test_logits(pair):
 
 
 def test_left_padding(pair):
-    """A left-padded batch of 2 with the positions generate builds (0-based over tokens): logits at
-    real tokens equal the reference's and the unpadded row's."""
     hf, ours = pair
-    ids, pix = _inputs()
-    ids = torch.cat([torch.zeros(2, 3, dtype=torch.long), ids], 1)
-    mask = torch.ones_like(ids)
-    mask[0, :3] = 0
-    ids[1, :3] = 7
-    pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
-    with torch.no_grad():
-        ref = hf(input_ids=ids, pixel_values=pix, attention_mask=mask, position_ids=pos).logits
-        got = ours(ids, pix, mask)
-        alone = ours(ids[:1, 3:], pix[:1])
-    valid = mask.bool()
-    _exact(got[valid], ref[valid])
-    torch.testing.assert_close(got[0, 3:], alone[0], atol=1e-5, rtol=1e-5)  # other shapes, other kernels
-
-
-class IdTokenizer:
-    eos_id = -1
-
-    def decode(self, ids, skip_special_tokens=True):
-        return " ".join(map(str, ids))
+    pc.assert_left_padding(hf, ours, *_inputs(), atol=ATOL)
 
 
 def test_greedy_generation(pair):
-    """vlmkit's engine with the family's adapter equals transformers' generate, left-padded batch of 2."""
     hf, ours = pair
-    ids, pix = _inputs(seed=3)
-    ids = torch.cat([torch.zeros(2, 2, dtype=torch.long), ids], 1)
-    mask = torch.ones_like(ids)
-    mask[0, :2] = 0
-    ids[1, :2] = 9
-    hf.generation_config.eos_token_id = None
-    hf.generation_config.pad_token_id = 0
-    with torch.no_grad():
-        ref = hf.generate(input_ids=ids, pixel_values=pix, attention_mask=mask, max_new_tokens=12,
-                          do_sample=False)[:, ids.shape[1]:]
     assert family_of(ours).generation is not None
-    out = generate(ours, IdTokenizer(), dict(input_ids=ids, attention_mask=mask, pixel_values=pix),
-                   SamplingConfig(max_new_tokens=12))
-    assert [r.token_ids for r in out] == ref.tolist()
+    pc.assert_greedy_generation(hf, ours, *_inputs(seed=3))
 
 
 def test_roundtrip(pair, tmp_path):
-    """HF -> ours is strict (the fixture) and equal (above); ours -> HF loads strictly in transformers
-    with equal tensors and logits; ours -> HF -> ours is bit-identical."""
+    """HF -> ours is strict (the fixture) and equal (above); ours -> HF writes transformers' own key
+    set, loads strictly there with equal logits; ours -> HF -> ours is bit-identical."""
     hf, ours = pair
-    save_hf(ours, tmp_path / "ours")
-    keys = set(SafetensorsReader(tmp_path / "ours").keys())
-    assert keys == set(SafetensorsReader(tmp_path / "hf").keys())
-    hf2, info = tf.DeepseekVLForConditionalGeneration.from_pretrained(tmp_path / "ours", output_loading_info=True)
-    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
-    hf_sd = hf.state_dict()
-    for k, v in hf2.state_dict().items():
-        assert torch.equal(v, hf_sd[k]), k
-    ids, pix = _inputs()
-    with torch.no_grad():
-        _exact(hf2.eval()(input_ids=ids, pixel_values=pix).logits, ours(ids, pix))
-    again = load_hf(tmp_path / "ours", dtype="float32")
-    assert again.cfg == ours.cfg
-    for (k, v), (k2, v2) in zip(ours.state_dict().items(), again.state_dict().items()):
-        assert k == k2 and torch.equal(v, v2), k
+    pc.assert_round_trip(tf.DeepseekVLForConditionalGeneration, hf, ours, tmp_path / "ours", *_inputs(), atol=ATOL)
+    assert set(SafetensorsReader(tmp_path / "ours").keys()) == set(SafetensorsReader(tmp_path / "hf").keys())
 
 
 def test_reads_transformers_4_layout_and_shards(tmp_path):
     """transformers 4.x's nesting `model.vision_model.vision_model.*`, sharded, loads to the same model."""
-    hf = deepseek_vl()
-    hf.save_pretrained(tmp_path / "hub")
-    (tmp_path / "old").mkdir()
-    (tmp_path / "old" / "config.json").write_text((tmp_path / "hub" / "config.json").read_text())
-    reader = SafetensorsReader(tmp_path / "hub")
-    old = {k.replace("model.vision_model.", "model.vision_model.vision_model."): reader.get(k) for k in reader.keys()}
-    write_state_dict(old, tmp_path / "old", max_shard_bytes=20_000)
-    assert (tmp_path / "old" / "model.safetensors.index.json").exists()
-    a, b = load_hf(tmp_path / "hub", dtype="float32"), load_hf(tmp_path / "old", dtype="float32")
-    for (k, v), (k2, v2) in zip(a.state_dict().items(), b.state_dict().items()):
-        assert k == k2 and torch.equal(v, v2), k
+    deepseek_vl().save_pretrained(tmp_path / "hub")
+    old = pc.copy_folder(tmp_path / "hub", tmp_path / "old", max_shard_bytes=20_000,
+                         rename=lambda k: k.replace("model.vision_model.", "model.vision_model.vision_model."))
+    assert (old / "model.safetensors.index.json").exists()
+    pc.assert_same_models(load_hf(tmp_path / "hub", dtype="float32"), load_hf(old, dtype="float32"))
 
 
 def test_bad_folders(tmp_path):
     """A missing aligner tensor and a non-SigLIP tower are one-line CheckpointErrors."""
     deepseek_vl().save_pretrained(tmp_path / "hub")
-    cfg = json.loads((tmp_path / "hub" / "config.json").read_text())
-    reader = SafetensorsReader(tmp_path / "hub")
-    (tmp_path / "short").mkdir()
-    write_state_dict({k: reader.get(k) for k in reader.keys() if k != "model.aligner.linear2.weight"},
-                     tmp_path / "short")
-    (tmp_path / "short" / "config.json").write_text(json.dumps(cfg))
+    short = pc.copy_folder(tmp_path / "hub", tmp_path / "short", drop="model.aligner.linear2.weight")
     with pytest.raises(CheckpointError, match=r"missing keys: aligner\.linear_2\.weight$"):
-        load_hf(tmp_path / "short")
+        load_hf(short)
+    cfg = json.loads((tmp_path / "hub" / "config.json").read_text())
     cfg["vision_config"]["model_type"] = "clip_vision_model"
-    (tmp_path / "hub" / "config.json").write_text(json.dumps(cfg))
+    clip = pc.copy_folder(tmp_path / "hub", tmp_path / "clip", config=cfg)
     with pytest.raises(CheckpointError, match="unsupported DeepSeek-VL vision model_type 'clip_vision_model'"):
-        load_hf(tmp_path / "hub")
+        load_hf(clip)
 
 
 def test_bf16_bit_identical(tmp_path):
     """In bf16 our logits equal transformers' bit for bit (measured max |diff| 0.0)."""
     deepseek_vl().save_pretrained(tmp_path)
-    hf = tf.DeepseekVLForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
-    ours = load_hf(tmp_path, dtype="bfloat16")
-    ids, pix = _inputs()
-    with torch.no_grad():
-        ref = hf(input_ids=ids, pixel_values=pix.bfloat16()).logits
-        got = ours(ids, pix.bfloat16())
-    assert got.dtype == torch.bfloat16
-    torch.testing.assert_close(got, ref, atol=0, rtol=0)
+    pc.assert_bf16_identical(tf.DeepseekVLForConditionalGeneration, tmp_path, *_inputs())
 
 
 def test_presets():
@@ -248,7 +185,7 @@ def test_processor_builder_drives_generation(folder, rng_image):
     hf.generation_config.eos_token_id = None
     with torch.no_grad():
         ref = hf.generate(**expected, max_new_tokens=10, do_sample=False)[:, batch["input_ids"].shape[1]:]
-    out = generate(ours, IdTokenizer(), batch, SamplingConfig(max_new_tokens=10))
+    out = generate(ours, pc.IdTokenizer(), batch, SamplingConfig(max_new_tokens=10))
     assert [r.token_ids for r in out] == ref.tolist()
 
 
