@@ -44,11 +44,16 @@ def _exact(got, ref):
     torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
 
 
+def _saved_pair(build, tie, folder):
+    """(transformers model, ours loaded strictly from its save_pretrained folder)."""
+    hf = build(tie=tie)
+    hf.save_pretrained(folder)
+    return hf, load_hf(folder, dtype="float32")
+
+
 @pytest.fixture(params=[True, False], ids=["tied", "untied"])
 def pair(tmp_path, request):
-    hf = deepseek_vl(tie=request.param)
-    hf.save_pretrained(tmp_path / "hf")
-    return hf, load_hf(tmp_path / "hf", dtype="float32")
+    return _saved_pair(deepseek_vl, request.param, tmp_path / "hf")
 
 
 def test_logits(pair):
@@ -198,3 +203,75 @@ def test_processor_builder_checks_the_config(folder):
                                  text=ours.cfg.text, image_token_id=46)
     with pytest.raises(ConfigError, match="processor num_image_tokens 16 != the 576 tokens"):
         spec.build_processor(folder, None, big_tower)
+
+
+# ---- DeepSeek-VL hybrid: + the SAM ViT high-resolution tower ------------------------------------------
+
+HIGH_RES = 64  # the SAM debug tower: 8-px patches -> an 8 x 8 grid, windows of 3 (padded to 9)
+
+
+def deepseek_vl_hybrid(tie=True, seed=0):
+    sam = tf.SamVisionConfig(hidden_size=32, output_channels=16, num_hidden_layers=4, num_attention_heads=4,
+                             image_size=HIGH_RES, patch_size=8, mlp_dim=64, window_size=3, global_attn_indexes=[1, 3])
+    cfg = tf.DeepseekVLHybridConfig(vision_config=hb.siglip_vision_cfg().to_dict(), high_res_vision_config=sam.to_dict(),
+                                    text_config=llama_cfg().to_dict(), image_token_id=hb.IMAGE_TOKEN,
+                                    tie_word_embeddings=tie)
+    return hb.randomize(tf.DeepseekVLHybridForConditionalGeneration(cfg), seed)  # alpha != 0 too
+
+
+def _hybrid_inputs(seed=1, **kw):
+    ids, pix = _inputs(seed=seed, **kw)
+    high = torch.randn(pix.shape[0], 3, HIGH_RES, HIGH_RES, generator=torch.Generator().manual_seed(seed + 100))
+    return ids, {"pixel_values": pix, "high_res_pixel_values": high}
+
+
+@pytest.fixture(params=[True, False], ids=["tied", "untied"])
+def hybrid_pair(tmp_path, request):
+    return _saved_pair(deepseek_vl_hybrid, request.param, tmp_path / "hf")
+
+
+def test_hybrid_logits(hybrid_pair):
+    hf, ours = hybrid_pair
+    assert type(ours).__name__ == "DeepseekVLHybrid" and ours.cfg.num_image_tokens == N_IMG
+    assert ours.high_res_alpha.detach().item() != 0  # the global-attention branch contributes
+    ids, images = _hybrid_inputs(images_per_row=2)
+    with torch.no_grad():
+        _exact(ours.encode_high_res(images["high_res_pixel_values"]),
+               hf.model.get_high_res_image_features(images["high_res_pixel_values"]).last_hidden_state)
+        ref = hf(input_ids=ids, **images).logits
+        got = ours(ids, **images)
+        swapped = ours(ids, images["pixel_values"], images["high_res_pixel_values"][[1, 0, 3, 2]])
+    _exact(got, ref)
+    assert not torch.allclose(got, swapped)  # the high-resolution image matters
+
+
+def test_hybrid_left_padding_and_generation(hybrid_pair):
+    hf, ours = hybrid_pair
+    pc.assert_left_padding(hf, ours, *_hybrid_inputs(), atol=ATOL)
+    pc.assert_greedy_generation(hf, ours, *_hybrid_inputs(seed=3))
+
+
+def test_hybrid_roundtrip_and_bf16(hybrid_pair, tmp_path):
+    hf, ours = hybrid_pair
+    cls = tf.DeepseekVLHybridForConditionalGeneration
+    pc.assert_round_trip(cls, hf, ours, tmp_path / "ours", *_hybrid_inputs(), atol=ATOL)
+    assert set(SafetensorsReader(tmp_path / "ours").keys()) == set(SafetensorsReader(tmp_path / "hf").keys())
+    pc.assert_bf16_identical(cls, tmp_path / "hf", *_hybrid_inputs())
+
+
+def test_sam_windows_and_sam_b_shape():
+    """Window partition pads and inverts exactly; the SAM-B default tower has transformers' parameter
+    count (both built on the meta device)."""
+    from vlmkit.models.parts.sam_vit import SamVisionConfig, SamVisionEncoder, window_partition, window_unpartition
+
+    x = torch.randn(2, 8, 8, 5)
+    windows = window_partition(x, 3)
+    assert windows.shape == (2 * 9, 3, 3, 5) and torch.equal(window_unpartition(windows, 3, 8, 8), x)
+    with torch.device("meta"):
+        ours = SamVisionEncoder(SamVisionConfig())
+        theirs = tf.SamVisionModel(tf.SamVisionConfig())
+    n = sum(p.numel() for p in ours.parameters())
+    assert n == sum(p.numel() for p in theirs.parameters()) == 89_670_912
+    assert [layer.window for layer in ours.layers] == [14, 14, 0, 14, 14, 0, 14, 14, 0, 14, 14, 0]
+    with pytest.raises(ValueError, match="global_attn_indexes"):
+        SamVisionConfig(num_layers=2)

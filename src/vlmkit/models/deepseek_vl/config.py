@@ -9,6 +9,8 @@ Presets (DeepSeek-VL, arXiv:2403.05525; HF deepseek-community/deepseek-vl-1.3b-c
   MLP width 5632, 16384 positions and the untied head are DeepSeek-LLM-1.3B's published shape as
   we know it (not read from the converted config.json, which we could not fetch).
 - debug: the SigLIP debug tower + the Llama debug decoder, runs on a CPU in milliseconds.
+Hybrid (`DeepseekVLHybridConfig`, deepseek-community/deepseek-vl-7b-chat's architecture): only a
+debug preset (SAM debug tower: 64 px, 8 x 8 grid, windows of 3 with padding, one global block).
 """
 
 from dataclasses import dataclass, field, replace
@@ -16,7 +18,8 @@ from dataclasses import dataclass, field, replace
 from vlmkit.models.common.decoder_config import DecoderConfig
 from vlmkit.models.llama.config import PRESETS as LLAMA_PRESETS
 from vlmkit.models.llama.config import LlamaConfig
-from vlmkit.models.parts.connectors import ConnectorConfig
+from vlmkit.models.parts.connectors import ConnectorConfig, HybridConnectorConfig
+from vlmkit.models.parts.sam_vit import SamVisionConfig
 from vlmkit.models.siglip.config import PRESETS as SIGLIP_PRESETS
 from vlmkit.models.siglip.config import SiglipVisionConfig
 
@@ -60,4 +63,38 @@ PRESETS: dict[str, DeepseekVLConfig] = {
     "deepseek-vl-1.3b-chat": DeepseekVLConfig(vision=_SIGLIP_L16_384, text=_DEEPSEEK_LLM_1_3B),
     "debug": DeepseekVLConfig(vision=replace(SIGLIP_PRESETS["debug"], use_head=True), text=LLAMA_PRESETS["debug"],
                               image_token_id=511),
+}
+
+
+# --- DeepSeek-VL hybrid (model_type "deepseek_vl_hybrid"): + a SAM-B high-resolution tower ----------
+
+
+@dataclass(kw_only=True)
+class DeepseekVLHybridConfig:
+    """A SigLIP low-resolution tower, a SAM ViT high-resolution tower whose features are resampled
+    to the SigLIP grid, the hybrid aligner (`HybridConnector`) and a decoder."""
+
+    vision: SiglipVisionConfig
+    high_res_vision: SamVisionConfig = field(default_factory=SamVisionConfig)
+    text: DecoderConfig
+    aligner: HybridConnectorConfig = field(default_factory=HybridConnectorConfig)
+    image_token_id: int = DEEPSEEK_VL_IMAGE_TOKEN_ID
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Tokens per image: the SigLIP grid, to which the SAM features are brought."""
+        return self.vision.num_patches
+
+    @property
+    def high_res_features(self) -> int:
+        """Channels of a high-resolution token: the SAM neck's, x4 after the two stride-2 convs."""
+        return 4 * self.high_res_vision.output_channels
+
+
+HYBRID_PRESETS: dict[str, DeepseekVLHybridConfig] = {
+    "debug": DeepseekVLHybridConfig(
+        vision=replace(SIGLIP_PRESETS["debug"], use_head=True), text=LLAMA_PRESETS["debug"], image_token_id=511,
+        high_res_vision=SamVisionConfig(hidden_size=32, output_channels=16, num_layers=2, num_heads=4, image_size=64,
+                                        patch_size=8, mlp_dim=64, window_size=3, global_attn_indexes=(1,)),
+    ),
 }

@@ -1,16 +1,18 @@
-"""DeepSeek-VL registry record (deepseek-community/deepseek-vl-* folders, model_type "deepseek_vl")."""
+"""DeepSeek-VL registry records: model_type "deepseek_vl" (deepseek-community/deepseek-vl-1.3b-*) and
+"deepseek_vl_hybrid" (the SAM + SigLIP variant of deepseek-community/deepseek-vl-7b-*)."""
 
 from dataclasses import replace
 
 from vlmkit.models.clip.family import CLIP_MEAN, CLIP_STD
 from vlmkit.models.deepseek_vl import hf_mapping
-from vlmkit.models.deepseek_vl.config import PRESETS, DeepseekVLConfig
+from vlmkit.models.deepseek_vl.config import HYBRID_PRESETS, PRESETS, DeepseekVLConfig, DeepseekVLHybridConfig
+from vlmkit.models.deepseek_vl.hybrid import DeepseekVLHybrid, HybridGeneration
 from vlmkit.models.deepseek_vl.model import DeepseekVL
 from vlmkit.models.parts.placeholders import PlaceholderGeneration
 from vlmkit.models.registry import FamilySpec, register, tokenizer_fields
 
 
-def with_tokenizer(cfg: DeepseekVLConfig, tok, vocab_size: int | None = None) -> DeepseekVLConfig:
+def with_tokenizer(cfg, tok, vocab_size: int | None = None) -> DeepseekVLConfig:
     """`cfg` with the tokenizer's vocabulary size and its pad / bos / eos / image placeholder ids."""
     return replace(cfg, text=replace(cfg.text, **tokenizer_fields(tok, vocab_size)), image_token_id=tok.image_token_id)
 
@@ -36,4 +38,16 @@ DEEPSEEK_VL = register(FamilySpec(
     processor="vlmkit.data.processors.deepseek_vl:build_processor",
     blocks=lambda model: [*model.vision_tower.layers, *model.language_model.layers],
     generation=PlaceholderGeneration(prefix_lm=False, position_start=0),
+))
+
+
+DEEPSEEK_VL_HYBRID = register(FamilySpec(
+    name="deepseek_vl_hybrid", kind="vlm", config_class=DeepseekVLHybridConfig, model_class=DeepseekVLHybrid,
+    model_types=("deepseek_vl_hybrid",), config_from_hf=hf_mapping.hybrid_config_from_hf,
+    config_to_hf=hf_mapping.hybrid_config_to_hf, table=hf_mapping.hybrid_table, normalise_key=hf_mapping.normalise_key,
+    dropped_keys=DEEPSEEK_VL.dropped_keys, presets=HYBRID_PRESETS, with_tokenizer=with_tokenizer,
+    # vlmkit has no processor for the hybrid's two image inputs yet (transformers' DeepseekVLHybridProcessor).
+    blocks=lambda model: [*model.vision_tower.layers, *model.high_res_vision_tower.layers,
+                          *model.language_model.layers],
+    generation=HybridGeneration(prefix_lm=False, position_start=0),
 ))

@@ -11,8 +11,8 @@ config's family (Llama for the published checkpoints). Image features replace th
 `<image_placeholder>` embeddings in order; attention is plain causal and RoPE positions count
 from 0 over non-padding tokens, as in LLaVA, whose forward this model shares.
 
-Not supported: the hybrid variant's SAM-B high-resolution tower (model_type "deepseek_vl_hybrid"),
-dropout.
+The hybrid variant (SAM-B high-resolution tower, model_type "deepseek_vl_hybrid") is hybrid.py.
+Not supported: dropout.
 """
 
 import torch
