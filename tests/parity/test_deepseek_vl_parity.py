@@ -5,6 +5,7 @@ the weights, bf16, presets and the processor builder.
 Two heads: tied (transformers' DeepseekVLConfig default) and untied (`lm_head.weight` on disk).
 """
 
+import dataclasses
 import json
 
 import pytest
@@ -25,9 +26,15 @@ ATOL = 0.0  # measured: every fp32 comparison here is bit-identical (max |diff| 
 N_IMG = 16  # (32 / 8)^2 SigLIP patches, all kept (no class token, no feature selection)
 
 
-def deepseek_vl(tie=True, seed=0):
-    cfg = tf.DeepseekVLConfig(vision_config=hb.siglip_vision_cfg().to_dict(), text_config=llama_cfg().to_dict(),
-                              image_token_id=hb.IMAGE_TOKEN, tie_word_embeddings=tie)
+def _text(vocab):
+    text = llama_cfg()
+    text.vocab_size = vocab
+    return text.to_dict()
+
+
+def deepseek_vl(tie=True, seed=0, vocab=hb.VOCAB, image_token=hb.IMAGE_TOKEN):
+    cfg = tf.DeepseekVLConfig(vision_config=hb.siglip_vision_cfg().to_dict(), text_config=_text(vocab),
+                              image_token_id=image_token, tie_word_embeddings=tie)
     return hb.randomize(tf.DeepseekVLForConditionalGeneration(cfg), seed)
 
 
@@ -149,27 +156,38 @@ WORDS = ["<pad>", "<bos>", "<eos>", "<unk>"] + [f"w{i}" for i in range(40)] + ["
                                                                               "<image_placeholder>"]
 
 
-@pytest.fixture
-def folder(tmp_path):
-    """A DeepSeek-VL folder as transformers saves it: model, DeepseekVLProcessor (PIL image processor)
-    and a word-level tokenizer whose "image_token" is `<image_placeholder>`."""
+def _hf_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.add_special_tokens(["<pad>", "<bos>", "<eos>", "<unk>", "<image_placeholder>"])
     tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
-    hf_tok = tf.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-                                        unk_token="<unk>", extra_special_tokens={"image_token": "<image_placeholder>"})
-    image_processor = tf.DeepseekVLImageProcessorPil(size={"height": 32, "width": 32}, min_size=4, do_convert_rgb=True)
-    tf.DeepseekVLProcessor(image_processor=image_processor, tokenizer=hf_tok, num_image_tokens=N_IMG) \
-        .save_pretrained(tmp_path)
-    text = llama_cfg()
-    text.vocab_size = len(WORDS)
-    cfg = tf.DeepseekVLConfig(vision_config=hb.siglip_vision_cfg().to_dict(), text_config=text.to_dict(),
-                              image_token_id=WORDS.index("<image_placeholder>"))
-    hb.randomize(tf.DeepseekVLForConditionalGeneration(cfg), seed=5).save_pretrained(tmp_path)
-    return tmp_path
+    return tf.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                      unk_token="<unk>", extra_special_tokens={"image_token": "<image_placeholder>"})
+
+
+def _save_folder(folder, hybrid: bool):
+    """A DeepSeek-VL (hybrid) folder as transformers saves it: model, processor (PIL image processor)
+    and a word-level tokenizer whose "image_token" is `<image_placeholder>`."""
+    kw = dict(size={"height": 32, "width": 32}, min_size=4, do_convert_rgb=True)
+    if hybrid:
+        image_processor = tf.DeepseekVLHybridImageProcessorPil(high_res_size={"height": HIGH_RES, "width": HIGH_RES},
+                                                               high_res_image_mean=[0.5, 0.4, 0.3], **kw)
+        processor = tf.DeepseekVLHybridProcessor(image_processor=image_processor, tokenizer=_hf_tokenizer(),
+                                                 num_image_tokens=N_IMG)
+    else:
+        processor = tf.DeepseekVLProcessor(image_processor=tf.DeepseekVLImageProcessorPil(**kw),
+                                           tokenizer=_hf_tokenizer(), num_image_tokens=N_IMG)
+    processor.save_pretrained(folder)
+    build = deepseek_vl_hybrid if hybrid else deepseek_vl
+    build(seed=5, vocab=len(WORDS), image_token=WORDS.index("<image_placeholder>")).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(params=[False, True], ids=["plain", "hybrid"])
+def folder(tmp_path, request):
+    return _save_folder(tmp_path, request.param)
 
 
 def test_processor_builder_drives_generation(folder, rng_image):
@@ -181,12 +199,13 @@ def test_processor_builder_drives_generation(folder, rng_image):
     prompts = ["User: <image_placeholder> w1 w2 Assistant:", "w3 <image_placeholder> w4 w5 w6 w7 w8 Assistant:"]
     images = [rng_image(20, 40, seed=1), rng_image(50, 30, seed=2)]
     batch = processor(prompts, images, padding_side="left")
-    hf_proc = tf.AutoProcessor.from_pretrained(folder)
-    expected = hf_proc(text=prompts, images=images, padding="longest", padding_side="left", return_tensors="pt")
-    for key in ("input_ids", "attention_mask", "pixel_values"):
+    expected = tf.AutoProcessor.from_pretrained(folder)(text=prompts, images=images, padding="longest",
+                                                        padding_side="left", return_tensors="pt")
+    assert set(batch) == set(expected)  # + high_res_pixel_values for the hybrid
+    for key in expected:
         assert torch.equal(batch[key], expected[key]), key
     assert batch["attention_mask"][0, 0] == 0  # row 0 is left-padded
-    hf = tf.DeepseekVLForConditionalGeneration.from_pretrained(folder).eval()
+    hf = tf.AutoModelForImageTextToText.from_pretrained(folder).eval()
     hf.generation_config.eos_token_id = None
     with torch.no_grad():
         ref = hf.generate(**expected, max_new_tokens=10, do_sample=False)[:, batch["input_ids"].shape[1]:]
@@ -194,7 +213,8 @@ def test_processor_builder_drives_generation(folder, rng_image):
     assert [r.token_ids for r in out] == ref.tolist()
 
 
-def test_processor_builder_checks_the_config(folder):
+def test_processor_builder_checks_the_config(tmp_path):
+    folder = _save_folder(tmp_path, hybrid=False)
     ours = load_hf(folder, dtype="float32")
     spec = family_of(ours)
     with pytest.raises(ConfigError, match=r"<image_placeholder> id 46 != config.json image_token_id 45$"):
@@ -203,6 +223,10 @@ def test_processor_builder_checks_the_config(folder):
                                  text=ours.cfg.text, image_token_id=46)
     with pytest.raises(ConfigError, match="processor num_image_tokens 16 != the 576 tokens"):
         spec.build_processor(folder, None, big_tower)
+    hybrid = load_hf(_save_folder(tmp_path / "hybrid", hybrid=True), dtype="float32")
+    wrong = dataclasses.replace(hybrid.cfg, high_res_vision=dataclasses.replace(hybrid.cfg.high_res_vision, image_size=128))
+    with pytest.raises(ConfigError, match=r"processor image sizes \(32, 64\) != the towers' \(32, 128\)"):
+        family_of(hybrid).build_processor(tmp_path / "hybrid", None, wrong)
 
 
 # ---- DeepSeek-VL hybrid: + the SAM ViT high-resolution tower ------------------------------------------
@@ -210,12 +234,11 @@ def test_processor_builder_checks_the_config(folder):
 HIGH_RES = 64  # the SAM debug tower: 8-px patches -> an 8 x 8 grid, windows of 3 (padded to 9)
 
 
-def deepseek_vl_hybrid(tie=True, seed=0):
+def deepseek_vl_hybrid(tie=True, seed=0, vocab=hb.VOCAB, image_token=hb.IMAGE_TOKEN):
     sam = tf.SamVisionConfig(hidden_size=32, output_channels=16, num_hidden_layers=4, num_attention_heads=4,
                              image_size=HIGH_RES, patch_size=8, mlp_dim=64, window_size=3, global_attn_indexes=[1, 3])
     cfg = tf.DeepseekVLHybridConfig(vision_config=hb.siglip_vision_cfg().to_dict(), high_res_vision_config=sam.to_dict(),
-                                    text_config=llama_cfg().to_dict(), image_token_id=hb.IMAGE_TOKEN,
-                                    tie_word_embeddings=tie)
+                                    text_config=_text(vocab), image_token_id=image_token, tie_word_embeddings=tie)
     return hb.randomize(tf.DeepseekVLHybridForConditionalGeneration(cfg), seed)  # alpha != 0 too
 
 

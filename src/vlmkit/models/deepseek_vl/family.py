@@ -29,6 +29,14 @@ def preprocessor_config(cfg: DeepseekVLConfig) -> dict:
     }
 
 
+def hybrid_preprocessor_config(cfg: DeepseekVLHybridConfig) -> dict:
+    """transformers' DeepseekVLHybridImageProcessor metadata: the high-resolution view's fields too."""
+    side = cfg.high_res_vision.image_size
+    return {**preprocessor_config(cfg), "image_processor_type": "DeepseekVLHybridImageProcessor",
+            "processor_class": "DeepseekVLHybridProcessor", "high_res_size": {"height": side, "width": side},
+            "high_res_resample": 3, "high_res_image_mean": CLIP_MEAN, "high_res_image_std": CLIP_STD}
+
+
 DEEPSEEK_VL = register(FamilySpec(
     name="deepseek_vl", kind="vlm", config_class=DeepseekVLConfig, model_class=DeepseekVL,
     model_types=("deepseek_vl",), config_from_hf=hf_mapping.config_from_hf, config_to_hf=hf_mapping.config_to_hf,
@@ -46,7 +54,8 @@ DEEPSEEK_VL_HYBRID = register(FamilySpec(
     model_types=("deepseek_vl_hybrid",), config_from_hf=hf_mapping.hybrid_config_from_hf,
     config_to_hf=hf_mapping.hybrid_config_to_hf, table=hf_mapping.hybrid_table, normalise_key=hf_mapping.normalise_key,
     dropped_keys=DEEPSEEK_VL.dropped_keys, presets=HYBRID_PRESETS, with_tokenizer=with_tokenizer,
-    # vlmkit has no processor for the hybrid's two image inputs yet (transformers' DeepseekVLHybridProcessor).
+    preprocessor_config=hybrid_preprocessor_config,
+    processor="vlmkit.data.processors.deepseek_vl:build_hybrid_processor",
     blocks=lambda model: [*model.vision_tower.layers, *model.high_res_vision_tower.layers,
                           *model.language_model.layers],
     generation=HybridGeneration(prefix_lm=False, position_start=0),
