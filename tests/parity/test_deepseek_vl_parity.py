@@ -213,6 +213,23 @@ def test_processor_builder_drives_generation(folder, rng_image):
     assert [r.token_ids for r in out] == ref.tolist()
 
 
+def test_pipeline(tmp_path, rng_image):
+    """`vlmkit.load(folder)` dispatches through the registry (processor builder, tokenizer, adapter) and
+    answers with transformers' greedy tokens. (The pipeline's feature cache takes one image tensor, so
+    it runs the plain family; the hybrid's two go through `generate` as above.)"""
+    from vlmkit.pipeline import Pipeline
+
+    folder = _save_folder(tmp_path, hybrid=False)
+    prompt, image = "User: <image_placeholder> w1 w2 Assistant:", rng_image(20, 40, seed=1)
+    got = Pipeline.load(folder, dtype="float32").generate(prompt, image, SamplingConfig(max_new_tokens=6))
+    hf = tf.DeepseekVLForConditionalGeneration.from_pretrained(folder).eval()
+    hf.generation_config.eos_token_id = None
+    inputs = tf.AutoProcessor.from_pretrained(folder)(text=[prompt], images=[image], return_tensors="pt")
+    with torch.no_grad():
+        ref = hf.generate(**inputs, max_new_tokens=6, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+    assert got.token_ids == ref.tolist()
+
+
 def test_processor_builder_checks_the_config(tmp_path):
     folder = _save_folder(tmp_path, hybrid=False)
     ours = load_hf(folder, dtype="float32")
