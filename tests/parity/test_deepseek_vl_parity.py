@@ -315,3 +315,22 @@ def test_sam_windows_and_sam_b_shape():
     assert [layer.window for layer in ours.layers] == [14, 14, 0, 14, 14, 0, 14, 14, 0, 14, 14, 0]
     with pytest.raises(ValueError, match="global_attn_indexes"):
         SamVisionConfig(num_layers=2)
+
+
+def test_hybrid_presets():
+    from vlmkit.models.deepseek_vl import DeepseekVLHybrid, DeepseekVLHybridConfig
+    from vlmkit.models.deepseek_vl.config import HYBRID_PRESETS
+
+    cfg = HYBRID_PRESETS["deepseek-vl-7b-chat"]
+    assert isinstance(cfg, DeepseekVLHybridConfig) and cfg.num_image_tokens == 576 and cfg.high_res_features == 1024
+    with torch.device("meta"):
+        big = DeepseekVLHybrid(cfg)
+    parts = {name: sum(p.numel() for p in m.parameters()) for name, m in big.named_children()}
+    assert parts["high_res_vision_tower"] == 89_670_912  # SAM ViT-B, as transformers counts it (above)
+    assert parts["vision_tower"] == 316_283_904  # SigLIP-L/16-384 with its MAP head (see test_presets)
+    assert parts["high_res_neck"] == 768 * 256 + 2 * 256 + 256 * 256 * 9 + 2 * 256
+    assert parts["high_res_proj"] == 256 * 512 * 9 + 512 * 1024 * 9
+    assert parts["aligner"] == 1024 * 2048 + 2048 + 1024 * 2048 + 2048 + 4096 * 4096 + 4096
+    assert parts["language_model"] == 2 * 102400 * 4096 + 30 * (4 * 4096**2 + 3 * 4096 * 11008 + 2 * 4096) + 4096
+    assert tuple(big.high_res_alpha.shape) == (1,)
+    assert sum(p.numel() for p in big.parameters()) == sum(parts.values()) + 1 == 7_343_985_921

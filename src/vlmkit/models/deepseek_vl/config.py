@@ -9,8 +9,14 @@ Presets (DeepSeek-VL, arXiv:2403.05525; HF deepseek-community/deepseek-vl-1.3b-c
   MLP width 5632, 16384 positions and the untied head are DeepSeek-LLM-1.3B's published shape as
   we know it (not read from the converted config.json, which we could not fetch).
 - debug: the SigLIP debug tower + the Llama debug decoder, runs on a CPU in milliseconds.
-Hybrid (`DeepseekVLHybridConfig`, deepseek-community/deepseek-vl-7b-chat's architecture): only a
-debug preset (SAM debug tower: 64 px, 8 x 8 grid, windows of 3 with padding, one global block).
+Hybrid (`DeepseekVLHybridConfig`):
+- deepseek-vl-7b-chat (deepseek-community/deepseek-vl-7b-chat): deepseek-ai/DeepSeek-VL's
+  `sam_b_downsample` high-resolution tower (SAM ViT-B at 1024 px: width 768, 12 layers, 12 heads,
+  windows of 14, global blocks 2/5/8/11, neck 256 channels, downsampled to 512 then 1024), the same
+  SigLIP-L/16-384 low-resolution tower, the hybrid aligner to 4096 and the DeepSeek-LLM-7B decoder
+  (30 layers, width 4096; MLP 11008, 32 heads, 4096 positions, untied head as we know that model,
+  not read from the converted config.json).
+- debug: SAM debug tower (64 px, 8 x 8 grid, windows of 3 with padding, one global block).
 """
 
 from dataclasses import dataclass, field, replace
@@ -91,7 +97,15 @@ class DeepseekVLHybridConfig:
         return 4 * self.high_res_vision.output_channels
 
 
+_DEEPSEEK_LLM_7B = LlamaConfig(
+    vocab_size=102400, hidden_size=4096, intermediate_size=11008, num_layers=30, num_heads=32, num_kv_heads=32,
+    head_dim=128, rms_norm_eps=1e-6, max_position_embeddings=4096, tie_embeddings=False,
+    bos_token_id=100000, eos_token_id=100001,
+)
+
 HYBRID_PRESETS: dict[str, DeepseekVLHybridConfig] = {
+    "deepseek-vl-7b-chat": DeepseekVLHybridConfig(vision=_SIGLIP_L16_384, high_res_vision=SamVisionConfig(),
+                                                  text=_DEEPSEEK_LLM_7B),
     "debug": DeepseekVLHybridConfig(
         vision=replace(SIGLIP_PRESETS["debug"], use_head=True), text=LLAMA_PRESETS["debug"], image_token_id=511,
         high_res_vision=SamVisionConfig(hidden_size=32, output_channels=16, num_layers=2, num_heads=4, image_size=64,
