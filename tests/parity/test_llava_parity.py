@@ -13,13 +13,13 @@ import torch
 import transformers as tf
 
 from tests.parity import hf_builders as hb
+from tests.parity import placeholder_checks as pc
 from tests.parity.llava_builders import llama_cfg, llava
 from vlmkit.errors import CheckpointError
-from vlmkit.generation import SamplingConfig, generate
 from vlmkit.models.llava import LlavaConfig
 from vlmkit.models.llava.model import Llava
 from vlmkit.weights.hf import load_hf, save_hf
-from vlmkit.weights.safetensors_io import SafetensorsReader, write_state_dict
+from vlmkit.weights.safetensors_io import write_state_dict
 
 ATOL = 1e-5  # measured with the Gemma decoder: 0.0 (bit-identical) for every fp32 comparison here
 N_IMG = 16  # (32 / 8)^2 patches; the class token is dropped by the default strategy
@@ -71,70 +71,21 @@ def test_two_images_per_prompt(pair):
 
 @pytest.mark.parametrize("pair", TEXT_CASES, indirect=True)
 def test_left_padding(pair):
-    """A left-padded batch of 2: logits at real tokens equal the reference's with the same mask
-    and positions (0-based over tokens, as generate builds them), and equal the unpadded row."""
     hf, ours = pair
-    ids, pix = _inputs()
-    ids = torch.cat([torch.zeros(2, 3, dtype=torch.long), ids], 1)
-    mask = torch.ones_like(ids)
-    mask[0, :3] = 0
-    ids[1, :3] = 7
-    pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
-    with torch.no_grad():
-        ref = hf(input_ids=ids, pixel_values=pix, attention_mask=mask, position_ids=pos).logits
-        got = ours(ids, pix, mask)
-        alone = ours(ids[:1, 3:], pix[:1])
-    valid = mask.bool()
-    torch.testing.assert_close(got[valid], ref[valid], atol=ATOL, rtol=1e-5)
-    torch.testing.assert_close(got[0, 3:], alone[0], atol=ATOL, rtol=1e-5)
-
-
-class IdTokenizer:
-    eos_id = -1
-
-    def decode(self, ids, skip_special_tokens=True):
-        return " ".join(map(str, ids))
+    pc.assert_left_padding(hf, ours, *_inputs(), atol=ATOL)
 
 
 @pytest.mark.parametrize("pair", TEXT_CASES, indirect=True)
 def test_greedy_generation(pair):
-    """vlmkit's engine, unchanged, drives LLaVA: token_type_ids all 1 make the whole prompt causal
-    (the engine's in_prefix comes from them) -- see the generation-adapter note in the report."""
     hf, ours = pair
-    ids, pix = _inputs(seed=3)
-    ids = torch.cat([torch.zeros(2, 2, dtype=torch.long), ids], 1)
-    mask = torch.ones_like(ids)
-    mask[0, :2] = 0
-    ids[1, :2] = 9
-    hf.generation_config.eos_token_id = None
-    hf.generation_config.pad_token_id = 0
-    with torch.no_grad():
-        ref = hf.generate(input_ids=ids, pixel_values=pix, attention_mask=mask, max_new_tokens=12,
-                          do_sample=False)[:, ids.shape[1]:]
-    batch = dict(input_ids=ids, attention_mask=mask, token_type_ids=torch.ones_like(ids), pixel_values=pix)
-    out = generate(ours, IdTokenizer(), batch, SamplingConfig(max_new_tokens=12))
-    assert [r.token_ids for r in out] == ref.tolist()
+    pc.assert_greedy_generation(hf, ours, *_inputs(seed=3))
 
 
 @pytest.mark.parametrize("pair", TEXT_CASES, indirect=True)
 def test_roundtrip(pair, tmp_path):
-    """HF -> ours is strict and equal (above); ours -> HF loads strictly in transformers with equal
-    logits; ours -> HF -> ours is bit-identical."""
+    """HF -> ours is strict and equal (above); ours -> HF -> transformers / ours (see the helper)."""
     hf, ours = pair
-    save_hf(ours, tmp_path / "ours")
-    hf2, info = tf.LlavaForConditionalGeneration.from_pretrained(tmp_path / "ours", output_loading_info=True)
-    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
-    hf_sd = hf.state_dict()
-    for k, v in hf2.state_dict().items():
-        assert torch.equal(v, hf_sd[k]), k
-    ids, pix = _inputs()
-    with torch.no_grad():
-        torch.testing.assert_close(hf2.eval()(input_ids=ids, pixel_values=pix).logits, ours(ids, pix),
-                                   atol=ATOL, rtol=1e-5)
-    again = load_hf(tmp_path / "ours", dtype="float32")
-    assert again.cfg == ours.cfg
-    for (k, v), (k2, v2) in zip(ours.state_dict().items(), again.state_dict().items()):
-        assert k == k2 and torch.equal(v, v2), k
+    pc.assert_round_trip(tf.LlavaForConditionalGeneration, hf, ours, tmp_path / "ours", *_inputs(), atol=ATOL)
 
 
 @pytest.mark.parametrize("layer,strategy", [((-3, -1), "default"), (-1, "full")])
@@ -181,14 +132,7 @@ def test_bf16_bit_identical(tmp_path):
     """In bf16 our logits equal transformers' bit for bit (CLIP tower, projector and Gemma decoder
     run the same ops in the same order)."""
     llava(hb.gemma_cfg(1)).save_pretrained(tmp_path)
-    hf = tf.LlavaForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
-    ours = load_hf(tmp_path, dtype="bfloat16")
-    ids, pix = _inputs()
-    with torch.no_grad():
-        ref = hf(input_ids=ids, pixel_values=pix.bfloat16()).logits
-        got = ours(ids, pix.bfloat16())
-    assert got.dtype == torch.bfloat16
-    torch.testing.assert_close(got, ref, atol=0, rtol=0)
+    pc.assert_bf16_identical(tf.LlavaForConditionalGeneration, tmp_path, *_inputs())
 
 
 def test_reads_module_layout_and_shards(tmp_path):
@@ -200,14 +144,10 @@ def test_reads_module_layout_and_shards(tmp_path):
 def test_bad_folders(tmp_path):
     """An unknown vision tower type and a missing projector tensor are one-line CheckpointErrors."""
     llava(hb.gemma_cfg(1)).save_pretrained(tmp_path / "hub")
-    cfg = json.loads((tmp_path / "hub" / "config.json").read_text())
-    reader = SafetensorsReader(tmp_path / "hub")
-    tensors = {k: reader.get(k) for k in reader.keys() if k != "multi_modal_projector.linear_2.weight"}
-    (tmp_path / "short").mkdir()
-    write_state_dict(tensors, tmp_path / "short")
-    (tmp_path / "short" / "config.json").write_text(json.dumps(cfg))
+    short = pc.copy_folder(tmp_path / "hub", tmp_path / "short", drop="multi_modal_projector.linear_2.weight")
     with pytest.raises(CheckpointError, match=r"missing keys: projector\.linear_2\.weight$"):
-        load_hf(tmp_path / "short")
+        load_hf(short)
+    cfg = json.loads((tmp_path / "hub" / "config.json").read_text())
     cfg["vision_config"]["model_type"] = "dinov2"
     (tmp_path / "hub" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="unsupported LLaVA vision model_type 'dinov2'"):

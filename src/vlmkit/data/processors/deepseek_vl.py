@@ -13,7 +13,7 @@ tokenizer's "image_token") becomes num_image_tokens copies of itself (576 for 38
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -83,3 +83,66 @@ class DeepseekVLProcessor(TypeCProcessor):
     def encode_images(self, groups):
         values = self.pixel_values([img for g in groups for img in g])
         return {"pixel_values": values}, [self.placeholder * self.config.num_image_tokens] * values.shape[0]
+
+
+
+@dataclass(kw_only=True, frozen=True)
+class DeepseekVLHybridProcessorConfig(DeepseekVLProcessorConfig):
+    """DeepseekVLHybridImageProcessor: the low-resolution fields above plus the high-resolution view's
+    (`high_res_size`, `high_res_resample`, `high_res_image_mean` / `_std`, held as a second config)."""
+
+    high_res: DeepseekVLProcessorConfig
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> "DeepseekVLHybridProcessorConfig":
+        low = DeepseekVLProcessorConfig.from_folder(folder)
+        image, _ = read_processor_files(folder)
+        size = size_field(image, "high_res_size", f"{folder} image processor", "height", "width")
+        if size["height"] != size["width"]:
+            raise ConfigError(f"{folder}: DeepSeek-VL hybrid needs a square high_res_size, got {size}")
+        norm = pixels.Normalization.from_dict({**image, "image_mean": image.get("high_res_image_mean", low.norm.image_mean),
+                                               "image_std": image.get("high_res_image_std", low.norm.image_std)})
+        high = replace(low, size=size["height"], resample=int(image.get("high_res_resample", 3)), norm=norm)
+        return cls(**{f.name: getattr(low, f.name) for f in fields(low)}, high_res=high)
+
+
+class DeepseekVLHybridProcessor(DeepseekVLProcessor):
+    """DeepSeek-VL hybrid inputs: `high_res_pixel_values` float32 [N, 3, S', S'] (resize + pad at the high
+    resolution, padded with the high-res mean colour) and `pixel_values` [N, 3, S, S], that uint8 square
+    resized to S (as transformers: the low view is made from the padded high-res one)."""
+
+    config_class = DeepseekVLHybridProcessorConfig
+
+    def encode_images(self, groups):
+        high = [self.config.high_res.prepare(pixels.load_rgb(src)) for g in groups for src in g]
+        low = [self.config.prepare(square) for square in high]
+        values = {"pixel_values": pixels.stack(low, self.config.norm),
+                  "high_res_pixel_values": pixels.stack(high, self.config.high_res.norm)}
+        return values, [self.placeholder * self.config.num_image_tokens] * len(low)
+
+
+def _checked(processor: DeepseekVLProcessor, folder, cfg) -> DeepseekVLProcessor:
+    """`processor` if its image token and count agree with the model config; ConfigError otherwise."""
+    if processor.image_token_id != cfg.image_token_id:
+        raise ConfigError(f"{folder}: the tokenizer's {processor.placeholder} id {processor.image_token_id} != "
+                          f"config.json image_token_id {cfg.image_token_id}")
+    if processor.config.num_image_tokens != cfg.num_image_tokens:
+        raise ConfigError(f"{folder}: processor num_image_tokens {processor.config.num_image_tokens} != the "
+                          f"{cfg.num_image_tokens} tokens the vision tower gives per image")
+    return processor
+
+
+def build_processor(folder: str | Path, tokenizer, cfg) -> DeepseekVLProcessor:
+    """The deepseek_vl family's processor builder (named by its registry record): the folder's own
+    processor files and tokenizer.json, checked against the model config's image token and count."""
+    return _checked(DeepseekVLProcessor.from_folder(folder), folder, cfg)
+
+
+def build_hybrid_processor(folder: str | Path, tokenizer, cfg) -> DeepseekVLHybridProcessor:
+    """The deepseek_vl_hybrid family's processor builder; also checks both image sizes."""
+    processor = _checked(DeepseekVLHybridProcessor.from_folder(folder), folder, cfg)
+    sizes = (processor.config.size, processor.config.high_res.size)
+    if sizes != (cfg.vision.image_size, cfg.high_res_vision.image_size):
+        raise ConfigError(f"{folder}: processor image sizes {sizes} != the towers' "
+                          f"{(cfg.vision.image_size, cfg.high_res_vision.image_size)}")
+    return processor

@@ -1,0 +1,62 @@
+"""DeepSeek-VL registry records: model_type "deepseek_vl" (deepseek-community/deepseek-vl-1.3b-*) and
+"deepseek_vl_hybrid" (the SAM + SigLIP variant of deepseek-community/deepseek-vl-7b-*)."""
+
+from dataclasses import replace
+
+from vlmkit.models.clip.family import CLIP_MEAN, CLIP_STD
+from vlmkit.models.deepseek_vl import hf_mapping
+from vlmkit.models.deepseek_vl.config import HYBRID_PRESETS, PRESETS, DeepseekVLConfig, DeepseekVLHybridConfig
+from vlmkit.models.deepseek_vl.hybrid import DeepseekVLHybrid, HybridGeneration
+from vlmkit.models.deepseek_vl.model import DeepseekVL
+from vlmkit.models.parts.placeholders import PlaceholderGeneration
+from vlmkit.models.registry import FamilySpec, register, tokenizer_fields
+
+
+def with_tokenizer(cfg, tok, vocab_size: int | None = None) -> DeepseekVLConfig:
+    """`cfg` with the tokenizer's vocabulary size and its pad / bos / eos / image placeholder ids."""
+    return replace(cfg, text=replace(cfg.text, **tokenizer_fields(tok, vocab_size)), image_token_id=tok.image_token_id)
+
+
+def preprocessor_config(cfg: DeepseekVLConfig) -> dict:
+    """transformers' DeepseekVLImageProcessor metadata: longest side to S, pad to S x S with the mean."""
+    side = cfg.vision.image_size
+    return {
+        "image_processor_type": "DeepseekVLImageProcessor", "processor_class": "DeepseekVLProcessor",
+        "do_resize": True, "size": {"height": side, "width": side}, "min_size": 14, "resample": 3,
+        "do_pad": True, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+        "image_mean": CLIP_MEAN, "image_std": CLIP_STD, "do_convert_rgb": True,
+        "num_image_tokens": cfg.num_image_tokens,
+    }
+
+
+def hybrid_preprocessor_config(cfg: DeepseekVLHybridConfig) -> dict:
+    """transformers' DeepseekVLHybridImageProcessor metadata: the high-resolution view's fields too."""
+    side = cfg.high_res_vision.image_size
+    return {**preprocessor_config(cfg), "image_processor_type": "DeepseekVLHybridImageProcessor",
+            "processor_class": "DeepseekVLHybridProcessor", "high_res_size": {"height": side, "width": side},
+            "high_res_resample": 3, "high_res_image_mean": CLIP_MEAN, "high_res_image_std": CLIP_STD}
+
+
+DEEPSEEK_VL = register(FamilySpec(
+    name="deepseek_vl", kind="vlm", config_class=DeepseekVLConfig, model_class=DeepseekVL,
+    model_types=("deepseek_vl",), config_from_hf=hf_mapping.config_from_hf, config_to_hf=hf_mapping.config_to_hf,
+    table=hf_mapping.table, normalise_key=hf_mapping.normalise_key,
+    dropped_keys=lambda cfg: (r"^lm_head\.weight$",) if cfg.text.tie_embeddings else (),
+    presets=PRESETS, with_tokenizer=with_tokenizer, preprocessor_config=preprocessor_config,
+    processor="vlmkit.data.processors.deepseek_vl:build_processor",
+    blocks=lambda model: [*model.vision_tower.layers, *model.language_model.layers],
+    generation=PlaceholderGeneration(prefix_lm=False, position_start=0),
+))
+
+
+DEEPSEEK_VL_HYBRID = register(FamilySpec(
+    name="deepseek_vl_hybrid", kind="vlm", config_class=DeepseekVLHybridConfig, model_class=DeepseekVLHybrid,
+    model_types=("deepseek_vl_hybrid",), config_from_hf=hf_mapping.hybrid_config_from_hf,
+    config_to_hf=hf_mapping.hybrid_config_to_hf, table=hf_mapping.hybrid_table, normalise_key=hf_mapping.normalise_key,
+    dropped_keys=DEEPSEEK_VL.dropped_keys, presets=HYBRID_PRESETS, with_tokenizer=with_tokenizer,
+    preprocessor_config=hybrid_preprocessor_config,
+    processor="vlmkit.data.processors.deepseek_vl:build_hybrid_processor",
+    blocks=lambda model: [*model.vision_tower.layers, *model.high_res_vision_tower.layers,
+                          *model.language_model.layers],
+    generation=HybridGeneration(prefix_lm=False, position_start=0),
+))
