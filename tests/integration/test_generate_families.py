@@ -36,33 +36,34 @@ NEW = 8
 class Case:
     """A family's folder as the test makes it and the transformers classes that read it.
 
-    one / two: prompts with one and two image placeholders; template: the bundled chat template;
-    processor: the processor_config.json `vlmkit create` writes; nested: transformers' processor
-    takes the images as one list per prompt."""
+    name: the folder's key in `folders`; model_type: config.json's; one / two: prompts with one
+    and two image placeholders; template: the bundled chat template; processor: the
+    processor_config.json `vlmkit create` writes; nested: transformers' processor takes the images
+    as one list per prompt."""
 
-    family: str
+    name: str
+    model_type: str
     model: str
     template: str
     one: str
     two: str
     processor: str
     nested: bool = False
-    smolvlm: bool = False
 
 
-CASES = {c.family if not c.smolvlm else "smolvlm": c for c in [
-    Case("llava", "LlavaForConditionalGeneration", "llava-1.5", LLAVA_PROMPT,
+CASES = {c.name: c for c in [
+    Case("llava", "llava", "LlavaForConditionalGeneration", "llava-1.5", LLAVA_PROMPT,
          "USER: <image> and <image>: compare ASSISTANT:", "LlavaProcessor"),
-    Case("llava_next", "LlavaNextForConditionalGeneration", "llava-v1.6-mistral", "[INST] <image>\nWhat is this? [/INST]",
+    Case("llava_next", "llava_next", "LlavaNextForConditionalGeneration", "llava-v1.6-mistral", "[INST] <image>\nWhat is this? [/INST]",
          "[INST] <image> and <image>: compare [/INST]", "LlavaNextProcessor"),
-    Case("idefics3", "Idefics3ForConditionalGeneration", "smolvlm",
+    Case("idefics3", "idefics3", "Idefics3ForConditionalGeneration", "smolvlm",
          "<|im_start|>User:<image>What is this?<end_of_utterance>\nAssistant:",
          "<|im_start|>User:<image> and <image>: compare<end_of_utterance>\nAssistant:", "Idefics3Processor", nested=True),
-    Case("idefics3", "SmolVLMForConditionalGeneration", "smolvlm",
+    Case("smolvlm", "smolvlm", "SmolVLMForConditionalGeneration", "smolvlm",
          "<|im_start|>User:<image>What is this?<end_of_utterance>\nAssistant:",
          "<|im_start|>User:<image> and <image>: compare<end_of_utterance>\nAssistant:", "SmolVLMProcessor",
-         nested=True, smolvlm=True),
-    Case("internvl", "InternVLForConditionalGeneration", "internvl3",
+         nested=True),
+    Case("internvl", "internvl", "InternVLForConditionalGeneration", "internvl3",
          "<|im_start|>user\n<IMG_CONTEXT>\nWhat is this?<|im_end|>\n<|im_start|>assistant\n",
          "<|im_start|>user\n<IMG_CONTEXT> and <IMG_CONTEXT>: compare<|im_end|>\n<|im_start|>assistant\n",
          "InternVLProcessor"),
@@ -119,20 +120,15 @@ def _hf_processor(case: Case, folder: Path):
     return processor
 
 
-_PAIRS = {}
-
-
-@pytest.fixture
+@pytest.fixture(scope="module")
 def pair(folders, request):
-    """(case, our pipeline, transformers' model loaded strictly, transformers' processor), per case."""
-    name = request.param
-    if name not in _PAIRS:
-        case, folder = CASES[name], folders[name]
-        hf, info = getattr(tf, case.model).from_pretrained(folder, output_loading_info=True)
-        assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
-        hf.generation_config.pad_token_id = hf.config.text_config.pad_token_id
-        _PAIRS[name] = case, load(folder, dtype="float32"), hf.eval(), _hf_processor(case, folder)
-    return _PAIRS[name]
+    """(case, our pipeline, transformers' model loaded strictly, transformers' processor) for the
+    case named by the (indirect) parameter; one per case and module."""
+    case, folder = CASES[request.param], folders[request.param]
+    hf, info = getattr(tf, case.model).from_pretrained(folder, output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    hf.generation_config.pad_token_id = hf.config.text_config.pad_token_id
+    return case, load(folder, dtype="float32"), hf.eval(), _hf_processor(case, folder)
 
 
 def _hf_batch(case: Case, hf_proc, prompts, groups):
@@ -160,10 +156,10 @@ def test_folder_is_complete(folders, name):
     case, folder = CASES[name], folders[name]
     config = json.loads((folder / "config.json").read_text())
     tok = json.loads((folder / "tokenizer.json").read_text())
-    placeholder = "<IMG_CONTEXT>" if case.family == "internvl" else "<image>"
+    placeholder = "<IMG_CONTEXT>" if case.model_type == "internvl" else "<image>"
     image_id = next(t["id"] for t in tok["added_tokens"] if t["content"] == placeholder)
     assert config.get("image_token_index", config.get("image_token_id")) == image_id
-    assert config["model_type"] == ("smolvlm" if case.smolvlm else case.family)
+    assert config["model_type"] == case.model_type
     proc = json.loads((folder / "processor_config.json").read_text())
     assert proc["processor_class"] == case.processor
     template = bundled_chat_template(case.template)
@@ -269,8 +265,7 @@ def test_cli_generate_equals_transformers(pair, folders, image_files, capsys, fl
     """`vlmkit generate --prompt P` and `--chat "What is this?"` (whose template renders P) give
     transformers' greedy tokens on P with the image."""
     case, _, hf, hf_proc = pair
-    name = "smolvlm" if case.smolvlm else case.family
-    rc, out, err = _run(["generate", "--model", str(folders[name]), "--image", image_files[0], "--max-new-tokens",
+    rc, out, err = _run(["generate", "--model", str(folders[case.name]), "--image", image_files[0], "--max-new-tokens",
                          str(NEW), "--json", flag, case.one if flag == "--prompt" else "What is this?"], capsys)
     assert rc == 0, err
     d = json.loads(out)
