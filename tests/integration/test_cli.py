@@ -122,7 +122,7 @@ def test_help_snapshot():
     text = build_parser()._subparsers._group_actions[0].choices["generate"].format_help()
     for opt in ("--model", "--image", "--prompt", "--task", "--objects", "--max-new-tokens", "--temperature",
                 "--top-p", "--top-k", "--seed", "--dtype", "--json", "--draw", "--stream", "--mask-vae",
-                "--device", "--force", "--video", "--max-frames", "--frame-stride"):
+                "--device", "--force", "--video", "--max-frames", "--frame-stride", "--chat", "--messages"):
         assert opt in text
 
 

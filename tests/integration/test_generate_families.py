@@ -1,14 +1,19 @@
-"""The user-facing path for every `vlm` family, on folders made by `vlmkit create`: PaliGemma and
-LLaVA (random debug weights, so the text is noise; the token ids are what is compared).
+"""The user-facing path for every `vlm` family, on folders made by `vlmkit create`: PaliGemma,
+LLaVA, LLaVA-NeXT, Idefics3 / SmolVLM (model_type idefics3 and smolvlm) and InternVL (random
+debug weights, so the text is noise; the token ids are what is compared).
 
-create -> transformers loads the folder strictly with equal logits; transformers' processor gives
-our batch; `vlmkit generate` with --prompt, --chat and --messages in-process; greedy tokens through
-the pipeline equal transformers' generate on a left-padded batch of 2 prompts with different image
-counts; bad inputs are one line and exit 2.
+create -> transformers loads the folder strictly with equal logits; transformers' processor (its
+PIL image processor) gives our batch; `vlmkit generate` with --prompt, --chat and --messages
+in-process gives transformers' greedy tokens; greedy tokens through the pipeline equal
+transformers' generate on a left-padded batch of 2 prompts with different image counts; bad inputs
+are one line and exit 2.
 """
 
 import json
 import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,6 +23,7 @@ from PIL import Image
 from vlmkit.cli import build_parser, main
 from vlmkit.data.processor_files import bundled_chat_template
 from vlmkit.generation import SamplingConfig
+from vlmkit.models.registry import get_family
 from vlmkit.pipeline import load
 
 tf = pytest.importorskip("transformers")
@@ -26,13 +32,58 @@ LLAVA_PROMPT = "USER: <image>\nWhat is this? ASSISTANT:"
 NEW = 8
 
 
+@dataclass(frozen=True)
+class Case:
+    """A family's folder as the test makes it and the transformers classes that read it.
+
+    name: the folder's key in `folders`; model_type: config.json's; one / two: prompts with one
+    and two image placeholders; template: the bundled chat template; processor: the
+    processor_config.json `vlmkit create` writes; nested: transformers' processor takes the images
+    as one list per prompt."""
+
+    name: str
+    model_type: str
+    model: str
+    template: str
+    one: str
+    two: str
+    processor: str
+    nested: bool = False
+
+
+CASES = {c.name: c for c in [
+    Case("llava", "llava", "LlavaForConditionalGeneration", "llava-1.5", LLAVA_PROMPT,
+         "USER: <image> and <image>: compare ASSISTANT:", "LlavaProcessor"),
+    Case("llava_next", "llava_next", "LlavaNextForConditionalGeneration", "llava-v1.6-mistral", "[INST] <image>\nWhat is this? [/INST]",
+         "[INST] <image> and <image>: compare [/INST]", "LlavaNextProcessor"),
+    Case("idefics3", "idefics3", "Idefics3ForConditionalGeneration", "smolvlm",
+         "<|im_start|>User:<image>What is this?<end_of_utterance>\nAssistant:",
+         "<|im_start|>User:<image> and <image>: compare<end_of_utterance>\nAssistant:", "Idefics3Processor", nested=True),
+    Case("smolvlm", "smolvlm", "SmolVLMForConditionalGeneration", "smolvlm",
+         "<|im_start|>User:<image>What is this?<end_of_utterance>\nAssistant:",
+         "<|im_start|>User:<image> and <image>: compare<end_of_utterance>\nAssistant:", "SmolVLMProcessor",
+         nested=True),
+    Case("internvl", "internvl", "InternVLForConditionalGeneration", "internvl3",
+         "<|im_start|>user\n<IMG_CONTEXT>\nWhat is this?<|im_end|>\n<|im_start|>assistant\n",
+         "<|im_start|>user\n<IMG_CONTEXT> and <IMG_CONTEXT>: compare<|im_end|>\n<|im_start|>assistant\n",
+         "InternVLProcessor"),
+]}
+TYPE_C = list(CASES)
+
+
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    """{family: folder} made by `vlmkit create` through the CLI, in-process."""
+    """{name: folder} made by `vlmkit create` through the CLI, in-process; "smolvlm" is the Idefics3
+    debug preset with SmolVLM's model_type (no published preset has it)."""
     root = tmp_path_factory.mktemp("families")
     assert main(["create", str(root / "paligemma")]) == 0
-    assert main(["create", "--family", "llava", "--preset", "debug", str(root / "llava")]) == 0
-    return {"paligemma": root / "paligemma", "llava": root / "llava"}
+    for family in ("llava", "llava_next", "idefics3", "internvl"):
+        assert main(["create", "--family", family, "--preset", "debug", str(root / family)]) == 0
+    presets = get_family("idefics3").presets
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(presets, "debug-smolvlm", replace(presets["debug"], hf_model_type="smolvlm", keep_first_frame=True))
+        assert main(["create", "--family", "idefics3", "--preset", "debug-smolvlm", str(root / "smolvlm")]) == 0
+    return {name: root / name for name in ("paligemma", *TYPE_C)}
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +98,45 @@ def image_files(tmp_path_factory):
     return paths
 
 
+def _hf_processor(case: Case, folder: Path):
+    """transformers' processor on `folder` with its PIL image processor. SmolVLM's and InternVL's
+    have a video slot whose torchvision processor cannot load here: it is left empty (the class
+    check skipped; a stand-in holds the frame defaults SmolVLM's chat reads) and the processor is
+    built from the folder's own files."""
+    if case.processor in ("LlavaProcessor", "LlavaNextProcessor", "Idefics3Processor"):
+        image_processor = getattr(tf, f"{case.processor.removesuffix('Processor')}ImageProcessorPil")
+        return getattr(tf, case.processor).from_pretrained(folder, image_processor=image_processor.from_pretrained(folder))
+    image_processor = {"SmolVLMProcessor": tf.SmolVLMImageProcessorPil, "InternVLProcessor": tf.GotOcr2ImageProcessorPil}
+    cls = getattr(tf, case.processor)
+    kwargs = json.loads((folder / "processor_config.json").read_text())
+    assert kwargs.pop("processor_class") == case.processor
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cls, "check_argument_for_proper_class", lambda *a: None)
+        processor = cls(image_processor=image_processor[case.processor].from_pretrained(folder),
+                        tokenizer=tf.AutoTokenizer.from_pretrained(folder), video_processor=None,
+                        chat_template=(folder / "chat_template.jinja").read_text(), **kwargs)
+    # SmolVLM's apply_chat_template reads the video processor's frame defaults even without videos.
+    processor.video_processor = SimpleNamespace(num_frames=None, fps=None)
+    return processor
+
+
 @pytest.fixture(scope="module")
-def llava_pair(folders):
-    """(our pipeline, transformers' model, transformers' processor) on the created LLaVA folder."""
-    folder = folders["llava"]
-    hf, info = tf.LlavaForConditionalGeneration.from_pretrained(folder, output_loading_info=True)
+def pair(folders, request):
+    """(case, our pipeline, transformers' model loaded strictly, transformers' processor) for the
+    case named by the (indirect) parameter; one per case and module."""
+    case, folder = CASES[request.param], folders[request.param]
+    hf, info = getattr(tf, case.model).from_pretrained(folder, output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
     hf.generation_config.pad_token_id = hf.config.text_config.pad_token_id
-    return load(folder, dtype="float32"), hf.eval(), tf.AutoProcessor.from_pretrained(folder)
+    return case, load(folder, dtype="float32"), hf.eval(), _hf_processor(case, folder)
+
+
+def _hf_batch(case: Case, hf_proc, prompts, groups):
+    images = [Image.open(p) if isinstance(p, str) else p for g in groups for p in g]
+    if case.nested:
+        it = iter(images)
+        images = [[next(it) for _ in g] for g in groups]
+    return hf_proc(text=prompts, images=images, padding="longest", padding_side="left", return_tensors="pt")
 
 
 def _run(argv, capsys) -> tuple[int, str, str]:
@@ -67,56 +149,65 @@ def _until_eos(ids: list[int], eos: int) -> list[int]:
     return ids[: ids.index(eos)] if eos in ids else ids
 
 
-def test_llava_folder_is_complete(folders):
-    folder = folders["llava"]
+@pytest.mark.parametrize("name", TYPE_C)
+def test_folder_is_complete(folders, name):
+    """The config's image id is the tokenizer's placeholder; processor_config.json is the family's;
+    the bundled template is in tokenizer_config.json and chat_template.jinja."""
+    case, folder = CASES[name], folders[name]
     config = json.loads((folder / "config.json").read_text())
     tok = json.loads((folder / "tokenizer.json").read_text())
-    image_id = next(t["id"] for t in tok["added_tokens"] if t["content"] == "<image>")
-    assert config["image_token_index"] == image_id
+    placeholder = "<IMG_CONTEXT>" if case.model_type == "internvl" else "<image>"
+    image_id = next(t["id"] for t in tok["added_tokens"] if t["content"] == placeholder)
+    assert config.get("image_token_index", config.get("image_token_id")) == image_id
+    assert config["model_type"] == case.model_type
     proc = json.loads((folder / "processor_config.json").read_text())
-    assert proc == {"processor_class": "LlavaProcessor", "image_token": "<image>", "patch_size": 8,
-                    "vision_feature_select_strategy": "default", "num_additional_image_tokens": 1}
-    template = bundled_chat_template("llava-1.5")
+    assert proc["processor_class"] == case.processor
+    template = bundled_chat_template(case.template)
     assert json.loads((folder / "tokenizer_config.json").read_text())["chat_template"] == template
     assert (folder / "chat_template.jinja").read_text() == template
 
 
-def test_transformers_batch_and_logits_equal(llava_pair, image_files):
+def test_llava_processor_config(folders):
+    proc = json.loads((folders["llava"] / "processor_config.json").read_text())
+    assert proc == {"processor_class": "LlavaProcessor", "image_token": "<image>", "patch_size": 8,
+                    "vision_feature_select_strategy": "default", "num_additional_image_tokens": 1}
+
+
+@pytest.mark.parametrize("pair", TYPE_C, indirect=True)
+def test_transformers_batch_and_logits_equal(pair, image_files):
     """transformers' processor on the folder gives our batch (left-padded, 1 and 2 images), and
     its model our logits at every real token."""
-    pipe, hf, hf_proc = llava_pair
-    prompts = [LLAVA_PROMPT, "USER: <image> and <image>: compare ASSISTANT:"]
-    images = [Image.open(p) for p in image_files]
-    theirs = hf_proc(text=prompts, images=[images[0], *images], padding="longest", padding_side="left",
-                     return_tensors="pt")
-    ours = pipe.processor(prompts, [[images[0]], images], padding_side="left")
-    for key in ("input_ids", "attention_mask", "pixel_values"):
+    case, pipe, hf, hf_proc = pair
+    groups = [[image_files[0]], image_files]
+    theirs = _hf_batch(case, hf_proc, [case.one, case.two], groups)
+    ours = pipe.processor([case.one, case.two], groups, padding_side="left")
+    for key in theirs:
         assert torch.equal(ours[key], theirs[key]), key
     assert ours["attention_mask"][1].all() and not ours["attention_mask"][0].all()  # row 0 is padded
     with torch.no_grad():
         ref = hf(**theirs).logits
-        got = pipe.model(ours["input_ids"], ours["pixel_values"], ours["attention_mask"])
+        got = pipe.model(**{k: ours[k] for k in theirs})
     valid = ours["attention_mask"].bool()
     torch.testing.assert_close(got[valid], ref[valid], atol=1e-5, rtol=1e-5)
 
 
-def test_llava_greedy_equals_transformers(llava_pair, image_files):
-    pipe, hf, hf_proc = llava_pair
-    prompts = ["USER: <image> <image> Two? ASSISTANT:", LLAVA_PROMPT]
-    images = [Image.open(p) for p in image_files]
-    batch = hf_proc(text=prompts, images=[*images, images[1]], padding="longest", padding_side="left",
-                    return_tensors="pt")
-    ours = pipe.processor(prompts, [images, [images[1]]], padding_side="left")
+@pytest.mark.parametrize("pair", TYPE_C, indirect=True)
+def test_greedy_equals_transformers(pair, image_files):
+    case, pipe, hf, hf_proc = pair
+    prompts, groups = [case.two, case.one], [image_files, [image_files[1]]]
+    batch = _hf_batch(case, hf_proc, prompts, groups)
+    ours = pipe.processor(prompts, groups, padding_side="left")
     _assert_greedy_equal(pipe, hf, batch, ours, hf.config.text_config.eos_token_id)
-    got = pipe.generate_batch(prompts, [images, [images[1]]], SamplingConfig(max_new_tokens=NEW))
+    got = pipe.generate_batch(prompts, groups, SamplingConfig(max_new_tokens=NEW))
     assert len(set(got[0].token_ids)) > 1  # not a degenerate repeat
-    assert got[1].token_ids == pipe.generate(LLAVA_PROMPT, [images[1]], SamplingConfig(max_new_tokens=NEW)).token_ids
+    assert got[1].token_ids == pipe.generate(case.one, groups[1], SamplingConfig(max_new_tokens=NEW)).token_ids
 
 
-def test_llava_chat_equals_transformers(llava_pair, image_files):
+@pytest.mark.parametrize("pair", TYPE_C, indirect=True)
+def test_chat_equals_transformers(pair, image_files):
     """A 3-turn chat: transformers' apply_chat_template (images named in the messages) gives the
-    same ids, and greedy tokens are equal."""
-    pipe, hf, hf_proc = llava_pair
+    same ids and pixels, and greedy tokens are equal."""
+    case, pipe, hf, hf_proc = pair
     messages = [{"role": "user", "content": [{"type": "image", "path": image_files[0]}, {"type": "text", "text": "What?"}]},
                 {"role": "assistant", "content": [{"type": "text", "text": "A cat."}]},
                 {"role": "user", "content": [{"type": "text", "text": "Sure?"}]}]
@@ -156,8 +247,9 @@ def test_paligemma_greedy_equals_transformers(folders, image_files):
     _assert_greedy_equal(pipe, hf, batch, batch, pipe.tokenizer.eos_id)
 
 
-def test_llava_features_cached_per_image(llava_pair, image_files, monkeypatch):
-    pipe, _, _ = llava_pair
+@pytest.mark.parametrize("pair", ["llava"], indirect=True)
+def test_llava_features_cached_per_image(pair, image_files, monkeypatch):
+    _, pipe, _, _ = pair
     calls = []
     original = pipe.model.encode_images
     monkeypatch.setattr(pipe.model, "encode_images", lambda px: calls.append(px.shape[0]) or original(px))
@@ -167,9 +259,26 @@ def test_llava_features_cached_per_image(llava_pair, image_files, monkeypatch):
     assert calls == [1] and first.token_ids == again.token_ids
 
 
+@pytest.mark.parametrize("flag", ["--prompt", "--chat"])
+@pytest.mark.parametrize("pair", TYPE_C, indirect=True)
+def test_cli_generate_equals_transformers(pair, folders, image_files, capsys, flag):
+    """`vlmkit generate --prompt P` and `--chat "What is this?"` (whose template renders P) give
+    transformers' greedy tokens on P with the image."""
+    case, _, hf, hf_proc = pair
+    rc, out, err = _run(["generate", "--model", str(folders[case.name]), "--image", image_files[0], "--max-new-tokens",
+                         str(NEW), "--json", flag, case.one if flag == "--prompt" else "What is this?"], capsys)
+    assert rc == 0, err
+    d = json.loads(out)
+    assert d["prompt"] == case.one and d["num_images"] == 1 and d["token_ids"]
+    if flag == "--chat":
+        assert d["task"] == "chat"
+    batch = _hf_batch(case, hf_proc, [case.one], [[image_files[0]]])
+    with torch.no_grad():
+        ref = hf.generate(**batch, max_new_tokens=NEW, do_sample=False)[0, batch["input_ids"].shape[1]:]
+    assert d["token_ids"] == _until_eos(ref.tolist(), hf.config.text_config.eos_token_id)
+
+
 @pytest.mark.parametrize("family,argv", [
-    ("llava", ["--prompt", LLAVA_PROMPT]),
-    ("llava", ["--chat", "What is this?"]),
     ("llava", ["--chat", "What is this?", "--chat", "A cat.", "--chat", "Sure?"]),
     ("paligemma", ["--prompt", "caption en"]),
     ("paligemma", ["--task", "caption"]),
@@ -263,7 +372,3 @@ def test_cli_failing_template_is_one_line(folders, image_files, tmp_path, capsys
     assert rc == 2
     assert err.count("\n") == 1 and "failed to render: only one turn, please" in err, err
 
-
-def test_generate_help_lists_chat_flags():
-    text = build_parser()._subparsers._group_actions[0].choices["generate"].format_help()
-    assert "--chat" in text and "--messages" in text

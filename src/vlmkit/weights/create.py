@@ -41,7 +41,12 @@ def _tokenizer_dir(tmp: Path, texts, tokenizer_dir, files) -> Path:
                 shutil.copyfile(Path(tokenizer_dir) / name, out / name)
     else:
         train_paligemma_tokenizer(out, texts)
-    return extend_tokenizer(out, files.special_tokens, files.chat_template)
+    extend_tokenizer(out, (*files.special_tokens, *files.named_tokens.values()), files.chat_template)
+    if files.named_tokens:  # transformers' named special tokens (tokenizer attributes)
+        config = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
+        config["extra_special_tokens"] = dict(files.named_tokens)
+        (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
+    return out
 
 
 def create_checkpoint(out: str | Path, preset: str = "debug", seed: int = 0, texts=DEFAULT_CORPUS,

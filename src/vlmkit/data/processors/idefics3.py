@@ -31,12 +31,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from vlmkit.data.processor_files import ProcessorFiles, bundled_chat_template
 from vlmkit.data.processors import pixels
 from vlmkit.data.processors.common import PromptTokenizer, TypeCProcessor, read_processor_files, size_field
 from vlmkit.errors import CheckpointError, DataError
 
 MAX_IMAGE_SIDE = 4096  # transformers' absolute cap on the resized longest edge
 FAKE, GLOBAL, IMAGE = "<fake_token_around_image>", "<global-img>", "<image>"
+END_OF_UTTERANCE = "<end_of_utterance>"
+MAX_GRID = 6  # the published tokenizers' <row_r_col_c> tokens (transformers' processor looks up 6 x 6)
 
 
 def longest_edge_size(height: int, width: int, longest: int) -> tuple[int, int]:
@@ -181,3 +184,16 @@ def build(folder: str | Path, tokenizer, cfg) -> Idefics3Processor:
         raise CheckpointError(f"{folder}: tokenizer's {config.image_token} id {processor.image_token_id} != config "
                               f"image_token_id {cfg.image_token_id}")
     return processor
+
+
+def processor_files(cfg) -> ProcessorFiles:
+    """What an Idefics3 / SmolVLM folder made by `vlmkit create` carries: the image and tile tokens
+    and chat markers of the published SmolVLM tokenizers (`<row_r_col_c>` up to 6 x 6), the
+    processor named after the config's model_type with the model's tokens per frame, and
+    SmolVLM-Instruct's chat template."""
+    tiles = tuple(f"<row_{r}_col_{c}>" for r in range(1, MAX_GRID + 1) for c in range(1, MAX_GRID + 1))
+    name = {"idefics3": "Idefics3Processor", "smolvlm": "SmolVLMProcessor"}[cfg.hf_model_type]
+    return ProcessorFiles(
+        special_tokens=(FAKE, IMAGE, END_OF_UTTERANCE, GLOBAL, "<|im_start|>", *tiles),
+        processor_config={"processor_class": name, "image_seq_len": cfg.num_image_tokens},
+        chat_template=bundled_chat_template("smolvlm"))

@@ -26,9 +26,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from vlmkit.data.processor_files import ProcessorFiles, bundled_chat_template
 from vlmkit.data.processors import pixels
 from vlmkit.data.processors.common import PromptTokenizer, TypeCProcessor, read_processor_files, size_field
 from vlmkit.errors import CheckpointError, ConfigError
+
+# The image tokens' default spellings (transformers' InternVL tokenizer attributes of these names).
+IMAGE_TOKENS = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>"}
 
 
 @lru_cache(maxsize=16)
@@ -64,9 +68,9 @@ class InternVLProcessorConfig:
     resample: int = 3  # PIL bicubic
     image_seq_length: int = 256
     norm: pixels.Normalization = pixels.Normalization()
-    context_token: str = "<IMG_CONTEXT>"
-    start_token: str = "<img>"
-    end_token: str = "</img>"
+    context_token: str = IMAGE_TOKENS["context_image_token"]
+    start_token: str = IMAGE_TOKENS["start_image_token"]
+    end_token: str = IMAGE_TOKENS["end_image_token"]
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> "InternVLProcessorConfig":
@@ -80,9 +84,9 @@ class InternVLProcessorConfig:
                      min_patches=int(image.get("min_patches", 1)), max_patches=int(image.get("max_patches", 12)),
                      resample=int(image.get("resample", 3)), image_seq_length=int(proc.get("image_seq_length", 256)),
                      norm=pixels.Normalization.from_dict(image),
-                     context_token=extra.get("context_image_token", "<IMG_CONTEXT>"),
-                     start_token=extra.get("start_image_token", "<img>"),
-                     end_token=extra.get("end_image_token", "</img>"))
+                     context_token=extra.get("context_image_token", IMAGE_TOKENS["context_image_token"]),
+                     start_token=extra.get("start_image_token", IMAGE_TOKENS["start_image_token"]),
+                     end_token=extra.get("end_image_token", IMAGE_TOKENS["end_image_token"]))
         if not 1 <= config.min_patches <= config.max_patches:
             raise ConfigError(f"{folder}: need 1 <= min_patches <= max_patches, got "
                               f"{config.min_patches}, {config.max_patches}")
@@ -141,3 +145,13 @@ def build_processor(folder: str | Path, tokenizer, cfg) -> InternVLProcessor:
         raise CheckpointError(f"{folder}: tokenizer's {config.context_token} id {processor.image_token_id} != "
                               f"config image_token_id {cfg.image_token_id}")
     return processor
+
+
+def processor_files(cfg) -> ProcessorFiles:
+    """What an InternVL folder made by `vlmkit create` carries: the image tokens as the named special
+    tokens transformers' InternVL tokenizer defines (InternVLProcessor reads them as tokenizer
+    attributes), the chat markers of InternVL3's template, and the model's tokens per tile."""
+    return ProcessorFiles(
+        special_tokens=("<|im_start|>", "<|im_end|>"), named_tokens={**IMAGE_TOKENS, "video_token": "<video>"},
+        processor_config={"processor_class": "InternVLProcessor", "image_seq_length": cfg.num_image_tokens},
+        chat_template=bundled_chat_template("internvl3"))

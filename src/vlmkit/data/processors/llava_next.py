@@ -21,14 +21,15 @@ pure padding are removed ("unpadding": the image's aspect ratio decides which), 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from vlmkit.data.processors import pixels
+from vlmkit.data.processor_files import ProcessorFiles, bundled_chat_template
+from vlmkit.data.processors import llava, pixels
 from vlmkit.data.processors.common import TypeCProcessor, read_processor_files
 from vlmkit.data.processors.llava import ClipImageConfig, LlavaProcessorConfig
 from vlmkit.errors import ConfigError
@@ -148,3 +149,11 @@ def build_processor(folder: str | Path, tokenizer, cfg) -> LlavaNextProcessor:
                               f"packs {packed} (check image_grid_pinpoints, patch_size, num_additional_image_tokens "
                               "and vision_feature_select_strategy)")
     return proc
+
+
+def processor_files(cfg) -> ProcessorFiles:
+    """What a LLaVA-NeXT folder made by `vlmkit create` carries: LLaVA's processor fields (the anyres
+    grid is image-processor metadata, in preprocessor_config.json) and llava-v1.6-mistral's template."""
+    base = llava.processor_files(cfg)
+    return replace(base, processor_config={**base.processor_config, "processor_class": "LlavaNextProcessor"},
+                   chat_template=bundled_chat_template("llava-v1.6-mistral"))

@@ -34,6 +34,7 @@ IDEFICS3 = register(FamilySpec(
     dropped_keys=lambda cfg: (r"^language_model\.lm_head\.weight$",) if cfg.text.tie_embeddings else (),
     presets=PRESETS, with_tokenizer=with_tokenizer, preprocessor_config=preprocessor_config,
     processor="vlmkit.data.processors.idefics3:build",
+    processor_files="vlmkit.data.processors.idefics3:processor_files",
     blocks=lambda model: [*model.vision_tower.layers, *model.language_model.layers],
     generation=Idefics3Generation(),
 ))

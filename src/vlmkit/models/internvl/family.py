@@ -40,6 +40,7 @@ INTERNVL = register(FamilySpec(
     dropped_keys=lambda cfg: (r"^language_model\.lm_head\.weight$",) if cfg.text.tie_embeddings else (),
     presets=PRESETS, with_tokenizer=with_tokenizer, preprocessor_config=preprocessor_config,
     processor="vlmkit.data.processors.internvl:build_processor",
+    processor_files="vlmkit.data.processors.internvl:processor_files",
     blocks=lambda model: [*model.vision_tower.layers, *model.language_model.layers],
     generation=PlaceholderGeneration(prefix_lm=False, position_start=0),
 ))

@@ -23,5 +23,6 @@ LLAVA_NEXT = register(FamilySpec(
     normalise_key=hf_mapping.normalise_key, to_hub_name=hf_mapping.to_hub_name, dropped_keys=LLAVA.dropped_keys,
     presets=PRESETS, with_tokenizer=with_tokenizer, preprocessor_config=preprocessor_config,
     processor="vlmkit.data.processors.llava_next:build_processor", blocks=LLAVA.blocks,
+    processor_files="vlmkit.data.processors.llava_next:processor_files",
     generation=PlaceholderGeneration(prefix_lm=False, position_start=0, image_inputs=("pixel_values", "image_sizes")),
 ))
