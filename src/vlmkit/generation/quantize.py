@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlmkit.models.gemma.model import Gemma
+from vlmkit.models.common.decoder import Decoder
 
 _HAS_INT8PACK = hasattr(torch, "_weight_int8pack_mm")
 INT8PACK_MAX_ROWS = 32
@@ -120,8 +120,8 @@ class Int8Embedding(nn.Module):
         return rows * self.weight_scale[ids][..., None].to(self.dtype)
 
 
-def _int8_tied_logits(self: Gemma, h: torch.Tensor) -> torch.Tensor:
-    """Replacement for `Gemma.logits` when the tied table is int8: h [B, T, D] -> [B, T, V]."""
+def _int8_tied_logits(self: Decoder, h: torch.Tensor) -> torch.Tensor:
+    """Replacement for `Decoder.logits` when the tied table is int8: h [B, T, D] -> [B, T, V]."""
     emb = self.embed_tokens
     logits = int8_matmul(h, emb.weight_int8, emb.weight_scale)
     cap = self.cfg.final_logit_softcap
@@ -136,14 +136,14 @@ def _set_child(root: nn.Module, name: str, module: nn.Module) -> None:
 @torch.no_grad()
 def quantize_int8(model: nn.Module, skip: tuple[str, ...] = ("vision_tower",), embeddings: bool = True,
                   min_features: int = 16) -> nn.Module:
-    """Replace the model's `nn.Linear` layers (and Gemma's tied embedding) by int8 versions, in place.
+    """Replace the model's `nn.Linear` layers (and a decoder's tied embedding) by int8 versions, in place.
 
     Args:
         model: a loaded model in eval mode (PaliGemma, Gemma, ...); returned for chaining.
         skip: module-name prefixes left in float. The vision tower runs once per image
             (compute-bound, and cached by the pipeline), so quantising it saves memory but
             costs accuracy for no speed.
-        embeddings: also quantise every tied Gemma embedding / LM head (the largest matrix).
+        embeddings: also quantise every tied decoder embedding / LM head (the largest matrix).
         min_features: Linears with fewer input features are kept (no bandwidth to save).
     """
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
@@ -156,7 +156,7 @@ def quantize_int8(model: nn.Module, skip: tuple[str, ...] = ("vision_tower",), e
     if embeddings:
         for name, m in list(model.named_modules()):
             skipped = any(name == s or name.startswith(s + ".") for s in skip)
-            if isinstance(m, Gemma) and m.lm_head is None and not skipped:
+            if isinstance(m, Decoder) and m.lm_head is None and not skipped:
                 m.embed_tokens = Int8Embedding(m.embed_tokens)
                 m.logits = types.MethodType(_int8_tied_logits, m)  # per instance, like checkpointing
     return model
