@@ -6,7 +6,7 @@ import torch
 from vlmkit.errors import DataError
 from vlmkit.models.coca import CoCa, CocaConfig
 from vlmkit.models.common.init import init_weights
-from vlmkit.models.itm import (
+from vlmkit.training.itm import (
     ItmHead,
     PairItmHead,
     build_itm_batch,

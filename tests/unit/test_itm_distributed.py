@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 from vlmkit.models.coca import CoCa, CocaConfig
 from vlmkit.models.common.init import init_weights
-from vlmkit.models.itm import ItmHead, PairItmHead, coca_scorer, itm_loss, two_tower_scorer
+from vlmkit.models.itm import ItmHead, PairItmHead
+from vlmkit.training.itm import coca_scorer, itm_loss, two_tower_scorer
 from vlmkit.training.itm import coca_scorer_distributed, itm_loss_distributed, two_tower_scorer_distributed
 
 B, E, SCALE = 3, 6, 1e7
