@@ -65,6 +65,10 @@ class FamilySpec:
         function(folder, tokenizer, model_cfg); None if vlmkit has none for it.
     blocks: model -> its repeated transformer blocks (units of activation checkpointing / FSDP).
     generation: how the generation engine feeds the model (`kind == "vlm"` only).
+    train_format: how `vlmkit train` turns rows into batches (`kind == "vlm"`): "chat" renders the
+        conversation with the checkpoint's chat template through the family's processor, loss on
+        assistant tokens (`vlmkit.training.chat`); "prefix_lm" is PaliGemma's prefix (read
+        bidirectionally with the image) + suffix (predicted).
     """
 
     name: str
@@ -84,6 +88,7 @@ class FamilySpec:
     preprocessor_config: Callable[[Any], dict] | None = None
     processor: str | None = None
     generation: GenerationAdapter | None = None
+    train_format: Literal["chat", "prefix_lm"] = "chat"
 
     def preset(self, name: str):
         """The named preset config; ConfigError listing the family's presets otherwise."""

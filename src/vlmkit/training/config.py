@@ -79,12 +79,14 @@ class OptimConfig:
 
 @dataclass(kw_only=True)
 class FreezeConfig:
-    """Components kept fixed. `decoder` excludes the token embeddings (tied to the LM head)."""
+    """Components kept fixed (see `vlmkit.training.freeze`). `decoder` excludes the token embeddings
+    (tied to the LM head); `language_model` is both."""
 
     vision_tower: bool = False
     projector: bool = False
     decoder: bool = False
     embeddings: bool = False
+    language_model: bool = False
 
 
 @dataclass(kw_only=True)
