@@ -134,3 +134,161 @@ def train(model: Path, data: Path, out: Path, *extra: str) -> int:
 def losses(out: Path) -> list[float]:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return [r["loss"] for r in rows if "loss" in r]
+
+
+# ---- labels ---------------------------------------------------------------------------------------
+
+
+def _collator(folder: Path):
+    from vlmkit.data.chat_template import load_chat_template
+    from vlmkit.data.tokenizer import Tokenizer
+    from vlmkit.training.chat import ChatCollator
+
+    cfg = load_hf(folder).cfg
+    processor = registry.get_family("llava").build_processor(folder, Tokenizer.from_folder(folder), cfg)
+    return ChatCollator(processor, load_chat_template(folder))
+
+
+def _with_images(messages: list[dict], images: list) -> list[dict]:
+    """transformers' form: each image item carries its image."""
+    it = iter(images)
+    return [{**m, "content": [dict(c, image=next(it)) if c["type"] == "image" else c for c in m["content"]]}
+            for m in messages]
+
+
+def test_labels_are_transformers_assistant_mask(llava_folder):
+    """Labels (!= -100) equal transformers' `return_assistant_tokens_mask` on LLaVA-1.5's template
+    ({% generation %} blocks), and input_ids / pixel_values equal its processor's."""
+    from vlmkit.training.chat import as_conversation
+
+    theirs = transformers.AutoProcessor.from_pretrained(str(llava_folder))
+    collate = _collator(llava_folder)
+    for i in range(4):
+        messages, names = as_conversation(conversation(i))
+        images = [image(k + 10 * i) for k in range(len(names))]
+        ours = collate([{"messages": messages, "images": images}])
+        expected = theirs.apply_chat_template(_with_images(messages, images), tokenize=True, return_dict=True,
+                                              return_assistant_tokens_mask=True, return_tensors="pt")
+        assert torch.equal(ours["input_ids"], expected["input_ids"])
+        assert torch.equal(ours["pixel_values"], expected["pixel_values"])
+        mask = torch.as_tensor(expected["assistant_masks"]).bool()
+        assert mask.any() and torch.equal(ours["labels"] != -100, mask)
+        assert torch.equal(ours["labels"][mask], ours["input_ids"][mask])
+
+
+def test_batch_is_right_padded_rows(llava_folder):
+    """A batch of several conversations holds each one's own ids and labels, padding never trained."""
+    from vlmkit.training.chat import as_conversation
+
+    collate = _collator(llava_folder)
+    samples = []
+    for i in (0, 1, 2):
+        messages, names = as_conversation(conversation(i))
+        samples.append({"messages": messages, "images": [image(k) for k in range(len(names))]})
+    batch = collate(samples)
+    for b, sample in enumerate(samples):
+        alone = collate([sample])
+        n = alone["input_ids"].shape[1]
+        assert torch.equal(batch["input_ids"][b, :n], alone["input_ids"][0])
+        assert torch.equal(batch["labels"][b, :n], alone["labels"][0])
+        assert (batch["attention_mask"][b, n:] == 0).all() and (batch["labels"][b, n:] == -100).all()
+    assert batch["pixel_values"].shape[0] == 1 + 2 + 1  # every image of the batch, in order
+
+
+# ---- training ---------------------------------------------------------------------------------------
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    """vlmkit's state dict of a folder (transformers' and vlmkit's layouts read to the same names)."""
+    return load_hf(folder, dtype="float32").state_dict()
+
+
+def _parts_changed(before: dict, after: dict) -> set[str]:
+    """Top-level parts (vision_tower, projector, language_model) holding a changed tensor."""
+    assert before.keys() == after.keys()
+    return {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+
+
+def test_finetune_llava_loss_falls_and_export_loads(llava_folder, chat_rows, tmp_path):
+    out = tmp_path / "run"
+    assert train(llava_folder, chat_rows, out) == 0
+    curve = losses(out)
+    assert len(curve) == 10 and curve[-1] < curve[0] - 0.5
+    export = out / "export"
+    # The recipe's default freezes the vision tower: it must come out bit-identical.
+    assert _parts_changed(_weights(llava_folder), _weights(export)) == {"projector", "language_model"}
+    ours = load_hf(export, dtype="float32")
+    theirs = transformers.LlavaForConditionalGeneration.from_pretrained(str(export)).eval()
+    batch = _collator(export)([{"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text",
+                                                                                            "text": "what shape"}]}],
+                                "images": [image(3)]}])
+    with torch.no_grad():
+        expected = theirs(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"]).logits
+        got = ours(batch["input_ids"], batch["pixel_values"])
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("flags,trained", [
+    (("--freeze.vision_tower", "true", "--freeze.language_model", "true"), {"projector"}),
+    (("--freeze.vision_tower", "false", "--freeze.projector", "true"), {"vision_tower", "language_model"}),
+])
+def test_freezing_per_part(llava_folder, chat_rows, tmp_path, flags, trained):
+    out = tmp_path / "run"
+    assert train(llava_folder, chat_rows, out, "--steps", "3", *flags) == 0
+    assert _parts_changed(_weights(llava_folder), _weights(out / "export")) == trained
+
+
+def test_lora_trains_only_adapters(llava_folder, chat_rows, tmp_path):
+    from safetensors import safe_open
+
+    out = tmp_path / "run"
+    assert train(llava_folder, chat_rows, out, "--steps", "3", "--lora.enabled", "--optim.lr", "1e-2") == 0
+    with safe_open(str(out / "lora_adapters.safetensors"), framework="pt") as f:
+        keys = sorted(f.keys())
+    assert keys and all(k.startswith("language_model.layers.") and k.endswith((".lora_A", ".lora_B")) for k in keys)
+    before, after = _weights(llava_folder), _weights(out / "export")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    # Merged adapters change exactly the decoder's attention / MLP projections, nothing else.
+    assert changed and all(k.startswith("language_model.") and k.endswith("_proj.weight") for k in changed)
+    assert len(changed) == len(keys) // 2
+
+
+def test_kill_and_resume_is_identical(llava_folder, chat_rows, tmp_path):
+    extra = ("--steps", "6", "--lora.enabled", "--lora.dropout", "0.2", "--optim.lr", "1e-2", "--export", "false")
+    assert train(llava_folder, chat_rows, tmp_path / "full", *extra) == 0
+    assert train(llava_folder, chat_rows, tmp_path / "split", *extra, "--stop_after", "3") == 0
+    assert train(llava_folder, chat_rows, tmp_path / "split", *extra, "--resume") == 0
+    assert losses(tmp_path / "split") == losses(tmp_path / "full") and len(losses(tmp_path / "full")) == 6
+    wa, wb = (load_file(str(latest_checkpoint(tmp_path / r / "checkpoints") / "model.safetensors"))
+              for r in ("full", "split"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+# ---- bad input ----------------------------------------------------------------------------------------
+
+
+def _one_line_error(capsys, rc: int, match: str) -> None:
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("vlmkit: error: ") and "\n" not in err and "Traceback" not in err
+    assert match in err, err
+
+
+def test_chat_row_without_assistant_turn(llava_folder, tmp_path, capsys):
+    row = {"images": ["a.png"], "messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text",
+                                                                                        "text": "hi"}]}]}
+    data = write_rows(tmp_path / "data", [conversation(0), row])
+    _one_line_error(capsys, train(llava_folder, data, tmp_path / "out"), "rows.jsonl:2 has no assistant turn")
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_more_images_than_placeholders(llava_folder, tmp_path, capsys):
+    row = conversation(0)
+    row["images"].append("extra.png")
+    data = write_rows(tmp_path / "data", [conversation(1), row])
+    _one_line_error(capsys, train(llava_folder, data, tmp_path / "out"),
+                    'rows.jsonl:2 has 2 image(s) but its messages hold 1 {"type": "image"} item(s)')
+
+
+def test_family_without_a_processor(llava_folder, chat_rows, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(registry._FAMILIES, "llava", replace(registry.get_family("llava"), processor=None))
+    _one_line_error(capsys, train(llava_folder, chat_rows, tmp_path / "out"), "vlmkit has no processor for llava models")

@@ -23,7 +23,6 @@ import logging
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -41,7 +40,7 @@ from vlmkit.models.paligemma.model import PaliGemma
 from vlmkit.models.registry import family_of, get_family
 from vlmkit.training.checkpoint import latest_checkpoint
 from vlmkit.training.chat import ChatCollator, ChatJsonlDataset
-from vlmkit.training.collate import BatchStream, build_small_tokenizer, collate, manifest_texts
+from vlmkit.training.collate import BatchStream, build_small_tokenizer, manifest_texts
 from vlmkit.training.config import TrainConfig
 from vlmkit.training.freeze import apply_freeze
 from vlmkit.training.lora import apply_lora, merge_lora, save_lora
@@ -183,10 +182,12 @@ def _token_length(tok: Tokenizer, num_image_tokens: int) -> Callable[[dict], int
 
 @dataclass(frozen=True)
 class _Inputs:
-    """How rows become batches for one model: `dataset(manifest, train)` and `collate(samples)`."""
+    """How rows become batches for one model: `dataset(manifest, train)`, then `BatchStream`'s
+    arguments: PaliGemma's processor (for the prefix/suffix `collate`) or a `collate(samples)`."""
 
     dataset: Callable[[str, bool], object]
-    collate: Callable[[list[dict]], dict]
+    processor: PaliGemmaProcessor | None
+    collate: Callable[[list[dict]], dict] | None
     files: dict[str, Path]  # files written beside the exported weights
 
 
@@ -203,7 +204,7 @@ def _prefix_lm_inputs(cfg: TrainConfig, model: nn.Module, tok: Tokenizer, tok_di
                             length_fn=length, bad_rows=cfg.data.bad_rows)
 
     files = {n: tok_dir / n for n in TOKENIZER_FILES if (tok_dir / n).is_file()}
-    return _Inputs(dataset, partial(collate, processor=processor), files)
+    return _Inputs(dataset, processor, None, files)
 
 
 def _chat_inputs(cfg: TrainConfig, model: nn.Module, tok: Tokenizer, tok_dir: Path, folder: Path) -> _Inputs:
@@ -219,7 +220,7 @@ def _chat_inputs(cfg: TrainConfig, model: nn.Module, tok: Tokenizer, tok_dir: Pa
                                 max_len=cfg.data.max_length, collator=collator, bad_rows=cfg.data.bad_rows)
 
     names = (*TOKENIZER_FILES, *PROCESSOR_FILES)
-    return _Inputs(dataset, collator, {n: folder / n for n in names if (folder / n).is_file()})
+    return _Inputs(dataset, None, collator, {n: folder / n for n in names if (folder / n).is_file()})
 
 
 def _exporter(cfg: TrainConfig, model_cfg, files: dict[str, Path]) -> Callable[[dict], Path]:
@@ -268,8 +269,8 @@ def run(cfg: TrainConfig, *, resume: bool = False, hooks: list[Hook] = ()) -> Tr
                   f"({', '.join(f'{k}={v}' for k, v in sorted(dataset.skipped.items()))})", flush=True)
         stream = ShuffledStream(dataset, seed=cfg.data.shuffle_seed, rank=info.rank, world_size=info.world_size,
                                 equal_split=True)
-        batches = BatchStream(stream, None, cfg.micro_batch_size(info.world_size), collate_fn=inputs.collate)
-        eval_data = (inputs.dataset(eval_manifest, False), inputs.collate) if eval_manifest else None
+        batches = BatchStream(stream, inputs.processor, cfg.micro_batch_size(info.world_size), collate_fn=inputs.collate)
+        eval_data = (inputs.dataset(eval_manifest, False), batches.collate) if eval_manifest else None
         torch.manual_seed(cfg.seed + info.rank)  # dropout differs per rank; init above is shared
         trainer = Trainer(cfg, model, batches, info, eval_data=eval_data, hooks=hooks,
                           export_fn=_exporter(cfg, model.cfg, inputs.files))
