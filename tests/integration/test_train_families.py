@@ -159,12 +159,13 @@ def _with_images(messages: list[dict], images: list) -> list[dict]:
 def test_labels_are_transformers_assistant_mask(llava_folder):
     """Labels (!= -100) equal transformers' `return_assistant_tokens_mask` on LLaVA-1.5's template
     ({% generation %} blocks), and input_ids / pixel_values equal its processor's."""
-    from vlmkit.training.chat import as_conversation
+    from vlmkit.training.chat import as_conversation, render_conversation
 
     theirs = transformers.AutoProcessor.from_pretrained(str(llava_folder))
     collate = _collator(llava_folder)
     for i in range(4):
         messages, names = as_conversation(conversation(i))
+        messages = render_conversation(collate.template, messages)[0]  # string contents as text items
         images = [image(k + 10 * i) for k in range(len(names))]
         ours = collate([{"messages": messages, "images": images}])
         expected = theirs.apply_chat_template(_with_images(messages, images), tokenize=True, return_dict=True,

@@ -34,7 +34,7 @@ from vlmkit.data.datasets import JsonlDataset
 from vlmkit.data.image import load_image
 from vlmkit.data.processor import IGNORE_INDEX
 from vlmkit.data.processors.common import TypeCProcessor, images_per_prompt
-from vlmkit.errors import DataError, ImageError
+from vlmkit.errors import DataError, ImageError, VlmkitError
 
 ROLES = ("system", "user", "assistant")
 Span = tuple[int, int]
@@ -81,9 +81,40 @@ def as_conversation(row: dict) -> tuple[list[dict], list]:
         user = [{"type": "image"} for _ in images] + [{"type": "text", "text": row["prefix"]}]
         return [{"role": "user", "content": user},
                 {"role": "assistant", "content": [{"type": "text", "text": row["suffix"]}]}], images
-    messages = [{**m, "content": [{"type": "text", "text": m["content"]}] if isinstance(m["content"], str)
-                 else [dict(c) for c in m["content"]]} for m in row["messages"]]
+    messages = [{**m, "content": m["content"] if isinstance(m["content"], str) else [dict(c) for c in m["content"]]}
+                for m in row["messages"]]
     return messages, list(row.get("images", []))
+
+
+def _texts(message: dict) -> list[str]:
+    content = message["content"]
+    return [content] if isinstance(content, str) else [c["text"] for c in content if c["type"] == "text"]
+
+
+def _as_items(messages: Sequence[dict]) -> list[dict]:
+    return [{**m, "content": [{"type": "text", "text": m["content"]}]} if isinstance(m["content"], str) else m
+            for m in messages]
+
+
+def render_conversation(template: ChatTemplate, messages: Sequence[dict]) -> tuple[list[dict], str, list[Span]]:
+    """(messages in the form the template renders, the rendered text, the generation-block spans):
+    as written, else with string contents as text items (see the module doc).
+
+    Raises:
+        DataError: the template renders some message's text in neither form.
+    """
+    failure = None
+    for form in (list(messages), _as_items(messages)):
+        try:
+            rendered, spans = template.render_spans(form)
+        except VlmkitError as e:  # e.g. a template that concatenates string content
+            failure = str(e)
+            continue
+        missing = next((i for i, m in enumerate(form) for t in _texts(m) if t not in rendered), None)
+        if missing is None:
+            return form, rendered, spans
+        failure = f"chat template {template.name} does not render the text of message {missing}"
+    raise DataError(failure)
 
 
 def assistant_spans(template: ChatTemplate, messages: Sequence[dict]) -> tuple[str, list[Span]]:
@@ -93,7 +124,7 @@ def assistant_spans(template: ChatTemplate, messages: Sequence[dict]) -> tuple[s
         DataError: the template has no generation blocks and does not render the conversation up
             to an assistant turn as a prefix of the whole (so the turn cannot be located).
     """
-    text, spans = template.render_spans(messages)
+    messages, text, spans = render_conversation(template, messages)
     if spans:
         return text, spans
     for i, message in enumerate(messages):
