@@ -46,8 +46,28 @@ def llava_has_a_processor(monkeypatch):
                             replace(spec, processor=f"{__name__}:build_llava_processor"))
 
 
-def make_llava_folder(out: Path, template: str = "llava-1.5") -> Path:
-    """A tiny random LLaVA (CLIP 32 px / 8 px patches -> 16 image tokens, 2-layer Llama) saved by transformers."""
+# LLaVA-NeXT's tile grids for 32-px tiles: 1 x 2, 2 x 1, 2 x 2.
+PINPOINTS = [[32, 64], [64, 32], [64, 64]]
+
+
+def _processor_and_config(family: str, hf_tok, template: str):
+    """(transformers processor, model class, config kwargs) of `family` ("llava" or "llava_next")."""
+    sizes = dict(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    kwargs = dict(patch_size=8, vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                  chat_template=(TEMPLATES / f"{template}.jinja").read_text())
+    if family == "llava":
+        processor = transformers.LlavaProcessor(image_processor=transformers.CLIPImageProcessorPil(**sizes),
+                                                tokenizer=hf_tok, **kwargs)
+        return processor, transformers.LlavaForConditionalGeneration, transformers.LlavaConfig, {}
+    image_processor = transformers.LlavaNextImageProcessorPil(**sizes, image_grid_pinpoints=PINPOINTS)
+    processor = transformers.LlavaNextProcessor(image_processor=image_processor, tokenizer=hf_tok, **kwargs)
+    return (processor, transformers.LlavaNextForConditionalGeneration, transformers.LlavaNextConfig,
+            {"image_grid_pinpoints": PINPOINTS})
+
+
+def make_llava_folder(out: Path, template: str = "llava-1.5", family: str = "llava") -> Path:
+    """A tiny random LLaVA or LLaVA-NeXT (CLIP 32 px / 8 px patches -> 16 image tokens per tile,
+    2-layer Llama) saved by transformers."""
     from tokenizers import Tokenizer, processors
 
     from vlmkit.data.tokenizer_train import train_paligemma_tokenizer
@@ -64,21 +84,18 @@ def make_llava_folder(out: Path, template: str = "llava-1.5") -> Path:
                   unk_token="<unk>")
     (raw / "tokenizer_config.json").write_text(json.dumps(config))
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(raw))
-    image_processor = transformers.CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    processor = transformers.LlavaProcessor(
-        image_processor=image_processor, tokenizer=hf_tok, patch_size=8, vision_feature_select_strategy="default",
-        num_additional_image_tokens=1, chat_template=(TEMPLATES / f"{template}.jinja").read_text())
-    folder = out / "llava"
+    processor, model_class, config_class, extra = _processor_and_config(family, hf_tok, template)
+    folder = out / family
     processor.save_pretrained(str(folder))
     vision = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                            num_attention_heads=4, image_size=32, patch_size=8)
     text = transformers.LlamaConfig(vocab_size=len(hf_tok), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
                                     num_attention_heads=4, num_key_value_heads=2, pad_token_id=hf_tok.pad_token_id,
                                     bos_token_id=hf_tok.bos_token_id, eos_token_id=hf_tok.eos_token_id)
-    cfg = transformers.LlavaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(),
-                                   image_token_index=hf_tok.convert_tokens_to_ids("<image>"))
+    cfg = config_class(vision_config=vision.to_dict(), text_config=text.to_dict(),
+                       image_token_index=hf_tok.convert_tokens_to_ids("<image>"), **extra)
     torch.manual_seed(0)
-    transformers.LlavaForConditionalGeneration(cfg).save_pretrained(str(folder))
+    model_class(cfg).save_pretrained(str(folder))
     return folder
 
 
@@ -120,7 +137,8 @@ def write_rows(folder: Path, rows: list[dict]) -> Path:
 @pytest.fixture
 def chat_rows(tmp_path) -> Path:
     """8 rows: 7 chat conversations and one PaliGemma-style prefix/suffix row."""
-    rows = [conversation(i) for i in range(7)] + [{"image": "pfx.png", "prefix": "which colour", "suffix": "a blue square"}]
+    rows = [conversation(i) for i in range(7)]
+    rows.append({"image": "pfx.png", "prefix": "which colour", "suffix": "a blue square"})
     return write_rows(tmp_path / "data", rows)
 
 
@@ -265,6 +283,20 @@ def test_kill_and_resume_is_identical(llava_folder, chat_rows, tmp_path):
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_finetune_llava_next_through_the_same_code(tmp_path, chat_rows):
+    """A second family (anyres tiles, image_sizes, image_newline) trains with no code of its own."""
+    folder = make_llava_folder(tmp_path / "next", template="llava-v1.6-mistral", family="llava_next")
+    out = tmp_path / "run"
+    assert train(folder, chat_rows, out, "--steps", "6", "--eval-data", str(chat_rows), "--eval_every", "3",
+                 "--eval_batches", "1", "--data.max_length", "1000") == 0
+    curve = losses(out)
+    assert curve[-1] < curve[0]
+    assert "eval_loss" in (out / "metrics.jsonl").read_text()
+    assert _parts_changed(_weights(folder), _weights(out / "export")) == {"projector", "image_newline",
+                                                                         "language_model"}
+    transformers.LlavaNextForConditionalGeneration.from_pretrained(str(out / "export"))
+
+
 # ---- bad input ----------------------------------------------------------------------------------------
 
 
@@ -292,4 +324,5 @@ def test_more_images_than_placeholders(llava_folder, tmp_path, capsys):
 
 def test_family_without_a_processor(llava_folder, chat_rows, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(registry._FAMILIES, "llava", replace(registry.get_family("llava"), processor=None))
-    _one_line_error(capsys, train(llava_folder, chat_rows, tmp_path / "out"), "vlmkit has no processor for llava models")
+    _one_line_error(capsys, train(llava_folder, chat_rows, tmp_path / "out"),
+                    "vlmkit has no processor for llava models")

@@ -2,9 +2,10 @@
 
 Loss. Targets are the tokens whose label is not -100: a chat family's assistant turns (see
 `vlmkit.training.chat`), PaliGemma's suffix. PaliGemma is trained as a prefix-LM: image tokens
-and the prompt (token_type_ids 0) are read bidirectionally and never predicted; the target suffix (token_type_ids 1) is predicted
-token by token. Hidden state t predicts token t + 1, so targets are labels[:, 1:] against
-hidden[:, :-1], kept only where the target is a suffix token (labels != -100 and type 1). Logits
+and the prompt (token_type_ids 0) are read bidirectionally and never predicted; the target
+suffix (token_type_ids 1) is predicted token by token. Hidden state t predicts token t + 1, so
+targets are labels[:, 1:] against hidden[:, :-1], kept only where the target is trained (labels
+!= -100, and type 1 where the batch has token_type_ids). Logits
 are computed for the kept positions only: with a 257k vocabulary and 256+ image tokens per
 example, full [B, T, V] logits would dominate memory.
 

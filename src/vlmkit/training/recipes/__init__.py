@@ -10,9 +10,12 @@ rendered into a temp dir (`data.synthetic_scenes`), which the tests run end to e
 
 `run(cfg)` builds everything from the config, in this order: process group -> the lock of
 `out_dir` (a second run into it stops; an interrupted run's temp folders are removed; see
-`vlmkit.training.outdir`) -> data (manifest or synthetic) -> tokenizer -> model (HF folder or
-preset; resolution change; LoRA; freezing) -> processor -> rank-split resumable batch stream ->
-`Trainer` (DDP/FSDP applied there) -> optional resume from the latest checkpoint -> fit -> export.
+`vlmkit.training.outdir`) -> data (manifest or synthetic) -> tokenizer -> model (HF folder of
+any `vlm` family or a PaliGemma preset; resolution change; LoRA; freezing) -> how rows become
+batches, by the family record's `train_format` (PaliGemma's prefix/suffix processor, or chat rows
+through the family's processor and chat template, `vlmkit.training.chat`) -> rank-split resumable
+batch stream -> `Trainer` (DDP/FSDP applied there) -> optional resume from the latest checkpoint
+-> fit -> export (a folder of the same family).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from vlmkit.training.checkpoint import latest_checkpoint
 from vlmkit.training.chat import ChatCollator, ChatJsonlDataset
 from vlmkit.training.collate import BatchStream, build_small_tokenizer, manifest_texts
 from vlmkit.training.config import TrainConfig
-from vlmkit.training.freeze import apply_freeze
+from vlmkit.training.freeze import apply_freeze, trainable_parts
 from vlmkit.training.lora import apply_lora, merge_lora, save_lora
 from vlmkit.training.outdir import locked_run, reuse_built_tokenizer, trim_metrics
 from vlmkit.training.parallelize import DistInfo, barrier, init_distributed
@@ -164,8 +167,8 @@ def build_model(cfg: TrainConfig, folder: Path | None, tok: Tokenizer) -> nn.Mod
 def _check_tokenizer(folder: Path, tok: Tokenizer, model_cfg, image_token: bool) -> None:
     """The tokenizer must fit the model's vocabulary (and, for PaliGemma, its <image> id; a chat
     family's processor builder checks its own image tokens)."""
-    fits = tok.vocab_size <= model_cfg.text.vocab_size and (not image_token or tok.image_token_id == model_cfg.image_token_id)
-    if not fits:
+    fits = tok.vocab_size <= model_cfg.text.vocab_size
+    if not fits or (image_token and tok.image_token_id != model_cfg.image_token_id):
         image = f", <image>={tok.image_token_id}" if image_token else ""
         raise CheckpointError(f"tokenizer ({tok.vocab_size} ids{image}) does not fit the model in {folder} "
                               f"(vocab {model_cfg.text.vocab_size}, <image>={model_cfg.image_token_id})")
@@ -269,7 +272,8 @@ def run(cfg: TrainConfig, *, resume: bool = False, hooks: list[Hook] = ()) -> Tr
                   f"({', '.join(f'{k}={v}' for k, v in sorted(dataset.skipped.items()))})", flush=True)
         stream = ShuffledStream(dataset, seed=cfg.data.shuffle_seed, rank=info.rank, world_size=info.world_size,
                                 equal_split=True)
-        batches = BatchStream(stream, inputs.processor, cfg.micro_batch_size(info.world_size), collate_fn=inputs.collate)
+        batches = BatchStream(stream, inputs.processor, cfg.micro_batch_size(info.world_size),
+                              collate_fn=inputs.collate)
         eval_data = (inputs.dataset(eval_manifest, False), batches.collate) if eval_manifest else None
         torch.manual_seed(cfg.seed + info.rank)  # dropout differs per rank; init above is shared
         trainer = Trainer(cfg, model, batches, info, eval_data=eval_data, hooks=hooks,
@@ -302,5 +306,6 @@ def _start(trainer: Trainer, cfg: TrainConfig, info: DistInfo, resume: bool, dat
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
         n_train = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         size = f"{len(dataset)} examples" if hasattr(dataset, "__len__") else "streamed tar shards"
-        print(f"{cfg.recipe}: {size}, {n_train:,} trainable parameters, {cfg.steps} steps, "
+        parts = ", ".join(f"{part} {n:,}" for part, n in trainable_parts(trainer.model).items())
+        print(f"{cfg.recipe}: {size}, {n_train:,} trainable parameters ({parts}), {cfg.steps} steps, "
               f"strategy={info.strategy} x{info.world_size}", flush=True)
