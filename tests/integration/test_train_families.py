@@ -80,8 +80,8 @@ def hf_tokenizer(out: Path, special_tokens=()):
                                                        special_tokens=[("<bos>", bos)])
     tok.save(str(raw / "tokenizer.json"))
     (raw / "tokenizer.model").unlink(missing_ok=True)
-    config = json.loads((raw / "tokenizer_config.json").read_text())
-    config.update(tokenizer_class="LlamaTokenizer", bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+    # A fresh config: the trained one's added_tokens_decoder would hide the tokens added above.
+    config = dict(tokenizer_class="LlamaTokenizer", bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
                   unk_token="<unk>")
     (raw / "tokenizer_config.json").write_text(json.dumps(config))
     return transformers.AutoTokenizer.from_pretrained(str(raw))
