@@ -345,6 +345,21 @@ def test_finetune_idefics3_once_registered(tmp_path, chat_rows):
     transformers.Idefics3ForConditionalGeneration.from_pretrained(str(out / "export"))
 
 
+@pytest.mark.parametrize("family", ["llava", "idefics3"])
+def test_folder_made_by_create_trains(family, chat_rows, tmp_path):
+    """`vlmkit create --family F --preset debug DIR`, then `vlmkit train finetune --model DIR`."""
+    from vlmkit.cli import main
+
+    spec = next((f for f in registry.families() if f.name == family), None)
+    if getattr(spec, "processor_files", None) is None:
+        pytest.skip(f"vlmkit create does not write {family}'s processor files on this branch")
+    assert main(["create", "--family", family, "--preset", "debug", str(tmp_path / family)]) == 0
+    assert train(tmp_path / family, chat_rows, tmp_path / "run", "--steps", "4") == 0
+    curve = losses(tmp_path / "run")
+    assert len(curve) == 4 and curve[-1] < curve[0]
+    assert type(load_hf(tmp_path / "run" / "export")) is registry.get_family(family).model_class
+
+
 # ---- bad input ----------------------------------------------------------------------------------------
 
 
