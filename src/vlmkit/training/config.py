@@ -87,6 +87,8 @@ class FreezeConfig:
     decoder: bool = False
     embeddings: bool = False
     language_model: bool = False
+    # Top-level parts frozen by the model's own names (e.g. Idefics3's connector, LLaVA-NeXT's image_newline).
+    parts: tuple[str, ...] = ()
 
 
 @dataclass(kw_only=True)

@@ -11,7 +11,8 @@ own learning rate:
     embeddings    token embeddings (tied LM head)  model.language_model.embed_tokens.*
     decoder       the rest of the language model  model.language_model.* (blocks, final norm, lm_head)
 
-`freeze.language_model` freezes both of the last two. The embeddings are separate from the
+`freeze.language_model` freezes both of the last two; `freeze.parts` freezes top-level parts by
+the model's own names (`--freeze.parts connector,image_newline`). The embeddings are separate from the
 decoder because they are tied to the output layer: freezing them keeps the vocabulary geometry of
 the pretrained model while the blocks adapt.
 """
@@ -64,10 +65,14 @@ def apply_freeze(model: nn.Module, freeze: FreezeConfig) -> dict[str, int]:
     left to train.
     """
     frozen = frozen_components(freeze)
+    own = {name.split(".", 1)[0] for name, _ in model.named_parameters()}
+    unknown = sorted(set(freeze.parts) - own)
+    if unknown:
+        raise ConfigError(f"freeze.parts: the model has no part {unknown[0]!r} (its parts: {', '.join(sorted(own))})")
     trainable = dict.fromkeys(COMPONENTS, 0)
     for name, p in model.named_parameters():
         component = component_of(name)
-        if component in frozen:
+        if component in frozen or name.split(".", 1)[0] in freeze.parts:
             p.requires_grad_(False)
         elif p.requires_grad:
             trainable[component] += p.numel()
