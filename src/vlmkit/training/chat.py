@@ -110,7 +110,8 @@ def render_conversation(template: ChatTemplate, messages: Sequence[dict]) -> tup
         except VlmkitError as e:  # e.g. a template that concatenates string content
             failure = str(e)
             continue
-        missing = next((i for i, m in enumerate(form) for t in _texts(m) if t not in rendered), None)
+        # strip: templates may trim a message's whitespace, which is not losing its text.
+        missing = next((i for i, m in enumerate(form) for t in _texts(m) if t.strip() not in rendered), None)
         if missing is None:
             return form, rendered, spans
         failure = f"chat template {template.name} does not render the text of message {missing}"
