@@ -25,6 +25,7 @@ A template that cannot be parsed or that raises while rendering is one `ChatTemp
 from __future__ import annotations
 
 import json
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +38,10 @@ SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_t
 
 class ChatTemplateError(VlmkitError):
     """A chat template is missing, malformed, or raised an error while rendering."""
+
+
+# (blocks rendered so far, spans found) while `ChatTemplate.render_spans` runs, else None.
+_GENERATION_SPANS: ContextVar = ContextVar("generation_spans", default=None)
 
 
 def _environment():
@@ -56,7 +61,13 @@ def _environment():
             return nodes.CallBlock(self.call_method("_render"), [], [], body).set_lineno(lineno)
 
         def _render(self, caller):
-            return caller()
+            text = caller()
+            tracking = _GENERATION_SPANS.get()
+            if tracking is not None:  # the output before this block has been yielded and collected
+                blocks, spans = tracking
+                start = sum(len(b) for b in blocks)
+                spans.append((start, start + len(text)))
+            return text
 
     def raise_exception(message):
         raise jinja2.exceptions.TemplateError(message)
@@ -144,6 +155,14 @@ class ChatTemplate:
         Raises:
             ChatTemplateError: a message is not a dict, or the template raised (e.g. `raise_exception`).
         """
+        return self.render_spans(messages, add_generation_prompt=add_generation_prompt, tools=tools,
+                                 documents=documents, **variables)[0]
+
+    def render_spans(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = False,
+                     tools: list | None = None, documents: list | None = None,
+                     **variables: Any) -> tuple[str, list[tuple[int, int]]]:
+        """(`render`'s text, the [start, end) character spans of its `{% generation %}` blocks), the
+        spans transformers' `return_assistant_tokens_mask` marks; [] for a template without them."""
         chat = []
         for i, message in enumerate(messages):
             if not isinstance(message, Mapping):
@@ -151,11 +170,17 @@ class ChatTemplate:
                                         f"got {type(message).__name__}")
             chat.append(_plain({k: v for k, v in message.items() if v is not None}))
         context = {**self.special_tokens, **_plain(variables)}
+        blocks, spans = [], []
+        token = _GENERATION_SPANS.set((blocks, spans))
         try:
-            return self._template.render(messages=chat, tools=_plain(tools), documents=_plain(documents),
-                                         add_generation_prompt=add_generation_prompt, **context)
+            for block in self._template.generate(messages=chat, tools=_plain(tools), documents=_plain(documents),
+                                                 add_generation_prompt=add_generation_prompt, **context):
+                blocks.append(block)
         except Exception as exc:  # noqa: BLE001 - any failure inside a hub template is the template's
             raise ChatTemplateError(f"chat template {self.name} failed to render: {_one_line(exc)}") from None
+        finally:
+            _GENERATION_SPANS.reset(token)
+        return "".join(blocks), spans
 
 
 def _read_json(path: Path) -> dict:

@@ -118,7 +118,7 @@ class JsonlDataset(torch.utils.data.Dataset):
                     row = json.loads(line)
                 except ValueError:  # JSONDecodeError and UnicodeDecodeError
                     row = None
-                problem = _row_problem(row, max_len, self.length_fn)
+                problem = self._row_problem(row, max_len)
                 if problem is None and validate:
                     for p in self._paths(row):
                         if p not in image_ok:
@@ -139,6 +139,10 @@ class JsonlDataset(torch.utils.data.Dataset):
         if not self.rows:
             why = f"{_summary(self.skipped)}; first: {self.first_bad}" if self.skipped else "it is empty"
             raise DataError(f"manifest {self.manifest} has no usable rows ({why})")
+
+    def _row_problem(self, row: object, max_len: int | None) -> tuple[str, str] | None:
+        """(skip reason, what is wrong) of a parsed row, or None; a reader of other rows overrides it."""
+        return _row_problem(row, max_len, self.length_fn)
 
     def _paths(self, row: dict) -> list[Path]:
         images = row["image"] if isinstance(row["image"], list) else [row["image"]]

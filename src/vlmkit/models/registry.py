@@ -69,6 +69,10 @@ class FamilySpec:
         PaliGemma-layout tokenizer and preprocessor_config.json only.
     blocks: model -> its repeated transformer blocks (units of activation checkpointing / FSDP).
     generation: how the generation engine feeds the model (`kind == "vlm"` only).
+    train_format: how `vlmkit train` turns rows into batches (`kind == "vlm"`): "chat" renders the
+        conversation with the checkpoint's chat template through the family's processor, loss on
+        assistant tokens (`vlmkit.training.chat`); "prefix_lm" is PaliGemma's prefix (read
+        bidirectionally with the image) + suffix (predicted).
     """
 
     name: str
@@ -89,6 +93,7 @@ class FamilySpec:
     processor: str | None = None
     processor_files: str | None = None
     generation: GenerationAdapter | None = None
+    train_format: Literal["chat", "prefix_lm"] = "chat"
 
     def preset(self, name: str):
         """The named preset config; ConfigError listing the family's presets otherwise."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -39,10 +39,15 @@ def collate(samples: list[dict], processor: PaliGemmaProcessor) -> dict[str, tor
 
 
 class BatchStream:
-    """Endless micro-batches of one rank's share of the data, resumable at the exact sample."""
+    """Endless micro-batches of one rank's share of the data, resumable at the exact sample.
 
-    def __init__(self, stream: ShuffledStream, processor: PaliGemmaProcessor, micro_batch_size: int):
+    Samples become a batch with `collate_fn` (e.g. a `vlmkit.training.chat.ChatCollator`) or, by
+    default, PaliGemma's prefix/suffix `collate` with `processor`."""
+
+    def __init__(self, stream: ShuffledStream, processor: PaliGemmaProcessor | None, micro_batch_size: int,
+                 collate_fn: Callable[[list[dict]], dict[str, torch.Tensor]] | None = None):
         self.stream, self.processor, self.micro_batch_size = stream, processor, micro_batch_size
+        self.collate_fn = collate_fn
         self._it: Iterator[dict] | None = None
 
     def _next_sample(self) -> dict:
@@ -57,7 +62,7 @@ class BatchStream:
 
     def collate(self, samples: list[dict]) -> dict[str, torch.Tensor]:
         """Samples -> one micro-batch; subclasses for other model inputs override only this."""
-        return collate(samples, self.processor)
+        return collate(samples, self.processor) if self.collate_fn is None else self.collate_fn(samples)
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         return self.collate([self._next_sample() for _ in range(self.micro_batch_size)])
@@ -75,9 +80,10 @@ class BatchStream:
         self._it = None
 
 
-def eval_batches(dataset: JsonlDataset, processor: PaliGemmaProcessor, batch_size: int,
+def eval_batches(dataset: JsonlDataset, to_batch: Callable[[list[dict]], dict], batch_size: int,
                  max_batches: int, rank: int = 0, world_size: int = 1) -> Iterator[dict]:
-    """This rank's first `max_batches` batches of `dataset` in file order (rows rank::world_size).
+    """This rank's first `max_batches` batches of `dataset` in file order (rows rank::world_size),
+    collated with `to_batch` (samples -> batch, e.g. `BatchStream.collate`).
 
     Every rank gets the same number of batches (rows beyond a multiple of world_size are left
     out): under FSDP each forward is a collective, so unequal counts would hang.
@@ -85,7 +91,7 @@ def eval_batches(dataset: JsonlDataset, processor: PaliGemmaProcessor, batch_siz
     n = len(dataset) - len(dataset) % world_size
     rows = list(range(rank, n, world_size))[: max_batches * batch_size]
     for i in range(0, len(rows), batch_size):
-        yield collate([dataset[j] for j in rows[i:i + batch_size]], processor)
+        yield to_batch([dataset[j] for j in rows[i:i + batch_size]])
 
 
 def manifest_texts(manifest: str | Path) -> list[str]:

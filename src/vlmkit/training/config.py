@@ -79,12 +79,16 @@ class OptimConfig:
 
 @dataclass(kw_only=True)
 class FreezeConfig:
-    """Components kept fixed. `decoder` excludes the token embeddings (tied to the LM head)."""
+    """Components kept fixed (see `vlmkit.training.freeze`). `decoder` excludes the token embeddings
+    (tied to the LM head); `language_model` is both."""
 
     vision_tower: bool = False
     projector: bool = False
     decoder: bool = False
     embeddings: bool = False
+    language_model: bool = False
+    # Top-level parts frozen by the model's own names (e.g. Idefics3's connector, LLaVA-NeXT's image_newline).
+    parts: tuple[str, ...] = ()
 
 
 @dataclass(kw_only=True)

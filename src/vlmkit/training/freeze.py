@@ -1,14 +1,20 @@
-"""Which PaliGemma component a parameter belongs to, and freezing components.
+"""Which component of a `vlm` model a parameter belongs to, and freezing components.
 
-Components (the units PaLI recipes freeze or give their own learning rate):
+Every `vlm` family composes the same top-level parts under the same names (PaliGemma, LLaVA,
+Idefics3 / SmolVLM): `vision_tower`, the connector between the towers (LLaVA's and PaliGemma's
+`projector`, Idefics3's `connector`, LLaVA-NeXT's `projector` + `image_newline`) and
+`language_model` (the shared decoder). Components are the units recipes freeze or give their
+own learning rate:
 
-    vision_tower  SigLIP encoder               model.vision_tower.*
-    projector     linear image -> text width   model.projector.*
+    vision_tower  the image encoder              model.vision_tower.*
+    projector     every other top-level part     model.projector.*, model.connector.*, ...
     embeddings    token embeddings (tied LM head)  model.language_model.embed_tokens.*
-    decoder       everything else of Gemma     model.language_model.* (blocks, final norm, lm_head)
+    decoder       the rest of the language model  model.language_model.* (blocks, final norm, lm_head)
 
-The embeddings are separate from the decoder because they are tied to the output layer: freezing
-them keeps the vocabulary geometry of the pretrained model while the blocks adapt.
+`freeze.language_model` freezes both of the last two; `freeze.parts` freezes top-level parts by
+the model's own names (`--freeze.parts connector,image_newline`). The embeddings are separate from the
+decoder because they are tied to the output layer: freezing them keeps the vocabulary geometry of
+the pretrained model while the blocks adapt.
 """
 
 from __future__ import annotations
@@ -20,21 +26,36 @@ from vlmkit.training.config import COMPONENTS, FreezeConfig
 
 _PREFIXES = (
     ("vision_tower.", "vision_tower"),
-    ("projector.", "projector"),
     ("language_model.embed_tokens.", "embeddings"),
     ("language_model.", "decoder"),
 )
 
 
 def component_of(name: str) -> str:
-    """Component of a parameter name of `PaliGemma` (wrapper prefixes such as `module.` and
-    `model.` are ignored). Raises ValueError for a name outside the four components."""
+    """Component of a parameter name of a `vlm` model (wrapper prefixes such as `module.` and
+    `model.` are ignored); a top-level part that is neither the tower nor the language model is
+    the projector."""
     while name.startswith(("module.", "model.")):
         name = name.split(".", 1)[1]
     for prefix, component in _PREFIXES:
         if name.startswith(prefix):
             return component
-    raise ValueError(f"parameter {name!r} belongs to no PaliGemma component")
+    return "projector"
+
+
+def frozen_components(freeze: FreezeConfig) -> set[str]:
+    """The components `freeze` fixes (`language_model` = decoder + embeddings)."""
+    frozen = {c for c in COMPONENTS if getattr(freeze, c)}
+    return frozen | ({"decoder", "embeddings"} if freeze.language_model else set())
+
+
+def trainable_parts(model: nn.Module) -> dict[str, int]:
+    """Trainable parameters per top-level part of `model`, under the model's own part names."""
+    out: dict[str, int] = {}
+    for name, p in model.named_parameters():
+        part = name.split(".", 1)[0]
+        out[part] = out.get(part, 0) + (p.numel() if p.requires_grad else 0)
+    return out
 
 
 def apply_freeze(model: nn.Module, freeze: FreezeConfig) -> dict[str, int]:
@@ -43,11 +64,15 @@ def apply_freeze(model: nn.Module, freeze: FreezeConfig) -> dict[str, int]:
     Returns the number of trainable parameters per component. Raises ConfigError if nothing is
     left to train.
     """
-    frozen = {c for c in COMPONENTS if getattr(freeze, c)}
+    frozen = frozen_components(freeze)
+    own = {name.split(".", 1)[0] for name, _ in model.named_parameters()}
+    unknown = sorted(set(freeze.parts) - own)
+    if unknown:
+        raise ConfigError(f"freeze.parts: the model has no part {unknown[0]!r} (its parts: {', '.join(sorted(own))})")
     trainable = dict.fromkeys(COMPONENTS, 0)
     for name, p in model.named_parameters():
         component = component_of(name)
-        if component in frozen:
+        if component in frozen or name.split(".", 1)[0] in freeze.parts:
             p.requires_grad_(False)
         elif p.requires_grad:
             trainable[component] += p.numel()

@@ -1,9 +1,11 @@
-"""The PaliGemma training loop: suffix-only next-token loss, AdamW, accumulation, resume, export.
+"""The training loop of `vlm` families: next-token loss on the targets, AdamW, accumulation, resume, export.
 
-Loss. PaliGemma is trained as a prefix-LM: image tokens and the prompt (token_type_ids 0) are
-read bidirectionally and never predicted; the target suffix (token_type_ids 1) is predicted
-token by token. Hidden state t predicts token t + 1, so targets are labels[:, 1:] against
-hidden[:, :-1], kept only where the target is a suffix token (labels != -100 and type 1). Logits
+Loss. Targets are the tokens whose label is not -100: a chat family's assistant turns (see
+`vlmkit.training.chat`), PaliGemma's suffix. PaliGemma is trained as a prefix-LM: image tokens
+and the prompt (token_type_ids 0) are read bidirectionally and never predicted; the target
+suffix (token_type_ids 1) is predicted token by token. Hidden state t predicts token t + 1, so
+targets are labels[:, 1:] against hidden[:, :-1], kept only where the target is trained (labels
+!= -100, and type 1 where the batch has token_type_ids). Logits
 are computed for the kept positions only: with a 257k vocabulary and 256+ image tokens per
 example, full [B, T, V] logits would dominate memory.
 
@@ -43,6 +45,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 
 from vlmkit.data.processor import IGNORE_INDEX
 from vlmkit.errors import CheckpointError, ConfigError, VlmkitError
+from vlmkit.models.registry import family_of
 from vlmkit.training import checkpoint as ckpt
 from vlmkit.training.collate import BatchStream, eval_batches
 from vlmkit.training.config import TrainConfig
@@ -58,26 +61,37 @@ class NonFiniteLossError(VlmkitError):
     """The training loss became NaN or infinite (the last good state was saved first)."""
 
 
-def target_mask(labels: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
-    """bool [B, T-1]: which next-token targets labels[:, 1:] are trained (suffix tokens only)."""
-    return (labels[:, 1:] != IGNORE_INDEX) & (token_type_ids[:, 1:] == 1)
+def target_mask(labels: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """bool [B, T-1]: which next-token targets labels[:, 1:] are trained (labels != -100; with
+    token_type_ids, PaliGemma's, suffix tokens only)."""
+    keep = labels[:, 1:] != IGNORE_INDEX
+    return keep if token_type_ids is None else keep & (token_type_ids[:, 1:] == 1)
 
 
 class SuffixLMLoss(nn.Module):
-    """Root module of training: holds the PaliGemma as `.model`; forward(batch) -> summed loss.
+    """Root module of training: holds the model as `.model`; forward(batch) -> summed loss.
 
-    Being the root matters for DDP/FSDP, whose hooks run around the root's forward.
+    The model is fed through its family's generation adapter (`prepare` -> decoder inputs with the
+    image features in place, `decoder`), the same contract generation uses, so every `vlm` family
+    trains through this one module. Being the root matters for DDP/FSDP, whose hooks run around
+    the root's forward.
     """
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        self.adapter = family_of(model).generation
+        if self.adapter is None:
+            raise ConfigError(f"{family_of(model).name} models have no decoder to train with a next-token loss")
 
-    def forward(self, input_ids, attention_mask, token_type_ids, labels, pixel_values) -> torch.Tensor:
-        """Batch tensors as from `collate` -> float32 scalar: sum of the suffix tokens' NLL."""
-        h = self.model.hidden_states(input_ids, pixel_values, attention_mask, token_type_ids)  # [B, T, D]
-        keep = target_mask(labels, token_type_ids)  # [B, T-1]
-        logits = self.model.language_model.logits(h[:, :-1][keep])  # [K, V], K kept targets
+    def forward(self, labels: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+        """Batch tensors as from the collators (labels [B, T], -100 where not trained) -> float32
+        scalar: sum of the trained targets' NLL."""
+        x = self.adapter.prepare(self.model, inputs)
+        decoder = self.adapter.decoder(self.model)
+        h = decoder(x.embeds, x.positions, x.attention_mask.bool(), x.in_prefix)  # [B, T, D]
+        keep = target_mask(labels, inputs.get("token_type_ids"))  # [B, T-1]
+        logits = decoder.logits(h[:, :-1][keep])  # [K, V], K kept targets
         return F.cross_entropy(logits.float(), labels[:, 1:][keep], reduction="sum")
 
 
@@ -136,14 +150,14 @@ def _eta(seconds: float) -> str:
 
 
 class Trainer:
-    """Train `model` (a PaliGemma, frozen / LoRA-wrapped already) on `batches` per `cfg`.
+    """Train `model` (a `vlm` family's, frozen / LoRA-wrapped already) on `batches` per `cfg`.
 
     Args:
         cfg: the run config; `cfg.out_dir` receives metrics.jsonl, checkpoints/ and export/.
-        model: the PaliGemma on CPU in float32 (master weights).
+        model: the model on CPU in float32 (master weights).
         batches: this rank's resumable micro-batch stream.
         info: rank, world size, device and resolved strategy (`init_distributed`).
-        eval_data: (dataset, processor) for the evaluation loss, or None.
+        eval_data: (dataset, collate function: samples -> batch) for the evaluation loss, or None.
         export_fn: called on rank 0 with the full model state to write the final export.
         hooks: extra evaluation hooks `hook(trainer, step) -> metrics | None`.
     """
@@ -182,10 +196,10 @@ class Trainer:
         `snapshot` (data state, RNG state from before the step) is what a NaN checkpoint records.
         """
         micro = [self._to_device(self.batches.next_batch()) for _ in range(self.cfg.data.grad_accum)]
-        local = sum(int(target_mask(b["labels"], b["token_type_ids"]).sum()) for b in micro)
+        local = sum(int(target_mask(b["labels"], b.get("token_type_ids")).sum()) for b in micro)
         n_global = all_reduce_sum(torch.tensor(float(local), device=self.info.device))
         if n_global.item() == 0:
-            raise ConfigError(f"step {self.step + 1}: the batch has no suffix tokens to train on")
+            raise ConfigError(f"step {self.step + 1}: the batch has no target tokens (suffix / assistant) to train on")
         scale = self.info.world_size / n_global  # undo DDP/FSDP's mean over ranks: see module doc
         total = torch.zeros((), device=self.info.device)
         for i, batch in enumerate(micro):
@@ -253,15 +267,15 @@ class Trainer:
         """Mean suffix-token loss on the eval set (all ranks), then the extra hooks' metrics."""
         metrics = {}
         if self.eval_data is not None:
-            dataset, processor = self.eval_data
+            dataset, to_batch = self.eval_data
             self.root.eval()
             total = torch.zeros(2, device=self.info.device)
             with torch.no_grad(), self._autocast():
-                for batch in eval_batches(dataset, processor, self.batches.micro_batch_size, self.cfg.eval_batches,
+                for batch in eval_batches(dataset, to_batch, self.batches.micro_batch_size, self.cfg.eval_batches,
                                           self.info.rank, self.info.world_size):
                     batch = self._to_device(batch)
                     total += torch.stack([self.root(**batch).detach(),
-                                          target_mask(batch["labels"], batch["token_type_ids"]).sum().float()])
+                                          target_mask(batch["labels"], batch.get("token_type_ids")).sum().float()])
             total = all_reduce_sum(total)
             metrics["eval_loss"] = float(total[0] / total[1].clamp(min=1))
             self.root.train()
@@ -276,7 +290,7 @@ class Trainer:
     # ------------------------------------------------------------------ state
 
     def full_model_state(self) -> dict[str, torch.Tensor]:
-        """The PaliGemma's full state dict (gathered on CPU under FSDP), PaliGemma names."""
+        """The model's full state dict (gathered on CPU under FSDP), the model's own names."""
         msd, _ = get_state_dict(self.root, self.optimizer, options=self._sd_options)
         return {k.removeprefix("model."): v for k, v in msd.items()}
 

@@ -33,4 +33,5 @@ PALIGEMMA = register(FamilySpec(
     dropped_keys=lambda cfg: (r"^language_model\.lm_head\.weight$",) if cfg.text.tie_embeddings else (),
     presets=PRESETS, with_tokenizer=with_tokenizer, preprocessor_config=preprocessor_config,
     processor="vlmkit.pipeline:paligemma_processor", blocks=blocks, generation=PALIGEMMA_GENERATION,
+    train_format="prefix_lm",
 ))

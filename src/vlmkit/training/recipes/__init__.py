@@ -10,9 +10,12 @@ rendered into a temp dir (`data.synthetic_scenes`), which the tests run end to e
 
 `run(cfg)` builds everything from the config, in this order: process group -> the lock of
 `out_dir` (a second run into it stops; an interrupted run's temp folders are removed; see
-`vlmkit.training.outdir`) -> data (manifest or synthetic) -> tokenizer -> model (HF folder or
-preset; resolution change; LoRA; freezing) -> processor -> rank-split resumable batch stream ->
-`Trainer` (DDP/FSDP applied there) -> optional resume from the latest checkpoint -> fit -> export.
+`vlmkit.training.outdir`) -> data (manifest or synthetic) -> tokenizer -> model (HF folder of
+any `vlm` family or a PaliGemma preset; resolution change; LoRA; freezing) -> how rows become
+batches, by the family record's `train_format` (PaliGemma's prefix/suffix processor, or chat rows
+through the family's processor and chat template, `vlmkit.training.chat`) -> rank-split resumable
+batch stream -> `Trainer` (DDP/FSDP applied there) -> optional resume from the latest checkpoint
+-> fit -> export (a folder of the same family).
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ import json
 import logging
 import tempfile
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from torch import nn
 
+from vlmkit.data.chat_template import load_chat_template
 from vlmkit.data.datasets import JsonlDataset, ShuffledStream, TarShardDataset, is_shard_source
 from vlmkit.data.processor import PaliGemmaProcessor
 from vlmkit.data.synth import SynthConfig, write_dataset
@@ -35,11 +40,12 @@ from vlmkit.errors import CheckpointError, ConfigError
 from vlmkit.models.common.init import init_weights
 from vlmkit.models.paligemma.config import PRESETS, PaliGemmaConfig
 from vlmkit.models.paligemma.model import PaliGemma
-from vlmkit.models.registry import get_family
+from vlmkit.models.registry import family_of, get_family
 from vlmkit.training.checkpoint import latest_checkpoint
+from vlmkit.training.chat import ChatCollator, ChatJsonlDataset
 from vlmkit.training.collate import BatchStream, build_small_tokenizer, manifest_texts
 from vlmkit.training.config import TrainConfig
-from vlmkit.training.freeze import apply_freeze
+from vlmkit.training.freeze import apply_freeze, trainable_parts
 from vlmkit.training.lora import apply_lora, merge_lora, save_lora
 from vlmkit.training.outdir import locked_run, reuse_built_tokenizer, trim_metrics
 from vlmkit.training.parallelize import DistInfo, barrier, init_distributed
@@ -48,7 +54,7 @@ from vlmkit.training.recipes.multimodal import multimodal
 from vlmkit.training.recipes.resolution import raise_resolution, resolution
 from vlmkit.training.recipes.shapes_tiny import shapes_tiny, synth_world
 from vlmkit.training.trainer import Hook, Trainer, TrainResult
-from vlmkit.weights.create import TOKENIZER_FILES, preprocessor_config
+from vlmkit.weights.create import TOKENIZER_FILES
 from vlmkit.weights.hf import load_hf, read_config, save_hf
 from vlmkit.weights.registry import bundled_models
 
@@ -60,6 +66,9 @@ RECIPES: dict[str, Callable[..., TrainConfig]] = {
 # Recipes that render their own synthetic world (seed -> SynthConfig) when no manifest is given;
 # every other recipe gets `vlmkit data synth`'s defaults.
 SYNTH_WORLDS: dict[str, Callable[[int], SynthConfig]] = {"shapes_tiny": synth_world}
+# A chat family's processor files, copied from the source folder into the export beside the tokenizer's.
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "chat_template.jinja", "chat_template.json",
+                   "generation_config.json")
 
 __all__ = ["RECIPES", "get_recipe", "run", "raise_resolution", "finetune", "multimodal", "resolution",
            "shapes_tiny"]
@@ -128,30 +137,41 @@ def _tokenizer_dir(cfg: TrainConfig, folder: Path | None, manifest: str, info: D
     return out
 
 
-def build_model(cfg: TrainConfig, folder: Path | None, tok: Tokenizer) -> PaliGemma:
-    """float32 PaliGemma from a folder or a randomly initialised preset (vocabulary and special
-    ids taken from the tokenizer), at `model.image_size`, with LoRA and freezing applied."""
-    family = get_family("paligemma")  # the family these recipes train (PaliGemmaProcessor, prefix-LM)
-    if folder is not None:
-        held = read_config(folder)[1]
-        if held is not family:
-            raise CheckpointError(f"{folder} holds a {held.name} model; the PaliGemma recipes train "
-                                  f"{family.name} checkpoints")
-        model = load_hf(folder, dtype="float32")
-        if tok.vocab_size > model.cfg.text.vocab_size or tok.image_token_id != model.cfg.image_token_id:
-            raise CheckpointError(f"tokenizer ({tok.vocab_size} ids, <image>={tok.image_token_id}) does not fit "
-                                  f"the model in {folder} (vocab {model.cfg.text.vocab_size}, "
-                                  f"<image>={model.cfg.image_token_id})")
-    else:
+def build_model(cfg: TrainConfig, folder: Path | None, tok: Tokenizer) -> nn.Module:
+    """float32 model of any `vlm` family from a folder, or a randomly initialised PaliGemma preset
+    (vocabulary and special ids taken from the tokenizer), at `model.image_size` (PaliGemma), with
+    LoRA and freezing applied."""
+    if folder is None:
+        family = get_family("paligemma")  # the presets `--model` names are PaliGemma's
         base = PaliGemmaConfig.from_preset(cfg.model.source)
         model = init_weights(PaliGemma(family.with_tokenizer(base, tok)), std=cfg.model.init_std, seed=cfg.seed)
+    else:
+        family = read_config(folder)[1]
+        if family.kind != "vlm":
+            raise CheckpointError(f"{folder} holds a {family.name} model; the PaliGemma recipes train paligemma "
+                                  f"and the other vlm families' checkpoints, not {family.kind} ones")
+        model = load_hf(folder, dtype="float32")
+        _check_tokenizer(folder, tok, model.cfg, family.train_format == "prefix_lm")
     if cfg.model.image_size and cfg.model.image_size != model.cfg.vision.image_size:
+        if family.train_format != "prefix_lm":
+            raise ConfigError(f"model.image_size: changing the resolution is implemented for PaliGemma, "
+                              f"not {family.name}")
         model = raise_resolution(model, cfg.model.image_size)
     if cfg.lora.enabled:
         apply_lora(model, cfg.lora)
     else:
         apply_freeze(model, cfg.freeze)
     return model.float().train()
+
+
+def _check_tokenizer(folder: Path, tok: Tokenizer, model_cfg, image_token: bool) -> None:
+    """The tokenizer must fit the model's vocabulary (and, for PaliGemma, its <image> id; a chat
+    family's processor builder checks its own image tokens)."""
+    fits = tok.vocab_size <= model_cfg.text.vocab_size
+    if not fits or (image_token and tok.image_token_id != model_cfg.image_token_id):
+        image = f", <image>={tok.image_token_id}" if image_token else ""
+        raise CheckpointError(f"tokenizer ({tok.vocab_size} ids{image}) does not fit the model in {folder} "
+                              f"(vocab {model_cfg.text.vocab_size}, <image>={model_cfg.image_token_id})")
 
 
 def _token_length(tok: Tokenizer, num_image_tokens: int) -> Callable[[dict], int]:
@@ -163,25 +183,72 @@ def _token_length(tok: Tokenizer, num_image_tokens: int) -> Callable[[dict], int
     return length
 
 
-def _exporter(cfg: TrainConfig, model_cfg: PaliGemmaConfig, tok_dir: Path) -> Callable[[dict], Path]:
-    """export_fn for the Trainer: full state -> OUT/export (HF folder, LoRA merged, tokenizer and
-    preprocessor_config.json beside it) and OUT/lora_adapters.safetensors when LoRA is on."""
+@dataclass(frozen=True)
+class _Inputs:
+    """How rows become batches for one model: `dataset(manifest, train)`, then `BatchStream`'s
+    arguments: PaliGemma's processor (for the prefix/suffix `collate`) or a `collate(samples)`."""
+
+    dataset: Callable[[str, bool], object]
+    processor: PaliGemmaProcessor | None
+    collate: Callable[[list[dict]], dict] | None
+    files: dict[str, Path]  # files written beside the exported weights
+
+
+def _prefix_lm_inputs(cfg: TrainConfig, model: nn.Module, tok: Tokenizer, tok_dir: Path, folder) -> _Inputs:
+    """PaliGemma: prefix/suffix rows through `PaliGemmaProcessor` (token_type_ids for the prefix-LM)."""
+    n_img = model.cfg.num_image_tokens
+    processor = PaliGemmaProcessor(tok, model.cfg.vision.image_size, n_img, max_length=cfg.data.max_length)
+    length = _token_length(tok, n_img)
+
+    def dataset(manifest: str, train: bool):
+        if train:
+            return _train_dataset(cfg, manifest, length)
+        return JsonlDataset(manifest, None, cfg.data.validate_images, max_len=cfg.data.max_length,
+                            length_fn=length, bad_rows=cfg.data.bad_rows)
+
+    files = {n: tok_dir / n for n in TOKENIZER_FILES if (tok_dir / n).is_file()}
+    return _Inputs(dataset, processor, None, files)
+
+
+def _chat_inputs(cfg: TrainConfig, model: nn.Module, tok: Tokenizer, tok_dir: Path, folder: Path) -> _Inputs:
+    """Other `vlm` families: chat (or prefix/suffix) rows rendered with the folder's chat template
+    through the family's processor, loss on assistant tokens (`vlmkit.training.chat`)."""
+    processor = family_of(model).build_processor(folder, tok, model.cfg)
+    collator = ChatCollator(processor, load_chat_template(tok_dir))
+
+    def dataset(manifest: str, train: bool):
+        if is_shard_source(manifest):
+            raise ConfigError(f"{manifest}: {family_of(model).name} models train from JSONL manifests, not tar shards")
+        return ChatJsonlDataset(manifest, cfg.data.image_root if train else None, cfg.data.validate_images,
+                                max_len=cfg.data.max_length, collator=collator, bad_rows=cfg.data.bad_rows)
+
+    names = (*TOKENIZER_FILES, *PROCESSOR_FILES)
+    return _Inputs(dataset, None, collator, {n: folder / n for n in names if (folder / n).is_file()})
+
+
+def _exporter(cfg: TrainConfig, model_cfg, files: dict[str, Path]) -> Callable[[dict], Path]:
+    """export_fn for the Trainer: full state -> OUT/export (HF folder of the same family, LoRA
+    merged, tokenizer / processor files and preprocessor_config.json beside it) and
+    OUT/lora_adapters.safetensors when LoRA is on."""
     out = Path(cfg.out_dir)
+    family = family_of(model_cfg)
 
     def export(state: dict[str, torch.Tensor]) -> Path:
         with torch.device("meta"):
-            model = PaliGemma(model_cfg)
+            model = family.model_class(model_cfg)
             if cfg.lora.enabled:
                 apply_lora(model, cfg.lora)
         model.load_state_dict(state, strict=True, assign=True)
         if cfg.lora.enabled:
             save_lora(model, out / "lora_adapters.safetensors", cfg.lora)
             merge_lora(model)
-        extra = {n: tok_dir / n for n in TOKENIZER_FILES if (tok_dir / n).is_file()}
+        extra = dict(files)
         with tempfile.TemporaryDirectory() as tmp:
-            pre = Path(tmp) / "preprocessor_config.json"
-            pre.write_text(json.dumps(preprocessor_config(model_cfg), indent=2))
-            return save_hf(model, out / "export", extra_files={**extra, "preprocessor_config.json": pre})
+            if "preprocessor_config.json" not in extra and family.preprocessor_config is not None:
+                pre = Path(tmp) / "preprocessor_config.json"
+                pre.write_text(json.dumps(family.preprocessor_config(model_cfg), indent=2))
+                extra["preprocessor_config.json"] = pre
+            return save_hf(model, out / "export", extra_files=extra)
 
     return export
 
@@ -197,23 +264,20 @@ def run(cfg: TrainConfig, *, resume: bool = False, hooks: list[Hook] = ()) -> Tr
         tok = Tokenizer.from_folder(tok_dir)
         torch.manual_seed(cfg.seed)  # identical initialisation (LoRA included) on every rank
         model = build_model(cfg, folder, tok)
-        n_img = model.cfg.num_image_tokens
-        processor = PaliGemmaProcessor(tok, model.cfg.vision.image_size, n_img, max_length=cfg.data.max_length)
-        length = _token_length(tok, n_img)
-        dataset = _train_dataset(cfg, manifest, length)
+        prefix_lm = family_of(model).train_format == "prefix_lm"
+        inputs = (_prefix_lm_inputs if prefix_lm else _chat_inputs)(cfg, model, tok, tok_dir, folder)
+        dataset = inputs.dataset(manifest, True)
         if dataset.skipped and info.is_main:
             print(f"data: skipped {sum(dataset.skipped.values())} bad rows of {manifest} "
                   f"({', '.join(f'{k}={v}' for k, v in sorted(dataset.skipped.items()))})", flush=True)
         stream = ShuffledStream(dataset, seed=cfg.data.shuffle_seed, rank=info.rank, world_size=info.world_size,
                                 equal_split=True)
-        batches = BatchStream(stream, processor, cfg.micro_batch_size(info.world_size))
-        eval_data = None
-        if eval_manifest:
-            eval_data = (JsonlDataset(eval_manifest, None, cfg.data.validate_images, max_len=cfg.data.max_length,
-                                      length_fn=length, bad_rows=cfg.data.bad_rows), processor)
+        batches = BatchStream(stream, inputs.processor, cfg.micro_batch_size(info.world_size),
+                              collate_fn=inputs.collate)
+        eval_data = (inputs.dataset(eval_manifest, False), batches.collate) if eval_manifest else None
         torch.manual_seed(cfg.seed + info.rank)  # dropout differs per rank; init above is shared
         trainer = Trainer(cfg, model, batches, info, eval_data=eval_data, hooks=hooks,
-                          export_fn=_exporter(cfg, model.cfg, tok_dir))
+                          export_fn=_exporter(cfg, model.cfg, inputs.files))
         _start(trainer, cfg, info, resume, dataset)
         return trainer.fit()
 
@@ -242,5 +306,6 @@ def _start(trainer: Trainer, cfg: TrainConfig, info: DistInfo, resume: bool, dat
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
         n_train = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         size = f"{len(dataset)} examples" if hasattr(dataset, "__len__") else "streamed tar shards"
-        print(f"{cfg.recipe}: {size}, {n_train:,} trainable parameters, {cfg.steps} steps, "
+        parts = ", ".join(f"{part} {n:,}" for part, n in trainable_parts(trainer.model).items())
+        print(f"{cfg.recipe}: {size}, {n_train:,} trainable parameters ({parts}), {cfg.steps} steps, "
               f"strategy={info.strategy} x{info.world_size}", flush=True)

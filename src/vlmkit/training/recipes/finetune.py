@@ -1,9 +1,15 @@
-"""Task transfer: fine-tune a pretrained PaliGemma on one task mixture, image encoder frozen.
+"""Task transfer: fine-tune a pretrained `vlm` checkpoint on one task mixture, image encoder frozen.
+
+`--model DIR` is a folder of any `vlm` family: PaliGemma trains on prefix/suffix rows; the chat
+families (LLaVA, LLaVA-NeXT, Idefics3 / SmolVLM, ...) on chat rows or prefix/suffix rows, loss on
+the assistant turns only (see `vlmkit.training.chat`).
 
 PaliGemma's transfer recipes (arXiv:2407.07726, section 6) fine-tune with a short cosine
 schedule, small batch and low LR; freezing the ViT is the cheap variant that keeps the image
 features the model was pretrained on, which is what small datasets want. Set
-``--freeze.vision_tower false`` for full fine-tuning, or ``--lora.enabled true`` for adapters.
+``--freeze.vision_tower false`` for full fine-tuning, ``--freeze.projector`` /
+``--freeze.language_model`` / ``--freeze.parts NAME,...`` to freeze other parts, or
+``--lora.enabled true`` for adapters on the decoder's linear layers.
 """
 
 from vlmkit.training.config import DataConfig, FreezeConfig, ModelConfig, OptimConfig, TrainConfig
