@@ -80,3 +80,39 @@ def test_readme_benchmark_block_is_rendered_from_committed_json():
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "render_table.py"), *files],
                          cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
     assert block.strip() == out
+
+
+NAMES = {"color": "colour", "exist": "exists"}  # the README spells subtasks in words
+
+
+def test_readme_bundled_model_table_matches_committed_eval():
+    """The bundled model's eval table shows the numbers of `docs/results/bundled-model/*.json`,
+    and its size is the shipped file's."""
+    import json
+
+    from vlmkit.weights.safetensors_io import SafetensorsReader
+
+    text = (ROOT / "README.md").read_text()
+    res = {t: json.loads((ROOT / f"docs/results/bundled-model/eval-{t}.json").read_text())
+           for t in ("vqa", "detect", "ocr", "caption")}
+    row = {t: next(line for line in text.splitlines() if line.startswith(f"| {name} ("))
+           for t, name in (("vqa", "VQA"), ("detect", "detect"), ("ocr", "OCR"), ("caption", "caption"))}
+    assert f"({res['vqa']['num_examples']:,} questions)" in row["vqa"]
+    assert f"| {100 * res['vqa']['metrics']['exact_match']:.1f}% (" in row["vqa"]
+    for kind, acc in res["vqa"]["by_subtask"].items():
+        assert f"{NAMES.get(kind, kind)} {100 * acc['score']:.1f}%" in row["vqa"], kind
+    assert f"| {res['detect']['metrics']['map_50']:.3f} (mAP@[.5:.95] {res['detect']['metrics']['map_50_95']:.3f})" in row["detect"]
+    assert f"| {100 * res['ocr']['metrics']['exact_match']:.0f}% (CER {res['ocr']['metrics']['cer']:.3f})" in row["ocr"]
+    assert f"| {res['caption']['metrics']['cider_d']:.2f} |" in row["caption"]
+    folder = ROOT / "src/vlmkit/assets/models/vlmkit-shapes-tiny"
+    reader = SafetensorsReader(folder)
+    params = sum(int(torch_numel(reader.header(k)[0])) for k in reader.keys())
+    size_mb = (folder / "model.safetensors").stat().st_size / 1e6
+    assert f"`vlmkit-shapes-tiny` ({params / 1e6:.1f}M parameters, {size_mb:.0f} MB," in text
+
+
+def torch_numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
