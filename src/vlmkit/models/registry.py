@@ -43,6 +43,18 @@ def tokenizer_fields(tok, vocab_size: int | None = None) -> dict[str, int]:
                 eos_token_id=tok.eos_id)
 
 
+def tied_head_dropped(key: str = r"^lm_head\.weight$"):
+    """`dropped_keys` of a family whose checkpoint LM head `key` (a regex) is written but unused
+    when the decoder ties it to the embedding (`cfg.text.tie_embeddings`, or `cfg.tie_embeddings`
+    for a text-only decoder config)."""
+    return lambda cfg: (key,) if getattr(cfg, "text", cfg).tie_embeddings else ()
+
+
+def vision_language_blocks(model: nn.Module) -> list[nn.Module]:
+    """`blocks` of a Type C model: its vision tower's blocks, then its decoder's."""
+    return [*model.vision_tower.layers, *model.language_model.layers]
+
+
 @dataclass(frozen=True, kw_only=True)
 class FamilySpec:
     """Everything vlmkit needs to know about one family.

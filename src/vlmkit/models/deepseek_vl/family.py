@@ -9,7 +9,7 @@ from vlmkit.models.deepseek_vl.config import HYBRID_PRESETS, PRESETS, DeepseekVL
 from vlmkit.models.deepseek_vl.hybrid import DeepseekVLHybrid, HybridGeneration
 from vlmkit.models.deepseek_vl.model import DeepseekVL
 from vlmkit.models.parts.placeholders import PlaceholderGeneration
-from vlmkit.models.registry import FamilySpec, register, tokenizer_fields
+from vlmkit.models.registry import FamilySpec, register, tied_head_dropped, tokenizer_fields, vision_language_blocks
 
 
 def with_tokenizer(cfg, tok, vocab_size: int | None = None) -> DeepseekVLConfig:
@@ -41,10 +41,10 @@ DEEPSEEK_VL = register(FamilySpec(
     name="deepseek_vl", kind="vlm", config_class=DeepseekVLConfig, model_class=DeepseekVL,
     model_types=("deepseek_vl",), config_from_hf=hf_mapping.config_from_hf, config_to_hf=hf_mapping.config_to_hf,
     table=hf_mapping.table, normalise_key=hf_mapping.normalise_key,
-    dropped_keys=lambda cfg: (r"^lm_head\.weight$",) if cfg.text.tie_embeddings else (),
+    dropped_keys=tied_head_dropped(),
     presets=PRESETS, with_tokenizer=with_tokenizer, preprocessor_config=preprocessor_config,
     processor="vlmkit.data.processors.deepseek_vl:build_processor",
-    blocks=lambda model: [*model.vision_tower.layers, *model.language_model.layers],
+    blocks=vision_language_blocks,
     generation=PlaceholderGeneration(prefix_lm=False, position_start=0),
 ))
 

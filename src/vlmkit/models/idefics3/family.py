@@ -6,7 +6,7 @@ from dataclasses import replace
 from vlmkit.models.idefics3 import hf_mapping
 from vlmkit.models.idefics3.config import PRESETS, Idefics3Config
 from vlmkit.models.idefics3.model import Idefics3, Idefics3Generation
-from vlmkit.models.registry import FamilySpec, register, tokenizer_fields
+from vlmkit.models.registry import FamilySpec, register, tied_head_dropped, tokenizer_fields, vision_language_blocks
 
 
 def with_tokenizer(cfg: Idefics3Config, tok, vocab_size: int | None = None) -> Idefics3Config:
@@ -31,10 +31,10 @@ IDEFICS3 = register(FamilySpec(
     model_types=("idefics3", "smolvlm"), config_from_hf=hf_mapping.config_from_hf,
     config_to_hf=hf_mapping.config_to_hf, table=hf_mapping.table, normalise_key=hf_mapping.normalise_key,
     to_hub_name=hf_mapping.to_hub_name,
-    dropped_keys=lambda cfg: (r"^language_model\.lm_head\.weight$",) if cfg.text.tie_embeddings else (),
+    dropped_keys=tied_head_dropped(r"^language_model\.lm_head\.weight$"),
     presets=PRESETS, with_tokenizer=with_tokenizer, preprocessor_config=preprocessor_config,
     processor="vlmkit.data.processors.idefics3:build",
     processor_files="vlmkit.data.processors.idefics3:processor_files",
-    blocks=lambda model: [*model.vision_tower.layers, *model.language_model.layers],
+    blocks=vision_language_blocks,
     generation=Idefics3Generation(),
 ))

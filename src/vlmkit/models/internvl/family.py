@@ -7,7 +7,7 @@ from vlmkit.models.internvl import hf_mapping
 from vlmkit.models.internvl.config import PRESETS, InternVLConfig
 from vlmkit.models.internvl.model import InternVL
 from vlmkit.models.parts.placeholders import PlaceholderGeneration
-from vlmkit.models.registry import FamilySpec, register, tokenizer_fields
+from vlmkit.models.registry import FamilySpec, register, tied_head_dropped, tokenizer_fields, vision_language_blocks
 
 CONTEXT_TOKEN = "<IMG_CONTEXT>"
 # GotOcr2ImageProcessor's ImageNet statistics (what the InternVL -hf checkpoints ship).
@@ -37,10 +37,10 @@ INTERNVL = register(FamilySpec(
     name="internvl", kind="vlm", config_class=InternVLConfig, model_class=InternVL, model_types=("internvl",),
     config_from_hf=hf_mapping.config_from_hf, config_to_hf=hf_mapping.config_to_hf, table=hf_mapping.table,
     normalise_key=hf_mapping.normalise_key,
-    dropped_keys=lambda cfg: (r"^language_model\.lm_head\.weight$",) if cfg.text.tie_embeddings else (),
+    dropped_keys=tied_head_dropped(r"^language_model\.lm_head\.weight$"),
     presets=PRESETS, with_tokenizer=with_tokenizer, preprocessor_config=preprocessor_config,
     processor="vlmkit.data.processors.internvl:build_processor",
     processor_files="vlmkit.data.processors.internvl:processor_files",
-    blocks=lambda model: [*model.vision_tower.layers, *model.language_model.layers],
+    blocks=vision_language_blocks,
     generation=PlaceholderGeneration(prefix_lm=False, position_start=0),
 ))

@@ -6,7 +6,7 @@ from dataclasses import replace
 from vlmkit.models.llama import hf_mapping
 from vlmkit.models.llama.config import PRESETS, LlamaConfig
 from vlmkit.models.llama.model import Llama
-from vlmkit.models.registry import FamilySpec, register, tokenizer_fields
+from vlmkit.models.registry import FamilySpec, register, tied_head_dropped, tokenizer_fields
 
 
 def with_tokenizer(cfg: LlamaConfig, tok, vocab_size: int | None = None) -> LlamaConfig:
@@ -17,6 +17,6 @@ LLAMA = register(FamilySpec(
     name="llama", kind="text", config_class=LlamaConfig, model_class=Llama,
     model_types=("llama", "mistral", "qwen2"), config_from_hf=hf_mapping.config_from_hf,
     config_to_hf=hf_mapping.config_to_hf, table=hf_mapping.table,
-    dropped_keys=lambda cfg: (r"^lm_head\.weight$",) if cfg.tie_embeddings else (),
+    dropped_keys=tied_head_dropped(),
     presets=PRESETS, with_tokenizer=with_tokenizer, blocks=lambda model: list(model.layers),
 ))

@@ -7,7 +7,7 @@ from vlmkit.models.llava import hf_mapping
 from vlmkit.models.llava.config import PRESETS, LlavaConfig
 from vlmkit.models.llava.model import Llava
 from vlmkit.models.parts.placeholders import PlaceholderGeneration
-from vlmkit.models.registry import FamilySpec, register, tokenizer_fields
+from vlmkit.models.registry import FamilySpec, register, tied_head_dropped, tokenizer_fields, vision_language_blocks
 
 
 def with_tokenizer(cfg: LlavaConfig, tok, vocab_size: int | None = None) -> LlavaConfig:
@@ -23,10 +23,10 @@ LLAVA = register(FamilySpec(
     name="llava", kind="vlm", config_class=LlavaConfig, model_class=Llava, model_types=("llava",),
     config_from_hf=hf_mapping.config_from_hf, config_to_hf=hf_mapping.config_to_hf, table=hf_mapping.table,
     normalise_key=hf_mapping.normalise_key, to_hub_name=hf_mapping.to_hub_name,
-    dropped_keys=lambda cfg: (r"^language_model\.lm_head\.weight$",) if cfg.text.tie_embeddings else (),
+    dropped_keys=tied_head_dropped(r"^language_model\.lm_head\.weight$"),
     presets=PRESETS, with_tokenizer=with_tokenizer, preprocessor_config=preprocessor_config,
     processor="vlmkit.data.processors.llava:build_processor",
     processor_files="vlmkit.data.processors.llava:processor_files",
-    blocks=lambda model: [*model.vision_tower.layers, *model.language_model.layers],
+    blocks=vision_language_blocks,
     generation=PlaceholderGeneration(prefix_lm=False, position_start=0),
 ))

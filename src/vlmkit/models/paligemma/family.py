@@ -5,7 +5,7 @@ from dataclasses import replace
 from vlmkit.models.paligemma import hf_mapping
 from vlmkit.models.paligemma.config import PRESETS, PaliGemmaConfig
 from vlmkit.models.paligemma.model import PALIGEMMA_GENERATION, PaliGemma
-from vlmkit.models.registry import FamilySpec, register, tokenizer_fields
+from vlmkit.models.registry import FamilySpec, register, tied_head_dropped, tokenizer_fields, vision_language_blocks
 from vlmkit.models.siglip.family import image_processor_config
 
 
@@ -21,17 +21,12 @@ def with_tokenizer(cfg: PaliGemmaConfig, tok, vocab_size: int | None = None) -> 
     return replace(cfg, text=text, image_token_id=tok.image_token_id)
 
 
-def blocks(model: PaliGemma) -> list:
-    """SigLIP encoder blocks, then Gemma decoder blocks."""
-    return [*model.vision_tower.layers, *model.language_model.layers]
-
-
 PALIGEMMA = register(FamilySpec(
     name="paligemma", kind="vlm", config_class=PaliGemmaConfig, model_class=PaliGemma,
     model_types=("paligemma",), config_from_hf=hf_mapping.config_from_hf, config_to_hf=hf_mapping.config_to_hf,
     table=hf_mapping.table, normalise_key=hf_mapping.normalise_key, to_hub_name=hf_mapping.to_hub_name,
-    dropped_keys=lambda cfg: (r"^language_model\.lm_head\.weight$",) if cfg.text.tie_embeddings else (),
+    dropped_keys=tied_head_dropped(r"^language_model\.lm_head\.weight$"),
     presets=PRESETS, with_tokenizer=with_tokenizer, preprocessor_config=preprocessor_config,
-    processor="vlmkit.pipeline:paligemma_processor", blocks=blocks, generation=PALIGEMMA_GENERATION,
+    processor="vlmkit.pipeline:paligemma_processor", blocks=vision_language_blocks, generation=PALIGEMMA_GENERATION,
     train_format="prefix_lm",
 ))
