@@ -296,7 +296,7 @@ def test_processor_builder_end_to_end(hf_tokenizer, rng_image, tmp_path):
     assert torch.equal(got[mask.bool()], ref[mask.bool()])
     out = generate(ours, IdTokenizer(), batch, SamplingConfig(max_new_tokens=6))
     assert [r.token_ids for r in out] == ref_tokens.tolist()
-    with pytest.raises(CheckpointError, match="tokenizer's <image> id .* != config image_token_id 5"):
+    with pytest.raises(ConfigError, match="tokenizer's <image> id .* != config.json image_token_index 5"):
         get_family("idefics3").build_processor(tmp_path, None, replace(ours.cfg, image_token_id=5))
     with pytest.raises(CheckpointError, match="processor image_seq_len 4 != the model's 1 tokens per frame"):
         other = replace(ours.cfg, connector=hf_mapping.idefics3_connector(4))

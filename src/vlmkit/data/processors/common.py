@@ -211,6 +211,14 @@ class TypeCProcessor:
         """Read the processor config and tokenizer.json that transformers saved in `folder`."""
         return cls(cls.config_class.from_folder(folder), PromptTokenizer.from_folder(folder))
 
+    def check_image_token(self, folder, cfg):
+        """`self` if the tokenizer's placeholder id is the model config's `image_token_id` (a
+        processor builder's check); ConfigError naming both ids otherwise."""
+        if self.image_token_id != cfg.image_token_id:
+            raise ConfigError(f"{folder}: the tokenizer's {self.placeholder} id {self.image_token_id} != config.json "
+                              f"image_token_index {cfg.image_token_id}")
+        return self
+
     def encode_images(self, groups: list[list[ImageSource]]) -> tuple[dict[str, torch.Tensor], list[str]]:
         """(image tensors, one expansion string per image in batch order) for per-prompt image lists."""
         raise NotImplementedError

@@ -179,11 +179,7 @@ def build(folder: str | Path, tokenizer, cfg) -> Idefics3Processor:
     if config.image_seq_len != cfg.num_image_tokens:
         raise CheckpointError(f"{folder}: processor image_seq_len {config.image_seq_len} != the model's "
                               f"{cfg.num_image_tokens} tokens per frame")
-    processor = Idefics3Processor(config, PromptTokenizer.from_folder(folder))
-    if processor.image_token_id != cfg.image_token_id:
-        raise CheckpointError(f"{folder}: tokenizer's {config.image_token} id {processor.image_token_id} != config "
-                              f"image_token_id {cfg.image_token_id}")
-    return processor
+    return Idefics3Processor(config, PromptTokenizer.from_folder(folder)).check_image_token(folder, cfg)
 
 
 def processor_files(cfg) -> ProcessorFiles:

@@ -140,11 +140,7 @@ def build_processor(folder: str | Path, tokenizer, cfg) -> InternVLProcessor:
     if (config.tile_height, config.tile_width) != (size, size) or config.image_seq_length != cfg.num_image_tokens:
         raise CheckpointError(f"{folder}: processor tiles {config.tile_height}x{config.tile_width} with "
                               f"{config.image_seq_length} tokens each, the model {size}x{size} with {cfg.num_image_tokens}")
-    processor = InternVLProcessor(config, PromptTokenizer.from_folder(folder))
-    if processor.image_token_id != cfg.image_token_id:
-        raise CheckpointError(f"{folder}: tokenizer's {config.context_token} id {processor.image_token_id} != "
-                              f"config image_token_id {cfg.image_token_id}")
-    return processor
+    return InternVLProcessor(config, PromptTokenizer.from_folder(folder)).check_image_token(folder, cfg)
 
 
 def processor_files(cfg) -> ProcessorFiles:

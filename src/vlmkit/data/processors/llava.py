@@ -118,11 +118,7 @@ class LlavaProcessor(TypeCProcessor):
 def build_processor(folder: str | Path, tokenizer, cfg) -> LlavaProcessor:
     """The LLaVA family's processor builder (named by its registry record): the folder's own
     processor files; its `<image>` id must be the config's image_token_index."""
-    processor = LlavaProcessor.from_folder(folder)
-    if processor.image_token_id != cfg.image_token_id:
-        raise ConfigError(f"{folder}: the tokenizer's {processor.placeholder} id {processor.image_token_id} != "
-                          f"config.json image_token_index {cfg.image_token_id}")
-    return processor
+    return LlavaProcessor.from_folder(folder).check_image_token(folder, cfg)
 
 
 def processor_files(cfg) -> ProcessorFiles:

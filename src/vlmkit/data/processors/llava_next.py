@@ -134,10 +134,7 @@ def build_processor(folder: str | Path, tokenizer, cfg) -> LlavaNextProcessor:
     (`LlavaNextConfig`): the `<image>` id, the tile size and, for the base image and every
     pinpoint, the tokens an image expands to, so prompts always fit the packed features.
     """
-    proc = LlavaNextProcessor.from_folder(folder)
-    if proc.image_token_id != cfg.image_token_id:
-        raise ConfigError(f"{folder}: the tokenizer's {proc.placeholder} id {proc.image_token_id} != config.json "
-                          f"image_token_index {cfg.image_token_id}")
+    proc = LlavaNextProcessor.from_folder(folder).check_image_token(folder, cfg)
     tile = cfg.vision.image_size
     if proc.config.tile_size != tile:
         raise ConfigError(f"{folder}: the image processor's crop size {proc.config.tile_size} != the vision "
