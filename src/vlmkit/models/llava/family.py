@@ -1,4 +1,5 @@
-"""LLaVA registry record (llava-hf/llava-1.5-* folders)."""
+"""LLaVA registry record (llava-hf/llava-1.5-* folders, and Pixtral's mistral-community/pixtral-12b:
+LLaVA with the Pixtral-ViT tower, presets from models/pixtral/config.py)."""
 
 from dataclasses import replace
 
@@ -7,6 +8,7 @@ from vlmkit.models.llava import hf_mapping
 from vlmkit.models.llava.config import PRESETS, LlavaConfig
 from vlmkit.models.llava.model import Llava
 from vlmkit.models.parts.placeholders import PlaceholderGeneration
+from vlmkit.models.pixtral.config import PRESETS as PIXTRAL_PRESETS
 from vlmkit.models.registry import FamilySpec, register, tokenizer_fields
 
 
@@ -24,9 +26,10 @@ LLAVA = register(FamilySpec(
     config_from_hf=hf_mapping.config_from_hf, config_to_hf=hf_mapping.config_to_hf, table=hf_mapping.table,
     normalise_key=hf_mapping.normalise_key, to_hub_name=hf_mapping.to_hub_name,
     dropped_keys=lambda cfg: (r"^language_model\.lm_head\.weight$",) if cfg.text.tie_embeddings else (),
-    presets=PRESETS, with_tokenizer=with_tokenizer, preprocessor_config=preprocessor_config,
+    presets={**PRESETS, **PIXTRAL_PRESETS}, with_tokenizer=with_tokenizer, preprocessor_config=preprocessor_config,
     processor="vlmkit.data.processors.llava:build_processor",
     processor_files="vlmkit.data.processors.llava:processor_files",
     blocks=lambda model: [*model.vision_tower.layers, *model.language_model.layers],
-    generation=PlaceholderGeneration(prefix_lm=False, position_start=0),
+    # image_sizes: Pixtral's per-image sizes (absent, i.e. None, for CLIP towers).
+    generation=PlaceholderGeneration(prefix_lm=False, position_start=0, image_inputs=("pixel_values", "image_sizes")),
 ))
