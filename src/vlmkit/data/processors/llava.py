@@ -23,6 +23,7 @@ import torch
 from vlmkit.data.processors import pixels
 from vlmkit.data.processor_files import ProcessorFiles, bundled_chat_template
 from vlmkit.data.processors.common import TypeCProcessor, read_processor_files, size_field
+from vlmkit.data.processors.pixtral import build_processor as build_pixtral
 from vlmkit.errors import ConfigError
 
 
@@ -117,7 +118,10 @@ class LlavaProcessor(TypeCProcessor):
 
 def build_processor(folder: str | Path, tokenizer, cfg) -> LlavaProcessor:
     """The LLaVA family's processor builder (named by its registry record): the folder's own
-    processor files; its `<image>` id must be the config's image_token_index."""
+    processor files; its `<image>` id must be the config's image_token_index. A folder saved with
+    transformers' PixtralProcessor (a LLaVA checkpoint with the Pixtral tower) gets vlmkit's."""
+    if read_processor_files(folder)[1].get("processor_class") == "PixtralProcessor":
+        return build_pixtral(folder, tokenizer, cfg)
     processor = LlavaProcessor.from_folder(folder)
     if processor.image_token_id != cfg.image_token_id:
         raise ConfigError(f"{folder}: the tokenizer's {processor.placeholder} id {processor.image_token_id} != "
