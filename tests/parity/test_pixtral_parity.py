@@ -351,3 +351,26 @@ def test_pipeline_end_to_end(tmp_path, paligemma_tokenizer_dir, monkeypatch, ima
     out = generate(pipe.model, IdTokenizer(), batch, SamplingConfig(max_new_tokens=6))
     assert [r.token_ids for r in out] == ref.tolist()
     assert 1 <= len(pipe.generate(prompts[0], flat[:1], SamplingConfig(max_new_tokens=3)).token_ids) <= 3
+
+
+def test_create_pixtral_debug(tmp_path, images):
+    """`vlmkit create --family llava --preset pixtral-debug` writes a folder that transformers
+    loads strictly (equal logits) and that vlmkit's pipeline runs with the Pixtral processor."""
+    from vlmkit.data.processors.pixtral import PixtralProcessor
+    from vlmkit.pipeline import load
+    from vlmkit.weights.create import create_checkpoint
+
+    folder = create_checkpoint(tmp_path / "model", "pixtral-debug", family="llava")
+    pipe = load(folder, dtype="float32")
+    assert isinstance(pipe.processor, PixtralProcessor)
+    hf, info = tf.LlavaForConditionalGeneration.from_pretrained(folder, output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    batch = pipe.processor(["[IMG] hi", "[IMG][IMG] two"], [[images["tall"]], [images["rgb"], images["wide"]]])
+    with torch.no_grad():
+        ref = hf.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                        pixel_values=batch["pixel_values"], image_sizes=batch["image_sizes"]).logits
+        got = pipe.model(batch["input_ids"], batch["pixel_values"], batch["attention_mask"],
+                         image_sizes=batch["image_sizes"])
+    valid = batch["attention_mask"].bool()
+    torch.testing.assert_close(got[valid], ref[valid], atol=ATOL, rtol=1e-5)
+    assert 1 <= len(pipe.generate("[IMG] what", [images["probe"]], SamplingConfig(max_new_tokens=3)).token_ids) <= 3

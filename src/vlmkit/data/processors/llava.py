@@ -24,7 +24,9 @@ from vlmkit.data.processors import pixels
 from vlmkit.data.processor_files import ProcessorFiles, bundled_chat_template
 from vlmkit.data.processors.common import TypeCProcessor, read_processor_files, size_field
 from vlmkit.data.processors.pixtral import build_processor as build_pixtral
+from vlmkit.data.processors.pixtral import processor_files as pixtral_processor_files
 from vlmkit.errors import ConfigError
+from vlmkit.models.parts.pixtral_vit import PixtralVisionConfig
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -131,7 +133,10 @@ def build_processor(folder: str | Path, tokenizer, cfg) -> LlavaProcessor:
 
 def processor_files(cfg) -> ProcessorFiles:
     """What a LLaVA folder made by `vlmkit create` carries for LlavaProcessor (and transformers'):
-    CLIP's class token is the one additional image token; LLaVA-1.5's chat template."""
+    CLIP's class token is the one additional image token; LLaVA-1.5's chat template. A Pixtral
+    tower's folder carries PixtralProcessor's instead."""
+    if type(cfg.vision) is PixtralVisionConfig:
+        return pixtral_processor_files(cfg)
     return ProcessorFiles(
         special_tokens=("<image>",),
         processor_config={"processor_class": "LlavaProcessor", "image_token": "<image>",

@@ -3,21 +3,36 @@ LLaVA with the Pixtral-ViT tower, presets from models/pixtral/config.py)."""
 
 from dataclasses import replace
 
+from vlmkit.errors import TokenizerError
+
 from vlmkit.models.clip.family import image_processor_config
 from vlmkit.models.llava import hf_mapping
 from vlmkit.models.llava.config import PRESETS, LlavaConfig
 from vlmkit.models.llava.model import Llava
+from vlmkit.models.parts.pixtral_vit import PixtralVisionConfig
 from vlmkit.models.parts.placeholders import PlaceholderGeneration
+from vlmkit.models.pixtral.family import image_processor_config as pixtral_image_processor_config
 from vlmkit.models.pixtral.config import PRESETS as PIXTRAL_PRESETS
 from vlmkit.models.registry import FamilySpec, register, tokenizer_fields
 
 
+def _pixtral(cfg: LlavaConfig) -> bool:
+    """The processor a LLaVA folder is made for follows its tower: transformers' PixtralProcessor
+    for the Pixtral-ViT (`[IMG]` placeholders, images at their own sizes), else LlavaProcessor."""
+    return type(cfg.vision) is PixtralVisionConfig
+
+
 def with_tokenizer(cfg: LlavaConfig, tok, vocab_size: int | None = None) -> LlavaConfig:
-    """`cfg` with the tokenizer's vocabulary size and its pad / bos / eos / `<image>` ids."""
-    return replace(cfg, text=replace(cfg.text, **tokenizer_fields(tok, vocab_size)), image_token_id=tok.image_token_id)
+    """`cfg` with the tokenizer's vocabulary size and its pad / bos / eos / image placeholder ids."""
+    image_id = tok.token_to_id("[IMG]") if _pixtral(cfg) else tok.image_token_id
+    if image_id is None:
+        raise TokenizerError(f"tokenizer in {tok.name} has no [IMG] token")
+    return replace(cfg, text=replace(cfg.text, **tokenizer_fields(tok, vocab_size)), image_token_id=image_id)
 
 
 def preprocessor_config(cfg: LlavaConfig) -> dict:
+    if _pixtral(cfg):
+        return {**pixtral_image_processor_config(cfg.vision), "processor_class": "PixtralProcessor"}
     return {**image_processor_config(cfg.vision.image_size), "processor_class": "LlavaProcessor"}
 
 
