@@ -185,6 +185,22 @@ def test_roundtrip(pair, tmp_path):
         assert k == k2 and torch.equal(v, v2), k
 
 
+def test_bf16_bit_identical(pair, tmp_path):
+    """In bf16 the packed tower and the logits equal transformers' bit for bit (the patch conv runs
+    on the padded batch as theirs does; see PixtralVisionTower.embed)."""
+    hf, ours = pair
+    save_hf(ours, tmp_path)
+    hf16 = tf.LlavaForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    ours16 = load_hf(tmp_path, dtype="bfloat16")
+    ids = _prompt(SIZES)
+    px, sizes = padded_pixels(SIZES)
+    with torch.no_grad():
+        ref = hf16(input_ids=ids, pixel_values=px.bfloat16(), image_sizes=sizes).logits
+        got = ours16(ids, px.bfloat16(), image_sizes=sizes)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, ref, atol=0, rtol=0)
+
+
 def test_reads_module_layout_and_shards(tmp_path):
     hb.assert_module_layout_loads(pixtral_llava(), tmp_path)
 
@@ -204,11 +220,14 @@ def test_presets():
     tower = sum(p.numel() for p in big.vision_tower.parameters())
     assert 400e6 < tower < 410e6
     assert tuple(big.projector.linear_1.weight.shape) == (5120, 1024)
+    hf_cfg = spec.config_to_hf(cfg)
+    with torch.device("meta"):
+        ref = tf.LlavaForConditionalGeneration(tf.LlavaConfig(**{k: v for k, v in hf_cfg.items() if k != "model_type"}))
+    assert sum(p.numel() for p in big.parameters()) == sum(p.numel() for p in ref.parameters())
     debug = Llava(spec.preset("pixtral-debug"))
     px, sizes = padded_pixels(SIZES)
     with torch.no_grad():
         assert debug.encode_images(px, sizes).shape == (1, 11, 64)
-    hf_cfg = spec.config_to_hf(cfg)
     assert hf_cfg["vision_config"]["model_type"] == "pixtral" and spec.config_from_hf(hf_cfg) == cfg
 
 

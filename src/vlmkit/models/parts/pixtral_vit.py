@@ -135,25 +135,39 @@ class PixtralVisionTower(nn.Module):
         self.ln_pre = _rms_norm(D)
         self.layers = nn.ModuleList(PixtralBlock(cfg) for _ in range(cfg.num_layers))
 
-    def images(self, pixel_values, image_sizes=None) -> list[torch.Tensor]:
-        """The M images [3, H_i, W_i] cut out of a padded [M, 3, H, W] batch (or given as a list)."""
-        if image_sizes is None:
-            return list(pixel_values)
-        sizes = image_sizes.tolist() if torch.is_tensor(image_sizes) else [list(s) for s in image_sizes]
-        if len(sizes) != len(pixel_values):
-            raise ValueError(f"{len(pixel_values)} images but {len(sizes)} image_sizes")
-        return [px[:, :h, :w] for px, (h, w) in zip(pixel_values, sizes)]
+    @staticmethod
+    def padded(pixel_values, image_sizes=None) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """(a zero-padded batch [M, 3, H_max, W_max], each image's (H_i, W_i) in pixels) from a
+        padded batch + image_sizes, a batch of equal images, or a list of [3, H_i, W_i]."""
+        if torch.is_tensor(pixel_values) and image_sizes is None:
+            return pixel_values, [tuple(pixel_values.shape[-2:])] * pixel_values.shape[0]
+        if image_sizes is not None:
+            sizes = image_sizes.tolist() if torch.is_tensor(image_sizes) else image_sizes
+            sizes = [(int(h), int(w)) for h, w in sizes]
+            if len(sizes) != len(pixel_values):
+                raise ValueError(f"{len(pixel_values)} images but {len(sizes)} image_sizes")
+            return pixel_values, sizes
+        sizes = [tuple(img.shape[-2:]) for img in pixel_values]
+        batch = pixel_values[0].new_zeros(len(sizes), pixel_values[0].shape[0], *map(max, zip(*sizes)))
+        for i, img in enumerate(pixel_values):  # indexed writes: autograd tracks them into `batch`
+            batch[i, :, : img.shape[-2], : img.shape[-1]] = img
+        return batch, sizes
 
     def embed(self, pixel_values, image_sizes=None) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        """-> (the `ln_pre`-normed packed patches [1, N, D], each image's (h_i, w_i) patch grid)."""
-        dtype, p = self.patch_conv.weight.dtype, self.cfg.patch_size
-        patches, grids = [], []
-        for img in self.images(pixel_values, image_sizes):
-            if img.shape[-2] < p or img.shape[-1] < p:
-                raise ValueError(f"an image of {tuple(img.shape[-2:])} pixels is smaller than one {p}-pixel patch")
-            x = self.patch_conv(img[None].to(dtype))[0]  # [D, h_i, w_i]; a remainder < p is dropped
-            grids.append(tuple(x.shape[1:]))
-            patches.append(x.flatten(1).T)  # [n_i, D], row-major
+        """-> (the `ln_pre`-normed packed patches [1, N, D], each image's (h_i, w_i) patch grid).
+
+        The patch conv runs once over the padded batch, as transformers runs it: a stride-p conv is
+        local, so the padding changes no real patch, and it is the only step that sees padding (CPU
+        bf16 convs of a lone one-patch-wide image came out wrong in PyTorch 2.13; the batch is right).
+        """
+        batch, sizes = self.padded(pixel_values, image_sizes)
+        p = self.cfg.patch_size
+        small = [s for s in sizes if min(s) < p]
+        if small:
+            raise ValueError(f"an image of {small[0]} pixels is smaller than one {p}-pixel patch")
+        x = self.patch_conv(batch.to(self.patch_conv.weight.dtype))  # [M, D, H_max / p, W_max / p]
+        grids = [(h // p, w // p) for h, w in sizes]  # a remainder < p is dropped
+        patches = [xi[:, :h, :w].flatten(1).T for xi, (h, w) in zip(x, grids)]  # [n_i, D] each, row-major
         return self.ln_pre(torch.cat(patches)[None]), grids  # [1, N, D]
 
     def hidden_states(self, pixel_values, layers: Sequence[int], image_sizes=None) -> list[torch.Tensor]:
