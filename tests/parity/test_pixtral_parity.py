@@ -169,15 +169,11 @@ def test_roundtrip(pair, tmp_path):
     is bit-identical; the tower keys are PixtralVisionModel's (no `vision_model.` level)."""
     hf, ours = pair
     save_hf(ours, tmp_path / "ours")
-    hf2, info = tf.LlavaForConditionalGeneration.from_pretrained(tmp_path / "ours", output_loading_info=True)
-    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
-    hf_sd = hf.state_dict()
-    for k, v in hf2.state_dict().items():
-        assert torch.equal(v, hf_sd[k]), k
+    hf2 = hb.load_strictly(tf.LlavaForConditionalGeneration, tmp_path / "ours", hf)
     ids = _prompt(SIZES)
     px, sizes = padded_pixels(SIZES)
     with torch.no_grad():
-        torch.testing.assert_close(hf2.eval()(input_ids=ids, pixel_values=px, image_sizes=sizes).logits,
+        torch.testing.assert_close(hf2(input_ids=ids, pixel_values=px, image_sizes=sizes).logits,
                                    ours(ids, px, image_sizes=sizes), atol=ATOL, rtol=1e-5)
     again = load_hf(tmp_path / "ours", dtype="float32")
     assert again.cfg == ours.cfg
@@ -382,11 +378,10 @@ def test_create_pixtral_debug(tmp_path, images):
     folder = create_checkpoint(tmp_path / "model", "pixtral-debug", family="llava")
     pipe = load(folder, dtype="float32")
     assert isinstance(pipe.processor, PixtralProcessor)
-    hf, info = tf.LlavaForConditionalGeneration.from_pretrained(folder, output_loading_info=True)
-    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    hf = hb.load_strictly(tf.LlavaForConditionalGeneration, folder)
     batch = pipe.processor(["[IMG] hi", "[IMG][IMG] two"], [[images["tall"]], [images["rgb"], images["wide"]]])
     with torch.no_grad():
-        ref = hf.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+        ref = hf(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                         pixel_values=batch["pixel_values"], image_sizes=batch["image_sizes"]).logits
         got = pipe.model(batch["input_ids"], batch["pixel_values"], batch["attention_mask"],
                          image_sizes=batch["image_sizes"])
