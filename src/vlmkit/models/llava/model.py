@@ -6,6 +6,8 @@ N image tokens per image, Dv vision width, D text width, V vocabulary.
 A composition of parts, nothing of its own: the CLIP tower (`SiglipVisionTower` with CLIP's
 switches), feature selection (`vision_feature_layer`, by default the second-to-last block, class
 token dropped: N = (image_size / patch_size)^2), the 2-layer GELU connector, and the decoder.
+The tower is built from its config's family record, so Pixtral's packed `PixtralVisionTower`
+(per-image `image_sizes`, features [1, sum_i N_i, D]) fills the same slot (docs/pixtral.md).
 Image features replace the `<image>` placeholder embeddings in order, unscaled. Attention is
 plain causal over the whole prompt (no prefix-LM block, unlike PaliGemma) and RoPE positions
 count from 0 over non-padding tokens, as transformers' generate builds them.

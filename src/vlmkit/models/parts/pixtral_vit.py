@@ -12,7 +12,7 @@ patches of all images are packed into one [1, N, D] sequence (models/common/pack
 Attention has no biases, RoPE-2D on q and k from each patch's (row, column) in its own image
 (models/common/rope2d; no learned positions, no class token) and a block-diagonal mask, so a
 patch attends only to patches of its image: the packed forward equals encoding each image alone,
-and nothing is padded to the largest image. There is no final norm.
+and no block sees padding (the sequence is never padded to the largest image). No final norm.
 
 Why a part of its own and not switches of `SiglipVisionTower`: Pixtral differs in every
 sub-layer (RMSNorm for LayerNorm, a gated FFN for the MLP, no biases anywhere, RoPE for the
@@ -22,9 +22,9 @@ reused: `attend` (SDPA), `apply_rope`, `GatedMLP`, `RMSNorm`, and the `hidden_st
 `models.parts.vision` (index 0 the `ln_pre` output, i the output of block i).
 
 Inputs: `pixel_values` [M, 3, H_max, W_max] zero-padded to the largest image, as transformers'
-processor returns them, with `image_sizes` [M, 2] (each image's height and width in pixels); only
-the real pixels of each image go through the patch conv. A list of M tensors [3, H_i, W_i] works
-too (no padding anywhere).
+processor returns them, with `image_sizes` [M, 2] (each image's height and width in pixels); the
+patch conv runs over that batch and each image's real patches are cut out of its output. A list of
+M tensors [3, H_i, W_i] works too (zero-padded for the conv only).
 
 Not supported: dropout, flash-attention varlen kernels (the mask is explicit), Mistral 3's patch
 merger (a connector, not part of this tower).
