@@ -92,6 +92,10 @@ def test_gradients_flow_through_the_packed_path(tower):
     tower.zero_grad()
 
 
-def test_image_smaller_than_a_patch(tower):
+def test_bad_inputs(tower):
     with pytest.raises(ValueError, match="smaller than one 8-pixel patch"):
         tower([torch.zeros(3, 4, 16)])
+    with pytest.raises(ValueError, match="do not fit pixel_values"):
+        tower(torch.zeros(2, 3, 16, 16), torch.tensor([[16, 16], [24, 8]]))
+    with pytest.raises(ValueError, match="do not fit pixel_values"):
+        tower(torch.zeros(2, 3, 16, 16), torch.tensor([[16, 16]]))

@@ -139,13 +139,14 @@ class PixtralVisionTower(nn.Module):
     def padded(pixel_values, image_sizes=None) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """(a zero-padded batch [M, 3, H_max, W_max], each image's (H_i, W_i) in pixels) from a
         padded batch + image_sizes, a batch of equal images, or a list of [3, H_i, W_i]."""
-        if torch.is_tensor(pixel_values) and image_sizes is None:
-            return pixel_values, [tuple(pixel_values.shape[-2:])] * pixel_values.shape[0]
-        if image_sizes is not None:
+        if torch.is_tensor(pixel_values):
+            H, W = pixel_values.shape[-2:]
+            if image_sizes is None:
+                return pixel_values, [(H, W)] * pixel_values.shape[0]
             sizes = image_sizes.tolist() if torch.is_tensor(image_sizes) else image_sizes
             sizes = [(int(h), int(w)) for h, w in sizes]
-            if len(sizes) != len(pixel_values):
-                raise ValueError(f"{len(pixel_values)} images but {len(sizes)} image_sizes")
+            if len(sizes) != len(pixel_values) or any(h > H or w > W for h, w in sizes):
+                raise ValueError(f"image_sizes {sizes} do not fit pixel_values of shape {tuple(pixel_values.shape)}")
             return pixel_values, sizes
         sizes = [tuple(img.shape[-2:]) for img in pixel_values]
         batch = pixel_values[0].new_zeros(len(sizes), pixel_values[0].shape[0], *map(max, zip(*sizes)))
