@@ -331,6 +331,38 @@ def test_processor_every_image(processors, images):
     assert counts == [35, 4, 1]
 
 
+def test_processor_from_the_older_layout(processors, tmp_path, images):
+    """A 4.x-style folder (image fields in preprocessor_config.json, which names the processor
+    class, and a flat processor_config.json) gives the same processor and outputs."""
+    import json
+    import shutil
+
+    ours, theirs = processors
+    folder = tmp_path / "old"
+    shutil.copytree(tmp_path / "folder", folder)
+    proc = json.loads((folder / "processor_config.json").read_text())
+    image = {**proc.pop("image_processor"), "processor_class": proc.pop("processor_class")}
+    (folder / "processor_config.json").write_text(json.dumps(proc))
+    (folder / "preprocessor_config.json").write_text(json.dumps(image))
+    cfg = types.SimpleNamespace(image_token_id=theirs.image_token_id, vision=types.SimpleNamespace(patch_size=PATCH))
+    old = get_family("llava").build_processor(folder, None, cfg)
+    assert old.config == ours.config
+    _assert_same(old("[IMG] x", [images["rgb"]]), theirs(text="[IMG] x", images=[images["rgb"]], return_tensors="pt"))
+
+
+def test_processor_builder_checks_the_config(processors, tmp_path):
+    from vlmkit.errors import ConfigError
+
+    _, theirs = processors
+    build = get_family("llava").build_processor
+    bad_id = types.SimpleNamespace(image_token_id=theirs.image_token_id - 1, vision=types.SimpleNamespace(patch_size=PATCH))
+    with pytest.raises(ConfigError, match=r"the tokenizer's \[IMG\] id \d+ != config.json image_token_index"):
+        build(tmp_path / "folder", None, bad_id)
+    bad_patch = types.SimpleNamespace(image_token_id=theirs.image_token_id, vision=types.SimpleNamespace(patch_size=16))
+    with pytest.raises(ConfigError, match="processor patch_size 8 != vision_config patch_size 16"):
+        build(tmp_path / "folder", None, bad_patch)
+
+
 def test_processor_rejects_an_empty_side(processors, rng_image):
     ours, _ = processors
     with pytest.raises(DataError, match="has an empty side"):

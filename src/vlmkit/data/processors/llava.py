@@ -122,7 +122,8 @@ def build_processor(folder: str | Path, tokenizer, cfg) -> LlavaProcessor:
     """The LLaVA family's processor builder (named by its registry record): the folder's own
     processor files; its `<image>` id must be the config's image_token_index. A folder saved with
     transformers' PixtralProcessor (a LLaVA checkpoint with the Pixtral tower) gets vlmkit's."""
-    if read_processor_files(folder)[1].get("processor_class") == "PixtralProcessor":
+    image, proc = read_processor_files(folder)  # 4.x folders name the class in preprocessor_config.json
+    if (proc.get("processor_class") or image.get("processor_class")) == "PixtralProcessor":
         return build_pixtral(folder, tokenizer, cfg)
     processor = LlavaProcessor.from_folder(folder)
     if processor.image_token_id != cfg.image_token_id:
