@@ -96,3 +96,15 @@ def assert_module_layout_loads(hf_model, tmp_path) -> None:
     a, b = load_hf(tmp_path / "hub", dtype="float32"), load_hf(tmp_path / "mod", dtype="float32")
     for (k, v), (k2, v2) in zip(a.state_dict().items(), b.state_dict().items()):
         assert k == k2 and torch.equal(v, v2), k
+
+
+def load_strictly(hf_class, folder, reference=None):
+    """transformers' `hf_class` from `folder`: no missing / unexpected / mismatched key, and (given
+    a `reference` model) every tensor equal to the reference's. Returns the model in eval mode."""
+    model, info = hf_class.from_pretrained(folder, output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    if reference is not None:
+        ref = reference.state_dict()
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, ref[k]), k
+    return model.eval()

@@ -23,7 +23,10 @@ import torch
 from vlmkit.data.processors import pixels
 from vlmkit.data.processor_files import ProcessorFiles, bundled_chat_template
 from vlmkit.data.processors.common import TypeCProcessor, read_processor_files, size_field
+from vlmkit.data.processors.pixtral import build_processor as build_pixtral
+from vlmkit.data.processors.pixtral import processor_files as pixtral_processor_files
 from vlmkit.errors import ConfigError
+from vlmkit.models.parts.pixtral_vit import PixtralVisionConfig
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -117,13 +120,20 @@ class LlavaProcessor(TypeCProcessor):
 
 def build_processor(folder: str | Path, tokenizer, cfg) -> LlavaProcessor:
     """The LLaVA family's processor builder (named by its registry record): the folder's own
-    processor files; its `<image>` id must be the config's image_token_index."""
+    processor files; its `<image>` id must be the config's image_token_index. A folder saved with
+    transformers' PixtralProcessor (a LLaVA checkpoint with the Pixtral tower) gets vlmkit's."""
+    image, proc = read_processor_files(folder)  # 4.x folders name the class in preprocessor_config.json
+    if (proc.get("processor_class") or image.get("processor_class")) == "PixtralProcessor":
+        return build_pixtral(folder, tokenizer, cfg)
     return LlavaProcessor.from_folder(folder).check_image_token(folder, cfg)
 
 
 def processor_files(cfg) -> ProcessorFiles:
     """What a LLaVA folder made by `vlmkit create` carries for LlavaProcessor (and transformers'):
-    CLIP's class token is the one additional image token; LLaVA-1.5's chat template."""
+    CLIP's class token is the one additional image token; LLaVA-1.5's chat template. A Pixtral
+    tower's folder carries PixtralProcessor's instead."""
+    if type(cfg.vision) is PixtralVisionConfig:
+        return pixtral_processor_files(cfg)
     return ProcessorFiles(
         special_tokens=("<image>",),
         processor_config={"processor_class": "LlavaProcessor", "image_token": "<image>",

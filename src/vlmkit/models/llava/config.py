@@ -5,6 +5,8 @@ Presets follow the published checkpoints (LLaVA-1.5, arXiv:2310.03744; HF llava-
   -> 576 image tokens), a 2-layer GELU MLP 1024 -> 4096 -> 4096 with biases, and the Vicuna-7B
   (Llama 2 7B shape) decoder: 32 layers, width 4096, MLP 11008, 32 heads, vocabulary 32064,
   `<image>` = 32000, pad 32001.
+  The vision side is a CLIP / SigLIP tower or the Pixtral-ViT (`PixtralVisionConfig`: images
+  at their own sizes; its presets, pixtral-12b and pixtral-debug, are in models/pixtral/config.py).
   The text side is any registered decoder config (`LlamaConfig` here; a `GemmaConfig` works
   too): the decoder class comes from the text config's family record.
 - debug: CLIP debug tower + Llama debug decoder, runs on a CPU in milliseconds.
@@ -17,6 +19,7 @@ from vlmkit.models.common.decoder_config import DecoderConfig
 from vlmkit.models.llama.config import PRESETS as LLAMA_PRESETS
 from vlmkit.models.llama.config import LlamaConfig
 from vlmkit.models.parts.connectors import ConnectorConfig
+from vlmkit.models.parts.pixtral_vit import PixtralVisionConfig
 from vlmkit.models.parts.vision import FeatureSelect
 from vlmkit.models.siglip.config import SiglipVisionConfig
 
@@ -25,7 +28,8 @@ LLAVA_IMAGE_TOKEN_ID = 32000
 
 @dataclass(kw_only=True)
 class LlavaConfig:
-    vision: SiglipVisionConfig  # a ClipVisionConfig for every published LLaVA
+    # A ClipVisionConfig for every published LLaVA; the tower class comes from its family record.
+    vision: SiglipVisionConfig | PixtralVisionConfig
     text: DecoderConfig  # LlamaConfig for every published LLaVA
     # LLaVA's projector: linear_1 -> GELU -> linear_2, with biases.
     projector: ConnectorConfig = field(default_factory=ConnectorConfig)
@@ -41,7 +45,8 @@ class LlavaConfig:
 
     @property
     def num_image_tokens(self) -> int:
-        """Tokens each image contributes: (image_size / patch_size)^2 with the default strategy."""
+        """Tokens each image contributes: (image_size / patch_size)^2 with the default strategy
+        (Pixtral: the most an image gives, a full-size square one; the processor counts each image)."""
         return self.projector.num_tokens(self.features.num_tokens(self.vision.num_positions))
 
     @classmethod

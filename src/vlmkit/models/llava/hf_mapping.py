@@ -5,6 +5,8 @@ We write the hub layout of llava-hf/llava-1.5-7b-hf (`vision_tower.vision_model.
 which is PaliGemma's, so the prefix aliases and hub naming are PaliGemma's too (reused, not
 copied): transformers 5 layouts (`model.language_model.*`, `model.vision_tower.*`, top-level
 `lm_head.*`) and 5.x's own `vision_tower.*` without `vision_model.` are read as well.
+The tower is chosen by the vision `model_type`: CLIP, SigLIP, or Pixtral (mistral-community/
+pixtral-12b), whose PixtralVisionModel keys have no `vision_model.` level and are written as such.
 """
 
 from dataclasses import replace
@@ -13,9 +15,12 @@ from vlmkit.errors import ConfigError
 from vlmkit.models.clip import hf_mapping as clip_map
 from vlmkit.models.clip.config import ClipVisionConfig
 from vlmkit.models.llava.config import LlavaConfig
-from vlmkit.models.paligemma.hf_mapping import normalise_key, to_hub_name
+from vlmkit.models.paligemma.hf_mapping import normalise_key
+from vlmkit.models.paligemma.hf_mapping import to_hub_name as _wrapped_hub_name
 from vlmkit.models.common.activations import TO_HF_ACTIVATION, activation_from_hf
 from vlmkit.models.parts.connectors import ConnectorConfig
+from vlmkit.models.parts.pixtral_vit import PixtralVisionConfig
+from vlmkit.models.pixtral import hf_mapping as pixtral_map
 from vlmkit.models.parts.vision import FeatureSelect
 from vlmkit.models.registry import family_for_model_type, family_of
 from vlmkit.models.siglip import hf_mapping as siglip_map
@@ -29,8 +34,12 @@ _PROJECTOR: Table = [("projector.linear_1", "multi_modal_projector.linear_1"),
                      ("projector.linear_2", "multi_modal_projector.linear_2")]
 
 # HF vision `model_type` -> reader, and our vision config class -> writer.
-_VISION_FROM_HF = {"clip_vision_model": clip_map.config_from_hf, "siglip_vision_model": siglip_map.vision_config_from_hf}
-_VISION_TO_HF = {ClipVisionConfig: clip_map.config_to_hf, SiglipVisionConfig: siglip_map.vision_config_to_hf}
+_VISION_FROM_HF = {"clip_vision_model": clip_map.config_from_hf, "siglip_vision_model": siglip_map.vision_config_from_hf,
+                   "pixtral": pixtral_map.config_from_hf}
+_VISION_TO_HF = {ClipVisionConfig: clip_map.config_to_hf, SiglipVisionConfig: siglip_map.vision_config_to_hf,
+                 PixtralVisionConfig: pixtral_map.config_to_hf}
+# transformers' PixtralVisionModel has no `vision_model.` wrapper: its keys are written as they are.
+_UNWRAPPED_TOWER = tuple(f"vision_tower.{theirs.split('.')[0]}." for _, theirs in pixtral_map.TABLE)
 
 # transformers' LlavaConfig default vision tower (CLIP ViT-L/14-336), for a config.json without one.
 _HF_VISION_DEFAULT = dict(model_type="clip_vision_model", intermediate_size=4096, hidden_size=1024, patch_size=14,
@@ -40,10 +49,15 @@ _HF_VISION_DEFAULT = dict(model_type="clip_vision_model", intermediate_size=4096
 def table(cfg: LlavaConfig) -> Table:
     """Ours -> canonical names (`vision_tower.` is the vision root, see `to_hub_name`)."""
     return (
-        [(f"vision_tower.{o}", f"vision_tower.{t}") for o, t in siglip_map.vision_table(cfg.vision)]
+        [(f"vision_tower.{o}", f"vision_tower.{t}") for o, t in family_of(cfg.vision).table(cfg.vision)]
         + _PROJECTOR
         + [(f"language_model.{o}", f"language_model.{t}") for o, t in family_of(cfg.text).table(cfg.text)]
     )
+
+
+def to_hub_name(key: str) -> str:
+    """Canonical name -> the name written to disk: CLIP / SigLIP towers under `vision_model.`."""
+    return key if key.startswith(_UNWRAPPED_TOWER) else _wrapped_hub_name(key)
 
 
 def config_from_hf(d: dict) -> LlavaConfig:

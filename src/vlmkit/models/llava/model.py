@@ -6,6 +6,8 @@ N image tokens per image, Dv vision width, D text width, V vocabulary.
 A composition of parts, nothing of its own: the CLIP tower (`SiglipVisionTower` with CLIP's
 switches), feature selection (`vision_feature_layer`, by default the second-to-last block, class
 token dropped: N = (image_size / patch_size)^2), the 2-layer GELU connector, and the decoder.
+The tower is built from its config's family record, so Pixtral's packed `PixtralVisionTower`
+(per-image `image_sizes`, features [1, sum_i N_i, D]) fills the same slot (docs/pixtral.md).
 Image features replace the `<image>` placeholder embeddings in order, unscaled. Attention is
 plain causal over the whole prompt (no prefix-LM block, unlike PaliGemma) and RoPE positions
 count from 0 over non-padding tokens, as transformers' generate builds them.
@@ -21,20 +23,24 @@ from vlmkit.models.parts.connectors import Connector
 from vlmkit.models.parts.placeholders import ImagePlaceholders, positions_from_mask
 from vlmkit.models.parts.vision import select_image_features
 from vlmkit.models.registry import family_of
-from vlmkit.models.siglip.model import SiglipVisionTower
 
 
 class Llava(ImagePlaceholders, nn.Module):
     def __init__(self, cfg: LlavaConfig):
         super().__init__()
         self.cfg = cfg
-        self.vision_tower = SiglipVisionTower(cfg.vision)
+        self.vision_tower = family_of(cfg.vision).model_class(cfg.vision)
         self.projector = Connector(cfg.projector, cfg.features.width(cfg.vision.hidden_size), cfg.text.hidden_size)
         self.language_model = family_of(cfg.text).model_class(cfg.text)
 
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """pixel_values [M, 3, H, W] -> image tokens [M, N, D] in the projector dtype."""
-        return self.projector(select_image_features(self.vision_tower, pixel_values, self.cfg.features))
+    def encode_images(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None = None) -> torch.Tensor:
+        """pixel_values [M, 3, H, W] -> image tokens [M, N, D] in the projector dtype.
+
+        A native-resolution tower (Pixtral) takes the images padded to the largest, with
+        `image_sizes` [M, 2] (height, width in pixels), and gives them packed: [1, sum_i N_i, D].
+        """
+        inputs = {} if image_sizes is None else {"image_sizes": image_sizes}
+        return self.projector(select_image_features(self.vision_tower, pixel_values, self.cfg.features, **inputs))
 
     def forward(
         self,
@@ -50,7 +56,8 @@ class Llava(ImagePlaceholders, nn.Module):
             input_ids: [B, T] int64 with `num_image_tokens` `<image>` placeholders per image.
             pixel_values: [M, 3, H, W] float, or pass precomputed `image_features` [M, N, D].
             attention_mask: [B, T] 1 for tokens, 0 for (left) padding (default all ones).
-            image_inputs: what else `encode_images` takes with pixel_values (LLaVA-NeXT's image_sizes).
+            image_inputs: what else `encode_images` takes with pixel_values (`image_sizes`: LLaVA-NeXT's
+                original sizes, Pixtral's per-image sizes).
 
         Returns:
             logits [B, T, V] in the model dtype.

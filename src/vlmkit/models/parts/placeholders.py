@@ -76,8 +76,9 @@ class PlaceholderGeneration:
     prefix_lm: the image + prefix block (token_type_ids 0, or the whole prompt without them) is
         bidirectional (PaliGemma); False is plain causal attention (LLaVA, SmolVLM, InternVL).
     position_start: the first token's RoPE position (PaliGemma 1, transformers' decoder-only 0).
-    image_inputs: the batch entries passed, in order, to `model.encode_images` (LLaVA-NeXT also
-        needs the original `image_sizes`).
+    image_inputs: the batch entries passed to `model.encode_images`: the first (the pixels)
+        positionally, the others by name when the batch has them (LLaVA-NeXT's original
+        `image_sizes`, Pixtral's per-image sizes).
     """
 
     prefix_lm: bool = False
@@ -97,7 +98,8 @@ class PlaceholderGeneration:
         ids, mask, tt = batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
         feats = batch.get("image_features")
         if feats is None and batch.get("pixel_values") is not None:
-            feats = model.encode_images(*(batch.get(k) for k in self.image_inputs))
+            pixels, *others = self.image_inputs
+            feats = model.encode_images(batch[pixels], **{k: batch[k] for k in others if batch.get(k) is not None})
         if not self.prefix_lm:
             in_prefix = torch.zeros_like(mask, dtype=torch.bool)
         else:

@@ -55,9 +55,11 @@ class FeatureSelect:
         return tower_width * len(self.layers)
 
 
-def select_image_features(tower: SiglipVisionTower, pixel_values: torch.Tensor, sel: FeatureSelect) -> torch.Tensor:
-    """pixel_values [M, C, H, W] -> features [M, P or P - 1, Dv * k] as configured by `sel`."""
-    states = tower.hidden_states(pixel_values, sel.layers)  # k x [M, P, Dv]
+def select_image_features(tower: SiglipVisionTower, pixel_values: torch.Tensor, sel: FeatureSelect,
+                          **tower_inputs: torch.Tensor) -> torch.Tensor:
+    """pixel_values [M, C, H, W] -> features [M, P or P - 1, Dv * k] as configured by `sel`
+    (a packed tower, Pixtral, gives [1, sum_i P_i, Dv * k]; `tower_inputs`: its image_sizes)."""
+    states = tower.hidden_states(pixel_values, sel.layers, **tower_inputs)  # k x [M, P, Dv]
     if sel.vision_feature_select_strategy == "default":
         states = [s[:, 1:] for s in states]  # drop the class token
     return states[0] if len(states) == 1 else torch.cat(states, dim=-1)  # [M, P', Dv * k]
