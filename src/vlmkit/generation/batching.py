@@ -53,7 +53,11 @@ class BatchedCache:
 
     def __init__(self, lm: CachedDecoder, rows: int, max_len: int, dtype: torch.dtype, device, decode_fn=None):
         lm.setup_caches(rows, max_len, dtype, device)
-        self.caches = [(m, m.k, m.v) for m in lm.modules() if isinstance(m, KVCache)]  # type: ignore[attr-defined]
+        modules = dict(lm.named_modules())  # type: ignore[attr-defined]
+        # (owner, attribute, cache, k, v): `_bind` re-installs each cache where setup_caches put it,
+        # so a plain `generate` on the same model in between (which replaces caches) cannot break us.
+        self.caches = [(modules[name.rpartition(".")[0]], name.rpartition(".")[2], m, m.k, m.v)
+                       for name, m in modules.items() if isinstance(m, KVCache)]
         if not self.caches:
             lm.clear_caches()
             raise ConfigError("continuous batching needs a decoder whose caches are vlmkit KVCache modules")
@@ -66,7 +70,6 @@ class BatchedCache:
         self.active: dict[int, _RowState] = {}
 
     def close(self) -> None:
-        self._bind(None)
         self.lm.clear_caches()
 
     def free_row(self) -> int | None:
@@ -78,7 +81,7 @@ class BatchedCache:
 
     def copy_row(self, src: int, dst: int) -> None:
         """Make free row `dst` a copy of `src` (the same prompt sampled n times shares one prefill)."""
-        for _, k, v in self.caches:
+        for *_, k, v in self.caches:
             k[dst], v[dst] = k[src], v[src]
         self.key_valid[dst], self.in_prefix[dst] = self.key_valid[src], self.in_prefix[src]
         self.next_pos[dst] = self.next_pos[src]
@@ -107,7 +110,7 @@ class BatchedCache:
         if not self.active:
             self.key_valid.zero_()
             return
-        for _, k, v in self.caches:
+        for *_, k, v in self.caches:
             k.copy_(torch.roll(k, d, dims=2))
             v.copy_(torch.roll(v, d, dims=2))
         self.key_valid.copy_(torch.roll(self.key_valid, d, dims=1))
@@ -117,7 +120,8 @@ class BatchedCache:
 
     def _bind(self, index) -> None:
         """Point every layer's cache at `k[index]` / `v[index]` (None: the whole buffers)."""
-        for m, k, v in self.caches:
+        for owner, attr, m, k, v in self.caches:
+            setattr(owner, attr, m)
             m.k, m.v = (k, v) if index is None else (k[index], v[index])
 
     @torch.inference_mode()

@@ -51,7 +51,7 @@ class Limits:
 def _image_bytes(url: str, limits: Limits, param: str) -> bytes:
     m = _DATA_URI.fullmatch(url.strip())
     if m is None:
-        if limits.allow_local_files is None:
+        if limits.allow_local_files is None or re.match(r"[a-z][a-z0-9+.-]*://", url) and not url.startswith("file://"):
             raise APIError(400, f"{param}: only data URIs are accepted (data:image/...;base64,...); "
                            "local paths need the server's --allow-local-files DIR", param)
         return _local_file(url, limits, param)

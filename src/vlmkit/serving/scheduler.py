@@ -11,6 +11,7 @@ Requests arrive from other threads (`submit`, `cancel`); results leave through e
 """
 
 import hashlib
+import logging
 import threading
 import time
 from collections import OrderedDict, deque
@@ -24,6 +25,9 @@ from vlmkit.generation.batching import BatchedCache
 from vlmkit.generation.generate import _Row  # the generate loop's own EOS / stop-string rule
 from vlmkit.generation.sampling import SamplingConfig, sample_next
 from vlmkit.models.registry import family_of
+
+
+log = logging.getLogger("vlmkit.serving")
 
 
 class QueueFullError(VlmkitError):
@@ -46,7 +50,8 @@ class Event:
 class Request:
     """A processed prompt (batch of 1 as the family's processor makes it) and how to sample it.
 
-    emit: called on the scheduler thread with every Event of every choice.
+    emit: called on the scheduler thread with every Event of every choice; if it raises (its
+        client's event loop is gone), the request is cancelled.
     """
 
     batch: dict
@@ -59,6 +64,13 @@ class Request:
     @property
     def prompt_tokens(self) -> int:
         return int(self.batch["input_ids"].shape[1])
+
+    def send(self, event: Event) -> None:
+        try:
+            self.emit(event)
+        except Exception:  # noqa: BLE001 - a vanished client must not stop the scheduler
+            log.warning("dropping a request whose receiver failed", exc_info=True)
+            self.cancelled = True
 
 
 @dataclass(eq=False)
@@ -176,11 +188,17 @@ class Scheduler:
         try:
             self._admit(admitted)
         except Exception as exc:  # noqa: BLE001 - a failing request must not stop the server
+            log.exception("admitting %d request(s) failed", len(admitted))
             for req in admitted:
                 self._fail(req, exc)
         self._drop_cancelled()
         if self._seqs:
-            self._step()
+            try:
+                self._step()
+            except Exception as exc:  # noqa: BLE001 - fail what is in flight, keep serving
+                log.exception("decode step failed")
+                for req in {id(s.req): s.req for s in self._seqs.values()}.values():
+                    self._fail(req, exc)
 
     def _take_admissible(self) -> list[Request]:
         """Waiting requests (FIFO) that fit in the free rows now; cancelled ones are dropped."""
@@ -189,7 +207,7 @@ class Scheduler:
         while self._waiting and (self._waiting[0].cancelled or self._waiting[0].n <= free):
             req = self._waiting.popleft()
             if req.cancelled:
-                req.emit(Event(0, finish="cancelled"))
+                req.send(Event(0, finish="cancelled"))
                 continue
             out.append(req)
             free -= req.n
@@ -199,7 +217,7 @@ class Scheduler:
     def _fail(self, req: Request, exc: Exception) -> None:
         for seq in [s for s in self._seqs.values() if s.req is req]:
             self._release(seq)
-        req.emit(Event(0, error=exc))
+        req.send(Event(0, error=exc))
 
     def _release(self, seq: _Seq) -> None:
         self._seqs.pop(seq.row, None)
@@ -208,7 +226,7 @@ class Scheduler:
     def _drop_cancelled(self) -> None:
         for seq in [s for s in self._seqs.values() if s.req.cancelled]:
             self._release(seq)
-            seq.req.emit(Event(seq.index, finish="cancelled", completion_tokens=seq.acc.steps))
+            seq.req.send(Event(seq.index, finish="cancelled", completion_tokens=seq.acc.steps))
 
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device)
@@ -248,7 +266,7 @@ class Scheduler:
         self._encode_images(reqs)
         for i, req in enumerate(reqs):
             if req.cancelled:
-                req.emit(Event(0, finish="cancelled"))
+                req.send(Event(0, finish="cancelled"))
                 continue
             try:
                 placed = self._prefill(req)
@@ -296,13 +314,13 @@ class Scheduler:
         hold = 0 if done else max((len(s) - 1 for s in cfg.stop_strings), default=0)
         upto = max(seq.sent, len(seq.acc.text) - hold)
         if seq.acc.finish != "eos":
-            seq.req.emit(Event(seq.index, seq.acc.text[seq.sent:upto], seq.last))
+            seq.req.send(Event(seq.index, seq.acc.text[seq.sent:upto], seq.last))
         elif upto > seq.sent:
-            seq.req.emit(Event(seq.index, seq.acc.text[seq.sent:upto]))
+            seq.req.send(Event(seq.index, seq.acc.text[seq.sent:upto]))
         seq.sent = upto
         if done:
             self._release(seq)
-            seq.req.emit(Event(seq.index, finish=seq.acc.finish or "length", completion_tokens=seq.acc.steps))
+            seq.req.send(Event(seq.index, finish=seq.acc.finish or "length", completion_tokens=seq.acc.steps))
 
     def _step(self) -> None:
         t0 = time.perf_counter()

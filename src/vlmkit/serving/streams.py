@@ -4,6 +4,7 @@ cancels the request, which frees its cache rows before the next decode step."""
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 
 from vlmkit.errors import VlmkitError
@@ -28,13 +29,18 @@ class Completion:
     async def events(self, http_request) -> AsyncIterator[Event]:
         """The request's events until every choice has finished; cancels it if the client leaves
         (or the consumer stops early)."""
+        checked = float("-inf")  # check at the first event, then every POLL_S
         try:
             while any(f is None for f in self.finish):
                 try:
                     event = await asyncio.wait_for(self.queue.get(), POLL_S)
                 except asyncio.TimeoutError:
+                    event = None
+                if time.monotonic() - checked >= POLL_S or event is None:
+                    checked = time.monotonic()
                     if await http_request.is_disconnected():
                         return
+                if event is None:
                     continue
                 if event.error is not None:
                     err = event.error
