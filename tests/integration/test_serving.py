@@ -35,7 +35,8 @@ def ref():
 def client(pipe, tmp_path_factory):
     folder = tmp_path_factory.mktemp("images")
     _image().save(folder / "red.png")
-    cfg = ServeConfig(max_batch=4, max_len=256, limits=Limits(max_image_pixels=512 * 512, allow_local_files=folder))
+    cfg = ServeConfig(max_batch=4, max_len=256, limits=Limits(max_image_pixels=512 * 512, max_body_bytes=4 << 20,
+                                                                  allow_local_files=folder))
     with TestClient(create_app(pipe, cfg)) as c:
         c.folder = folder
         yield c
@@ -132,6 +133,11 @@ def test_local_files_only_under_the_folder(client):
     (_body(url="data:image/png;base64,iVBORw0KGgo="), 400, "image"),
     (_body(url=_uri(Image.new("RGB", (1024, 1024)))), 413, "pixels"),
     (_body(max_tokens=10_000), 400, "cache slots"),
+    ({"messages": [{"role": "user", "content": "caption en"}]}, 400, "has no image"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "caption en"}] + [
+        {"type": "image_url", "image_url": {"url": _uri()}}] * 9}]}, 400, "at most 8"),
+    (_body("x" * 40_000), 400, "characters"),
+    (b"{" + b" " * (5 << 20) + b"}", 413, "request body larger"),
     (_body(n=9), 400, "max-batch"),
 ])
 def test_bad_requests(client, body, status, words):
@@ -202,3 +208,14 @@ def test_client_disconnect_cancels_and_frees_rows(client):
             break
         asyncio.run(asyncio.sleep(0.05))
     assert server.scheduler.active_rows == 0 and server.scheduler.cache.active == {}
+
+
+def test_full_queue_is_429(client, monkeypatch):
+    from vlmkit.serving.scheduler import QueueFullError
+
+    def full(req):
+        raise QueueFullError("the queue is full (1 waiting requests)")
+
+    monkeypatch.setattr(client.app.state.server.scheduler, "submit", full)
+    r = client.post(URL, json=_body())
+    assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limit_error"

@@ -53,6 +53,8 @@ def _validation_error(_, exc: RequestValidationError) -> JSONResponse:
     loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
     if first.get("type") == "json_invalid":
         return _error(APIError(400, f"the request body is not valid JSON ({first.get('msg', '')})"))
+    if not loc and first.get("type") == "missing":
+        return _error(APIError(400, "the request body is missing: send a JSON object"))
     return _error(APIError(422, f"{loc or 'body'}: {first.get('msg', 'invalid value')}", loc or None))
 
 
