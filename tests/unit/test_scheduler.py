@@ -18,9 +18,9 @@ PROMPTS = ["caption en", "detect circle ; square", "answer en what colour is it?
 COLOURS = ["red", "blue", "green"]
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    return vlmkit.load(dtype="float32")  # exact in fp32; bf16 CPU kernels depend on the batch size at near-ties
+@pytest.fixture(scope="module", params=["float32", "bfloat16"])
+def pipe(request):
+    return vlmkit.load(dtype=request.param)
 
 
 def _image(i):

@@ -23,8 +23,11 @@ would run past L, every row is shifted along the slot axis first (`_shift`).
 The prefill of one row and every decode step run on *views* of the preallocated buffers:
 the decoder's caches are `KVCache` modules whose `update` writes into `k` / `v` in place, so
 pointing those buffers at views of one [R, K, L, hd] buffer makes the unchanged decoder read and
-write exactly the rows and slot span asked for: prefill sees a [1, K, T, hd] cache (as a request
-alone), decode sees only the occupied rows and the occupied slot span.
+write exactly the rows and slot span asked for. Prefill sees a [1, K, need, hd] cache with the
+prompt at its start, exactly the cache a lone `generate` allocates; a decode step sees the occupied
+rows and the slots from the earliest row start to the latest row end. Keeping the key layout of a
+lone run (rather than only the written slots) is what makes bf16 answers equal too: SDPA's CPU
+kernel rounds differently when the key length changes, and at a near-tie that flips a token.
 """
 
 from dataclasses import dataclass
@@ -131,10 +134,13 @@ class BatchedCache:
         T = inputs.embeds.shape[1]
         start = self.slot - T
         valid = inputs.attention_mask[0].bool()
-        self._bind((slice(row, row + 1), slice(None), slice(start, self.slot)))
+        # The prompt's view spans all `need` slots of the row, as the cache of a lone request
+        # does, so that its attention runs over the same key layout (bitwise equal in bf16 too).
+        self._bind((slice(row, row + 1), slice(None), slice(start, start + need)))
+        pad = torch.zeros(1, need - T, dtype=torch.bool, device=self.device)
         try:
-            h = self.lm(inputs.embeds, inputs.positions, valid[None], inputs.in_prefix & valid[None],
-                        torch.arange(T, device=self.device))
+            h = self.lm(inputs.embeds, inputs.positions, torch.cat([valid[None], pad], 1),
+                        torch.cat([inputs.in_prefix & valid[None], pad], 1), torch.arange(T, device=self.device))
         finally:
             self._bind(None)
         self.key_valid[row] = False
@@ -153,16 +159,17 @@ class BatchedCache:
             raise ValueError("every active row decodes at every step (they share the write slot)")
         hi = max(tokens) + 1
         lo = min(self.active[r].start for r in tokens)
+        end = max(self.active[r].end for r in tokens)  # keys up to every row's last slot, as alone
         s = self.slot
         ids = torch.zeros(hi, 1, dtype=torch.long, device=self.device)
         rows = torch.tensor(list(tokens), device=self.device)
         ids[rows, 0] = torch.tensor(list(tokens.values()), device=self.device)
         self.key_valid[rows, s] = True
         positions = self.next_pos[:hi, None].clone()  # [hi, 1]
-        self._bind((slice(0, hi), slice(None), slice(lo, s + 1)))
+        self._bind((slice(0, hi), slice(None), slice(lo, end)))
         try:
             logits = self.decode_fn(self.lm, ids, positions, torch.tensor([s - lo], device=self.device),
-                                    self.key_valid[:hi, lo:s + 1], self.in_prefix[:hi, lo:s + 1])
+                                    self.key_valid[:hi, lo:end], self.in_prefix[:hi, lo:end])
         finally:
             self._bind(None)
         self.next_pos[rows] += 1
