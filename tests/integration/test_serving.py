@@ -107,6 +107,7 @@ def test_models_health_page_metrics(client):
     client.post(URL, json=_body())
     text = client.get("/metrics").text
     assert tokens() > before and "vlmkit_batch_size_bucket" in text and "vlmkit_queue_depth" in text
+    assert "vlmkit_request_latency_seconds_count" in text and "vlmkit_time_to_first_token_seconds_sum" in text
     assert 'vlmkit_requests_total{endpoint="/v1/chat/completions",status="200"}' in text
 
 

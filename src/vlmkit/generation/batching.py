@@ -26,8 +26,9 @@ pointing those buffers at views of one [R, K, L, hd] buffer makes the unchanged 
 write exactly the rows and slot span asked for. Prefill sees a [1, K, need, hd] cache with the
 prompt at its start, exactly the cache a lone `generate` allocates; a decode step sees the occupied
 rows and the slots from the earliest row start to the latest row end. Keeping the key layout of a
-lone run (rather than only the written slots) is what makes bf16 answers equal too: SDPA's CPU
-kernel rounds differently when the key length changes, and at a near-tie that flips a token.
+lone run (rather than only the written slots) is what makes bf16 answers equal too: with only the
+written slots in view, a bf16 row once took another token at a near-tie after 27 steps
+(tests/unit/test_scheduler.py runs both dtypes).
 """
 
 from dataclasses import dataclass

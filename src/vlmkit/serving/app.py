@@ -109,7 +109,7 @@ class Server:
 
 def _middleware(server: Server):
     async def guard(request: Request, call_next):
-        t0, path = time.perf_counter(), request.url.path
+        path = request.url.path
         key, limits = server.cfg.api_key, server.cfg.limits
         given = request.headers.get("authorization", "")
         if key is not None and path not in OPEN_PATHS and not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
@@ -121,8 +121,6 @@ def _middleware(server: Server):
             response = await call_next(request)
         endpoint = path if path in ("/v1/chat/completions", "/v1/models", "/health", "/metrics", "/") else "other"
         server.metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        if endpoint == "/v1/chat/completions":
-            server.metrics.latency_seconds.labels(endpoint).observe(time.perf_counter() - t0)
         return response
     return guard
 

@@ -27,8 +27,8 @@ class Metrics:
                                       buckets=_LATENCY)
         self.ttft_seconds = Histogram("vlmkit_time_to_first_token_seconds", "submission to first token",
                                       registry=r, buckets=_LATENCY)
-        self.latency_seconds = Histogram("vlmkit_request_latency_seconds", "request start to last token",
-                                         ["endpoint"], registry=r, buckets=_LATENCY)
+        self.latency_seconds = Histogram("vlmkit_request_latency_seconds", "submission to last token (or cancel)",
+                                         registry=r, buckets=_LATENCY)
 
     def first_token(self, seconds: float) -> None:
         self.ttft_seconds.observe(seconds)

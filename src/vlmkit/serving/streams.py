@@ -57,6 +57,8 @@ class Completion:
         finally:
             if any(f is None for f in self.finish):
                 self.scheduler.cancel(self.req)
+            if self.scheduler.metrics is not None:
+                self.scheduler.metrics.latency_seconds.observe(time.perf_counter() - self.req.submitted)
 
     async def json(self, meta: dict, http_request, parse: Callable | None) -> dict:
         async for _ in self.events(http_request):
