@@ -111,8 +111,8 @@ def _middleware(server: Server):
     async def guard(request: Request, call_next):
         path = request.url.path
         key, limits = server.cfg.api_key, server.cfg.limits
-        given = request.headers.get("authorization", "")
-        if key is not None and path not in OPEN_PATHS and not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+        given = request.headers.get("authorization", "").encode()
+        if key is not None and path not in OPEN_PATHS and not hmac.compare_digest(given, f"Bearer {key}".encode()):
             response = _error(APIError(401, "missing or wrong API key (Authorization: Bearer KEY)",
                                        kind="authentication_error", code="invalid_api_key"))
         elif int(request.headers.get("content-length") or 0) > limits.max_body_bytes:
