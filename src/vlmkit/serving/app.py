@@ -167,6 +167,12 @@ def _routes(app: FastAPI, server: Server) -> None:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
+        """OpenAI chat completions. Images: `image_url` parts with data URIs (local paths only under
+        the server's --allow-local-files). The prompt: families with a chat template render the
+        conversation with it; PaliGemma has none, so its prompt is the last user message's text
+        (earlier turns are ignored) and its images are every image of the request, in order.
+        `vlmkit: {"task": "detect", "objects": [...]}` builds a PaLI task prompt instead and adds
+        the parsed boxes (pixels of the first image) / segment codes as `message.vlmkit`."""
         completion, size = await server.submit(body)
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": server.cfg.model_name}
         task = body.vlmkit.task if body.vlmkit else None
