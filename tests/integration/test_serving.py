@@ -118,6 +118,11 @@ def test_detect_extension_returns_boxes(client):
     out = client.post(URL, json=body).json()["choices"][0]
     assert out["message"]["vlmkit"]["task"] == "detect"
     assert isinstance(out["message"]["vlmkit"]["boxes"], list)
+    with client.stream("POST", URL, json={**body, "stream": True}) as r:  # what the web page reads
+        chunks = [json.loads(x.removeprefix("data: ")) for x in r.iter_lines() if x and x != "data: [DONE]"]
+    assert chunks[-1]["choices"][0]["vlmkit"] == out["message"]["vlmkit"]
+    text = "".join(ch["delta"].get("content", "") for c in chunks for ch in c["choices"])
+    assert text == out["message"]["content"]
 
 
 def test_local_files_only_under_the_folder(client):
