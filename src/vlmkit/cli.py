@@ -183,6 +183,15 @@ def _add_eval_demo(sub) -> None:
     p.set_defaults(func=run_demo_args)
 
 
+def _add_serve(sub) -> None:
+    from vlmkit.serving.cli import add_serve_arguments, run_serve_args
+
+    p = sub.add_parser("serve", help="serve a model over HTTP: OpenAI-style chat completions and a web page",
+                       description="An OpenAI-compatible server with continuous batching (needs the [serve] extra).")
+    add_serve_arguments(p)
+    p.set_defaults(func=run_serve_args)
+
+
 def _add_optional(sub) -> None:
     """Subcommands whose modules may be absent in a trimmed install."""
     try:
@@ -234,7 +243,7 @@ def build_parser() -> T.Parser:
 
     parser.add_argument("--version", action="version", version=f"vlmkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=T.Parser)
-    for add in (_add_generate, _add_info, _add_create, _add_data, _add_eval_demo, _add_optional):
+    for add in (_add_generate, _add_info, _add_create, _add_data, _add_eval_demo, _add_serve, _add_optional):
         add(sub)
     return parser
 

@@ -1,0 +1,333 @@
+"""Continuous batching: iteration-level scheduling (Orca, OSDI'22; vLLM) over one `BatchedCache`.
+
+One thread owns the model. Between two decode steps it admits waiting requests into free cache
+rows (their image features computed together, cached by image hash; each prompt prefilled into
+its own row, a request with n choices prefilled once and copied into n rows), then decodes every
+active row by one token, hands each row's new text to its request, and frees a row at EOS, a stop
+string, max tokens or cancellation. Greedy rows produce exactly what they would produce alone.
+
+Requests arrive from other threads (`submit`, `cancel`); results leave through each request's
+`emit` callback, called on the scheduler thread.
+"""
+
+import hashlib
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from vlmkit.errors import VlmkitError
+from vlmkit.generation.batching import BatchedCache
+from vlmkit.generation.generate import _Row  # the generate loop's own EOS / stop-string rule
+from vlmkit.generation.sampling import SamplingConfig, sample_next
+from vlmkit.models.registry import family_of
+
+
+log = logging.getLogger("vlmkit.serving")
+
+
+class QueueFullError(VlmkitError):
+    """The scheduler's waiting queue is full (HTTP 429)."""
+
+
+@dataclass
+class Event:
+    """One choice's news: new text (`token_id` set), or its end (`finish` set), or an error."""
+
+    index: int
+    text: str = ""
+    token_id: int | None = None
+    finish: str | None = None  # "eos", "stop_string", "length", "cancelled"
+    completion_tokens: int = 0
+    error: Exception | None = None
+
+
+@dataclass(eq=False)
+class Request:
+    """A processed prompt (batch of 1 as the family's processor makes it) and how to sample it.
+
+    emit: called on the scheduler thread with every Event of every choice; if it raises (its
+        client's event loop is gone), the request is cancelled.
+    """
+
+    batch: dict
+    sampling: SamplingConfig
+    emit: Callable[[Event], None]
+    n: int = 1
+    cancelled: bool = False
+    submitted: float = field(default_factory=time.perf_counter)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return int(self.batch["input_ids"].shape[1])
+
+    def send(self, event: Event) -> None:
+        try:
+            self.emit(event)
+        except Exception:  # noqa: BLE001 - a vanished client must not stop the scheduler
+            log.warning("dropping a request whose receiver failed", exc_info=True)
+            self.cancelled = True
+
+
+@dataclass(eq=False)
+class _Seq:
+    """One choice of a request in one cache row."""
+
+    req: Request
+    index: int
+    row: int
+    acc: _Row
+    gen: torch.Generator | None
+    last: int = 0  # the token chosen last (next decode step's input)
+    sent: int = 0  # characters of acc.text handed to the request so far
+
+
+def _generator(seed: int | None, index: int, device) -> torch.Generator | None:
+    """Choice i of a seeded request samples with seed + i (so choice 0 equals a lone request)."""
+    return None if seed is None else torch.Generator(device=device).manual_seed((seed + index) % 2**64)
+
+
+class Scheduler:
+    """The batching thread over `pipe` (a `vlmkit.Pipeline`: .model, .tokenizer, .processor).
+
+    max_batch: cache rows (concurrent choices); max_len: cache slots per row (prompt + max new
+    tokens of one request must fit); max_queue: waiting requests before `submit` refuses.
+    """
+
+    def __init__(self, pipe, max_batch: int = 16, max_len: int = 2048, max_queue: int = 256,
+                 metrics=None, feature_cache_size: int = 64):
+        self.pipe, self.max_batch, self.max_queue, self.metrics = pipe, max_batch, max_queue, metrics
+        model = pipe.model
+        self.adapter = family_of(model).generation
+        self.max_len = min(max_len, self.adapter.context_length(model))
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.stop_ids = {pipe.tokenizer.eos_id}
+        self._features: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.feature_cache_size = feature_cache_size
+        self._waiting: deque[Request] = deque()
+        self._seqs: dict[int, _Seq] = {}  # row -> sequence
+        self._cv = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.cache: BatchedCache | None = None
+        self.steps = 0  # decode steps run (tests and metrics)
+
+    # --- other threads -------------------------------------------------------------------------
+    def open(self) -> None:
+        """Allocate the batched cache (`start` does it; tests drive `iterate` by hand after it)."""
+        self.cache = BatchedCache(self.adapter.decoder(self.pipe.model), self.max_batch, self.max_len,
+                                  self.dtype, self.device)
+
+    def start(self) -> None:
+        self.open()
+        self._thread = threading.Thread(target=self._loop, name="vlmkit-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finish every admitted and waiting request, then end the thread."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self.cache is not None:
+            self.cache.close()
+            self.cache = None
+
+    def submit(self, req: Request) -> None:
+        if req.n > self.max_batch:
+            raise VlmkitError(f"n={req.n} is more than the server's --max-batch {self.max_batch}")
+        need = req.prompt_tokens + req.sampling.max_new_tokens
+        if need > self.max_len:
+            raise VlmkitError(f"prompt of {req.prompt_tokens} tokens (with image tokens) + max_tokens "
+                              f"{req.sampling.max_new_tokens} exceeds the server's {self.max_len} cache slots")
+        with self._cv:
+            if self._stopping:
+                raise QueueFullError("the server is shutting down")
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFullError(f"the queue is full ({self.max_queue} waiting requests)")
+            self._waiting.append(req)
+            self._set_queue_depth()
+            self._cv.notify()
+
+    def cancel(self, req: Request) -> None:
+        """Drop `req` (its rows are freed before the next decode step)."""
+        with self._cv:
+            req.cancelled = True
+            self._cv.notify()
+
+    @property
+    def active_rows(self) -> int:
+        return len(self._seqs)
+
+    # --- the scheduler thread ------------------------------------------------------------------
+    def _set_queue_depth(self) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_depth.set(len(self._waiting))
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not (self._waiting or self._seqs or self._stopping):
+                    self._cv.wait()
+                if self._stopping and not (self._waiting or self._seqs):
+                    return
+            self.iterate()
+
+    @torch.inference_mode()
+    def iterate(self) -> None:
+        """One scheduling iteration: admit what fits, drop cancelled rows, decode one step."""
+        with self._cv:
+            admitted = self._take_admissible()
+        try:
+            self._admit(admitted)
+        except Exception as exc:  # noqa: BLE001 - a failing request must not stop the server
+            log.exception("admitting %d request(s) failed", len(admitted))
+            for req in admitted:
+                self._fail(req, exc)
+        self._drop_cancelled()
+        if self._seqs:
+            try:
+                self._step()
+            except Exception as exc:  # noqa: BLE001 - fail what is in flight, keep serving
+                log.exception("decode step failed")
+                for req in {id(s.req): s.req for s in self._seqs.values()}.values():
+                    self._fail(req, exc)
+
+    def _take_admissible(self) -> list[Request]:
+        """Waiting requests (FIFO) that fit in the free rows now; cancelled ones are dropped."""
+        free = self.max_batch - len(self._seqs)
+        out = []
+        while self._waiting and (self._waiting[0].cancelled or self._waiting[0].n <= free):
+            req = self._waiting.popleft()
+            if req.cancelled:
+                req.send(Event(0, finish="cancelled"))
+                continue
+            out.append(req)
+            free -= req.n
+        self._set_queue_depth()
+        return out
+
+    def _fail(self, req: Request, exc: Exception) -> None:
+        for seq in [s for s in self._seqs.values() if s.req is req]:
+            self._release(seq)
+        req.send(Event(0, error=exc))
+
+    def _release(self, seq: _Seq) -> None:
+        self._seqs.pop(seq.row, None)
+        self.cache.free(seq.row)
+
+    def _drop_cancelled(self) -> None:
+        for seq in [s for s in self._seqs.values() if s.req.cancelled]:
+            self._release(seq)
+            seq.req.send(Event(seq.index, finish="cancelled", completion_tokens=seq.acc.steps))
+
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device)
+                for k, v in batch.items()}
+
+    def _encode_images(self, reqs: list[Request]) -> None:
+        """Replace each request's pixels by image features: every image not in the cache of
+        recent images (keyed by a hash of its pixels) is encoded, all in one batch. Only for a
+        processor whose pixel_values[i] is the i-th image alone (`per_image_pixels`); otherwise
+        the family's adapter encodes the pixels at prefill."""
+        if not getattr(self.pipe.processor, "per_image_pixels", False):
+            for req in reqs:
+                req.batch = self._to_device(req.batch)
+            return
+        keyed = []
+        for req in reqs:
+            px = req.batch.pop("pixel_values", None)
+            keys = [] if px is None else [hashlib.sha1(p.contiguous().numpy().tobytes()).hexdigest() for p in px]
+            keyed.append((req, keys, px))
+        missing: dict[str, torch.Tensor] = {}
+        for _, keys, px in keyed:
+            missing.update({k: p for k, p in zip(keys, px) if k not in self._features})
+        if missing:
+            pixels = torch.stack(list(missing.values())).to(self.device, self.dtype)  # [M, 3, H, W]
+            for k, f in zip(missing, self.pipe.model.encode_images(pixels)):
+                self._features[k] = f
+        for req, keys, _ in keyed:
+            req.batch = self._to_device(req.batch)
+            if keys:
+                for k in keys:
+                    self._features.move_to_end(k)
+                req.batch["image_features"] = torch.stack([self._features[k] for k in keys])  # [m, N, D]
+        while len(self._features) > self.feature_cache_size:
+            self._features.popitem(last=False)
+
+    def _admit(self, reqs: list[Request]) -> None:
+        self._encode_images(reqs)
+        for i, req in enumerate(reqs):
+            if req.cancelled:
+                req.send(Event(0, finish="cancelled"))
+                continue
+            try:
+                placed = self._prefill(req)
+            except (VlmkitError, ValueError) as exc:
+                self._fail(req, exc)
+                continue
+            if not placed:  # the cache has no room for it yet: back to the head of the queue
+                with self._cv:
+                    self._waiting.extendleft(reversed(reqs[i:]))
+                    self._set_queue_depth()
+                return
+
+    def _prefill(self, req: Request) -> bool:
+        T, cfg = req.prompt_tokens, req.sampling
+        need = T + cfg.max_new_tokens
+        shift = self.cache.plan(T, need)
+        if shift is None:
+            return False
+        inputs = self.adapter.prepare(self.pipe.model, req.batch)
+        row = self.cache.free_row()
+        logits = self.cache.prefill(row, inputs, need, shift)[None]  # [1, V]
+        rows = [row]
+        for _ in range(1, req.n):
+            rows.append(self.cache.free_row())
+            self.cache.copy_row(row, rows[-1])
+        stop_ids = self.stop_ids | set(cfg.extra_eos_ids)
+        for i, r in enumerate(rows):
+            seq = _Seq(req, i, r, _Row(self.pipe.tokenizer, stop_ids, cfg.stop_strings),
+                       _generator(cfg.seed, i, self.device))
+            self._seqs[r] = seq
+            self._take_token(seq, logits)
+        if self.metrics is not None:
+            self.metrics.first_token(time.perf_counter() - req.submitted)
+        return True
+
+    def _take_token(self, seq: _Seq, logits: torch.Tensor) -> None:
+        """Sample the sequence's next token from logits [1, V], stream it, end the row if done."""
+        cfg = seq.req.sampling
+        seq.last = int(sample_next(logits, cfg, seq.gen)[0])
+        seq.acc.add(seq.last)
+        if self.metrics is not None:
+            self.metrics.generation_tokens.inc()
+        done = seq.acc.finish or seq.acc.steps >= cfg.max_new_tokens
+        # Text that may still become the start of a stop string is held back until it cannot.
+        hold = 0 if done else max((len(s) - 1 for s in cfg.stop_strings), default=0)
+        upto = max(seq.sent, len(seq.acc.text) - hold)
+        if seq.acc.finish != "eos":
+            seq.req.send(Event(seq.index, seq.acc.text[seq.sent:upto], seq.last))
+        elif upto > seq.sent:
+            seq.req.send(Event(seq.index, seq.acc.text[seq.sent:upto]))
+        seq.sent = upto
+        if done:
+            self._release(seq)
+            seq.req.send(Event(seq.index, finish=seq.acc.finish or "length", completion_tokens=seq.acc.steps))
+
+    def _step(self) -> None:
+        t0 = time.perf_counter()
+        tokens = {row: seq.last for row, seq in sorted(self._seqs.items())}
+        logits = self.cache.decode(tokens)  # [len(tokens), V]
+        for i, row in enumerate(tokens):
+            self._take_token(self._seqs[row], logits[i:i + 1])
+        self.steps += 1
+        if self.metrics is not None:
+            self.metrics.step(len(tokens), time.perf_counter() - t0)

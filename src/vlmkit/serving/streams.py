@@ -1,0 +1,94 @@
+"""One chat completion in flight: the scheduler's events, as a JSON response or as server-sent
+events (OpenAI's `chat.completion.chunk` objects, then `data: [DONE]`). A client that goes away
+cancels the request, which frees its cache rows before the next decode step."""
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+
+from vlmkit.errors import VlmkitError
+from vlmkit.serving.inputs import APIError
+from vlmkit.serving.scheduler import Event, Request, Scheduler
+
+FINISH = {"eos": "stop", "stop_string": "stop", "length": "length", "cancelled": "cancelled"}
+POLL_S = 0.5  # how often a waiting response checks that its client is still there
+
+
+class Completion:
+    def __init__(self, req: Request, queue: asyncio.Queue, scheduler: Scheduler):
+        self.req, self.queue, self.scheduler = req, queue, scheduler
+        self.texts = [""] * req.n
+        self.finish: list[str | None] = [None] * req.n
+        self.tokens = [0] * req.n
+
+    def usage(self) -> dict:
+        p, c = self.req.prompt_tokens, sum(self.tokens)
+        return {"prompt_tokens": p * self.req.n, "completion_tokens": c, "total_tokens": p * self.req.n + c}
+
+    async def events(self, http_request) -> AsyncIterator[Event]:
+        """The request's events until every choice has finished; cancels it if the client leaves
+        (or the consumer stops early)."""
+        checked = float("-inf")  # check at the first event, then every POLL_S
+        try:
+            while any(f is None for f in self.finish):
+                try:
+                    event = await asyncio.wait_for(self.queue.get(), POLL_S)
+                except asyncio.TimeoutError:
+                    event = None
+                if time.monotonic() - checked >= POLL_S or event is None:
+                    checked = time.monotonic()
+                    if await http_request.is_disconnected():
+                        return
+                if event is None:
+                    continue
+                if event.error is not None:
+                    err = event.error
+                    raise APIError(400 if isinstance(err, (VlmkitError, ValueError)) else 500,
+                                   f"generation failed: {err}", kind="server_error"
+                                   if not isinstance(err, (VlmkitError, ValueError)) else "invalid_request_error")
+                if event.finish == "cancelled" and event.completion_tokens == 0 and self.req.cancelled:
+                    return
+                self.texts[event.index] += event.text
+                if event.finish is not None:
+                    self.finish[event.index] = event.finish
+                    self.tokens[event.index] = event.completion_tokens
+                yield event
+        finally:
+            if any(f is None for f in self.finish):
+                self.scheduler.cancel(self.req)
+            if self.scheduler.metrics is not None:
+                self.scheduler.metrics.latency_seconds.observe(time.perf_counter() - self.req.submitted)
+
+    async def json(self, meta: dict, http_request, parse: Callable | None) -> dict:
+        async for _ in self.events(http_request):
+            pass
+        choices = []
+        for i, text in enumerate(self.texts):
+            message = {"role": "assistant", "content": text}
+            if parse is not None:
+                message["vlmkit"] = parse(text)
+            choices.append({"index": i, "message": message, "finish_reason": FINISH.get(self.finish[i])})
+        return {**meta, "object": "chat.completion", "choices": choices, "usage": self.usage()}
+
+    async def sse(self, meta: dict, http_request, parse: Callable | None, usage: bool) -> AsyncIterator[str]:
+        def chunk(choices, **extra) -> str:
+            return f"data: {json.dumps({**meta, 'object': 'chat.completion.chunk', 'choices': choices, **extra})}\n\n"
+
+        yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                     for i in range(self.req.n)])
+        try:
+            async for e in self.events(http_request):
+                if e.finish is None:
+                    if e.text:
+                        yield chunk([{"index": e.index, "delta": {"content": e.text}, "finish_reason": None}])
+                    continue
+                choice = {"index": e.index, "delta": {}, "finish_reason": FINISH.get(e.finish)}
+                if parse is not None:
+                    choice["vlmkit"] = parse(self.texts[e.index])
+                yield chunk([choice])
+        except APIError as exc:  # the status line is sent already: the error travels as an event
+            yield f"data: {json.dumps(exc.body())}\n\n"
+        if usage:
+            yield chunk([], usage=self.usage())
+        yield "data: [DONE]\n\n"
