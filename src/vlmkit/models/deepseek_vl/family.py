@@ -3,6 +3,7 @@
 
 from dataclasses import replace
 
+from vlmkit.errors import TokenizerError
 from vlmkit.models.clip.family import CLIP_MEAN, CLIP_STD
 from vlmkit.models.deepseek_vl import hf_mapping
 from vlmkit.models.deepseek_vl.config import HYBRID_PRESETS, PRESETS, DeepseekVLConfig, DeepseekVLHybridConfig
@@ -11,10 +12,15 @@ from vlmkit.models.deepseek_vl.model import DeepseekVL
 from vlmkit.models.parts.placeholders import PlaceholderGeneration
 from vlmkit.models.registry import FamilySpec, register, tokenizer_fields
 
+IMAGE_TOKEN = "<image_placeholder>"  # the published tokenizers' image token (id 100015)
+
 
 def with_tokenizer(cfg, tok, vocab_size: int | None = None) -> DeepseekVLConfig:
-    """`cfg` with the tokenizer's vocabulary size and its pad / bos / eos / image placeholder ids."""
-    return replace(cfg, text=replace(cfg.text, **tokenizer_fields(tok, vocab_size)), image_token_id=tok.image_token_id)
+    """`cfg` with the tokenizer's vocabulary size and its pad / bos / eos / `<image_placeholder>` ids."""
+    image_id = tok.token_to_id(IMAGE_TOKEN)
+    if image_id is None:
+        raise TokenizerError(f"the tokenizer has no {IMAGE_TOKEN} token, which DeepSeek-VL needs")
+    return replace(cfg, text=replace(cfg.text, **tokenizer_fields(tok, vocab_size)), image_token_id=image_id)
 
 
 def preprocessor_config(cfg: DeepseekVLConfig) -> dict:
@@ -44,6 +50,7 @@ DEEPSEEK_VL = register(FamilySpec(
     dropped_keys=lambda cfg: (r"^lm_head\.weight$",) if cfg.text.tie_embeddings else (),
     presets=PRESETS, with_tokenizer=with_tokenizer, preprocessor_config=preprocessor_config,
     processor="vlmkit.data.processors.deepseek_vl:build_processor",
+    processor_files="vlmkit.data.processors.deepseek_vl:processor_files",
     blocks=lambda model: [*model.vision_tower.layers, *model.language_model.layers],
     generation=PlaceholderGeneration(prefix_lm=False, position_start=0),
 ))
@@ -56,6 +63,7 @@ DEEPSEEK_VL_HYBRID = register(FamilySpec(
     dropped_keys=DEEPSEEK_VL.dropped_keys, presets=HYBRID_PRESETS, with_tokenizer=with_tokenizer,
     preprocessor_config=hybrid_preprocessor_config,
     processor="vlmkit.data.processors.deepseek_vl:build_hybrid_processor",
+    processor_files="vlmkit.data.processors.deepseek_vl:hybrid_processor_files",
     blocks=lambda model: [*model.vision_tower.layers, *model.high_res_vision_tower.layers,
                           *model.language_model.layers],
     generation=HybridGeneration(prefix_lm=False, position_start=0),
