@@ -12,14 +12,13 @@ from vlmkit.models.deepseek_vl.model import DeepseekVL
 from vlmkit.models.parts.placeholders import PlaceholderGeneration
 from vlmkit.models.registry import FamilySpec, register, tokenizer_fields
 
-IMAGE_TOKEN = "<image_placeholder>"  # the published tokenizers' image token (id 100015)
-
 
 def with_tokenizer(cfg, tok, vocab_size: int | None = None) -> DeepseekVLConfig:
-    """`cfg` with the tokenizer's vocabulary size and its pad / bos / eos / `<image_placeholder>` ids."""
-    image_id = tok.token_to_id(IMAGE_TOKEN)
+    """`cfg` with the tokenizer's vocabulary size and its pad / bos / eos / `<image_placeholder>` ids
+    (the published tokenizers' image token, id 100015)."""
+    image_id = tok.token_to_id("<image_placeholder>")
     if image_id is None:
-        raise TokenizerError(f"the tokenizer has no {IMAGE_TOKEN} token, which DeepSeek-VL needs")
+        raise TokenizerError("the tokenizer has no <image_placeholder> token, which DeepSeek-VL needs")
     return replace(cfg, text=replace(cfg.text, **tokenizer_fields(tok, vocab_size)), image_token_id=image_id)
 
 
@@ -49,8 +48,8 @@ DEEPSEEK_VL = register(FamilySpec(
     table=hf_mapping.table, normalise_key=hf_mapping.normalise_key,
     dropped_keys=lambda cfg: (r"^lm_head\.weight$",) if cfg.text.tie_embeddings else (),
     presets=PRESETS, with_tokenizer=with_tokenizer, preprocessor_config=preprocessor_config,
-    processor="vlmkit.data.processors.deepseek_vl:build_processor",
     processor_files="vlmkit.data.processors.deepseek_vl:processor_files",
+    processor="vlmkit.data.processors.deepseek_vl:build_processor",
     blocks=lambda model: [*model.vision_tower.layers, *model.language_model.layers],
     generation=PlaceholderGeneration(prefix_lm=False, position_start=0),
 ))
@@ -62,8 +61,8 @@ DEEPSEEK_VL_HYBRID = register(FamilySpec(
     config_to_hf=hf_mapping.hybrid_config_to_hf, table=hf_mapping.hybrid_table, normalise_key=hf_mapping.normalise_key,
     dropped_keys=DEEPSEEK_VL.dropped_keys, presets=HYBRID_PRESETS, with_tokenizer=with_tokenizer,
     preprocessor_config=hybrid_preprocessor_config,
-    processor="vlmkit.data.processors.deepseek_vl:build_hybrid_processor",
     processor_files="vlmkit.data.processors.deepseek_vl:hybrid_processor_files",
+    processor="vlmkit.data.processors.deepseek_vl:build_hybrid_processor",
     blocks=lambda model: [*model.vision_tower.layers, *model.high_res_vision_tower.layers,
                           *model.language_model.layers],
     generation=HybridGeneration(prefix_lm=False, position_start=0),
