@@ -1,6 +1,6 @@
 """The user-facing path for every `vlm` family, on folders made by `vlmkit create`: PaliGemma,
-LLaVA, LLaVA-NeXT, Idefics3 / SmolVLM (model_type idefics3 and smolvlm) and InternVL (random
-debug weights, so the text is noise; the token ids are what is compared).
+LLaVA, LLaVA-NeXT, Idefics3 / SmolVLM (model_type idefics3 and smolvlm), InternVL and DeepSeek-VL
+(plain and hybrid) (random debug weights, so the text is noise; the token ids are what is compared).
 
 create -> transformers loads the folder strictly with equal logits; transformers' processor (its
 PIL image processor) gives our batch; `vlmkit generate` with --prompt, --chat and --messages
@@ -30,6 +30,8 @@ tf = pytest.importorskip("transformers")
 
 LLAVA_PROMPT = "USER: <image>\nWhat is this? ASSISTANT:"
 NEW = 8
+DEEPSEEK_SYSTEM = ("You are a helpful language and vision assistant. You are able to understand the visual content "
+                   "that the user provides, and assist the user with a variety of tasks using natural language.\n\n")
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class Case:
     name: the folder's key in `folders`; model_type: config.json's; one / two: prompts with one
     and two image placeholders; template: the bundled chat template; processor: the
     processor_config.json `vlmkit create` writes; nested: transformers' processor takes the images
-    as one list per prompt."""
+    as one list per prompt; placeholder: the image token config.json's image id names."""
 
     name: str
     model_type: str
@@ -49,6 +51,7 @@ class Case:
     two: str
     processor: str
     nested: bool = False
+    placeholder: str = "<image>"
 
 
 CASES = {c.name: c for c in [
@@ -66,7 +69,13 @@ CASES = {c.name: c for c in [
     Case("internvl", "internvl", "InternVLForConditionalGeneration", "internvl3",
          "<|im_start|>user\n<IMG_CONTEXT>\nWhat is this?<|im_end|>\n<|im_start|>assistant\n",
          "<|im_start|>user\n<IMG_CONTEXT> and <IMG_CONTEXT>: compare<|im_end|>\n<|im_start|>assistant\n",
-         "InternVLProcessor"),
+         "InternVLProcessor", placeholder="<IMG_CONTEXT>"),
+    *[Case(name, name, model, "deepseek-vl", f"{DEEPSEEK_SYSTEM}User: <image_placeholder>What is this?\n\nAssistant:",
+           f"{DEEPSEEK_SYSTEM}User: <image_placeholder> and <image_placeholder>: compare\n\nAssistant:", processor,
+           placeholder="<image_placeholder>")
+      for name, model, processor in [
+          ("deepseek_vl", "DeepseekVLForConditionalGeneration", "DeepseekVLProcessor"),
+          ("deepseek_vl_hybrid", "DeepseekVLHybridForConditionalGeneration", "DeepseekVLHybridProcessor")]],
 ]}
 TYPE_C = list(CASES)
 
@@ -77,7 +86,7 @@ def folders(tmp_path_factory):
     debug preset with SmolVLM's model_type (no published preset has it)."""
     root = tmp_path_factory.mktemp("families")
     assert main(["create", str(root / "paligemma")]) == 0
-    for family in ("llava", "llava_next", "idefics3", "internvl"):
+    for family in ("llava", "llava_next", "idefics3", "internvl", "deepseek_vl", "deepseek_vl_hybrid"):
         assert main(["create", "--family", family, "--preset", "debug", str(root / family)]) == 0
     presets = get_family("idefics3").presets
     with pytest.MonkeyPatch.context() as mp:
@@ -103,7 +112,8 @@ def _hf_processor(case: Case, folder: Path):
     have a video slot whose torchvision processor cannot load here: it is left empty (the class
     check skipped; a stand-in holds the frame defaults SmolVLM's chat reads) and the processor is
     built from the folder's own files."""
-    if case.processor in ("LlavaProcessor", "LlavaNextProcessor", "Idefics3Processor"):
+    if case.processor in ("LlavaProcessor", "LlavaNextProcessor", "Idefics3Processor", "DeepseekVLProcessor",
+                          "DeepseekVLHybridProcessor"):
         image_processor = getattr(tf, f"{case.processor.removesuffix('Processor')}ImageProcessorPil")
         return getattr(tf, case.processor).from_pretrained(folder, image_processor=image_processor.from_pretrained(folder))
     image_processor = {"SmolVLMProcessor": tf.SmolVLMImageProcessorPil, "InternVLProcessor": tf.GotOcr2ImageProcessorPil}
@@ -156,8 +166,7 @@ def test_folder_is_complete(folders, name):
     case, folder = CASES[name], folders[name]
     config = json.loads((folder / "config.json").read_text())
     tok = json.loads((folder / "tokenizer.json").read_text())
-    placeholder = "<IMG_CONTEXT>" if case.model_type == "internvl" else "<image>"
-    image_id = next(t["id"] for t in tok["added_tokens"] if t["content"] == placeholder)
+    image_id = next(t["id"] for t in tok["added_tokens"] if t["content"] == case.placeholder)
     assert config.get("image_token_index", config.get("image_token_id")) == image_id
     assert config["model_type"] == case.model_type
     proc = json.loads((folder / "processor_config.json").read_text())

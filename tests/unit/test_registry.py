@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from vlmkit.errors import CheckpointError, ConfigError
+from vlmkit.data.tokenizer import Tokenizer
+from vlmkit.errors import CheckpointError, ConfigError, TokenizerError
 from vlmkit.generation import SamplingConfig, generate
 from vlmkit.models.registry import FamilySpec, families, family_for_model_type, family_of, get_family, register
 from vlmkit.pipeline import Pipeline
@@ -13,7 +14,8 @@ from vlmkit.weights.create import create_checkpoint
 from vlmkit.weights.hf import load_hf, read_config, save_hf
 from vlmkit.weights.info import model_info
 
-TEXT_FAMILIES = ["paligemma", "siglip", "coca", "gemma", "llava", "llava_next", "idefics3", "internvl"]
+TEXT_FAMILIES = ["paligemma", "siglip", "coca", "gemma", "llava", "llava_next", "idefics3", "internvl", "deepseek_vl",
+                 "deepseek_vl_hybrid"]
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +63,13 @@ def test_a_name_or_model_type_cannot_be_registered_twice():
     clone = FamilySpec(**{**{f: getattr(spec, f) for f in spec.__dataclass_fields__}, "name": "gemma-copy"})
     with pytest.raises(ValueError, match="model_type 'gemma' of 'gemma-copy' is already read by 'gemma'"):
         register(clone)
+
+
+def test_deepseek_vl_takes_the_placeholder_id(paligemma_folder):
+    """The image id is `<image_placeholder>`'s: a tokenizer with only `<image>` (PaliGemma's) is one line."""
+    spec = get_family("deepseek_vl")
+    with pytest.raises(TokenizerError, match=r"^the tokenizer has no <image_placeholder> token, which DeepSeek-VL"):
+        spec.with_tokenizer(spec.preset("debug"), Tokenizer.from_folder(paligemma_folder))
 
 
 @pytest.mark.parametrize("family", TEXT_FAMILIES)

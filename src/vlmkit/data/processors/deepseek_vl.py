@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from vlmkit.data.processor_files import ProcessorFiles, bundled_chat_template
 from vlmkit.data.processors import pixels
 from vlmkit.data.processors.common import TypeCProcessor, read_processor_files, size_field
 from vlmkit.errors import ConfigError
@@ -146,3 +147,20 @@ def build_hybrid_processor(folder: str | Path, tokenizer, cfg) -> DeepseekVLHybr
         raise ConfigError(f"{folder}: processor image sizes {sizes} != the towers' "
                           f"{(cfg.vision.image_size, cfg.high_res_vision.image_size)}")
     return processor
+
+
+
+def processor_files(cfg, processor_class: str = "DeepseekVLProcessor") -> ProcessorFiles:
+    """What a DeepSeek-VL folder made by `vlmkit create` carries: the image token as the tokenizer's
+    named "image_token" (transformers' DeepseekVLProcessor reads `tokenizer.image_token`), the
+    processor with the model's tokens per image, and the chat template transformers' conversion
+    writes into deepseek-community/deepseek-vl-* (the same for the hybrid)."""
+    return ProcessorFiles(
+        named_tokens={"image_token": "<image_placeholder>"},
+        processor_config={"processor_class": processor_class, "num_image_tokens": cfg.num_image_tokens},
+        chat_template=bundled_chat_template("deepseek-vl"))
+
+
+def hybrid_processor_files(cfg) -> ProcessorFiles:
+    """The deepseek_vl_hybrid record's `processor_files`: the above, for DeepseekVLHybridProcessor."""
+    return processor_files(cfg, "DeepseekVLHybridProcessor")

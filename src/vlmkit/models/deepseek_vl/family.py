@@ -3,6 +3,7 @@
 
 from dataclasses import replace
 
+from vlmkit.errors import TokenizerError
 from vlmkit.models.clip.family import CLIP_MEAN, CLIP_STD
 from vlmkit.models.deepseek_vl import hf_mapping
 from vlmkit.models.deepseek_vl.config import HYBRID_PRESETS, PRESETS, DeepseekVLConfig, DeepseekVLHybridConfig
@@ -13,8 +14,12 @@ from vlmkit.models.registry import FamilySpec, register, tied_head_dropped, toke
 
 
 def with_tokenizer(cfg, tok, vocab_size: int | None = None) -> DeepseekVLConfig:
-    """`cfg` with the tokenizer's vocabulary size and its pad / bos / eos / image placeholder ids."""
-    return replace(cfg, text=replace(cfg.text, **tokenizer_fields(tok, vocab_size)), image_token_id=tok.image_token_id)
+    """`cfg` with the tokenizer's vocabulary size and its pad / bos / eos / `<image_placeholder>` ids
+    (the published tokenizers' image token, id 100015)."""
+    image_id = tok.token_to_id("<image_placeholder>")
+    if image_id is None:
+        raise TokenizerError("the tokenizer has no <image_placeholder> token, which DeepSeek-VL needs")
+    return replace(cfg, text=replace(cfg.text, **tokenizer_fields(tok, vocab_size)), image_token_id=image_id)
 
 
 def preprocessor_config(cfg: DeepseekVLConfig) -> dict:
@@ -43,6 +48,7 @@ DEEPSEEK_VL = register(FamilySpec(
     table=hf_mapping.table, normalise_key=hf_mapping.normalise_key,
     dropped_keys=tied_head_dropped(),
     presets=PRESETS, with_tokenizer=with_tokenizer, preprocessor_config=preprocessor_config,
+    processor_files="vlmkit.data.processors.deepseek_vl:processor_files",
     processor="vlmkit.data.processors.deepseek_vl:build_processor",
     blocks=vision_language_blocks,
     generation=PlaceholderGeneration(prefix_lm=False, position_start=0),
@@ -55,6 +61,7 @@ DEEPSEEK_VL_HYBRID = register(FamilySpec(
     config_to_hf=hf_mapping.hybrid_config_to_hf, table=hf_mapping.hybrid_table, normalise_key=hf_mapping.normalise_key,
     dropped_keys=DEEPSEEK_VL.dropped_keys, presets=HYBRID_PRESETS, with_tokenizer=with_tokenizer,
     preprocessor_config=hybrid_preprocessor_config,
+    processor_files="vlmkit.data.processors.deepseek_vl:hybrid_processor_files",
     processor="vlmkit.data.processors.deepseek_vl:build_hybrid_processor",
     blocks=lambda model: [*model.vision_tower.layers, *model.high_res_vision_tower.layers,
                           *model.language_model.layers],
