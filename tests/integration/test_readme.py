@@ -116,3 +116,35 @@ def torch_numel(shape) -> int:
     for d in shape:
         n *= d
     return n
+
+
+def test_readme_serve_command_runs(monkeypatch):
+    """The README's `vlmkit serve` line runs through the real command (flags, model loading, app);
+    uvicorn is replaced by FastAPI's test client, which sends the README's kind of request."""
+    import base64
+    import io
+
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    (block,) = _blocks("console")
+    (line,) = [line for line in block.splitlines() if line.startswith("vlmkit serve")]
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), "orange").save(buf, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    seen = {}
+
+    def fake_run(app, host, port, log_level):
+        seen["port"] = port
+        with TestClient(app) as client:
+            assert client.get("/health").status_code == 200
+            body = {"messages": [{"role": "user", "content": [{"type": "text", "text": "caption en"},
+                                                              {"type": "image_url", "image_url": {"url": url}}]}],
+                    "max_tokens": 16}
+            reply = client.post("/v1/chat/completions", json=body)
+            assert reply.status_code == 200, reply.text
+            seen["text"] = reply.json()["choices"][0]["message"]["content"]
+
+    monkeypatch.setattr("uvicorn.run", fake_run)
+    assert main(shlex.split(line)[1:]) == 0
+    assert seen["port"] == 8000 and isinstance(seen["text"], str)
