@@ -48,6 +48,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import Worker, format_table, hardware, ratio, run_metadata, torchao_missing  # noqa: E402
 from _families import DEFAULT_CASES, FULL_CASES, case_config, make_batch, vlm_family  # noqa: E402
+from render_table import same_tokens  # noqa: E402
 
 from vlmkit.models.common.init import init_weights  # noqa: E402
 from vlmkit.weights.hf import save_hf  # noqa: E402
@@ -221,7 +222,7 @@ def table_rows(result: dict) -> list[dict]:
             "vis ms/img": m["vision_s_per_image"] * 1e3, "vis x": vs.get("vision_speedup"),
             "RSS MB": m["peak_rss_mb"], "rss x": vs.get("peak_rss_ratio"),
             **({"GPU MB": m["cuda_peak_mb"], "gpu x": vs.get("cuda_peak_ratio")} if m["cuda_peak_mb"] else {}),
-            "same tok": None if not vs else ("yes" if vs["same_tokens_b1"] and vs["same_tokens_b8"] else "no"),
+            "same tok": None if not vs else same_tokens(vs),
             "frac pf/b1/b8/vis": "/".join(f"{frac[k]:.2f}" for k in ("prefill", "decode_b1", "decode_b8", "vision")),
         })
     rows.append({"case": "", "variant": "floor", "prefill ms": fl["b1"]["prefill_s"] * 1e3,

@@ -49,6 +49,12 @@ def provenance(meta: dict, path: Path) -> str:
             f"({meta['cpus']} CPUs; {flags}); {versions}; {load}")
 
 
+def same_tokens(vs: dict) -> str:
+    """Greedy tokens identical to the reference's at batch 1 and batch 8: yes, no, or which one."""
+    b1, b8 = vs["same_tokens_b1"], vs["same_tokens_b8"]
+    return "yes" if b1 and b8 else "b1 only" if b1 else "b8 only" if b8 else "no"
+
+
 def generate_table(data: dict) -> list[str]:
     legend = data["ratio_legend"]
     lines = [legend[0].upper() + legend[1:] + ".", "",
@@ -58,7 +64,7 @@ def generate_table(data: dict) -> list[str]:
     for res in data["results"]:
         for name, m in res["variants"].items():
             vs = m["vs"].get(m["reference"]) or {}
-            same = "-" if not vs else ("yes" if vs["same_tokens_b1"] and vs["same_tokens_b8"] else "no")
+            same = "-" if not vs else same_tokens(vs)
             lines.append(
                 f"| {res.get('family', 'paligemma')} {res['case']} {res['dtype']} | {name} | {m['reference'] or '-'} | {_num(m['prefill_s'] * 1e3)} "
                 f"| {_x(vs.get('prefill_speedup'))} | {_num(m['decode_tok_s_b1'])} | {_x(vs.get('decode_b1_speedup'))} "
