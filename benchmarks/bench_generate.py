@@ -262,7 +262,8 @@ def chosen_cases(args) -> list[tuple[str, str]]:
     """(case, dtype) pairs from --preset / --cases / the family's default (+ --full), each checked:
     an unknown family or case stops here with one line, before anything is written."""
     vlm_family(args.family)
-    spec = f"{args.preset}:{args.dtype}" if args.preset else args.cases or DEFAULT_CASES.get(args.family, "debug:float32")
+    default = DEFAULT_CASES.get(args.family, "debug:float32")
+    spec = f"{args.preset}:{args.dtype}" if args.preset else args.cases or default
     if args.full and args.family in FULL_CASES:
         spec += "," + FULL_CASES[args.family]
     cases = []

@@ -65,8 +65,9 @@ def generate_table(data: dict) -> list[str]:
         for name, m in res["variants"].items():
             vs = m["vs"].get(m["reference"]) or {}
             same = "-" if not vs else same_tokens(vs)
+            case = f"{res.get('family', 'paligemma')} {res['case']} {res['dtype']}"
             lines.append(
-                f"| {res.get('family', 'paligemma')} {res['case']} {res['dtype']} | {name} | {m['reference'] or '-'} | {_num(m['prefill_s'] * 1e3)} "
+                f"| {case} | {name} | {m['reference'] or '-'} | {_num(m['prefill_s'] * 1e3)} "
                 f"| {_x(vs.get('prefill_speedup'))} | {_num(m['decode_tok_s_b1'])} | {_x(vs.get('decode_b1_speedup'))} "
                 f"| {_num(m['decode_tok_s_b8'])} | {_x(vs.get('decode_b8_speedup'))} | {_num(m['peak_rss_mb'])} "
                 f"| {_x(vs.get('peak_rss_ratio'))} | {same} |")
