@@ -6,8 +6,11 @@ VARIANT is "vlmkit" with optional "+int8", "+compile" and "+graphs" (with +compi
 torch.compile mode reduce-overhead) suffixes, or "transformers" with optional "+int8" (torchao
 int8 weight-only), "+static" (static cache) and "+compile" (torch.compile of the forward, with a
 static cache: transformers' documented fast path) suffixes. The model
-is loaded from the same safetensors FOLDER by each framework's own loader; INPUTS is a torch.save
-file of ready batches ({"b1": {...}, "b8": {...}}), so both sides see identical tensors; DEVICE
+is loaded from the same safetensors FOLDER by each framework's own loader (vlmkit's `load_hf`, which
+finds the family from config.json; transformers' `AutoModelForImageTextToText`, which picks the
+class from its model_type, so any family both know runs here); INPUTS is a torch.save
+file of ready batches ({"b1": {...}, "b8": {...}}, made by `_families.make_batch`), so both sides
+see identical token ids and pixels; DEVICE
 (default cpu) is where the model and the batches live. On CUDA every timed span ends with a
 synchronize, so it covers the GPU work and not just its launch.
 
@@ -24,6 +27,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import best_time, peak_rss_mb, serve, sync  # noqa: E402
+
+
+TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def image_entries(batch: dict) -> dict:
+    """The batch's image tensors (pixel_values first), in the order `encode_images` takes them;
+    their names are also the arguments of transformers' `get_image_features`."""
+    return {k: v for k, v in batch.items() if k not in TEXT_KEYS}
 
 
 class _NoTextTokenizer:
@@ -60,9 +72,12 @@ class VlmkitRunner:
     def __init__(self, folder: str, dtype: str, int8: bool, compiled: bool, device: torch.device,
                  graphs: bool = False):
         from vlmkit.generation.compile import compile_decode
+        from vlmkit.models.registry import family_of
         from vlmkit.weights.hf import load_hf
 
         self.model, self.device = load_hf(folder, dtype=dtype, device=device), device
+        self.adapter = family_of(self.model).generation  # how the engine feeds this family's decoder
+        self.lm = self.adapter.decoder(self.model)
         self.int8, self.logit_error = int8, None
         # "+graphs": CUDA graphs around the compiled step (mode reduce-overhead; same as default on CPU).
         mode = "reduce-overhead" if graphs else "default"
@@ -73,36 +88,37 @@ class VlmkitRunner:
         from vlmkit.generation.quantize import quantize_int8
 
         with torch.inference_mode():
-            ref = self.model(batch["input_ids"], batch["pixel_values"], batch["attention_mask"],
-                             batch["token_type_ids"]).float()
-            quantize_int8(self.model)
-            out = self.model(batch["input_ids"], batch["pixel_values"], batch["attention_mask"],
-                             batch["token_type_ids"]).float()
+            ref = self.logits(batch)
+            # The decoder only (its LM head included): the vision tower and the projector run once
+            # per image, and some projectors read their weight's dtype (Idefics3's).
+            quantize_int8(self.model, skip=tuple(n for n, c in self.model.named_children() if c is not self.lm))
+            out = self.logits(batch)
         self.logit_error = logit_error(out, ref)
+
+    def logits(self, batch: dict) -> torch.Tensor:
+        """Full uncached forward through the family's adapter: logits [B, T, V] float32."""
+        x = self.adapter.prepare(self.model, batch)
+        return self.lm.logits(self.lm(x.embeds, x.positions, x.attention_mask.bool(), x.in_prefix)).float()
 
     @torch.inference_mode()
     def prefill(self, batch: dict) -> float:
         """Image encoding + prompt forward up to the first logits (what generate does first)."""
         from vlmkit.generation.decode import prefill
-        from vlmkit.models.paligemma.model import positions_from_mask
 
-        m, mask = self.model, batch["attention_mask"]
         sync(self.device)
         t0 = time.perf_counter()
-        embeds = m.embed_inputs(batch["input_ids"], m.encode_images(batch["pixel_values"]))
-        in_prefix = mask.bool() & (batch["token_type_ids"] == 0)
-        logits, _ = prefill(m.language_model, embeds, mask, in_prefix, positions_from_mask(mask),
-                            mask.shape[1] + 1)
+        x = self.adapter.prepare(self.model, batch)  # images encoded and placed, positions built
+        logits, _ = prefill(self.lm, x.embeds, x.attention_mask, x.in_prefix, x.positions, x.embeds.shape[1] + 1)
         logits.argmax(-1)
         sync(self.device)
         dt = time.perf_counter() - t0
-        m.language_model.clear_caches()
+        self.lm.clear_caches()
         return dt
 
     @torch.inference_mode()
-    def vision(self, pixel_values: torch.Tensor) -> None:
+    def vision(self, images: dict) -> None:
         """The vision tower + projector alone (what the image-feature cache saves)."""
-        self.model.encode_images(pixel_values)
+        self.model.encode_images(*images.values())
 
     def generate(self, batch: dict, new_tokens: int) -> dict:
         from vlmkit.generation import SamplingConfig, generate_stream
@@ -121,14 +137,19 @@ class VlmkitRunner:
                 "compiled": compiled}
 
 
-def torchao_int8(model: torch.nn.Module, skip: str) -> None:
+# transformers' decoders and LM head: PaliGemma / LLaVA `model.language_model`, Idefics3 / SmolVLM
+# `model.text_model`; as on the vlmkit side, the vision tower and projector stay in float.
+HF_DECODER = ("model.language_model.", "model.text_model.", "lm_head")
+
+
+def torchao_int8(model: torch.nn.Module, only: tuple[str, ...] = HF_DECODER) -> None:
     """torchao's int8 weight-only quantisation (per-channel symmetric, like vlmkit's) of every
-    Linear with >= 16 input features outside `skip` (the vision tower), in place; its documented
-    use is with torch.compile. Raises ImportError without torchao."""
+    Linear with >= 16 input features under `only` (the decoder and its head), in place; its
+    documented use is with torch.compile. Raises ImportError without torchao."""
     from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
     def chosen(module: torch.nn.Module, name: str) -> bool:
-        return isinstance(module, torch.nn.Linear) and module.in_features >= 16 and not name.startswith(skip)
+        return isinstance(module, torch.nn.Linear) and module.in_features >= 16 and name.startswith(only)
 
     quantize_(model, Int8WeightOnlyConfig(), filter_fn=chosen)
 
@@ -140,11 +161,11 @@ class HFRunner:
     generate never compiles by itself), and `int8`: torchao int8 weight-only (`torchao_int8`)."""
 
     def __init__(self, folder: str, dtype: str, device: torch.device, int8: bool = False,
-                 static: bool = False, compiled: bool = False, graphs: bool = False):
+                 static: bool = False, compiled: bool = False, graphs: bool = False, batch: dict | None = None):
         import transformers as tf
 
         self.device, self.static = device, static
-        self.model = tf.PaliGemmaForConditionalGeneration.from_pretrained(
+        self.model = tf.AutoModelForImageTextToText.from_pretrained(
             folder, dtype=getattr(torch, dtype)).eval().to(device)
         self.model.generation_config.eos_token_id = None  # fixed length, like vlmkit above
         self.model.generation_config.pad_token_id = 0
@@ -152,6 +173,9 @@ class HFRunner:
             self.model.generation_config.cache_implementation = "static"
         self.int8, self.logit_error = int8, None
         if compiled:  # same torch.compile mode as the vlmkit variant it is compared with
+            if batch is not None:  # one eager forward first: it installs transformers' lazy
+                with torch.inference_mode():  # output-capturing hooks (under a threading lock,
+                    self.model(**batch)  # which dynamo cannot trace: CLIP's tower in LLaVA)
             mode = "reduce-overhead" if graphs else "default"
             self.model.forward = torch.compile(self.model.forward, mode=mode, fullgraph=True)
 
@@ -159,7 +183,7 @@ class HFRunner:
     def quantize(self, batch: dict) -> None:
         """Quantise with torchao and record the logit error against the float model on `batch`."""
         ref = self.model(**batch).logits.float()
-        torchao_int8(self.model, skip="model.vision_tower")
+        torchao_int8(self.model)
         out = self.model(**batch).logits.float()
         self.logit_error = logit_error(out, ref)
 
@@ -178,8 +202,8 @@ class HFRunner:
         return time.perf_counter() - t0
 
     @torch.inference_mode()
-    def vision(self, pixel_values: torch.Tensor) -> None:
-        self.model.get_image_features(pixel_values)
+    def vision(self, images: dict) -> None:
+        self.model.get_image_features(**images)  # HF's argument names are the processor's keys
 
     @torch.inference_mode()
     def generate(self, batch: dict, new_tokens: int) -> dict:
@@ -207,7 +231,7 @@ def main(variant: str, folder: str, dtype: str, inputs: str, threads: str, devic
         parts = variant.split("+")
         if parts[0] == "transformers":
             runner = HFRunner(folder, dtype, dev, "int8" in parts, "static" in parts, "compile" in parts,
-                              "graphs" in parts)
+                              "graphs" in parts, batches["b1"])
         else:
             runner = VlmkitRunner(folder, dtype, "int8" in parts, "compile" in parts, dev, "graphs" in parts)
         if runner.int8:
@@ -219,9 +243,10 @@ def main(variant: str, folder: str, dtype: str, inputs: str, threads: str, devic
         return {"s": state["runner"].prefill(batches[batch])}
 
     def vision(batch: str, reps: int) -> dict:
-        pixels = batches[batch]["pixel_values"]
-        state["runner"].vision(pixels)  # warm-up
-        return {"s": best_time(lambda: state["runner"].vision(pixels), reps, dev), "images": pixels.shape[0]}
+        images = image_entries(batches[batch])
+        state["runner"].vision(images)  # warm-up
+        return {"s": best_time(lambda: state["runner"].vision(images), reps, dev),
+                "images": images["pixel_values"].shape[0]}
 
     def generate(batch: str, new_tokens: int) -> dict:
         r = state["runner"].generate(batches[batch], new_tokens)

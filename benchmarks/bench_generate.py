@@ -1,17 +1,23 @@
-"""PaliGemma generation on CPU or a CUDA GPU: vlmkit vs transformers, side by side, with floors.
+"""Generation of any registered `vlm` family on CPU or a CUDA GPU: vlmkit vs transformers, side by side.
 
-    python benchmarks/bench_generate.py                       # debug + mid-300m (fp32, bf16)
-    python benchmarks/bench_generate.py --full                # + the real paligemma-3b-224 shape, bf16
+    python benchmarks/bench_generate.py                       # PaliGemma: debug + mid-300m (fp32, bf16)
+    python benchmarks/bench_generate.py --full                # + the family's real shape (paligemma-3b-224), bf16
+    python benchmarks/bench_generate.py --family llava        # LLaVA: debug + clip-b16-llama-300m
+    python benchmarks/bench_generate.py --family idefics3 --preset SmolVLM-256M-Instruct --dtype bfloat16
     python benchmarks/bench_generate.py --cases mid-300m:bfloat16 --variants vlmkit+compile,transformers
     python benchmarks/bench_generate.py --cases debug:float32 --int8 --json out.json   # + int8 on both sides
     python benchmarks/bench_generate.py --device cuda --cases debug:bfloat16,mid-300m:bfloat16 --full
 
-For each case, one random-weight PaliGemma is written as a HF safetensors folder (cached under
---workdir) and loaded by each framework's own loader in its own subprocess. Measured per variant:
-prefill (image encoding + prompt forward to the first logits, batch 1), time to first token and
-decode tokens/s of greedy `generate` at batch 1 and batch 8, the vision tower alone on 8 images,
-and peak RSS of the process (on CUDA also the GPU's peak allocated memory). `--device` (default:
-cuda when available, else cpu) is where both frameworks run and the floors are measured.
+For each case (a shape of `--family`: the benchmark's own, see `_families.SHAPES`, or any preset
+of the family's registry record), one random-weight model is written as a HF safetensors folder
+(cached under --workdir) and loaded by each framework's own loader in its own subprocess
+(`vlmkit.weights.hf.load_hf`; transformers' `AutoModelForImageTextToText`, which picks the class
+from config.json's model_type). Both are fed the same saved batch (`_families.make_batch`).
+Measured per variant: prefill (image encoding + prompt forward to the first logits, batch 1),
+time to first token and decode tokens/s of greedy `generate` at batch 1 and batch 8, the vision
+tower alone on 8 images, and peak RSS of the process (on CUDA also the GPU's peak allocated
+memory). `--device` (default: cuda when available, else cpu) is where both frameworks run and
+the floors are measured.
 
 Baselines are transformers' own paths: default `generate`, `+static` (static cache), `+static+compile`
 (its documented fast path: static cache + torch.compile of the forward) and, with torchao,
@@ -37,77 +43,63 @@ import tempfile
 from pathlib import Path
 
 import torch
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import Worker, format_table, hardware, ratio, run_metadata, torchao_missing  # noqa: E402
+from _families import DEFAULT_CASES, FULL_CASES, case_config, make_batch, vlm_family  # noqa: E402
+from render_table import same_tokens  # noqa: E402
 
 from vlmkit.models.common.init import init_weights  # noqa: E402
-from vlmkit.models.gemma.config import GemmaConfig  # noqa: E402
-from vlmkit.models.paligemma import PaliGemma, PaliGemmaConfig  # noqa: E402
-from vlmkit.models.siglip.config import SiglipVisionConfig  # noqa: E402
 from vlmkit.weights.hf import save_hf  # noqa: E402
 
 WORKER = str(Path(__file__).with_name("_gen_worker.py"))
 
 
-def case_config(name: str) -> PaliGemmaConfig:
-    """debug (tiny), mid-300m (SigLIP-B/16 + 12-layer 1024-wide Gemma, 32k vocab), 3b-224 (real)."""
-    if name == "debug":
-        return PaliGemmaConfig.from_preset("debug")
-    if name == "mid-300m":
-        vision = SiglipVisionConfig.from_preset("b16-224", use_head=False)
-        text = GemmaConfig(vocab_size=32768, hidden_size=1024, intermediate_size=4096, num_layers=12,
-                           num_heads=8, num_kv_heads=1, head_dim=128)
-        return PaliGemmaConfig(vision=vision, text=text, image_token_id=32767)
-    if name == "3b-224":
-        return PaliGemmaConfig.from_preset("paligemma-3b-224")
-    raise SystemExit(f"unknown case {name!r}; choose from debug, mid-300m, 3b-224")
-
-
-def ensure_checkpoint(name: str, dtype: str, workdir: Path) -> Path:
-    """Write (once) a seeded random-weight checkpoint of case `name` in `dtype`."""
-    folder = workdir / f"{name}-{dtype}"
+def ensure_checkpoint(family: str, name: str, dtype: str, workdir: Path) -> Path:
+    """Write (once) a seeded random-weight checkpoint of `family` case `name` in `dtype`."""
+    folder = workdir / f"{family}-{name}-{dtype}"
     if (folder / "config.json").is_file():
         return folder
     torch.set_default_dtype(getattr(torch, dtype))  # build in place: no fp32 copy of a 3B model
     try:
-        model = init_weights(PaliGemma(case_config(name)), std=0.02, seed=0)
+        model = init_weights(vlm_family(family).model_class(case_config(family, name)), std=0.02, seed=0)
     finally:
         torch.set_default_dtype(torch.float32)
     print(f"writing {folder} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M params)", flush=True)
     return save_hf(model, folder)
 
 
-def make_batch(cfg: PaliGemmaConfig, batch: int, text_len: int, dtype: str, seed: int) -> dict:
-    """`batch` prompts of image tokens + `text_len` random text tokens (no padding), and images."""
-    g = torch.Generator().manual_seed(seed)
-    n, size = cfg.num_image_tokens, cfg.vision.image_size
-    text = torch.randint(3, min(cfg.text.vocab_size, 1000) - 1, (batch, text_len), generator=g)
-    ids = torch.cat([torch.full((batch, n), cfg.image_token_id), text], 1)
-    pixels = (torch.rand(batch, 3, size, size, generator=g) * 2 - 1).to(getattr(torch, dtype))
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids),
-            "pixel_values": pixels}
+def _matrix_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.dim() >= 2)
 
 
-def floors(cfg: PaliGemmaConfig, dtype: str, hw: dict, batch: int, text_len: int, new_tokens: int) -> dict:
-    """Lower bounds (seconds) for batch-1 prefill and per-step decode at `batch` rows."""
+def floors(family: str, cfg, dtype: str, hw: dict, batch: int, text_len: int, new_tokens: int) -> dict:
+    """Lower bounds (seconds) for batch-1 prefill and per-step decode at `batch` rows.
+
+    From the config and a meta-device model: `vision` and `text` configs, `num_image_tokens`, the
+    model's `vision_tower` and its adapter's decoder; the rest of the model is the projector.
+    """
+    spec = vlm_family(family)
     with torch.device("meta"):
-        m = PaliGemma(cfg)
+        m = spec.model_class(cfg)
+    lm = spec.generation.decoder(m)
     elt = torch.finfo(getattr(torch, dtype)).bits // 8
     c, v = cfg.text, cfg.vision
-    lm_params = sum(p.numel() for p in m.language_model.parameters())
-    n, T = cfg.num_image_tokens, cfg.num_image_tokens + text_len
+    lm_params = sum(p.numel() for p in lm.parameters())
+    n, P, T = cfg.num_image_tokens, v.num_positions, cfg.num_image_tokens + text_len
     # Decode: all LM weights once per step (tied head included), plus the KV cache read at the
     # mean length of the run.
     kv = 2 * c.num_layers * batch * c.num_kv_heads * (T + new_tokens / 2) * c.head_dim * elt
     decode_s = (lm_params * elt + kv) / (hw["bandwidth_GBps"] * 1e9)
     # Prefill FLOPs: 2 per weight per token for every matmul, attention's QK^T and PV, the head
-    # for the last position only, the vision tower on its n patches.
-    vis_mat = sum(p.numel() for p in m.vision_tower.parameters() if p.dim() >= 2)
-    lm_mat = sum(p.numel() for p in m.language_model.layers.parameters() if p.dim() >= 2)
+    # for the last position only; the vision tower on its P positions, the projector on its n
+    # output tokens (whatever it merges: pixel shuffle makes n < P).
+    vis_mat = _matrix_params(m.vision_tower)
+    proj_mat = _matrix_params(m) - vis_mat - _matrix_params(lm)
+    lm_mat = _matrix_params(lm.layers)
     # The vision tower + projector's share on its own: the vision target is measured against it.
-    vis_flops = (2 * n * vis_mat + 4 * n * n * v.hidden_size * v.num_layers
-                 + 2 * n * v.hidden_size * c.hidden_size)
+    vis_flops = 2 * P * vis_mat + 4 * P * P * v.hidden_size * v.num_layers + 2 * n * proj_mat
     flops = (vis_flops + 2 * T * lm_mat + 4 * T * T * c.num_heads * c.head_dim * c.num_layers
              + 2 * c.hidden_size * c.vocab_size)
     rate = hw["matmul_GFLOPs"][dtype] * 1e9
@@ -117,10 +109,11 @@ def floors(cfg: PaliGemmaConfig, dtype: str, hw: dict, batch: int, text_len: int
 
 
 def run_case(name: str, dtype: str, variants: list[str], args, hw: dict) -> dict:
-    cfg = case_config(name)
-    folder = ensure_checkpoint(name, dtype, args.workdir)
-    inputs = args.workdir / f"inputs-{name}-{dtype}.pt"
-    torch.save({f"b{b}": make_batch(cfg, b, args.text_len, dtype, seed=b) for b in (1, 8)}, inputs)
+    family = args.family
+    cfg = case_config(family, name)
+    folder = ensure_checkpoint(family, name, dtype, args.workdir)
+    inputs = args.workdir / f"inputs-{family}-{name}-{dtype}.pt"
+    torch.save({f"b{b}": make_batch(family, cfg, b, args.text_len, dtype, seed=b) for b in (1, 8)}, inputs)
     argv = [str(folder), dtype, str(inputs), str(args.threads), args.device]
     workers = [Worker([WORKER, v, *argv], v) for v in variants]
     try:
@@ -143,8 +136,8 @@ def run_case(name: str, dtype: str, variants: list[str], args, hw: dict) -> dict
     finally:
         for w in workers:
             w.close()
-    fl = {b: floors(cfg, dtype, hw, int(b[1:]), args.text_len, args.new_tokens) for b in ("b1", "b8")}
-    return summarise(name, dtype, samples, fl)
+    fl = {b: floors(family, cfg, dtype, hw, int(b[1:]), args.text_len, args.new_tokens) for b in ("b1", "b8")}
+    return {"family": family, **summarise(name, dtype, samples, fl)}
 
 
 RATIO_LEGEND = ("ratios (x columns) are against the variant named in `vs`: pf x, ttft x, b1 x, b8 x, vis x = "
@@ -220,7 +213,7 @@ def table_rows(result: dict) -> list[dict]:
     for v, m in result["variants"].items():
         vs, frac = m["vs"].get(m["reference"]) or {}, m["fraction_of_floor"]
         rows.append({
-            "case": f"{result['case']} {result['dtype']}",
+            "case": f"{result['family']} {result['case']} {result['dtype']}",
             "variant": v + (" (fell back to eager)" if m["compiled"] is False else ""), "vs": m["reference"],
             "prefill ms": m["prefill_s"] * 1e3, "pf x": vs.get("prefill_speedup"),
             "ttft ms": m["ttft_s"] * 1e3, "ttft x": vs.get("ttft_speedup"),
@@ -229,7 +222,7 @@ def table_rows(result: dict) -> list[dict]:
             "vis ms/img": m["vision_s_per_image"] * 1e3, "vis x": vs.get("vision_speedup"),
             "RSS MB": m["peak_rss_mb"], "rss x": vs.get("peak_rss_ratio"),
             **({"GPU MB": m["cuda_peak_mb"], "gpu x": vs.get("cuda_peak_ratio")} if m["cuda_peak_mb"] else {}),
-            "same tok": None if not vs else ("yes" if vs["same_tokens_b1"] and vs["same_tokens_b8"] else "no"),
+            "same tok": None if not vs else same_tokens(vs),
             "frac pf/b1/b8/vis": "/".join(f"{frac[k]:.2f}" for k in ("prefill", "decode_b1", "decode_b8", "vision")),
         })
     rows.append({"case": "", "variant": "floor", "prefill ms": fl["b1"]["prefill_s"] * 1e3,
@@ -240,9 +233,13 @@ def table_rows(result: dict) -> list[dict]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cases", default="debug:float32,mid-300m:float32,mid-300m:bfloat16",
-                   help="comma-separated CASE:DTYPE (cases: debug, mid-300m, 3b-224)")
-    p.add_argument("--full", action="store_true", help="add 3b-224:bfloat16 (about 6 GB per framework, slow)")
+    p.add_argument("--family", default="paligemma", help="a registered vlm family (paligemma, llava, idefics3, ...)")
+    p.add_argument("--cases", help="comma-separated CASE:DTYPE, a case being one of the benchmark's shapes or a "
+                   "preset of the family; default: " + "; ".join(f"{f}: {c}" for f, c in DEFAULT_CASES.items()))
+    p.add_argument("--preset", help="one case: this shape or preset of the family, in --dtype (instead of --cases)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="with --preset")
+    p.add_argument("--full", action="store_true", help="add the family's real large shape: "
+                   + ", ".join(f"{f} {c}" for f, c in FULL_CASES.items()) + " (GBs per framework, slow)")
     p.add_argument("--variants", default="vlmkit,vlmkit+compile,transformers,transformers+static+compile",
                    help="comma-separated; vlmkit with +int8 / +compile / +graphs suffixes, transformers with "
                         "+int8 (torchao) / +static / +compile")
@@ -261,14 +258,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def chosen_cases(args) -> list[tuple[str, str]]:
+    """(case, dtype) pairs from --preset / --cases / the family's default (+ --full), each checked:
+    an unknown family or case stops here with one line, before anything is written."""
+    vlm_family(args.family)
+    default = DEFAULT_CASES.get(args.family, "debug:float32")
+    spec = f"{args.preset}:{args.dtype}" if args.preset else args.cases or default
+    if args.full and args.family in FULL_CASES:
+        spec += "," + FULL_CASES[args.family]
+    cases = []
+    for item in spec.split(","):
+        name, _, dtype = item.partition(":")
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise SystemExit(f"--cases: {item!r} is not CASE:DTYPE with DTYPE float32, bfloat16 or float16")
+        case_config(args.family, name)
+        cases.append((name, dtype))
+    return cases
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     elif args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA device here")
+    cases = chosen_cases(args)
     args.workdir.mkdir(parents=True, exist_ok=True)
-    cases = [c.split(":") for c in args.cases.split(",")] + ([["3b-224", "bfloat16"]] if args.full else [])
     meta = run_metadata(argv)  # load average first: before this run adds its own
     variants = args.variants.split(",") + (["vlmkit+int8+compile", "transformers+int8+static+compile"]
                                            if args.int8 else [])

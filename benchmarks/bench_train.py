@@ -86,25 +86,24 @@ def paligemma_worker(case: str, batch: int, text_len: int, ckpt: bool, steps: in
                      threads: int) -> dict:
     """One setting, in this process: build, optionally checkpoint, time `steps` training steps."""
     sys.path.insert(0, str(Path(__file__).parent))
-    from bench_generate import case_config, make_batch
+    from _families import case_config, make_batch
 
     from vlmkit.data.processor import IGNORE_INDEX
     from vlmkit.models.common.init import init_weights
     from vlmkit.models.paligemma import PaliGemma
-    from vlmkit.models.paligemma.config import PaliGemmaConfig
     from vlmkit.training.parallelize import apply_activation_checkpointing
     from vlmkit.training.trainer import SuffixLMLoss
 
     if threads > 0:
         torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = PaliGemmaConfig.from_preset("shapes-tiny") if case == "shapes-tiny" else case_config(case)
+    cfg = case_config("paligemma", case)  # shapes-tiny and debug are presets, mid-300m a benchmark shape
     model = init_weights(PaliGemma(cfg), seed=0).to(device, getattr(torch, dtype)).train()
     if ckpt:
         apply_activation_checkpointing(model)
     loss_fn = SuffixLMLoss(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    b = {k: v.to(device) for k, v in make_batch(cfg, batch, text_len, dtype, seed=0).items()}
+    b = {k: v.to(device) for k, v in make_batch("paligemma", cfg, batch, text_len, dtype, seed=0).items()}
     b["token_type_ids"][:, -text_len // 2:] = 1  # the second half of the text is the trained suffix
     b["labels"] = b["input_ids"].masked_fill(b["token_type_ids"] == 0, IGNORE_INDEX)
 

@@ -5,7 +5,8 @@
 Every number the README shows comes from one of these files, written by `bench_generate.py
 --json` or `bench_preprocess.py --json`; each table is preceded by where and how its file was
 measured (date, command, CPU, bf16/AMX flags, versions, load average at the start) and by the
-direction of its ratios, both read from the file.
+direction of its ratios, both read from the file. A generation file made before `--family`
+existed is PaliGemma's (its results carry no `family`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ def provenance(meta: dict, path: Path) -> str:
             f"({meta['cpus']} CPUs; {flags}); {versions}; {load}")
 
 
+def same_tokens(vs: dict) -> str:
+    """Greedy tokens identical to the reference's at batch 1 and batch 8: yes, no, or which one."""
+    b1, b8 = vs["same_tokens_b1"], vs["same_tokens_b8"]
+    return "yes" if b1 and b8 else "b1 only" if b1 else "b8 only" if b8 else "no"
+
+
 def generate_table(data: dict) -> list[str]:
     legend = data["ratio_legend"]
     lines = [legend[0].upper() + legend[1:] + ".", "",
@@ -57,13 +64,14 @@ def generate_table(data: dict) -> list[str]:
     for res in data["results"]:
         for name, m in res["variants"].items():
             vs = m["vs"].get(m["reference"]) or {}
-            same = "-" if not vs else ("yes" if vs["same_tokens_b1"] and vs["same_tokens_b8"] else "no")
+            same = "-" if not vs else same_tokens(vs)
+            case = f"{res.get('family', 'paligemma')} {res['case']} {res['dtype']}"
             lines.append(
-                f"| {res['case']} {res['dtype']} | {name} | {m['reference'] or '-'} | {_num(m['prefill_s'] * 1e3)} "
+                f"| {case} | {name} | {m['reference'] or '-'} | {_num(m['prefill_s'] * 1e3)} "
                 f"| {_x(vs.get('prefill_speedup'))} | {_num(m['decode_tok_s_b1'])} | {_x(vs.get('decode_b1_speedup'))} "
                 f"| {_num(m['decode_tok_s_b8'])} | {_x(vs.get('decode_b8_speedup'))} | {_num(m['peak_rss_mb'])} "
                 f"| {_x(vs.get('peak_rss_ratio'))} | {same} |")
-    errors = [f"{name} ({res['case']} {res['dtype']}): max |diff| / max |logit| "
+    errors = [f"{name} ({res.get('family', 'paligemma')} {res['case']} {res['dtype']}): max |diff| / max |logit| "
               f"{e['max_abs_over_max_ref']:.2%}, argmax agreement {e['argmax_agreement']:.0%}"
               for res in data["results"] for name, m in res["variants"].items() if (e := m.get("logit_error"))]
     if errors:

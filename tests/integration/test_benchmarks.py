@@ -94,6 +94,41 @@ def test_bench_generate_smoke(tmp_path):
         assert all(got[v]["logit_error"]["max_abs_over_max_ref"] < 0.05 for v in ("vlmkit+int8", "transformers+int8"))
 
 
+def test_bench_generate_llava_smoke(tmp_path):
+    """--family llava at the debug shape: the same structure as PaliGemma's run, the family in
+    every result and table row, and vlmkit's greedy tokens identical to transformers' (loaded by
+    AutoModelForImageTextToText from the same folder, fed the same batch)."""
+    int8 = _has_torchao()
+    variants = {"vlmkit", "transformers"} | ({"vlmkit+int8", "transformers+int8"} if int8 else set())
+    out, stdout = _run("bench_generate.py", "--family", "llava", "--preset", "debug",
+                       "--variants", ",".join(sorted(variants)), "--new-tokens", "3", "--reps", "1",
+                       "--workdir", str(tmp_path / "work"), json_path=tmp_path / "gen.json")
+    got = _check_generate(out, variants)
+    (res,) = out["results"]
+    assert (res["family"], res["case"], res["dtype"]) == ("llava", "debug", "float32")
+    assert "--family llava" in out["meta"]["command"] and "llava debug float32" in stdout
+    assert json.loads((tmp_path / "work" / "llava-debug-float32" / "config.json").read_text())["model_type"] == "llava"
+    same = got["vlmkit"]["vs"]["transformers"]
+    assert same["same_tokens_b1"] and same["same_tokens_b8"]
+    assert len(got["vlmkit"]["tokens"]["b8"]) == 8 and all(len(t) == 3 for t in got["vlmkit"]["tokens"]["b8"])
+    if int8:
+        assert got["vlmkit+int8"]["reference"] == "transformers+int8"
+        assert all(got[v]["logit_error"]["max_abs_over_max_ref"] < 0.05 for v in ("vlmkit+int8", "transformers+int8"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--family", "nope"), "--family: unknown model family 'nope'"),
+    (("--family", "siglip"), "--family: siglip is not a vlm family"),
+    (("--family", "llava", "--preset", "huge"), "unknown llava case 'huge'; choose from clip-b16-llama-300m"),
+    (("--cases", "debug"), "--cases: 'debug' is not CASE:DTYPE"),
+])
+def test_bench_generate_bad_family_or_case_is_one_line(tmp_path, args, message):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_generate.py"), *args, "--workdir", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and proc.stderr.strip().startswith(message), proc.stderr[-2000:]
+    assert not any(tmp_path.iterdir())  # stopped before writing a checkpoint
+
+
 @pytest.mark.slow
 def test_bench_generate_compiled_baselines(tmp_path):
     """vlmkit's compiled decode against transformers' documented fast path (static cache +

@@ -1,0 +1,124 @@
+"""What bench_generate.py benchmarks per registered `vlm` family: model shapes and prompt batches.
+
+A case is a family and a shape name: either one of the benchmark's own shapes below (mid-size
+models that match no published checkpoint but exercise every part at a size where memory
+bandwidth, not Python overhead, dominates) or any preset of the family's registry record
+(`debug`, the published checkpoints' shapes).
+
+Both frameworks are fed one batch built here, saved once and loaded by each worker, so the token
+ids and pixels they see are identical. It is laid out as the family's processor lays out one
+image per prompt (the tokens are random ids, the pixels uniform noise, the weights random):
+`cfg.num_image_tokens` `<image>` placeholders followed by random text, no padding, and the
+family's image entries (`IMAGE_LAYOUTS`, by default pixel_values [B, 3, H, W]); a prefix-LM
+family (its adapter's `prefix_lm`) also gets token_type_ids 0 (the whole prompt is the prefix).
+The processor itself is not run: the benchmark's folders hold no tokenizer of the benchmarked
+vocabulary size, and a processor would add nothing to what the decoder and vision tower do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import torch
+
+from vlmkit.errors import ConfigError
+from vlmkit.models.registry import get_family
+
+
+def _paligemma_mid_300m():
+    """SigLIP-B/16 + a 12-layer, 1024-wide Gemma with a 32k vocabulary (299M params)."""
+    from vlmkit.models.gemma.config import GemmaConfig
+    from vlmkit.models.paligemma import PaliGemmaConfig
+    from vlmkit.models.siglip.config import SiglipVisionConfig
+
+    vision = SiglipVisionConfig.from_preset("b16-224", use_head=False)
+    text = GemmaConfig(vocab_size=32768, hidden_size=1024, intermediate_size=4096, num_layers=12,
+                       num_heads=8, num_kv_heads=1, head_dim=128)
+    return PaliGemmaConfig(vision=vision, text=text, image_token_id=32767)
+
+
+def _llava_clip_b16_llama_300m():
+    """LLaVA-1.5's layout at a mid size: CLIP ViT-B/16 at 224 (86M; layer -2, class token
+    dropped: 196 image tokens), the 2-layer GELU projector 768 -> 1024 -> 1024, and a Vicuna-like
+    Llama decoder (multi-head attention, untied head, LLaVA's 32064 vocabulary) of 18 layers,
+    1024 wide, MLP 2816: 297M decoder parameters, 385M in all."""
+    from vlmkit.models.clip.config import PRESETS as CLIP
+    from vlmkit.models.llama.config import LlamaConfig
+    from vlmkit.models.llava.config import PRESETS as LLAVA
+
+    text = LlamaConfig(vocab_size=32064, hidden_size=1024, intermediate_size=2816, num_layers=18,
+                       num_heads=16, num_kv_heads=16, head_dim=64, max_position_embeddings=4096,
+                       tie_embeddings=False, pad_token_id=32001, bos_token_id=1, eos_token_id=2)
+    return replace(LLAVA["llava-1.5-7b-hf"], vision=CLIP["clip-vit-base-patch16"], text=text)
+
+
+# (family, shape) -> config: the benchmark's own shapes, besides every registry preset.
+SHAPES: dict[tuple[str, str], Callable[[], object]] = {
+    ("paligemma", "mid-300m"): _paligemma_mid_300m,
+    ("paligemma", "3b-224"): lambda: get_family("paligemma").presets["paligemma-3b-224"],  # older runs' name
+    ("llava", "clip-b16-llama-300m"): _llava_clip_b16_llama_300m,
+}
+
+# --cases when none are given. 3b-224 is PaliGemma's real shape (--full).
+DEFAULT_CASES = {
+    "paligemma": "debug:float32,mid-300m:float32,mid-300m:bfloat16",
+    "llava": "debug:float32,clip-b16-llama-300m:bfloat16",
+    "idefics3": "debug:float32,SmolVLM-256M-Instruct:bfloat16",
+}
+FULL_CASES = {"paligemma": "3b-224:bfloat16", "llava": "llava-1.5-7b-hf:bfloat16",
+              "idefics3": "SmolVLM-Instruct:bfloat16"}
+
+
+def vlm_family(name: str):
+    """The registry record of a `vlm` family; SystemExit with one line otherwise."""
+    try:
+        spec = get_family(name)
+    except ConfigError as e:
+        raise SystemExit(f"--family: {e}") from None
+    if spec.kind != "vlm":
+        raise SystemExit(f"--family: {name} is not a vlm family (its kind is {spec.kind}); "
+                         "bench_generate.py benchmarks image + prompt -> text generation")
+    return spec
+
+
+def case_config(family: str, name: str):
+    """The config of case `name` of `family`: a benchmark shape, else a registry preset."""
+    if (family, name) in SHAPES:
+        return SHAPES[family, name]()
+    spec = vlm_family(family)
+    if name not in spec.presets:
+        own = [s for f, s in SHAPES if f == family]
+        raise SystemExit(f"unknown {family} case {name!r}; choose from {', '.join([*own, *sorted(spec.presets)])}")
+    return spec.presets[name]
+
+
+def _image(cfg, rows: int, g: torch.Generator, dtype: torch.dtype) -> dict:
+    """pixel_values [B, 3, H, W]: one image per prompt (PaliGemma, LLaVA)."""
+    size = cfg.vision.image_size
+    return {"pixel_values": (torch.rand(rows, 3, size, size, generator=g) * 2 - 1).to(dtype)}
+
+
+def _frames(cfg, rows: int, g: torch.Generator, dtype: torch.dtype) -> dict:
+    """pixel_values [B, 1, 3, H, W] + pixel_attention_mask [B, 1, H, W]: one frame per prompt, as
+    Idefics3's processor lays out an image of at most max_image_size (no tiles, no padding)."""
+    pixels = _image(cfg, rows, g, dtype)["pixel_values"][:, None]  # [B, 1, 3, H, W]
+    return {"pixel_values": pixels, "pixel_attention_mask": torch.ones(pixels.shape[:2] + pixels.shape[3:],
+                                                                       dtype=torch.long)}
+
+
+# The family's image entries for one image per prompt; families not listed use `_image`.
+IMAGE_LAYOUTS: dict[str, Callable[..., dict]] = {"idefics3": _frames}
+
+
+def make_batch(family: str, cfg, rows: int, text_len: int, dtype: str, seed: int) -> dict:
+    """`rows` prompts of `cfg.num_image_tokens` image tokens + `text_len` random text tokens (no
+    padding) with the family's image entries, in `dtype`."""
+    g = torch.Generator().manual_seed(seed)
+    n = cfg.num_image_tokens
+    text = torch.randint(3, min(cfg.text.vocab_size, 1000) - 1, (rows, text_len), generator=g)
+    ids = torch.cat([torch.full((rows, n), cfg.image_token_id), text], 1)  # [B, n + text_len]
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if getattr(vlm_family(family).generation, "prefix_lm", False):
+        batch["token_type_ids"] = torch.zeros_like(ids)
+    return {**batch, **IMAGE_LAYOUTS.get(family, _image)(cfg, rows, g, getattr(torch, dtype))}
