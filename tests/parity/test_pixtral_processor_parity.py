@@ -34,9 +34,10 @@ def _hf_pixtral_processor_class(monkeypatch):
     return cls
 
 
-def _processor_folder(folder, paligemma_tokenizer_dir, monkeypatch):
+def _processor_folder(folder, paligemma_tokenizer_dir, monkeypatch, **processor_kw):
     """A folder with transformers' PixtralProcessor saved (tokenizer with [IMG], [IMG_BREAK],
-    [IMG_END] and a BOS post-processor; 8-px patches, 64-px longest edge); returns the processor."""
+    [IMG_END] and a BOS post-processor; 8-px patches, 64-px longest edge, `processor_kw` such as
+    Mistral 3's spatial_merge_size); returns the processor."""
     from tokenizers import Tokenizer, processors as tp
 
     tok = Tokenizer.from_file(str(paligemma_tokenizer_dir / "tokenizer.json"))
@@ -50,7 +51,8 @@ def _processor_folder(folder, paligemma_tokenizer_dir, monkeypatch):
         '{"tokenizer_class": "LlamaTokenizer", "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>"}')
     hf_tok = tf.AutoTokenizer.from_pretrained(str(raw))
     theirs = _hf_pixtral_processor_class(monkeypatch)(
-        image_processor=tf.PixtralImageProcessorPil(size={"longest_edge": 64}), tokenizer=hf_tok, patch_size=PATCH)
+        image_processor=tf.PixtralImageProcessorPil(size={"longest_edge": 64}), tokenizer=hf_tok, patch_size=PATCH,
+        **processor_kw)
     theirs.save_pretrained(str(folder))
     return theirs
 

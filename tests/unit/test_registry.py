@@ -13,7 +13,7 @@ from vlmkit.weights.create import create_checkpoint
 from vlmkit.weights.hf import load_hf, read_config, save_hf
 from vlmkit.weights.info import model_info
 
-TEXT_FAMILIES = ["paligemma", "siglip", "coca", "gemma", "llava", "llava_next", "idefics3", "internvl"]
+TEXT_FAMILIES = ["paligemma", "siglip", "coca", "gemma", "llava", "llava_next", "idefics3", "internvl", "mistral3"]
 
 
 @pytest.fixture(scope="module")
