@@ -12,19 +12,19 @@ import torch
 import transformers as tf
 
 from tests.parity import hf_builders as hb
-from tests.parity import placeholder_checks as pc
-from tests.parity.test_pixtral_parity import PATCH, padded_pixels, vision_cfg
+from tests.parity import pixtral_checks as pc
+from tests.parity import placeholder_checks
+from tests.parity.pixtral_checks import BREAK, END, IMG, padded_pixels
+from tests.parity.test_pixtral_parity import PATCH, vision_cfg
 from tests.parity.test_pixtral_processor_parity import KEYS, _processor_folder
 from vlmkit.errors import CheckpointError
-from vlmkit.generation import SamplingConfig, generate
 from vlmkit.models.mistral3.model import Mistral3
 from vlmkit.models.parts.patch_merger import merge_blocks
 from vlmkit.models.parts.pixtral_vit import PixtralVisionTower
 from vlmkit.models.registry import get_family
-from vlmkit.weights.hf import load_hf, save_hf
+from vlmkit.weights.hf import load_hf
 
 ATOL = 1e-5  # measured: 0.0 (bit-identical) for every fp32 comparison in this file
-IMG, BREAK, END = hb.IMAGE_TOKEN, 297, 298
 MERGE = 2
 # Two images of different sizes (multiples of PATCH * MERGE = 16 px): 2 x 4 and 6 x 2 patches
 # before merging, 1 x 2 and 3 x 1 tokens after.
@@ -44,21 +44,8 @@ def mistral3(seed=0, tie=False):
     return hb.randomize(tf.Mistral3ForConditionalGeneration(cfg), seed)
 
 
-def expansion(h, w):
-    """PixtralProcessor's tokens with the merge: rows of w/16 [IMG] + [IMG_BREAK], the last [IMG_END]."""
-    p = PATCH * MERGE
-    tokens = ([IMG] * (w // p) + [BREAK]) * (h // p)
-    return tokens[:-1] + [END]
-
-
 def _prompt(sizes, seed=2):
-    """BOS, text, image 0, text, image 1, text."""
-    g = torch.Generator().manual_seed(seed)
-    text = torch.randint(3, BREAK, (6,), generator=g).tolist()
-    ids = [1, *text[:2]]
-    for i, (h, w) in enumerate(sizes):
-        ids += expansion(h, w) + text[2 + 2 * i: 4 + 2 * i]
-    return torch.tensor([ids])
+    return pc.prompt(sizes, PATCH * MERGE, seed)
 
 
 @pytest.fixture(scope="module")
@@ -92,57 +79,20 @@ def test_logits_two_images_of_different_sizes(pair):
     hf, ours, _ = pair
     assert type(ours) is Mistral3 and isinstance(ours.vision_tower, PixtralVisionTower)
     ids = _prompt(SIZES)
-    px, sizes = padded_pixels(SIZES)
     assert int((ids == IMG).sum()) == 2 + 3 and int((ids == BREAK).sum()) == 0 + 2 and int((ids == END).sum()) == 2
-    with torch.no_grad():
-        ref = hf(input_ids=ids, pixel_values=px, image_sizes=sizes).logits
-        got = ours(ids, px, image_sizes=sizes)
-        swapped = ours(_prompt(SIZES[::-1]), px[[1, 0]], image_sizes=sizes[[1, 0]])
-    torch.testing.assert_close(got, ref, atol=ATOL, rtol=1e-5)
-    assert not torch.allclose(got[0, -1], swapped[0, -1])  # image order matters
-
-
-def _left_padded_batch():
-    """Row 0: a 16 x 32 image; row 1: a 48 x 16 image and a longer prompt; left-padded with 0."""
-    rows = [_prompt(SIZES[:1], seed=3)[0], _prompt(SIZES[1:], seed=4)[0]]
-    rows[1] = torch.cat([rows[1], torch.tensor([5, 6, 7])])
-    T = max(len(r) for r in rows)
-    ids = torch.zeros(2, T, dtype=torch.long)
-    mask = torch.zeros(2, T, dtype=torch.long)
-    for b, r in enumerate(rows):
-        ids[b, T - len(r):], mask[b, T - len(r):] = r, 1
-    px, sizes = padded_pixels(SIZES, seed=6)
-    return ids, mask, px, sizes
+    pc.assert_two_images(hf, ours, SIZES, PATCH * MERGE)
 
 
 def test_left_padded_batch(pair):
     hf, ours, _ = pair
-    ids, mask, px, sizes = _left_padded_batch()
-    assert mask[0].sum() < mask[1].sum()
-    pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
-    with torch.no_grad():
-        ref = hf(input_ids=ids, pixel_values=px, attention_mask=mask, position_ids=pos, image_sizes=sizes).logits
-        got = ours(ids, px, mask, image_sizes=sizes)
-        n = int(mask[0].sum())
-        alone = ours(ids[:1, -n:], px[:1, :, :16, :32], image_sizes=sizes[:1])
-    valid = mask.bool()
-    torch.testing.assert_close(got[valid], ref[valid], atol=ATOL, rtol=1e-5)
-    torch.testing.assert_close(got[0, -n:], alone[0], atol=ATOL, rtol=1e-5)
+    pc.assert_left_padded(hf, ours, SIZES, PATCH * MERGE)
 
 
 def test_greedy_generation(pair):
     """vlmkit's engine through the mistral3 record's adapter (pixel_values + image_sizes): a
     left-padded batch of 2 prompts with different image sizes, tokens identical."""
     hf, ours, _ = pair
-    ids, mask, px, sizes = _left_padded_batch()
-    hf.generation_config.eos_token_id = None
-    hf.generation_config.pad_token_id = 0
-    with torch.no_grad():
-        ref = hf.generate(input_ids=ids, pixel_values=px, image_sizes=sizes, attention_mask=mask, max_new_tokens=10,
-                          do_sample=False)[:, ids.shape[1]:]
-    batch = dict(input_ids=ids, attention_mask=mask, pixel_values=px, image_sizes=sizes)
-    out = generate(ours, pc.IdTokenizer(), batch, SamplingConfig(max_new_tokens=10))
-    assert [r.token_ids for r in out] == ref.tolist()
+    pc.assert_greedy(hf, ours, SIZES, PATCH * MERGE)
 
 
 def test_roundtrip(pair, tmp_path):
@@ -150,24 +100,14 @@ def test_roundtrip(pair, tmp_path):
     ours is bit-identical; the keys on disk are transformers' save_pretrained names."""
     hf, ours, folder = pair
     px, sizes = padded_pixels(SIZES)
-    pc.assert_round_trip(tf.Mistral3ForConditionalGeneration, hf, ours, tmp_path, _prompt(SIZES),
+    placeholder_checks.assert_round_trip(tf.Mistral3ForConditionalGeneration, hf, ours, tmp_path, _prompt(SIZES),
                          {"pixel_values": px, "image_sizes": sizes}, atol=ATOL)
     from vlmkit.weights.safetensors_io import SafetensorsReader
     assert set(SafetensorsReader(tmp_path).keys()) == set(SafetensorsReader(folder).keys())
 
 
 def test_bf16_bit_identical(pair):
-    """Loaded in bf16 by both, the logits are bit-identical (image_sizes stay int64)."""
-    _, _, folder = pair
-    hf16 = tf.Mistral3ForConditionalGeneration.from_pretrained(folder, dtype=torch.bfloat16).eval()
-    ours16 = load_hf(folder, dtype="bfloat16")
-    ids = _prompt(SIZES)
-    px, sizes = padded_pixels(SIZES)
-    with torch.no_grad():
-        ref = hf16(input_ids=ids, pixel_values=px.bfloat16(), image_sizes=sizes).logits
-        got = ours16(ids, px.bfloat16(), image_sizes=sizes)
-    assert got.dtype == torch.bfloat16
-    torch.testing.assert_close(got, ref, atol=0, rtol=0)
+    pc.assert_bf16(tf.Mistral3ForConditionalGeneration, pair[2], SIZES, PATCH * MERGE)
 
 
 def test_tied_head_and_the_published_layout(tmp_path):
@@ -198,7 +138,7 @@ def test_reads_module_layout_and_shards(tmp_path):
 def test_strict_loading_names_the_keys(pair, tmp_path):
     _, _, folder = pair
     key = "multi_modal_projector.patch_merger.merging_layer.weight"
-    bad = pc.copy_folder(folder, tmp_path / "bad", rename=lambda k: "extra." + k if k == key else k)
+    bad = placeholder_checks.copy_folder(folder, tmp_path / "bad", rename=lambda k: "extra." + k if k == key else k)
     with pytest.raises(CheckpointError, match=r"merger\.merging_layer\.weight.*extra\.") as e:
         load_hf(bad)
     assert "\n" not in str(e.value)
@@ -285,16 +225,7 @@ def test_create_debug(tmp_path, rng_image):
     from vlmkit.weights.create import create_checkpoint
 
     folder = create_checkpoint(tmp_path / "model", "debug", family="mistral3")
-    pipe = load(folder, dtype="float32")
-    assert isinstance(pipe.processor, PixtralProcessor) and pipe.processor.config.patch == 16
-    hf = hb.load_strictly(tf.Mistral3ForConditionalGeneration, folder)
+    processor = load(folder, dtype="float32").processor
+    assert isinstance(processor, PixtralProcessor) and processor.config.patch == 16
     images = [rng_image(150, 20, seed=6), rng_image(50, 75, seed=1), rng_image(12, 200, seed=5)]
-    batch = pipe.processor(["[IMG] hi", "[IMG][IMG] two"], [images[:1], images[1:]])
-    with torch.no_grad():
-        ref = hf(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                 pixel_values=batch["pixel_values"], image_sizes=batch["image_sizes"]).logits
-        got = pipe.model(batch["input_ids"], batch["pixel_values"], batch["attention_mask"],
-                         image_sizes=batch["image_sizes"])
-    valid = batch["attention_mask"].bool()
-    torch.testing.assert_close(got[valid], ref[valid], atol=ATOL, rtol=1e-5)
-    assert 1 <= len(pipe.generate("[IMG] what", [images[0]], SamplingConfig(max_new_tokens=3)).token_ids) <= 3
+    pc.assert_created_folder_runs(folder, tf.Mistral3ForConditionalGeneration, images, rng_image(40, 56, seed=7))

@@ -16,9 +16,10 @@ Presets (shapes as transformers' Mistral3ForConditionalGeneration reads them):
     vocabulary 131072 (Tekken), RoPE theta 1e9, 131072 positions, no sliding window, untied head;
   - `[IMG]` = 10 (image_token_index), as in Pixtral.
 - debug: the Pixtral debug tower (8-px patches) with 2 x 2 merging on the Llama debug decoder.
+Presets are looked up through the registry: `get_family("mistral3").preset(name)`.
 """
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from vlmkit.models.common.decoder_config import DecoderConfig
 from vlmkit.models.llama.config import PRESETS as LLAMA_PRESETS
@@ -58,12 +59,6 @@ class Mistral3Config:
         """`[IMG]` tokens of the largest image (a full-size square one); each image gives its own count."""
         side = self.vision.max_patches_per_side
         return self.merger.num_tokens((side, side))
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides) -> "Mistral3Config":
-        if name not in PRESETS:
-            raise KeyError(f"unknown Mistral 3 preset {name!r}; choose from {sorted(PRESETS)}")
-        return replace(PRESETS[name], **overrides)
 
 
 _SMALL_3_1_VISION = PixtralVisionConfig(
