@@ -16,7 +16,7 @@ from tests.parity import pixtral_checks as pc
 from tests.parity import placeholder_checks
 from tests.parity.pixtral_checks import BREAK, END, IMG, padded_pixels
 from tests.parity.test_pixtral_parity import PATCH, vision_cfg
-from tests.parity.test_pixtral_processor_parity import KEYS, _processor_folder
+from tests.parity.test_pixtral_processor_parity import _assert_same, _processor_folder
 from vlmkit.errors import CheckpointError
 from vlmkit.models.mistral3.model import Mistral3
 from vlmkit.models.parts.patch_merger import merge_blocks
@@ -166,11 +166,11 @@ def test_processor_batch_parity(processors, rng_image, padding_side):
     prompts = ["[INST][IMG]What is this?[/INST]", "[IMG] and [IMG][IMG]: compare", "no image"]
     expected = theirs(text=prompts, images=flat, padding="longest", padding_side=padding_side, return_tensors="pt")
     got = ours(prompts, flat, padding_side=padding_side)
-    for key in KEYS:
-        assert got[key].dtype == expected[key].dtype and torch.equal(got[key], expected[key]), key
+    _assert_same(got, expected)
     assert got["image_sizes"].tolist()[0] == [48, 64]  # 50 x 75 -> 42 x 64 -> whole 16-px patches
-    probe = ours("[IMG]", [rng_image(40, 56, seed=7)])["input_ids"][0]
-    assert torch.equal(probe, theirs(text="[IMG]", images=[rng_image(40, 56, seed=7)], return_tensors="pt")["input_ids"][0])
+    probe = rng_image(40, 56, seed=7)
+    _assert_same(ours("[IMG]", [probe]), theirs(text="[IMG]", images=[probe], return_tensors="pt"))
+    probe = ours("[IMG]", [probe])["input_ids"][0]
     brk, end = ours.tokenizer.token_id("[IMG_BREAK]"), ours.tokenizer.token_id("[IMG_END]")
     assert [int((probe == t).sum()) for t in (ours.image_token_id, brk, end)] == [12, 2, 1]  # 15 tokens
 
