@@ -10,7 +10,8 @@ import torch
 import transformers as tf
 
 from tests.parity import hf_builders as hb
-from vlmkit.generation import SamplingConfig, generate
+from tests.parity import pixtral_checks as pc
+from tests.parity.pixtral_checks import BREAK, END, IMG, padded_pixels
 from vlmkit.models.common.rope2d import grid_positions, pixtral_inv_freq, pixtral_rope_cos_sin
 from vlmkit.models.llava.model import Llava
 from vlmkit.models.parts.pixtral_vit import PixtralVisionTower
@@ -18,7 +19,6 @@ from vlmkit.models.registry import family_of, get_family
 from vlmkit.weights.hf import load_hf, save_hf
 
 ATOL = 1e-5  # measured: 0.0 (bit-identical) for every fp32 comparison in this file
-IMG, BREAK, END = hb.IMAGE_TOKEN, 297, 298
 PATCH = 8
 # Two images of different sizes (height, width); the batch is zero-padded to 40 x 24.
 SIZES = [(16, 24), (40, 8)]
@@ -36,20 +36,6 @@ def pixtral_llava(seed=0):
     cfg = tf.LlavaConfig(vision_config=vision_cfg().to_dict(), text_config=text.to_dict(), image_token_index=IMG,
                          vision_feature_layer=-1, vision_feature_select_strategy="full")
     return hb.randomize(tf.LlavaForConditionalGeneration(cfg), seed)
-
-
-def expansion(h, w):
-    """PixtralProcessor's tokens for an h x w image: rows of [IMG] + [IMG_BREAK], the last [IMG_END]."""
-    tokens = ([IMG] * (w // PATCH) + [BREAK]) * (h // PATCH)
-    return tokens[:-1] + [END]
-
-
-def padded_pixels(sizes, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    px = torch.zeros(len(sizes), 3, max(h for h, _ in sizes), max(w for _, w in sizes))
-    for out, (h, w) in zip(px, sizes):
-        out[:, :h, :w] = torch.randn(3, h, w, generator=g)
-    return px, torch.tensor(sizes)
 
 
 def test_rope_matches_transformers():
@@ -88,76 +74,25 @@ def pair(tmp_path_factory):
 
 
 def _prompt(sizes, seed=2):
-    """BOS, text, image 0, text, image 1, text."""
-    g = torch.Generator().manual_seed(seed)
-    text = torch.randint(3, BREAK, (6,), generator=g).tolist()
-    ids = [1, *text[:2]]
-    for i, (h, w) in enumerate(sizes):
-        ids += expansion(h, w) + text[2 + 2 * i: 4 + 2 * i]
-    return torch.tensor([ids])
+    return pc.prompt(sizes, PATCH, seed)
 
 
 def test_logits_two_images_of_different_sizes(pair):
     hf, ours = pair
     assert type(ours) is Llava and isinstance(ours.vision_tower, PixtralVisionTower)
     ids = _prompt(SIZES)
-    px, sizes = padded_pixels(SIZES)
     assert int((ids == IMG).sum()) == 6 + 5 and int((ids == BREAK).sum()) == 1 + 4 and int((ids == END).sum()) == 2
-    with torch.no_grad():
-        ref = hf(input_ids=ids, pixel_values=px, image_sizes=sizes).logits
-        got = ours(ids, px, image_sizes=sizes)
-        swapped = ours(_prompt(SIZES[::-1]), px[[1, 0]], image_sizes=sizes[[1, 0]])
-    torch.testing.assert_close(got, ref, atol=ATOL, rtol=1e-5)
-    assert not torch.allclose(got[0, -1], swapped[0, -1])  # image order matters
-
-
-def _left_padded_batch():
-    """Row 0: a 16 x 24 image; row 1: a 40 x 8 image and a longer prompt; left-padded with 0."""
-    rows = [_prompt(SIZES[:1], seed=3)[0], _prompt(SIZES[1:], seed=4)[0]]
-    T = max(len(r) for r in rows)
-    ids = torch.zeros(2, T, dtype=torch.long)
-    mask = torch.zeros(2, T, dtype=torch.long)
-    for b, r in enumerate(rows):
-        ids[b, T - len(r):], mask[b, T - len(r):] = r, 1
-    px, sizes = padded_pixels(SIZES, seed=6)
-    return ids, mask, px, sizes
+    pc.assert_two_images(hf, ours, SIZES, PATCH)
 
 
 def test_left_padded_batch(pair):
-    hf, ours = pair
-    ids, mask, px, sizes = _left_padded_batch()
-    assert mask[0].sum() < mask[1].sum()
-    pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
-    with torch.no_grad():
-        ref = hf(input_ids=ids, pixel_values=px, attention_mask=mask, position_ids=pos, image_sizes=sizes).logits
-        got = ours(ids, px, mask, image_sizes=sizes)
-        n = int(mask[0].sum())
-        alone = ours(ids[:1, -n:], px[:1, :, :16, :24], image_sizes=sizes[:1])
-    valid = mask.bool()
-    torch.testing.assert_close(got[valid], ref[valid], atol=ATOL, rtol=1e-5)
-    torch.testing.assert_close(got[0, -n:], alone[0], atol=ATOL, rtol=1e-5)
-
-
-class IdTokenizer:
-    eos_id = -1
-
-    def decode(self, ids, skip_special_tokens=True):
-        return " ".join(map(str, ids))
+    pc.assert_left_padded(*pair, SIZES, PATCH)
 
 
 def test_greedy_generation(pair):
     """vlmkit's engine through the llava record's adapter (which hands image_sizes to the tower):
     a left-padded batch of 2 prompts with different image sizes, tokens identical."""
-    hf, ours = pair
-    ids, mask, px, sizes = _left_padded_batch()
-    hf.generation_config.eos_token_id = None
-    hf.generation_config.pad_token_id = 0
-    with torch.no_grad():
-        ref = hf.generate(input_ids=ids, pixel_values=px, image_sizes=sizes, attention_mask=mask, max_new_tokens=10,
-                          do_sample=False)[:, ids.shape[1]:]
-    batch = dict(input_ids=ids, attention_mask=mask, pixel_values=px, image_sizes=sizes)
-    out = generate(ours, IdTokenizer(), batch, SamplingConfig(max_new_tokens=10))
-    assert [r.token_ids for r in out] == ref.tolist()
+    pc.assert_greedy(*pair, SIZES, PATCH)
 
 
 def test_roundtrip(pair, tmp_path):
@@ -180,17 +115,9 @@ def test_roundtrip(pair, tmp_path):
 def test_bf16_bit_identical(pair, tmp_path):
     """In bf16 the packed tower and the logits equal transformers' bit for bit (the patch conv runs
     on the padded batch as theirs does; see PixtralVisionTower.embed)."""
-    hf, ours = pair
+    _, ours = pair
     save_hf(ours, tmp_path)
-    hf16 = tf.LlavaForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
-    ours16 = load_hf(tmp_path, dtype="bfloat16")
-    ids = _prompt(SIZES)
-    px, sizes = padded_pixels(SIZES)
-    with torch.no_grad():
-        ref = hf16(input_ids=ids, pixel_values=px.bfloat16(), image_sizes=sizes).logits
-        got = ours16(ids, px.bfloat16(), image_sizes=sizes)
-    assert got.dtype == torch.bfloat16
-    torch.testing.assert_close(got, ref, atol=0, rtol=0)
+    pc.assert_bf16(tf.LlavaForConditionalGeneration, tmp_path, SIZES, PATCH)
 
 
 def test_reads_module_layout_and_shards(tmp_path):

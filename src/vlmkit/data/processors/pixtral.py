@@ -114,23 +114,37 @@ class PixtralProcessor(TypeCProcessor):
         return {"pixel_values": batch, "image_sizes": image_sizes}, [self.config.expansion(h, w) for h, w in sizes]
 
 
-def build_processor(folder: str | Path, tokenizer, cfg) -> PixtralProcessor:
+def build_processor(folder: str | Path, tokenizer, cfg, merge: int = 1) -> PixtralProcessor:
     """The Pixtral processor builder (a LLaVA folder whose processor_class is PixtralProcessor):
-    the folder's own processor files; its `[IMG]` id must be the config's image_token_index."""
+    the folder's own processor files; its `[IMG]` id must be the config's image_token_index and
+    its patch the tower's (times the model's spatial merge size `merge`: Mistral 3)."""
     processor = PixtralProcessor.from_folder(folder)
     if processor.image_token_id != cfg.image_token_id:
         raise ConfigError(f"{folder}: the tokenizer's {processor.placeholder} id {processor.image_token_id} != "
                           f"config.json image_token_index {cfg.image_token_id}")
-    if processor.config.patch != cfg.vision.patch_size:
-        raise ConfigError(f"{folder}: processor patch_size {processor.config.patch} != vision_config patch_size "
-                          f"{cfg.vision.patch_size}")
+    if processor.config.patch != cfg.vision.patch_size * merge:
+        times = f" x spatial_merge_size {merge}" if merge > 1 else ""
+        raise ConfigError(f"{folder}: processor patch_size{' x spatial_merge_size' if times else ''} "
+                          f"{processor.config.patch} != vision_config patch_size {cfg.vision.patch_size}{times}")
     return processor
 
 
-def processor_files(cfg) -> ProcessorFiles:
+def processor_files(cfg, merge: int = 1) -> ProcessorFiles:
     """What a Pixtral folder made by `vlmkit create` carries for PixtralProcessor (and transformers')."""
     return ProcessorFiles(
         special_tokens=IMAGE_TOKENS,
         processor_config={"processor_class": "PixtralProcessor", "image_token": "[IMG]",
                           "image_break_token": "[IMG_BREAK]", "image_end_token": "[IMG_END]",
-                          "patch_size": cfg.vision.patch_size, "spatial_merge_size": 1})
+                          "patch_size": cfg.vision.patch_size, "spatial_merge_size": merge})
+
+
+def build_mistral3_processor(folder: str | Path, tokenizer, cfg) -> PixtralProcessor:
+    """Mistral 3's processor: PixtralProcessor with `spatial_merge_size` (read from the folder's
+    processor_config.json), which resizes to whole merged patches and writes one `[IMG]` per
+    merged token: an image of h x w pixels gives h/(P s) rows of w/(P s) `[IMG]`."""
+    return build_processor(folder, tokenizer, cfg, merge=cfg.merger.spatial_merge_size)
+
+
+def mistral3_processor_files(cfg) -> ProcessorFiles:
+    """What a Mistral 3 folder made by `vlmkit create` carries (PixtralProcessor with the merge size)."""
+    return processor_files(cfg, merge=cfg.merger.spatial_merge_size)
