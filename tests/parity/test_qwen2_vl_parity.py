@@ -6,6 +6,7 @@ left-padded batch with images of different sizes), and the shared decoder with `
 
 from dataclasses import replace
 
+import pytest
 import torch
 import transformers as tf
 from transformers.vision_utils import get_vision_position_ids
@@ -15,6 +16,7 @@ from vlmkit.generation.decode import advance, decode_one_token, prefill
 from vlmkit.models.common.mrope import IMAGE, TEXT, mrope_decode_positions, mrope_positions
 from vlmkit.models.common.rope2d import axial_rope_cos_sin, merge_order_positions, qwen2_vl_inv_freq
 from vlmkit.models.llama import Llama, hf_mapping
+from vlmkit.models.parts.qwen2_vit import Qwen2VisionTower, Qwen2VitConfig
 from vlmkit.weights.convert import convert_strict
 
 IMG, MERGE = 100, 2
@@ -109,3 +111,60 @@ def test_mrope_decoder_logits_and_cached_decode():
     assert (first - ref[:, -1]).abs().max().item() <= 1e-5
     diff = (step - ref2).abs().max().item()
     assert diff <= 1e-5, diff
+
+
+def _tower_from_hf(hf) -> Qwen2VisionTower:
+    """The reference's vision tower in ours: the same module names under `model.visual.`, strictly."""
+    v = hf.config.vision_config
+    cfg = Qwen2VitConfig(embed_dim=v.embed_dim, depth=v.depth, num_heads=v.num_heads, mlp_ratio=v.mlp_ratio,
+                         hidden_act=v.hidden_act, patch_size=v.patch_size, temporal_patch_size=v.temporal_patch_size,
+                         spatial_merge_size=v.spatial_merge_size, hidden_size=v.hidden_size)
+    tower = Qwen2VisionTower(cfg).eval()
+    sd = {k.removeprefix("model.visual."): t for k, t in hf.state_dict().items() if k.startswith("model.visual.")}
+    tower.load_state_dict(sd, strict=True)
+    return tower
+
+
+def _pixels(grids: torch.Tensor, seed: int = 2) -> torch.Tensor:
+    n = int(grids.prod(-1).sum())
+    return torch.randn(n, 3 * 2 * 8 * 8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_vision_tower_matches_reference():
+    """Three packed images of different sizes (and a 2-frame clip): last hidden state and merged tokens."""
+    hf = _reference()
+    tower = _tower_from_hf(hf)
+    grids = torch.cat([GRIDS, torch.tensor([[2, 2, 4]])])
+    px = _pixels(grids)
+    with torch.no_grad():
+        ref = hf.model.visual(px, grid_thw=grids)
+        hidden, merged = tower.encode(px, grids), tower(px, grids)
+    d_hidden = (hidden - ref.last_hidden_state).abs().max().item()
+    d_merged = (merged - ref.pooler_output).abs().max().item()
+    assert d_hidden <= 1e-5 and d_merged <= 1e-5, (d_hidden, d_merged)
+    assert merged.shape == (sum(tower.num_tokens(grids)), 48)
+
+
+def test_vision_tower_packed_equals_one_at_a_time():
+    """Packing 1, 3 and 7 images equals encoding each alone; changing one image changes no other."""
+    tower = _tower_from_hf(_reference())
+    sizes = [(4, 4), (2, 6), (6, 4), (2, 2), (4, 8), (8, 2), (2, 4)]
+    for count in (1, 3, 7):
+        grids = torch.tensor([[1, h, w] for h, w in sizes[:count]])
+        px = _pixels(grids, seed=count)
+        with torch.no_grad():
+            packed = tower(px, grids)
+            alone = torch.cat([tower(p, g[None]) for p, g in zip(px.split(grids.prod(-1).tolist()), grids)])
+        assert (packed - alone).abs().max().item() <= 1e-5
+    px2 = px.clone()
+    px2[: int(grids[0].prod())] += 1.0  # only the first image's patches
+    with torch.no_grad():
+        changed = tower(px2, grids)
+    n0 = tower.num_tokens(grids)[0]
+    assert torch.equal(changed[n0:], packed[n0:]) and not torch.allclose(changed[:n0], packed[:n0])
+
+
+def test_vision_tower_rejects_mismatched_grid():
+    tower = _tower_from_hf(_reference())
+    with pytest.raises(ValueError, match="do not match grid_thw"):
+        tower(_pixels(GRIDS[:1])[:-1], GRIDS[:1])
