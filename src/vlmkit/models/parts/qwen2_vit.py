@@ -46,7 +46,7 @@ class Qwen2VitConfig:
     embed_dim: int = 1280
     depth: int = 32
     num_heads: int = 16
-    mlp_ratio: float = 4.0
+    mlp_ratio: int = 4  # transformers types it int
     hidden_act: Activation = "quick_gelu"
     in_channels: int = 3
     patch_size: int = 14
