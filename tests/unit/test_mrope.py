@@ -12,28 +12,25 @@ from vlmkit.models.common.rope2d import axial_rope_cos_sin, merge_order_position
 HD, THETA = 16, 10000.0
 
 
-def _rotate(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """x [N, hd] at (row, column) positions [N, 2] -> rotated [N, hd], float64."""
-    cos, sin = axial_rope_cos_sin(positions, qwen2_vl_inv_freq(HD, THETA), torch.float64)
-    return apply_rope(x[None, None], cos, sin)[0, 0]
-
-
-def _score(q, k, pq, pk):
-    return (_rotate(q[None], torch.tensor([pq])) * _rotate(k[None], torch.tensor([pk]))).sum()
-
-
 def test_vision_rope_relative_property():
-    """q.k after Qwen2-VL's vision rotation depends only on the (row, column) offset."""
+    """Over a whole 4x6 grid (merge order), the rotated q.k of every query / key pair depends only
+    on their (row, column) offset: equal offsets give equal scores, and rows differ from columns."""
     g = torch.Generator().manual_seed(0)
     q, k = torch.randn(2, HD, generator=g, dtype=torch.float64)
-    for (r1, c1), (r2, c2) in [((0, 0), (3, 5)), ((7, 2), (1, 9))]:
-        base = _score(q, k, (r1, c1), (r2, c2))
-        for dr, dc in [(1, 0), (0, 1), (13, 4)]:
-            torch.testing.assert_close(_score(q, k, (r1 + dr, c1 + dc), (r2 + dr, c2 + dc)), base)
-        alone = (q * _rotate(k[None], torch.tensor([[r2 - r1, c2 - c1]]))).sum()
-        torch.testing.assert_close(alone, base)
-    # rows and columns are told apart
-    assert abs(_score(q, k, (0, 0), (3, 0)) - _score(q, k, (0, 0), (0, 3))) > 1e-3
+    pos = merge_order_positions(1, 4, 6, 2)  # [24, 2]
+    cos, sin = axial_rope_cos_sin(pos, qwen2_vl_inv_freq(HD, THETA), torch.float64)
+    n = pos.shape[0]
+    rq = apply_rope(q.expand(1, 1, n, HD), cos, sin)[0, 0]  # [24, hd]
+    rk = apply_rope(k.expand(1, 1, n, HD), cos, sin)[0, 0]
+    scores = rq @ rk.T  # [query, key]
+    offsets = pos[None, :, :] - pos[:, None, :]  # [query, key, 2]: key - query
+    by_offset: dict[tuple[int, int], list[torch.Tensor]] = {}
+    for i in range(n):
+        for j in range(n):
+            by_offset.setdefault(tuple(offsets[i, j].tolist()), []).append(scores[i, j])
+    for vals in by_offset.values():
+        torch.testing.assert_close(torch.stack(vals), vals[0].expand(len(vals)))
+    assert abs(by_offset[(2, 0)][0] - by_offset[(0, 2)][0]) > 1e-3
 
 
 def test_vision_rope_worked_example():
