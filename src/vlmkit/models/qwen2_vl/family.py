@@ -1,5 +1,5 @@
-"""Qwen2-VL registry record (Qwen/Qwen2-VL-* folders, transformers' Qwen2VLForConditionalGeneration).
-No processor is registered yet: batches come from transformers' Qwen2VLImageProcessor (see docs/qwen2_vl.md)."""
+"""Qwen2-VL registry record (Qwen/Qwen2-VL-* folders, transformers' Qwen2VLForConditionalGeneration);
+its processor is vlmkit.data.processors.qwen2_vl (images only, no video)."""
 
 from dataclasses import replace
 
@@ -22,6 +22,7 @@ QWEN2_VL = register(FamilySpec(
     name="qwen2_vl", kind="vlm", config_class=Qwen2VLConfig, model_class=Qwen2VL, model_types=("qwen2_vl",),
     config_from_hf=hf_mapping.config_from_hf, config_to_hf=hf_mapping.config_to_hf, table=hf_mapping.table,
     normalise_key=hf_mapping.normalise_key, dropped_keys=tied_head_dropped(), presets=PRESETS,
-    with_tokenizer=with_tokenizer, blocks=lambda m: [*m.visual.blocks, *m.language_model.layers],
+    with_tokenizer=with_tokenizer, processor="vlmkit.data.processors.qwen2_vl:build_processor",
+    blocks=lambda m: [*m.visual.blocks, *m.language_model.layers],
     generation=Qwen2VLGeneration(),
 ))
