@@ -5,12 +5,14 @@ processor returns them), and HF round trips (save_pretrained -> load_hf, save_hf
 Inputs are built directly (flattened patches + grids); no processor is involved.
 """
 
+import pytest
 import torch
 import transformers as tf
 
 from tests.parity import hf_builders as hb
+from tests.parity.test_pixtral_parity import IdTokenizer
 from tests.parity.test_qwen2_vl_parity import GRIDS, _pixels, _prompts, _reference
-from vlmkit.generation.decode import advance, decode_one_token, prefill
+from vlmkit.generation import SamplingConfig, generate
 from vlmkit.models.qwen2_vl import PRESETS, Qwen2VL
 from vlmkit.models.qwen2_vl import hf_mapping
 from vlmkit.models.registry import family_of
@@ -49,25 +51,26 @@ def test_logits_match_reference(tmp_path):
 
 
 def test_greedy_tokens_match_generate(tmp_path):
-    """Through the family's adapter and the engine's prefill / advance / decode, 6 new tokens."""
+    """vlmkit's engine (`generate`: the family adapter's M-RoPE prefill, then [3, B, 1] decode
+    positions) vs transformers' generate, 8 new tokens, batch of 2 with left padding."""
     hf, ours = _pair(tmp_path)
     batch, types = _batch()
-    new = 6
+    new = 8
+    hf.generation_config.eos_token_id = None
     with torch.no_grad():
-        ref = hf.generate(**batch, mm_token_type_ids=types, max_new_tokens=new, min_new_tokens=new,
-                          do_sample=False, pad_token_id=0)[:, batch["input_ids"].shape[1]:]
-        adapter = family_of(ours).generation
-        inp = adapter.prepare(ours, batch)
-        lm = adapter.decoder(ours)
-        logits, state = prefill(lm, inp.embeds, inp.attention_mask, inp.in_prefix, inp.positions,
-                                inp.embeds.shape[1] + new)
-        tokens = [logits.argmax(-1)]
-        for _ in range(new - 1):
-            pos, slot = advance(state)
-            logits = decode_one_token(lm, tokens[-1][:, None], pos, slot, state.key_valid, state.in_prefix)
-            tokens.append(logits.argmax(-1))
-        lm.clear_caches()
-    assert torch.equal(torch.stack(tokens, 1), ref)
+        ref = hf.generate(**batch, mm_token_type_ids=types, max_new_tokens=new, do_sample=False,
+                          pad_token_id=0)[:, batch["input_ids"].shape[1]:]
+    out = generate(ours, IdTokenizer(), batch, SamplingConfig(max_new_tokens=new))
+    assert [r.token_ids for r in out] == ref.tolist()
+
+
+def test_prompt_ending_in_an_image_is_refused(tmp_path):
+    _, ours = _pair(tmp_path)
+    batch, _ = _batch()
+    batch["input_ids"] = batch["input_ids"].clone()
+    batch["input_ids"][:, -1] = ours.cfg.image_token_id
+    with pytest.raises(ValueError, match="must end with text"):
+        family_of(ours).generation.prepare(ours, batch)
 
 
 def test_round_trip_through_save_hf(tmp_path):
