@@ -21,7 +21,7 @@ class DecodeState:
 
     key_valid: [B, S] bool, True at written, non-padding cache slots.
     in_prefix: [B, S] bool, True at image/prefix slots (bidirectional block).
-    next_pos:  [B] int64, the RoPE position of each row's next token.
+    next_pos:  [B] int64, the RoPE position of each row's next token ([3, B] for M-RoPE).
     next_slot: int, the cache slot the next token is written to (same for all rows).
     """
 
@@ -46,7 +46,9 @@ def prefill(
         attention_mask: [B, T] 1 for tokens, 0 for padding; padding must be on the left so that
             the last column holds every row's last prompt token.
         in_prefix: [B, T] bool, the bidirectional block (image + prefix).
-        positions: [B, T] int64 RoPE positions.
+        positions: [B, T] int64 RoPE positions, or [3, B, T] for an M-RoPE decoder (Qwen2-VL),
+            whose last prompt token must be text (equal on the three axes): decode then moves
+            all three axes on by one per token, which is transformers' sequence index + rope delta.
     """
     B, T, _ = embeds.shape
     if bool((attention_mask[:, -1] == 0).any()):
@@ -60,7 +62,7 @@ def prefill(
     slots = torch.arange(T, device=device)
     h = lm(embeds, positions, key_valid, prefix, slots)
     logits = lm.logits(h[:, -1:])[:, 0]  # [B, V]
-    state = DecodeState(key_valid, prefix, positions[:, -1] + 1, T)
+    state = DecodeState(key_valid, prefix, positions[..., -1] + 1, T)
     return logits, state
 
 
@@ -72,7 +74,8 @@ def decode_one_token(
     key_valid: torch.Tensor,
     in_prefix: torch.Tensor,
 ) -> torch.Tensor:
-    """tokens [B, 1], positions [B, 1], slot [1] -> logits [B, V]; key_valid must include `slot`."""
+    """tokens [B, 1], positions [B, 1] (or [3, B, 1]), slot [1] -> logits [B, V]; key_valid must
+    include `slot`."""
     h = lm(lm.embed(tokens), positions, key_valid, in_prefix, slot)
     return lm.logits(h)[:, 0]
 
@@ -81,7 +84,7 @@ def advance(state: DecodeState) -> tuple[torch.Tensor, torch.Tensor]:
     """Open the next slot for attention; return (positions [B, 1], slot [1]) for the next step."""
     slot = torch.tensor([state.next_slot], device=state.key_valid.device)
     state.key_valid[:, state.next_slot] = True
-    positions = state.next_pos[:, None]
+    positions = state.next_pos[..., None]  # [B, 1] (or [3, B, 1])
     state.next_pos = state.next_pos + 1
     state.next_slot += 1
     return positions, slot

@@ -21,7 +21,7 @@ class DecoderInputs:
     embeds: [B, T, D] input embeddings (image features already in place), model dtype.
     attention_mask: [B, T] 1 for tokens, 0 for (left) padding.
     in_prefix: [B, T] bool, the bidirectional block (image + prefix; all False for a causal LM).
-    positions: [B, T] int64 RoPE positions.
+    positions: [B, T] int64 RoPE positions ([3, B, T] for an M-RoPE decoder, Qwen2-VL).
     """
 
     embeds: torch.Tensor

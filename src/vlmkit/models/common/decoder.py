@@ -6,7 +6,7 @@ D hidden size, H query heads, K key/value heads, hd head dim, V vocabulary.
 x -> embed (* sqrt(D) if `embed_scale`) -> N x [x + attn(norm(x)); x + mlp(norm(x))] -> norm ->
 logits. Everything the families do differently is a typed field of `DecoderConfig`: the RMSNorm
 variant (`norm_unit_offset`, `norm_scale_in_fp32`), the MLP activation, projection biases, tied
-head, RoPE theta and scaling, per-layer sliding windows, grouped KV heads, head_dim, Gemma 2's
+head, RoPE theta and scaling, M-RoPE sections (Qwen2-VL), per-layer sliding windows, grouped KV heads, head_dim, Gemma 2's
 sandwich norms, soft-caps and attention scale.
 
 The embedding scale sqrt(D) is rounded to the weight dtype as in the reference (in bf16
@@ -34,6 +34,7 @@ from vlmkit.models.common.attention import attend, prefix_lm_mask
 from vlmkit.models.common.decoder_config import DecoderConfig
 from vlmkit.models.common.kv_cache import KVCache
 from vlmkit.models.common.mlp import GatedMLP
+from vlmkit.models.common.mrope import mrope_cos_sin
 from vlmkit.models.common.norms import RMSNorm
 from vlmkit.models.common.rope import apply_rope, rope_cos_sin, rope_inv_freq
 
@@ -123,7 +124,7 @@ class Decoder(nn.Module):
 
         Args:
             x: [B, T, D] input embeddings (from `embed`, or spliced multimodal embeddings).
-            positions: [B, T] int64 RoPE positions.
+            positions: [B, T] int64 RoPE positions, [3, B, T] with `mrope_section` (M-RoPE).
             key_valid: [B, S] bool, False for padding / unwritten cache slots.
             in_prefix: [B, S] bool, True for tokens in the bidirectional prefix block (all
                 False for a plain causal LM).
@@ -140,7 +141,10 @@ class Decoder(nn.Module):
         # so that casting the model to bf16 can never round them.
         inv_freq = rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling).to(x.device)
         scale = 1.0 if c.rope_scaling is None else c.rope_scaling.cos_sin_scale
-        cos, sin = rope_cos_sin(positions, inv_freq, x.dtype, scale)
+        if c.mrope_section is None:
+            cos, sin = rope_cos_sin(positions, inv_freq, x.dtype, scale)
+        else:
+            cos, sin = mrope_cos_sin(positions, inv_freq, x.dtype, c.mrope_section, scale)
         windows = [c.layer_window(i) for i in range(c.num_layers)]
         masks = {w: prefix_lm_mask(key_valid, in_prefix, slots, w) for w in set(windows)}
         for layer, w in zip(self.layers, windows):

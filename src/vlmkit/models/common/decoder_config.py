@@ -35,6 +35,9 @@ class DecoderConfig:
     # Long-context frequency scaling (linear / llama3 / yarn); None = plain RoPE.
     rope_scaling: RopeScaling | None = None
     max_position_embeddings: int = 8192
+    # M-RoPE (Qwen2-VL): positions are [3, B, T] (temporal, height, width) and the hd/2
+    # frequencies split into these three consecutive sections; None = 1-D positions [B, T].
+    mrope_section: tuple[int, int, int] | None = None
     # RMSNorm scales by (1 + w) (Gemma) instead of w (Llama).
     norm_unit_offset: bool = False
     # RMSNorm multiplies by its scale in float32 and then casts (Gemma) instead of casting the
@@ -75,6 +78,11 @@ class DecoderConfig:
                 raise ValueError(f"layer_types has {len(self.layer_types)} entries for {self.num_layers} layers")
             if "sliding" in self.layer_types and not self.sliding_window:
                 raise ValueError("layer_types has sliding layers but sliding_window is not set")
+        if self.mrope_section is not None:
+            self.mrope_section = tuple(self.mrope_section)
+            if len(self.mrope_section) != 3 or sum(self.mrope_section) != self.head_dim // 2:
+                raise ValueError(f"mrope_section={self.mrope_section} must be 3 sections summing to "
+                                 f"head_dim / 2 = {self.head_dim // 2}")
         if self.mlp_activation not in ("silu", "gelu_tanh"):
             raise ValueError(f"mlp_activation={self.mlp_activation!r}: choose silu or gelu_tanh")
 

@@ -120,7 +120,13 @@ def rope_cos_sin(
     """positions [B, T] int -> (cos, sin), each [B, T, head_dim] in `dtype`, times `scale`
     (in float32, before the cast; YaRN's attention factor, see `RopeScaling.cos_sin_scale`)."""
     freqs = positions[..., None].float() * inv_freq.float()  # [B, T, hd/2]
-    emb = torch.cat((freqs, freqs), dim=-1)  # [B, T, hd]
+    return angles_cos_sin(freqs, dtype, scale)
+
+
+def angles_cos_sin(angles: torch.Tensor, dtype: torch.dtype, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """angles [B, T, hd/2] float32 -> (cos, sin) [B, T, hd] in `dtype` (rotate-half layout: channel
+    pair (j, j + hd/2) shares angle j), times `scale` (also used by M-RoPE)."""
+    emb = torch.cat((angles, angles), dim=-1)  # [B, T, hd]
     cos, sin = emb.cos(), emb.sin()
     if scale != 1.0:
         cos, sin = cos * scale, sin * scale

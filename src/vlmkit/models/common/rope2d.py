@@ -30,9 +30,17 @@ Worked example, hd = 8 (F = 2), theta = 10000: f = [1, 0.1, 0.01, 0.001]; the ro
 
 Angles are computed in float32 and cast to the activation dtype, as in the reference.
 
-Qwen2-VL's vision RoPE (rows and columns over two halves of the frequencies, positions in
-spatial-merge order) belongs here too, as a second function over the same `apply_rope`; it is
-not written yet.
+Qwen2-VL's vision RoPE (transformers' Qwen2VLVisionRotaryEmbedding) is the same axial layout
+with other frequencies: the row and the column each get the full 1-D spectrum of a head of width
+hd / 2, g_i = theta ** (-2i / (hd/2)) for i = 0 .. hd/4 - 1, so the angles of a patch at (r, c) are
+
+    angle = [r * g_0, ..., r * g_{F-1},  c * g_0, ..., c * g_{F-1}]   (hd/2)
+
+(`qwen2_vl_inv_freq` returns [g | g], and `axial_rope_cos_sin` serves both models). Its positions
+come in spatial-merge order (`merge_order_positions`): the patches of each merge x merge block
+are consecutive, because the PatchMerger later concatenates them into one token. The relative
+property holds as for Pixtral. Worked example, hd = 8, theta = 10000: g = [1, 0.01]; the patch at
+(row 2, column 3) has the angles [2, 0.02, 3, 0.03].
 """
 
 import torch
@@ -56,9 +64,10 @@ def pixtral_inv_freq(head_dim: int, theta: float) -> torch.Tensor:
     return torch.cat([f[0::2], f[1::2]])
 
 
-def pixtral_rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor,
+def axial_rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor,
                          dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """positions [N, 2] int (row, column), inv_freq from `pixtral_inv_freq` -> (cos, sin), each
+    """positions [N, 2] int (row, column), inv_freq [hd/2] (row half | column half, from
+    `pixtral_inv_freq` or `qwen2_vl_inv_freq`) -> (cos, sin), each
     [1, N, hd] in `dtype`, ready for `apply_rope` on q / k [1, H, N, hd]."""
     F = inv_freq.shape[0] // 2
     pos = positions.float()
@@ -67,3 +76,26 @@ def pixtral_rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor,
     angles = torch.cat([rows, cols], dim=-1)  # [N, hd/2]
     emb = torch.cat([angles, angles], dim=-1)[None]  # [1, N, hd]: pair (j, j + hd/2) shares an angle
     return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+# The Pixtral tower's name for the axial cos / sin.
+pixtral_rope_cos_sin = axial_rope_cos_sin
+
+
+def qwen2_vl_inv_freq(head_dim: int, theta: float) -> torch.Tensor:
+    """Qwen2-VL's vision frequencies [g | g], g = theta ** (-2i / (hd/2)): [hd/2] float32."""
+    if head_dim % 4:
+        raise ValueError(f"2-D RoPE needs a head dim divisible by 4, got {head_dim}")
+    g = rope_inv_freq(head_dim // 2, theta)  # [hd/4]
+    return torch.cat([g, g])
+
+
+def merge_order_positions(t: int, rows: int, cols: int, merge: int, device=None) -> torch.Tensor:
+    """(row, column) of each patch of a t x rows x cols grid in spatial-merge order: the merge x merge
+    blocks row-major, the patches inside a block row-major, the whole repeated per frame t;
+    [t * rows * cols, 2] int64 (the order of Qwen2-VL's flattened patches)."""
+    if rows % merge or cols % merge:
+        raise ValueError(f"a {rows}x{cols} patch grid is not a multiple of the spatial merge {merge}")
+    pos = grid_positions(rows, cols, device)  # [rows * cols, 2] row-major
+    pos = pos.view(rows // merge, merge, cols // merge, merge, 2)  # [bh, m, bw, m, 2]
+    return pos.transpose(1, 2).reshape(-1, 2).repeat(t, 1)  # [t * rows * cols, 2] block-major

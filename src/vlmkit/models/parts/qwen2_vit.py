@@ -1,0 +1,178 @@
+"""Qwen2-VL's native-resolution vision tower (arXiv:2409.12191 sec. 2.1), as transformers'
+Qwen2VisionTransformerPretrainedModel computes it; single-device plain PyTorch.
+
+Axes: M images (or videos), (t_i, h_i, w_i) patch grid of image i, N = sum t_i h_i w_i packed
+patches, C channels, Tp temporal patch, P patch, D tower width (embed_dim), H heads, hd head
+dim, m spatial merge, Do output width (the decoder's hidden size).
+
+Input is what the processor gives (vlmkit.data.processors / transformers' Qwen2VLImageProcessor):
+`pixel_values` [N, C * Tp * P * P], the patches of all images already flattened, in spatial-merge
+order (the m x m patches of one merged token consecutive), and `grid_thw` [M, 3]. A still image
+is repeated Tp times, so a frame pair is one patch.
+
+    patch embed (a Conv3d with kernel = stride = (Tp, P, P), no bias: a linear map of each
+    flattened patch, run as the conv) -> depth x [x + attn(LN(x)); x + fc2(act(fc1(LN(x))))] -> PatchMerger:
+    LN, then the m*m consecutive patches of a merged token concatenated [N/m^2, m^2 D] -> Linear ->
+    GELU -> Linear -> [N/m^2, Do].
+
+Attention has q/k/v biases (one fused `qkv`), Qwen2-VL's vision RoPE on q and k
+(models/common/rope2d: rows and columns each over the full spectrum of hd/2, positions in merge
+order) and is packed: all images form one [1, N, D] sequence with a block-diagonal mask over the
+frames (cu_seqlens-style lengths h_i * w_i per frame, models/common/packing), so the packed
+forward equals encoding each image alone and nothing is padded. RoPE runs in float32 and is cast
+back, as in the reference (it matters in bf16 only).
+
+Not supported: Qwen2.5-VL's window attention, RMSNorm and SwiGLU; dropout; varlen kernels (the
+mask is explicit).
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vlmkit.models.common.activations import ACTIVATIONS, Activation
+from vlmkit.models.common.attention import attend
+from vlmkit.models.common.mlp import MLP
+from vlmkit.models.common.packing import block_diagonal_mask
+from vlmkit.models.common.rope import apply_rope
+from vlmkit.models.common.rope2d import axial_rope_cos_sin, merge_order_positions, qwen2_vl_inv_freq
+
+_LN_EPS = 1e-6  # hard-coded in the reference's blocks and merger
+
+
+@dataclass(kw_only=True)
+class Qwen2VitConfig:
+    embed_dim: int = 1280
+    depth: int = 32
+    num_heads: int = 16
+    mlp_ratio: int = 4  # transformers types it int
+    hidden_act: Activation = "quick_gelu"
+    in_channels: int = 3
+    patch_size: int = 14
+    temporal_patch_size: int = 2
+    spatial_merge_size: int = 2
+    # The merger's output width: the decoder's hidden size.
+    hidden_size: int = 1536
+    rope_theta: float = 10000.0
+
+    def __post_init__(self):
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not a multiple of num_heads {self.num_heads}")
+        if self.head_dim % 4:
+            raise ValueError(f"Qwen2-VL's 2-D RoPE needs a head dim divisible by 4, got {self.head_dim}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    @property
+    def patch_dim(self) -> int:
+        """Values per flattened patch: C * Tp * P * P."""
+        return self.in_channels * self.temporal_patch_size * self.patch_size**2
+
+
+class PatchEmbed(nn.Module):
+    """Flattened patches [N, C*Tp*P*P] -> [N, D]; the weight is kept in the Conv3d layout (HF's)."""
+
+    def __init__(self, cfg: Qwen2VitConfig):
+        super().__init__()
+        k = (cfg.temporal_patch_size, cfg.patch_size, cfg.patch_size)
+        self.proj = nn.Conv3d(cfg.in_channels, cfg.embed_dim, kernel_size=k, stride=k, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # A kernel-sized, stride-kernel Conv3d over one patch is a dot product with the flattened
+        # kernel (C, Tp, P, P order, the processor's). The conv itself is kept, as the reference
+        # runs it: the matmul form sums in another order (7.6e-6 apart in fp32 on the tiny test).
+        w = self.proj.weight  # [D, C, Tp, P, P]
+        patches = x.to(w.dtype).view(-1, *w.shape[1:])  # [N, C, Tp, P, P]
+        return self.proj(patches).view(-1, w.shape[0])  # [N, D]
+
+
+class VisionAttention(nn.Module):
+    """Packed multi-head attention, fused qkv with biases, vision RoPE. x [1, N, D] -> [1, N, D]."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x, cos, sin, mask):
+        B, N, D = x.shape
+        hd = D // self.num_heads
+        qkv = self.qkv(x).view(B, N, 3, self.num_heads, hd).permute(2, 0, 3, 1, 4)  # [3, B, H, N, hd]
+        q, k, v = qkv.unbind(0)
+        q, k = (apply_rope(t.float(), cos, sin).to(x.dtype) for t in (q, k))
+        out = attend(q, k, v, mask, hd**-0.5)  # [B, H, N, hd]
+        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+
+
+class Qwen2VisionBlock(nn.Module):
+    def __init__(self, cfg: Qwen2VitConfig):
+        super().__init__()
+        D = cfg.embed_dim
+        self.norm1 = nn.LayerNorm(D, eps=_LN_EPS)
+        self.norm2 = nn.LayerNorm(D, eps=_LN_EPS)
+        self.attn = VisionAttention(D, cfg.num_heads)
+        self.mlp = MLP(D, int(D * cfg.mlp_ratio), ACTIVATIONS[cfg.hidden_act])
+
+    def forward(self, x, cos, sin, mask):
+        """x [1, N, D]; cos / sin [1, N, hd] float32; mask [1, 1, N, N] bool (block-diagonal)."""
+        x = x + self.attn(self.norm1(x), cos, sin, mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchMerger(nn.Module):
+    """[N, D] in merge order -> [N / m^2, Do]: each m x m block of patches becomes one token."""
+
+    def __init__(self, cfg: Qwen2VitConfig):
+        super().__init__()
+        wide = cfg.embed_dim * cfg.spatial_merge_size**2
+        self.ln_q = nn.LayerNorm(cfg.embed_dim, eps=_LN_EPS)
+        self.mlp = nn.Sequential(nn.Linear(wide, wide), nn.GELU(), nn.Linear(wide, cfg.hidden_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        wide = self.mlp[0].in_features
+        return self.mlp(self.ln_q(x).reshape(-1, wide))  # [N / m^2, m^2 D] -> [N / m^2, Do]
+
+
+class Qwen2VisionTower(nn.Module):
+    """Flattened patches of images of any sizes + their grids -> merged tokens [N / m^2, Do]."""
+
+    def __init__(self, cfg: Qwen2VitConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.patch_embed = PatchEmbed(cfg)
+        self.blocks = nn.ModuleList(Qwen2VisionBlock(cfg) for _ in range(cfg.depth))
+        self.merger = PatchMerger(cfg)
+
+    def _check(self, pixel_values: torch.Tensor, grids: list[list[int]]) -> None:
+        n = sum(t * h * w for t, h, w in grids)
+        if pixel_values.dim() != 2 or pixel_values.shape != (n, self.cfg.patch_dim):
+            raise ValueError(f"pixel_values of shape {tuple(pixel_values.shape)} do not match grid_thw {grids} "
+                             f"([{n}, {self.cfg.patch_dim}] expected)")
+
+    def encode(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        """pixel_values [N, C*Tp*P*P], grid_thw [M, 3] -> the last block's output [N, D] (before
+        the merger; transformers' `last_hidden_state`), patches in the input's order."""
+        grids = grid_thw.tolist()
+        self._check(pixel_values, grids)
+        m = self.cfg.spatial_merge_size
+        x = self.patch_embed(pixel_values)[None]  # [1, N, D]
+        positions = torch.cat([merge_order_positions(t, h, w, m, x.device) for t, h, w in grids])  # [N, 2]
+        # Frequencies per call, no buffer: casting the model can never round them.
+        inv_freq = qwen2_vl_inv_freq(self.cfg.head_dim, self.cfg.rope_theta).to(x.device)
+        cos, sin = axial_rope_cos_sin(positions, inv_freq, torch.float32)  # [1, N, hd] each
+        mask = block_diagonal_mask([h * w for t, h, w in grids for _ in range(t)], x.device)  # per frame
+        for block in self.blocks:
+            x = block(x, cos, sin, mask)
+        return x[0]
+
+    def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        """-> merged image tokens [sum t_i h_i w_i / m^2, Do], images in order."""
+        return self.merger(self.encode(pixel_values, grid_thw))
+
+    def num_tokens(self, grid_thw: torch.Tensor) -> list[int]:
+        """Decoder tokens per image: t * h * w / m^2."""
+        return [t * h * w // self.cfg.spatial_merge_size**2 for t, h, w in grid_thw.tolist()]
