@@ -13,17 +13,9 @@ import transformers as tf
 from tests.parity import hf_builders as hb
 from vlmkit.generation import SamplingConfig, generate
 from vlmkit.weights.hf import load_hf
+from tests.parity.placeholder_checks import IdTokenizer
 
 NEW_TOKENS = 16
-
-
-class IdTokenizer:
-    """Decodes ids as space-separated numbers; no EOS (so runs are full length)."""
-
-    eos_id = -1
-
-    def decode(self, ids, skip_special_tokens=True):
-        return " ".join(map(str, ids))
 
 
 # (version, dtype, transformers' cache, atol). vlmkit attends over a static cache of T + 16 slots

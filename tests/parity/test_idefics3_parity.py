@@ -25,6 +25,7 @@ from vlmkit.models.registry import get_family
 from vlmkit.models.siglip.model import bucket_position_ids
 from vlmkit.weights.hf import load_hf, save_hf
 from vlmkit.weights.safetensors_io import SafetensorsReader, write_state_dict
+from tests.parity.placeholder_checks import IdTokenizer
 
 N_FRAME = 4  # (32 / 8)^2 patches / 2^2
 VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
@@ -105,13 +106,6 @@ def test_left_padded_batch_with_padded_frames(pair):
     assert torch.equal(got[valid], ref[valid])
     torch.testing.assert_close(got[1, start:], alone[0], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(got[0], unmasked[0])
-
-
-class IdTokenizer:
-    eos_id = -1
-
-    def decode(self, ids, skip_special_tokens=True):
-        return " ".join(map(str, ids))
 
 
 def test_greedy_generation(pair):

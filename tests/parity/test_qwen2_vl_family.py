@@ -10,7 +10,7 @@ import torch
 import transformers as tf
 
 from tests.parity import hf_builders as hb
-from tests.parity.test_pixtral_parity import IdTokenizer
+from tests.parity.placeholder_checks import IdTokenizer
 from tests.parity.test_qwen2_vl_parity import GRIDS, _pixels, _prompts, _reference
 from vlmkit.generation import SamplingConfig, generate
 from vlmkit.models.qwen2_vl import PRESETS, Qwen2VL
