@@ -29,6 +29,8 @@ from vlmkit.pipeline import load
 tf = pytest.importorskip("transformers")
 
 LLAVA_PROMPT = "USER: <image>\nWhat is this? ASSISTANT:"
+QWEN_SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+QWEN_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
 NEW = 8
 DEEPSEEK_SYSTEM = ("You are a helpful language and vision assistant. You are able to understand the visual content "
                    "that the user provides, and assist the user with a variety of tasks using natural language.\n\n")
@@ -41,7 +43,9 @@ class Case:
     name: the folder's key in `folders`; model_type: config.json's; one / two: prompts with one
     and two image placeholders; template: the bundled chat template; processor: the
     processor_config.json `vlmkit create` writes; nested: transformers' processor takes the images
-    as one list per prompt; placeholder: the image token config.json's image id names."""
+    as one list per prompt; placeholder: the image token config.json's image id names;
+    hf_only: batch keys transformers' processor adds that vlmkit derives inside the model
+    (Qwen2-VL's mm_token_type_ids: 1 at image tokens, which its generate needs)."""
 
     name: str
     model_type: str
@@ -52,6 +56,7 @@ class Case:
     processor: str
     nested: bool = False
     placeholder: str = "<image>"
+    hf_only: tuple[str, ...] = ()
 
 
 CASES = {c.name: c for c in [
@@ -76,6 +81,10 @@ CASES = {c.name: c for c in [
       for name, model, processor in [
           ("deepseek_vl", "DeepseekVLForConditionalGeneration", "DeepseekVLProcessor"),
           ("deepseek_vl_hybrid", "DeepseekVLHybridForConditionalGeneration", "DeepseekVLHybridProcessor")]],
+    Case("qwen2_vl", "qwen2_vl", "Qwen2VLForConditionalGeneration", "qwen2-vl",
+         f"{QWEN_SYSTEM}<|im_start|>user\n{QWEN_IMAGE}What is this?<|im_end|>\n<|im_start|>assistant\n",
+         f"{QWEN_SYSTEM}<|im_start|>user\n{QWEN_IMAGE} and {QWEN_IMAGE}: compare<|im_end|>\n<|im_start|>assistant\n",
+         "Qwen2VLProcessor", placeholder="<|image_pad|>", hf_only=("mm_token_type_ids",)),
 ]}
 TYPE_C = list(CASES)
 
@@ -83,7 +92,9 @@ TYPE_C = list(CASES)
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     """{name: folder} made by `vlmkit create` through the CLI, in-process; "smolvlm" is the Idefics3
-    debug preset with SmolVLM's model_type (no published preset has it)."""
+    debug preset with SmolVLM's model_type (no published preset has it); "qwen2_vl" is its debug
+    preset with an untied head (tied, the random 2-layer decoder copies its last input token, so
+    greedy decoding repeats "\n" whatever the seed; test_qwen2_vl_debug_preset covers the tied one)."""
     root = tmp_path_factory.mktemp("families")
     assert main(["create", str(root / "paligemma")]) == 0
     for family in ("llava", "llava_next", "idefics3", "internvl", "deepseek_vl", "deepseek_vl_hybrid"):
@@ -92,6 +103,10 @@ def folders(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(presets, "debug-smolvlm", replace(presets["debug"], hf_model_type="smolvlm", keep_first_frame=True))
         assert main(["create", "--family", "idefics3", "--preset", "debug-smolvlm", str(root / "smolvlm")]) == 0
+    qwen = get_family("qwen2_vl").presets
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(qwen, "debug-untied", replace(qwen["debug"], text=replace(qwen["debug"].text, tie_embeddings=False)))
+        assert main(["create", "--family", "qwen2_vl", "--preset", "debug-untied", str(root / "qwen2_vl")]) == 0
     return {name: root / name for name in ("paligemma", *TYPE_C)}
 
 
@@ -108,15 +123,16 @@ def image_files(tmp_path_factory):
 
 
 def _hf_processor(case: Case, folder: Path):
-    """transformers' processor on `folder` with its PIL image processor. SmolVLM's and InternVL's
-    have a video slot whose torchvision processor cannot load here: it is left empty (the class
+    """transformers' processor on `folder` with its PIL image processor. SmolVLM's, InternVL's and
+    Qwen2-VL's have a video slot whose torchvision processor cannot load here: it is left empty (the class
     check skipped; a stand-in holds the frame defaults SmolVLM's chat reads) and the processor is
     built from the folder's own files."""
     if case.processor in ("LlavaProcessor", "LlavaNextProcessor", "Idefics3Processor", "DeepseekVLProcessor",
                           "DeepseekVLHybridProcessor"):
         image_processor = getattr(tf, f"{case.processor.removesuffix('Processor')}ImageProcessorPil")
         return getattr(tf, case.processor).from_pretrained(folder, image_processor=image_processor.from_pretrained(folder))
-    image_processor = {"SmolVLMProcessor": tf.SmolVLMImageProcessorPil, "InternVLProcessor": tf.GotOcr2ImageProcessorPil}
+    image_processor = {"SmolVLMProcessor": tf.SmolVLMImageProcessorPil, "InternVLProcessor": tf.GotOcr2ImageProcessorPil,
+                       "Qwen2VLProcessor": tf.Qwen2VLImageProcessorPil}
     cls = getattr(tf, case.processor)
     kwargs = json.loads((folder / "processor_config.json").read_text())
     assert kwargs.pop("processor_class") == case.processor
@@ -176,6 +192,21 @@ def test_folder_is_complete(folders, name):
     assert (folder / "chat_template.jinja").read_text() == template
 
 
+def test_qwen2_vl_debug_preset(tmp_path, image_files):
+    """The plain (tied) debug preset: transformers loads it strictly and gives our logits on
+    transformers' batch."""
+    case = CASES["qwen2_vl"]
+    assert main(["create", "--family", "qwen2_vl", "--preset", "debug", str(tmp_path / "q")]) == 0
+    hf, info = tf.Qwen2VLForConditionalGeneration.from_pretrained(tmp_path / "q", output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    assert hf.config.text_config.tie_word_embeddings
+    batch = _hf_batch(case, _hf_processor(case, tmp_path / "q"), [case.one], [image_files[:1]])
+    with torch.no_grad():
+        ref = hf.eval()(**batch).logits
+        got = load(tmp_path / "q", dtype="float32").model(**{k: batch[k] for k in batch if k not in case.hf_only})
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
 def test_llava_processor_config(folders):
     proc = json.loads((folders["llava"] / "processor_config.json").read_text())
     assert proc == {"processor_class": "LlavaProcessor", "image_token": "<image>", "patch_size": 8,
@@ -190,12 +221,14 @@ def test_transformers_batch_and_logits_equal(pair, image_files):
     groups = [[image_files[0]], image_files]
     theirs = _hf_batch(case, hf_proc, [case.one, case.two], groups)
     ours = pipe.processor([case.one, case.two], groups, padding_side="left")
-    for key in theirs:
+    for key in set(theirs) - set(case.hf_only):
         assert torch.equal(ours[key], theirs[key]), key
+    if "mm_token_type_ids" in case.hf_only:
+        assert torch.equal(theirs["mm_token_type_ids"], (ours["input_ids"] == hf.config.image_token_id).long())
     assert ours["attention_mask"][1].all() and not ours["attention_mask"][0].all()  # row 0 is padded
     with torch.no_grad():
         ref = hf(**theirs).logits
-        got = pipe.model(**{k: ours[k] for k in theirs})
+        got = pipe.model(**{k: ours[k] for k in theirs if k not in case.hf_only})
     valid = ours["attention_mask"].bool()
     torch.testing.assert_close(got[valid], ref[valid], atol=1e-5, rtol=1e-5)
 

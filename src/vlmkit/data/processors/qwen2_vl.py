@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from vlmkit.data.processor_files import ProcessorFiles, bundled_chat_template
 from vlmkit.data.processors import pixels
 from vlmkit.data.processors.common import TypeCProcessor, read_processor_files
 from vlmkit.errors import ConfigError, DataError
@@ -131,3 +132,14 @@ def build_processor(folder: str | Path, tokenizer, cfg) -> Qwen2VLProcessor:
                           f"{c.temporal_patch_size} != the vision config's {v.patch_size} / {v.spatial_merge_size} / "
                           f"{v.temporal_patch_size}")
     return processor
+
+
+# The tokens of Qwen2-VL's tokenizer its chat template writes (ChatML markers, the vision span).
+SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def processor_files(cfg) -> ProcessorFiles:
+    """What a Qwen2-VL folder made by `vlmkit create` carries for Qwen2VLProcessor (and
+    transformers'): its tokenizer's special tokens and the Qwen2-VL-Instruct chat template."""
+    return ProcessorFiles(special_tokens=SPECIAL_TOKENS, processor_config={"processor_class": "Qwen2VLProcessor"},
+                          chat_template=bundled_chat_template("qwen2-vl"))
