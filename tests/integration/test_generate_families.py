@@ -1,6 +1,6 @@
 """The user-facing path for every `vlm` family, on folders made by `vlmkit create`: PaliGemma,
 LLaVA, LLaVA-NeXT, Idefics3 / SmolVLM (model_type idefics3 and smolvlm), InternVL and DeepSeek-VL
-(plain and hybrid) (random debug weights, so the text is noise; the token ids are what is compared).
+(plain and hybrid) and Qwen2-VL (random debug weights, so the text is noise; the token ids are what is compared).
 
 create -> transformers loads the folder strictly with equal logits; transformers' processor (its
 PIL image processor) gives our batch; `vlmkit generate` with --prompt, --chat and --messages
@@ -43,9 +43,8 @@ class Case:
     name: the folder's key in `folders`; model_type: config.json's; one / two: prompts with one
     and two image placeholders; template: the bundled chat template; processor: the
     processor_config.json `vlmkit create` writes; nested: transformers' processor takes the images
-    as one list per prompt; placeholder: the image token config.json's image id names;
-    hf_only: batch keys transformers' processor adds that vlmkit derives inside the model
-    (Qwen2-VL's mm_token_type_ids: 1 at image tokens, which its generate needs)."""
+    as one list per prompt; placeholder: the image token config.json's image id names; hf_only: keys
+    transformers' batch adds that vlmkit derives (Qwen2-VL's mm_token_type_ids, its generate needs them)."""
 
     name: str
     model_type: str
@@ -94,7 +93,7 @@ def folders(tmp_path_factory):
     """{name: folder} made by `vlmkit create` through the CLI, in-process; "smolvlm" is the Idefics3
     debug preset with SmolVLM's model_type (no published preset has it); "qwen2_vl" is its debug
     preset with an untied head (tied, the random 2-layer decoder copies its last input token, so
-    greedy decoding repeats "\n" whatever the seed; test_qwen2_vl_debug_preset covers the tied one)."""
+    greedy decoding repeats "\n" whatever the seed; tests/parity/test_qwen2_vl_family.py loads the tied one)."""
     root = tmp_path_factory.mktemp("families")
     assert main(["create", str(root / "paligemma")]) == 0
     for family in ("llava", "llava_next", "idefics3", "internvl", "deepseek_vl", "deepseek_vl_hybrid"):
@@ -190,21 +189,6 @@ def test_folder_is_complete(folders, name):
     template = bundled_chat_template(case.template)
     assert json.loads((folder / "tokenizer_config.json").read_text())["chat_template"] == template
     assert (folder / "chat_template.jinja").read_text() == template
-
-
-def test_qwen2_vl_debug_preset(tmp_path, image_files):
-    """The plain (tied) debug preset: transformers loads it strictly and gives our logits on
-    transformers' batch."""
-    case = CASES["qwen2_vl"]
-    assert main(["create", "--family", "qwen2_vl", "--preset", "debug", str(tmp_path / "q")]) == 0
-    hf, info = tf.Qwen2VLForConditionalGeneration.from_pretrained(tmp_path / "q", output_loading_info=True)
-    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
-    assert hf.config.text_config.tie_word_embeddings
-    batch = _hf_batch(case, _hf_processor(case, tmp_path / "q"), [case.one], [image_files[:1]])
-    with torch.no_grad():
-        ref = hf.eval()(**batch).logits
-        got = load(tmp_path / "q", dtype="float32").model(**{k: batch[k] for k in batch if k not in case.hf_only})
-    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
 
 
 def test_llava_processor_config(folders):

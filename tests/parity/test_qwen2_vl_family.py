@@ -1,13 +1,16 @@
 """The Qwen2-VL family against transformers (tiny random config, CPU, fp32): logits of a left-padded
 batch of 2 prompts with 3 images of different sizes, greedy tokens through the generation adapter
 and the shared prefill / decode vs transformers' generate (given mm_token_type_ids, as its
-processor returns them), and HF round trips (save_pretrained -> load_hf, save_hf -> from_pretrained).
-Inputs are built directly (flattened patches + grids); no processor is involved.
+processor returns them), bf16 logits, and HF round trips (save_pretrained -> load_hf, save_hf ->
+from_pretrained). Inputs are built directly (flattened patches + grids), except for the folder made
+by `vlmkit create`, which runs our processor.
 """
 
+import numpy as np
 import pytest
 import torch
 import transformers as tf
+from PIL import Image
 
 from tests.parity import hf_builders as hb
 from tests.parity.placeholder_checks import IdTokenizer
@@ -16,6 +19,7 @@ from vlmkit.generation import SamplingConfig, generate
 from vlmkit.models.qwen2_vl import PRESETS, Qwen2VL
 from vlmkit.models.qwen2_vl import hf_mapping
 from vlmkit.models.registry import family_of
+from vlmkit.weights.create import create_checkpoint
 from vlmkit.weights.hf import load_hf, save_hf
 
 
@@ -80,6 +84,27 @@ def test_greedy_tokens_match_generate(tmp_path):
     out = generate(ours, IdTokenizer(), batch, SamplingConfig(max_new_tokens=new))
     assert all(len(set(row)) > 3 for row in ref.tolist())
     assert [r.token_ids for r in out] == ref.tolist()
+
+
+def test_created_debug_folder_loads_in_transformers(tmp_path):
+    """`vlmkit create --family qwen2_vl --preset debug` (tied head): transformers loads the folder
+    strictly and gives our logits on our processor's left-padded batch (1 and 2 images)."""
+    from vlmkit.pipeline import load
+
+    folder = create_checkpoint(tmp_path / "q", "debug", family="qwen2_vl")
+    hf, pipe = hb.load_strictly(tf.Qwen2VLForConditionalGeneration, folder), load(folder, dtype="float32")
+    assert hf.config.text_config.tie_word_embeddings
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in [(40, 56), (70, 30)]]
+    pad = "<|vision_start|><|image_pad|><|vision_end|>"
+    batch = pipe.processor([f"{pad}hi", f"{pad} and {pad} two"], [images[:1], images], padding_side="left")
+    types = (batch["input_ids"] == hf.config.image_token_id).long()
+    with torch.no_grad():
+        ref = hf(**batch, mm_token_type_ids=types).logits
+        got = pipe.model(**batch)
+    valid = batch["attention_mask"].bool()
+    assert not valid.all()
+    torch.testing.assert_close(got[valid], ref[valid], atol=1e-5, rtol=1e-5)
 
 
 def test_prompt_ending_in_an_image_is_refused(tmp_path):
