@@ -148,3 +148,21 @@ def test_readme_serve_command_runs(monkeypatch):
     monkeypatch.setattr("uvicorn.run", fake_run)
     assert main(shlex.split(line)[1:]) == 0
     assert seen["port"] == 8000 and isinstance(seen["text"], str)
+
+
+def test_readme_openai_snippet_runs_against_a_live_server(workdir, monkeypatch, capsys):
+    """The README's `openai` client snippet, run as written against `vlmkit serve`'s app on a free
+    port (its URL and image path replaced by the test server's and a real file)."""
+    pytest.importorskip("openai")
+    import vlmkit
+    from tests.integration.test_serving_openai import ServeConfig, serving  # the server fixture's body
+
+    (snippet,) = _blocks("python-openai")
+    assert "http://127.0.0.1:8000/v1" in snippet and '"cat.jpg"' in snippet
+    Image.new("RGB", (64, 48), "orange").save(workdir / "openai-cat.jpg")
+    with serving(vlmkit.load(dtype="float32"), ServeConfig(max_batch=2, max_len=256)) as url:
+        code = snippet.replace("http://127.0.0.1:8000/v1", url)
+        code = code.replace('"cat.jpg"', repr(str(workdir / "openai-cat.jpg")))
+        exec(compile(code, "README.md", "exec"), {})
+    caption, boxes = capsys.readouterr().out.splitlines()
+    assert caption and boxes.startswith("[")
