@@ -109,8 +109,9 @@ def cmd_generate(args) -> int:
         out = run_task(pipe, args.task, images, prompt=args.prompt, lang=args.lang, question=args.question,
                        answer=args.answer, objects=objects, sampling=sampling, mask_vae_path=args.mask_vae,
                        on_token=on_token)
-    print_bundled_notice(pipe)  # after a run that worked: an error stays the only stderr line
     _print_generated(args, out, streamed=on_token is not None)
+    # Last: an error stays the only stderr line, and a streamed line is finished before the note.
+    print_bundled_notice(pipe)
     return 0
 
 
