@@ -5,9 +5,11 @@ Flags are checked when parsed (`vlmkit.cli_types`); every command runs inside on
 its traceback. Commands that write a folder or file refuse to overwrite anything unless `--force`.
 """
 
+import argparse
 import io
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -82,7 +84,7 @@ def cmd_generate(args) -> int:
     from vlmkit.generation import SamplingConfig
     from vlmkit.outputs import check_output_file
     from vlmkit.pipeline import load
-    from vlmkit.tasks.run import run_chat, run_task
+    from vlmkit.tasks.run import print_bundled_notice, run_chat, run_task
 
     messages, images = _conversation(args)
     if args.draw:
@@ -108,6 +110,8 @@ def cmd_generate(args) -> int:
                        answer=args.answer, objects=objects, sampling=sampling, mask_vae_path=args.mask_vae,
                        on_token=on_token)
     _print_generated(args, out, streamed=on_token is not None)
+    # Last: an error stays the only stderr line, and a streamed line is finished before the note.
+    print_bundled_notice(pipe)
     return 0
 
 
@@ -121,13 +125,21 @@ def _print_generated(args, out, streamed: bool) -> None:
         atomic_write_bytes(args.draw, png.getvalue(), overwrite=args.force)  # never a half-written PNG
         out.json["draw"] = args.draw
     if args.json:
-        print(json.dumps(out.json, indent=2))
-    elif streamed:
-        print()
-    else:
-        print(out.json["text"])
-        for b in out.json["boxes"]:
-            print(f"  {b['label']}: ({b['x1']:.0f}, {b['y1']:.0f}) - ({b['x2']:.0f}, {b['y2']:.0f})")
+        print(compact_json(out.json))
+        return
+    print("" if streamed else out.json["text"])  # a streamed text is on screen already
+    for b in out.json["boxes"]:
+        print(f"  {b['label']}: ({b['x1']:.0f}, {b['y1']:.0f}) - ({b['x2']:.0f}, {b['y2']:.0f})")
+
+
+# A JSON array of numbers that `indent` spread over lines: "[\n  1,\n  2\n]". JSON strings hold no raw
+# newline, so this matches only arrays, never text inside a string.
+_NUMBER_ARRAY = re.compile(r"\[\n\s*(-?[\d.eE+-]+(?:,\n\s*-?[\d.eE+-]+)*)\n\s*\]")
+
+
+def compact_json(obj) -> str:
+    """`json.dumps(obj, indent=2)` with every list of numbers (token ids, mask codes) on one line."""
+    return _NUMBER_ARRAY.sub(lambda m: "[" + re.sub(r",\n\s*", ", ", m.group(1)) + "]", json.dumps(obj, indent=2))
 
 
 def _add_info(sub) -> None:
@@ -149,12 +161,34 @@ def cmd_info(args) -> int:
     return 0
 
 
+# `create --help`'s epilog; filled from the registry only when help is printed, because listing the
+# families imports every family module (about a second) and other commands must not pay for it.
+_PRESETS_EPILOG = "families and presets"
+
+
+class _CreateHelp(argparse.RawDescriptionHelpFormatter):
+    def add_text(self, text):
+        super().add_text(_presets_epilog() if text is _PRESETS_EPILOG else text)
+
+
+def _presets_epilog() -> str:
+    """One wrapped line per registered family: `name (kind): preset, preset, ...`."""
+    import textwrap
+
+    from vlmkit.models.registry import families
+
+    lines = [textwrap.fill(f"{f.name} ({f.kind}): {', '.join(f.presets)}", width=100, initial_indent="  ",
+                           subsequent_indent="      ") for f in families()]
+    return "\n".join([f"{_PRESETS_EPILOG} (--family NAME --preset PRESET):", *lines])
+
+
 def _add_create(sub) -> None:
-    p = sub.add_parser("create", help="write a randomly initialised checkpoint folder (with tokenizer)")
+    p = sub.add_parser("create", help="write a randomly initialised checkpoint folder (with tokenizer)",
+                       epilog=_PRESETS_EPILOG, formatter_class=_CreateHelp)
     p.add_argument("out", help="folder to write (must be absent or empty unless --force)")
     p.add_argument("--family", default="paligemma",
-                   help="model family, as registered in vlmkit.models.registry (default: paligemma)")
-    p.add_argument("--preset", default="debug", help="preset of the family (default: debug)")
+                   help="model family, as registered in vlmkit.models.registry (default: paligemma; listed below)")
+    p.add_argument("--preset", default="debug", help="preset of the family (default: debug; listed below)")
     p.add_argument("--seed", type=T.seed, default=0, help="weight initialisation seed (default 0)")
     p.add_argument("--force", action="store_true", help=T.FORCE_HELP)
     p.set_defaults(func=cmd_create)

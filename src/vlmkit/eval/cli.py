@@ -46,6 +46,7 @@ def run_eval_args(args: argparse.Namespace) -> int:
     """Run `vlmkit eval` for parsed `args`; returns the exit code (VlmkitError propagates)."""
     from vlmkit.generation import SamplingConfig
     from vlmkit.pipeline import load
+    from vlmkit.tasks.run import print_bundled_notice
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -60,6 +61,7 @@ def run_eval_args(args: argparse.Namespace) -> int:
     pipe = load(args.model, dtype=args.dtype, device=args.device)
     report = evaluate(pipe, rows, args.task, args.batch_size, sampling=sampling,
                       progress=None if args.quiet else _progress)
+    print_bundled_notice(pipe)
     print(report.format_table())
     if args.json:
         summary, predictions = write_report(report, args.json)

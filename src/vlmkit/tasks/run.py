@@ -8,6 +8,7 @@ Boxes are in pixels of the first (original) image. For `segment`, each entry of 
 {"label", "codes", "area"} (mask area in pixels when a mask VAE is given, else null).
 """
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,3 +94,19 @@ def _masks(objects, boxes, w, h, mask_vae_path):
 
     vae = MaskVAE.from_npz(mask_vae_path)
     return decode_object_masks(vae, [o.codes for o in objects], boxes, w, h)
+
+
+def print_bundled_notice(pipe) -> None:
+    """Tell the user, once, on stderr, when `pipe` runs a bundled model: it only knows its synthetic
+    world, so answers about real photos are noise. Commands call it after their run worked, so a
+    bad input's error stays the only line on stderr."""
+    from vlmkit.weights.registry import bundled_models
+
+    folder = getattr(pipe, "folder", None)  # None: a pipeline built in memory, never bundled
+    if folder is None:
+        return
+    names = [name for name, f in bundled_models().items() if Path(folder).resolve() == f.resolve()]
+    if names:
+        print(f"vlmkit: note: {names[0]} is a tiny bundled model that only knows its synthetic world (shapes, "
+              "colours, words; see `vlmkit data synth`); for real images pass --model DIR with a Hugging Face "
+              "checkpoint folder (e.g. a PaliGemma or LLaVA download)", file=sys.stderr)
