@@ -8,8 +8,8 @@ images of different sizes, a left-padded batch, greedy tokens through vlmkit's e
 import torch
 
 from tests.parity import hf_builders as hb
-from tests.parity.placeholder_checks import IdTokenizer
-from vlmkit.generation import SamplingConfig, generate
+from tests.parity.placeholder_checks import assert_same_greedy
+from vlmkit.generation import SamplingConfig
 from vlmkit.weights.hf import load_hf
 
 ATOL = 1e-5
@@ -84,14 +84,8 @@ def assert_greedy(hf, ours, sizes, patch: int, max_new_tokens: int = 10) -> None
     """vlmkit's engine through the family's adapter (which hands image_sizes to the tower) gives
     transformers' greedy tokens on that left-padded batch."""
     ids, mask, px, image_sizes = left_padded_batch(sizes, patch)
-    hf.generation_config.eos_token_id = None
-    hf.generation_config.pad_token_id = 0
-    with torch.no_grad():
-        ref = hf.generate(input_ids=ids, pixel_values=px, image_sizes=image_sizes, attention_mask=mask,
-                          max_new_tokens=max_new_tokens, do_sample=False)[:, ids.shape[1]:]
-    batch = dict(input_ids=ids, attention_mask=mask, pixel_values=px, image_sizes=image_sizes)
-    out = generate(ours, IdTokenizer(), batch, SamplingConfig(max_new_tokens=max_new_tokens))
-    assert [r.token_ids for r in out] == ref.tolist()
+    assert_same_greedy(hf, ours, dict(input_ids=ids, attention_mask=mask, pixel_values=px, image_sizes=image_sizes),
+                       max_new_tokens)
 
 
 def assert_bf16(hf_class, folder, sizes, patch: int) -> None:

@@ -49,19 +49,25 @@ def assert_left_padding(hf, ours, ids, images, atol: float) -> None:
     torch.testing.assert_close(got[0, 3:], alone[0], atol=max(atol, 1e-5), rtol=1e-5)
 
 
-def assert_greedy_generation(hf, ours, ids, images, max_new_tokens: int = 12) -> None:
-    """vlmkit's engine (the family's generation adapter) gives transformers' greedy tokens on a
-    left-padded batch of 2."""
-    ids, mask = left_pad(ids, 2, fill=9)
-    images = _images(images)
+def assert_same_greedy(hf, ours, batch: dict, max_new_tokens: int = 12, hf_only: dict | None = None) -> list:
+    """vlmkit's engine (the family's generation adapter) on `batch` (input_ids, attention_mask and
+    the family's image inputs) gives transformers' greedy tokens, with no EOS so every row runs
+    `max_new_tokens` steps; `hf_only` goes to transformers alone (e.g. Qwen2-VL's
+    mm_token_type_ids). Returns transformers' tokens."""
     hf.generation_config.eos_token_id = None
     hf.generation_config.pad_token_id = 0
     with torch.no_grad():
-        ref = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                          **images)[:, ids.shape[1]:]
-    out = generate(ours, IdTokenizer(), dict(input_ids=ids, attention_mask=mask, **images),
-                   SamplingConfig(max_new_tokens=max_new_tokens))
+        ref = hf.generate(**batch, **(hf_only or {}), max_new_tokens=max_new_tokens,
+                          do_sample=False)[:, batch["input_ids"].shape[1]:]
+    out = generate(ours, IdTokenizer(), batch, SamplingConfig(max_new_tokens=max_new_tokens))
     assert [r.token_ids for r in out] == ref.tolist()
+    return ref.tolist()
+
+
+def assert_greedy_generation(hf, ours, ids, images, max_new_tokens: int = 12) -> None:
+    """`assert_same_greedy` on a left-padded batch of 2 made from `ids`."""
+    ids, mask = left_pad(ids, 2, fill=9)
+    assert_same_greedy(hf, ours, dict(input_ids=ids, attention_mask=mask, **_images(images)), max_new_tokens)
 
 
 def assert_round_trip(hf_class, hf, ours, folder, ids, images, atol: float) -> None:

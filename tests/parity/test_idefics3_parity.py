@@ -15,6 +15,7 @@ import torch
 import transformers as tf
 
 from tests.parity import hf_builders as hb
+from tests.parity import placeholder_checks as pc
 from tests.parity.llava_builders import llama_cfg
 from tests.parity.test_processors_typec import family_tokenizer_dir, hf_tokenizer  # noqa: F401 (fixtures)
 from vlmkit.errors import CheckpointError, ConfigError
@@ -113,14 +114,8 @@ def test_greedy_generation(pair):
     counts, padded pixels) generates the same 12 greedy tokens as transformers' generate."""
     hf, ours = pair
     ids, mask, pix, pmask, _ = padded_batch(seed=3)
-    hf.generation_config.eos_token_id = None
-    hf.generation_config.pad_token_id = 0
-    with torch.no_grad():
-        ref = hf.generate(input_ids=ids, attention_mask=mask, pixel_values=pix, pixel_attention_mask=pmask,
-                          max_new_tokens=12, do_sample=False)[:, ids.shape[1]:]
-    batch = dict(input_ids=ids, attention_mask=mask, pixel_values=pix, pixel_attention_mask=pmask)
-    out = generate(ours, IdTokenizer(), batch, SamplingConfig(max_new_tokens=12))
-    assert [r.token_ids for r in out] == ref.tolist()
+    pc.assert_same_greedy(hf, ours, dict(input_ids=ids, attention_mask=mask, pixel_values=pix,
+                                         pixel_attention_mask=pmask))
 
 
 @pytest.mark.parametrize("kind,tie", [("idefics3", False), ("smolvlm", False), ("idefics3", True)])

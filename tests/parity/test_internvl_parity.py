@@ -14,10 +14,11 @@ import torch
 import transformers as tf
 
 from tests.parity import hf_builders as hb
+from tests.parity import placeholder_checks as pc
 # A fixture: the processor-parity tests' tokenizer (test vocabulary + every family's image tokens).
 from tests.parity.test_processors_typec import family_tokenizer_dir  # noqa: F401
 from vlmkit.errors import CheckpointError
-from vlmkit.generation import SamplingConfig, generate
+from vlmkit.generation import SamplingConfig
 from vlmkit.models.internvl import InternVL, InternVLConfig
 from vlmkit.models.parts.connectors import pixel_shuffle
 from vlmkit.models.registry import get_family
@@ -107,25 +108,11 @@ def test_left_padded_batch(pair):
     torch.testing.assert_close(got[0, pad:], alone[0], atol=PAD_ATOL, rtol=0)
 
 
-class IdTokenizer:
-    eos_id = -1
-
-    def decode(self, ids, skip_special_tokens=True):
-        return " ".join(map(str, ids))
-
-
 def test_greedy_generation(pair):
     """vlmkit's engine with the family's adapter vs transformers' generate, left-padded batch of 2."""
     hf, ours = pair
     ids, mask, pix = _batch([(2,), (3, 1)], seed=3)
-    hf.generation_config.eos_token_id = None
-    hf.generation_config.pad_token_id = 0
-    with torch.no_grad():
-        ref = hf.generate(input_ids=ids, pixel_values=pix, attention_mask=mask, max_new_tokens=12,
-                          do_sample=False)[:, ids.shape[1]:]
-    batch = dict(input_ids=ids, attention_mask=mask, pixel_values=pix)
-    out = generate(ours, IdTokenizer(), batch, SamplingConfig(max_new_tokens=12))
-    assert [r.token_ids for r in out] == ref.tolist()
+    pc.assert_same_greedy(hf, ours, dict(input_ids=ids, attention_mask=mask, pixel_values=pix))
 
 
 def test_roundtrip(pair, tmp_path):

@@ -14,7 +14,7 @@ import torch
 import transformers as tf
 
 from tests.parity import hf_builders as hb
-from tests.parity.test_generation_parity import IdTokenizer
+from tests.parity import placeholder_checks as pc
 from tests.parity.llava_builders import clip_vision_cfg, llama_cfg
 from vlmkit.errors import ConfigError
 from vlmkit.generation import SamplingConfig, generate
@@ -156,14 +156,7 @@ def test_greedy_generation(pair):
     per_row = [[SIZES[1]], [SIZES[3], SIZES[0]]]
     pix, sizes = _images(ours.cfg, [s for r in per_row for s in r], seed=7)
     ids, mask, _ = _left_padded([_prompt(ours.cfg, r, seed=8 + i) for i, r in enumerate(per_row)])
-    hf.generation_config.eos_token_id = None
-    hf.generation_config.pad_token_id = 0
-    with torch.no_grad():
-        ref = hf.generate(input_ids=ids, pixel_values=pix, image_sizes=sizes, attention_mask=mask,
-                          max_new_tokens=12, do_sample=False)[:, ids.shape[1]:]
-    batch = dict(input_ids=ids, attention_mask=mask, pixel_values=pix, image_sizes=sizes)
-    out = generate(ours, IdTokenizer(), batch, SamplingConfig(max_new_tokens=12))
-    assert [r.token_ids for r in out] == ref.tolist()
+    pc.assert_same_greedy(hf, ours, dict(input_ids=ids, attention_mask=mask, pixel_values=pix, image_sizes=sizes))
 
 
 @pytest.mark.parametrize("pair", TEXT_CASES, indirect=True)
@@ -273,7 +266,7 @@ def test_processor_and_generation_end_to_end(folder_with_processor, rng_image):
     hf.generation_config.pad_token_id = proc.tokenizer.pad_token_id
     with torch.no_grad():
         ref = hf.generate(**theirs, max_new_tokens=8, do_sample=False)[:, theirs["input_ids"].shape[1]:]
-    out = generate(ours, IdTokenizer(), batch, SamplingConfig(max_new_tokens=8))
+    out = generate(ours, pc.IdTokenizer(), batch, SamplingConfig(max_new_tokens=8))
     assert [r.token_ids for r in out] == ref.tolist()
 
 
