@@ -7,7 +7,7 @@ from vlmkit.errors import TokenizerError
 from vlmkit.models.clip.family import CLIP_MEAN, CLIP_STD
 from vlmkit.models.deepseek_vl import hf_mapping
 from vlmkit.models.deepseek_vl.config import HYBRID_PRESETS, PRESETS, DeepseekVLConfig, DeepseekVLHybridConfig
-from vlmkit.models.deepseek_vl.hybrid import DeepseekVLHybrid, HybridGeneration
+from vlmkit.models.deepseek_vl.hybrid import DeepseekVLHybrid
 from vlmkit.models.deepseek_vl.model import DeepseekVL
 from vlmkit.models.parts.placeholders import PlaceholderGeneration
 from vlmkit.models.registry import FamilySpec, register, tied_head_dropped, tokenizer_fields, vision_language_blocks
@@ -65,5 +65,6 @@ DEEPSEEK_VL_HYBRID = register(FamilySpec(
     processor="vlmkit.data.processors.deepseek_vl:build_hybrid_processor",
     blocks=lambda model: [*model.vision_tower.layers, *model.high_res_vision_tower.layers,
                           *model.language_model.layers],
-    generation=HybridGeneration(prefix_lm=False, position_start=0),
+    # Both towers' pixels go to encode_images (as transformers' DeepseekVLHybridProcessor gives them).
+    generation=PlaceholderGeneration(image_inputs=("pixel_values", "high_res_pixel_values")),
 ))

@@ -16,17 +16,14 @@ GELU -> linear. Placement, attention and positions are DeepSeek-VL's / LLaVA's.
 Not supported: dropout; other input sizes than the configured ones.
 """
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlmkit.models.common.contracts import DecoderInputs
 from vlmkit.models.deepseek_vl.config import DeepseekVLHybridConfig
 from vlmkit.models.llava.model import Llava
 from vlmkit.models.parts.connectors import HybridConnector
-from vlmkit.models.parts.placeholders import ImagePlaceholders, PlaceholderGeneration
+from vlmkit.models.parts.placeholders import ImagePlaceholders
 from vlmkit.models.parts.sam_vit import SamNeck, SamVisionEncoder
 from vlmkit.models.registry import family_of
 from vlmkit.models.siglip.model import SiglipVisionTower
@@ -79,14 +76,3 @@ class DeepseekVLHybrid(ImagePlaceholders, nn.Module):
         return Llava.forward(self, input_ids, None, attention_mask, image_features)
 
     hidden_states = Llava.hidden_states  # from precomputed image_features
-
-
-@dataclass(frozen=True)
-class HybridGeneration(PlaceholderGeneration):
-    """`PlaceholderGeneration` whose image features come from both towers: the batch carries
-    `pixel_values` and `high_res_pixel_values` (as transformers' DeepseekVLHybridProcessor gives)."""
-
-    def prepare(self, model: nn.Module, batch: dict) -> DecoderInputs:
-        if batch.get("image_features") is None and batch.get("pixel_values") is not None:
-            batch = {**batch, "image_features": model.encode_images(batch["pixel_values"], batch["high_res_pixel_values"])}
-        return super().prepare(model, batch)

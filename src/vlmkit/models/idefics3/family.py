@@ -5,7 +5,8 @@ from dataclasses import replace
 
 from vlmkit.models.idefics3 import hf_mapping
 from vlmkit.models.idefics3.config import PRESETS, Idefics3Config
-from vlmkit.models.idefics3.model import Idefics3, Idefics3Generation
+from vlmkit.models.idefics3.model import Idefics3
+from vlmkit.models.parts.placeholders import PlaceholderGeneration
 from vlmkit.models.registry import FamilySpec, register, tied_head_dropped, tokenizer_fields, vision_language_blocks
 
 
@@ -36,5 +37,6 @@ IDEFICS3 = register(FamilySpec(
     processor="vlmkit.data.processors.idefics3:build",
     processor_files="vlmkit.data.processors.idefics3:processor_files",
     blocks=vision_language_blocks,
-    generation=Idefics3Generation(),
+    # The frames' pixel_attention_mask [B, F, H, W] goes to encode_images with the pixels.
+    generation=PlaceholderGeneration(image_inputs=("pixel_values", "pixel_attention_mask")),
 ))

@@ -15,15 +15,12 @@ as transformers' generate builds them.
 Not supported: video inputs (SmolVLM2's frame sampling), dropout.
 """
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from vlmkit.models.common.contracts import DecoderInputs
 from vlmkit.models.idefics3.config import Idefics3Config
 from vlmkit.models.parts.connectors import Connector
-from vlmkit.models.parts.placeholders import ImagePlaceholders, PlaceholderGeneration, positions_from_mask
+from vlmkit.models.parts.placeholders import ImagePlaceholders, positions_from_mask
 from vlmkit.models.registry import family_of
 from vlmkit.models.siglip.model import SiglipVisionTower
 
@@ -94,15 +91,3 @@ class Idefics3(ImagePlaceholders, nn.Module):
         x = self.embed_inputs(input_ids, image_features)
         causal = torch.zeros_like(mask, dtype=torch.bool)  # no bidirectional prefix block
         return self.language_model(x, positions_from_mask(mask, start=0), mask.bool(), causal)
-
-
-@dataclass(frozen=True)
-class Idefics3Generation(PlaceholderGeneration):
-    """`PlaceholderGeneration` (causal, positions from 0) whose processor batch also carries a
-    `pixel_attention_mask` [B, F, H, W] for its `pixel_values` [B, F, 3, H, W]."""
-
-    def prepare(self, model: nn.Module, batch: dict) -> DecoderInputs:
-        if batch.get("image_features") is None and batch.get("pixel_values") is not None:
-            feats = model.encode_images(batch["pixel_values"], batch.get("pixel_attention_mask"))
-            batch = {**batch, "image_features": feats}
-        return super().prepare(model, batch)
