@@ -37,7 +37,7 @@ def read_config(folder: str | Path) -> tuple[dict, FamilySpec]:
     return d, family_for_model_type(d.get("model_type"), str(path))
 
 
-def load_hf(folder: str | Path, dtype: str | torch.dtype | None = None, device="cpu") -> nn.Module:
+def load_hf(folder: str | Path, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu") -> nn.Module:
     """Build the model a HF folder describes and load its weights strictly.
 
     Args:
