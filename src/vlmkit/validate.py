@@ -8,7 +8,7 @@
 * `shard_index`: the weight map of `model.safetensors.index.json`, every shard inside the folder.
 * `image_stats`: image_mean / image_std as transformers accepts them (one number, or one per channel),
   finite, std > 0.
-* `cast_checked`: a checkpoint tensor cast to the model dtype only within its kind (float to float).
+* `check_cast` / `cast_checked`: a checkpoint tensor cast to the model dtype only within its kind (float to float).
 """
 
 from __future__ import annotations
@@ -182,14 +182,19 @@ def shard_index(path: Path, folder: Path) -> dict[str, Path]:
     return out
 
 
-def cast_checked(tensor: torch.Tensor, dtype: torch.dtype, key: str, what: str) -> torch.Tensor:
-    """`tensor` cast to `dtype`; CheckpointError if that would change its kind (int into float...)."""
+def check_cast(source: torch.dtype, dtype: torch.dtype, key: str, what: str) -> None:
+    """CheckpointError if casting a `source` tensor to `dtype` would change its kind (int into float...)."""
     def kind(dt: torch.dtype) -> str:
         return "bool" if dt == torch.bool else "complex" if dt.is_complex else "float" if dt.is_floating_point else "int"
 
-    if kind(tensor.dtype) != kind(dtype):
-        raise CheckpointError(f"{what}: tensor {key} is {str(tensor.dtype).removeprefix('torch.')} but the "
+    if kind(source) != kind(dtype):
+        raise CheckpointError(f"{what}: tensor {key} is {str(source).removeprefix('torch.')} but the "
                               f"model expects {str(dtype).removeprefix('torch.')} ({kind(dtype)})")
+
+
+def cast_checked(tensor: torch.Tensor, dtype: torch.dtype, key: str, what: str) -> torch.Tensor:
+    """`tensor` cast to `dtype`; CheckpointError if that would change its kind (see `check_cast`)."""
+    check_cast(tensor.dtype, dtype, key, what)
     return tensor.to(dtype)
 
 

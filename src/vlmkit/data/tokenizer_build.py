@@ -235,3 +235,26 @@ def extend_tokenizer(folder: Path, special_tokens: tuple[str, ...] = (), chat_te
         special_map["additional_special_tokens"] = config["additional_special_tokens"]
         map_path.write_text(json.dumps(special_map, indent=2), encoding="utf-8")
     return folder
+
+
+def pad_vocabulary(folder: Path, size: int) -> int:
+    """Grow the tokenizer in `folder` (tokenizer.json, in place) to `size` ids with filler tokens
+    `<vlmkit_pad_N>` (added tokens, not special), and return how many were added.
+
+    Why: a preset named after a published checkpoint has that checkpoint's vocabulary (257,216
+    ids for paligemma-3b-224) while `vlmkit create` writes a small trained tokenizer; without the
+    fillers the folder would have the wrong embedding shape, or a random model would emit ids the
+    tokenizer cannot decode. The fillers take the ids after the tokenizer's own, so every id the
+    tokenizer had keeps its meaning.
+    """
+    from tokenizers import AddedToken, Tokenizer
+
+    folder = Path(folder)
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    missing = size - tok.get_vocab_size(with_added_tokens=True)
+    if missing <= 0:
+        return 0
+    tok.add_tokens([AddedToken(f"<vlmkit_pad_{i}>", special=False, normalized=False) for i in range(missing)])
+    (folder / "tokenizer.json").write_text(tok.to_str(pretty=False), encoding="utf-8")
+    (folder / "tokenizer.model").unlink(missing_ok=True)  # its vocabulary would no longer match
+    return missing

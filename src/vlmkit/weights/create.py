@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from vlmkit.data.tokenizer import Tokenizer
-from vlmkit.data.tokenizer_build import extend_tokenizer
+from vlmkit.data.tokenizer_build import extend_tokenizer, pad_vocabulary
 from vlmkit.data.tokenizer_train import DEFAULT_CORPUS, train_paligemma_tokenizer
 from vlmkit.models.common.init import init_weights
 from vlmkit.models.paligemma.family import preprocessor_config
@@ -49,10 +49,30 @@ def _tokenizer_dir(tmp: Path, texts, tokenizer_dir, files) -> Path:
     return out
 
 
+def preset_vocab_size(spec, cfg) -> int:
+    """The vocabulary size a preset states (config.json's vocab_size, top level or in
+    text_config); 0 if it has none."""
+    d = spec.config_to_hf(cfg)
+    return d.get("vocab_size") or (d.get("text_config") or {}).get("vocab_size") or 0
+
+
+def _padded(tmp: Path, tok_dir: Path, size: int) -> Path:
+    """`tok_dir`, or a copy of it in `tmp` grown to `size` ids (a user's folder is never changed)."""
+    if Tokenizer.from_folder(tok_dir).vocab_size >= size:
+        return tok_dir
+    if tmp not in tok_dir.parents:
+        shutil.copytree(tok_dir, tmp / "tok-padded", ignore=lambda d, names: [n for n in names if n not in TOKENIZER_FILES])
+        tok_dir = tmp / "tok-padded"
+    pad_vocabulary(tok_dir, size)
+    return tok_dir
+
+
 def create_checkpoint(out: str | Path, preset: str = "debug", seed: int = 0, texts=DEFAULT_CORPUS,
                       tokenizer_dir: str | Path | None = None, family: str = "paligemma",
                       overwrite: bool = True) -> Path:
-    """Write a random-weight `family` `preset` whose vocabulary matches its tokenizer.
+    """Write a random-weight `family` `preset` whose vocabulary matches its tokenizer; a preset
+    whose vocabulary is larger (one named after a published checkpoint) gets its tokenizer grown
+    to that size with filler tokens (`pad_vocabulary`), so the folder has the real shape.
 
     The tokenizer (for families with text) is `tokenizer_dir` if given, else a PaliGemma-layout
     tokenizer trained on `texts`; a family with `processor_files` gets its special tokens and chat
@@ -68,6 +88,9 @@ def create_checkpoint(out: str | Path, preset: str = "debug", seed: int = 0, tex
         cfg = base
         if spec.with_tokenizer is not None:
             tok_dir = _tokenizer_dir(Path(tmp), texts, tokenizer_dir, files)
+            # A published checkpoint's preset keeps its real vocabulary size; debug presets
+            # (vocabularies smaller than the tokenizer's) take the tokenizer's.
+            tok_dir = _padded(Path(tmp), Path(tok_dir), preset_vocab_size(spec, base))
             cfg = spec.with_tokenizer(base, Tokenizer.from_folder(tok_dir))
             extra = {n: tok_dir / n for n in TOKENIZER_FILES if (tok_dir / n).is_file()}
         model = init_weights(spec.model_class(cfg), seed=seed)

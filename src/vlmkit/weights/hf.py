@@ -16,7 +16,7 @@ from vlmkit.errors import CheckpointError
 from vlmkit.models.registry import FamilySpec, family_for_model_type, family_of
 from vlmkit.weights.convert import convert_strict, rename
 from vlmkit.weights.dtype import resolve_dtype
-from vlmkit.validate import build_config, cast_checked, read_json_object
+from vlmkit.validate import build_config, check_cast, read_json_object
 from vlmkit.weights.safetensors_io import INDEX_NAME, SafetensorsReader, atomic_folder, write_state_dict
 
 CONFIG_NAME = "config.json"
@@ -51,20 +51,25 @@ def load_hf(folder: str | Path, dtype: str | torch.dtype | None = None, device: 
     dtype = resolve_dtype(dtype, device)
     with torch.device("meta"):
         model = fam.model_class(cfg)
-    state = load_state(reader, fam, cfg, model, dtype, str(folder))
+    # Each tensor is read straight into its final dtype and device (no full-size temporary).
+    state = load_state(reader, fam, cfg, model, dtype, str(folder), device=device)
     model.load_state_dict(state, strict=True, assign=True)
     return model.to(device).eval()
 
 
-def load_state(reader, fam: FamilySpec, cfg, model: nn.Module, dtype: torch.dtype, what: str) -> dict:
-    """Convert a checkpoint's tensors to `model`'s names, strictly, cast to `dtype`."""
+def load_state(reader, fam: FamilySpec, cfg, model: nn.Module, dtype: torch.dtype, what: str,
+               device: str | torch.device = "cpu") -> dict:
+    """Convert a checkpoint's tensors to `model`'s names, strictly, as `dtype` on `device`."""
     original = {fam.normalise_key(k): k for k in reader.keys()}
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     drop = [*_BUFFER_KEYS, *fam.dropped_keys(cfg)]
-    return convert_strict(
-        original, lambda k: cast_checked(reader.get(original[k]), dtype, original[k], what), shapes, fam.table(cfg),
-        reverse=True, drop=drop, what=what,
-    )
+
+    def get(key: str) -> torch.Tensor:
+        name = original[key]
+        check_cast(reader.dtype(name), dtype, name, what)
+        return reader.get(name, dtype, device)
+
+    return convert_strict(original, get, shapes, fam.table(cfg), reverse=True, drop=drop, what=what)
 
 
 def save_hf(model: nn.Module, folder: str | Path, max_shard_bytes: int = 4 << 30, extra_files=None,

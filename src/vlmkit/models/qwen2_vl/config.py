@@ -44,7 +44,7 @@ _QWEN2_VL_2B = Qwen2VLConfig(
 _DEBUG = Qwen2VLConfig(
     vision=Qwen2VitConfig(embed_dim=32, depth=2, num_heads=4, mlp_ratio=2, patch_size=14, temporal_patch_size=2,
                           spatial_merge_size=2, hidden_size=64),
-    text=LlamaConfig(vocab_size=151936, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+    text=LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
                      num_kv_heads=2, head_dim=16, rms_norm_eps=1e-6, rope_theta=1e6, max_position_embeddings=4096,
                      qkv_bias=True, tie_embeddings=True, mrope_section=(2, 3, 3), bos_token_id=151643,
                      eos_token_id=151645, hf_model_type="qwen2"),
