@@ -85,11 +85,28 @@ class AttentionPoolingHead(nn.Module):
         self.layernorm = nn.LayerNorm(dim, eps=eps)
         self.mlp = MLP(dim, mlp_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probe = self.probe.expand(x.shape[0], -1, -1)  # [B, 1, D]
-        h = self.attention(probe, x, x)[0]  # [B, 1, D]
-        h = h + self.mlp(self.layernorm(h))
-        return h[:, 0]
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """key_mask: optional [B, N] bool, False on keys the probe must not read (SigLIP 2's
+        padded patches)."""
+        return self.pool(x, None if key_mask is None else key_mask[:, None, :])[:, 0]
+
+    def pool(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, N, D], mask [B, Q, N] bool or None -> [B, Q, D] (Q = 1 without a mask).
+
+        Q copies of the probe: query q reads the keys mask[:, q] allows. A packed sequence of Q
+        images pools all of them in one call with a block mask (each query its own image).
+        The mask is additive, 0 or the dtype's minimum, as transformers builds it for
+        nn.MultiheadAttention (which takes a float mask [B * H, Q, N], batch-major).
+        """
+        Q = 1 if mask is None else mask.shape[1]
+        probe = self.probe.expand(x.shape[0], Q, -1)  # [B, Q, D]
+        additive = None
+        if mask is not None:
+            additive = torch.zeros(mask.shape, dtype=x.dtype, device=x.device)
+            additive = additive.masked_fill(~mask, torch.finfo(x.dtype).min)  # [B, Q, N]
+            additive = additive.repeat_interleave(self.attention.num_heads, dim=0)  # [B * H, Q, N]
+        h = self.attention(probe, x, x, attn_mask=additive)[0]  # [B, Q, D]
+        return h + self.mlp(self.layernorm(h))
 
 
 class SiglipVisionTower(nn.Module):
