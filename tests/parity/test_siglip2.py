@@ -1,8 +1,9 @@
 """SigLIP 2 NaFlex parity with transformers' Siglip2Model / Siglip2Processor (fp32, CPU, offline).
 
-Measured on the tiny config below (max abs differences): vision features 1.8e-7, image embeddings
-8.9e-8, logits_per_image 1.2e-7, text embeddings 0 (bit-identical); the processor's pixel values,
-masks and spatial shapes are bit-identical. The vision differences come from the position resize:
+Measured on the tiny config below, 7 images of different sizes (max abs differences): vision features
+2.4e-7, image embeddings 6.0e-8, logits_per_image 3.0e-8 (padded) / 6.0e-8 (packed), text
+embeddings 0; packed vs padded image embeddings 0 / 7.5e-8 / 8.9e-8 for 1 / 3 / 7 images; the
+processor's pixel values, masks and spatial shapes and the caption ids are bit-identical. The vision differences come from the position resize:
 we call F.interpolate(bilinear, antialias=True), transformers 5.24 spells the same filter out as a
 weight matrix (another summation order).
 """
@@ -17,7 +18,7 @@ from PIL import Image
 from transformers.models.siglip2.image_processing_pil_siglip2 import Siglip2ImageProcessorPil
 
 from tests.parity import hf_builders as hb
-from vlmkit.data.processors.siglip2 import Siglip2Processor, Siglip2ProcessorConfig
+from vlmkit.data.processors.siglip2 import Siglip2Processor, Siglip2ProcessorConfig, size_for_max_patches
 from vlmkit.models.registry import get_family
 from vlmkit.models.siglip2 import Siglip2Config, Siglip2TwoTower
 from vlmkit.models.siglip2 import hf_mapping
@@ -78,6 +79,7 @@ def test_processor_equals_transformers(patch, max_patches):
     for key in ref:
         assert ours[key].dtype == ref[key].dtype and torch.equal(ours[key], ref[key]), key
     assert (ours["spatial_shapes"].prod(-1) <= max_patches).all()
+    assert size_for_max_patches(40, 56, 8, 16) == (24, 40)  # docs/siglip2.md's worked example
     packed = Siglip2Processor(Siglip2ProcessorConfig(patch_size=patch, max_num_patches=max_patches)).images(
         images, packed=True)
     assert torch.equal(packed["pixel_values"], unpad_patches(ref["pixel_values"], ref["pixel_attention_mask"]))
@@ -200,6 +202,23 @@ def test_preset_parameter_counts_equal_transformers(preset):
         hf = tf.Siglip2Model(tf.Siglip2Config(**{k: v for k, v in hf_mapping.config_to_hf(cfg).items()
                                                   if k in ("text_config", "vision_config")}))
         ours = Siglip2TwoTower(cfg)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in hf.parameters())
+
+
+@pytest.mark.parametrize("preset", ["siglip2-base-patch16-224", "siglip2-so400m-patch14-224",
+                                    "siglip2-large-patch16-512"])
+def test_fixed_resolution_presets_are_siglip_models(preset):
+    """The fixed-resolution SigLIP 2 checkpoints are SiglipModel layouts (model_type "siglip")."""
+    from vlmkit.models.siglip import hf_mapping as siglip_mapping
+    from vlmkit.models.siglip.two_tower import SiglipTwoTower
+
+    spec = get_family("siglip")
+    cfg = spec.preset(preset)
+    hub = siglip_mapping.config_to_hf(cfg)
+    assert hub["model_type"] == "siglip" and cfg.text.vocab_size == 256000 and cfg.text.max_position_embeddings == 64
+    with torch.device("meta"):
+        hf = tf.SiglipModel(tf.SiglipConfig(text_config=hub["text_config"], vision_config=hub["vision_config"]))
+        ours = SiglipTwoTower(cfg)
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in hf.parameters())
 
 

@@ -69,6 +69,11 @@ class EncoderBlock(nn.Module):
         return x + self.mlp(self.layer_norm2(x))
 
 
+def encoder_blocks(dim: int, num_heads: int, mlp_dim: int, eps: float, depth: int, act=gelu_tanh) -> nn.ModuleList:
+    """`depth` pre-LN EncoderBlocks (a SigLIP tower's `layers`)."""
+    return nn.ModuleList(EncoderBlock(dim, num_heads, mlp_dim, eps, act) for _ in range(depth))
+
+
 class AttentionPoolingHead(nn.Module):
     """MAP head: one learned probe query attends over the tokens, then a residual MLP.
 
@@ -121,10 +126,7 @@ class SiglipVisionTower(nn.Module):
                                          bias=cfg.patch_bias)
         self.position_embedding = nn.Embedding(cfg.num_positions, D)
         self.pre_layernorm = nn.LayerNorm(D, eps=cfg.layer_norm_eps) if cfg.pre_norm else None
-        self.layers = nn.ModuleList(
-            EncoderBlock(D, cfg.num_heads, cfg.intermediate_size, cfg.layer_norm_eps, act)
-            for _ in range(cfg.num_layers)
-        )
+        self.layers = encoder_blocks(D, cfg.num_heads, cfg.intermediate_size, cfg.layer_norm_eps, cfg.num_layers, act)
         self.post_layernorm = nn.LayerNorm(D, eps=cfg.layer_norm_eps)
         self.head = (
             AttentionPoolingHead(D, cfg.num_heads, cfg.intermediate_size, cfg.layer_norm_eps)

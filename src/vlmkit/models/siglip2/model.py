@@ -28,7 +28,7 @@ from torch import nn
 
 from vlmkit.models.common.activations import ACTIVATIONS
 from vlmkit.models.common.packing import block_diagonal_mask, segment_ids
-from vlmkit.models.siglip.model import AttentionPoolingHead, EncoderBlock
+from vlmkit.models.siglip.model import AttentionPoolingHead, encoder_blocks
 from vlmkit.models.siglip.text import padding_mask
 from vlmkit.models.siglip.two_tower import SiglipTwoTower, TwoTowerOutput, l2_normalize
 from vlmkit.models.siglip2.config import Siglip2Config, Siglip2VisionConfig
@@ -62,14 +62,11 @@ class Siglip2VisionTower(nn.Module):
 
     def __init__(self, cfg: Siglip2VisionConfig):
         super().__init__()
-        self.cfg = cfg
-        D = cfg.hidden_size
-        self.patch_embedding = nn.Linear(cfg.patch_dim, D)
+        self.cfg, D = cfg, cfg.hidden_size
+        self.patch_embedding = nn.Linear(cfg.patch_dim, D)  # over flattened patches, not a conv
         self.position_embedding = nn.Embedding(cfg.num_patches, D)
-        self.layers = nn.ModuleList(
-            EncoderBlock(D, cfg.num_heads, cfg.intermediate_size, cfg.layer_norm_eps, ACTIVATIONS[cfg.hidden_act])
-            for _ in range(cfg.num_layers)
-        )
+        self.layers = encoder_blocks(D, cfg.num_heads, cfg.intermediate_size, cfg.layer_norm_eps, cfg.num_layers,
+                                     ACTIVATIONS[cfg.hidden_act])
         self.post_layernorm = nn.LayerNorm(D, eps=cfg.layer_norm_eps)
         self.head = (AttentionPoolingHead(D, cfg.num_heads, cfg.intermediate_size, cfg.layer_norm_eps)
                      if cfg.use_head else None)
