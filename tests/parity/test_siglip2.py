@@ -233,3 +233,22 @@ def test_create_then_load_in_transformers(tmp_path):
     ref = Siglip2ImageProcessorPil.from_pretrained(folder)(_images(SIZES[:2]), return_tensors="pt")
     batch = Siglip2Processor.from_folder(folder, with_tokenizer=False).images(_images(SIZES[:2]))
     assert all(torch.equal(batch[k], ref[k]) for k in ref)
+
+
+def test_bad_inputs_are_one_line(pair):
+    from vlmkit.errors import DataError
+
+    _, ours = pair
+    packed = _pixels(_images(SIZES[:2]), packed=True)
+    with pytest.raises(ValueError, match=r"patches, but spatial_shapes .* need"):
+        ours.encode_image(packed["pixel_values"][:-1], packed["spatial_shapes"])
+    with pytest.raises(ValueError, match="need spatial_shapes"):
+        ours.encode_image(packed["pixel_values"])
+    with pytest.raises(DataError, match="no images given"):
+        Siglip2Processor(Siglip2ProcessorConfig()).images([])
+    # An image smaller than one patch is resized up (here to the whole budget), as transformers does.
+    tiny = _images([(1, 1), (1, 9)])
+    ref = Siglip2ImageProcessorPil(patch_size=PATCH, max_num_patches=MAX_PATCHES)(tiny, return_tensors="pt")
+    ours = _pixels(tiny)
+    assert ours["spatial_shapes"].tolist() == ref["spatial_shapes"].tolist() == [[4, 4], [2, 12]]
+    assert torch.equal(ours["pixel_values"], ref["pixel_values"])
