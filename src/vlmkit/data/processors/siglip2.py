@@ -101,33 +101,38 @@ class Siglip2Processor:
             tok.tok.enable_truncation(cfg.max_length)
         return cls(cfg, tok)
 
-    def patches(self, src: ImageSource) -> tuple[torch.Tensor, tuple[int, int]]:
-        """One image -> (flattened patches float32 [h w, p p 3], its patch grid (h, w))."""
+    def resize(self, src: ImageSource) -> np.ndarray:
+        """One image -> uint8 [h p, w p, 3], resized to at most max_num_patches patches (the
+        step a training dataset keeps per sample; `patch_batch` finishes a batch of them)."""
         cfg, image = self.config, pixels.load_rgb(src)
         height, width = image.shape[:2]
         p = cfg.patch_size
         if cfg.do_resize:
-            height, width = size_for_max_patches(height, width, p, cfg.max_num_patches)
-            image = pixels.resize(image, height, width, cfg.resample)
-        elif height % p or width % p or (height // p) * (width // p) > cfg.max_num_patches:
+            return pixels.resize(image, *size_for_max_patches(height, width, p, cfg.max_num_patches), cfg.resample)
+        if height % p or width % p or (height // p) * (width // p) > cfg.max_num_patches:
             raise DataError(f"an image of {height} x {width} pixels is not a grid of at most "
                             f"{cfg.max_num_patches} {p}-px patches and do_resize is off")
-        return patchify(pixels.to_pixel_values(image, cfg.norm), p), (height // p, width // p)
+        return image
 
-    def images(self, images: Sequence[ImageSource], packed: bool = False) -> dict[str, torch.Tensor]:
-        """Images -> pixel_values, spatial_shapes (+ pixel_attention_mask unless `packed`)."""
-        if not images:
+    def patch_batch(self, resized: Sequence[np.ndarray], packed: bool = False) -> dict[str, torch.Tensor]:
+        """`resize`d uint8 images -> pixel_values, spatial_shapes (+ pixel_attention_mask unless
+        `packed`), normalised and patchified (see the module doc for the two layouts)."""
+        if not resized:
             raise DataError("no images given")
-        done = [self.patches(src) for src in images]
-        shapes = torch.tensor([grid for _, grid in done], dtype=torch.long)  # [M, 2]
+        p, L = self.config.patch_size, self.config.max_num_patches
+        done = [patchify(pixels.to_pixel_values(x, self.config.norm), p) for x in resized]  # M x [n_i, P]
+        shapes = torch.tensor([(x.shape[0] // p, x.shape[1] // p) for x in resized], dtype=torch.long)  # [M, 2]
         if packed:
-            return {"pixel_values": torch.cat([x for x, _ in done]), "spatial_shapes": shapes}
-        L = self.config.max_num_patches
-        values = torch.zeros(len(done), L, done[0][0].shape[1], dtype=torch.float32)  # [M, L, P]
+            return {"pixel_values": torch.cat(done), "spatial_shapes": shapes}
+        values = torch.zeros(len(done), L, done[0].shape[1], dtype=torch.float32)  # [M, L, P]
         mask = torch.zeros(len(done), L, dtype=torch.int32)  # [M, L]
-        for i, (x, _) in enumerate(done):
+        for i, x in enumerate(done):
             values[i, :x.shape[0]], mask[i, :x.shape[0]] = x, 1
         return {"pixel_values": values, "pixel_attention_mask": mask, "spatial_shapes": shapes}
+
+    def images(self, images: Sequence[ImageSource], packed: bool = False) -> dict[str, torch.Tensor]:
+        """Image sources -> pixel_values, spatial_shapes (+ pixel_attention_mask unless `packed`)."""
+        return self.patch_batch([self.resize(src) for src in images], packed)
 
     def text(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Captions -> input_ids / attention_mask int64 [B, max_length] (lowercased, truncated, padded)."""
