@@ -242,6 +242,9 @@ def test_bad_inputs_are_one_line(pair):
     packed = _pixels(_images(SIZES[:2]), packed=True)
     with pytest.raises(ValueError, match=r"patches, but spatial_shapes .* need"):
         ours.encode_image(packed["pixel_values"][:-1], packed["spatial_shapes"])
+    padded = _pixels(_images(SIZES[:2]))
+    with pytest.raises(ValueError, match="need more than the 24 padded patch rows"):
+        ours.encode_image(padded["pixel_values"], torch.tensor([[5, 5], [1, 1]]), padded["pixel_attention_mask"])
     with pytest.raises(ValueError, match="need spatial_shapes"):
         ours.encode_image(packed["pixel_values"])
     with pytest.raises(DataError, match="no images given"):

@@ -98,6 +98,8 @@ class Siglip2VisionTower(nn.Module):
         """transformers' layout: pixel_values [M, L, P], pixel_attention_mask [M, L] (1 = real
         patch, the first n_i rows) -> post-LN features [M, L, D] (padded rows unused)."""
         grids, L = grids_of(spatial_shapes), pixel_values.shape[1]
+        if max(h * w for h, w in grids) > L:
+            raise ValueError(f"spatial_shapes {grids} need more than the {L} padded patch rows")
         pos = [torch.cat([p, p[:1].expand(L - p.shape[0], -1)]) for p in self.positions(grids)]  # M x [L, D]
         x = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype)) + torch.stack(pos)  # [M, L, D]
         valid = pixel_attention_mask.bool()
