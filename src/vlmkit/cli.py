@@ -178,7 +178,7 @@ def _presets_epilog() -> str:
     from vlmkit.models.registry import families
 
     lines = [textwrap.fill(f"{f.name} ({f.kind}): {', '.join(f.presets)}", width=100, initial_indent="  ",
-                           subsequent_indent="      ") for f in families()]
+                           subsequent_indent="      ", break_on_hyphens=False) for f in families()]
     return "\n".join([f"{_PRESETS_EPILOG} (--family NAME --preset PRESET):", *lines])
 
 
