@@ -31,6 +31,7 @@ from vlmkit.errors import CheckpointError, DataError
 from vlmkit.eval.retrieval import build_zeroshot_classifier
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
+Ranked = list[list[tuple[str, float]]]  # per image: (label, probability), most likely first
 
 
 def check_labels(labels: Sequence[str], templates: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -116,7 +117,7 @@ class TwoTower:
         return logits.sigmoid() if self.model.cfg.contrastive_loss == "sigmoid" else logits.softmax(-1)
 
     def classify(self, images: Sequence[ImageSource], labels: Sequence[str],
-                 templates: Sequence[str] = DEFAULT_TEMPLATES, top_k: int | None = None) -> list[list[tuple[str, float]]]:
+                 templates: Sequence[str] = DEFAULT_TEMPLATES, top_k: int | None = None) -> Ranked:
         """Zero-shot: for each image its (label, probability) pairs, most likely first (`top_k` of them)."""
         names, _ = check_labels(labels, templates)
         probs = self.probabilities(self.logits(self.embed_images(images), self.class_embeddings(names, templates)))

@@ -27,8 +27,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                           "coca): zeroshot (top-1/5 accuracy, rows {image, label}) or retrieval (R@1/5/10 "
                           "both directions, rows {image, caption}).")
     parser.add_argument("--model", help="checkpoint folder or bundled model name (default: the bundled model)")
-    parser.add_argument("--data", required=True, help="manifest.jsonl (vlm tasks: rows with image, prefix, suffix, task; zeroshot: image, label; "
-                        "retrieval: image, caption)")
+    parser.add_argument("--data", required=True, help="manifest.jsonl (rows with image, prefix, suffix, task; "
+                        "zeroshot: image, label; retrieval: image, caption)")
     parser.add_argument("--task", required=True, choices=EVAL_TASKS + TWO_TOWER_TASKS, help="which rows to evaluate")
     parser.add_argument("--labels", help="zeroshot: class names, comma-separated or a file, one a line "
                         "(default: the manifest's labels)")

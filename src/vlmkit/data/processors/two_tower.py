@@ -99,13 +99,16 @@ class TwoTowerImageProcessor:
 
     def normalize(self, images: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
         """uint8 [3, h, w] images (resized here if they are not yet) -> float32 [B, 3, H, W]."""
-        out = []
-        for image in images:
-            hwc = self.to_uint8(image).permute(1, 2, 0).numpy()  # no-op resize for a resized image
-            out.append(pixels.to_pixel_values(hwc, self.config.norm))
-        if not out:
+        if not len(images):
             raise ValueError("no images to process")
-        return torch.stack(out)
+        crop = self.config.crop_size if self.config.do_center_crop else self.config.size
+        target = (3, crop.get("height"), crop.get("width"))
+        batch = torch.stack([i if tuple(i.shape) == target else self.to_uint8(i) for i in images])  # [B, 3, H, W]
+        B, _, H, W = batch.shape
+        # The B images as one tall [B*H, W, 3] image: `to_pixel_values` is elementwise per channel,
+        # so this is its arithmetic exactly, in one pass instead of B.
+        tall = batch.permute(0, 2, 3, 1).reshape(B * H, W, 3).numpy()
+        return pixels.to_pixel_values(tall, self.config.norm).view(3, B, H, W).transpose(0, 1).contiguous()
 
     def __call__(self, images: Sequence[ImageSource]) -> torch.Tensor:
         """B image sources -> pixel_values float32 [B, 3, H, W]."""
