@@ -70,13 +70,10 @@ class TwoTower:
         processor = TwoTowerProcessor.for_model(model, Tokenizer.from_folder(folder), folder)
         return cls(model, processor, folder, fam.name)
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+    def _to_model(self, x: torch.Tensor, cast: bool = True) -> torch.Tensor:
+        """`x` on the model's device (and in its dtype if `cast`: token ids stay int64)."""
+        weight = next(self.model.parameters())
+        return x.to(weight.device, weight.dtype) if cast else x.to(weight.device)
 
     @torch.no_grad()
     def embed_images(self, images: Sequence[ImageSource]) -> torch.Tensor:
@@ -84,7 +81,7 @@ class TwoTower:
         out = []
         for i in range(0, len(images), self.batch_size):
             pixel_values = self.processor.images(images[i:i + self.batch_size])
-            out.append(self.model.encode_image(pixel_values.to(self.device, self.dtype)).float().cpu())
+            out.append(self.model.encode_image(self._to_model(pixel_values)).float().cpu())
         if not out:
             raise DataError("no images to embed")
         return torch.cat(out)
@@ -95,7 +92,7 @@ class TwoTower:
         out = []
         for i in range(0, len(texts), self.batch_size):
             ids, mask = self.processor.tokenize(list(texts[i:i + self.batch_size]))
-            out.append(self.model.encode_text(ids.to(self.device), mask.to(self.device)).float().cpu())
+            out.append(self.model.encode_text(self._to_model(ids, False), self._to_model(mask, False)).float().cpu())
         if not out:
             raise DataError("no texts to embed")
         return torch.cat(out)
@@ -108,8 +105,7 @@ class TwoTower:
     @torch.no_grad()
     def logits(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
         """Normalised [I, E] and [T, E] -> the model's logits_per_image [I, T] in float32."""
-        img, txt = (e.to(self.device, self.dtype) for e in (image_embeds, text_embeds))
-        return self.model.logits(img, txt).float().cpu()
+        return self.model.logits(self._to_model(image_embeds), self._to_model(text_embeds)).float().cpu()
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """logits [I, C] -> class probabilities [I, C]: softmax over classes, or a sigmoid per

@@ -186,7 +186,9 @@ def add_parser(sub) -> None:
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("classify", help="zero-shot image classification with an image-text model",
-                       description="Score images against class names filled into prompt templates.")
+                       description="Score images against class names filled into prompt templates. "
+                       "Probabilities: a softmax over the labels for a model trained with the softmax loss "
+                       "(CLIP-style, CoCa), an independent sigmoid per label for one trained with SigLIP's.")
     _common(p)
     p.add_argument("--image", action="append", required=True, metavar="F", help="an image file (repeat for several)")
     p.add_argument("--labels", required=True, help="class names, comma-separated (\"cat,dog\"), or a file, one a line")

@@ -13,7 +13,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import vlmkit
-from vlmkit.cli import main
+from vlmkit.cli import build_parser, main
 from vlmkit.data.image import preprocess_images
 from vlmkit.data.tokenizer import Tokenizer
 from vlmkit.eval.retrieval import retrieval_recall_from_embeddings
@@ -206,3 +206,16 @@ def test_bad_inputs_are_one_line(setup, tmp_path, capsys):
                                       "--task", "zeroshot")
     assert "not among" in _one_line_error(capsys, "eval", "--model", sig, "--data", str(setup["root"] / "m.jsonl"),
                                           "--task", "zeroshot", "--labels", "red,green")
+
+
+def test_help_snapshot():
+    """The three commands' options are a user-facing contract: they must not vanish silently."""
+    subs = build_parser()._subparsers._group_actions[0].choices
+    want = {"embed": ("--model", "--images", "--image", "--texts", "--text", "--out", "--force", "--batch-size"),
+            "classify": ("--model", "--image", "--labels", "--templates", "--top-k", "--json", "--device"),
+            "retrieve": ("--model", "--images", "--query", "--top-k", "--json", "--dtype"),
+            "eval": ("--task", "--labels", "--templates")}
+    for cmd, options in want.items():
+        text = subs[cmd].format_help()
+        assert all(o in text for o in options), cmd
+    assert "zeroshot" in subs["eval"].format_help() and "retrieval" in subs["eval"].format_help()
