@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 import vlmkit
 from vlmkit.cli import build_parser, main
 from vlmkit.data.image import preprocess_images
+from vlmkit.data.processors.two_tower import image_config
 from vlmkit.data.tokenizer import Tokenizer
 from vlmkit.eval.retrieval import retrieval_recall_from_embeddings
 from vlmkit.weights.hf import load_hf
@@ -163,6 +164,17 @@ def test_eval_zeroshot_and_retrieval_equal_direct_computation(setup, tmp_path, c
     for k in (1, 5, 10):
         assert metrics[f"i2t_r{k}"] == pytest.approx(want.image_to_text[k])
         assert metrics[f"t2i_r{k}"] == pytest.approx(want.text_to_image[k])
+
+
+def test_training_export_records_its_image_preprocessing(setup):
+    """train-contrastive writes the preprocessing it trained with beside the weights; inference reads it."""
+    export = setup["siglip"]
+    written = json.loads((export / "preprocessor_config.json").read_text())
+    model = load_hf(export, dtype="float32")
+    assert written == json.loads(json.dumps(image_config(model)))  # the family's, as a preset was trained
+    tt = vlmkit.load_two_tower(str(export))
+    side = model.cfg.vision.image_size
+    assert tt.processor.images.config.size == {"height": side, "width": side}
 
 
 def test_library_api_matches_the_cli(setup, capsys):
