@@ -226,6 +226,12 @@ def _add_serve(sub) -> None:
     p.set_defaults(func=run_serve_args)
 
 
+def _add_two_tower(sub) -> None:
+    from vlmkit.two_tower_cli import add_parser
+
+    add_parser(sub)
+
+
 def _add_optional(sub) -> None:
     """Subcommands whose modules may be absent in a trimmed install."""
     try:
@@ -277,7 +283,8 @@ def build_parser() -> T.Parser:
 
     parser.add_argument("--version", action="version", version=f"vlmkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=T.Parser)
-    for add in (_add_generate, _add_info, _add_create, _add_data, _add_eval_demo, _add_serve, _add_optional):
+    for add in (_add_generate, _add_info, _add_create, _add_data, _add_eval_demo, _add_serve, _add_two_tower,
+                _add_optional):
         add(sub)
     return parser
 

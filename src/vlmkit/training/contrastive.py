@@ -48,7 +48,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions
 
 from vlmkit.data.datasets import ShuffledStream
-from vlmkit.data.image import preprocess_images_fast
+from vlmkit.data.processors.two_tower import TwoTowerImageProcessor, tokenize
 from vlmkit.data.tokenizer import Tokenizer
 from vlmkit.errors import ConfigError, DataError
 from vlmkit.models.registry import families
@@ -152,43 +152,30 @@ def text_vocab_size(tok: Tokenizer) -> int:
 
 
 def tokenize_captions(tok: Tokenizer, texts: list[str], model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """Captions -> (input_ids [B, T] int64, attention_mask [B, T] int64), right-padded, laid out
-    as the model's `text_format` says: CoCa <bos> caption <eos> padded to the longest row; SigLIP
-    caption <eos> padded to the full text length (the tower pools the LAST position, so every
-    caption must be padded alike, in training and at inference, as SigLIP was trained).
-    Captions longer than the model's positions are cut, keeping the final <eos>.
-    """
-    fmt = model.text_format
-    rows = []
-    for text in texts:
-        body = tok.encode(text)[: fmt.max_len - 1 - fmt.bos]
-        rows.append(([tok.bos_id] if fmt.bos else []) + body + [tok.eos_id])
-    T = fmt.max_len if fmt.pad_to_max else max(map(len, rows))
-    ids = torch.full((len(rows), T), tok.pad_id, dtype=torch.long)
-    mask = torch.zeros(len(rows), T, dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-    return ids, mask
+    """Captions -> (input_ids [B, T] int64, attention_mask [B, T] int64), right-padded, laid out as
+    the model's `text_format` says (`vlmkit.data.processors.two_tower.tokenize`, shared with inference)."""
+    return tokenize(tok, texts, model.text_format)
 
 
 class PairBatches(BatchStream):
     """Endless micro-batches of (image, caption) pairs of one rank, resumable at the exact sample.
 
     `stream` yields {"pixels": uint8 [3, h, w], "text": str} (a `ShuffledStream` over a pairs
-    dataset); batches are {"pixel_values": float32 [B, 3, S, S] (SigLIP normalisation),
-    "input_ids", "attention_mask": int64 [B, T]}. Streaming and resume come from `BatchStream`.
+    dataset); batches are {"pixel_values": float32 [B, 3, H, W], "input_ids", "attention_mask":
+    int64 [B, T]}, made by the model's `TwoTowerImageProcessor` (`images`; default: the family's
+    preprocessing, as the export records it) and text layout, exactly as inference makes them.
+    Streaming and resume come from `BatchStream`.
     """
 
-    def __init__(self, stream: ShuffledStream, tok: Tokenizer, model: nn.Module, micro_batch_size: int):
+    def __init__(self, stream: ShuffledStream, tok: Tokenizer, model: nn.Module, micro_batch_size: int,
+                 images: TwoTowerImageProcessor | None = None):
         super().__init__(stream, None, micro_batch_size)
         self.tok, self.model = tok, model
-        self.image_size = model.cfg.vision.image_size
+        self.images = images or TwoTowerImageProcessor.for_model(model)
 
     def collate(self, samples: list[dict]) -> dict[str, torch.Tensor]:
-        pixels = torch.stack([s["pixels"] for s in samples])  # [B, 3, h, w] uint8
         ids, mask = tokenize_captions(self.tok, [s["text"] for s in samples], self.model)
-        return {"pixel_values": preprocess_images_fast(pixels, self.image_size, resample="bilinear"),
+        return {"pixel_values": self.images.normalize([s["pixels"] for s in samples]),
                 "input_ids": ids, "attention_mask": mask}
 
 
