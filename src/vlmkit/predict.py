@@ -298,6 +298,8 @@ def run_predict_args(args: argparse.Namespace) -> int:
     if per_row_prompt and args.images:
         raise ConfigError("--prompt is required for --task raw with --images (or choose a --task)")
     check_output_file(args.out, overwrite=True)  # a folder, or under a file: before anything runs
+    if not args.force:
+        read_done(Path(args.out), args.task)  # an output that cannot be resumed: before the model loads
     rows = folder_rows(args.images) if args.images else manifest_rows(args.data, per_row_prompt)
     pipe = load(args.model, dtype=args.dtype, device=args.device)
     with _ProgressBar(args.quiet) as bar:

@@ -107,6 +107,9 @@ def test_revision_picks_its_snapshot(checkpoints):
     assert resolve_model(f"{REPO}@main") == snaps / COMMIT_MAIN
     assert resolve_model(f"{REPO}@v1") == snaps / COMMIT_V1
     assert resolve_model(f"{REPO}@{COMMIT_V1}") == snaps / COMMIT_V1
+    import vlmkit
+
+    assert vlmkit.load(f"{REPO}@v1").folder == snaps / COMMIT_V1
     # the snapshot's weights are the v1 checkpoint's, read through the blob symlinks
     assert (resolve_model(f"{REPO}@v1") / "model.safetensors").read_bytes() == \
         (checkpoints["seed1"] / "model.safetensors").read_bytes()

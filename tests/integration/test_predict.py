@@ -147,3 +147,21 @@ def test_bad_input_is_one_line(case, tmp_path, capsys, scenes):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("vlmkit: error: "), err
     assert {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before  # nothing written or cut
+
+
+def test_progress_bar_on_a_terminal(scenes, tmp_path, capsys, monkeypatch):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for quiet, shown in ((False, True), (True, False)):
+        term = Terminal()
+        monkeypatch.setattr(sys, "stderr", term)
+        flags = ["--quiet"] if quiet else []
+        rc = main(["predict", "--images", str(scenes / "images"), "--task", "ocr", "--max-new-tokens", "4",
+                   "--batch-size", "2", "--out", str(tmp_path / f"{quiet}.jsonl"), *flags])
+        assert rc == 0
+        assert ("5/5" in term.getvalue()) is shown, term.getvalue()
