@@ -7,11 +7,14 @@ huggingface_hub's constants for the in-process calls)."""
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 huggingface_hub = pytest.importorskip("huggingface_hub")
 hub_constants = pytest.importorskip("huggingface_hub.constants")
@@ -20,10 +23,11 @@ from vlmkit.errors import CheckpointError  # noqa: E402
 from vlmkit.weights import hub  # noqa: E402
 from vlmkit.weights.create import create_checkpoint  # noqa: E402
 from vlmkit.weights.registry import find_model, resolve_model  # noqa: E402
+from vlmkit.weights.safetensors_io import write_state_dict  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 REPO = "vlmkit-test/tiny-pali"
-COMMIT_MAIN, COMMIT_V1 = "a" * 40, "b" * 40
+COMMIT_MAIN, COMMIT_V1, COMMIT_SHARDED = "a" * 40, "b" * 40, "d" * 40
 
 
 def add_snapshot(cache: Path, repo: str, commit: str, folder: Path, refs: tuple[str, ...] = ()) -> Path:
@@ -53,6 +57,11 @@ def checkpoints(tmp_path_factory):
     cache = base / "cache"
     add_snapshot(cache, REPO, COMMIT_MAIN, Path(seed0), refs=("main",))
     add_snapshot(cache, REPO, COMMIT_V1, Path(seed1), refs=("v1",))
+    sharded = base / "sharded"  # the seed-0 weights as two shards plus an index
+    shutil.copytree(seed0, sharded, ignore=shutil.ignore_patterns("model.safetensors"))
+    write_state_dict(load_file(Path(seed0) / "model.safetensors"), sharded, max_shard_bytes=200_000)
+    assert (sharded / "model.safetensors.index.json").is_file()
+    add_snapshot(cache, REPO, COMMIT_SHARDED, sharded, refs=("sharded",))
     pickle_only = base / "pickle"
     pickle_only.mkdir()
     (pickle_only / "config.json").write_text((Path(seed0) / "config.json").read_text())
@@ -83,7 +92,7 @@ def test_cache_layout_is_the_hubs(checkpoints):
     repos = {r.repo_id: r for r in info.repos}
     assert set(repos) == {REPO, "vlmkit-test/pickle-only"} and repos[REPO].repo_type == "model"
     refs = {rev.commit_hash: set(rev.refs) for rev in repos[REPO].revisions}
-    assert refs == {COMMIT_MAIN: {"main"}, COMMIT_V1: {"v1"}}
+    assert refs == {COMMIT_MAIN: {"main"}, COMMIT_V1: {"v1"}, COMMIT_SHARDED: {"sharded"}}
 
 
 def test_generate_with_a_hub_name_offline_equals_the_folder(checkpoints, tmp_path):
@@ -176,3 +185,12 @@ def test_snapshot_download_is_asked_for_the_allowed_files_only(monkeypatch, chec
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
     assert hub.snapshot("org/x", "v2") == checkpoints["seed0"]
     assert seen == {"repo_id": "org/x", "revision": "v2", "allow_patterns": list(hub.ALLOW_PATTERNS)}
+
+
+def test_a_sharded_snapshot_loads_through_its_index(checkpoints):
+    import vlmkit
+
+    sharded, whole = vlmkit.load(f"{REPO}@sharded"), vlmkit.load(checkpoints["seed0"])
+    assert (sharded.folder / "model.safetensors.index.json").is_file()
+    a, b = sharded.model.state_dict(), whole.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -165,3 +165,32 @@ def test_progress_bar_on_a_terminal(scenes, tmp_path, capsys, monkeypatch):
                    "--batch-size", "2", "--out", str(tmp_path / f"{quiet}.jsonl"), *flags])
         assert rc == 0
         assert ("5/5" in term.getvalue()) is shown, term.getvalue()
+
+
+@pytest.mark.slow  # a subprocess (imports, model load) plus 16 rows: ~20 s on a shared CPU
+def test_a_killed_run_resumes(scenes, tmp_path, capsys):
+    """SIGKILL a real run once it has written something; the next run completes the output, each
+    row exactly once, every line whole."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    sources = sorted((scenes / "images").iterdir())
+    for i in range(16):
+        (images / f"{i:02d}.png").write_bytes(sources[i % len(sources)].read_bytes())
+    out = tmp_path / "p.jsonl"
+    args = ["predict", "--images", str(images), "--task", "caption", "--batch-size", "1", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    proc = subprocess.Popen([sys.executable, "-m", "vlmkit", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    while proc.poll() is None and not (out.exists() and out.stat().st_size):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert main(args) == 0
+    ids = [r["id"] for r in _lines(out)]
+    assert sorted(ids) == [f"{i:02d}.png" for i in range(16)]
