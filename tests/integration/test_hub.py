@@ -1,8 +1,9 @@
 """Hub names (`--model org/name[@revision]`) against a Hugging Face cache folder built here, laid
 out as huggingface_hub lays it out (blobs/, refs/, snapshots/<commit>/ of relative symlinks) and
-checked with huggingface_hub's own `scan_cache_dir`. Nothing here reaches the network: every test
-runs with HF_HUB_OFFLINE=1 (in the environment of the subprocesses, and patched into
-huggingface_hub's constants for the in-process calls)."""
+checked with huggingface_hub's own `scan_cache_dir`. Nothing here reaches the network: the tests
+run with HF_HUB_OFFLINE=1 (in the environment of the subprocesses, and patched into
+huggingface_hub's constants for the in-process calls), except one whose Hub endpoint is a local
+port that refuses every connection."""
 
 import hashlib
 import json
@@ -131,6 +132,24 @@ def test_missing_repo_or_revision_offline_is_one_line(checkpoints):
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("vlmkit: error: Hub model "), r.stderr
         assert name in lines[0] and "HF_HUB_OFFLINE" in lines[0] and "not in the Hugging Face cache" in lines[0]
+
+
+def test_unreachable_hub_uses_the_cache_or_says_so(checkpoints, monkeypatch):
+    """Not offline, but the Hub endpoint is a local port that refuses connections (bound, never
+    listening): a cached repo still loads, an uncached one is one line. No traffic leaves the host."""
+    import socket
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed.getsockname()[1]}")
+        cached = _vlmkit("info", "--model", REPO, "--json")
+        assert cached.returncode == 0, cached.stderr
+        missing = _vlmkit("info", "--model", "vlmkit-test/absent")
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [
+        f"vlmkit: error: cannot reach the Hugging Face Hub for vlmkit-test/absent, and it is not in the cache "
+        f"({checkpoints['cache']}); check the connection (or HF_ENDPOINT), or pre-download it"]
 
 
 def test_pickle_only_snapshot_is_refused(checkpoints):
