@@ -182,6 +182,7 @@ def predict(pipe, rows: Sequence[dict], out: str | Path, *, task: str = "raw", t
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     out = check_output_file(out, overwrite=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     if force:
         out.unlink(missing_ok=True)
     start = time.perf_counter()
