@@ -293,11 +293,13 @@ def run_predict_args(args: argparse.Namespace) -> int:
     from vlmkit.cli import sampling_flags, task_flags
     from vlmkit.outputs import check_output_file
     from vlmkit.pipeline import load
-    from vlmkit.tasks.run import print_bundled_notice
+    from vlmkit.tasks.run import print_bundled_notice, task_prompt
 
     per_row_prompt = args.task == "raw" and args.prompt is None
     if per_row_prompt and args.images:
         raise ConfigError("--prompt is required for --task raw with --images (or choose a --task)")
+    if not per_row_prompt:
+        task_prompt(None, args.task, **task_flags(args))  # a task missing its flags: before the model loads
     check_output_file(args.out, overwrite=True)  # a folder, or under a file: before anything runs
     if not args.force:
         read_done(Path(args.out), args.task)  # an output that cannot be resumed: before the model loads

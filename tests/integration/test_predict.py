@@ -128,7 +128,7 @@ def test_a_batch_that_fails_on_one_row_fails_that_row_only(tmp_path, rng_image):
 
 
 @pytest.mark.parametrize("case", ["empty_folder", "out_is_folder", "foreign_out", "other_task", "raw_no_prompt",
-                                  "missing_folder", "bad_manifest"])
+                                  "missing_folder", "bad_manifest", "detect_no_objects"])
 def test_bad_input_is_one_line(case, tmp_path, capsys, scenes):
     images, out = str(scenes / "images"), tmp_path / "p.jsonl"
     (tmp_path / "empty").mkdir()
@@ -138,7 +138,8 @@ def test_bad_input_is_one_line(case, tmp_path, capsys, scenes):
             "other_task": ["--images", images, "--task", "ocr", "--out", str(tmp_path / "caption.jsonl")],
             "raw_no_prompt": ["--images", images, "--out", str(out)],
             "missing_folder": ["--images", str(tmp_path / "nope"), "--task", "ocr", "--out", str(out)],
-            "bad_manifest": ["--data", str(tmp_path / "notes.txt"), "--out", str(out)]}[case]
+            "bad_manifest": ["--data", str(tmp_path / "notes.txt"), "--out", str(out)],
+            "detect_no_objects": ["--images", images, "--task", "detect", "--out", str(out)]}[case]
     (tmp_path / "notes.txt").write_text("my notes, not predictions\n")
     (tmp_path / "caption.jsonl").write_text(json.dumps({"id": "000000.png", "task": "caption"}) + "\n")
     before = {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
