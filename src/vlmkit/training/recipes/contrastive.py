@@ -47,6 +47,7 @@ from vlmkit.training.parallelize import DistInfo, barrier, init_distributed
 from vlmkit.training.trainer import Hook, TrainResult
 from vlmkit.weights.create import TOKENIZER_FILES
 from vlmkit.weights.hf import load_hf, read_config, save_hf
+from vlmkit.weights.registry import find_model
 
 # --------------------------------------------------------------------------- recipes
 
@@ -183,7 +184,7 @@ def _preset_config(m: ContrastiveModelConfig):
     """The family's preset config with the loss overrides applied (vocabulary set later)."""
     spec = get_family(m.family)
     if m.source not in spec.presets:
-        raise CheckpointError(f"--model {m.source!r} is neither a folder nor a {m.family} preset "
+        raise CheckpointError(f"--model {m.source!r} is neither a folder, a Hub name nor a {m.family} preset "
                               f"({', '.join(sorted(spec.presets))})")
     base = spec.presets[m.source]
     overrides = {k: v for k, v in (("contrastive_loss", m.contrastive_loss or None),
@@ -297,7 +298,7 @@ def run_contrastive(cfg: ContrastiveTrainConfig, *, resume: bool = False, hooks:
 
     cfg.validate()
     info = init_distributed(cfg.parallel)
-    folder = Path(cfg.model.source) if Path(cfg.model.source).is_dir() else None
+    folder = find_model(cfg.model.source)  # a folder, bundled or Hub name; None: a preset name
     loaded = _load_folder(folder, cfg.model.family) if folder is not None else None
     base = loaded.cfg if loaded is not None else _preset_config(cfg.model)
     preprocessor = image_config(base, folder)  # the folder's, else the family's; written to the export
