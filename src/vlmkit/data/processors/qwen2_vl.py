@@ -138,8 +138,13 @@ def build_processor(folder: str | Path, tokenizer, cfg) -> Qwen2VLProcessor:
 SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 
 
-def processor_files(cfg) -> ProcessorFiles:
+def processor_files(cfg, processor_class: str = "Qwen2VLProcessor") -> ProcessorFiles:
     """What a Qwen2-VL folder made by `vlmkit create` carries for Qwen2VLProcessor (and
     transformers'): its tokenizer's special tokens and the Qwen2-VL-Instruct chat template."""
-    return ProcessorFiles(special_tokens=SPECIAL_TOKENS, processor_config={"processor_class": "Qwen2VLProcessor"},
+    return ProcessorFiles(special_tokens=SPECIAL_TOKENS, processor_config={"processor_class": processor_class},
                           chat_template=bundled_chat_template("qwen2-vl"))
+
+
+def processor_files_2_5(cfg) -> ProcessorFiles:
+    """Qwen2.5-VL's: Qwen2-VL's files with Qwen2_5_VLProcessor (Qwen2.5-VL-Instruct ships Qwen2-VL's chat template)."""
+    return processor_files(cfg, "Qwen2_5_VLProcessor")
