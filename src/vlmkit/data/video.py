@@ -15,6 +15,10 @@ Sources:
 - any image Pillow opens; animated GIF / WebP / APNG give their frames, a still image gives one;
 - a video file (.mp4, .mov, ...) via PyAV, else OpenCV, if one is installed; otherwise an
   ImageError says what to install. Both are optional: vlmkit does not depend on them.
+
+Models with a video input (Qwen2-VL, Qwen2.5-VL: temporal patches of 2 frames) take the frames
+as one `Video`; the others take them as separate images. Which one is the processor's to say
+(`takes_videos`), see `model_inputs`.
 """
 
 from __future__ import annotations
@@ -23,11 +27,12 @@ import math
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
-from vlmkit.errors import ConfigError, ImageError
+from vlmkit.errors import ConfigError, DataError, ImageError
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -187,3 +192,33 @@ def sample_frames(
     if not frames:
         raise ImageError(f"no frames could be read from {path}")
     return frames
+
+
+@dataclass(frozen=True)
+class Video:
+    """The frames of one clip as one model input (PIL images or uint8 arrays [H, W, 3], in time
+    order) and their rate in frames per second (None: unknown; the processor then assumes its default)."""
+
+    frames: tuple
+    fps: float | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "frames", tuple(self.frames))
+        if not self.frames:
+            raise DataError("a video with zero frames")
+        if self.fps is not None and not self.fps > 0:
+            raise DataError(f"a video's fps must be > 0, got {self.fps}")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the first frame, like `PIL.Image.size`."""
+        first = self.frames[0]
+        return first.size if isinstance(first, Image.Image) else (first.shape[1], first.shape[0])
+
+
+def model_inputs(processor, frames: Sequence) -> list:
+    """Sampled `frames` as a model's processor takes them: one `Video` when the processor has video
+    inputs (`takes_videos`), else the frames themselves, one image each."""
+    if getattr(processor, "takes_videos", False):
+        return [Video(frames)]
+    return list(frames)
