@@ -146,3 +146,41 @@ def test_preset_has_transformers_parameter_count(name):
         ours = Qwen2_5_VL(PRESETS[name])
     n_theirs = sum(p.numel() for p in theirs.parameters())
     assert sum(p.numel() for p in ours.parameters()) == n_theirs
+
+
+def test_created_folder_and_processor_match_transformers(tmp_path):
+    """`vlmkit create --family qwen2_5_vl --preset debug`: transformers loads the folder strictly;
+    its Qwen2_5_VLProcessor (with the PIL Qwen2-VL image processor, no video processor: torchvision)
+    gives our processor's left-padded batch for 3 images of different sizes, bit for bit, and the
+    two models give the same logits on it."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from vlmkit.pipeline import load
+    from vlmkit.weights.create import create_checkpoint
+
+    folder = create_checkpoint(tmp_path / "q", "debug", family="qwen2_5_vl")
+    assert json.loads((folder / "processor_config.json").read_text())["processor_class"] == "Qwen2_5_VLProcessor"
+    hf, pipe = hb.load_strictly(tf.Qwen2_5_VLForConditionalGeneration, folder), load(folder, dtype="float32")
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in [(40, 56), (70, 30), (90, 90)]]
+    pad = "<|vision_start|><|image_pad|><|vision_end|>"
+    prompts = [f"{pad}hi", f"{pad} and {pad} two"]
+    ours = pipe.processor(prompts, [images[:1], images[1:]], padding_side="left")
+    with pytest.MonkeyPatch.context() as mp:  # the empty video slot would fail the class check
+        mp.setattr(tf.Qwen2_5_VLProcessor, "check_argument_for_proper_class", lambda *a: None)
+        hf_proc = tf.Qwen2_5_VLProcessor(image_processor=tf.Qwen2VLImageProcessorPil.from_pretrained(folder),
+                                         tokenizer=tf.AutoTokenizer.from_pretrained(folder), video_processor=None,
+                                         chat_template=(folder / "chat_template.jinja").read_text())
+    ref = hf_proc(text=prompts, images=images, padding="longest", padding_side="left", return_tensors="pt")
+    for key in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw"):
+        assert torch.equal(ours[key], ref[key]), key
+    with torch.no_grad():
+        want = hf(**ref).logits  # transformers' processor gives mm_token_type_ids itself
+        got = pipe.model(**ours)
+    valid = ours["attention_mask"].bool()
+    assert not valid.all()
+    diff = (got - want)[valid].abs().max().item()
+    assert diff <= 1e-5, diff
