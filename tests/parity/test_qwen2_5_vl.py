@@ -13,7 +13,9 @@ from transformers.vision_utils import get_vision_window_index
 
 from tests.parity import hf_builders as hb
 from tests.parity.placeholder_checks import assert_same_greedy
-from tests.parity.test_qwen2_vl_parity import GRIDS, IMG, MERGE, _TEXT, _pixels, _prompts
+from tests.parity.qwen2_vl_checks import max_logit_diff, saved_pair
+from tests.parity.test_qwen2_vl_family import _batch
+from tests.parity.test_qwen2_vl_parity import IMG, MERGE, _TEXT, _pixels
 from vlmkit.models.parts.qwen2_vit import window_order
 from vlmkit.models.qwen2_5_vl import PRESETS, Qwen2_5_VL
 from vlmkit.models.qwen2_5_vl import hf_mapping
@@ -35,15 +37,7 @@ def reference(seed: int = 0, **overrides):
 
 
 def pair(tmp_path, seed: int = 4):
-    """The reference saved by transformers and loaded strictly by vlmkit."""
-    hf = reference(seed=seed)
-    hf.save_pretrained(tmp_path / "hub")
-    return hf, load_hf(tmp_path / "hub", dtype="float32")
-
-
-def _batch():
-    ids, mask, types = _prompts()
-    return dict(input_ids=ids, attention_mask=mask, pixel_values=_pixels(GRIDS), image_grid_thw=GRIDS), types
+    return saved_pair(reference, tmp_path, seed)
 
 
 def test_window_order_equals_reference():
@@ -85,12 +79,7 @@ def test_windows_change_the_features(tmp_path):
 
 def test_logits_match_reference(tmp_path):
     hf, ours = pair(tmp_path)
-    batch, types = _batch()
-    with torch.no_grad():
-        ref = hf(**batch, mm_token_type_ids=types).logits
-        got = ours(**batch)
-    valid = batch["attention_mask"].bool()
-    diff = (got - ref)[valid].abs().max().item()
+    diff = max_logit_diff(hf, ours, *_batch())
     assert diff <= 1e-5, diff
 
 

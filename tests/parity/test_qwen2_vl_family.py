@@ -14,6 +14,7 @@ from PIL import Image
 
 from tests.parity import hf_builders as hb
 from tests.parity.placeholder_checks import assert_same_greedy
+from tests.parity.qwen2_vl_checks import max_logit_diff, saved_pair
 from tests.parity.test_qwen2_vl_parity import GRIDS, _pixels, _prompts, _reference
 from vlmkit.models.qwen2_vl import PRESETS, Qwen2VL
 from vlmkit.models.qwen2_vl import hf_mapping
@@ -23,9 +24,7 @@ from vlmkit.weights.hf import load_hf, save_hf
 
 
 def _pair(tmp_path, seed: int = 4):
-    hf = _reference(seed=seed)
-    hf.save_pretrained(tmp_path / "hub")
-    return hf, load_hf(tmp_path / "hub", dtype="float32")
+    return saved_pair(_reference, tmp_path, seed)
 
 
 def _batch():
@@ -44,12 +43,7 @@ def test_saved_layout_and_strict_load(tmp_path):
 
 def test_logits_match_reference(tmp_path):
     hf, ours = _pair(tmp_path)
-    batch, types = _batch()
-    with torch.no_grad():
-        ref = hf(**batch, mm_token_type_ids=types).logits
-        got = ours(**batch)
-    valid = batch["attention_mask"].bool()
-    diff = (got - ref)[valid].abs().max().item()
+    diff = max_logit_diff(hf, ours, *_batch())
     assert diff <= 1e-5, diff
 
 

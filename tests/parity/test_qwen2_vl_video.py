@@ -21,13 +21,13 @@ import transformers as tf
 from PIL import Image
 
 from tests.parity.placeholder_checks import assert_same_greedy
+from tests.parity.qwen2_vl_checks import max_logit_diff, saved_pair
 from tests.parity.test_qwen2_5_vl import reference as reference_2_5
 from tests.parity.test_qwen2_vl_parity import IMG, MERGE, _pixels, _reference as reference_2
 from vlmkit.data.processors.qwen2_vl import Qwen2VLProcessor, patchify_frames
 from vlmkit.data.video import Video, model_inputs
 from vlmkit.errors import DataError
 from vlmkit.models.common.mrope import IMAGE, TEXT, VIDEO, mrope_positions
-from vlmkit.weights.hf import load_hf
 
 VID = 101
 # One image (2x2 merged tokens) and two videos: 3 temporal patches of 2x3, 2 of 1x2 merged tokens.
@@ -89,17 +89,11 @@ def test_positions_equal_get_rope_index(make):
 
 @pytest.mark.parametrize("make", [reference_2, reference_2_5], ids=["qwen2_vl", "qwen2_5_vl"])
 def test_logits_and_greedy_with_videos(make, tmp_path):
-    hf = make(seed=4)
-    hf.save_pretrained(tmp_path / "hub")
-    ours = load_hf(tmp_path / "hub", dtype="float32")
+    hf, ours = saved_pair(make, tmp_path)
     batch, types_ = _batch()
     if make is reference_2:  # Qwen2-VL takes no second_per_grid_ts (its generate refuses it)
         del batch["second_per_grid_ts"]
-    with torch.no_grad():
-        ref = hf(**batch, mm_token_type_ids=types_).logits
-        got = ours(**batch)
-    valid = batch["attention_mask"].bool()
-    diff = (got - ref)[valid].abs().max().item()
+    diff = max_logit_diff(hf, ours, batch, types_)
     assert diff <= 1e-5, diff
     assert_same_greedy(hf, ours, batch, 6, hf_only=dict(mm_token_type_ids=types_))
 
