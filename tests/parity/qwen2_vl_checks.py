@@ -13,10 +13,18 @@ def saved_pair(make, tmp_path, seed: int = 4):
     return hf, load_hf(tmp_path / "hub", dtype="float32")
 
 
+def bf16_pair(hf_class, make, tmp_path, seed: int = 4):
+    """transformers' `hf_class` and vlmkit, both loaded in bf16 from one save_pretrained folder."""
+    make(seed=seed).save_pretrained(tmp_path / "hub")
+    hf = hf_class.from_pretrained(tmp_path / "hub", dtype=torch.bfloat16).eval()
+    return hf, load_hf(tmp_path / "hub", dtype="bfloat16")
+
+
 def max_logit_diff(hf, ours, batch: dict, types: torch.Tensor) -> float:
     """Max |ours - transformers'| logits at the real (unpadded) tokens of `batch`."""
     with torch.no_grad():
         ref = hf(**batch, mm_token_type_ids=types).logits
         got = ours(**batch)
+    assert got.dtype == ref.dtype
     valid = batch["attention_mask"].bool()
     return (got.float() - ref.float())[valid].abs().max().item()

@@ -13,7 +13,7 @@ from transformers.vision_utils import get_vision_window_index
 
 from tests.parity import hf_builders as hb
 from tests.parity.placeholder_checks import assert_same_greedy
-from tests.parity.qwen2_vl_checks import max_logit_diff, saved_pair
+from tests.parity.qwen2_vl_checks import bf16_pair, max_logit_diff, saved_pair
 from tests.parity.test_qwen2_vl_family import _batch
 from tests.parity.test_qwen2_vl_parity import IMG, MERGE, _TEXT, _pixels
 from vlmkit.models.parts.qwen2_vit import window_order
@@ -81,6 +81,14 @@ def test_logits_match_reference(tmp_path):
     hf, ours = pair(tmp_path)
     diff = max_logit_diff(hf, ours, *_batch())
     assert diff <= 1e-5, diff
+
+
+def test_bf16_logits_bit_equal(tmp_path):
+    """Both in bf16 from one folder: windowed tower and decoder give transformers' logits exactly."""
+    hf, ours = bf16_pair(tf.Qwen2_5_VLForConditionalGeneration, reference, tmp_path)
+    batch, types = _batch()
+    batch["pixel_values"] = batch["pixel_values"].bfloat16()
+    assert max_logit_diff(hf, ours, batch, types) == 0.0
 
 
 def test_greedy_tokens_match_generate(tmp_path):

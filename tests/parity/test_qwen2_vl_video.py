@@ -21,7 +21,7 @@ import transformers as tf
 from PIL import Image
 
 from tests.parity.placeholder_checks import assert_same_greedy
-from tests.parity.qwen2_vl_checks import max_logit_diff, saved_pair
+from tests.parity.qwen2_vl_checks import bf16_pair, max_logit_diff, saved_pair
 from tests.parity.test_qwen2_5_vl import reference as reference_2_5
 from tests.parity.test_qwen2_vl_parity import IMG, MERGE, _pixels, _reference as reference_2
 from vlmkit.data.processors.qwen2_vl import Qwen2VLProcessor, patchify_frames
@@ -173,3 +173,12 @@ def test_model_inputs_by_processor_capability(processor):
     frames = _frames(3, 40, 56, seed=0)
     assert [type(v) for v in model_inputs(processor, frames)] == [Video]
     assert model_inputs(object(), frames) == frames
+
+
+def test_bf16_logits_with_videos_bit_equal(tmp_path):
+    """Qwen2.5-VL in bf16 (pixels in bf16, second_per_grid_ts kept in float32): equal logits."""
+    hf, ours = bf16_pair(tf.Qwen2_5_VLForConditionalGeneration, reference_2_5, tmp_path)
+    batch, types_ = _batch()
+    for key in ("pixel_values", "pixel_values_videos"):
+        batch[key] = batch[key].bfloat16()
+    assert max_logit_diff(hf, ours, batch, types_) == 0.0

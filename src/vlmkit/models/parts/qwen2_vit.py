@@ -19,10 +19,12 @@ is repeated Tp times, so a frame pair is one patch.
 
 Attention has q/k/v biases (one fused `qkv`), Qwen2-VL's vision RoPE on q and k
 (models/common/rope2d: rows and columns each over the full spectrum of hd/2, positions in merge
-order) and is packed: all images form one [1, N, D] sequence with a block-diagonal mask over the
-frames (cu_seqlens-style lengths h_i * w_i per frame, models/common/packing), so the packed
-forward equals encoding each image alone and nothing is padded. RoPE runs in float32 and is cast
-back, as in the reference (it matters in bf16 only).
+order) and is packed: all images form one [1, N, D] sequence that attends block-diagonally over
+the frames (segments of h_i * w_i patches per frame, the reference's cu_seqlens), so the packed
+forward equals encoding each image alone and nothing is padded. Each segment is one unmasked
+attention call, as in the reference's non-flash path: equal to a block-diagonal mask
+(models/common/packing), with the reference's summation order, so bf16 outputs are bit-equal
+too, and no N x N mask is built. RoPE runs in float32 and is cast back, as in the reference.
 
 Qwen2.5-VL's switches (`norm`, `gated_mlp`, `intermediate_size`, `window_size`,
 `fullatt_block_indexes`): RMSNorm instead of LayerNorm (blocks and merger, Llama's form: cast,
@@ -32,16 +34,16 @@ w = window_size / (P m) merged tokens per side (112 px / (14 px * 2) = 4 x 4 mer
 8 x 8 patches). The windows of a frame tile its merged grid from the top-left; the last row /
 column of windows may be smaller. The patches are permuted once so that each window's patches
 are consecutive (`window_order`: windows row-major, their merged tokens row-major, each token's
-m*m patches kept together), which makes the window mask block-diagonal (the reference's
-`cu_window_seqlens` are its cumulative lengths); the full-attention blocks keep the per-frame
-mask, still block-diagonal since a frame's patches stay within the frame's span. After the last
+m*m patches kept together), which makes each window one segment (the reference's
+`cu_window_seqlens` are their cumulative lengths); the full-attention blocks keep the per-frame
+segments, still consecutive since a frame's patches stay within the frame's span. After the last
 block the patches are put back in input order, so `encode` and the merger see the input order
 (transformers' `last_hidden_state` stays in window order; its merged tokens are un-permuted).
 Worked example, a 1 x 8 x 12 patch grid, m = 2 (4 x 6 merged tokens), w = 2: windows of 2 x 2
 merged tokens, 2 rows x 3 columns of windows, each of 4 merged tokens = 16 patches; merged token
 order 0 1 6 7 | 2 3 8 9 | 4 5 10 11 | 12 13 18 19 | ...
 
-Not supported: dropout; varlen kernels (the masks are explicit).
+Not supported: dropout; varlen (flash) kernels.
 """
 
 import math
@@ -55,7 +57,6 @@ from vlmkit.models.common.activations import ACTIVATIONS, Activation
 from vlmkit.models.common.attention import attend
 from vlmkit.models.common.mlp import MLP, GatedMLP
 from vlmkit.models.common.norms import RMSNorm
-from vlmkit.models.common.packing import block_diagonal_mask
 from vlmkit.models.common.rope import apply_rope
 from vlmkit.models.common.rope2d import axial_rope_cos_sin, merge_order_positions, qwen2_vl_inv_freq
 
@@ -144,13 +145,17 @@ class VisionAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x, cos, sin, mask):
+    def forward(self, x, cos, sin, segments: list[int]):
         B, N, D = x.shape
         hd = D // self.num_heads
         qkv = self.qkv(x).view(B, N, 3, self.num_heads, hd).permute(2, 0, 3, 1, 4)  # [3, B, H, N, hd]
         q, k, v = qkv.unbind(0)
         q, k = (apply_rope(t.float(), cos, sin).to(x.dtype) for t in (q, k))
-        out = attend(q, k, v, mask, hd**-0.5)  # [B, H, N, hd]
+        # One unmasked attention per segment (frame or window) = a block-diagonal mask over the
+        # packed sequence, summed in the reference's order (its non-flash path splits the same
+        # way), so bf16 outputs round alike; and no N x N mask is built.
+        parts = zip(*(t.split(segments, dim=2) for t in (q, k, v)))
+        out = torch.cat([attend(qi, ki, vi, None, hd**-0.5) for qi, ki, vi in parts], dim=2)  # [B, H, N, hd]
         return self.proj(out.transpose(1, 2).reshape(B, N, D))
 
 
@@ -171,9 +176,10 @@ class Qwen2VisionBlock(nn.Module):
         else:
             self.mlp = MLP(D, cfg.mlp_width, ACTIVATIONS[cfg.hidden_act])
 
-    def forward(self, x, cos, sin, mask):
-        """x [1, N, D]; cos / sin [1, N, hd] float32; mask [1, 1, N, N] bool (block-diagonal)."""
-        x = x + self.attn(self.norm1(x), cos, sin, mask)
+    def forward(self, x, cos, sin, segments: list[int]):
+        """x [1, N, D]; cos / sin [1, N, hd] float32; segments: lengths of the consecutive runs of
+        patches that attend among themselves (frames or windows), summing to N."""
+        x = x + self.attn(self.norm1(x), cos, sin, segments)
         return x + self.mlp(self.norm2(x))
 
 
@@ -244,20 +250,19 @@ class Qwen2VisionTower(nn.Module):
         cfg, m = self.cfg, self.cfg.spatial_merge_size
         x = self.patch_embed(pixel_values)  # [N, D]
         positions = torch.cat([merge_order_positions(t, h, w, m, x.device) for t, h, w in grids])  # [N, 2]
-        full = block_diagonal_mask([h * w for t, h, w in grids for _ in range(t)], x.device)  # per frame
-        masks = [full] * cfg.depth
+        full = [h * w for t, h, w in grids for _ in range(t)]  # one segment per frame
+        segments = [full] * cfg.depth
         if cfg.window_size is not None:
             token_order, lengths = window_order(grids, m, cfg.merged_window)
             perm = _patch_order(token_order, m).to(x.device)
             x, positions = x[perm], positions[perm]  # windows consecutive
-            windowed = block_diagonal_mask(lengths, x.device)
-            masks = [full if i in cfg.fullatt_block_indexes else windowed for i in range(cfg.depth)]
+            segments = [full if i in cfg.fullatt_block_indexes else lengths for i in range(cfg.depth)]
         # Frequencies per call, no buffer: casting the model can never round them.
         inv_freq = qwen2_vl_inv_freq(cfg.head_dim, cfg.rope_theta).to(x.device)
         cos, sin = axial_rope_cos_sin(positions, inv_freq, torch.float32)  # [1, N, hd] each
         x = x[None]  # [1, N, D]
-        for block, mask in zip(self.blocks, masks):
-            x = block(x, cos, sin, mask)
+        for block, seg in zip(self.blocks, segments):
+            x = block(x, cos, sin, seg)
         if cfg.window_size is not None:
             x = x[:, torch.argsort(perm)]  # back to the input order
         return x[0]
