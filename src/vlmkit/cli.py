@@ -90,20 +90,20 @@ def cmd_generate(args) -> int:
     if args.draw:
         check_output_file(args.draw, args.force)  # before the model runs, not after
     images += list(args.image)
-    frames = []
+    video = None
     if args.video:
-        from vlmkit.data.video import sample_frames
+        from vlmkit.data.video import sample_video
 
-        frames = sample_frames(args.video, max_frames=args.max_frames, stride=args.frame_stride)
-    if not images and not frames and messages is None and not args.chat:
+        video = sample_video(args.video, max_frames=args.max_frames, stride=args.frame_stride)
+    if not images and video is None and messages is None and not args.chat:
         raise ConfigError("give at least one --image or a --video")
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                               top_p=args.top_p, top_k=args.top_k, seed=args.seed)
     pipe = load(args.model, dtype=args.dtype, device=args.device)
-    if frames:  # one video where the model's processor takes videos, else one image per frame
+    if video is not None:  # one video where the model's processor takes videos, else one image per frame
         from vlmkit.data.video import model_inputs
 
-        images += model_inputs(pipe.processor, frames)
+        images += model_inputs(pipe.processor, video)
     if args.chat:  # one image part per image (or video / sampled frame) opens the first turn
         messages = chat_turns(args.chat, len(images))
     on_token = (lambda e: print(e.text, end="", flush=True)) if args.stream and not args.json else None

@@ -13,7 +13,7 @@ from PIL import Image
 from tests.parity import hf_builders as hb
 from vlmkit.cli import main
 from vlmkit.data.conversation import chat_turns
-from vlmkit.data.video import Video
+from vlmkit.data.video import sample_video
 from vlmkit.pipeline import load
 from vlmkit.weights.create import create_checkpoint
 
@@ -21,26 +21,31 @@ tf = pytest.importorskip("transformers")
 HF_CLASS = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
 
 
-@pytest.fixture
-def frames(tmp_path):
-    root = tmp_path / "frames"
-    root.mkdir()
+def _source(tmp_path, kind: str):
+    """5 random 40 x 70 frames: a folder of PNGs (no rate) or a GIF at 4 fps (250 ms a frame)."""
     rng = np.random.default_rng(0)
-    for i in range(5):
-        Image.fromarray(rng.integers(0, 256, (40, 70, 3), dtype=np.uint8)).save(root / f"f{i}.png")
-    return root
+    frames = [Image.fromarray(rng.integers(0, 256, (40, 70, 3), dtype=np.uint8)) for _ in range(5)]
+    if kind == "gif":
+        frames[0].save(tmp_path / "clip.gif", save_all=True, append_images=frames[1:], duration=250, loop=0)
+        return tmp_path / "clip.gif"
+    (tmp_path / "frames").mkdir()
+    for i, frame in enumerate(frames):
+        frame.save(tmp_path / "frames" / f"f{i}.png")
+    return tmp_path / "frames"
 
 
-@pytest.mark.parametrize("family", sorted(HF_CLASS))
-def test_generate_video_matches_transformers(family, frames, tmp_path, capsys):
+@pytest.mark.parametrize("family, kind", [("qwen2_vl", "folder"), ("qwen2_5_vl", "folder"), ("qwen2_5_vl", "gif")])
+def test_generate_video_matches_transformers(family, kind, tmp_path, capsys):
     folder = create_checkpoint(tmp_path / family, "debug", family=family)
-    rc = main(["generate", "--model", str(folder), "--video", str(frames), "--max-frames", "5", "--chat",
+    source = _source(tmp_path, kind)
+    rc = main(["generate", "--model", str(folder), "--video", str(source), "--max-frames", "5", "--chat",
                "what happens?", "--max-new-tokens", "4", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and out["num_images"] == 1  # one video, not five images
 
     pipe = load(folder, dtype="float32")
-    clip = Video([Image.open(p).convert("RGB") for p in sorted(frames.iterdir())])
+    clip = sample_video(source, max_frames=5)
+    assert clip.fps == (4.0 if kind == "gif" else None)
     batch = pipe.processor.chat(pipe.chat_template, chat_turns(["what happens?"], 1), [clip])
     assert batch["video_grid_thw"][0, 0] == 3 and "pixel_values" not in batch  # 5 frames -> 3 temporal patches
     hf = hb.load_strictly(getattr(tf, HF_CLASS[family]), folder)

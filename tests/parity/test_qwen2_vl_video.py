@@ -170,9 +170,9 @@ def test_bad_videos_are_one_line_errors(processor):
 
 
 def test_model_inputs_by_processor_capability(processor):
-    frames = _frames(3, 40, 56, seed=0)
-    assert [type(v) for v in model_inputs(processor, frames)] == [Video]
-    assert model_inputs(object(), frames) == frames
+    clip = Video(_frames(3, 40, 56, seed=0), fps=2.0)
+    assert model_inputs(processor, clip) == [clip]
+    assert model_inputs(object(), clip) == list(clip.frames)
 
 
 def test_bf16_logits_with_videos_bit_equal(tmp_path):
