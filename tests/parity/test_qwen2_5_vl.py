@@ -64,6 +64,23 @@ def test_vision_features_match_reference(tmp_path):
     assert d_merged <= 1e-5 and d_hidden <= 1e-5, (d_merged, d_hidden)
 
 
+def test_packed_equals_one_at_a_time(tmp_path):
+    """Windows never cross images: 4 packed inputs (one a clip) equal each encoded alone, and
+    changing the first image's pixels changes no other input's tokens."""
+    _, ours = pair(tmp_path)
+    px = _pixels(_TOWER_GRIDS, seed=7)
+    chunks = px.split(_TOWER_GRIDS.prod(-1).tolist())
+    with torch.no_grad():
+        packed = ours.visual(px, _TOWER_GRIDS)
+        alone = torch.cat([ours.visual(p, g[None]) for p, g in zip(chunks, _TOWER_GRIDS)])
+        px2 = px.clone()
+        px2[: len(chunks[0])] += 1.0
+        changed = ours.visual(px2, _TOWER_GRIDS)
+    assert (packed - alone).abs().max().item() <= 1e-5
+    n0 = ours.visual.num_tokens(_TOWER_GRIDS)[0]
+    assert torch.equal(changed[n0:], packed[n0:]) and not torch.allclose(changed[:n0], packed[:n0])
+
+
 def test_windows_change_the_features(tmp_path):
     """The window switch is live: the same weights with every block fully attending differ."""
     from dataclasses import replace
