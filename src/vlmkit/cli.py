@@ -116,16 +116,21 @@ def cmd_generate(args) -> int:
     if args.draw:
         check_output_file(args.draw, args.force)  # before the model runs, not after
     images += list(args.image)
+    video = None
     if args.video:
-        from vlmkit.data.video import sample_frames
+        from vlmkit.data.video import sample_video
 
-        images += sample_frames(args.video, max_frames=args.max_frames, stride=args.frame_stride)
-    if args.chat:  # one image part per image (or sampled frame) opens the first turn
-        messages = chat_turns(args.chat, len(images))
-    if not images and messages is None:
+        video = sample_video(args.video, max_frames=args.max_frames, stride=args.frame_stride)
+    if not images and video is None and messages is None and not args.chat:
         raise ConfigError("give at least one --image or a --video")
     sampling = sampling_flags(args)
     pipe = load(args.model, dtype=args.dtype, device=args.device)
+    if video is not None:  # one video where the model's processor takes videos, else one image per frame
+        from vlmkit.data.video import model_inputs
+
+        images += model_inputs(pipe.processor, video)
+    if args.chat:  # one image part per image (or video / sampled frame) opens the first turn
+        messages = chat_turns(args.chat, len(images))
     on_token = (lambda e: print(e.text, end="", flush=True)) if args.stream and not args.json else None
     if messages is not None:
         out = run_chat(pipe, messages, images, sampling=sampling, on_token=on_token)

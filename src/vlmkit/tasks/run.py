@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vlmkit.data.image import load_image
+from vlmkit.data.video import Video
 from vlmkit.errors import ConfigError
 from vlmkit.generation import SamplingConfig
 from vlmkit.tasks.parsing import clean_text, parse_detections, parse_segmentations
@@ -34,6 +35,11 @@ def _box_json(b) -> dict:
     return d
 
 
+def _load_inputs(images: list) -> list:
+    """RGB PIL images; a `Video` (frames already sampled, for a model that takes videos) as it is."""
+    return [i if isinstance(i, Video) else load_image(i) for i in images]
+
+
 def run_task(pipe, task: str, images: list, *, prompt: str | None = None, lang: str = "en",
              question: str | None = None, answer: str | None = None, objects=None,
              sampling: SamplingConfig | None = None, mask_vae_path: str | Path | None = None,
@@ -41,7 +47,7 @@ def run_task(pipe, task: str, images: list, *, prompt: str | None = None, lang: 
     """Build the prompt for `task` (or use `prompt` for task "raw"), generate and parse."""
     text_prompt = task_prompt(pipe, task, prompt=prompt, lang=lang, question=question, answer=answer,
                               objects=objects)
-    pil = [load_image(i) for i in images]
+    pil = _load_inputs(images)
     result = pipe.generate(text_prompt, pil, sampling, on_token=on_token)
     return task_output(task, text_prompt, pil, result, mask_vae_path)
 
@@ -93,7 +99,7 @@ def _result_json(task: str, prompt: str, num_images: int, result) -> dict:
 def run_chat(pipe, messages: list[dict], images: list, *, sampling: SamplingConfig | None = None,
              on_token=None) -> TaskOutput:
     """Answer a conversation with the checkpoint's chat template; `images` fill its image parts."""
-    pil = [load_image(i) for i in images]
+    pil = _load_inputs(images)
     prompt = pipe.chat_template.render(messages, add_generation_prompt=True)
     result = pipe.chat(messages, pil, sampling, on_token=on_token)
     return TaskOutput(_result_json("chat", prompt, len(pil), result), pil[0] if pil else None)
