@@ -53,7 +53,7 @@ _7B = Qwen2_5_VLConfig(vision=_tower(3584), text=_decoder(
 _DEBUG = Qwen2_5_VLConfig(
     vision=_tower(64, embed_dim=32, depth=2, num_heads=4, intermediate_size=48, window_size=56,
                   fullatt_block_indexes=(1,)),
-    text=_decoder(vocab_size=151936, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
+    text=_decoder(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
                   head_dim=16, max_position_embeddings=4096, mrope_section=(2, 3, 3), tie_embeddings=True))
 PRESETS: dict[str, Qwen2_5_VLConfig] = {
     "qwen2.5-vl-3b-instruct": _3B, "qwen2.5-vl-7b-instruct": _7B, "debug": _DEBUG}
