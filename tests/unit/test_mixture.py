@@ -60,14 +60,14 @@ class _Items(torch.utils.data.Dataset):
         return {"source": self.name, "i": i}
 
 
-def _mixture(sizes=(5, 3, 2), weights=(0.7, 0.2, 0.1), seed=0, mbs=2):
+def _mixture(sizes=(5, 3, 2), weights=(0.7, 0.2, 0.1), seed=0, mbs=2, rank=0, world=1):
     from vlmkit.training.collate import BatchStream
 
     def collate(samples):
         return [(s["source"], s["i"]) for s in samples]
 
-    streams = [BatchStream(ShuffledStream(_Items(f"s{i}", n), seed=i), None, mbs, collate_fn=collate)
-               for i, n in enumerate(sizes)]
+    streams = [BatchStream(ShuffledStream(_Items(f"s{i}", n), seed=i, rank=rank, world_size=world, equal_split=True),
+                           None, mbs, collate_fn=collate) for i, n in enumerate(sizes)]
     return MixtureStream(streams, list(weights), seed)
 
 
@@ -97,6 +97,21 @@ def test_resume_mid_epoch_is_exact():
     resumed.load_state_dict(state)
     got += [resumed.next_batch() for _ in range(17)]
     assert got == expected
+
+
+def test_resume_on_another_number_of_ranks():
+    """2 ranks x 1 sample, resumed on 1 rank x 2 samples: the same global batches follow."""
+    sizes = (8, 6, 4)  # even: equal_split drops no row on 2 ranks, so epochs hold the same rows
+    ranks = [_mixture(sizes, mbs=1, rank=r, world=2) for r in range(2)]
+    for _ in range(7):
+        for m in ranks:
+            m.next_batch()
+    states = json.loads(json.dumps([m.state_dict() for m in ranks]))
+    after = [[m.next_batch() for _ in range(12)] for m in ranks]
+    single = _mixture(sizes, mbs=2)
+    single.load_resplit_state(states)
+    for k in range(12):
+        assert sorted(single.next_batch()) == sorted(after[0][k] + after[1][k])
 
 
 def test_resume_refuses_another_mixture():
@@ -131,12 +146,14 @@ def test_parse_json_and_files(files, monkeypatch):
 
 @pytest.mark.parametrize("value,error,match", [
     ('[{"source": "a.jsonl", "weight": 1', ConfigError, "--data.mixture: .* is not valid JSON"),
-    ('[{"source": "a.jsonl", "weight": 1, "kind": "video"}]', ConfigError, r"source 0 \(a.jsonl\): unknown kind 'video'"),
+    ('[{"source": "a.jsonl", "weight": 1, "kind": "video"}]', ConfigError,
+     r"source 0 \(a.jsonl\): unknown kind 'video'"),
     ('[{"source": "a.jsonl", "weight": 0}]', ConfigError, "weight must be a number > 0, got 0"),
     ('[{"source": "a.jsonl", "weight": -1}, {"source": "b.jsonl", "weight": 2}]', ConfigError, "source 0 .*> 0"),
     ('[{"source": "a.jsonl", "weight": "x"}]', ConfigError, 'weight must be a number > 0, got "x"'),
     ('[{"source": "a.jsonl", "weight": 1, "wieght": 2}]', ConfigError, "unknown key 'wieght'"),
-    ('[{"source": "missing.jsonl", "weight": 1, "name": "web"}]', DataError, r"source 0 \(web\): .*missing.jsonl does not exist"),
+    ('[{"source": "missing.jsonl", "weight": 1, "name": "web"}]', DataError,
+     r"source 0 \(web\): .*missing.jsonl does not exist"),
     ("[]", ConfigError, "non-empty list of sources"),
     ("nope.yaml", ConfigError, "neither a JSON list of sources nor an existing .json / .toml file"),
 ])
@@ -187,6 +204,26 @@ def test_document_text_trains_text_and_eos_only():
     text, spans = document_text(["a cat", None, "on a mat"], "<image>", "</s>")
     assert text == "a cat\n<image>\non a mat</s>"
     assert [text[s:e] for s, e in spans] == ["a cat", "on a mat", "</s>"]
+
+
+def test_paligemma_text_rows_are_image_rows_without_image_tokens():
+    """A text row's PaliGemma layout is the image row's minus its <image> block and pixel_values."""
+    from vlmkit.data.processor import PaliGemmaProcessor
+    from vlmkit.data.tokenizer import Tokenizer
+    from vlmkit.training.mixture import PrefixLMRows
+    from vlmkit.weights.registry import bundled_models
+
+    processor = PaliGemmaProcessor(Tokenizer.from_folder(bundled_models()["vlmkit-shapes-tiny"]), 16, 4)
+    text = PrefixLMRows(processor)([{"prefix": "caption en", "suffix": "a red circle", "images": []},
+                                    {"document": ["a much longer plain text row"], "images": []}])
+    image = processor(["caption en"], [Image.new("RGB", (16, 16))], suffixes=["a red circle"], padding_side="right")
+    assert "pixel_values" not in text
+    n = int(text["attention_mask"][0].sum())
+    for key in ("input_ids", "token_type_ids", "labels"):
+        assert torch.equal(text[key][0, :n], image[key][0, 4:])  # image[..., :4]: the <image> block
+    assert (text["labels"][1] != -100).sum() == (text["token_type_ids"][1] == 1).sum() > 5
+    assert PrefixLMRows(processor).length({"document": ["x", None], "images": [None]}) == 4 + len(
+        processor(["" ], None, suffixes=["x"])["input_ids"][0])
 
 
 def test_max_len_uses_the_sample_length(tmp_path):

@@ -37,10 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
+from vlmkit.data.shards import is_shard_source
 from vlmkit.errors import ConfigError, DataError
 
 KINDS = ("image-text", "text", "interleaved")
-KIND_ALIASES = {"text-only": "text", "image_text": "image-text", "document": "interleaved"}
+KIND_ALIASES = {"text-only": "text"}
 SOURCE_KEYS = ("source", "weight", "kind", "name")
 GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0  # its continued fraction [0; 1, 1, ...] spreads k * GOLDEN most evenly
 
@@ -88,8 +89,6 @@ def _source(entry: object, i: int, base: Path, flag: str) -> MixtureSource:
     if kind not in KINDS:
         raise ConfigError(f"{where}: unknown kind {entry.get('kind')!r} (one of {', '.join(KINDS)})")
     path = Path(entry["source"]) if Path(entry["source"]).is_absolute() else base / entry["source"]
-    from vlmkit.data.shards import is_shard_source  # lazy: shards pulls in the image decoder
-
     if not path.is_file() and not (kind == "image-text" and is_shard_source(path)):
         raise DataError(f"{where}: {path} does not exist")
     return MixtureSource(source=str(path), weight=float(weight), kind=kind, name=str(entry.get("name") or path.stem))

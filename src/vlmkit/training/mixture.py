@@ -23,7 +23,6 @@ and AdamW leaves them unchanged on a step of text-only micro-batches).
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Sequence
 
 from vlmkit.data.chat_template import ChatTemplate
@@ -122,7 +121,6 @@ class MixtureBatches(MixtureStream):
                  collate: Callable[[list[dict]], dict]):
         super().__init__(streams, [s.weight for s in sources], seed, [s.name for s in sources], collate=collate)
         self.sources, self.datasets = sources, datasets
-        self.skipped: Counter = Counter()  # reported per source by `mixture_batches`
         self.imageless = any(s.kind == "text" for s in sources)  # some batches run no vision forward
 
     def __len__(self) -> int:
@@ -130,7 +128,7 @@ class MixtureBatches(MixtureStream):
         return sum(len(d) for d in self.datasets if hasattr(d, "__len__"))
 
 
-def _rows_collate(cfg, inputs, tok: Tokenizer, prefix_lm: bool):
+def _rows_collate(inputs, tok: Tokenizer, prefix_lm: bool):
     """The collate function (with `.length`) of text-only and interleaved samples for this format."""
     if prefix_lm:
         return PrefixLMRows(inputs.processor)
@@ -154,7 +152,7 @@ def mixture_batches(cfg, inputs, tok: Tokenizer, info, prefix_lm: bool) -> Mixtu
     Source i shuffles with seed data.shuffle_seed + i; the source draw uses data.shuffle_seed.
     """
     sources = parse_mixture(cfg.data.mixture)
-    rows_collate = _rows_collate(cfg, inputs, tok, prefix_lm)
+    rows_collate = _rows_collate(inputs, tok, prefix_lm)
     mbs = cfg.micro_batch_size(info.world_size)
     datasets, streams = [], []
     for i, source in enumerate(sources):

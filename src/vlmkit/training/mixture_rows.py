@@ -27,6 +27,7 @@ from vlmkit.errors import ImageError
 from vlmkit.training.chat import as_conversation, chat_problem
 
 Problem = tuple[str, str] | None
+NO_IMAGE = ("no_image", "has no image; put it in a text source")
 CHAT_ONLY = ("chat_row", "is a chat row ({messages}); this model's train format reads prefix/suffix rows only")
 
 
@@ -39,7 +40,8 @@ def _bad_object(row: object) -> Problem:
 def _pair_problem(row: dict) -> Problem:
     for key in ("prefix", "suffix"):
         if not isinstance(row.get(key), str):
-            return "missing_field", f'needs "text", or "prefix" and "suffix" as strings, got {key}={json.dumps(row.get(key))[:40]}'
+            got = json.dumps(row.get(key))[:40]
+            return "missing_field", f'needs "text", or "prefix" and "suffix" as strings, got {key}={got}'
     return ("empty_suffix", 'has an empty "suffix"') if not row["suffix"].strip() else None
 
 
@@ -53,8 +55,9 @@ def text_problem(row: object, chat: bool) -> Problem:
     if "messages" in row:
         return chat_problem(row) if chat else CHAT_ONLY
     if "text" in row:
-        ok = isinstance(row["text"], str) and row["text"].strip()
-        return None if ok else ("missing_field", f'needs "text" as a non-empty string, got {json.dumps(row["text"])[:40]}')
+        if isinstance(row["text"], str) and row["text"].strip():
+            return None
+        return "missing_field", f'needs "text" as a non-empty string, got {json.dumps(row["text"])[:40]}'
     return _pair_problem(row)
 
 
@@ -66,7 +69,7 @@ def document_problem(row: object, chat: bool) -> Problem:
     if "messages" in row:
         if not chat:
             return CHAT_ONLY
-        return chat_problem(row) or (None if row.get("images") else ("no_image", "has no image; put it in a text source"))
+        return chat_problem(row) or (None if row.get("images") else NO_IMAGE)
     texts, images = row.get("texts"), row.get("images")
     if not isinstance(texts, list) or not isinstance(images, list) or len(texts) != len(images):
         return "missing_field", 'needs "texts" and "images" as lists of one length (null where the other one is)'
@@ -74,7 +77,7 @@ def document_problem(row: object, chat: bool) -> Problem:
         if (t is None) == (p is None) or not isinstance(t if p is None else p, str):
             return "bad_place", f"place {i} must hold exactly one of a text string and an image path"
     if all(p is None for p in images):
-        return "no_image", "has no image; put it in a text source"
+        return NO_IMAGE
     if not any(t and t.strip() for t in texts if t is not None):
         return "no_text", "has no text to train on"
     return None
