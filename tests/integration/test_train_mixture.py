@@ -155,31 +155,55 @@ def test_llava_mixture_learns_and_resumes_exactly(llava_folder, data, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_llava_document_layout(llava_folder, data):
-    """An interleaved document: each image's placeholder expanded in place (LLaVA: 16 image tokens),
-    labels on the text and <eos> only; a raw text row trains every token but <bos>."""
+@pytest.fixture(scope="module")
+def created(tmp_path_factory, llava_folder):
+    """family -> a `vlmkit create --family F --preset debug` folder."""
+    from vlmkit.cli import main
+
+    def make(family: str) -> Path:
+        if family == "llava":
+            return llava_folder
+        folder = tmp_path_factory.mktemp(family) / family
+        assert main(["create", "--family", family, "--preset", "debug", str(folder)]) == 0
+        return folder
+
+    return make
+
+
+@pytest.mark.parametrize("family", ["llava", "idefics3", "qwen2_vl"])
+def test_document_layout(created, data, family):
+    """An interleaved document: each image where it is in the text, written as the chat template
+    writes an image (Qwen2-VL: <|vision_start|> <|image_pad|>... <|vision_end|>) and expanded by the
+    family's processor; labels on the text pieces and <eos> only. A raw text row trains every
+    token but <bos>."""
     from vlmkit.data.chat_template import load_chat_template
     from vlmkit.data.tokenizer import Tokenizer
     from vlmkit.models.registry import get_family
     from vlmkit.training.mixture import DocumentChatCollator
     from vlmkit.weights.hf import load_hf
 
-    model = load_hf(llava_folder)
-    tok = Tokenizer.from_folder(llava_folder)
-    processor = get_family("llava").build_processor(llava_folder, tok, model.cfg)
-    collate = DocumentChatCollator(processor, load_chat_template(llava_folder), tok.id_to_token(tok.eos_id))
+    folder = created(family)
+    model, tok = load_hf(folder), Tokenizer.from_folder(folder)
+    processor = get_family(family).build_processor(folder, tok, model.cfg)
+    eos = tok.id_to_token(tok.eos_id)
+    collate = DocumentChatCollator(processor, load_chat_template(folder), eos)
+    if family == "qwen2_vl":
+        assert collate.image_markup == "<|vision_start|><|image_pad|><|vision_end|>"
     images = [Image.open(data / "img0.png"), Image.open(data / "img1.png")]
     batch = collate([{"document": ["a red circle", None, "and then", None], "images": images},
                      {"document": ["a blue square"], "images": []}])
     ids, labels = batch["input_ids"], batch["labels"]
     image = ids[0] == model.cfg.image_token_id
-    runs = torch.diff(torch.cat([torch.zeros(1), image.float(), torch.zeros(1)])).nonzero().flatten()
-    assert len(runs) == 4 and batch["pixel_values"].shape[0] == 2  # two blocks of image tokens, two images
-    assert (labels[0][image] == -100).all()
-    assert labels[0][batch["attention_mask"][0].bool()].ne(-100).sum() > 0
+    first = int(image.nonzero()[0])
+    assert image.any() and (labels[0][image] == -100).all()
+    before = tok.decode(ids[0, :first].tolist(), skip_special_tokens=False)
+    assert "a red circle" in before and "and then" not in before  # the first image sits after the first text
+    trained = tok.decode(ids[0][labels[0] != -100].tolist(), skip_special_tokens=False)
+    assert trained.replace("\n", "") == "a red circleand then" + eos
     n = int(batch["attention_mask"][1].sum())
-    assert ids[1, 0] == tok.bos_id and ids[1, n - 1] == tok.eos_id
-    assert torch.equal(labels[1, 1:n], ids[1, 1:n]) and labels[1, 0] == -100
+    start = int(ids[1, 0] == tok.bos_id)
+    assert ids[1, n - 1] == tok.eos_id and (labels[1, :start] == -100).all()
+    assert torch.equal(labels[1, start:n], ids[1, start:n])
 
 
 # ---- bad input ------------------------------------------------------------------------------------------

@@ -231,3 +231,26 @@ def test_max_len_uses_the_sample_length(tmp_path):
     ds = TextRows(_write(tmp_path, rows), chat=True, max_len=10, length=lambda s: len(s["document"][0]))
     assert [r["text"] for r in ds.rows] == ["short"] and ds.skipped["too_long"] == 1
     assert isinstance(ds, JsonlDataset)
+
+
+# Qwen2-VL's chat template (content items part), as in Qwen/Qwen2-VL-2B-Instruct's chat_template.json.
+QWEN2_VL = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+            "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+            "{% if content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+            "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}"
+            "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.mark.parametrize("template,placeholder,markup", [
+    ("llava-1.5", "<image>", "<image>"),
+    ("smolvlm", "<image>", "<image>"),
+    (QWEN2_VL, "<|image_pad|>", "<|vision_start|><|image_pad|><|vision_end|>"),
+    ("{% for m in messages %}{{ m['role'] }}{% endfor %}", "<image>", "<image>"),  # writes no image: fallback
+])
+def test_image_markup_is_what_the_template_writes(template, placeholder, markup):
+    from vlmkit.data.chat_template import ChatTemplate
+    from vlmkit.training.mixture import image_markup
+
+    folder = Path(__file__).parents[1] / "assets" / "chat_templates"
+    source = (folder / f"{template}.jinja").read_text() if "{" not in template else template
+    assert image_markup(ChatTemplate(source=source, special_tokens={"bos_token": "<s>"}), placeholder) == markup

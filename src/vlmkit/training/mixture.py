@@ -11,10 +11,11 @@ How the rows of each kind are laid out is the family's train format's business:
     text          <bos> prefix "\\n" | suffix <eos>, no       {text}: raw text, <bos> text <eos>, loss
                   image tokens; {text} is a suffix after      on every text token; {prefix, suffix}: one
                   an empty prefix (loss on all of it)         user / assistant exchange; chat rows as is
-    interleaved   all image tokens first, then the texts     the family's image placeholder where each
-                  joined by "\\n" as the suffix (PaliGemma's  image is, expanded by its processor; loss
-                  only multi-image layout)                   on the text pieces and <eos>, never on
-                                                             image tokens; chat rows through the template
+    interleaved   all image tokens first, then the texts     each image where it is in the text, as the
+                  joined by "\\n" as the suffix (PaliGemma's  chat template writes an image (`image_markup`),
+                  only multi-image layout)                   expanded by the processor; loss on the text
+                                                             pieces and <eos>, never on image tokens;
+                                                             chat rows through the template
 
 A batch without images has no `pixel_values`, so the generation adapter embeds the tokens
 alone: the vision tower and projector do not run and get no gradient (their `.grad` stays None,
@@ -23,6 +24,7 @@ and AdamW leaves them unchanged on a step of text-only micro-batches).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 from vlmkit.data.chat_template import ChatTemplate
@@ -31,7 +33,7 @@ from vlmkit.data.mixture import MixtureSource, MixtureStream, parse_mixture
 from vlmkit.data.processor import PaliGemmaProcessor
 from vlmkit.data.processors.common import TypeCProcessor
 from vlmkit.data.tokenizer import Tokenizer
-from vlmkit.errors import DataError
+from vlmkit.errors import DataError, VlmkitError
 from vlmkit.training.chat import ChatCollator, Span, assistant_spans
 from vlmkit.training.collate import BATCH_KEYS, BatchStream, manifest_texts
 from vlmkit.training.mixture_rows import DocumentRows, TextRows
@@ -44,6 +46,23 @@ def pair_messages(prefix: str, suffix: str) -> list[dict]:
     """A prefix/suffix pair as one user turn answered by the assistant (content as items)."""
     return [{"role": "user", "content": [{"type": "text", "text": prefix}]},
             {"role": "assistant", "content": [{"type": "text", "text": suffix}]}]
+
+
+def image_markup(template: ChatTemplate, placeholder: str) -> str:
+    """The text the chat template writes for one image (e.g. Qwen2-VL's
+    `<|vision_start|><|image_pad|><|vision_end|>`, LLaVA's `<image>`): what a user turn gains when
+    an image item is put before its text, stripped of whitespace. `placeholder` when the template
+    does not write the image as one placeholder there (or cannot render such a turn)."""
+    text = [{"type": "text", "text": "X"}]
+    try:
+        plain = template.render([{"role": "user", "content": text}])
+        with_image = template.render([{"role": "user", "content": [{"type": "image"}, *text]}])
+    except VlmkitError:
+        return placeholder
+    start = len(os.path.commonprefix([plain, with_image]))
+    end = len(os.path.commonprefix([plain[start:][::-1], with_image[start:][::-1]]))
+    markup = with_image[start:len(with_image) - end].strip()
+    return markup if markup.count(placeholder) == 1 else placeholder
 
 
 def document_text(pieces: Sequence[str | None], placeholder: str, eos: str) -> tuple[str, list[Span]]:
@@ -96,16 +115,18 @@ class PrefixLMRows:
 
 class DocumentChatCollator(ChatCollator):
     """`ChatCollator` that also takes raw documents ({"document"}) and prefix/suffix pairs: a
-    document is laid out by `document_text` with the processor's placeholder (expanded like a
-    chat turn's images), a pair becomes one user / assistant exchange."""
+    document is laid out by `document_text` with the template's `image_markup` where each image
+    sits (its placeholder expanded like a chat turn's images), a pair becomes one user /
+    assistant exchange."""
 
     def __init__(self, processor: TypeCProcessor, template: ChatTemplate, eos_token: str):
         super().__init__(processor, template)
         self.eos_token = eos_token
+        self.image_markup = image_markup(template, processor.placeholder)
 
     def _one(self, sample: dict) -> tuple[str, list[Span]]:
         if "document" in sample:
-            return document_text(sample["document"], self.processor.placeholder, self.eos_token)
+            return document_text(sample["document"], self.image_markup, self.eos_token)
         messages = sample["messages"] if "messages" in sample else pair_messages(sample["prefix"], sample["suffix"])
         return assistant_spans(self.template, messages)
 
