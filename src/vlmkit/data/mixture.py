@@ -89,7 +89,10 @@ def _source(entry: object, i: int, base: Path, flag: str) -> MixtureSource:
     if kind not in KINDS:
         raise ConfigError(f"{where}: unknown kind {entry.get('kind')!r} (one of {', '.join(KINDS)})")
     path = Path(entry["source"]) if Path(entry["source"]).is_absolute() else base / entry["source"]
-    if not path.is_file() and not (kind == "image-text" and is_shard_source(path)):
+    shards = is_shard_source(path)  # a .tar, a glob or a folder of .tar files
+    if shards and kind != "image-text":
+        raise ConfigError(f"{where}: {kind} sources are JSONL manifests, not tar shards")
+    if not (path.is_file() or (shards and (path.exists() or "*" in str(path)))):
         raise DataError(f"{where}: {path} does not exist")
     return MixtureSource(source=str(path), weight=float(weight), kind=kind, name=str(entry.get("name") or path.stem))
 
