@@ -151,3 +151,23 @@ def test_eval_zeroshot_and_retrieval_equal_direct_computation(setup, tmp_path, c
     for k in (1, 5, 10):
         assert metrics[f"i2t_r{k}"] == pytest.approx(want.image_to_text[k])
         assert metrics[f"t2i_r{k}"] == pytest.approx(want.text_to_image[k])
+
+
+def test_a_folder_saved_by_transformers_dispatches_by_its_processor_config(setup, tmp_path):
+    """A transformers-5 layout (processor_config.json with the image processor nested, no
+    preprocessor_config.json) is read, its image_processor_type picks NaFlex, and the embeddings
+    are Siglip2Model's own."""
+    folder = tmp_path / "hf"
+    tf.Siglip2Model.from_pretrained(setup["folder"]).save_pretrained(folder)
+    pil = Siglip2ImageProcessorPil(patch_size=8, max_num_patches=16)
+    tf.Siglip2Processor(image_processor=pil, tokenizer=tf.AutoTokenizer.from_pretrained(setup["folder"])).save_pretrained(
+        folder)
+    assert not (folder / "preprocessor_config.json").exists() and (folder / "processor_config.json").is_file()
+    tt = vlmkit.load_two_tower(str(folder), dtype="float32")
+    assert isinstance(tt.processor.images, NaflexImages)
+    files = _files(setup)
+    hf = tf.Siglip2Model.from_pretrained(folder).eval()
+    with torch.no_grad():
+        ref = hf.get_image_features(**pil([Image.open(f) for f in files], return_tensors="pt")).pooler_output
+    err = (tt.embed_images(files) - ref / ref.norm(dim=-1, keepdim=True)).abs().max()
+    assert err <= ATOL, err
