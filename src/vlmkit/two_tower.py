@@ -1,6 +1,6 @@
 """Image-text models from the library: embeddings, zero-shot classification and retrieval.
 
-    tt = vlmkit.TwoTower.load("runs/siglip/export")          # a siglip (SigLIP / CLIP-style) or coca folder
+    tt = vlmkit.TwoTower.load("runs/siglip/export")          # a siglip, siglip2 (NaFlex) or coca folder
     tt.embed_images(["cat.jpg"])                            # float32 [1, E], L2-normalised
     tt.classify(["cat.jpg"], ["cat", "dog"])                # [[("cat", 0.93), ("dog", 0.07)]]
     tt.retrieve("a red circle", ["a.png", "b.png"], top_k=1)  # [(0, 0.41)]
@@ -9,11 +9,14 @@ Axes: I images, T texts, C classes, P prompt templates, E embedding width.
 
 Any registered family of kind "image-text" loads here (its model has `encode_image`,
 `encode_text`, `logits` and `text_format`); texts and images go through the same
-`TwoTowerProcessor` as in training. Zero-shot classification scores each image against
-prompt-ensembled class embeddings (CLIP sec. 3.1.4, `vlmkit.eval.retrieval.zeroshot_weights`)
-with the model's own logits, exp(t') * cos + b; the probabilities are a softmax over the classes
-for a model trained with the softmax (CLIP / InfoNCE) loss and an independent sigmoid per class
-for one trained with SigLIP's sigmoid loss, as each loss defines them (`cfg.contrastive_loss`).
+`TwoTowerProcessor` as in training, whose image side the folder's image processor type picks:
+SigLIP 2 NaFlex folders (`siglip2`) read images at their own aspect ratio, packed into one
+sequence per batch (`encode_image(pixel_values, spatial_shapes)`), the others a fixed-size batch.
+Zero-shot classification scores each image against prompt-ensembled class embeddings (CLIP sec.
+3.1.4, `vlmkit.eval.retrieval.zeroshot_weights`) with the model's own logits, exp(t') * cos + b;
+the probabilities are a softmax over the classes for a model trained with the softmax (CLIP /
+InfoNCE) loss and an independent sigmoid per class for one trained with SigLIP's sigmoid loss, as
+each loss defines them (`cfg.contrastive_loss`).
 Retrieval ranks by cosine similarity.
 """
 
@@ -80,8 +83,9 @@ class TwoTower:
         """I images -> float32 [I, E] L2-normalised embeddings (`batch_size` at a time)."""
         out = []
         for i in range(0, len(images), self.batch_size):
-            pixel_values = self.processor.images(images[i:i + self.batch_size])
-            out.append(self.model.encode_image(self._to_model(pixel_values)).float().cpu())
+            inputs = self.processor.images.inputs(images[i:i + self.batch_size])  # pixel_values (+ spatial_shapes)
+            inputs = {k: self._to_model(v, v.is_floating_point()) for k, v in inputs.items()}
+            out.append(self.model.encode_image(**inputs).float().cpu())
         if not out:
             raise DataError("no images to embed")
         return torch.cat(out)

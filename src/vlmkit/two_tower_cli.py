@@ -80,7 +80,8 @@ def parse_templates(values: list[str] | None) -> list[str]:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="siglip (SigLIP / CLIP-style) or coca checkpoint folder or name")
+    p.add_argument("--model", required=True,
+                   help="siglip (SigLIP / CLIP-style), siglip2 (NaFlex) or coca checkpoint folder or name")
     p.add_argument("--batch-size", type=T.positive_int, default=32, help="images or texts per forward (default 32)")
     p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
     p.add_argument("--device", type=T.device, default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
@@ -175,7 +176,8 @@ def cmd_retrieve(args) -> int:
 def add_parser(sub) -> None:
     """Add `embed`, `classify` and `retrieve` to the `vlmkit` subcommands."""
     p = sub.add_parser("embed", help="L2-normalised image or text embeddings of an image-text model (.npy/.jsonl)",
-                       description="Embed images or texts with a siglip (SigLIP / CLIP-style) or coca model.")
+                       description="Embed images or texts with a siglip (SigLIP / CLIP-style), siglip2 (NaFlex) "
+                                   "or coca model.")
     _common(p)
     p.add_argument("--images", metavar="DIR", help="embed every image file in this folder (sorted by name)")
     p.add_argument("--image", action="append", default=[], metavar="F", help="an image file (repeat for several)")

@@ -76,15 +76,20 @@ class Siglip2ProcessorConfig:
     lowercase: bool = True
 
     @classmethod
-    def from_folder(cls, folder: str | Path) -> "Siglip2ProcessorConfig":
-        image, _ = read_processor_files(folder)
+    def from_dict(cls, image: dict, name: str = "preprocessor_config.json", **text) -> "Siglip2ProcessorConfig":
+        """From Siglip2ImageProcessor fields (`text`: max_length / lowercase overrides)."""
         try:
             return cls(patch_size=int(image.get("patch_size", 16)),
                        max_num_patches=int(image.get("max_num_patches", 256)),
                        do_resize=bool(image.get("do_resize", True)), resample=int(image.get("resample", 2)),
-                       norm=pixels.Normalization.from_dict(image))
+                       norm=pixels.Normalization.from_dict(image), **text)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{folder}: bad SigLIP 2 image processor field: {exc}") from None
+            raise ConfigError(f"{name}: bad SigLIP 2 image processor field: {exc}") from None
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, **text) -> "Siglip2ProcessorConfig":
+        image, _ = read_processor_files(folder)
+        return cls.from_dict(image, str(folder), **text)
 
 
 class Siglip2Processor:
@@ -94,8 +99,9 @@ class Siglip2Processor:
         self.config, self.tokenizer = config, tokenizer
 
     @classmethod
-    def from_folder(cls, folder: str | Path, with_tokenizer: bool = True) -> "Siglip2Processor":
-        cfg = Siglip2ProcessorConfig.from_folder(folder)
+    def from_folder(cls, folder: str | Path, with_tokenizer: bool = True, **text) -> "Siglip2Processor":
+        """The folder's image processor fields and tokenizer.json (`text`: max_length / lowercase)."""
+        cfg = Siglip2ProcessorConfig.from_folder(folder, **text)
         tok = PromptTokenizer.from_folder(folder) if with_tokenizer else None
         if tok is not None:  # transformers' truncation=True: the tokenizer's own (special tokens kept)
             tok.tok.enable_truncation(cfg.max_length)
@@ -151,6 +157,54 @@ class Siglip2Processor:
                  packed: bool = False) -> dict[str, torch.Tensor]:
         batch = {} if texts is None else self.text(list(texts))
         return batch if images is None else {**batch, **self.images(list(images), packed)}
+
+
+class NaflexImages:
+    """The image side of the two-tower processor (`vlmkit.data.processors.two_tower`) for a
+    Siglip2ImageProcessor folder: `to_uint8` resizes one image (per sample, as a training dataset
+    keeps it), `batch` packs resized images, `inputs` does both; the inputs are the packed layout
+    {"pixel_values" float32 [N, 3 p p], "spatial_shapes" int64 [M, 2]} that
+    `Siglip2TwoTower.encode_image(**inputs)` reads."""
+
+    def __init__(self, config: Siglip2ProcessorConfig):
+        self.config, self._processor = config, Siglip2Processor(config)
+
+    @classmethod
+    def from_dict(cls, d: dict, name: str = "preprocessor_config.json") -> "NaflexImages":
+        return cls(Siglip2ProcessorConfig.from_dict(d, name))
+
+    @property
+    def nominal_size(self) -> int:
+        """Side of a square image that fills the patch budget (synthetic scenes are drawn at it)."""
+        return self.config.patch_size * math.isqrt(self.config.max_num_patches)
+
+    def to_uint8(self, image: ImageSource | torch.Tensor) -> torch.Tensor:
+        """One image (a source, or a uint8 tensor [3, h, w]) -> resized uint8 [3, h' , w'] (`resize`)."""
+        if isinstance(image, torch.Tensor):
+            image = np.ascontiguousarray(image.permute(1, 2, 0).numpy())  # [3, h, w] -> [h, w, 3]
+        return torch.from_numpy(np.array(self._processor.resize(image))).permute(2, 0, 1).contiguous()
+
+    def batch(self, images: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`to_uint8` images [3, h_i, w_i] -> the packed inputs (see the class doc)."""
+        return self._processor.patch_batch([i.permute(1, 2, 0).numpy() for i in images], packed=True)
+
+    def inputs(self, images: Sequence[ImageSource]) -> dict[str, torch.Tensor]:
+        """Image sources -> the packed inputs (see the class doc)."""
+        return self._processor.images(list(images), packed=True)
+
+
+class NaflexCaptions:
+    """Captions of a SigLIP 2 folder for the two-tower processor: `Siglip2Processor.text` (the
+    folder's tokenizer.json with its own special tokens and padding side, lowercased), padded to
+    the text tower's `max_length` positions (64 in the published checkpoints, as Siglip2Processor)."""
+
+    def __init__(self, folder: str | Path, max_length: int):
+        self._processor = Siglip2Processor.from_folder(folder, max_length=max_length)
+
+    def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Texts -> (input_ids, attention_mask), each int64 [B, max_length]."""
+        batch = self._processor.text(list(texts))
+        return batch["input_ids"], batch["attention_mask"]
 
 
 def build_processor(folder: str | Path, tokenizer, cfg) -> Siglip2Processor:

@@ -1,6 +1,8 @@
 """Contrastive and CoCa recipes, their data and `run_contrastive`, which executes one.
 
     siglip   SigLIP two-tower, pairwise sigmoid loss (arXiv:2303.15343)
+    siglip2  SigLIP 2 NaFlex two-tower (arXiv:2502.14786): the sigmoid loss on images at their own
+             aspect ratio, resized per sample and packed per batch (no padding)
     clip     the same towers with CLIP's softmax InfoNCE and temperature init (arXiv:2103.00020)
     coca     CoCa, contrastive + captioning losses (arXiv:2205.01917)
 
@@ -31,7 +33,8 @@ import torch
 from torch import nn
 
 from vlmkit.data.datasets import ShuffledStream
-from vlmkit.data.processors.two_tower import PREPROCESSOR_NAME, TwoTowerImageProcessor, image_config
+from vlmkit.data.processors.two_tower import (PREPROCESSOR_NAME, ImageSide, TwoTowerProcessor, image_config,
+                                              image_processor)
 from vlmkit.data.synth import SynthConfig, generate_scene
 from vlmkit.data.tokenizer import Tokenizer
 from vlmkit.errors import CheckpointError, ConfigError, DataError
@@ -71,6 +74,15 @@ def siglip(*, smoke: bool = False) -> ContrastiveTrainConfig:
     return _smoke(cfg, "debug") if smoke else cfg
 
 
+def siglip2(*, smoke: bool = False) -> ContrastiveTrainConfig:
+    """SigLIP 2 NaFlex B/16 (sigmoid loss; the SigLIP recipe's optimiser); needs --data. The
+    paper's decoder, self-distillation and masked-prediction losses are not part of it."""
+    cfg = siglip(smoke=smoke)
+    cfg.recipe, cfg.model.family = "siglip2", "siglip2"
+    cfg.model.source = "debug" if smoke else "siglip2-base-patch16-naflex"
+    return cfg
+
+
 def clip(*, smoke: bool = False) -> ContrastiveTrainConfig:
     """CLIP-style two-tower (softmax InfoNCE, t' = log(1/0.07), no bias); needs --data."""
     cfg = siglip(smoke=smoke)
@@ -89,7 +101,7 @@ def coca(*, smoke: bool = False) -> ContrastiveTrainConfig:
     return _smoke(cfg, "debug") if smoke else cfg
 
 
-CONTRASTIVE_RECIPES = {"siglip": siglip, "clip": clip, "coca": coca}
+CONTRASTIVE_RECIPES = {"siglip": siglip, "siglip2": siglip2, "clip": clip, "coca": coca}
 
 
 # --------------------------------------------------------------------------- data
@@ -113,9 +125,10 @@ class ImageTextPairs(torch.utils.data.Dataset):
 
 class ManifestPairs(torch.utils.data.Dataset):
     """JSONL rows {"image": path, "caption" | "text" | "suffix": str}; images are read lazily and
-    resized by the model's image processor (`images.to_uint8`, as at inference) so a batch stacks."""
+    resized by the model's image processor (`images.to_uint8`, as at inference: to one size, or per
+    image at its own aspect ratio for NaFlex, whose batches are packed)."""
 
-    def __init__(self, manifest: str | Path, images: TwoTowerImageProcessor, image_root: str | None = None):
+    def __init__(self, manifest: str | Path, images: ImageSide, image_root: str | None = None):
         self.rows, self.images = [], images
         root = Path(image_root) if image_root else Path(manifest).parent
         try:
@@ -168,13 +181,20 @@ def synthetic_pairs(n: int, seed: int, image_size: int) -> ImageTextPairs:
     return ImageTextPairs(images, [caption_objects(s.objects) for s in scenes])
 
 
-def _datasets(cfg: ContrastiveTrainConfig, images: TwoTowerImageProcessor, image_size: int):
-    """(train pairs, held-out pairs) from the manifests or the synthetic generator."""
+def _resized(pairs: ImageTextPairs, images: ImageSide) -> ImageTextPairs:
+    """`pairs` with every image resized by `images.to_uint8` (square scenes stay one size)."""
+    return ImageTextPairs(torch.stack([images.to_uint8(x) for x in pairs.images]), pairs.texts)
+
+
+def _datasets(cfg: ContrastiveTrainConfig, images: ImageSide):
+    """(train pairs, held-out pairs) from the manifests or the synthetic generator (drawn at the
+    image side's `nominal_size`)."""
     if cfg.data.manifest:
         held = ManifestPairs(cfg.data.eval_manifest, images, cfg.data.image_root) if cfg.data.eval_manifest else None
         return ManifestPairs(cfg.data.manifest, images, cfg.data.image_root), held
-    n, seed = cfg.data.synthetic_scenes, cfg.data.synthetic_seed
-    return synthetic_pairs(n, seed, image_size), synthetic_pairs(max(n // 4, 16), seed + 1, image_size)
+    n, seed, size = cfg.data.synthetic_scenes, cfg.data.synthetic_seed, images.nominal_size
+    return (_resized(synthetic_pairs(n, seed, size), images),
+            _resized(synthetic_pairs(max(n // 4, 16), seed + 1, size), images))
 
 
 # --------------------------------------------------------------------------- model, tokenizer, export
@@ -260,7 +280,7 @@ def unique_captions(pairs, limit: int) -> list[int]:
     return keep
 
 
-def retrieval_hook(pairs, tok: Tokenizer, images: TwoTowerImageProcessor, limit: int = 256) -> Hook:
+def retrieval_hook(pairs, tok: Tokenizer, processor: TwoTowerProcessor, limit: int = 256) -> Hook:
     """Evaluation hook: image<->text recall@1/5 on the held-out pairs with distinct captions."""
     keep = unique_captions(pairs, limit)
 
@@ -270,12 +290,13 @@ def retrieval_hook(pairs, tok: Tokenizer, images: TwoTowerImageProcessor, limit:
         if hasattr(root, "unshard"):  # FSDP2: the root's own parameters are sharded between forwards
             root.unshard()
         model.eval()
-        batches = PairBatches(None, tok, model, 64, images)
+        batches = PairBatches(None, tok, model, 64, processor=processor)
         img, txt = [], []
         for i in range(0, len(keep), 64):
             batch = trainer._to_device(batches.collate([pairs[j] for j in keep[i:i + 64]]))
-            img.append(model.encode_image(batch["pixel_values"]).float())
-            txt.append(model.encode_text(batch["input_ids"], batch["attention_mask"]).float())
+            ids, mask = batch.pop("input_ids"), batch.pop("attention_mask")
+            img.append(model.encode_image(**batch).float())  # the image inputs are what is left
+            txt.append(model.encode_text(ids, mask).float())
         model.train()
         if hasattr(root, "reshard"):
             root.reshard()
@@ -302,18 +323,20 @@ def run_contrastive(cfg: ContrastiveTrainConfig, *, resume: bool = False, hooks:
     loaded = _load_folder(folder, cfg.model.family) if folder is not None else None
     base = loaded.cfg if loaded is not None else _preset_config(cfg.model)
     preprocessor = image_config(base, folder)  # the folder's, else the family's; written to the export
-    images = TwoTowerImageProcessor.from_dict(preprocessor)
-    train, held = _datasets(cfg, images, base.vision.image_size)
+    images = image_processor(preprocessor)
+    train, held = _datasets(cfg, images)
     tok_dir = _tokenizer_dir(cfg, folder, train.texts, info)
     tok = Tokenizer.from_folder(tok_dir)
     torch.manual_seed(cfg.seed)  # the same initialisation on every rank
     model = loaded if loaded is not None else build_model(base, tok, cfg.model.init_std, cfg.seed)
+    processor = TwoTowerProcessor.for_model(model, tok, fields=preprocessor, tokenizer_folder=tok_dir)
     stream = ShuffledStream(train, seed=cfg.data.shuffle_seed, rank=info.rank, world_size=info.world_size,
                             equal_split=True)
-    batches = PairBatches(stream, tok, model, cfg.micro_batch_size(info.world_size), images)
+    batches = PairBatches(stream, tok, model, cfg.micro_batch_size(info.world_size), processor=processor)
     torch.manual_seed(cfg.seed + info.rank)
+    hooks = [*([retrieval_hook(held, tok, processor)] if held is not None else []), *hooks]
     trainer = ContrastiveTrainer(cfg, model, batches, info, export_fn=_exporter(cfg, model.cfg, tok_dir, preprocessor),
-                                 hooks=[*([retrieval_hook(held, tok, images)] if held is not None else []), *hooks])
+                                 hooks=hooks)
     _start(trainer, cfg, info, resume, train)
     return trainer.fit()
 
