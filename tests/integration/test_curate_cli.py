@@ -1,0 +1,167 @@
+"""`vlmkit data curate` end to end: planted bad rows removed, deterministic output, exact resume
+after an interruption (a hook raising, and a real SIGKILL of a subprocess), reports, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from vlmkit.cli import main
+from vlmkit.curation.config import parse_config
+from vlmkit.curation.engine import curate
+from vlmkit.data.shards import TarShardDataset
+from vlmkit.data.synth import SynthConfig, write_dataset
+
+RULES = ("text_length", "text_repetition", "text_patterns", "image_decode", "image_size", "aspect_ratio",
+         "image_uniform", "exact_dedup")  # fmt: skip
+CONFIG = ("[run]\nbatch_size = 4\ncheckpoint_rows = 8\n\n[rules.text_length]\nmin_words = 1\nmax_words = 40\n"
+          + "".join(f"[rules.{r}]\n" for r in RULES[1:]))
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """The caption rows of a synthetic manifest (30 scenes) plus 9 planted bad rows."""
+    root = tmp_path_factory.mktemp("curate-data")
+    manifest = write_dataset(root, 30, SynthConfig(image_size=64))
+    captions = [line for line in manifest.read_text().splitlines() if json.loads(line)["task"] == "caption"]
+    manifest.write_text("\n".join(captions) + "\n")
+    Image.new("RGB", (64, 64), (90, 90, 90)).save(root / "images" / "blank.png")
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(root / "images" / "tiny.png")
+    Image.effect_noise((400, 40), 60).convert("RGB").save(root / "images" / "wide.png")
+    first = captions[0]
+    planted = [{"image": "images/blank.png", "prefix": "caption en", "suffix": "a grey picture"},
+               {"image": "images/tiny.png", "prefix": "caption en", "suffix": "a red square"},
+               {"image": "images/wide.png", "prefix": "caption en", "suffix": "a wide banner"},
+               {"image": "images/000001.png", "prefix": "caption en", "suffix": "visit https://spam.example.com now"},
+               {"image": "images/000002.png", "prefix": "caption en", "suffix": "sale sale sale sale sale"},
+               {"image": "images/missing.png", "prefix": "caption en", "suffix": "a lost file"}]
+    lines = [*(json.dumps(p) for p in planted), first, "{not json", json.dumps({"image": "images/000003.png"})]
+    with open(manifest, "a") as f:
+        f.write("\n".join(lines) + "\n")
+    (root / "curate.toml").write_text(CONFIG)
+    return root
+
+
+def run_cli(*args: str) -> int:
+    return main(["data", "curate", *args])
+
+
+def test_planted_rows_are_removed_and_reported(data, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run_cli(str(data / "manifest.jsonl"), str(out), "--config", str(data / "curate.toml"), "--quiet") == 0
+    assert "kept" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    n = len((data / "manifest.jsonl").read_text().splitlines()) - 9  # the synthetic caption rows
+    assert n >= 10 and report["rows_in"] == n + 9 and report["unreadable"] == {"bad_json": 1, "missing_text": 1}
+    removed = report["removed_by"]
+    assert removed == {"text_length": 0, "text_repetition": 1, "text_patterns": 1, "image_decode": 1,
+                       "image_size": 1, "aspect_ratio": 1, "image_uniform": 1, "exact_dedup": 1}  # fmt: skip
+    assert report["rules"]["image_decode"]["categories"] == {"missing_image": 1, "ok": n + 4}
+    assert report["rows_out"] == n
+    kept = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert len(kept) == n and all(Path(r["image"]).is_absolute() and Path(r["image"]).is_file() for r in kept)
+    html = (out / "report.html").read_text()
+    for rule in RULES:
+        assert f"id='{rule}'" in html and rule in report["rules"]
+    assert (out / "report" / "image_uniform.png").is_file() and "data:image/png;base64," in html
+    assert html.count("class='ex'") == 7  # the one removed row of each rule that removed one
+
+
+def test_two_runs_are_byte_identical(data, tmp_path):
+    cfg = parse_config({"run": {"batch_size": 4, "checkpoint_rows": 8}, "rules": {r: {} for r in RULES}})
+    curate(data / "manifest.jsonl", tmp_path / "a", cfg)
+    curate(data / "manifest.jsonl", tmp_path / "b", cfg)
+    assert files(tmp_path / "a") == files(tmp_path / "b")
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_an_interruption_is_exact(data, tmp_path):
+    cfg = parse_config({"run": {"batch_size": 4, "checkpoint_rows": 8}, "rules": {r: {} for r in RULES}})
+    curate(data / "manifest.jsonl", tmp_path / "full", cfg)
+
+    def stop(position: int) -> None:
+        if position >= 12:  # after the checkpoint at 8 and one more written batch: that one is redone
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        curate(data / "manifest.jsonl", tmp_path / "cut", cfg, on_batch=stop)
+    state = json.loads((tmp_path / "cut" / ".curate" / "state.json").read_text())
+    assert state["position"] == 8 and not state["done"]
+    curate(data / "manifest.jsonl", tmp_path / "cut", cfg)
+    assert files(tmp_path / "cut") == files(tmp_path / "full")
+
+
+_KILL = """
+import os, sys
+from vlmkit.curation.config import parse_config
+from vlmkit.curation.engine import curate
+cfg = parse_config({"run": {"batch_size": 4, "checkpoint_rows": 8, "shard_size": 7},
+                    "rules": {"image_uniform": {}, "exact_dedup": {"on": "image"}, "text_length": {}}})
+def kill(position):
+    if position >= 22:
+        os.kill(os.getpid(), 9)
+curate(sys.argv[1], sys.argv[2], cfg, on_batch=kill)
+"""
+
+
+def test_tar_shards_resume_exactly_after_sigkill(tmp_path):
+    src = write_dataset(tmp_path / "src", 10, SynthConfig(image_size=64), shards=True, shard_size=16)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
+    proc = subprocess.run([sys.executable, "-c", _KILL, str(src), str(tmp_path / "cut")], env=env,
+                          capture_output=True, timeout=300)  # fmt: skip
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    assert not (tmp_path / "cut" / "report.json").exists()
+    cfg = parse_config({"run": {"batch_size": 4, "checkpoint_rows": 8, "shard_size": 7},
+                        "rules": {"image_uniform": {}, "exact_dedup": {"on": "image"}, "text_length": {}}})
+    curate(src, tmp_path / "cut", cfg)
+    curate(src, tmp_path / "full", cfg)
+    assert files(tmp_path / "cut") == files(tmp_path / "full")
+    samples = list(TarShardDataset(tmp_path / "full" / "shards"))
+    assert len(samples) == 10  # one row per scene: the other 3 share its image bytes
+    assert len(list((tmp_path / "full" / "shards").glob("*.tar"))) == 2
+
+
+def _one_error_line(capsys, *needles: str) -> None:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vlmkit: error:"), err
+    for n in needles:
+        assert n in err[0], err[0]
+
+
+def test_unknown_rule_is_one_line(data, tmp_path, capsys):
+    (tmp_path / "c.toml").write_text("[rules.text_lenght]\n")
+    assert run_cli(str(data / "manifest.jsonl"), str(tmp_path / "o"), "--config", str(tmp_path / "c.toml")) == 2
+    _one_error_line(capsys, "unknown curation rule [rules.text_lenght]")
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_score_model_is_one_line(data, tmp_path, capsys):
+    (tmp_path / "c.toml").write_text(f"[rules.clip_score]\nmodel = '{tmp_path / 'nope'}'\nthreshold = 0.2\n")
+    assert run_cli(str(data / "manifest.jsonl"), str(tmp_path / "o"), "--config", str(tmp_path / "c.toml")) == 2
+    _one_error_line(capsys, "score model folder", "does not exist")
+    assert not (tmp_path / "o").exists()
+
+
+def test_output_of_another_run_is_refused(data, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert run_cli(str(data / "manifest.jsonl"), str(out), "--only", "text_length") == 0
+    before = files(out)
+    capsys.readouterr()
+    assert run_cli(str(data / "manifest.jsonl"), str(out), "--only", "image_size") == 2
+    _one_error_line(capsys, "holds a curate run of another input or config")
+    assert files(out) == before
+    assert run_cli(str(data / "manifest.jsonl"), str(out), "--only", "text_length") == 0  # same run: done
+    assert files(out) == before
