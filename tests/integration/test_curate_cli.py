@@ -165,3 +165,50 @@ def test_output_of_another_run_is_refused(data, tmp_path, capsys):
     assert files(out) == before
     assert run_cli(str(data / "manifest.jsonl"), str(out), "--only", "text_length") == 0  # same run: done
     assert files(out) == before
+
+
+def test_a_corrupt_shard_is_counted_and_the_run_goes_on(tmp_path):
+    src = write_dataset(tmp_path / "src", 10, SynthConfig(image_size=64), shards=True, shard_size=16)
+    middle = sorted(src.glob("*.tar"))[1]
+    middle.write_bytes(middle.read_bytes()[: middle.stat().st_size // 2])  # cut mid-member
+    cfg = parse_config({"rules": {"image_uniform": {}, "text_length": {}}})
+    report = curate(src, tmp_path / "out", cfg)
+    assert report["unreadable"] == {"corrupt_shard": 1}
+    third = len(list(TarShardDataset(sorted(src.glob("*.tar"))[2])))
+    assert third == 8 and report["rows_in"] >= 16 + 1 + third  # the shard after the bad one was read
+    assert report["rows_out"] == report["rows_in"] - 1
+
+
+def _stderr_on_a_tty(args: list[str]) -> str:
+    """Run the CLI with stderr on a pseudo-terminal; what it wrote there."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a real terminal's width
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
+    proc = subprocess.Popen([sys.executable, "-m", "vlmkit", "data", "curate", *args], stderr=slave,
+                            stdout=subprocess.DEVNULL, env=env)  # fmt: skip
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert proc.wait(timeout=300) == 0
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bar_on_a_tty_only(data, tmp_path, capsys):
+    shown = _stderr_on_a_tty([str(data / "manifest.jsonl"), str(tmp_path / "a"), "--only", "text_length"])
+    assert "curate:" in shown and "rows/s" in shown and "<00:" in shown  # rate and ETA
+    assert "rows/s" not in _stderr_on_a_tty([str(data / "manifest.jsonl"), str(tmp_path / "b"), "--quiet"])
+    assert run_cli(str(data / "manifest.jsonl"), str(tmp_path / "c"), "--only", "text_length") == 0
+    assert "rows/s" not in capsys.readouterr().err  # not a terminal: no bar

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from vlmkit.curation.dedup import faiss_module
+from vlmkit.curation.encoder import ModelRule
 from vlmkit.curation.rules import RuleBase, check_range, register
 from vlmkit.curation.rules_text import words
 from vlmkit.errors import ConfigError
@@ -49,20 +50,17 @@ class KmeansConfig:
 
 
 @register("kmeans_balance", KmeansConfig, "at most `cap` rows per k-means cluster of embeddings", "faiss-cpu")
-class KmeansBalance(RuleBase):
-    needs_image = True
-
+class KmeansBalance(ModelRule):
     def __init__(self, config, resources) -> None:
         super().__init__(config, resources)
         self.faiss = faiss_module()
-        self.encoder = resources.encoder(config.model)
         self.needs_image = config.on == "image"
         self.fit_rows = config.fit_rows
         self.centroids: np.ndarray | None = None  # [k, E]
         self.counts: Counter = Counter()
 
     def fit(self, rows: Iterable[dict]) -> None:
-        x = self.encoder.encode(list(rows), self.config.on)  # [N, E]
+        x = self.embed_stream(rows, self.config.on)  # [N, E]
         if len(x) < self.config.k:
             raise ConfigError(f"kmeans_balance: {len(x)} rows cannot train k={self.config.k} clusters")
         threads = self.faiss.omp_get_max_threads()

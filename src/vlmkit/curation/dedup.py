@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vlmkit.curation.encoder import ModelRule
 from vlmkit.curation.rules import RuleBase, check_range, image_bytes_of, image_of, register
 from vlmkit.errors import ConfigError
 
@@ -155,13 +156,10 @@ class EmbedConfig:
 
 
 @register("embed_dedup", EmbedConfig, "no kept image embedding with cosine >= threshold (FAISS)", "faiss-cpu")
-class EmbedDedup(RuleBase):
-    needs_image = True
-
+class EmbedDedup(ModelRule):
     def __init__(self, config, resources) -> None:
         super().__init__(config, resources)
         self.faiss = faiss_module()
-        self.encoder = resources.encoder(config.model)
         self.index = None
 
     def score_batch(self, rows: list[dict]) -> list[np.ndarray]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlmkit.curation.rules import image_of
+from vlmkit.curation.rules import RuleBase, chunks, image_of
 from vlmkit.errors import CheckpointError
 
 
@@ -69,3 +69,18 @@ class TwoTowerEncoder:
         if not rows:
             return np.zeros((0, 0), np.float32)
         return np.stack([r[key] for r in rows]).astype(np.float32)
+
+
+class ModelRule(RuleBase):
+    """A rule scored with the image-text checkpoint folder `config.model` (loaded once per run)."""
+
+    needs_image = True
+
+    def __init__(self, config, resources) -> None:
+        super().__init__(config, resources)
+        self.encoder = resources.encoder(config.model)
+
+    def embed_stream(self, rows, what: str) -> np.ndarray:
+        """Embeddings [N, E] of a stream of rows, a batch at a time: only the embeddings are held."""
+        parts = [self.encoder.encode(chunk, what) for chunk in chunks(rows, self.resources.batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from vlmkit.curation.config import CurateConfig
 from vlmkit.curation.io import CurateInput, RowWriter
-from vlmkit.curation.rules import RULES, Resources, RowError, RuleBase, image_of
+from vlmkit.curation.rules import RULES, Resources, RowError, RuleBase, chunks, image_of
 from vlmkit.curation.tally import Tally
 from vlmkit.errors import OutputError
 from vlmkit.outputs import atomic_write_bytes, check_output_dir
@@ -85,16 +85,10 @@ def _fit(rules: list[RuleBase], inp: CurateInput, batch: int) -> dict:
             continue
         rows = (r for r in inp.rows() if "__error__" not in r)
         if rule.needs_image:
-            rows = (r for chunk in _chunks(rows, batch) for r in _readable(chunk, None))
+            rows = (r for chunk in chunks(rows, batch) for r in _readable(chunk, None))
         rule.fit(rows if rule.fit_rows < 0 else islice(rows, rule.fit_rows))
         fitted[rule.name] = rule.fitted_state()
     return fitted
-
-
-def _chunks(rows, n: int):
-    it = iter(rows)
-    while chunk := list(islice(it, n)):
-        yield chunk
 
 
 class _NoBar:
@@ -175,7 +169,7 @@ class CurateRun:
         bar = _progress_bar(self.inp, position, self.progress)
         last = position
         with bar:
-            for batch in _chunks(self.inp.rows(position), run.batch_size):
+            for batch in chunks(self.inp.rows(position), run.batch_size):
                 for row in process_batch(batch, self.rules, self.tally):
                     self.writer.write(row)
                     self.tally.rows_out += 1

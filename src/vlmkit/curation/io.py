@@ -65,7 +65,7 @@ class CurateInput:
             n = 0
             for shard in self.files:
                 with tarfile.open(shard, "r:") as tar:
-                    n += len({m.name.partition(".")[0] for m in tar.getmembers() if m.isfile()})
+                    n += len({_key(m.name) for m in tar.getmembers() if m.isfile()})
             return n
         except (tarfile.TarError, OSError):
             return None
@@ -139,6 +139,12 @@ class CurateInput:
         if "__error__" in fields:
             return row | fields
         return row | fields | {"members": members, "image_bytes": raw[images[0]]}
+
+
+def _key(member: str) -> str:
+    """A member's sample key: its path up to the first "." of the file name (webdataset's rule)."""
+    parent, _, name = member.rpartition("/")
+    return f"{parent}/{name.partition('.')[0]}" if parent else name.partition(".")[0]
 
 
 def _tar_member(name: str, data: bytes) -> bytes:

@@ -21,8 +21,9 @@ threshold, concept frequencies) have `fit_rows` > 0 (-1: every row) and a `fit(r
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -175,6 +176,13 @@ def image_of(row: dict) -> Image.Image:
     if isinstance(row["_image"], RowError):
         raise row["_image"]
     return row["_image"]
+
+
+def chunks(rows: Iterable[dict], n: int) -> Iterator[list[dict]]:
+    """Consecutive lists of `n` rows (the last may be shorter) from a stream."""
+    it = iter(rows)
+    while chunk := list(islice(it, n)):
+        yield chunk
 
 
 def check_range(name: str, value: float, low: float, high: float = float("inf")) -> None:

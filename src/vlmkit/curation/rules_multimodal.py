@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vlmkit.curation.rules import RuleBase, check_range, image_of, register
+from vlmkit.curation.encoder import ModelRule
+from vlmkit.curation.rules import RuleBase, check_range, chunks, image_of, register
 from vlmkit.errors import ConfigError
 
 _NOT_ALNUM = re.compile(r"[^0-9a-z]+")
@@ -102,12 +103,9 @@ class ScoreConfig:
 
 
 @register("clip_score", ScoreConfig, "image-caption cosine of a two-tower checkpoint >= threshold / top fraction")
-class ClipScore(RuleBase):
-    needs_image = True
-
+class ClipScore(ModelRule):
     def __init__(self, config, resources) -> None:
         super().__init__(config, resources)
-        self.encoder = resources.encoder(config.model)
         self.threshold = config.threshold
         self.fit_rows = config.fit_rows if config.top_fraction is not None else 0
 
@@ -119,7 +117,8 @@ class ClipScore(RuleBase):
 
     def fit(self, rows: Iterable[dict]) -> None:
         """Threshold = the k-th best score of the fit rows, k = round(top_fraction * n)."""
-        scores = np.sort(np.array(self.score_batch(list(rows)), np.float64))[::-1]
+        scores = [s for chunk in chunks(rows, self.resources.batch_size) for s in self.score_batch(chunk)]
+        scores = np.sort(np.array(scores, np.float64))[::-1]
         k = int(round(self.config.top_fraction * len(scores)))
         self.threshold = float(scores[k - 1]) if k else float("inf")
 
