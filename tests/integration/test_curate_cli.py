@@ -212,3 +212,12 @@ def test_progress_bar_on_a_tty_only(data, tmp_path, capsys):
     assert "rows/s" not in _stderr_on_a_tty([str(data / "manifest.jsonl"), str(tmp_path / "b"), "--quiet"])
     assert run_cli(str(data / "manifest.jsonl"), str(tmp_path / "c"), "--only", "text_length") == 0
     assert "rows/s" not in capsys.readouterr().err  # not a terminal: no bar
+
+
+def test_a_folder_holding_other_files_is_refused(data, tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    assert run_cli(str(data / "manifest.jsonl"), str(out), "--only", "text_length") == 2
+    _one_error_line(capsys, "is not empty and holds no curate run")
+    assert files(out) == {"mine.txt": b"keep me"}
