@@ -74,7 +74,10 @@ def test_planted_rows_are_removed_and_reported(data, tmp_path, capsys):
     for rule in RULES:
         assert f"id='{rule}'" in html and rule in report["rules"]
     assert (out / "report" / "image_uniform.png").is_file() and "data:image/png;base64," in html
-    assert html.count("class='ex'") == 7  # the one removed row of each rule that removed one
+    assert html.count("class='ex removed'") == 7  # the one removed row of each rule that removed one
+    for section in html.split("<h2 id=")[1:]:  # 16 examples per rule: removed ones first, then kept
+        rule = section.split("'")[1]
+        assert section.count("class='ex ") == min(16, report["rules"][rule]["seen"]), rule
 
 
 def test_two_runs_are_byte_identical(data, tmp_path):
@@ -221,3 +224,12 @@ def test_a_folder_holding_other_files_is_refused(data, tmp_path, capsys):
     assert run_cli(str(data / "manifest.jsonl"), str(out), "--only", "text_length") == 2
     _one_error_line(capsys, "is not empty and holds no curate run")
     assert files(out) == {"mine.txt": b"keep me"}
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_afresh(data, tmp_path):
+    cfg = parse_config({"rules": {"text_length": {}}})
+    (tmp_path / "o" / ".curate" / "scores").mkdir(parents=True)  # what a kill while fitting leaves
+    (tmp_path / "o" / ".curate" / "scores" / "text_length.f32").write_bytes(b"\0" * 12)
+    curate(data / "manifest.jsonl", tmp_path / "o", cfg)
+    curate(data / "manifest.jsonl", tmp_path / "fresh", cfg)
+    assert files(tmp_path / "o") == files(tmp_path / "fresh")

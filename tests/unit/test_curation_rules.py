@@ -190,6 +190,10 @@ def test_config_errors_are_one_line():
         parse_config({"rules": {"text_length": {"min_word": 3}}})
     with pytest.raises(ConfigError, match=r"unknown table \[rule\]"):
         parse_config({"rule": {}})
+    with pytest.raises(ConfigError, match=r"\[rules.text_length\] min_words = 'two' is not of type int"):
+        parse_config({"rules": {"text_length": {"min_words": "two"}}})
+    with pytest.raises(ConfigError, match=r"unknown key 'batch' in \[run\]"):
+        parse_config({"run": {"batch": 3}})
     with pytest.raises(ConfigError, match="clip_score needs exactly one"):
         parse_config({"rules": {"clip_score": {"model": "x"}}})
     cfg = parse_config({"rules": {"text_length": {"min_words": 2}, "image_size": {}}}, only="image_size")

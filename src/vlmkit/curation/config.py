@@ -14,7 +14,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vlmkit.curation.rules import build_config, check_range
+from vlmkit.curation.rules import build_config, check_range, make_config
 from vlmkit.errors import ConfigError
 
 DEFAULT_RULES = ("text_length", "text_repetition", "text_patterns", "image_decode", "image_size",
@@ -56,11 +56,7 @@ def parse_config(data: dict, only: str | None = None) -> CurateConfig:
     unknown = set(data) - {"run", "rules"}
     if unknown:
         raise ConfigError(f"unknown table [{sorted(unknown)[0]}] in the curate config; known: [run], [rules.NAME]")
-    run_table = data.get("run", {})
-    known = {f.name for f in dataclasses.fields(RunConfig)}
-    for key in run_table:
-        if key not in known:
-            raise ConfigError(f"unknown key {key!r} in [run]; known: {', '.join(sorted(known))}")
+    run = make_config(RunConfig, data.get("run", {}), "run")
     tables = data.get("rules", {name: {} for name in DEFAULT_RULES})
     if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
         raise ConfigError("[rules] must hold one table per rule, e.g. [rules.text_length]")
@@ -69,10 +65,6 @@ def parse_config(data: dict, only: str | None = None) -> CurateConfig:
     rules = tuple((name, build_config(name, table)) for name, table in tables.items())
     if not rules:
         raise ConfigError("the curate config lists no rules")
-    try:
-        run = RunConfig(**run_table)
-    except TypeError as e:  # a value of the wrong type (e.g. a string for a number)
-        raise ConfigError(f"[run]: {e}") from None
     return CurateConfig(run=run, rules=rules)
 
 

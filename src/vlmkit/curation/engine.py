@@ -124,6 +124,8 @@ def _open_run(out: Path, fingerprint: dict) -> dict | None:
             raise OutputError(f"output folder {out} holds a curate run of another input or config; "
                               "choose another folder (or remove it)")
         return state
+    if (out / ".curate").is_dir() and [p.name for p in out.iterdir()] == [".curate"]:
+        shutil.rmtree(out / ".curate")  # a run killed before its first checkpoint (while fitting)
     if out.is_dir() and any(out.iterdir()):
         raise OutputError(f"output folder {out} is not empty and holds no curate run; choose a new or empty folder")
     return None

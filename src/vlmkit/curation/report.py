@@ -69,7 +69,17 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
-def _rule_section(name: str, info: dict, examples: list[dict], png: bytes | None) -> str:
+def _cells(examples: list[dict], label: str) -> list[str]:
+    e = html.escape
+    cells = []
+    for ex in examples:
+        img = f"<img src='data:image/png;base64,{ex['thumb']}'>" if ex["thumb"] else "<i>no image</i>"
+        cells.append(f"<div class='ex {label}'>{img}<br><b>{label}</b> <code>{e(ex['key'])}</code><br>"
+                     f"score: {e(str(ex['score']))}<br>{e(ex['text'])}</div>")
+    return cells
+
+
+def _rule_section(name: str, info: dict, examples: dict, png: bytes | None, n: int) -> str:
     e = html.escape
     parts = [f"<h2 id='{e(name)}'>{e(name)}</h2><p>{e(info['doc'])}: seen {info['seen']}, kept {info['kept']}, "
              f"removed {info['removed']}.</p>"]
@@ -78,15 +88,13 @@ def _rule_section(name: str, info: dict, examples: list[dict], png: bytes | None
     if info["categories"]:
         rows = "".join(f"<tr><td>{e(k)}</td><td>{v}</td></tr>" for k, v in info["categories"].items())
         parts.append(f"<table><tr><th>value</th><th>rows</th></tr>{rows}</table>")
-    if examples:
-        cells = []
-        for ex in examples:
-            img = f"<img src='data:image/png;base64,{ex['thumb']}'>" if ex["thumb"] else "<i>no image</i>"
-            cells.append(f"<div class='ex'>{img}<br><code>{e(ex['key'])}</code><br>score: {e(str(ex['score']))}"
-                         f"<br>{e(ex['text'])}</div>")
-        parts.append(f"<h3>First removed rows</h3><div class='grid'>{''.join(cells)}</div>")
-    else:
+    removed = examples["removed"][:n]
+    cells = _cells(removed, "removed") + _cells(examples["kept"][: n - len(removed)], "kept")
+    if not removed:
         parts.append("<p>No row was removed by this rule.</p>")
+    if cells:
+        parts.append(f"<h3>Examples: the first removed rows, then the first kept ones</h3>"
+                     f"<div class='grid'>{''.join(cells)}</div>")
     return "\n".join(parts)
 
 
@@ -95,13 +103,14 @@ _STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-
           ".ex{width:170px;font-size:12px;border:1px solid #ddd;padding:4px;overflow-wrap:anywhere}")
 
 
-def render_html(report: dict, examples: dict[str, list[dict]], pngs: dict[str, bytes]) -> str:
+def render_html(report: dict, examples: dict[str, dict], pngs: dict[str, bytes], n: int) -> str:
+    """The page; `examples[rule]` = {"removed": [...], "kept": [...]}, `n` examples shown per rule."""
     e = html.escape
     head = "".join(f"<tr><td><a href='#{e(n)}'>{e(n)}</a></td><td>{r['seen']}</td><td>{r['kept']}</td>"
                    f"<td>{r['removed']}</td></tr>" for n, r in report["rules"].items())  # fmt: skip
     bad = "".join(f"<tr><td>{e(k)}</td><td>{v}</td></tr>" for k, v in report["unreadable"].items()) or \
         "<tr><td colspan=2>none</td></tr>"
-    sections = "\n".join(_rule_section(n, r, examples[n], pngs.get(n)) for n, r in report["rules"].items())
+    sections = "\n".join(_rule_section(k, r, examples[k], pngs.get(k), n) for k, r in report["rules"].items())
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>vlmkit curate report</title>"
             f"<style>{_STYLE}</style></head><body><h1>vlmkit curate report</h1>"
             f"<p>{report['rows_in']} rows in, {report['rows_out']} kept.</p>"
@@ -119,6 +128,7 @@ def write_reports(out: Path, config: CurateConfig, rules: list[RuleBase], tally:
             pngs[rule.name] = histogram_png(scores, f"{rule.name}: score of {len(scores)} rows")
             atomic_write_bytes(out / "report" / f"{rule.name}.png", pngs[rule.name])
     atomic_write_bytes(out / "report.json", (json.dumps(report, indent=1) + "\n").encode())
-    examples = {r.name: tally.rules[r.name]["examples"] for r in rules}
-    atomic_write_bytes(out / "report.html", render_html(report, examples, pngs).encode())
+    examples = {r.name: {"removed": tally.rules[r.name]["examples"], "kept": tally.rules[r.name]["kept_examples"]}
+                for r in rules}  # fmt: skip
+    atomic_write_bytes(out / "report.html", render_html(report, examples, pngs, config.run.examples).encode())
     return report

@@ -20,7 +20,8 @@ threshold, concept frequencies) have `fit_rows` > 0 (-1: every row) and a `fit(r
 
 from __future__ import annotations
 
-import dataclasses
+import types
+import typing
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -124,15 +125,37 @@ def build_config(name: str, table: dict):
 
     if name not in RULES:
         raise ConfigError(f"unknown curation rule [rules.{name}]; known: {', '.join(sorted(RULES))}")
-    cls = RULES[name].config
-    fields = {f.name for f in dataclasses.fields(cls)}
-    for key in table:
-        if key not in fields:
-            raise ConfigError(f"unknown key {key!r} in [rules.{name}]; known: {', '.join(sorted(fields))}")
-    try:
-        return cls(**table)
-    except TypeError as e:
-        raise ConfigError(f"[rules.{name}]: {e}") from None
+    return make_config(RULES[name].config, table, f"rules.{name}")
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether a TOML value fits a config field's annotation (int, float, str, bool, X | None,
+    list[X], dict[str, X])."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in args)
+    if origin is list:
+        return isinstance(value, list) and all(_type_ok(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) and _type_ok(v, args[1]) for k, v in value.items())
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def make_config(cls: type, table: dict, where: str):
+    """`cls(**table)` for a TOML table; an unknown key or a value of the wrong type: one line."""
+    hints = typing.get_type_hints(cls)
+    for key, value in table.items():
+        if key not in hints:
+            raise ConfigError(f"unknown key {key!r} in [{where}]; known: {', '.join(sorted(hints))}")
+        if not _type_ok(value, hints[key]):
+            raise ConfigError(f"[{where}] {key} = {value!r} is not of type {getattr(hints[key], '__name__', hints[key])}")
+    return cls(**table)
 
 
 class Resources:

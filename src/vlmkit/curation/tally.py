@@ -1,6 +1,6 @@
 """What a curate run counts: rows per rule (seen, kept, removed), unreadable rows by reason, the
 report's score values (numeric ones appended to a float32 file per rule, categorical ones
-counted) and the first removed rows of each rule as examples with thumbnails.
+counted) and, as examples with thumbnails, the first removed and the first kept rows of each rule.
 
 Everything is saved in the run's state at each checkpoint and restored on resume (score files are
 cut back to the recorded length), so the report of a resumed run equals an uninterrupted one's.
@@ -25,7 +25,7 @@ class Tally:
         self.rows_in = self.rows_out = 0
         self.unreadable: Counter = Counter()
         self.rules = {n: {"seen": 0, "kept": 0, "removed": 0, "categories": Counter(), "n_scores": 0,
-                          "examples": []} for n in rule_names}  # fmt: skip
+                          "examples": [], "kept_examples": []} for n in rule_names}  # fmt: skip
         score_dir.mkdir(parents=True, exist_ok=True)
         self.files = {n: open(score_dir / f"{n}.f32", "ab") for n in rule_names}
 
@@ -38,8 +38,9 @@ class Tally:
         elif summary is not None:
             self.files[name].write(np.float32(summary).tobytes())
             t["n_scores"] += 1
-        if not kept and len(t["examples"]) < self.examples:
-            t["examples"].append(self._example(row, summary))
+        examples = t["kept_examples" if kept else "examples"]
+        if len(examples) < self.examples:
+            examples.append(self._example(row, summary))
 
     def _example(self, row: dict, summary) -> dict:
         try:
