@@ -9,7 +9,9 @@ Variants, each a fresh output folder (best of `--reps` runs is reported, every r
   aspect / uniform, exact dedup): no model;
 - + clip_score: the same plus the SigLIP score filter with a random-weight `debug` two-tower
   (`vlmkit create --family siglip --preset debug`), batched by `--batch-size`;
-- + phash + embed_dedup: the same plus perceptual and embedding dedup (FAISS) with that model.
+- + phash + embed_dedup: the same plus perceptual and embedding dedup (FAISS) with that model;
+- with `--ocr N`: heuristic rules + ocr_caption (RapidOCR) on the first N rows only (OCR is two
+  orders of magnitude slower than the rest, so it gets its own, smaller input).
 
 No reference library does this job, so there are no ratios: rows/s of one process, higher is
 faster. Model loading and the first pass that fits nothing are inside the timing (a real run pays
@@ -61,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--ocr", type=int, default=0, help="also time ocr_caption on the first N rows")
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
     if a.threads:
@@ -74,19 +77,27 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(tmp)
         manifest = write_dataset(work / "data", a.scenes, SynthConfig(image_size=a.image_size))
         model = str(create_checkpoint(work / "siglip", "debug", family="siglip"))
-        for name, rules in _variants(model).items():
-            runs = [_time_one(manifest, rules, a.batch_size, work) for _ in range(a.reps)]
+        inputs = {name: (manifest, rules) for name, rules in _variants(model).items()}
+        if a.ocr:
+            small = work / "ocr" / "manifest.jsonl"
+            small.parent.mkdir()
+            lines = manifest.read_text().splitlines()[: a.ocr]
+            small.write_text("".join(line.replace('"images/', f'"{manifest.parent}/images/') + "\n" for line in lines))
+            base = _variants(model)["heuristic rules"]
+            inputs[f"heuristic + ocr_caption ({a.ocr} rows)"] = (small, base | {"ocr_caption": {}})
+        for name, (src, rules) in inputs.items():
+            runs = [_time_one(src, rules, a.batch_size, work) for _ in range(a.reps)]
             best, report = min(runs, key=lambda r: r[0])
             rows.append({"variant": name, "rows/s": report["rows_in"] / best, "rows": report["rows_in"],
                          "kept": report["rows_out"], "seconds": best, "all_seconds": [r[0] for r in runs]})  # fmt: skip
     meta["loadavg_end"] = list(os.getloadavg())
-    print(f"{rows[0]['rows']} rows, {a.image_size} px, batch {a.batch_size}, torch threads "
+    print(f"{a.scenes} scenes, {a.image_size} px, batch {a.batch_size}, torch threads "
           f"{torch.get_num_threads()}, load average at start {meta['loadavg_start'][0]:.2f}; {LEGEND}")
-    print("| variant | rows/s | rows kept | seconds |\n|---|---|---|---|")
+    print("| variant | rows | rows/s | rows kept | seconds |\n|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['variant']} | {r['rows/s']:.1f} | {r['kept']} | {r['seconds']:.2f} |")
+        print(f"| {r['variant']} | {r['rows']} | {r['rows/s']:.1f} | {r['kept']} | {r['seconds']:.2f} |")
     if a.json:
-        args = {"scenes": a.scenes, "image_size": a.image_size, "batch_size": a.batch_size, "reps": a.reps,
+        args = {"scenes": a.scenes, "ocr_rows": a.ocr, "image_size": a.image_size, "batch_size": a.batch_size, "reps": a.reps,
                 "threads": torch.get_num_threads()}  # fmt: skip
         data = {"meta": meta, "kind": "curate", "ratio_legend": LEGEND, "args": args, "rows": rows}
         a.json.parent.mkdir(parents=True, exist_ok=True)

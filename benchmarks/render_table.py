@@ -93,8 +93,9 @@ def curate_table(data: dict) -> list[str]:
     args = data["args"]
     lines = [f"{args['scenes']} synthetic scenes ({args['image_size']} px), batch {args['batch_size']}, "
              f"{args['threads']} torch threads; {data['ratio_legend']}.", "",
-             "| variant | rows/s | rows kept | seconds |", "|---|---|---|---|"]
-    return lines + [f"| {r['variant']} | {_num(r['rows/s'])} | {r['kept']} | {r['seconds']:.2f} |" for r in data["rows"]]
+             "| variant | rows | rows/s | rows kept | seconds |", "|---|---|---|---|---|"]
+    return lines + [f"| {r['variant']} | {r['rows']} | {_num(r['rows/s'])} | {r['kept']} | {r['seconds']:.2f} |"
+                    for r in data["rows"]]
 
 
 def render(path: Path) -> str:
