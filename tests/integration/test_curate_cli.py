@@ -233,3 +233,19 @@ def test_a_run_killed_before_its_first_checkpoint_starts_afresh(data, tmp_path):
     curate(data / "manifest.jsonl", tmp_path / "o", cfg)
     curate(data / "manifest.jsonl", tmp_path / "fresh", cfg)
     assert files(tmp_path / "o") == files(tmp_path / "fresh")
+
+
+def test_bench_curate_writes_a_renderable_results_file(tmp_path):
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(root / "src"))
+    out = tmp_path / "curate.json"
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "bench_curate.py"), "--scenes", "6", "--reps", "1",
+                           "--threads", "1", "--json", str(out)], env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["meta"]["loadavg_start"] and data["meta"]["loadavg_end"]
+    assert [r["variant"] for r in data["rows"]] == ["heuristic rules", "+ clip_score", "+ phash + embed_dedup"]
+    assert all(r["rows"] == 24 and r["rows/s"] > 0 for r in data["rows"])
+    table = subprocess.run([sys.executable, str(root / "benchmarks" / "render_table.py"), str(out)],
+                           capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+    assert table.returncode == 0 and "| + clip_score | 24 |" in table.stdout
