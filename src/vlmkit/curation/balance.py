@@ -133,6 +133,7 @@ def uniform(seed: int, index: int) -> float:
 
 @register("concept_balance", ConceptConfig, "MetaCLIP balancing: about `cap` rows per caption concept")
 class ConceptBalance(RuleBase):
+    measures = "keep probability"
     fit_rows = -1  # concept frequencies over the whole input
 
     def __init__(self, config, resources) -> None:

@@ -125,7 +125,7 @@ def write_reports(out: Path, config: CurateConfig, rules: list[RuleBase], tally:
     for rule in rules:
         scores = tally.scores(rule.name)
         if len(scores):
-            pngs[rule.name] = histogram_png(scores, f"{rule.name}: score of {len(scores)} rows")
+            pngs[rule.name] = histogram_png(scores, f"{rule.name}: {rule.measures}, {len(scores)} rows")
             atomic_write_bytes(out / "report" / f"{rule.name}.png", pngs[rule.name])
     atomic_write_bytes(out / "report.json", (json.dumps(report, indent=1) + "\n").encode())
     examples = {r.name: {"removed": tally.rules[r.name]["examples"], "kept": tally.rules[r.name]["kept_examples"]}

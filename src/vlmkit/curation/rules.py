@@ -57,6 +57,7 @@ class RuleBase:
     name: str = ""
     fit_rows: int = 0  # rows `fit` needs before the run (0: none, -1: every row)
     needs_image: bool = False
+    measures: str = "score"  # what `summary` is, for the report's histogram
 
     def __init__(self, config, resources: "Resources") -> None:
         self.config = config

@@ -48,6 +48,7 @@ class MinSideConfig:
 
 @register("image_size", MinSideConfig, "the image's shorter side >= min_side pixels")
 class ImageMinSide(RuleBase):
+    measures = "shorter side (px)"
     needs_image = True
 
     def score(self, row: dict) -> int:
@@ -67,6 +68,7 @@ class AspectConfig:
 
 @register("aspect_ratio", AspectConfig, "longer side / shorter side <= max_ratio")
 class AspectRatio(RuleBase):
+    measures = "longer / shorter side"
     needs_image = True
 
     def score(self, row: dict) -> float:
@@ -89,6 +91,7 @@ class UniformConfig:
 
 @register("image_uniform", UniformConfig, "pixel standard deviation >= min_std (not blank)")
 class ImageUniform(RuleBase):
+    measures = "grey-level std"
     needs_image = True
 
     def score(self, row: dict) -> float:

@@ -71,6 +71,7 @@ def _ocr_engine(det_side: int):
 
 @register("ocr_caption", OcrConfig, "the caption is not printed in the image (RapidOCR)", "rapidocr-onnxruntime")
 class OcrCaption(RuleBase):
+    measures = "share of the caption printed"
     needs_image = True
 
     def __init__(self, config, resources) -> None:
@@ -108,6 +109,8 @@ class ScoreConfig:
 
 @register("clip_score", ScoreConfig, "image-caption cosine of a two-tower checkpoint >= threshold / top fraction")
 class ClipScore(ModelRule):
+    measures = "image-caption cosine"
+
     def __init__(self, config, resources) -> None:
         super().__init__(config, resources)
         self.threshold = config.threshold

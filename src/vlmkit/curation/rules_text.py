@@ -31,6 +31,8 @@ class TextLengthConfig:
 class TextLength(RuleBase):
     """Score: word count; removed when words or characters fall outside their ranges."""
 
+    measures = "words"
+
     def score(self, row: dict) -> tuple[int, int]:
         return len(words(row["text"])), len(row["text"].strip())
 
@@ -63,6 +65,8 @@ def repetition_ratio(text: str, n: int = 1) -> float:
 
 @register("text_repetition", RepetitionConfig, "share of repeated word n-grams <= max_ratio")
 class TextRepetition(RuleBase):
+    measures = "share of repeated n-grams"
+
     def score(self, row: dict) -> float:
         return repetition_ratio(row["text"], self.config.ngram)
 
