@@ -95,6 +95,17 @@ class RuleBase:
         pass
 
 
+class Bounded(RuleBase):
+    """A rule keeping a row when its number is at least (`at_least`) or at most one config field."""
+
+    bound: str = ""  # the config field holding the limit
+    at_least: bool = True
+
+    def keep(self, value: float) -> bool:
+        limit = getattr(self.config, self.bound)
+        return value >= limit if self.at_least else value <= limit
+
+
 @dataclass(frozen=True)
 class RuleSpec:
     """A registered rule: its config dataclass and the class built from it; `doc` is one line."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vlmkit.curation.rules import RowError, RuleBase, check_range, image_of, register
+from vlmkit.curation.rules import Bounded, RowError, RuleBase, check_range, image_of, register
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -47,15 +47,11 @@ class MinSideConfig:
 
 
 @register("image_size", MinSideConfig, "the image's shorter side >= min_side pixels")
-class ImageMinSide(RuleBase):
-    measures = "shorter side (px)"
-    needs_image = True
+class ImageMinSide(Bounded):
+    measures, bound, needs_image = "shorter side (px)", "min_side", True
 
     def score(self, row: dict) -> int:
         return min(image_of(row).size)
-
-    def keep(self, value: int) -> bool:
-        return value >= self.config.min_side
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -67,16 +63,12 @@ class AspectConfig:
 
 
 @register("aspect_ratio", AspectConfig, "longer side / shorter side <= max_ratio")
-class AspectRatio(RuleBase):
-    measures = "longer / shorter side"
-    needs_image = True
+class AspectRatio(Bounded):
+    measures, bound, at_least, needs_image = "longer / shorter side", "max_ratio", False, True
 
     def score(self, row: dict) -> float:
         w, h = image_of(row).size
         return max(w, h) / min(w, h)
-
-    def keep(self, value: float) -> bool:
-        return value <= self.config.max_ratio
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -90,14 +82,10 @@ class UniformConfig:
 
 
 @register("image_uniform", UniformConfig, "pixel standard deviation >= min_std (not blank)")
-class ImageUniform(RuleBase):
-    measures = "grey-level std"
-    needs_image = True
+class ImageUniform(Bounded):
+    measures, bound, needs_image = "grey-level std", "min_std", True
 
     def score(self, row: dict) -> float:
         image = image_of(row).convert("L")
         image.thumbnail((self.config.size, self.config.size))  # deterministic (PIL's reducing filter)
         return float(np.asarray(image, dtype=np.float64).std())
-
-    def keep(self, value: float) -> bool:
-        return value >= self.config.min_std

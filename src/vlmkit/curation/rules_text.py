@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from vlmkit.curation.rules import RuleBase, check_range, register
+from vlmkit.curation.rules import Bounded, RuleBase, check_range, register
 from vlmkit.errors import ConfigError
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -64,14 +64,11 @@ def repetition_ratio(text: str, n: int = 1) -> float:
 
 
 @register("text_repetition", RepetitionConfig, "share of repeated word n-grams <= max_ratio")
-class TextRepetition(RuleBase):
-    measures = "share of repeated n-grams"
+class TextRepetition(Bounded):
+    measures, bound, at_least = "share of repeated n-grams", "max_ratio", False
 
     def score(self, row: dict) -> float:
         return repetition_ratio(row["text"], self.config.ngram)
-
-    def keep(self, value: float) -> bool:
-        return value <= self.config.max_ratio
 
 
 @dataclass(kw_only=True, frozen=True)
