@@ -205,3 +205,14 @@ def test_missing_score_model_is_one_line(tmp_path):
 
     with pytest.raises(CheckpointError, match="does not exist"):
         build_rules(parse_config({"rules": {"clip_score": {"model": str(tmp_path / "none"), "threshold": 0.1}}}))
+    with pytest.raises(CheckpointError, match="has no config.json"):  # a folder that is no checkpoint
+        build_rules(parse_config({"rules": {"embed_dedup": {"model": str(tmp_path)}}}))
+
+
+def test_clip_score_with_a_coca_checkpoint(tmp_path):
+    from vlmkit.weights.create import create_checkpoint
+
+    coca = str(create_checkpoint(tmp_path / "coca", "debug", family="coca"))
+    rows = [row(f"caption {i}", scene(i), i) for i in range(4)]
+    scores = make("clip_score", model=coca, threshold=0.0).score_batch(rows)
+    assert len(scores) == 4 and all(-1.0 <= s <= 1.0 for s in scores) and len(set(scores)) == 4
