@@ -89,12 +89,24 @@ def preprocess_table(data: dict) -> list[str]:
     return lines
 
 
+def curate_table(data: dict) -> list[str]:
+    args = data["args"]
+    lines = [f"{args['scenes']} synthetic scenes ({args['image_size']} px), batch {args['batch_size']}, "
+             f"{args['threads']} torch threads; {data['ratio_legend']}.", "",
+             "| variant | rows | rows/s | rows kept | seconds |", "|---|---|---|---|---|"]
+    return lines + [f"| {r['variant']} | {r['rows']} | {_num(r['rows/s'])} | {r['kept']} | {r['seconds']:.2f} |"
+                    for r in data["rows"]]
+
+
 def render(path: Path) -> str:
     """Markdown for one committed JSON file (generation or preprocessing results)."""
     data = json.loads(path.read_text())
     if "meta" not in data:
         raise SystemExit(f"{path}: no 'meta' block (written by an older benchmark script?)")
-    body = generate_table(data) if "results" in data else preprocess_table(data)
+    if "results" in data:
+        body = generate_table(data)
+    else:
+        body = curate_table(data) if data.get("kind") == "curate" else preprocess_table(data)
     return "\n".join([f"Measured: {provenance(data['meta'], path)}.", "", *body])
 
 

@@ -299,6 +299,9 @@ def _add_data(sub) -> None:
     s.add_argument("--shards", action="store_true", help="write webdataset-style tar shards")
     s.add_argument("--force", action="store_true", help=T.FORCE_HELP)
     s.set_defaults(func=cmd_data_synth)
+    from vlmkit.curation.cli import add_parser as add_curate
+
+    add_curate(dsub)
 
 
 def cmd_data_synth(args) -> int:
