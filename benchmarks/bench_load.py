@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     rows = _table(best, args.shape)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"meta": run_metadata(), "samples": samples, "best": best, "rows": rows,
+        args.json.write_text(json.dumps({"meta": run_metadata(), "kind": "load", "shape": args.shape, "samples": samples, "best": best, "rows": rows,
                                          "ratio_legend": "peak/final: peak RSS growth over the loaded weight bytes; "
                                          "mem vlmkit/tf < 1 = vlmkit smaller; speed tf/vlmkit > 1 = vlmkit faster"},
                                         indent=2))

@@ -98,6 +98,23 @@ def curate_table(data: dict) -> list[str]:
                     for r in data["rows"]]
 
 
+def load_table(data: dict) -> list[str]:
+    lines = [f"paligemma {data['shape']} loaded into bfloat16; {data['ratio_legend']}.", "",
+             "| from | weights GiB | vlmkit peak / weights | transformers peak / weights | memory vlmkit / tf "
+             "| vlmkit s | transformers s |", "|---|---|---|---|---|---|---|"]
+    for r in data["rows"]:
+        folder = f"{data['shape']}-{r['folder']}"
+        v, t = data["best"][f"vlmkit:{folder}"], data["best"][f"transformers:{folder}"]
+        lines.append(f"| {r['folder']} | {v['final_bytes'] / 2**30:.2f} | {r['vlmkit_peak_over_final']:.2f} | "
+                     f"{r['transformers_peak_over_final']:.2f} | {r['mem_vlmkit_over_tf']:.2f} | "
+                     f"{v['seconds']:.2f} | {t['seconds']:.2f} |")
+    return lines
+
+
+# Result files name their kind; generation results (the first kind) carry "results" instead.
+TABLES = {"curate": curate_table, "load": load_table, "preprocess": preprocess_table}
+
+
 def render(path: Path) -> str:
     """Markdown for one committed JSON file (generation or preprocessing results)."""
     data = json.loads(path.read_text())
@@ -106,7 +123,7 @@ def render(path: Path) -> str:
     if "results" in data:
         body = generate_table(data)
     else:
-        body = curate_table(data) if data.get("kind") == "curate" else preprocess_table(data)
+        body = TABLES[data.get("kind", "preprocess")](data)
     return "\n".join([f"Measured: {provenance(data['meta'], path)}.", "", *body])
 
 
