@@ -84,11 +84,17 @@ class JsonlDataset(torch.utils.data.Dataset):
     `.skipped` (bad_json, missing_field, empty_suffix, too_long, missing_image, unreadable_image),
     `.first_bad` naming the first one. Raises `DataError` if the manifest is missing or no row is
     usable.
+
+    `budget` (token-budget batching, `vlmkit.training.token_budget`): every row is measured with
+    `length_fn` up front; the count is kept in `.lengths` (aligned with `.rows`) and handed out as
+    the sample's ``num_tokens``, and a row longer than the budget is a bad row (over_budget): no
+    batch could hold it.
     """
 
     def __init__(
         self, manifest: str | Path, image_root: str | Path | None = None, validate: bool = True,
         *, max_len: int | None = None, length_fn: Callable[[dict], int] | None = None, bad_rows: str = "skip",
+        budget: int | None = None,
     ) -> None:  # fmt: skip
         self.manifest = Path(manifest)
         if not self.manifest.is_file():
@@ -98,6 +104,8 @@ class JsonlDataset(torch.utils.data.Dataset):
         self.image_root = Path(image_root) if image_root is not None else self.manifest.parent
         self.length_fn = length_fn or _char_length
         self.rows: list[dict] = []
+        self.budget = budget
+        self.lengths: list[int] | None = [] if budget is not None else None  # tokens per row (with a budget)
         self.skipped: Counter = Counter()
         self.first_bad: str | None = None  # "manifest:line what is wrong" of the first skipped row
         self._read(validate, max_len, strict=bad_rows == "error")
@@ -124,6 +132,7 @@ class JsonlDataset(torch.utils.data.Dataset):
                         if p not in image_ok:
                             image_ok[p] = self._check_image(p)
                         problem = problem or image_ok[p]
+                problem = problem or self._budget_problem(row)
                 if problem is None:
                     self.rows.append(row)
                     continue
@@ -143,6 +152,20 @@ class JsonlDataset(torch.utils.data.Dataset):
     def _row_problem(self, row: object, max_len: int | None) -> tuple[str, str] | None:
         """(skip reason, what is wrong) of a parsed row, or None; a reader of other rows overrides it."""
         return _row_problem(row, max_len, self.length_fn)
+
+    def _budget_problem(self, row: dict) -> tuple[str, str] | None:
+        """Measure a good row against `budget` (recording its length), or None without a budget."""
+        if self.budget is None:
+            return None
+        n = self.length_fn(row)
+        if n > self.budget:
+            return "over_budget", f"has {n} tokens, more than data.max_tokens_per_batch={self.budget}"
+        self.lengths.append(n)
+        return None
+
+    def _with_length(self, index: int, sample: dict) -> dict:
+        """`sample` with its measured ``num_tokens`` when the rows were measured (a budget)."""
+        return sample if self.lengths is None else {**sample, "num_tokens": self.lengths[index]}
 
     def _paths(self, row: dict) -> list[Path]:
         images = row["image"] if isinstance(row["image"], list) else [row["image"]]
@@ -166,7 +189,7 @@ class JsonlDataset(torch.utils.data.Dataset):
         row = dict(self.rows[index])
         images = [load_image(p) for p in self._paths(row)]
         row["image"] = images if isinstance(row["image"], list) else images[0]
-        return row
+        return self._with_length(index, row)
 
 
 @dataclass(kw_only=True, frozen=True)

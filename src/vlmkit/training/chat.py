@@ -214,22 +214,28 @@ class ChatCollator:
 
 class ChatJsonlDataset(JsonlDataset):
     """`JsonlDataset` of chat rows and prefix/suffix rows (see the module doc): the same
-    validation, skipping and error lines; samples are {"messages", "images": [RGB PIL]}.
-    `collator` (when given) measures rows exactly for `max_len`."""
+    validation, skipping and error lines; samples are {"messages", "images": [RGB PIL]} (and
+    "num_tokens" with a `budget`). `collator` (when given) measures rows exactly for `max_len` and
+    `budget`."""
 
     def __init__(self, manifest: str | Path, image_root: str | Path | None = None, validate: bool = True, *,
-                 max_len: int | None = None, collator: ChatCollator | None = None, bad_rows: str = "skip"):
-        self._collator = collator
-        super().__init__(manifest, image_root, validate, max_len=max_len, length_fn=self._tokens, bad_rows=bad_rows)
+                 max_len: int | None = None, collator: ChatCollator | None = None, bad_rows: str = "skip",
+                 budget: int | None = None):
+        self._collator, self._last = collator, (None, 0)
+        super().__init__(manifest, image_root, validate, max_len=max_len, length_fn=self._tokens, bad_rows=bad_rows,
+                         budget=budget)
 
     def _tokens(self, row: dict) -> int:
         if self._collator is None:
             raise DataError("data.max_length needs the processor to count a chat row's tokens")
+        if self._last[0] is row:  # measured for max_len, asked again for the budget: encode once
+            return self._last[1]
         try:
             sample = self._sample(row)
         except (ImageError, OSError):
             return 0  # the image check that follows reports the row
-        return self._collator.length(sample)
+        self._last = (row, self._collator.length(sample))  # holding `row` keeps its identity unique
+        return self._last[1]
 
     def _row_problem(self, row: object, max_len: int | None) -> tuple[str, str] | None:
         if not isinstance(row, dict) or "messages" not in row:
@@ -249,4 +255,4 @@ class ChatJsonlDataset(JsonlDataset):
         return {"messages": messages, "images": [load_image(p) for p in self._paths(row)]}
 
     def __getitem__(self, index: int) -> dict:
-        return self._sample(self.rows[index])
+        return self._with_length(index, self._sample(self.rows[index]))
