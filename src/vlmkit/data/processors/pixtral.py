@@ -29,6 +29,7 @@ import torch
 from vlmkit.data.processor_files import ProcessorFiles
 from vlmkit.data.processors import pixels
 from vlmkit.data.processors.common import TypeCProcessor, read_processor_files, size_field
+from vlmkit.data.processors.native import check_not_below_patch, note_resized
 from vlmkit.errors import ConfigError, DataError
 
 # transformers' PixtralImageProcessor class defaults (written by save_pretrained, but older folders
@@ -96,11 +97,18 @@ class PixtralProcessor(TypeCProcessor):
     extra_tokens = ("image_break_token", "image_end_token")
 
     def image(self, src) -> np.ndarray:
-        """One image source -> the resized uint8 [h, w, 3] (h, w multiples of the patch)."""
+        """One image source -> the resized uint8 [h, w, 3] (h, w multiples of the patch).
+
+        Raises:
+            DataError: a side is shorter than one patch (see `processors.native`).
+        """
         cfg, image = self.config, pixels.load_rgb(src)
         height, width = image.shape[:2]
+        check_not_below_patch(src, height, width, cfg.patch)
         if cfg.do_resize:
             height, width = resized_size(height, width, cfg.longest_edge, cfg.patch)
+            if max(image.shape[:2]) > cfg.longest_edge:
+                note_resized(src, image.shape[:2], (height, width), f"the {cfg.longest_edge}-px longest edge")
         return pixels.resize(image, height, width, cfg.resample)
 
     def encode_images(self, groups):

@@ -101,11 +101,16 @@ class Qwen2VLProcessor(TypeCProcessor):
 
     def image(self, src) -> torch.Tensor:
         """One image source -> normalised float32 [3, h', w'] (h', w' multiples of patch * merge)."""
+        from vlmkit.data.processors.native import check_not_below_patch, note_resized
+
         cfg, image = self.config, pixels.load_rgb(src)
         height, width = image.shape[:2]
+        check_not_below_patch(src, height, width, cfg.patch_size)  # one line naming it, not a blown-up pixel
         factor = cfg.patch_size * cfg.merge_size
         if cfg.do_resize:
             height, width = smart_resize(height, width, factor, cfg.min_pixels, cfg.max_pixels)
+            if image.shape[0] * image.shape[1] > cfg.max_pixels:
+                note_resized(src, image.shape[:2], (height, width), f"max_pixels {cfg.max_pixels}")
         elif height % factor or width % factor:
             raise DataError(f"an image of {height} x {width} pixels is not a multiple of {factor} and do_resize is off")
         return pixels.to_pixel_values(pixels.resize(image, height, width, cfg.resample), cfg.norm)
