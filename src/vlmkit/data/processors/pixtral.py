@@ -104,11 +104,11 @@ class PixtralProcessor(TypeCProcessor):
         """
         cfg, image = self.config, pixels.load_rgb(src)
         height, width = image.shape[:2]
-        check_not_below_patch(src, height, width, cfg.patch)
         if cfg.do_resize:
             height, width = resized_size(height, width, cfg.longest_edge, cfg.patch)
-            if max(image.shape[:2]) > cfg.longest_edge:
-                note_resized(src, image.shape[:2], (height, width), f"the {cfg.longest_edge}-px longest edge")
+        check_not_below_patch(src, *image.shape[:2], cfg.patch)  # transformers would blow it up to a patch
+        if cfg.do_resize and max(image.shape[:2]) > cfg.longest_edge:
+            note_resized(src, image.shape[:2], (height, width), f"the {cfg.longest_edge}-px longest edge")
         return pixels.resize(image, height, width, cfg.resample)
 
     def encode_images(self, groups):

@@ -105,7 +105,6 @@ class Qwen2VLProcessor(TypeCProcessor):
 
         cfg, image = self.config, pixels.load_rgb(src)
         height, width = image.shape[:2]
-        check_not_below_patch(src, height, width, cfg.patch_size)  # one line naming it, not a blown-up pixel
         factor = cfg.patch_size * cfg.merge_size
         if cfg.do_resize:
             height, width = smart_resize(height, width, factor, cfg.min_pixels, cfg.max_pixels)
@@ -113,6 +112,7 @@ class Qwen2VLProcessor(TypeCProcessor):
                 note_resized(src, image.shape[:2], (height, width), f"max_pixels {cfg.max_pixels}")
         elif height % factor or width % factor:
             raise DataError(f"an image of {height} x {width} pixels is not a multiple of {factor} and do_resize is off")
+        check_not_below_patch(src, *image.shape[:2], cfg.patch_size)  # one line, not a pixel blown up to a patch
         return pixels.to_pixel_values(pixels.resize(image, height, width, cfg.resample), cfg.norm)
 
     def encode_images(self, groups):
