@@ -24,7 +24,6 @@ debug widths and 1/8-size images, for the smoke test (no timing meaning).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -33,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import format_table, ratio, run_metadata  # noqa: E402
+from _common import ratio, report, run_metadata  # noqa: E402
 
 from vlmkit.models.common.mapping import rename  # noqa: E402
 from vlmkit.models.common.rope2d import (axial_rope_cos_sin, grid_positions, merge_order_positions,  # noqa: E402
@@ -216,14 +215,8 @@ def main(argv=None) -> None:
     scale = "1/8-size" if args.tiny else "full-size"
     print(f"{len(SIZES)} {scale} images {SIZES[0][0]}x{SIZES[0][1]} .. {SIZES[7][0]}x{SIZES[7][1]}, {args.dtype}, "
           f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}")
-    print(RATIO_LEGEND)
-    print(format_table(rows, list(rows[0])))
-    if args.json:
-        meta["loadavg_end"] = list(os.getloadavg())
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"meta": meta, "ratio_legend": RATIO_LEGEND, "sizes": SIZES,
-                                         "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
-                                         "samples_s": samples}, indent=1))
+    report(rows, RATIO_LEGEND, args.json, meta, sizes=SIZES, args={k: str(v) for k, v in vars(args).items()},
+           samples_s=samples)
 
 
 if __name__ == "__main__":
