@@ -35,7 +35,8 @@ FAMILIES = {
 }
 # (height, width) of the test images: aspect ratios from 1:2 to 2:1, so every batch mixes sizes.
 SIZES = [(40, 56), (70, 30), (24, 24), (64, 48), (33, 61), (100, 60)]
-# A Mistral-style chat template for the Pixtral folders (`[IMG]` per image item, `[INST]` turns).
+# A Mistral-style chat template for the Pixtral-tower folders (`[IMG]` per image item, `[INST]` turns) that
+# keeps system prompts: Mistral 3's own (bundled) renders one only before the last user turn.
 MISTRAL_TEMPLATE = (
     '{{- bos_token }}{%- for m in messages %}{%- if m["role"] == "user" %}{{- "[INST]" }}{%- endif %}'
     '{%- if m["content"] is string %}{{- m["content"] }}{%- else %}{%- for c in m["content"] %}'
@@ -55,7 +56,7 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("native")
     for name, (args, _) in FAMILIES.items():
         assert main(["create", *args, str(root / name)]) == 0
-        if not (root / name / "chat_template.jinja").is_file():
+        if name != "qwen2_vl":  # chat_template.jinja takes precedence over tokenizer_config.json's
             (root / name / "chat_template.jinja").write_text(MISTRAL_TEMPLATE)
     return {name: root / name for name in FAMILIES}
 
@@ -183,3 +184,20 @@ def test_row_over_the_token_budget(folders, rows, tmp_path, capsys):
     assert train(folders["qwen2_vl"], rows, tmp_path / "skip", "--steps", "2", "--data.max_tokens_per_batch", "70",
                  "--data.bad_rows", "skip") == 0
     assert "over_budget=" in capsys.readouterr().out
+
+
+def test_created_mistral3_folder_chats_like_transformers(tmp_path):
+    """`vlmkit create --family mistral3` writes the chat template of transformers' Mistral 3 converter;
+    vlmkit and transformers' tokenizer render the folder's template alike."""
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path / "m3"
+    assert main(["create", *FAMILIES["mistral3"][0], str(folder)]) == 0
+    theirs = transformers.AutoTokenizer.from_pretrained(str(folder))
+    ours = load_chat_template(folder)
+    image, text = {"type": "image"}, lambda t: {"type": "text", "text": t}
+    for messages in ([{"role": "user", "content": [image, text("what is it")]}],
+                     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [text("a"), image]},
+                      {"role": "assistant", "content": [text("b")]}, {"role": "user", "content": "c"}]):
+        expected = theirs.apply_chat_template(messages, tokenize=False)
+        assert ours.render(messages) == expected and "[IMG]" in expected
+    assert "[INST]Be brief.\n\nc[/INST]" in expected  # the system prompt opens the last user turn

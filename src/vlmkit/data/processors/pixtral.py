@@ -20,13 +20,13 @@ Only the `[IMG]` tokens take image features; the break and end tokens are plain 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from vlmkit.data.processor_files import ProcessorFiles
+from vlmkit.data.processor_files import ProcessorFiles, bundled_chat_template
 from vlmkit.data.processors import pixels
 from vlmkit.data.processors.common import TypeCProcessor, read_processor_files, size_field
 from vlmkit.data.processors.native import check_not_below_patch, note_resized
@@ -154,5 +154,7 @@ def build_mistral3_processor(folder: str | Path, tokenizer, cfg) -> PixtralProce
 
 
 def mistral3_processor_files(cfg) -> ProcessorFiles:
-    """What a Mistral 3 folder made by `vlmkit create` carries (PixtralProcessor with the merge size)."""
-    return processor_files(cfg, merge=cfg.merger.spatial_merge_size)
+    """What a Mistral 3 folder made by `vlmkit create` carries (PixtralProcessor with the merge size)
+    and the chat template transformers' Mistral 3 converter writes."""
+    files = processor_files(cfg, merge=cfg.merger.spatial_merge_size)
+    return replace(files, chat_template=bundled_chat_template("mistral3"))
