@@ -18,10 +18,11 @@ from PIL import Image
 from tests.integration.bad_inputs_common import edit_json, run_bad
 from vlmkit.cli import main
 
-# family -> (vlmkit create arguments, prompt of one image, the patch in pixels, what budget the note names)
+# family -> (vlmkit create arguments, prompt of one image, the tower's patch in pixels (before Mistral 3's
+# 2 x 2 merge), what budget the note names)
 FAMILIES = {
     "pixtral": (["--family", "llava", "--preset", "pixtral-debug"], "[IMG]what is it", 8, "64-px longest edge"),
-    "mistral3": (["--family", "mistral3", "--preset", "debug"], "[IMG]what is it", 16, "64-px longest edge"),
+    "mistral3": (["--family", "mistral3", "--preset", "debug"], "[IMG]what is it", 8, "64-px longest edge"),
     "qwen2_vl": (["--family", "qwen2_vl", "--preset", "debug"],
                  "<|vision_start|><|image_pad|><|vision_end|>what is it", 14, "max_pixels 12544"),
 }

@@ -55,11 +55,13 @@ class PixtralProcessorConfig:
     """PixtralProcessor fields (processor_config.json) plus its image processor's.
 
     patch: the processor's patch_size * spatial_merge_size (it overrides the image processor's).
+    merge: spatial_merge_size (Mistral 3's; 1 for Pixtral): the tower's own patch is patch / merge.
     longest_edge: the image processor's size.longest_edge.
     """
 
     patch: int
     longest_edge: int
+    merge: int = 1
     do_resize: bool = True
     resample: int = 3
     norm: pixels.Normalization = pixels.Normalization()
@@ -74,7 +76,8 @@ class PixtralProcessorConfig:
         size = size_field(image, "size", f"{folder} image processor", "longest_edge", "height", "width")
         if "longest_edge" not in size and size.get("height") != size.get("width"):
             raise ConfigError(f"{folder}: Pixtral image size must be a longest_edge (or a square), got {size}")
-        return cls(patch=int(proc.get("patch_size", 16)) * int(proc.get("spatial_merge_size", 1)),
+        merge = int(proc.get("spatial_merge_size", 1))
+        return cls(patch=int(proc.get("patch_size", 16)) * merge, merge=merge,
                    longest_edge=size.get("longest_edge", size.get("height")),
                    do_resize=bool(image.get("do_resize", True)), resample=int(image["resample"]),
                    norm=pixels.Normalization.from_dict(image),
@@ -106,7 +109,7 @@ class PixtralProcessor(TypeCProcessor):
         height, width = image.shape[:2]
         if cfg.do_resize:
             height, width = resized_size(height, width, cfg.longest_edge, cfg.patch)
-        check_not_below_patch(src, *image.shape[:2], cfg.patch)  # transformers would blow it up to a patch
+        check_not_below_patch(src, *image.shape[:2], cfg.patch // cfg.merge)  # transformers would blow it up
         if cfg.do_resize and max(image.shape[:2]) > cfg.longest_edge:
             note_resized(src, image.shape[:2], (height, width), f"the {cfg.longest_edge}-px longest edge")
         return pixels.resize(image, height, width, cfg.resample)
