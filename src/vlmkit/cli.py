@@ -82,13 +82,12 @@ def _conversation(args) -> tuple[list[dict] | None, list]:
 
 def cmd_generate(args) -> int:
     from vlmkit.data.conversation import chat_turns
+    from vlmkit.data.processors.native import show_notes
     from vlmkit.errors import ConfigError
     from vlmkit.generation import SamplingConfig
     from vlmkit.outputs import check_output_file
     from vlmkit.pipeline import load
     from vlmkit.tasks.run import print_bundled_notice, run_chat, run_task
-
-    from vlmkit.data.processors.native import show_notes
 
     show_notes(args.verbose)
     messages, images = _conversation(args)

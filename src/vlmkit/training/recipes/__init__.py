@@ -48,12 +48,12 @@ from vlmkit.training.config import TrainConfig
 from vlmkit.training.freeze import apply_freeze, trainable_parts
 from vlmkit.training.lora import apply_lora, merge_lora, save_lora
 from vlmkit.training.outdir import locked_run, reuse_built_tokenizer, trim_metrics
-from vlmkit.training.token_budget import make_batches
 from vlmkit.training.parallelize import DistInfo, barrier, init_distributed
 from vlmkit.training.recipes.finetune import finetune
 from vlmkit.training.recipes.multimodal import multimodal
 from vlmkit.training.recipes.resolution import raise_resolution, resolution
 from vlmkit.training.recipes.shapes_tiny import shapes_tiny, synth_world
+from vlmkit.training.token_budget import make_batches
 from vlmkit.training.trainer import Hook, Trainer, TrainResult
 from vlmkit.weights.create import TOKENIZER_FILES
 from vlmkit.weights.hf import load_hf, read_config, save_hf
