@@ -201,3 +201,23 @@ def test_created_mistral3_folder_chats_like_transformers(tmp_path):
         expected = theirs.apply_chat_template(messages, tokenize=False)
         assert ours.render(messages) == expected and "[IMG]" in expected
     assert "[INST]Be brief.\n\nc[/INST]" in expected  # the system prompt opens the last user turn
+
+
+def test_row_with_an_image_smaller_than_a_patch(folders, rows, tmp_path, capsys):
+    """The processor's refusal names the manifest row (exit 2), or the row is skipped."""
+    data = tmp_path / "data"
+    data.mkdir()
+    lines = rows.read_text().splitlines()
+    for name in {n for line in lines for n in json.loads(line)["images"]}:
+        (data / name).write_bytes((rows.parent / name).read_bytes())
+    Image.fromarray(np.zeros((5, 60, 3), np.uint8)).save(data / "strip.png")
+    bad = {"images": ["strip.png"], "messages": [{"role": "user", "content": [{"type": "image"}]},
+                                                 {"role": "assistant", "content": "yes"}]}
+    (data / "rows.jsonl").write_text("\n".join([lines[0], json.dumps(bad), *lines[1:]]) + "\n")
+    rc = train(folders["qwen2_vl"], data / "rows.jsonl", tmp_path / "out")
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err, err
+    assert "rows.jsonl:2 cannot be processed: an image (5 x 60 pixels) is smaller than one 14 x 14 patch" in err
+    assert train(folders["qwen2_vl"], data / "rows.jsonl", tmp_path / "skip", "--steps", "1",
+                 "--data.bad_rows", "skip") == 0
+    assert "unprocessable=1" in capsys.readouterr().out

@@ -50,6 +50,15 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+def measure_row(length_fn: Callable[[dict], int], row: dict) -> tuple[int, tuple[str, str] | None]:
+    """(tokens of `row`, None), or (0, problem) when its images cannot be processed (a DataError of
+    the processor, e.g. an image smaller than one patch): reported by line like any bad row."""
+    try:
+        return length_fn(row), None
+    except DataError as e:
+        return 0, ("unprocessable", f"cannot be processed: {e}")
+
+
 def _row_problem(row: object, max_len: int | None, length_fn: Callable[[dict], int]) -> tuple[str, str] | None:
     """(skip reason, what is wrong) of a parsed row (before looking at images), or None."""
     if not isinstance(row, dict):
@@ -62,9 +71,10 @@ def _row_problem(row: object, max_len: int | None, length_fn: Callable[[dict], i
             return "missing_field", f'needs "{key}" as a string, got {json.dumps(row.get(key))[:40]}'
     if not row["suffix"].strip():
         return "empty_suffix", 'has an empty "suffix"'
-    if max_len is not None and length_fn(row) > max_len:
-        return "too_long", f"is longer than max_len={max_len}"
-    return None
+    if max_len is None:
+        return None
+    n, problem = measure_row(length_fn, row)
+    return problem or (("too_long", f"is longer than max_len={max_len}") if n > max_len else None)
 
 
 def _char_length(row: dict) -> int:
@@ -157,7 +167,9 @@ class JsonlDataset(torch.utils.data.Dataset):
         """Measure a good row against `budget` (recording its length), or None without a budget."""
         if self.budget is None:
             return None
-        n = self.length_fn(row)
+        n, problem = measure_row(self.length_fn, row)
+        if problem:
+            return problem
         if n > self.budget:
             return "over_budget", f"has {n} tokens, more than data.max_tokens_per_batch={self.budget}"
         self.lengths.append(n)

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from vlmkit.data.chat_template import ChatTemplate
-from vlmkit.data.datasets import JsonlDataset
+from vlmkit.data.datasets import JsonlDataset, measure_row
 from vlmkit.data.image import load_image
 from vlmkit.data.processor import IGNORE_INDEX
 from vlmkit.data.processors.common import TypeCProcessor, images_per_prompt
@@ -241,9 +241,10 @@ class ChatJsonlDataset(JsonlDataset):
         if not isinstance(row, dict) or "messages" not in row:
             return super()._row_problem(row, max_len)
         problem = chat_problem(row)
-        if problem is None and max_len is not None and self._tokens(row) > max_len:
-            return "too_long", f"is longer than max_len={max_len}"
-        return problem
+        if problem is not None or max_len is None:
+            return problem
+        n, problem = measure_row(self._tokens, row)
+        return problem or (("too_long", f"is longer than max_len={max_len}") if n > max_len else None)
 
     def _paths(self, row: dict) -> list[Path]:
         if "messages" not in row:
