@@ -91,9 +91,9 @@ class JsonlDataset(torch.utils.data.Dataset):
     `length_fn(row)` (default: characters of prefix + suffix; pass a token count to be exact)
     exceeds it. Other bad rows raise a `DataError` naming the file and line with
     ``bad_rows="error"``; with ``"skip"`` (the default) they are skipped and counted by reason in
-    `.skipped` (bad_json, missing_field, empty_suffix, too_long, missing_image, unreadable_image),
-    `.first_bad` naming the first one. Raises `DataError` if the manifest is missing or no row is
-    usable.
+    `.skipped` (bad_json, missing_field, empty_suffix, too_long, missing_image, unreadable_image,
+    unprocessable, over_budget), `.first_bad` naming the first one. Raises `DataError` if the
+    manifest is missing or no row is usable.
 
     `budget` (token-budget batching, `vlmkit.training.token_budget`): every row is measured with
     `length_fn` up front; the count is kept in `.lengths` (aligned with `.rows`) and handed out as
