@@ -235,5 +235,16 @@ def format_table(rows: list[dict], columns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def report(rows: list[dict], legend: str, json_path, meta: dict, **payload) -> None:
+    """Print the ratio legend and the rows' table; with `json_path`, write meta (plus the load average
+    at the end), the legend, `payload` and the rows there."""
+    print(legend)
+    print(format_table(rows, list(rows[0])))
+    if json_path:
+        meta["loadavg_end"] = list(os.getloadavg())
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps({"meta": meta, "ratio_legend": legend, **payload, "rows": rows}, indent=1))
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b

@@ -21,8 +21,6 @@ transformers' output (0 for the reference; within the documented tolerance for t
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 import warnings
@@ -33,7 +31,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import format_table, run_metadata  # noqa: E402
+from _common import report, run_metadata  # noqa: E402
 
 from vlmkit.data.image import preprocess_images, preprocess_images_fast  # noqa: E402
 
@@ -108,13 +106,8 @@ def main(argv=None) -> None:
                      "max |diff|": float(diff.max()), "mean |diff| (levels)": float(diff.mean()) * 255 * 0.5})
     print(f"{args.n} images {w}x{h} -> {args.size}x{args.size}, torch threads {torch.get_num_threads()}; "
           f"reference: transformers {ref_info['transformers']} {ref_info['class']} ({ref_info['backend']} backend)")
-    print(RATIO_LEGEND)
-    print(format_table(rows, list(rows[0])))
-    if args.json:
-        meta["loadavg_end"] = list(os.getloadavg())
-        args.json.write_text(json.dumps({"meta": meta, "reference": ref_info, "ratio_legend": RATIO_LEGEND,
-                                         "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
-                                         "samples_s": times}, indent=1))
+    report(rows, RATIO_LEGEND, args.json, meta, reference=ref_info,
+           args={k: str(v) for k, v in vars(args).items()}, samples_s=times)
 
 
 if __name__ == "__main__":

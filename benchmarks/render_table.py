@@ -89,6 +89,16 @@ def preprocess_table(data: dict) -> list[str]:
     return lines
 
 
+def packing_table(data: dict) -> list[str]:
+    """bench_packing.py: vision encoder images/s, packed vs padded vs transformers."""
+    lines = [f"{len(data['sizes'])} images {data['sizes'][0]} .. {max(data['sizes'], key=lambda s: s[0] * s[1])} "
+             f"(height, width), {data['args']['dtype']}, {data['args']['layers']} blocks; {data['ratio_legend']}.", "",
+             "| encoder | variant | images/s | x padded | x transformers | max abs diff |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['encoder']} | {r['variant']} | {_num(r['images/s'])} | {_x(r['x padded'])} | "
+              f"{_x(r['x transformers'])} | {r['max |diff|']:.3g} |" for r in data["rows"]]
+    return lines
+
+
 def curate_table(data: dict) -> list[str]:
     args = data["args"]
     lines = [f"{args['scenes']} synthetic scenes ({args['image_size']} px), batch {args['batch_size']}, "
@@ -116,12 +126,14 @@ TABLES = {"curate": curate_table, "load": load_table, "preprocess": preprocess_t
 
 
 def render(path: Path) -> str:
-    """Markdown for one committed JSON file (generation or preprocessing results)."""
+    """Markdown for one committed JSON file (generation, preprocessing or packing results)."""
     data = json.loads(path.read_text())
     if "meta" not in data:
         raise SystemExit(f"{path}: no 'meta' block (written by an older benchmark script?)")
     if "results" in data:
         body = generate_table(data)
+    elif "sizes" in data:  # bench_packing.py
+        body = packing_table(data)
     else:
         body = TABLES[data.get("kind", "preprocess")](data)
     return "\n".join([f"Measured: {provenance(data['meta'], path)}.", "", *body])

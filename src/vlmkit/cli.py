@@ -79,6 +79,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing --draw file")
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     p.add_argument("--json", action="store_true", help="print a JSON object instead of the text")
+    p.add_argument("--verbose", action="store_true", help="say on stderr how inputs were adjusted (an image resized "
+                   "down to the model's pixel budget), one line each")
     p.set_defaults(func=cmd_generate)
 
 
@@ -107,11 +109,13 @@ def _conversation(args) -> tuple[list[dict] | None, list]:
 
 def cmd_generate(args) -> int:
     from vlmkit.data.conversation import chat_turns
+    from vlmkit.data.processors.native import show_notes
     from vlmkit.errors import ConfigError
     from vlmkit.outputs import check_output_file
     from vlmkit.pipeline import load
     from vlmkit.tasks.run import print_bundled_notice, run_chat, run_task
 
+    show_notes(args.verbose)
     messages, images = _conversation(args)
     if args.draw:
         check_output_file(args.draw, args.force)  # before the model runs, not after

@@ -196,3 +196,15 @@ def test_render_table_on_the_committed_results():
         variants = variants or [r["variant"] for r in data["rows"] if "variant" in r]  # preprocessing, curation
         for v in variants:
             assert f"| {v} |" in proc.stdout, v
+
+
+def test_bench_packing_smoke(tmp_path):
+    """Debug widths, 1/8-size images, float32: every variant runs, and packed and padded give
+    transformers' features (so the timed paths compute the same thing)."""
+    out, stdout = _run("bench_packing.py", "--tiny", "--reps", "1", "--dtype", "float32",
+                       json_path=tmp_path / "packing.json")
+    assert [(r["encoder"].split("-")[0], r["variant"]) for r in out["rows"]] == [
+        (e, v) for e in ("Pixtral", "Qwen2") for v in ("vlmkit packed", "vlmkit padded", "transformers")]
+    for r in out["rows"]:
+        assert _positive(r["images/s"]) and _positive(r["x padded"]) and r["max |diff|"] < 1e-4
+    assert len(out["sizes"]) == 16 and out["ratio_legend"] in stdout and len(out["meta"]["loadavg_start"]) == 3

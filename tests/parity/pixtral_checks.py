@@ -89,16 +89,23 @@ def assert_greedy(hf, ours, sizes, patch: int, max_new_tokens: int = 10) -> None
 
 
 def assert_bf16(hf_class, folder, sizes, patch: int) -> None:
-    """Loaded in bf16 by both, the logits are bit-identical (image_sizes stay int64)."""
+    """Loaded in bf16 by both, the logits are as close to transformers' float32 logits as
+    transformers' own bf16 logits are (within 2x their largest error; image_sizes stay int64).
+
+    Not bit-identical: vlmkit's tower attends per image (packing.packed_attention) where
+    transformers runs one SDPA call under an N x N block mask; the kernels round bf16 differently."""
     hf16 = hf_class.from_pretrained(folder, dtype=torch.bfloat16).eval()
+    hf32 = hf_class.from_pretrained(folder, dtype=torch.float32).eval()
     ours16 = load_hf(folder, dtype="bfloat16")
     ids = prompt(sizes, patch)
     px, image_sizes = padded_pixels(sizes)
     with torch.no_grad():
+        exact = hf32(input_ids=ids, pixel_values=px, image_sizes=image_sizes).logits
         ref = hf16(input_ids=ids, pixel_values=px.bfloat16(), image_sizes=image_sizes).logits
         got = ours16(ids, px.bfloat16(), image_sizes=image_sizes)
     assert got.dtype == torch.bfloat16
-    torch.testing.assert_close(got, ref, atol=0, rtol=0)
+    theirs, mine = ((x.float() - exact).abs().max() for x in (ref, got))
+    assert 0 < mine <= 2 * theirs, (float(mine), float(theirs))
 
 
 def assert_created_folder_runs(folder, hf_class, images, probe) -> None:

@@ -16,7 +16,7 @@ from vlmkit.data.chat_template import ChatTemplate, ChatTemplateError, load_chat
 transformers = pytest.importorskip("transformers")
 
 ASSETS = Path(__file__).parents[1] / "assets" / "chat_templates"
-TEMPLATES = ["llava-1.5", "llava-v1.6-mistral", "smolvlm", "internvl3", "chatml"]
+TEMPLATES = ["llava-1.5", "llava-v1.6-mistral", "smolvlm", "internvl3", "chatml", "mistral3"]
 SPECIALS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
 
 
@@ -67,6 +67,8 @@ CONVERSATIONS = {
     "smolvlm": LIST_CONVERSATIONS,
     "internvl3": {**LIST_CONVERSATIONS, **STRING_CONVERSATIONS},
     "chatml": STRING_CONVERSATIONS,
+    # Mistral 3 prepends a string system prompt to the last user turn ("[INST]" + system): a list one is an error.
+    "mistral3": {**{k: v for k, v in LIST_CONVERSATIONS.items() if k != "system_prompt"}, **STRING_CONVERSATIONS},
 }
 
 

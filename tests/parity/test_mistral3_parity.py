@@ -106,7 +106,7 @@ def test_roundtrip(pair, tmp_path):
     assert set(SafetensorsReader(tmp_path).keys()) == set(SafetensorsReader(folder).keys())
 
 
-def test_bf16_bit_identical(pair):
+def test_bf16_as_close_as_transformers(pair):
     pc.assert_bf16(tf.Mistral3ForConditionalGeneration, pair[2], SIZES, PATCH * MERGE)
 
 

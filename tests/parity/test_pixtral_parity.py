@@ -112,9 +112,9 @@ def test_roundtrip(pair, tmp_path):
         assert k == k2 and torch.equal(v, v2), k
 
 
-def test_bf16_bit_identical(pair, tmp_path):
-    """In bf16 the packed tower and the logits equal transformers' bit for bit (the patch conv runs
-    on the padded batch as theirs does; see PixtralVisionTower.embed)."""
+def test_bf16_as_close_as_transformers(pair, tmp_path):
+    """In bf16 the logits are as close to the float32 ones as transformers' bf16 logits (the patch
+    conv runs on the padded batch as theirs does; see PixtralVisionTower.embed)."""
     _, ours = pair
     save_hf(ours, tmp_path)
     pc.assert_bf16(tf.LlavaForConditionalGeneration, tmp_path, SIZES, PATCH)

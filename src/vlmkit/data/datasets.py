@@ -50,6 +50,15 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+def measure_row(length_fn: Callable[[dict], int], row: dict) -> tuple[int, tuple[str, str] | None]:
+    """(tokens of `row`, None), or (0, problem) when its images cannot be processed (a DataError of
+    the processor, e.g. an image smaller than one patch): reported by line like any bad row."""
+    try:
+        return length_fn(row), None
+    except DataError as e:
+        return 0, ("unprocessable", f"cannot be processed: {e}")
+
+
 def _row_problem(row: object, max_len: int | None, length_fn: Callable[[dict], int]) -> tuple[str, str] | None:
     """(skip reason, what is wrong) of a parsed row (before looking at images), or None."""
     if not isinstance(row, dict):
@@ -62,9 +71,10 @@ def _row_problem(row: object, max_len: int | None, length_fn: Callable[[dict], i
             return "missing_field", f'needs "{key}" as a string, got {json.dumps(row.get(key))[:40]}'
     if not row["suffix"].strip():
         return "empty_suffix", 'has an empty "suffix"'
-    if max_len is not None and length_fn(row) > max_len:
-        return "too_long", f"is longer than max_len={max_len}"
-    return None
+    if max_len is None:
+        return None
+    n, problem = measure_row(length_fn, row)
+    return problem or (("too_long", f"is longer than max_len={max_len}") if n > max_len else None)
 
 
 def _char_length(row: dict) -> int:
@@ -81,14 +91,20 @@ class JsonlDataset(torch.utils.data.Dataset):
     `length_fn(row)` (default: characters of prefix + suffix; pass a token count to be exact)
     exceeds it. Other bad rows raise a `DataError` naming the file and line with
     ``bad_rows="error"``; with ``"skip"`` (the default) they are skipped and counted by reason in
-    `.skipped` (bad_json, missing_field, empty_suffix, too_long, missing_image, unreadable_image),
-    `.first_bad` naming the first one. Raises `DataError` if the manifest is missing or no row is
-    usable.
+    `.skipped` (bad_json, missing_field, empty_suffix, too_long, missing_image, unreadable_image,
+    unprocessable, over_budget), `.first_bad` naming the first one. Raises `DataError` if the
+    manifest is missing or no row is usable.
+
+    `budget` (token-budget batching, `vlmkit.training.token_budget`): every row is measured with
+    `length_fn` up front; the count is kept in `.lengths` (aligned with `.rows`) and handed out as
+    the sample's ``num_tokens``, and a row longer than the budget is a bad row (over_budget): no
+    batch could hold it.
     """
 
     def __init__(
         self, manifest: str | Path, image_root: str | Path | None = None, validate: bool = True,
         *, max_len: int | None = None, length_fn: Callable[[dict], int] | None = None, bad_rows: str = "skip",
+        budget: int | None = None,
     ) -> None:  # fmt: skip
         self.manifest = Path(manifest)
         if not self.manifest.is_file():
@@ -98,6 +114,8 @@ class JsonlDataset(torch.utils.data.Dataset):
         self.image_root = Path(image_root) if image_root is not None else self.manifest.parent
         self.length_fn = length_fn or _char_length
         self.rows: list[dict] = []
+        self.budget = budget
+        self.lengths: list[int] | None = [] if budget is not None else None  # tokens per row (with a budget)
         self.skipped: Counter = Counter()
         self.first_bad: str | None = None  # "manifest:line what is wrong" of the first skipped row
         self._read(validate, max_len, strict=bad_rows == "error")
@@ -124,6 +142,7 @@ class JsonlDataset(torch.utils.data.Dataset):
                         if p not in image_ok:
                             image_ok[p] = self._check_image(p)
                         problem = problem or image_ok[p]
+                problem = problem or self._budget_problem(row)
                 if problem is None:
                     self.rows.append(row)
                     continue
@@ -143,6 +162,22 @@ class JsonlDataset(torch.utils.data.Dataset):
     def _row_problem(self, row: object, max_len: int | None) -> tuple[str, str] | None:
         """(skip reason, what is wrong) of a parsed row, or None; a reader of other rows overrides it."""
         return _row_problem(row, max_len, self.length_fn)
+
+    def _budget_problem(self, row: dict) -> tuple[str, str] | None:
+        """Measure a good row against `budget` (recording its length), or None without a budget."""
+        if self.budget is None:
+            return None
+        n, problem = measure_row(self.length_fn, row)
+        if problem:
+            return problem
+        if n > self.budget:
+            return "over_budget", f"has {n} tokens, more than data.max_tokens_per_batch={self.budget}"
+        self.lengths.append(n)
+        return None
+
+    def _with_length(self, index: int, sample: dict) -> dict:
+        """`sample` with its measured ``num_tokens`` when the rows were measured (a budget)."""
+        return sample if self.lengths is None else {**sample, "num_tokens": self.lengths[index]}
 
     def _paths(self, row: dict) -> list[Path]:
         images = row["image"] if isinstance(row["image"], list) else [row["image"]]
@@ -166,7 +201,7 @@ class JsonlDataset(torch.utils.data.Dataset):
         row = dict(self.rows[index])
         images = [load_image(p) for p in self._paths(row)]
         row["image"] = images if isinstance(row["image"], list) else images[0]
-        return row
+        return self._with_length(index, row)
 
 
 @dataclass(kw_only=True, frozen=True)

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from vlmkit.data.chat_template import ChatTemplate
-from vlmkit.data.datasets import JsonlDataset
+from vlmkit.data.datasets import JsonlDataset, measure_row
 from vlmkit.data.image import load_image
 from vlmkit.data.processor import IGNORE_INDEX
 from vlmkit.data.processors.common import TypeCProcessor, images_per_prompt
@@ -214,30 +214,37 @@ class ChatCollator:
 
 class ChatJsonlDataset(JsonlDataset):
     """`JsonlDataset` of chat rows and prefix/suffix rows (see the module doc): the same
-    validation, skipping and error lines; samples are {"messages", "images": [RGB PIL]}.
-    `collator` (when given) measures rows exactly for `max_len`."""
+    validation, skipping and error lines; samples are {"messages", "images": [RGB PIL]} (and
+    "num_tokens" with a `budget`). `collator` (when given) measures rows exactly for `max_len` and
+    `budget`."""
 
     def __init__(self, manifest: str | Path, image_root: str | Path | None = None, validate: bool = True, *,
-                 max_len: int | None = None, collator: ChatCollator | None = None, bad_rows: str = "skip"):
-        self._collator = collator
-        super().__init__(manifest, image_root, validate, max_len=max_len, length_fn=self._tokens, bad_rows=bad_rows)
+                 max_len: int | None = None, collator: ChatCollator | None = None, bad_rows: str = "skip",
+                 budget: int | None = None):
+        self._collator, self._last = collator, (None, 0)
+        super().__init__(manifest, image_root, validate, max_len=max_len, length_fn=self._tokens, bad_rows=bad_rows,
+                         budget=budget)
 
     def _tokens(self, row: dict) -> int:
         if self._collator is None:
             raise DataError("data.max_length needs the processor to count a chat row's tokens")
+        if self._last[0] is row:  # measured for max_len, asked again for the budget: encode once
+            return self._last[1]
         try:
             sample = self._sample(row)
         except (ImageError, OSError):
             return 0  # the image check that follows reports the row
-        return self._collator.length(sample)
+        self._last = (row, self._collator.length(sample))  # holding `row` keeps its identity unique
+        return self._last[1]
 
     def _row_problem(self, row: object, max_len: int | None) -> tuple[str, str] | None:
         if not isinstance(row, dict) or "messages" not in row:
             return super()._row_problem(row, max_len)
         problem = chat_problem(row)
-        if problem is None and max_len is not None and self._tokens(row) > max_len:
-            return "too_long", f"is longer than max_len={max_len}"
-        return problem
+        if problem is not None or max_len is None:
+            return problem
+        n, problem = measure_row(self._tokens, row)
+        return problem or (("too_long", f"is longer than max_len={max_len}") if n > max_len else None)
 
     def _paths(self, row: dict) -> list[Path]:
         if "messages" not in row:
@@ -249,4 +256,4 @@ class ChatJsonlDataset(JsonlDataset):
         return {"messages": messages, "images": [load_image(p) for p in self._paths(row)]}
 
     def __getitem__(self, index: int) -> dict:
-        return self._sample(self.rows[index])
+        return self._with_length(index, self._sample(self.rows[index]))

@@ -53,6 +53,10 @@ class DataConfig:
     batch_size: int = 8  # global examples per optimizer step
     grad_accum: int = 1
     max_length: int | None = None  # rows with more tokens (image tokens included) are skipped
+    # Token-budget batching (vlmkit.training.token_budget): each micro-batch takes the next examples
+    # while their tokens (text + image tokens after the processor) stay within this budget, instead
+    # of batch_size / (ranks x grad_accum) examples (batch_size then sizes only eval batches).
+    max_tokens_per_batch: int | None = None
     shuffle_seed: int = 0
     validate_images: bool = True
     # A bad manifest row (not a JSON object, a field of the wrong type, a missing or unreadable
@@ -168,6 +172,8 @@ class TrainConfig:
             (self.data.manifest or self.data.synthetic_scenes > 0 or self.data.mixture,
              "data.manifest is required (--data)"),
             (not (self.data.manifest and self.data.mixture), "data.mixture replaces --data; drop one of them"),
+            (not (self.data.mixture and self.data.max_tokens_per_batch),
+             "data.max_tokens_per_batch does not apply to data.mixture (mixture batches are filled by count)"),
             (self.data.synthetic_ocr_scenes >= 0, "data.synthetic_ocr_scenes must be >= 0"),
             (not (self.data.manifest and self.data.synthetic_ocr_scenes),
              "data.synthetic_ocr_scenes adds to rendered synthetic data, not to --data; drop one of them"),
@@ -196,6 +202,7 @@ RUN_FIELD_RULES = (
     ("ckpt_every", 0, True, " (0 = only at the end)"), ("eval_batches", 1, True, ""),
     ("keep_checkpoints", 1, True, ""), ("data.batch_size", 1, True, ""), ("data.grad_accum", 1, True, ""),
     ("data.shuffle_seed", 0, True, ""), ("data.synthetic_scenes", 0, True, ""), ("data.max_length", 1, True, ""),
+    ("data.max_tokens_per_batch", 1, True, ""),
     ("optim.lr", 0, False, ""), ("optim.weight_decay", 0, True, ""), ("optim.eps", 0, False, ""),
     ("optim.warmup_steps", 0, True, ""), ("optim.grad_clip", 0, False, " (none = no clipping)"),
     ("optim.min_lr_ratio", 0, True, ""), ("lora.alpha", 0, False, ""),

@@ -6,8 +6,8 @@ Idefics3 / SmolVLM): `vision_tower`, the connector between the towers (LLaVA's a
 `language_model` (the shared decoder). Components are the units recipes freeze or give their
 own learning rate:
 
-    vision_tower  the image encoder              model.vision_tower.*
-    projector     every other top-level part     model.projector.*, model.connector.*, ...
+    vision_tower  the image encoder              model.vision_tower.*, Qwen2-VL's model.visual.* but the merger
+    projector     every other top-level part     model.projector.*, model.connector.*, model.visual.merger.*, ...
     embeddings    token embeddings (tied LM head)  model.language_model.embed_tokens.*
     decoder       the rest of the language model  model.language_model.* (blocks, final norm, lm_head)
 
@@ -26,6 +26,9 @@ from vlmkit.training.config import COMPONENTS, FreezeConfig
 
 _PREFIXES = (
     ("vision_tower.", "vision_tower"),
+    # Qwen2-VL keeps its tower and its merger (the connector) under one `visual` part, as HF does.
+    ("visual.merger.", "projector"),
+    ("visual.", "vision_tower"),
     ("language_model.embed_tokens.", "embeddings"),
     ("language_model.", "decoder"),
 )

@@ -196,8 +196,9 @@ class Trainer:
         `snapshot` (data state, RNG state from before the step) is what a NaN checkpoint records.
         """
         micro = [self._to_device(self.batches.next_batch()) for _ in range(self.cfg.data.grad_accum)]
-        local = sum(int(target_mask(b["labels"], b.get("token_type_ids")).sum()) for b in micro)
-        n_global = all_reduce_sum(torch.tensor(float(local), device=self.info.device))
+        local = [sum(int(target_mask(b["labels"], b.get("token_type_ids")).sum()) for b in micro),
+                 sum(b["labels"].shape[0] for b in micro)]  # target tokens, examples (token budgets vary it)
+        n_global, n_samples = all_reduce_sum(torch.tensor(local, dtype=torch.float32, device=self.info.device))
         if n_global.item() == 0:
             raise ConfigError(f"step {self.step + 1}: the batch has no target tokens (suffix / assistant) to train on")
         scale = self.info.world_size / n_global  # undo DDP/FSDP's mean over ranks: see module doc
@@ -220,7 +221,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": int(n_global.item())}
+        return {"loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": int(n_global.item()),
+                "samples": int(n_samples.item())}
 
     # ------------------------------------------------------------------ loop
 
@@ -230,13 +232,14 @@ class Trainer:
         end = min(cfg.steps, cfg.stop_after or cfg.steps)
         self.root.train()
         start_step, t0 = self.step, time.perf_counter()
-        last_ckpt = None
+        last_ckpt, samples = None, 0
         while self.step < end:
             snapshot = (self.batches.state_dict(), ckpt.rng_state())
             metrics = self.train_step(snapshot)
             self.step += 1
             self.losses.append(metrics["loss"])
-            self._log_progress(metrics, start_step, t0, end)
+            samples += metrics.get("samples", cfg.data.batch_size)  # a subclass may not count them
+            self._log_progress(metrics, start_step, t0, end, samples)
             if cfg.eval_every and self.step % cfg.eval_every == 0:
                 self.evaluate()
             if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or self.step == end:
@@ -246,15 +249,15 @@ class Trainer:
         elapsed = time.perf_counter() - t0
         done = self.step - start_step
         result = TrainResult(step=self.step, losses=list(self.losses), eval=self.last_eval, checkpoint=last_ckpt,
-                             samples_per_s=done * cfg.data.batch_size / elapsed if done else 0.0)
+                             samples_per_s=samples / elapsed if done else 0.0)
         if self.step == cfg.steps and cfg.export and self.export_fn is not None:
             result.export = self.export()
         return result
 
-    def _log_progress(self, metrics: dict, start_step: int, t0: float, end: int) -> None:
+    def _log_progress(self, metrics: dict, start_step: int, t0: float, end: int, samples: int) -> None:
         elapsed = time.perf_counter() - t0
         done = self.step - start_step
-        sps = done * self.cfg.data.batch_size / elapsed
+        sps = samples / elapsed
         eta = elapsed / done * (end - self.step)
         metrics = {**metrics, "samples_per_s": sps, "elapsed_s": elapsed}
         line = None

@@ -20,15 +20,16 @@ Only the `[IMG]` tokens take image features; the break and end tokens are plain 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from vlmkit.data.processor_files import ProcessorFiles
+from vlmkit.data.processor_files import ProcessorFiles, bundled_chat_template
 from vlmkit.data.processors import pixels
 from vlmkit.data.processors.common import TypeCProcessor, read_processor_files, size_field
+from vlmkit.data.processors.native import check_not_below_patch, note_resized
 from vlmkit.errors import ConfigError, DataError
 
 # transformers' PixtralImageProcessor class defaults (written by save_pretrained, but older folders
@@ -54,11 +55,13 @@ class PixtralProcessorConfig:
     """PixtralProcessor fields (processor_config.json) plus its image processor's.
 
     patch: the processor's patch_size * spatial_merge_size (it overrides the image processor's).
+    merge: spatial_merge_size (Mistral 3's; 1 for Pixtral): the tower's own patch is patch / merge.
     longest_edge: the image processor's size.longest_edge.
     """
 
     patch: int
     longest_edge: int
+    merge: int = 1
     do_resize: bool = True
     resample: int = 3
     norm: pixels.Normalization = pixels.Normalization()
@@ -73,7 +76,8 @@ class PixtralProcessorConfig:
         size = size_field(image, "size", f"{folder} image processor", "longest_edge", "height", "width")
         if "longest_edge" not in size and size.get("height") != size.get("width"):
             raise ConfigError(f"{folder}: Pixtral image size must be a longest_edge (or a square), got {size}")
-        return cls(patch=int(proc.get("patch_size", 16)) * int(proc.get("spatial_merge_size", 1)),
+        merge = int(proc.get("spatial_merge_size", 1))
+        return cls(patch=int(proc.get("patch_size", 16)) * merge, merge=merge,
                    longest_edge=size.get("longest_edge", size.get("height")),
                    do_resize=bool(image.get("do_resize", True)), resample=int(image["resample"]),
                    norm=pixels.Normalization.from_dict(image),
@@ -96,11 +100,18 @@ class PixtralProcessor(TypeCProcessor):
     extra_tokens = ("image_break_token", "image_end_token")
 
     def image(self, src) -> np.ndarray:
-        """One image source -> the resized uint8 [h, w, 3] (h, w multiples of the patch)."""
+        """One image source -> the resized uint8 [h, w, 3] (h, w multiples of the patch).
+
+        Raises:
+            DataError: a side is shorter than one patch (see `processors.native`).
+        """
         cfg, image = self.config, pixels.load_rgb(src)
         height, width = image.shape[:2]
         if cfg.do_resize:
             height, width = resized_size(height, width, cfg.longest_edge, cfg.patch)
+        check_not_below_patch(src, *image.shape[:2], cfg.patch // cfg.merge)  # transformers would blow it up
+        if cfg.do_resize and max(image.shape[:2]) > cfg.longest_edge:
+            note_resized(src, image.shape[:2], (height, width), f"the {cfg.longest_edge}-px longest edge")
         return pixels.resize(image, height, width, cfg.resample)
 
     def encode_images(self, groups):
@@ -146,5 +157,7 @@ def build_mistral3_processor(folder: str | Path, tokenizer, cfg) -> PixtralProce
 
 
 def mistral3_processor_files(cfg) -> ProcessorFiles:
-    """What a Mistral 3 folder made by `vlmkit create` carries (PixtralProcessor with the merge size)."""
-    return processor_files(cfg, merge=cfg.merger.spatial_merge_size)
+    """What a Mistral 3 folder made by `vlmkit create` carries (PixtralProcessor with the merge size)
+    and the chat template transformers' Mistral 3 converter writes."""
+    files = processor_files(cfg, merge=cfg.merger.spatial_merge_size)
+    return replace(files, chat_template=bundled_chat_template("mistral3"))

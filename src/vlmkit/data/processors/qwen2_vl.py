@@ -153,14 +153,19 @@ class Qwen2VLProcessor(TypeCProcessor):
     def image(self, src, min_pixels: int | None = None, max_pixels: int | None = None) -> torch.Tensor:
         """One image source -> normalised float32 [3, h', w'] (h', w' multiples of patch * merge),
         within [min_pixels, max_pixels] (default: the image budget)."""
+        from vlmkit.data.processors.native import check_not_below_patch, note_resized
+
         cfg, image = self.config, pixels.load_rgb(src)
         height, width = image.shape[:2]
         factor = cfg.patch_size * cfg.merge_size
         if cfg.do_resize:
-            height, width = smart_resize(height, width, factor, min_pixels or cfg.min_pixels,
-                                         max_pixels or cfg.max_pixels)
+            budget = max_pixels or cfg.max_pixels
+            height, width = smart_resize(height, width, factor, min_pixels or cfg.min_pixels, budget)
+            if image.shape[0] * image.shape[1] > budget:
+                note_resized(src, image.shape[:2], (height, width), f"max_pixels {budget}")
         elif height % factor or width % factor:
             raise DataError(f"an image of {height} x {width} pixels is not a multiple of {factor} and do_resize is off")
+        check_not_below_patch(src, *image.shape[:2], cfg.patch_size)  # one line, not a pixel blown up to a patch
         return pixels.to_pixel_values(pixels.resize(image, height, width, cfg.resample), cfg.norm)
 
     def video(self, video: Video) -> torch.Tensor:

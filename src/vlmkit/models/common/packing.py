@@ -21,13 +21,17 @@ gradients flow through the packed sequence unchanged). transformers' Pixtral bui
 mask (`generate_block_attention_mask`, an additive float mask with the dtype's minimum); ours is
 boolean, which SDPA turns into -inf, and both give the masked keys a weight of exactly 0.
 
-The mask costs N^2 bools (16 images of 1024 patches: 268 MB); FlexAttention or varlen kernels
-(cu_seqlens) avoid it and would slot in behind `attend`, where they are exact.
+The mask costs N^2 bools (16 images of 1024 patches: 268 MB), and attention under it still
+computes all N^2 scores, most of them masked: 16 images of 224 x 224 to 896 x 448 give 4x the
+score work of padding every image to the largest. `packed_attention` computes the same result
+per sequence instead (what varlen / cu_seqlens kernels do, and transformers' Qwen2-VL SDPA path):
+sum n_i^2 scores and no mask, while the per-token layers still run once over the packed [1, N, D].
 """
 
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 
 def segment_ids(lengths: Sequence[int], device=None) -> torch.Tensor:
@@ -52,3 +56,21 @@ def pack(seqs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
 def unpack(x: torch.Tensor, lengths: Sequence[int]) -> tuple[torch.Tensor, ...]:
     """A packed [1, N, D] (or [N, D]) -> the M sequences [n_i, D]."""
     return torch.split(x.reshape(-1, x.shape[-1]), list(lengths))
+
+
+def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: Sequence[int],
+                     scale: float) -> torch.Tensor:
+    """Attention of M packed sequences, each only within itself: what `block_diagonal_mask(lengths)`
+    gives under SDPA, without the mask or the masked scores.
+
+    Args:
+        q, k, v: [B, H, N, hd] with N = sum(lengths) (the heads of a packed [B, N, D]).
+        lengths: n_i of each sequence, in packing order.
+
+    Returns:
+        [B, H, N, hd].
+    """
+    if len(lengths) == 1:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    pieces = zip(*(t.split(list(lengths), dim=2) for t in (q, k, v)))  # M x ([B, H, n_i, hd] q, k, v)
+    return torch.cat([F.scaled_dot_product_attention(qi, ki, vi, scale=scale) for qi, ki, vi in pieces], dim=2)

@@ -10,8 +10,8 @@ patches of all images are packed into one [1, N, D] sequence (models/common/pack
 (`ln_pre`) -> blocks:
     x = x + attn(RMSNorm(x));  x = x + W_down(silu(W_gate x) * W_up x)
 Attention has no biases, RoPE-2D on q and k from each patch's (row, column) in its own image
-(models/common/rope2d; no learned positions, no class token) and a block-diagonal mask, so a
-patch attends only to patches of its image: the packed forward equals encoding each image alone,
+(models/common/rope2d; no learned positions, no class token) and block-diagonal attention (computed
+per image by `packing.packed_attention`, never as an N x N mask), so a patch attends only to patches of its image: the packed forward equals encoding each image alone,
 and no block sees padding (the sequence is never padded to the largest image). No final norm.
 
 Why a part of its own and not switches of `SiglipVisionTower`: Pixtral differs in every
@@ -26,7 +26,7 @@ processor returns them, with `image_sizes` [M, 2] (each image's height and width
 patch conv runs over that batch and each image's real patches are cut out of its output. A list of
 M tensors [3, H_i, W_i] works too (zero-padded for the conv only).
 
-Not supported: dropout, flash-attention varlen kernels (the mask is explicit), Mistral 3's patch
+Not supported: dropout, flash-attention varlen kernels (attention loops over the images), Mistral 3's patch
 merger (a connector, not part of this tower).
 """
 
@@ -40,7 +40,7 @@ from vlmkit.models.common.activations import Activation
 from vlmkit.models.common.attention import attend
 from vlmkit.models.common.mlp import GatedMLP
 from vlmkit.models.common.norms import RMSNorm
-from vlmkit.models.common.packing import block_diagonal_mask
+from vlmkit.models.common.packing import packed_attention
 from vlmkit.models.common.rope import apply_rope
 from vlmkit.models.common.rope2d import grid_positions, pixtral_inv_freq, pixtral_rope_cos_sin
 
@@ -97,14 +97,19 @@ class PixtralAttention(nn.Module):
         self.v_proj = nn.Linear(dim, dim, bias=False)
         self.o_proj = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """mask: [B, 1, N, N] bool, or the lengths of the packed images (attention within each)."""
         B, N, D = x.shape
         hd = D // self.num_heads
         q = self.q_proj(x).view(B, N, -1, hd).transpose(1, 2)  # [B, H, N, hd]
         k = self.k_proj(x).view(B, N, -1, hd).transpose(1, 2)  # [B, H, N, hd]
         v = self.v_proj(x).view(B, N, -1, hd).transpose(1, 2)  # [B, H, N, hd]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = attend(q, k, v, mask, hd**-0.5)  # [B, H, N, hd]
+        if torch.is_tensor(mask):
+            out = attend(q, k, v, mask, hd**-0.5)  # [B, H, N, hd]
+        else:  # packed: per image, never the N x N mask (models/common/packing)
+            out = packed_attention(q, k, v, mask, hd**-0.5)
         return self.o_proj(out.transpose(1, 2).reshape(B, N, D))  # [B, N, D]
 
 
@@ -119,7 +124,7 @@ class PixtralBlock(nn.Module):
         self.feed_forward = GatedMLP(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act)
 
     def forward(self, x, cos, sin, mask):
-        """x [1, N, D]; cos / sin [1, N, hd]; mask [1, 1, N, N] bool (block-diagonal)."""
+        """x [B, N, D]; cos / sin [B, N, hd]; mask [B, 1, N, N] bool, or the packed images' lengths."""
         x = x + self.attention(self.attention_norm(x), cos, sin, mask)
         return x + self.feed_forward(self.ffn_norm(x))
 
@@ -184,10 +189,10 @@ class PixtralVisionTower(nn.Module):
         # Frequencies are recomputed per call (no buffer: the model may be built on the meta device).
         inv_freq = pixtral_inv_freq(self.cfg.head_dim, self.cfg.rope_theta).to(x.device)
         cos, sin = pixtral_rope_cos_sin(positions, inv_freq, x.dtype)  # [1, N, hd] each
-        mask = block_diagonal_mask([h * w for h, w in grids], x.device)  # [1, 1, N, N]
+        lengths = [h * w for h, w in grids]  # attention within each image (block-diagonal)
         kept = {0: x}
         for i, layer in enumerate(self.layers[: max(wanted)], start=1):
-            x = layer(x, cos, sin, mask)
+            x = layer(x, cos, sin, lengths)
             if i in wanted:
                 kept[i] = x
         return [kept[i] for i in wanted]

@@ -44,7 +44,7 @@ from vlmkit.models.paligemma.model import PaliGemma
 from vlmkit.models.registry import family_of, get_family
 from vlmkit.training.checkpoint import latest_checkpoint
 from vlmkit.training.chat import ChatCollator, ChatJsonlDataset
-from vlmkit.training.collate import BatchStream, build_small_tokenizer, manifest_texts
+from vlmkit.training.collate import build_small_tokenizer, manifest_texts
 from vlmkit.training.config import TrainConfig
 from vlmkit.training.freeze import apply_freeze, trainable_parts
 from vlmkit.training.mixture import mixture_batches, mixture_texts
@@ -55,6 +55,7 @@ from vlmkit.training.recipes.finetune import finetune
 from vlmkit.training.recipes.multimodal import multimodal
 from vlmkit.training.recipes.resolution import raise_resolution, resolution
 from vlmkit.training.recipes.shapes_tiny import shapes_tiny, synth_world
+from vlmkit.training.token_budget import make_batches
 from vlmkit.training.trainer import Hook, Trainer, TrainResult
 from vlmkit.weights.create import TOKENIZER_FILES
 from vlmkit.weights.hf import load_hf, read_config, save_hf
@@ -225,7 +226,8 @@ def _chat_inputs(cfg: TrainConfig, model: nn.Module, tok: Tokenizer, tok_dir: Pa
         if is_shard_source(manifest):
             raise ConfigError(f"{manifest}: {family_of(model).name} models train from JSONL manifests, not tar shards")
         return ChatJsonlDataset(manifest, cfg.data.image_root if train else None, cfg.data.validate_images,
-                                max_len=cfg.data.max_length, collator=collator, bad_rows=cfg.data.bad_rows)
+                                max_len=cfg.data.max_length, collator=collator, bad_rows=cfg.data.bad_rows,
+                                budget=cfg.data.max_tokens_per_batch if train else None)
 
     names = (*TOKENIZER_FILES, *PROCESSOR_FILES)
     return _Inputs(dataset, None, collator, {n: folder / n for n in names if (folder / n).is_file()})
@@ -282,8 +284,8 @@ def run(cfg: TrainConfig, *, resume: bool = False, hooks: list[Hook] = ()) -> Tr
                       f"({', '.join(f'{k}={v}' for k, v in sorted(dataset.skipped.items()))})", flush=True)
             stream = ShuffledStream(dataset, seed=cfg.data.shuffle_seed, rank=info.rank, world_size=info.world_size,
                                     equal_split=True)
-            batches = BatchStream(stream, inputs.processor, cfg.micro_batch_size(info.world_size),
-                                  collate_fn=inputs.collate)
+            batches = make_batches(stream, inputs.processor, cfg.micro_batch_size(info.world_size),
+                                   inputs.collate, cfg.data.max_tokens_per_batch)
         eval_data = (inputs.dataset(eval_manifest, False), batches.collate) if eval_manifest else None
         torch.manual_seed(cfg.seed + info.rank)  # dropout differs per rank; init above is shared
         trainer = Trainer(cfg, model, batches, info, eval_data=eval_data, hooks=hooks,
@@ -297,8 +299,8 @@ def _train_dataset(cfg: TrainConfig, manifest: str, length: Callable[[dict], int
     (streamed; a folder of .tar files, a .tar or a glob), shuffled with a buffer."""
     if is_shard_source(manifest):
         return TarShardDataset(manifest)
-    return JsonlDataset(manifest, cfg.data.image_root, cfg.data.validate_images,
-                        max_len=cfg.data.max_length, length_fn=length, bad_rows=cfg.data.bad_rows)
+    return JsonlDataset(manifest, cfg.data.image_root, cfg.data.validate_images, max_len=cfg.data.max_length,
+                        length_fn=length, bad_rows=cfg.data.bad_rows, budget=cfg.data.max_tokens_per_batch)
 
 
 def _start(trainer: Trainer, cfg: TrainConfig, info: DistInfo, resume: bool, dataset) -> None:
