@@ -154,8 +154,24 @@ def qwen_padded(tower: Qwen2VisionTower, pixel_values, grid_thw) -> list[torch.T
     cos, _ = pad_sequences([c[0] for c, _ in rope])
     sin, _ = pad_sequences([s[0] for _, s in rope])
     for block in tower.blocks:
-        x = block(x, cos, sin, mask)
+        x = x + _masked_attention(block.attn, block.norm1(x), cos, sin, mask)
+        x = x + block.mlp(block.norm2(x))
     return [tower.merger(xi[:n]) for xi, n in zip(x, lengths)]
+
+
+def _masked_attention(attn, x, cos, sin, mask):
+    """The tower block's attention over a padded batch x [M, L, D] with a key-padding mask
+    [M, 1, 1, L] (the tower itself attends per frame over the packed sequence)."""
+    import torch.nn.functional as F
+
+    from vlmkit.models.common.rope import apply_rope
+
+    B, N, D = x.shape
+    hd = D // attn.num_heads
+    q, k, v = attn.qkv(x).view(B, N, 3, attn.num_heads, hd).permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, N, hd]
+    q, k = (apply_rope(t.float(), cos, sin).to(x.dtype) for t in (q, k))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=hd**-0.5)
+    return attn.proj(out.transpose(1, 2).reshape(B, N, D))
 
 
 def qwen_variants(ours, hf, imgs, dtype):
