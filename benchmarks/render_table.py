@@ -89,12 +89,26 @@ def preprocess_table(data: dict) -> list[str]:
     return lines
 
 
+def serve_table(data: dict) -> list[str]:
+    """bench_serve.py: the two servers side by side at each number of clients."""
+    lines = [data["ratio_legend"][0].upper() + data["ratio_legend"][1:] + ".", "",
+             "| variant | clients | requests/s | tokens/s | x one-at-a-time | p50 s | p95 s | rows per step "
+             "| same answers |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['variant']} | {r['clients']} | {_num(r['requests/s'])} | {_num(r['tokens/s'])} "
+              f"| {_x(r['x one-at-a-time'])} | {_num(r['p50 latency s'])} | {_num(r['p95 latency s'])} "
+              f"| {_num(r['rows per step'])} | {'yes' if r['same answers'] else 'no'} |" for r in data["rows"]]
+    return lines
+
+
 def render(path: Path) -> str:
     """Markdown for one committed JSON file (generation or preprocessing results)."""
     data = json.loads(path.read_text())
     if "meta" not in data:
         raise SystemExit(f"{path}: no 'meta' block (written by an older benchmark script?)")
-    body = generate_table(data) if "results" in data else preprocess_table(data)
+    if data.get("benchmark") == "serve":
+        body = serve_table(data)
+    else:
+        body = generate_table(data) if "results" in data else preprocess_table(data)
     return "\n".join([f"Measured: {provenance(data['meta'], path)}.", "", *body])
 
 

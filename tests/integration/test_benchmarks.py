@@ -196,3 +196,19 @@ def test_render_table_on_the_committed_results():
         variants = variants or [r["variant"] for r in data["rows"]]  # a preprocessing file
         for v in variants:
             assert f"| {v} |" in proc.stdout, v
+
+
+def test_bench_serve_smoke(tmp_path):
+    pytest.importorskip("fastapi")
+    out, stdout = _run("bench_serve.py", "--clients", "1,2", "--max-batch", "2", "--max-tokens", "3", "--reps", "1",
+                       "--min-requests", "2", "--requests-per-client", "1", json_path=tmp_path / "serve.json")
+    assert out["benchmark"] == "serve" and "bench_serve.py" in out["meta"]["command"]
+    assert len(out["meta"]["loadavg_start"]) == 3 and len(out["meta"]["loadavg_end"]) == 3
+    assert [(r["variant"], r["clients"]) for r in out["rows"]] == [
+        ("one at a time (max-batch 1)", 1), ("continuous (max-batch 2)", 1),
+        ("one at a time (max-batch 1)", 2), ("continuous (max-batch 2)", 2)]
+    for r in out["rows"]:
+        assert all(_positive(r[k]) for k in ("requests/s", "tokens/s", "x one-at-a-time", "p50 latency s",
+                                             "p95 latency s", "rows per step", "decode steps"))
+        assert r["same answers"] is True and r["requests"] == 2
+    assert out["ratio_legend"] in stdout and "load average at start" in stdout

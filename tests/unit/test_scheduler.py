@@ -187,3 +187,28 @@ def test_image_features_batched_and_cached(pipe, monkeypatch):
     monkeypatch.undo()
     for (req, events), i in zip(runs, (0, 1, 0)):
         assert _tokens(events) == pipe.generate(PROMPTS[i], _image(i), cfg).token_ids
+
+
+def test_same_length_prompts_prefill_together_into_scattered_rows(pipe, monkeypatch):
+    """Prompts of one length admitted in one iteration share one prefill forward, also into rows
+    that are not next to each other (scratch buffers, then copied); each equals its lone run."""
+    sched = Scheduler(pipe, max_batch=4, max_len=200)
+    sched.open()
+    sizes = []
+    real = sched.cache.prefill_rows
+    monkeypatch.setattr(sched.cache, "prefill_rows", lambda rows, *a: (sizes.append(list(rows)), real(rows, *a))[1])
+    long, short = SamplingConfig(max_new_tokens=20), SamplingConfig(max_new_tokens=2)
+    runs = [_request(pipe, i, cfg) + (i, cfg) for i, cfg in ((1, short), (0, long), (3, long))]
+    for req, *_ in runs:
+        sched.submit(req)
+    sched.iterate()
+    while sched.active_rows == 3:
+        sched.iterate()
+    assert sorted(sched.cache.active) == [1, 2]  # the short request's row 0 is free again
+    later = [_request(pipe, i, long) + (i, long) for i in (2, 5)]  # one prompt, two images
+    for req, *_ in later:
+        sched.submit(req)
+    _drain(sched)
+    assert sizes == [[0], [1, 2], [0, 3]]  # 1 alone, then 0 and 3 together; the later two into rows 0, 3
+    for _, events, i, cfg in runs + later:
+        assert _tokens(events) == pipe.generate(PROMPTS[i % 3], _image(i), cfg).token_ids, i

@@ -25,6 +25,9 @@ class Metrics:
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128))
         self.step_seconds = Histogram("vlmkit_decode_step_seconds", "time of one decode step", registry=r,
                                       buckets=_LATENCY)
+        self.admit_seconds = Histogram("vlmkit_admit_seconds", "time of one admission: image encoding and "
+                                       "prefill of the requests admitted between two decode steps", registry=r,
+                                       buckets=_LATENCY)
         self.ttft_seconds = Histogram("vlmkit_time_to_first_token_seconds", "submission to first token",
                                       registry=r, buckets=_LATENCY)
         self.latency_seconds = Histogram("vlmkit_request_latency_seconds", "submission to last token (or cancel)",

@@ -24,6 +24,7 @@ from vlmkit.errors import VlmkitError
 from vlmkit.generation.batching import BatchedCache
 from vlmkit.generation.generate import _Row  # the generate loop's own EOS / stop-string rule
 from vlmkit.generation.sampling import SamplingConfig, sample_next
+from vlmkit.models.common.contracts import DecoderInputs
 from vlmkit.models.registry import family_of
 
 
@@ -185,12 +186,15 @@ class Scheduler:
         """One scheduling iteration: admit what fits, drop cancelled rows, decode one step."""
         with self._cv:
             admitted = self._take_admissible()
+        t0 = time.perf_counter()
         try:
             self._admit(admitted)
         except Exception as exc:  # noqa: BLE001 - a failing request must not stop the server
             log.exception("admitting %d request(s) failed", len(admitted))
             for req in admitted:
                 self._fail(req, exc)
+        if admitted and self.metrics is not None:
+            self.metrics.admit_seconds.observe(time.perf_counter() - t0)
         self._drop_cancelled()
         if self._seqs:
             try:
@@ -263,31 +267,60 @@ class Scheduler:
             self._features.popitem(last=False)
 
     def _admit(self, reqs: list[Request]) -> None:
+        """Prefill the admitted requests; prompts of the same length and cache need go through
+        the decoder together (one forward per group). What does not fit yet goes back to the
+        head of the queue, in order."""
         self._encode_images(reqs)
-        for i, req in enumerate(reqs):
+        groups: dict[tuple, list[tuple[Request, DecoderInputs]]] = {}
+        for req in reqs:
             if req.cancelled:
                 req.send(Event(0, finish="cancelled"))
                 continue
             try:
-                placed = self._prefill(req)
+                inputs = self.adapter.prepare(self.pipe.model, req.batch)
             except (VlmkitError, ValueError) as exc:
                 self._fail(req, exc)
                 continue
-            if not placed:  # the cache has no room for it yet: back to the head of the queue
+            T = inputs.embeds.shape[1]
+            # an M-RoPE decoder's positions are [3, 1, T]: such prompts are prefilled one by one
+            key = (T, req.prompt_tokens + req.sampling.max_new_tokens) if inputs.positions.dim() == 2 else (id(req),)
+            groups.setdefault(key, []).append((req, inputs))
+        pending = list(groups.values())
+        for i, group in enumerate(pending):
+            try:
+                placed = self._prefill(group)
+            except (VlmkitError, ValueError) as exc:
+                for req, _ in group:
+                    self._fail(req, exc)
+                continue
+            if not placed:  # the cache has no room for them yet: back to the head of the queue
+                later = sorted((r for g in pending[i:] for r, _ in g), key=reqs.index)
                 with self._cv:
-                    self._waiting.extendleft(reversed(reqs[i:]))
+                    self._waiting.extendleft(reversed(later))
                     self._set_queue_depth()
                 return
 
-    def _prefill(self, req: Request) -> bool:
-        T, cfg = req.prompt_tokens, req.sampling
-        need = T + cfg.max_new_tokens
+    def _prefill(self, group: list[tuple[Request, DecoderInputs]]) -> bool:
+        """Prefill requests whose prompts have one length and cache need; False if no room yet."""
+        T = group[0][1].embeds.shape[1]
+        need = group[0][0].prompt_tokens + group[0][0].sampling.max_new_tokens
         shift = self.cache.plan(T, need)
         if shift is None:
             return False
-        inputs = self.adapter.prepare(self.pipe.model, req.batch)
-        row = self.cache.free_row()
-        logits = self.cache.prefill(row, inputs, need, shift)[None]  # [1, V]
+        rows = self.cache.free_rows(len(group))
+        inputs = DecoderInputs(*(torch.cat([getattr(x, f) for _, x in group]) for f in
+                                 ("embeds", "attention_mask", "in_prefix", "positions")))
+        logits = self.cache.prefill_rows(rows, inputs, need, shift)  # [b, V]
+        now = time.perf_counter()
+        for (req, _), row, lg in zip(group, rows, logits):
+            self._start(req, row, lg[None])
+            if self.metrics is not None:
+                self.metrics.first_token(now - req.submitted)
+        return True
+
+    def _start(self, req: Request, row: int, logits: torch.Tensor) -> None:
+        """The request's n choices: row `row` (prefilled) and copies of it; each takes its first token."""
+        cfg = req.sampling
         rows = [row]
         for _ in range(1, req.n):
             rows.append(self.cache.free_row())
@@ -298,9 +331,6 @@ class Scheduler:
                        _generator(cfg.seed, i, self.device))
             self._seqs[r] = seq
             self._take_token(seq, logits)
-        if self.metrics is not None:
-            self.metrics.first_token(time.perf_counter() - req.submitted)
-        return True
 
     def _take_token(self, seq: _Seq, logits: torch.Tensor) -> None:
         """Sample the sequence's next token from logits [1, V], stream it, end the row if done."""
