@@ -2,8 +2,6 @@
 OpenAI response and streaming formats, n, stop, seeds, the API key, bad inputs, the task
 extension, metrics."""
 
-import base64
-import io
 import json
 
 import pytest
@@ -13,6 +11,9 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 import vlmkit  # noqa: E402
+from tests.integration.serving_common import body as _body  # noqa: E402
+from tests.integration.serving_common import image as _image  # noqa: E402
+from tests.integration.serving_common import uri as _uri  # noqa: E402
 from vlmkit.generation import SamplingConfig  # noqa: E402
 from vlmkit.serving.app import ServeConfig, create_app  # noqa: E402
 from vlmkit.serving.inputs import Limits  # noqa: E402
@@ -40,23 +41,6 @@ def client(pipe, tmp_path_factory):
     with TestClient(create_app(pipe, cfg)) as c:
         c.folder = folder
         yield c
-
-
-def _image(colour="red"):
-    img = Image.new("RGB", (64, 64), colour)
-    img.paste("white", (10, 10, 30, 40))
-    return img
-
-
-def _uri(img=None, fmt="PNG"):
-    buf = io.BytesIO()
-    (img or _image()).save(buf, format=fmt)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def _body(text="caption en", url=None, **kw):
-    content = [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": url or _uri()}}]
-    return {"messages": [{"role": "user", "content": content}], "max_tokens": 6, "temperature": 0, **kw}
 
 
 def test_completion_equals_pipeline(client, ref):
