@@ -212,3 +212,20 @@ def test_same_length_prompts_prefill_together_into_scattered_rows(pipe, monkeypa
     assert sizes == [[0], [1, 2], [0, 3]]  # 1 alone, then 0 and 3 together; the later two into rows 0, 3
     for _, events, i, cfg in runs + later:
         assert _tokens(events) == pipe.generate(PROMPTS[i % 3], _image(i), cfg).token_ids, i
+
+
+def test_timeout_while_decoding_ends_the_request_and_frees_its_rows(pipe):
+    sched = Scheduler(pipe, max_batch=2, max_len=200)
+    sched.open()
+    req, events = _request(pipe, 0, SamplingConfig(max_new_tokens=50), n=2)
+    other, other_events = _request(pipe, 1, SamplingConfig(max_new_tokens=6))
+    sched.submit(req)
+    sched.iterate()
+    sched.submit(other)  # waits: both rows are the first request's
+    assert sched.active_rows == 2 and not events[-1].error
+    req.timeout = 0.0  # passed now (Request.expired compares with the time since submission)
+    sched.iterate()
+    assert "--request-timeout" in str(events[-1].error) and events[-1].error.__class__.__name__ == "RequestTimeoutError"
+    _drain(sched)
+    assert sched.cache.active == {}
+    assert _tokens(other_events) == pipe.generate(PROMPTS[1], _image(1), SamplingConfig(max_new_tokens=6)).token_ids

@@ -4,7 +4,8 @@ Endpoints: POST /v1/chat/completions (plain or streamed as server-sent events en
 `data: [DONE]`), GET /v1/models, GET /health, GET /metrics (Prometheus), GET / (the web page).
 With an API key every endpoint but /health and the page itself needs `Authorization: Bearer KEY`.
 Errors are OpenAI's JSON shape: 400 bad request, 401 bad key, 413 too large, 422 invalid field,
-429 queue full. Prompt rules (PaliGemma: the last user message's text) are in `serving.inputs`.
+429 queue full, 504 past the server's --request-timeout (a streamed response, whose status is
+sent already, ends with the error as its last event before `[DONE]`). Prompt rules (PaliGemma: the last user message's text) are in `serving.inputs`.
 """
 
 import asyncio
@@ -41,6 +42,7 @@ class ServeConfig:
     max_len: int = 2048
     max_queue: int = 256
     default_max_tokens: int = 64
+    request_timeout: float | None = None  # seconds from arrival; None: no limit
     limits: Limits = field(default_factory=Limits)
 
 
@@ -96,7 +98,8 @@ class Server:
             raise APIError(400, str(exc)) from None
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        req = GenRequest(batch, sampling, lambda e: loop.call_soon_threadsafe(queue.put_nowait, e), n=body.n)
+        req = GenRequest(batch, sampling, lambda e: loop.call_soon_threadsafe(queue.put_nowait, e), n=body.n,
+                         timeout=self.cfg.request_timeout)
         try:
             self.scheduler.submit(req)
         except QueueFullError as exc:

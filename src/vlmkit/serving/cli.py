@@ -1,6 +1,7 @@
 """`vlmkit serve`: flags (checked when parsed) and the command; FastAPI/uvicorn load only to run."""
 
 import argparse
+import signal
 from pathlib import Path
 
 from vlmkit import cli_types as T
@@ -10,6 +11,16 @@ def _port(text: str) -> int:
     value = T.positive_int(text)
     if value > 65535:
         raise argparse.ArgumentTypeError(f"must be a TCP port in 1 .. 65535, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
     return value
 
 
@@ -32,6 +43,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="cache slots per row: prompt (with image tokens) + max_tokens must fit (default 2048)")
     p.add_argument("--max-queue", type=T.positive_int, default=256,
                    help="requests waiting for a row before new ones get HTTP 429 (default 256)")
+    p.add_argument("--request-timeout", type=_seconds, metavar="S",
+                   help="end a request S seconds after it arrived (waiting included) with an HTTP 504 "
+                   "timeout_error, freeing its rows (default: no limit)")
     p.add_argument("--allow-local-files", type=_folder, metavar="DIR",
                    help="let image_url name files under DIR (default: data URIs only)")
     p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
@@ -54,6 +68,14 @@ def run_serve_args(args) -> int:
     pipe = load(args.model, dtype=args.dtype, device=args.device)
     name = args.model or (pipe.folder.name if pipe.folder is not None else "vlmkit")
     cfg = ServeConfig(model_name=name, api_key=args.api_key, max_batch=args.max_batch, max_len=args.max_len,
-                      max_queue=args.max_queue, limits=Limits(allow_local_files=args.allow_local_files))
+                      max_queue=args.max_queue, request_timeout=args.request_timeout,
+                      limits=Limits(allow_local_files=args.allow_local_files))
+    # uvicorn finishes the in-flight requests on SIGTERM (its lifespan then drains the scheduler)
+    # and re-raises the signal to the handler it found: this one, so that a clean stop exits 0.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(create_app(pipe, cfg), host=args.host, port=args.port, log_level="info")
     return 0
+
+
+def _exit_cleanly(signum, frame) -> None:
+    raise SystemExit(0)

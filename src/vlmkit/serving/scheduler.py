@@ -15,81 +15,21 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 
 from vlmkit.errors import VlmkitError
 from vlmkit.generation.batching import BatchedCache
 from vlmkit.generation.generate import _Row  # the generate loop's own EOS / stop-string rule
-from vlmkit.generation.sampling import SamplingConfig, sample_next
+from vlmkit.generation.sampling import sample_next
 from vlmkit.models.common.contracts import DecoderInputs
 from vlmkit.models.registry import family_of
+from vlmkit.serving.requests import Event, QueueFullError, Request, RequestTimeoutError, Seq, choice_generator
+
+__all__ = ["Event", "QueueFullError", "Request", "RequestTimeoutError", "Scheduler"]
 
 
 log = logging.getLogger("vlmkit.serving")
-
-
-class QueueFullError(VlmkitError):
-    """The scheduler's waiting queue is full (HTTP 429)."""
-
-
-@dataclass
-class Event:
-    """One choice's news: new text (`token_id` set), or its end (`finish` set), or an error."""
-
-    index: int
-    text: str = ""
-    token_id: int | None = None
-    finish: str | None = None  # "eos", "stop_string", "length", "cancelled"
-    completion_tokens: int = 0
-    error: Exception | None = None
-
-
-@dataclass(eq=False)
-class Request:
-    """A processed prompt (batch of 1 as the family's processor makes it) and how to sample it.
-
-    emit: called on the scheduler thread with every Event of every choice; if it raises (its
-        client's event loop is gone), the request is cancelled.
-    """
-
-    batch: dict
-    sampling: SamplingConfig
-    emit: Callable[[Event], None]
-    n: int = 1
-    cancelled: bool = False
-    submitted: float = field(default_factory=time.perf_counter)
-
-    @property
-    def prompt_tokens(self) -> int:
-        return int(self.batch["input_ids"].shape[1])
-
-    def send(self, event: Event) -> None:
-        try:
-            self.emit(event)
-        except Exception:  # noqa: BLE001 - a vanished client must not stop the scheduler
-            log.warning("dropping a request whose receiver failed", exc_info=True)
-            self.cancelled = True
-
-
-@dataclass(eq=False)
-class _Seq:
-    """One choice of a request in one cache row."""
-
-    req: Request
-    index: int
-    row: int
-    acc: _Row
-    gen: torch.Generator | None
-    last: int = 0  # the token chosen last (next decode step's input)
-    sent: int = 0  # characters of acc.text handed to the request so far
-
-
-def _generator(seed: int | None, index: int, device) -> torch.Generator | None:
-    """Choice i of a seeded request samples with seed + i (so choice 0 equals a lone request)."""
-    return None if seed is None else torch.Generator(device=device).manual_seed((seed + index) % 2**64)
 
 
 class Scheduler:
@@ -111,7 +51,7 @@ class Scheduler:
         self._features: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.feature_cache_size = feature_cache_size
         self._waiting: deque[Request] = deque()
-        self._seqs: dict[int, _Seq] = {}  # row -> sequence
+        self._seqs: dict[int, Seq] = {}  # row -> sequence
         self._cv = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -196,6 +136,7 @@ class Scheduler:
         if admitted and self.metrics is not None:
             self.metrics.admit_seconds.observe(time.perf_counter() - t0)
         self._drop_cancelled()
+        self._expire()
         if self._seqs:
             try:
                 self._step()
@@ -206,8 +147,11 @@ class Scheduler:
 
     def _take_admissible(self) -> list[Request]:
         """Waiting requests (FIFO) that fit in the free rows now; cancelled ones are dropped."""
-        free = self.max_batch - len(self._seqs)
+        free, now = self.max_batch - len(self._seqs), time.perf_counter()
         out = []
+        for req in [r for r in self._waiting if r.expired(now)]:  # timed out while waiting
+            self._waiting.remove(req)
+            req.send(Event(0, error=self._timeout_error(req)))
         while self._waiting and (self._waiting[0].cancelled or self._waiting[0].n <= free):
             req = self._waiting.popleft()
             if req.cancelled:
@@ -223,9 +167,20 @@ class Scheduler:
             self._release(seq)
         req.send(Event(0, error=exc))
 
-    def _release(self, seq: _Seq) -> None:
+    def _release(self, seq: Seq) -> None:
         self._seqs.pop(seq.row, None)
         self.cache.free(seq.row)
+
+    @staticmethod
+    def _timeout_error(req: Request) -> RequestTimeoutError:
+        return RequestTimeoutError(f"the request took more than the server's --request-timeout of {req.timeout:g} s "
+                                   f"({time.perf_counter() - req.submitted:.2f} s since it arrived)")
+
+    def _expire(self) -> None:
+        """End every admitted request that passed its timeout (all its choices), freeing its rows."""
+        now = time.perf_counter()
+        for req in {id(s.req): s.req for s in self._seqs.values() if s.req.expired(now)}.values():
+            self._fail(req, self._timeout_error(req))
 
     def _drop_cancelled(self) -> None:
         for seq in [s for s in self._seqs.values() if s.req.cancelled]:
@@ -327,12 +282,12 @@ class Scheduler:
             self.cache.copy_row(row, rows[-1])
         stop_ids = self.stop_ids | set(cfg.extra_eos_ids)
         for i, r in enumerate(rows):
-            seq = _Seq(req, i, r, _Row(self.pipe.tokenizer, stop_ids, cfg.stop_strings),
-                       _generator(cfg.seed, i, self.device))
+            seq = Seq(req, i, r, _Row(self.pipe.tokenizer, stop_ids, cfg.stop_strings),
+                       choice_generator(cfg.seed, i, self.device))
             self._seqs[r] = seq
             self._take_token(seq, logits)
 
-    def _take_token(self, seq: _Seq, logits: torch.Tensor) -> None:
+    def _take_token(self, seq: Seq, logits: torch.Tensor) -> None:
         """Sample the sequence's next token from logits [1, V], stream it, end the row if done."""
         cfg = seq.req.sampling
         seq.last = int(sample_next(logits, cfg, seq.gen)[0])

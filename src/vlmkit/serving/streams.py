@@ -9,10 +9,19 @@ from collections.abc import AsyncIterator, Callable
 
 from vlmkit.errors import VlmkitError
 from vlmkit.serving.inputs import APIError
-from vlmkit.serving.scheduler import Event, Request, Scheduler
+from vlmkit.serving.scheduler import Event, Request, RequestTimeoutError, Scheduler
 
 FINISH = {"eos": "stop", "stop_string": "stop", "length": "length", "cancelled": "cancelled"}
 POLL_S = 0.5  # how often a waiting response checks that its client is still there
+
+
+def api_error(err: Exception) -> APIError:
+    """The HTTP error for a request that failed in the scheduler."""
+    if isinstance(err, RequestTimeoutError):
+        return APIError(504, str(err), kind="timeout_error", code="request_timeout")
+    if isinstance(err, (VlmkitError, ValueError)):
+        return APIError(400, f"generation failed: {err}")
+    return APIError(500, f"generation failed: {err}", kind="server_error")
 
 
 class Completion:
@@ -43,10 +52,7 @@ class Completion:
                 if event is None:
                     continue
                 if event.error is not None:
-                    err = event.error
-                    raise APIError(400 if isinstance(err, (VlmkitError, ValueError)) else 500,
-                                   f"generation failed: {err}", kind="server_error"
-                                   if not isinstance(err, (VlmkitError, ValueError)) else "invalid_request_error")
+                    raise api_error(event.error)
                 if event.finish == "cancelled" and event.completion_tokens == 0 and self.req.cancelled:
                     return
                 self.texts[event.index] += event.text
