@@ -43,6 +43,7 @@ class ServeConfig:
     max_queue: int = 256
     default_max_tokens: int = 64
     request_timeout: float | None = None  # seconds from arrival; None: no limit
+    mask_vae: Path | None = None  # PaliGemma's mask VQ-VAE (.npz): segment answers get mask PNGs
     limits: Limits = field(default_factory=Limits)
 
 
@@ -67,6 +68,11 @@ class Server:
         self.pipe, self.cfg, self.metrics = pipe, cfg, Metrics()
         self.scheduler = Scheduler(pipe, cfg.max_batch, cfg.max_len, cfg.max_queue, self.metrics)
         self._template = None
+        self.mask_vae = None
+        if cfg.mask_vae is not None:
+            from vlmkit.tasks.segmentation import MaskVAE
+
+            self.mask_vae = MaskVAE.from_npz(cfg.mask_vae)  # CheckpointError names a bad file
 
     def processed(self, body: ChatRequest) -> tuple[dict, tuple[int, int] | None]:
         """(the processor's batch of one prompt, the first image's size); runs in a worker thread."""
@@ -175,11 +181,13 @@ def _routes(app: FastAPI, server: Server) -> None:
         conversation with it; PaliGemma has none, so its prompt is the last user message's text
         (earlier turns are ignored) and its images are every image of the request, in order.
         `vlmkit: {"task": "detect", "objects": [...]}` builds a PaLI task prompt instead and adds
-        the parsed boxes (pixels of the first image) / segment codes as `message.vlmkit`."""
+        the parsed boxes (pixels of the first image) / segment codes as `message.vlmkit`; with the
+        server's --mask-vae each mask also has `png`, a grayscale PNG data URI of the first
+        image's size (255 inside the mask, 0 outside)."""
         completion, size = await server.submit(body)
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": server.cfg.model_name}
         task = body.vlmkit.task if body.vlmkit else None
-        parse = (lambda text: task_output(task, text, size)) if task and size else None
+        parse = (lambda text: task_output(task, text, size, server.mask_vae)) if task and size else None
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(completion.sse(meta, request, parse, usage), media_type="text/event-stream")

@@ -24,6 +24,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _file(text: str) -> Path:
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file")
+    return path.resolve()
+
+
 def _folder(text: str) -> Path:
     path = Path(text).expanduser()
     if not path.is_dir():
@@ -46,6 +53,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--request-timeout", type=_seconds, metavar="S",
                    help="end a request S seconds after it arrived (waiting included) with an HTTP 504 "
                    "timeout_error, freeing its rows (default: no limit)")
+    p.add_argument("--mask-vae", type=_file, metavar="FILE.npz",
+                   help="PaliGemma's mask VQ-VAE weights: segment answers (the vlmkit task extension) get "
+                   "each mask as a PNG of the first image's size (default: codes only)")
     p.add_argument("--allow-local-files", type=_folder, metavar="DIR",
                    help="let image_url name files under DIR (default: data URIs only)")
     p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
@@ -68,7 +78,7 @@ def run_serve_args(args) -> int:
     pipe = load(args.model, dtype=args.dtype, device=args.device)
     name = args.model or (pipe.folder.name if pipe.folder is not None else "vlmkit")
     cfg = ServeConfig(model_name=name, api_key=args.api_key, max_batch=args.max_batch, max_len=args.max_len,
-                      max_queue=args.max_queue, request_timeout=args.request_timeout,
+                      max_queue=args.max_queue, request_timeout=args.request_timeout, mask_vae=args.mask_vae,
                       limits=Limits(allow_local_files=args.allow_local_files))
     # uvicorn finishes the in-flight requests on SIGTERM (its lifespan then drains the scheduler)
     # and re-raises the signal to the handler it found: this one, so that a clean stop exits 0.

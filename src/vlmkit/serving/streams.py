@@ -72,8 +72,8 @@ class Completion:
         choices = []
         for i, text in enumerate(self.texts):
             message = {"role": "assistant", "content": text}
-            if parse is not None:
-                message["vlmkit"] = parse(text)
+            if parse is not None:  # in a worker thread: mask decoding and PNG writing take a while
+                message["vlmkit"] = await asyncio.to_thread(parse, text)
             choices.append({"index": i, "message": message, "finish_reason": FINISH.get(self.finish[i])})
         return {**meta, "object": "chat.completion", "choices": choices, "usage": self.usage()}
 
@@ -91,7 +91,7 @@ class Completion:
                     continue
                 choice = {"index": e.index, "delta": {}, "finish_reason": FINISH.get(e.finish)}
                 if parse is not None:
-                    choice["vlmkit"] = parse(self.texts[e.index])
+                    choice["vlmkit"] = await asyncio.to_thread(parse, self.texts[e.index])
                 yield chunk([choice])
         except APIError as exc:  # the status line is sent already: the error travels as an event
             yield f"data: {json.dumps(exc.body())}\n\n"
