@@ -51,14 +51,26 @@ def _error(exc: APIError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status)
 
 
+def _where(loc) -> str:
+    """A field path (messages.0.content) without pydantic's union-branch names (str, list[...])."""
+    parts = [str(p) for p in loc if p != "body" and not (isinstance(p, str) and (p == "str" or "[" in p))]
+    return ".".join(p for i, p in enumerate(parts) if i == 0 or p != parts[i - 1])  # a part's tag, then its field
+
+
 def _validation_error(_, exc: RequestValidationError) -> JSONResponse:
-    first = exc.errors()[0] if exc.errors() else {}
-    loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    errors = exc.errors() or [{}]
+    first = errors[0]
     if first.get("type") == "json_invalid":
         return _error(APIError(400, f"the request body is not valid JSON ({first.get('msg', '')})"))
-    if not loc and first.get("type") == "missing":
+    if not _where(first.get("loc", ())) and first.get("type") == "missing":
         return _error(APIError(400, "the request body is missing: send a JSON object"))
-    return _error(APIError(422, f"{loc or 'body'}: {first.get('msg', 'invalid value')}", loc or None))
+    # A union field (content: a string or a list of parts) reports one error per branch: the
+    # deepest ones name what is wrong (e.g. the image_url inside a part), same-depth ones are joined.
+    depth = max(len(e.get("loc", ())) for e in errors)
+    deepest = [e for e in errors if len(e.get("loc", ())) == depth]
+    loc = _where(deepest[0].get("loc", ()))
+    msgs = " or ".join(dict.fromkeys(e.get("msg", "invalid value") for e in deepest))
+    return _error(APIError(422, f"{loc or 'body'}: {msgs}", loc or None))
 
 
 class Server:

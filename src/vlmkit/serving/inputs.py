@@ -84,6 +84,10 @@ def decode_image(url: str, limits: Limits, param: str) -> Image.Image:
     try:
         with Image.open(io.BytesIO(data)) as header:  # reads the header only
             w, h = header.size
+    except Image.DecompressionBombError as exc:  # a header declaring more pixels than PIL opens
+        declared = re.search(r"\((\d+) pixels\)", str(exc))
+        n = f"{int(declared.group(1)):,}" if declared else "too many"
+        raise APIError(413, f"{param}: image declares {n} pixels, more than {limits.max_image_pixels:,}", param) from None
     except Exception:  # noqa: BLE001 - not an image at all: load_image words the error
         w = h = 0
     if w * h > limits.max_image_pixels:

@@ -19,6 +19,9 @@ class Metrics:
         self.prompt_tokens = Counter("vlmkit_prompt_tokens", "prompt tokens admitted (image tokens included)",
                                      registry=r)
         self.generation_tokens = Counter("vlmkit_generation_tokens", "tokens generated", registry=r)
+        self.finished = Counter("vlmkit_finished_choices", "ends by reason: a choice's (eos, stop_string, "
+                                "length, cancelled: its client left) or a whole request's (timeout, error, "
+                                "cancelled before it started)", ["reason"], registry=r)
         self.queue_depth = Gauge("vlmkit_queue_depth", "requests waiting for a cache row", registry=r)
         self.active_rows = Gauge("vlmkit_active_rows", "cache rows decoding now", registry=r)
         self.batch_size = Histogram("vlmkit_batch_size", "rows per decode step", registry=r,

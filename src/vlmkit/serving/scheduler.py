@@ -151,21 +151,28 @@ class Scheduler:
         out = []
         for req in [r for r in self._waiting if r.expired(now)]:  # timed out while waiting
             self._waiting.remove(req)
-            req.send(Event(0, error=self._timeout_error(req)))
+            self._end(req, Event(0, error=self._timeout_error(req)))
         while self._waiting and (self._waiting[0].cancelled or self._waiting[0].n <= free):
             req = self._waiting.popleft()
             if req.cancelled:
-                req.send(Event(0, finish="cancelled"))
+                self._end(req, Event(0, finish="cancelled"))
                 continue
             out.append(req)
             free -= req.n
         self._set_queue_depth()
         return out
 
+    def _end(self, req: Request, event: Event) -> None:
+        """Send a last event (a choice's finish, or a whole request's error or early cancel), counted by reason."""
+        if self.metrics is not None:
+            timeout = isinstance(event.error, RequestTimeoutError)
+            self.metrics.finished.labels(event.finish or ("timeout" if timeout else "error")).inc()
+        req.send(event)
+
     def _fail(self, req: Request, exc: Exception) -> None:
         for seq in [s for s in self._seqs.values() if s.req is req]:
             self._release(seq)
-        req.send(Event(0, error=exc))
+        self._end(req, Event(0, error=exc))
 
     def _release(self, seq: Seq) -> None:
         self._seqs.pop(seq.row, None)
@@ -185,7 +192,7 @@ class Scheduler:
     def _drop_cancelled(self) -> None:
         for seq in [s for s in self._seqs.values() if s.req.cancelled]:
             self._release(seq)
-            seq.req.send(Event(seq.index, finish="cancelled", completion_tokens=seq.acc.steps))
+            self._end(seq.req, Event(seq.index, finish="cancelled", completion_tokens=seq.acc.steps))
 
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device)
@@ -229,7 +236,7 @@ class Scheduler:
         groups: dict[tuple, list[tuple[Request, DecoderInputs]]] = {}
         for req in reqs:
             if req.cancelled:
-                req.send(Event(0, finish="cancelled"))
+                self._end(req, Event(0, finish="cancelled"))
                 continue
             try:
                 inputs = self.adapter.prepare(self.pipe.model, req.batch)
@@ -305,7 +312,7 @@ class Scheduler:
         seq.sent = upto
         if done:
             self._release(seq)
-            seq.req.send(Event(seq.index, finish=seq.acc.finish or "length", completion_tokens=seq.acc.steps))
+            self._end(seq.req, Event(seq.index, finish=seq.acc.finish or "length", completion_tokens=seq.acc.steps))
 
     def _step(self) -> None:
         t0 = time.perf_counter()
