@@ -26,9 +26,7 @@ import base64
 import io
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +38,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import format_table, ratio, run_metadata  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+from vlmkit.serving.launch import ServerProcess  # noqa: E402
+
 PROMPTS = ["caption en", "detect circle ; square", "answer en what colour is it?", "ocr", "segment square"]
 COLOURS = ["red", "blue", "green", "yellow", "white", "black", "orange"]
 LEGEND = ("ratio x one-at-a-time = this row's tokens/s / the max-batch 1 server's tokens/s at the same number of "
@@ -63,53 +62,11 @@ def request_bodies(n: int, max_tokens: int) -> list[dict]:
              "max_tokens": max_tokens, "temperature": 0} for i in range(n)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    """`python -m vlmkit serve` in a subprocess; its log goes to a temporary file."""
-
-    def __init__(self, max_batch: int, args):
-        self.max_batch, self.port = max_batch, _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tempfile.NamedTemporaryFile("w+", prefix=f"bench-serve-{max_batch}-", suffix=".log")
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads),
-               "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-        cmd = [sys.executable, "-m", "vlmkit", "serve", "--port", str(self.port), "--max-batch", str(max_batch),
-               "--max-len", str(args.max_len), "--max-queue", "4096", "--dtype", args.dtype]
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"server --max-batch {self.max_batch} exited:\n{self.tail()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise SystemExit(f"server --max-batch {self.max_batch} did not answer /health in {timeout:.0f} s")
-
-    def tail(self) -> str:
-        self.log.seek(0)
-        return self.log.read()[-3000:]
-
-    def metrics(self) -> dict[str, float]:
-        """The server's unlabelled Prometheus samples (name -> value)."""
-        text = httpx.get(f"{self.url}/metrics", timeout=30).text
-        return {ln.split()[0]: float(ln.split()[1]) for ln in text.splitlines()
-                if ln and not ln.startswith("#") and "{" not in ln}
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=60)
-        self.log.close()
+def start_server(max_batch: int, args, log: Path) -> ServerProcess:
+    server = ServerProcess("--max-batch", str(max_batch), "--max-len", str(args.max_len), "--max-queue", "4096",
+                           "--dtype", args.dtype, log=log, threads=args.threads)
+    server.max_batch = max_batch
+    return server
 
 
 async def _run_clients(url: str, bodies: list[dict], clients: int) -> tuple[float, list[dict]]:
@@ -162,7 +119,8 @@ def _variant(max_batch: int) -> str:
 
 
 def run(args) -> dict:
-    servers = [ServerProcess(1, args), ServerProcess(args.max_batch, args)]
+    logs = tempfile.TemporaryDirectory(prefix="bench-serve-")
+    servers = [start_server(b, args, Path(logs.name) / f"max-batch-{b}.log") for b in (1, args.max_batch)]
     try:
         for s in servers:
             s.wait_ready()
@@ -187,6 +145,7 @@ def run(args) -> dict:
     finally:
         for s in servers:
             s.close()
+        logs.cleanup()
     return {"rows": rows, "samples": samples}
 
 

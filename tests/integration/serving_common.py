@@ -1,29 +1,18 @@
-"""Helpers shared by the serving tests: test images as data URIs, a uvicorn server in a thread,
-`vlmkit serve` in a subprocess (polled until /health answers, never a fixed sleep), its RSS."""
+"""Helpers shared by the serving tests: test images as data URIs, request bodies, a uvicorn
+server in a thread (a subprocess server is `vlmkit.serving.launch.ServerProcess`)."""
 
 from __future__ import annotations
 
 import base64
 import io
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import httpx
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from vlmkit.serving.launch import free_port
 
 
 def image(colour="red", x: int = 10) -> Image.Image:
@@ -69,52 +58,3 @@ def serving(pipe, cfg):
         server.should_exit = True
         thread.join(timeout=30)
         assert not thread.is_alive(), "uvicorn did not shut down"
-
-
-class ServeProcess:
-    """`python -m vlmkit serve ARGS` on a free port in a subprocess (output in `log`)."""
-
-    def __init__(self, *args: str, log: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        env = {**os.environ, "OMP_NUM_THREADS": "1",
-               "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-        with open(log, "w") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "vlmkit", "serve", "--port", str(self.port), *args],
-                                         env=env, stdout=out, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"server exited early:\n{self.log.read_text()[-3000:]}"
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"server did not answer /health in {timeout} s:\n{self.log.read_text()[-3000:]}")
-
-    def rss_mb(self) -> float:
-        """Resident set size of the server process now, MiB (Linux /proc)."""
-        for line in open(f"/proc/{self.proc.pid}/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        raise AssertionError("no VmRSS")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def __enter__(self):
-        self.wait_ready()
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

@@ -21,7 +21,8 @@ pytest.importorskip("fastapi")
 import httpx  # noqa: E402
 
 from tests.integration.bad_inputs_common import png_header  # noqa: E402
-from tests.integration.serving_common import ServeProcess, body, uri  # noqa: E402
+from tests.integration.serving_common import body, uri  # noqa: E402
+from vlmkit.serving.launch import ServerProcess  # noqa: E402
 
 URL = "/v1/chat/completions"
 RSS_TOLERANCE_MB = 50
@@ -60,7 +61,7 @@ CORPUS = [  # (name, request body: dict as JSON or raw bytes, status, words the 
 ]
 
 
-def _post(srv: ServeProcess, payload) -> httpx.Response:
+def _post(srv: ServerProcess, payload) -> httpx.Response:
     if isinstance(payload, bytes):
         return httpx.post(srv.url + URL, content=payload, headers={"content-type": "application/json"}, timeout=120)
     return httpx.post(srv.url + URL, json=payload, timeout=120)
@@ -72,9 +73,8 @@ def _check(r: httpx.Response, status: int, words: str) -> None:
     assert set(err) == {"message", "type", "param", "code"} and words in err["message"], err
 
 
-def _metric(srv: ServeProcess, prefix: str) -> float:
-    text = httpx.get(srv.url + "/metrics", timeout=30).text
-    return sum(float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith(prefix))
+def _metric(srv: ServerProcess, name: str) -> float:
+    return srv.metrics().get(name, 0.0)
 
 
 def _poll(cond, what: str, timeout: float = 120) -> None:
@@ -88,7 +88,7 @@ class _Stream:
     """A streamed request read in a thread until the first chunk arrives (or it is refused);
     `close()` then drops the connection mid-stream."""
 
-    def __init__(self, srv: ServeProcess, req: dict):
+    def __init__(self, srv: ServerProcess, req: dict):
         self.client = httpx.Client(timeout=300)
         self.started, self.status = threading.Event(), None
         self.thread = threading.Thread(target=self._read, args=(srv, req), daemon=True)
@@ -110,7 +110,7 @@ class _Stream:
         self.thread.join(60)
 
 
-def _queue_full_and_disconnects(srv: ServeProcess) -> None:
+def _queue_full_and_disconnects(srv: ServerProcess) -> None:
     """One row, one queue place: A decodes, B waits, C is refused (429); then both clients leave
     and their requests are cancelled (B's while still queued or just admitted)."""
     cancelled = _metric(srv, 'vlmkit_finished_choices_total{reason="cancelled"}')
@@ -127,7 +127,7 @@ def _queue_full_and_disconnects(srv: ServeProcess) -> None:
     _poll(lambda: httpx.get(srv.url + "/health").json()["active_rows"] == 0, "the rows to be freed")
 
 
-def _run_corpus(srv: ServeProcess) -> None:
+def _run_corpus(srv: ServerProcess) -> None:
     for name, payload, status, words in CORPUS:
         r = _post(srv, payload)
         try:
@@ -140,7 +140,7 @@ def _run_corpus(srv: ServeProcess) -> None:
 
 def test_bad_input_corpus_keeps_the_server_serving(tmp_path):
     args = ("--max-batch", "1", "--max-queue", "1", "--max-len", "2048", "--dtype", "float32")
-    with ServeProcess(*args, log=tmp_path / "serve.log") as srv:
+    with ServerProcess(*args, log=tmp_path / "serve.log") as srv:
         ok = _post(srv, body())
         assert ok.status_code == 200, ok.text
         _run_corpus(srv)  # warm-up: every error path's first-use allocations

@@ -14,7 +14,8 @@ import httpx  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 import vlmkit  # noqa: E402
-from tests.integration.serving_common import ServeProcess, body  # noqa: E402
+from tests.integration.serving_common import body  # noqa: E402
+from vlmkit.serving.launch import ServerProcess  # noqa: E402
 from vlmkit.serving.app import ServeConfig, create_app  # noqa: E402
 
 URL = "/v1/chat/completions"
@@ -46,7 +47,7 @@ def test_sigterm_finishes_the_in_flight_stream_then_exits_0(tmp_path):
     """The client reads the first chunk, then stops reading until SIGTERM has been sent, so the
     response is in flight when the signal arrives; it must still arrive whole, then the server exits 0."""
     max_tokens = 120
-    with ServeProcess("--max-batch", "2", "--max-len", "256", "--dtype", "float32", log=tmp_path / "serve.log") as srv:
+    with ServerProcess("--max-batch", "2", "--max-len", "256", "--dtype", "float32", log=tmp_path / "serve.log") as srv:
         first, signalled, lines = threading.Event(), threading.Event(), []
 
         def read() -> None:
