@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-tokens", type=int, default=24, help="max_tokens of every request (default 24)")
     p.add_argument("--requests-per-client", type=int, default=4, help="requests per client in a run (default 4)")
     p.add_argument("--min-requests", type=int, default=32, help="at least this many requests per run (default 32)")
-    p.add_argument("--reps", type=int, default=2, help="runs per server and client count; the best is reported")
+    p.add_argument("--reps", type=int, default=4, help="runs per server and client count; the best is reported")
     p.add_argument("--max-len", type=int, default=256, help="the servers' --max-len (default 256)")
     p.add_argument("--dtype", default="float32", help="the servers' --dtype (default float32)")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each server (default 1)")

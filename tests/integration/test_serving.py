@@ -221,7 +221,8 @@ SEG_TEXT = "<loc0128><loc0100><loc0900><loc0700>" + "".join(f"<seg{7 * c % 128:0
 
 def _scripted(monkeypatch, pipe, text):
     """Make the scheduler 'sample' the tokens of `text` then EOS (the bundled model never writes
-    segment codes), so the whole HTTP path of a segment answer runs on a known answer."""
+    segment codes), so the whole HTTP path of a segment answer runs on a known answer. Only for
+    sampled requests: greedy rows take the decode step's argmax without calling sample_next."""
     import torch
 
     import vlmkit.serving.scheduler as sched_mod
@@ -238,7 +239,8 @@ def test_segment_masks_are_pngs_with_mask_vae(pipe, client, tmp_path, monkeypatc
 
     write_random_npz(tmp_path / "vae.npz")
     img = Image.new("RGB", (80, 48), "white")  # not square: the PNG is the first image's W x H
-    req = _body("", _uri(img), max_tokens=40, vlmkit={"task": "segment", "objects": ["circle"]})
+    req = _body("", _uri(img), max_tokens=40, temperature=1.0, seed=0,  # sampled: every token asks sample_next
+                vlmkit={"task": "segment", "objects": ["circle"]})
     _scripted(monkeypatch, pipe, SEG_TEXT)
     plain = client.post(URL, json=req).json()["choices"][0]["message"]
     assert plain["content"] == SEG_TEXT

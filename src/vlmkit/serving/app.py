@@ -12,6 +12,7 @@ import asyncio
 import hmac
 import time
 import uuid
+import weakref
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from vlmkit.serving.metrics import Metrics
 from vlmkit.serving.scheduler import QueueFullError, Scheduler
 from vlmkit.serving.scheduler import Request as GenRequest
 from vlmkit.serving.schemas import ChatRequest
-from vlmkit.serving.streams import Completion
+from vlmkit.serving.streams import Completion, Mailbox
 
 PAGE = Path(__file__).parent / "static" / "index.html"
 OPEN_PATHS = ("/health", "/", "/favicon.ico")
@@ -80,6 +81,7 @@ class Server:
         self.pipe, self.cfg, self.metrics = pipe, cfg, Metrics()
         self.scheduler = Scheduler(pipe, cfg.max_batch, cfg.max_len, cfg.max_queue, self.metrics)
         self._template = None
+        self._mailboxes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> Mailbox
         self.mask_vae = None
         if cfg.mask_vae is not None:
             from vlmkit.tasks.segmentation import MaskVAE
@@ -115,9 +117,10 @@ class Server:
         except VlmkitError as exc:
             raise APIError(400, str(exc)) from None
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        req = GenRequest(batch, sampling, lambda e: loop.call_soon_threadsafe(queue.put_nowait, e), n=body.n,
-                         timeout=self.cfg.request_timeout)
+        if loop not in self._mailboxes:
+            self._mailboxes[loop] = Mailbox(loop)
+        mailbox, queue = self._mailboxes[loop], asyncio.Queue()
+        req = GenRequest(batch, sampling, lambda e: mailbox.put(queue, e), n=body.n, timeout=self.cfg.request_timeout)
         try:
             self.scheduler.submit(req)
         except QueueFullError as exc:
