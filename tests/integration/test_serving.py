@@ -273,3 +273,25 @@ def test_bad_mask_vae_file_is_one_error(pipe, tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not an npz")
     with pytest.raises(VlmkitError, match="bad.npz"):
         create_app(pipe, ServeConfig(mask_vae=tmp_path / "bad.npz"))
+
+
+def test_mailbox_wakes_the_loop_once_per_burst():
+    import asyncio
+    import threading
+
+    from vlmkit.serving.scheduler import Event
+    from vlmkit.serving.streams import Mailbox
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        wakeups, real = [], loop.call_soon_threadsafe
+        loop.call_soon_threadsafe = lambda *a: (wakeups.append(1), real(*a))[1]
+        box, queues = Mailbox(loop), [asyncio.Queue() for _ in range(3)]
+        burst = threading.Thread(target=lambda: [box.put(q, Event(i, str(i))) for i in range(4) for q in queues])
+        burst.start()
+        burst.join()  # the loop is blocked here: the whole burst is one wake-up
+        got = [[(await q.get()).text for _ in range(4)] for q in queues]
+        return wakeups, got
+
+    wakeups, got = asyncio.run(run())
+    assert wakeups == [1] and got == [["0", "1", "2", "3"]] * 3
