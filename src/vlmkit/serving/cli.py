@@ -2,6 +2,7 @@
 
 import argparse
 import signal
+import threading
 from pathlib import Path
 
 from vlmkit import cli_types as T
@@ -82,8 +83,13 @@ def run_serve_args(args) -> int:
                       limits=Limits(allow_local_files=args.allow_local_files))
     # uvicorn finishes the in-flight requests on SIGTERM (its lifespan then drains the scheduler)
     # and re-raises the signal to the handler it found: this one, so that a clean stop exits 0.
-    signal.signal(signal.SIGTERM, _exit_cleanly)
-    uvicorn.run(create_app(pipe, cfg), host=args.host, port=args.port, log_level="info")
+    main = threading.current_thread() is threading.main_thread()  # signals are set in the main thread only
+    previous = signal.signal(signal.SIGTERM, _exit_cleanly) if main else None
+    try:
+        uvicorn.run(create_app(pipe, cfg), host=args.host, port=args.port, log_level="info")
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 
