@@ -27,7 +27,12 @@ class Mailbox:
         self.items: list[tuple[asyncio.Queue, Event]] = []
 
     def put(self, queue: asyncio.Queue, event: Event) -> None:
-        """Called on the scheduler thread; raises RuntimeError once the loop is closed."""
+        """Called on the scheduler thread; raises RuntimeError once the loop is closed (also
+        when a wake-up scheduled before it closed never ran)."""
+        if self.loop.is_closed():
+            with self.lock:
+                self.items.clear()
+            raise RuntimeError("the event loop of this request is closed")
         with self.lock:
             self.items.append((queue, event))
             if len(self.items) > 1:  # a wake-up is scheduled already and has not run yet
