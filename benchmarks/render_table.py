@@ -89,6 +89,17 @@ def preprocess_table(data: dict) -> list[str]:
     return lines
 
 
+def serve_table(data: dict) -> list[str]:
+    """bench_serve.py: the two servers side by side at each number of clients."""
+    lines = [data["ratio_legend"][0].upper() + data["ratio_legend"][1:] + ".", "",
+             "| variant | clients | requests/s | tokens/s | x one-at-a-time | p50 s | p95 s | rows per step "
+             "| same answers |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['variant']} | {r['clients']} | {_num(r['requests/s'])} | {_num(r['tokens/s'])} "
+              f"| {_x(r['x one-at-a-time'])} | {_num(r['p50 latency s'])} | {_num(r['p95 latency s'])} "
+              f"| {_num(r['rows per step'])} | {'yes' if r['same answers'] else 'no'} |" for r in data["rows"]]
+    return lines
+
+
 def packing_table(data: dict) -> list[str]:
     """bench_packing.py: vision encoder images/s, packed vs padded vs transformers."""
     lines = [f"{len(data['sizes'])} images {data['sizes'][0]} .. {max(data['sizes'], key=lambda s: s[0] * s[1])} "
@@ -122,7 +133,7 @@ def load_table(data: dict) -> list[str]:
 
 
 # Result files name their kind; generation results (the first kind) carry "results" instead.
-TABLES = {"curate": curate_table, "load": load_table, "preprocess": preprocess_table}
+TABLES = {"serve": serve_table, "curate": curate_table, "load": load_table, "preprocess": preprocess_table}
 
 
 def render(path: Path) -> str:
@@ -135,7 +146,7 @@ def render(path: Path) -> str:
     elif "sizes" in data:  # bench_packing.py
         body = packing_table(data)
     else:
-        body = TABLES[data.get("kind", "preprocess")](data)
+        body = TABLES[data.get("kind") or data.get("benchmark") or "preprocess"](data)
     return "\n".join([f"Measured: {provenance(data['meta'], path)}.", "", *body])
 
 

@@ -208,3 +208,19 @@ def test_bench_packing_smoke(tmp_path):
     for r in out["rows"]:
         assert _positive(r["images/s"]) and _positive(r["x padded"]) and r["max |diff|"] < 1e-4
     assert len(out["sizes"]) == 16 and out["ratio_legend"] in stdout and len(out["meta"]["loadavg_start"]) == 3
+
+
+def test_bench_serve_smoke(tmp_path):
+    pytest.importorskip("fastapi")
+    out, stdout = _run("bench_serve.py", "--clients", "1,2", "--max-batch", "2", "--max-tokens", "3", "--reps", "1",
+                       "--min-requests", "2", "--requests-per-client", "1", json_path=tmp_path / "serve.json")
+    assert out["benchmark"] == "serve" and "bench_serve.py" in out["meta"]["command"]
+    assert len(out["meta"]["loadavg_start"]) == 3 and len(out["meta"]["loadavg_end"]) == 3
+    assert [(r["variant"], r["clients"]) for r in out["rows"]] == [
+        ("one at a time (max-batch 1)", 1), ("continuous (max-batch 2)", 1),
+        ("one at a time (max-batch 1)", 2), ("continuous (max-batch 2)", 2)]
+    for r in out["rows"]:
+        assert all(_positive(r[k]) for k in ("requests/s", "tokens/s", "x one-at-a-time", "p50 latency s",
+                                             "p95 latency s", "rows per step", "decode steps"))
+        assert r["same answers"] is True and r["requests"] == 2
+    assert out["ratio_legend"] in stdout and "load average at start" in stdout

@@ -13,6 +13,9 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 import vlmkit  # noqa: E402
+from tests.integration.serving_common import body as _body  # noqa: E402
+from tests.integration.serving_common import image as _image  # noqa: E402
+from tests.integration.serving_common import uri as _uri  # noqa: E402
 from vlmkit.generation import SamplingConfig  # noqa: E402
 from vlmkit.serving.app import ServeConfig, create_app  # noqa: E402
 from vlmkit.serving.inputs import Limits  # noqa: E402
@@ -40,23 +43,6 @@ def client(pipe, tmp_path_factory):
     with TestClient(create_app(pipe, cfg)) as c:
         c.folder = folder
         yield c
-
-
-def _image(colour="red"):
-    img = Image.new("RGB", (64, 64), colour)
-    img.paste("white", (10, 10, 30, 40))
-    return img
-
-
-def _uri(img=None, fmt="PNG"):
-    buf = io.BytesIO()
-    (img or _image()).save(buf, format=fmt)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def _body(text="caption en", url=None, **kw):
-    content = [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": url or _uri()}}]
-    return {"messages": [{"role": "user", "content": content}], "max_tokens": 6, "temperature": 0, **kw}
 
 
 def test_completion_equals_pipeline(client, ref):
@@ -228,3 +214,84 @@ def test_full_queue_is_429(client, monkeypatch):
     monkeypatch.setattr(client.app.state.server.scheduler, "submit", full)
     r = client.post(URL, json=_body())
     assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limit_error"
+
+
+SEG_TEXT = "<loc0128><loc0100><loc0900><loc0700>" + "".join(f"<seg{7 * c % 128:03d}>" for c in range(16)) + " circle"
+
+
+def _scripted(monkeypatch, pipe, text):
+    """Make the scheduler 'sample' the tokens of `text` then EOS (the bundled model never writes
+    segment codes), so the whole HTTP path of a segment answer runs on a known answer. Only for
+    sampled requests: greedy rows take the decode step's argmax without calling sample_next."""
+    import torch
+
+    import vlmkit.serving.scheduler as sched_mod
+
+    script = iter(pipe.tokenizer.encode(text) + [pipe.tokenizer.eos_id])
+    monkeypatch.setattr(sched_mod, "sample_next", lambda logits, cfg, gen: torch.tensor([next(script)]))
+
+
+def test_segment_masks_are_pngs_with_mask_vae(pipe, client, tmp_path, monkeypatch):
+    import numpy as np
+
+    from vlmkit.tasks import parse_segmentations
+    from vlmkit.tasks.segmentation import MaskVAE, decode_object_masks, write_random_npz
+
+    write_random_npz(tmp_path / "vae.npz")
+    img = Image.new("RGB", (80, 48), "white")  # not square: the PNG is the first image's W x H
+    req = _body("", _uri(img), max_tokens=40, temperature=1.0, seed=0,  # sampled: every token asks sample_next
+                vlmkit={"task": "segment", "objects": ["circle"]})
+    _scripted(monkeypatch, pipe, SEG_TEXT)
+    plain = client.post(URL, json=req).json()["choices"][0]["message"]
+    assert plain["content"] == SEG_TEXT
+    (no_vae,) = plain["vlmkit"]["masks"]
+    assert set(no_vae) == {"label", "codes"} and len(no_vae["codes"]) == 16  # no --mask-vae: no png
+    with TestClient(create_app(pipe, ServeConfig(max_batch=2, max_len=256, mask_vae=tmp_path / "vae.npz"))) as c:
+        _scripted(monkeypatch, pipe, SEG_TEXT)
+        out = c.post(URL, json=req).json()["choices"][0]["message"]["vlmkit"]
+        _scripted(monkeypatch, pipe, SEG_TEXT)
+        with c.stream("POST", URL, json={**req, "stream": True}) as r:
+            chunks = [json.loads(x.removeprefix("data: ")) for x in r.iter_lines() if x and x != "data: [DONE]"]
+        _scripted(monkeypatch, pipe, "<loc0128><loc0100><loc0900><loc0700> circle")  # a box without codes
+        codeless = c.post(URL, json=req).json()["choices"][0]["message"]["vlmkit"]["masks"]
+    assert chunks[-1]["choices"][0]["vlmkit"] == out
+    (mask,) = out["masks"]
+    assert (mask["label"], mask["codes"]) == (no_vae["label"], no_vae["codes"])
+    assert mask["png"].startswith("data:image/png;base64,")
+    png = Image.open(io.BytesIO(base64.b64decode(mask["png"].split(",", 1)[1])))
+    assert png.mode == "L" and png.size == (80, 48)
+    obj = parse_segmentations(SEG_TEXT, 80, 48).objects[0]
+    (want,) = decode_object_masks(MaskVAE.from_npz(tmp_path / "vae.npz"), [obj.codes], [obj.box], 80, 48)
+    got = np.asarray(png)
+    assert set(np.unique(got)) <= {0, 255} and np.array_equal(got == 255, want) and want.any()
+    assert codeless == [{"label": "circle", "codes": None, "png": None}]
+
+
+def test_bad_mask_vae_file_is_one_error(pipe, tmp_path):
+    from vlmkit.errors import VlmkitError
+
+    (tmp_path / "bad.npz").write_bytes(b"not an npz")
+    with pytest.raises(VlmkitError, match="bad.npz"):
+        create_app(pipe, ServeConfig(mask_vae=tmp_path / "bad.npz"))
+
+
+def test_mailbox_wakes_the_loop_once_per_burst():
+    import asyncio
+    import threading
+
+    from vlmkit.serving.scheduler import Event
+    from vlmkit.serving.streams import Mailbox
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        wakeups, real = [], loop.call_soon_threadsafe
+        loop.call_soon_threadsafe = lambda *a: (wakeups.append(1), real(*a))[1]
+        box, queues = Mailbox(loop), [asyncio.Queue() for _ in range(3)]
+        burst = threading.Thread(target=lambda: [box.put(q, Event(i, str(i))) for i in range(4) for q in queues])
+        burst.start()
+        burst.join()  # the loop is blocked here: the whole burst is one wake-up
+        got = [[(await q.get()).text for _ in range(4)] for q in queues]
+        return wakeups, got
+
+    wakeups, got = asyncio.run(run())
+    assert wakeups == [1] and got == [["0", "1", "2", "3"]] * 3

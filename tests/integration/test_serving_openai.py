@@ -2,53 +2,17 @@
 (a free port, in a background thread) serving the bundled model; plain, streamed, n, stop, the
 vlmkit task extension, errors as the client's exception classes, the model list."""
 
-import base64
-import io
-import socket
-import threading
-import time
-from contextlib import contextmanager
-
 import pytest
 from PIL import Image, ImageDraw
 
 pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
-import httpx  # noqa: E402
-import uvicorn  # noqa: E402
 
 import vlmkit  # noqa: E402
+from tests.integration.serving_common import image, serving, uri  # noqa: E402
 from vlmkit.generation import SamplingConfig  # noqa: E402
-from vlmkit.serving.app import ServeConfig, create_app  # noqa: E402
+from vlmkit.serving.app import ServeConfig  # noqa: E402
 from vlmkit.serving.inputs import task_output  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def serving(pipe, cfg: ServeConfig):
-    """Yields the base URL (`http://127.0.0.1:PORT/v1`) of `create_app(pipe, cfg)` run by uvicorn
-    in a thread; on exit the server shuts down (its lifespan stops the scheduler) and the thread ends."""
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(pipe, cfg), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
-    thread.start()
-    try:
-        for _ in range(600):  # until the socket answers /health (or the thread died)
-            if server.started or not thread.is_alive():
-                break
-            time.sleep(0.05)
-        assert server.started, "uvicorn did not start"
-        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()["status"] == "ok"
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        assert not thread.is_alive(), "uvicorn did not shut down"
 
 
 @pytest.fixture(scope="module")
@@ -69,33 +33,21 @@ def ref():
     return vlmkit.load(dtype="float32")
 
 
-def _image(colour="red"):
-    img = Image.new("RGB", (64, 64), colour)
-    img.paste("white", (10, 10, 30, 40))
-    return img
-
-
 def _circle():
     img = Image.new("RGB", (64, 64), "white")
     ImageDraw.Draw(img).ellipse((12, 16, 44, 48), fill="blue")
     return img
 
 
-def _uri(img=None):
-    buf = io.BytesIO()
-    (img or _image()).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
 def _ask(client, text="caption en", url=None, **kw):
-    content = [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": url or _uri()}}]
+    content = [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": url or uri()}}]
     kw = {"max_tokens": 8, "temperature": 0, **kw}
     return client.chat.completions.create(model="vlmkit", messages=[{"role": "user", "content": content}], **kw)
 
 
 def test_plain_completion_equals_pipeline(client, ref):
     out = _ask(client)
-    alone = ref.generate("caption en", _image(), SamplingConfig(max_new_tokens=8))
+    alone = ref.generate("caption en", image(), SamplingConfig(max_new_tokens=8))
     choice = out.choices[0]
     assert out.object == "chat.completion" and choice.message.role == "assistant"
     assert choice.message.content == alone.text and choice.finish_reason in ("stop", "length")
@@ -124,7 +76,7 @@ def test_n_and_stop(client):
 
 def test_detect_extension_returns_boxes(client):
     task = {"vlmkit": {"task": "detect", "objects": ["circle"]}}
-    out = _ask(client, "", url=_uri(_circle()), max_tokens=12, extra_body=task)
+    out = _ask(client, "", url=uri(_circle()), max_tokens=12, extra_body=task)
     parsed = out.choices[0].message.model_extra["vlmkit"]
     assert parsed["task"] == "detect" and isinstance(parsed["boxes"], list)
     assert parsed == task_output("detect", out.choices[0].message.content, (64, 64))

@@ -187,3 +187,45 @@ def test_image_features_batched_and_cached(pipe, monkeypatch):
     monkeypatch.undo()
     for (req, events), i in zip(runs, (0, 1, 0)):
         assert _tokens(events) == pipe.generate(PROMPTS[i], _image(i), cfg).token_ids
+
+
+def test_same_length_prompts_prefill_together_into_scattered_rows(pipe, monkeypatch):
+    """Prompts of one length admitted in one iteration share one prefill forward, also into rows
+    that are not next to each other (scratch buffers, then copied); each equals its lone run."""
+    sched = Scheduler(pipe, max_batch=4, max_len=200)
+    sched.open()
+    sizes = []
+    real = sched.cache.prefill_rows
+    monkeypatch.setattr(sched.cache, "prefill_rows", lambda rows, *a: (sizes.append(list(rows)), real(rows, *a))[1])
+    long, short = SamplingConfig(max_new_tokens=20), SamplingConfig(max_new_tokens=2)
+    runs = [_request(pipe, i, cfg) + (i, cfg) for i, cfg in ((1, short), (0, long), (3, long))]
+    for req, *_ in runs:
+        sched.submit(req)
+    sched.iterate()
+    while sched.active_rows == 3:
+        sched.iterate()
+    assert sorted(sched.cache.active) == [1, 2]  # the short request's row 0 is free again
+    later = [_request(pipe, i, long) + (i, long) for i in (2, 5)]  # one prompt, two images
+    for req, *_ in later:
+        sched.submit(req)
+    _drain(sched)
+    assert sizes == [[0], [1, 2], [0, 3]]  # 1 alone, then 0 and 3 together; the later two into rows 0, 3
+    for _, events, i, cfg in runs + later:
+        assert _tokens(events) == pipe.generate(PROMPTS[i % 3], _image(i), cfg).token_ids, i
+
+
+def test_timeout_while_decoding_ends_the_request_and_frees_its_rows(pipe):
+    sched = Scheduler(pipe, max_batch=2, max_len=200)
+    sched.open()
+    req, events = _request(pipe, 0, SamplingConfig(max_new_tokens=50), n=2)
+    other, other_events = _request(pipe, 1, SamplingConfig(max_new_tokens=6))
+    sched.submit(req)
+    sched.iterate()
+    sched.submit(other)  # waits: both rows are the first request's
+    assert sched.active_rows == 2 and not events[-1].error
+    req.timeout = 0.0  # passed now (Request.expired compares with the time since submission)
+    sched.iterate()
+    assert "--request-timeout" in str(events[-1].error) and events[-1].error.__class__.__name__ == "RequestTimeoutError"
+    _drain(sched)
+    assert sched.cache.active == {}
+    assert _tokens(other_events) == pipe.generate(PROMPTS[1], _image(1), SamplingConfig(max_new_tokens=6)).token_ids

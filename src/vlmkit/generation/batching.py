@@ -79,6 +79,10 @@ class BatchedCache:
     def free_row(self) -> int | None:
         return next((r for r in range(self.rows) if r not in self.active), None)
 
+    def free_rows(self, n: int) -> list[int]:
+        """The n lowest free rows (the caller checked that n are free)."""
+        return [r for r in range(self.rows) if r not in self.active][:n]
+
     def free(self, row: int) -> None:
         self.active.pop(row, None)
         self.key_valid[row] = False
@@ -122,35 +126,56 @@ class BatchedCache:
         for r in self.active.values():
             r.start, r.end = r.start + d, r.end + d
 
-    def _bind(self, index) -> None:
-        """Point every layer's cache at `k[index]` / `v[index]` (None: the whole buffers)."""
-        for owner, attr, m, k, v in self.caches:
+    def _bind(self, index=None, buffers=None) -> None:
+        """Point every layer's cache at `k[index]` / `v[index]`, or at `buffers[i]` (a (k, v) pair
+        per layer), or (neither) back at the whole buffers."""
+        for i, (owner, attr, m, k, v) in enumerate(self.caches):
             setattr(owner, attr, m)
-            m.k, m.v = (k, v) if index is None else (k[index], v[index])
+            if buffers is not None:
+                m.k, m.v = buffers[i]
+            else:
+                m.k, m.v = (k, v) if index is None else (k[index], v[index])
 
-    @torch.inference_mode()
     def prefill(self, row: int, inputs: DecoderInputs, need: int, shift: int) -> torch.Tensor:
         """Run one request's prompt (inputs of batch 1) into `row`; return its last logits [V]."""
+        return self.prefill_rows([row], inputs, need, shift)[0]
+
+    @torch.inference_mode()
+    def prefill_rows(self, rows: list[int], inputs: DecoderInputs, need: int, shift: int) -> torch.Tensor:
+        """Run b prompts of the same length T (inputs of batch b) into free `rows` in one forward;
+        return their last logits [b, V].
+
+        Each prompt sees a [1, K, need, hd] cache with itself at its start, as a lone request does:
+        contiguous rows are a view of the buffers; scattered rows get zeroed scratch buffers of
+        [b, K, need, hd] per layer, copied into the rows afterwards (one forward for b prompts
+        costs about what one costs on a small model: per-layer Python and dispatch dominate)."""
         self._shift(shift)
-        T = inputs.embeds.shape[1]
+        b, T = inputs.embeds.shape[:2]
         start = self.slot - T
-        valid = inputs.attention_mask[0].bool()
-        # The prompt's view spans all `need` slots of the row, as the cache of a lone request
-        # does, so that its attention runs over the same key layout (bitwise equal in bf16 too).
-        self._bind((slice(row, row + 1), slice(None), slice(start, start + need)))
-        pad = torch.zeros(1, need - T, dtype=torch.bool, device=self.device)
+        valid = inputs.attention_mask.bool()  # [b, T]
+        span = slice(start, start + need)
+        contiguous = rows == list(range(rows[0], rows[0] + b))
+        scratch = None if contiguous else [(k.new_zeros(b, k.shape[1], need, k.shape[3]),
+                                            v.new_zeros(b, v.shape[1], need, v.shape[3])) for *_, k, v in self.caches]
+        self._bind((slice(rows[0], rows[0] + b), slice(None), span), scratch)
+        pad = torch.zeros(b, need - T, dtype=torch.bool, device=self.device)
         try:
-            h = self.lm(inputs.embeds, inputs.positions, torch.cat([valid[None], pad], 1),
-                        torch.cat([inputs.in_prefix & valid[None], pad], 1), torch.arange(T, device=self.device))
+            h = self.lm(inputs.embeds, inputs.positions, torch.cat([valid, pad], 1),
+                        torch.cat([inputs.in_prefix & valid, pad], 1), torch.arange(T, device=self.device))
         finally:
-            self._bind(None)
-        self.key_valid[row] = False
-        self.key_valid[row, start:self.slot] = valid
-        self.in_prefix[row] = False
-        self.in_prefix[row, start:self.slot] = inputs.in_prefix[0] & valid
-        self.next_pos[row] = inputs.positions[0, -1] + 1
-        self.active[row] = _RowState(start, start + need)
-        return self.lm.logits(h[:, -1:])[0, 0]
+            self._bind()
+        index = torch.tensor(rows, device=self.device)
+        if scratch is not None:
+            for (*_, k, v), (sk, sv) in zip(self.caches, scratch):
+                k[index, :, span], v[index, :, span] = sk, sv
+        self.key_valid[index] = False
+        self.key_valid[index, start:self.slot] = valid
+        self.in_prefix[index] = False
+        self.in_prefix[index, start:self.slot] = inputs.in_prefix & valid
+        self.next_pos[index] = inputs.positions[:, -1] + 1
+        for r in rows:
+            self.active[r] = _RowState(start, start + need)
+        return self.lm.logits(h[:, -1:])[:, 0]
 
     @torch.inference_mode()
     def decode(self, tokens: dict[int, int]) -> torch.Tensor:
@@ -172,7 +197,7 @@ class BatchedCache:
             logits = self.decode_fn(self.lm, ids, positions, torch.tensor([s - lo], device=self.device),
                                     self.key_valid[:hi, lo:end], self.in_prefix[:hi, lo:end])
         finally:
-            self._bind(None)
+            self._bind()
         self.next_pos[rows] += 1
         self.slot += 1
         return logits[rows]

@@ -4,13 +4,15 @@ Endpoints: POST /v1/chat/completions (plain or streamed as server-sent events en
 `data: [DONE]`), GET /v1/models, GET /health, GET /metrics (Prometheus), GET / (the web page).
 With an API key every endpoint but /health and the page itself needs `Authorization: Bearer KEY`.
 Errors are OpenAI's JSON shape: 400 bad request, 401 bad key, 413 too large, 422 invalid field,
-429 queue full. Prompt rules (PaliGemma: the last user message's text) are in `serving.inputs`.
+429 queue full, 504 past the server's --request-timeout (a streamed response, whose status is
+sent already, ends with the error as its last event before `[DONE]`). Prompt rules (PaliGemma: the last user message's text) are in `serving.inputs`.
 """
 
 import asyncio
 import hmac
 import time
 import uuid
+import weakref
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +29,7 @@ from vlmkit.serving.metrics import Metrics
 from vlmkit.serving.scheduler import QueueFullError, Scheduler
 from vlmkit.serving.scheduler import Request as GenRequest
 from vlmkit.serving.schemas import ChatRequest
-from vlmkit.serving.streams import Completion
+from vlmkit.serving.streams import Completion, Mailbox
 
 PAGE = Path(__file__).parent / "static" / "index.html"
 OPEN_PATHS = ("/health", "/", "/favicon.ico")
@@ -41,6 +43,8 @@ class ServeConfig:
     max_len: int = 2048
     max_queue: int = 256
     default_max_tokens: int = 64
+    request_timeout: float | None = None  # seconds from arrival; None: no limit
+    mask_vae: Path | None = None  # PaliGemma's mask VQ-VAE (.npz): segment answers get mask PNGs
     limits: Limits = field(default_factory=Limits)
 
 
@@ -48,14 +52,26 @@ def _error(exc: APIError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status)
 
 
+def _where(loc) -> str:
+    """A field path (messages.0.content) without pydantic's union-branch names (str, list[...])."""
+    parts = [str(p) for p in loc if p != "body" and not (isinstance(p, str) and (p == "str" or "[" in p))]
+    return ".".join(p for i, p in enumerate(parts) if i == 0 or p != parts[i - 1])  # a part's tag, then its field
+
+
 def _validation_error(_, exc: RequestValidationError) -> JSONResponse:
-    first = exc.errors()[0] if exc.errors() else {}
-    loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    errors = exc.errors() or [{}]
+    first = errors[0]
     if first.get("type") == "json_invalid":
         return _error(APIError(400, f"the request body is not valid JSON ({first.get('msg', '')})"))
-    if not loc and first.get("type") == "missing":
+    if not _where(first.get("loc", ())) and first.get("type") == "missing":
         return _error(APIError(400, "the request body is missing: send a JSON object"))
-    return _error(APIError(422, f"{loc or 'body'}: {first.get('msg', 'invalid value')}", loc or None))
+    # A union field (content: a string or a list of parts) reports one error per branch: the
+    # deepest ones name what is wrong (e.g. the image_url inside a part), same-depth ones are joined.
+    depth = max(len(e.get("loc", ())) for e in errors)
+    deepest = [e for e in errors if len(e.get("loc", ())) == depth]
+    loc = _where(deepest[0].get("loc", ()))
+    msgs = " or ".join(dict.fromkeys(e.get("msg", "invalid value") for e in deepest))
+    return _error(APIError(422, f"{loc or 'body'}: {msgs}", loc or None))
 
 
 class Server:
@@ -65,6 +81,12 @@ class Server:
         self.pipe, self.cfg, self.metrics = pipe, cfg, Metrics()
         self.scheduler = Scheduler(pipe, cfg.max_batch, cfg.max_len, cfg.max_queue, self.metrics)
         self._template = None
+        self._mailboxes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> Mailbox
+        self.mask_vae = None
+        if cfg.mask_vae is not None:
+            from vlmkit.tasks.segmentation import MaskVAE
+
+            self.mask_vae = MaskVAE.from_npz(cfg.mask_vae)  # CheckpointError names a bad file
 
     def processed(self, body: ChatRequest) -> tuple[dict, tuple[int, int] | None]:
         """(the processor's batch of one prompt, the first image's size); runs in a worker thread."""
@@ -95,8 +117,10 @@ class Server:
         except VlmkitError as exc:
             raise APIError(400, str(exc)) from None
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        req = GenRequest(batch, sampling, lambda e: loop.call_soon_threadsafe(queue.put_nowait, e), n=body.n)
+        if loop not in self._mailboxes:
+            self._mailboxes[loop] = Mailbox(loop)
+        mailbox, queue = self._mailboxes[loop], asyncio.Queue()
+        req = GenRequest(batch, sampling, lambda e: mailbox.put(queue, e), n=body.n, timeout=self.cfg.request_timeout)
         try:
             self.scheduler.submit(req)
         except QueueFullError as exc:
@@ -172,11 +196,13 @@ def _routes(app: FastAPI, server: Server) -> None:
         conversation with it; PaliGemma has none, so its prompt is the last user message's text
         (earlier turns are ignored) and its images are every image of the request, in order.
         `vlmkit: {"task": "detect", "objects": [...]}` builds a PaLI task prompt instead and adds
-        the parsed boxes (pixels of the first image) / segment codes as `message.vlmkit`."""
+        the parsed boxes (pixels of the first image) / segment codes as `message.vlmkit`; with the
+        server's --mask-vae each mask also has `png`, a grayscale PNG data URI of the first
+        image's size (255 inside the mask, 0 outside)."""
         completion, size = await server.submit(body)
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": server.cfg.model_name}
         task = body.vlmkit.task if body.vlmkit else None
-        parse = (lambda text: task_output(task, text, size)) if task and size else None
+        parse = (lambda text: task_output(task, text, size, server.mask_vae)) if task and size else None
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(completion.sse(meta, request, parse, usage), media_type="text/event-stream")

@@ -84,6 +84,10 @@ def decode_image(url: str, limits: Limits, param: str) -> Image.Image:
     try:
         with Image.open(io.BytesIO(data)) as header:  # reads the header only
             w, h = header.size
+    except Image.DecompressionBombError as exc:  # a header declaring more pixels than PIL opens
+        declared = re.search(r"\((\d+) pixels\)", str(exc))
+        n = f"{int(declared.group(1)):,}" if declared else "too many"
+        raise APIError(413, f"{param}: image declares {n} pixels, more than {limits.max_image_pixels:,}", param) from None
     except Exception:  # noqa: BLE001 - not an image at all: load_image words the error
         w = h = 0
     if w * h > limits.max_image_pixels:
@@ -137,8 +141,19 @@ def chat_messages(req: ChatRequest) -> list[dict]:
     return out
 
 
-def task_output(task: str, text: str, size: tuple[int, int]) -> dict:
-    """Parsed boxes (and segment codes) of a PaLI task answer, in pixels of an image of `size`."""
+def mask_png(mask) -> str:
+    """A bool mask [H, W] as a data URI of a grayscale PNG of H x W: 255 inside, 0 outside."""
+    buf = io.BytesIO()
+    Image.fromarray(mask.astype("uint8") * 255, mode="L").save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def task_output(task: str, text: str, size: tuple[int, int], mask_vae=None) -> dict:
+    """Parsed boxes (and segment codes) of a PaLI task answer, in pixels of an image of `size`.
+
+    With `mask_vae` (a `vlmkit.tasks.segmentation.MaskVAE`) every mask entry also gets `png`:
+    `mask_png` of the object's decoded mask over the whole image (None for an object without
+    codes)."""
     w, h = size
     if task == "detect":
         parsed = parse_detections(text, w, h)
@@ -147,6 +162,12 @@ def task_output(task: str, text: str, size: tuple[int, int]) -> dict:
         parsed = parse_segmentations(text, w, h)
         boxes, errors = [o.box for o in parsed.objects], parsed.errors
         masks = [{"label": o.box.label, "codes": list(o.codes) if o.codes else None} for o in parsed.objects]
+        if mask_vae is not None and masks:
+            from vlmkit.tasks.segmentation import decode_object_masks
+
+            decoded = decode_object_masks(mask_vae, [o.codes for o in parsed.objects], boxes, w, h)
+            for entry, mask in zip(masks, decoded):
+                entry["png"] = None if mask is None else mask_png(mask)
     else:
         boxes, masks, errors = [], [], []
     return {"task": task, "boxes": [{"label": b.label, "x1": b.x1, "y1": b.y1, "x2": b.x2, "y2": b.y2}

@@ -19,12 +19,18 @@ class Metrics:
         self.prompt_tokens = Counter("vlmkit_prompt_tokens", "prompt tokens admitted (image tokens included)",
                                      registry=r)
         self.generation_tokens = Counter("vlmkit_generation_tokens", "tokens generated", registry=r)
+        self.finished = Counter("vlmkit_finished_choices", "ends by reason: a choice's (eos, stop_string, "
+                                "length, cancelled: its client left) or a whole request's (timeout, error, "
+                                "cancelled before it started)", ["reason"], registry=r)
         self.queue_depth = Gauge("vlmkit_queue_depth", "requests waiting for a cache row", registry=r)
         self.active_rows = Gauge("vlmkit_active_rows", "cache rows decoding now", registry=r)
         self.batch_size = Histogram("vlmkit_batch_size", "rows per decode step", registry=r,
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128))
         self.step_seconds = Histogram("vlmkit_decode_step_seconds", "time of one decode step", registry=r,
                                       buckets=_LATENCY)
+        self.admit_seconds = Histogram("vlmkit_admit_seconds", "time of one admission: image encoding and "
+                                       "prefill of the requests admitted between two decode steps", registry=r,
+                                       buckets=_LATENCY)
         self.ttft_seconds = Histogram("vlmkit_time_to_first_token_seconds", "submission to first token",
                                       registry=r, buckets=_LATENCY)
         self.latency_seconds = Histogram("vlmkit_request_latency_seconds", "submission to last token (or cancel)",

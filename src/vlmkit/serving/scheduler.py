@@ -2,9 +2,17 @@
 
 One thread owns the model. Between two decode steps it admits waiting requests into free cache
 rows (their image features computed together, cached by image hash; each prompt prefilled into
-its own row, a request with n choices prefilled once and copied into n rows), then decodes every
-active row by one token, hands each row's new text to its request, and frees a row at EOS, a stop
-string, max tokens or cancellation. Greedy rows produce exactly what they would produce alone.
+its own row, prompts of the same length and cache need in one forward, a request with n choices
+prefilled once and copied into n rows), then decodes every active row by one token, hands each
+row's new text to its request, and frees a row at EOS, a stop string, max tokens, cancellation or
+its timeout. Greedy rows produce exactly what they would produce alone.
+
+Where the time goes (benchmarks/bench_serve.py, bundled model, 32 clients, ~25 rows per step):
+more than half of it is admission, i.e. image encoding and prefill, which are compute paid per
+request whatever the batch (same-length prompts share a forward, which helps only when such
+prompts arrive together); the rest is decode steps, whose per-row Python (token choice,
+detokenisation, handing events to the HTTP thread) is kept small: one argmax for all greedy
+rows, one event-loop wake-up per step (`streams.Mailbox`).
 
 Requests arrive from other threads (`submit`, `cancel`); results leave through each request's
 `emit` callback, called on the scheduler thread.
@@ -15,80 +23,21 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 
 from vlmkit.errors import VlmkitError
 from vlmkit.generation.batching import BatchedCache
 from vlmkit.generation.generate import _Row  # the generate loop's own EOS / stop-string rule
-from vlmkit.generation.sampling import SamplingConfig, sample_next
+from vlmkit.generation.sampling import sample_next
+from vlmkit.models.common.contracts import DecoderInputs
 from vlmkit.models.registry import family_of
+from vlmkit.serving.requests import Event, QueueFullError, Request, RequestTimeoutError, Seq, choice_generator
+
+__all__ = ["Event", "QueueFullError", "Request", "RequestTimeoutError", "Scheduler"]
 
 
 log = logging.getLogger("vlmkit.serving")
-
-
-class QueueFullError(VlmkitError):
-    """The scheduler's waiting queue is full (HTTP 429)."""
-
-
-@dataclass
-class Event:
-    """One choice's news: new text (`token_id` set), or its end (`finish` set), or an error."""
-
-    index: int
-    text: str = ""
-    token_id: int | None = None
-    finish: str | None = None  # "eos", "stop_string", "length", "cancelled"
-    completion_tokens: int = 0
-    error: Exception | None = None
-
-
-@dataclass(eq=False)
-class Request:
-    """A processed prompt (batch of 1 as the family's processor makes it) and how to sample it.
-
-    emit: called on the scheduler thread with every Event of every choice; if it raises (its
-        client's event loop is gone), the request is cancelled.
-    """
-
-    batch: dict
-    sampling: SamplingConfig
-    emit: Callable[[Event], None]
-    n: int = 1
-    cancelled: bool = False
-    submitted: float = field(default_factory=time.perf_counter)
-
-    @property
-    def prompt_tokens(self) -> int:
-        return int(self.batch["input_ids"].shape[1])
-
-    def send(self, event: Event) -> None:
-        try:
-            self.emit(event)
-        except Exception:  # noqa: BLE001 - a vanished client must not stop the scheduler
-            log.warning("dropping a request whose receiver failed", exc_info=True)
-            self.cancelled = True
-
-
-@dataclass(eq=False)
-class _Seq:
-    """One choice of a request in one cache row."""
-
-    req: Request
-    index: int
-    row: int
-    acc: _Row
-    gen: torch.Generator | None
-    last: int = 0  # the token chosen last (next decode step's input)
-    sent: int = 0  # characters of acc.text handed to the request so far
-
-
-def _generator(seed: int | None, index: int, device) -> torch.Generator | None:
-    """Choice i of a seeded request samples with seed + i (so choice 0 equals a lone request)."""
-    return None if seed is None else torch.Generator(device=device).manual_seed((seed + index) % 2**64)
 
 
 class Scheduler:
@@ -110,7 +59,7 @@ class Scheduler:
         self._features: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.feature_cache_size = feature_cache_size
         self._waiting: deque[Request] = deque()
-        self._seqs: dict[int, _Seq] = {}  # row -> sequence
+        self._seqs: dict[int, Seq] = {}  # row -> sequence
         self._cv = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -185,13 +134,17 @@ class Scheduler:
         """One scheduling iteration: admit what fits, drop cancelled rows, decode one step."""
         with self._cv:
             admitted = self._take_admissible()
+        t0 = time.perf_counter()
         try:
             self._admit(admitted)
         except Exception as exc:  # noqa: BLE001 - a failing request must not stop the server
             log.exception("admitting %d request(s) failed", len(admitted))
             for req in admitted:
                 self._fail(req, exc)
+        if admitted and self.metrics is not None:
+            self.metrics.admit_seconds.observe(time.perf_counter() - t0)
         self._drop_cancelled()
+        self._expire()
         if self._seqs:
             try:
                 self._step()
@@ -202,31 +155,52 @@ class Scheduler:
 
     def _take_admissible(self) -> list[Request]:
         """Waiting requests (FIFO) that fit in the free rows now; cancelled ones are dropped."""
-        free = self.max_batch - len(self._seqs)
+        free, now = self.max_batch - len(self._seqs), time.perf_counter()
         out = []
+        for req in [r for r in self._waiting if r.expired(now)]:  # timed out while waiting
+            self._waiting.remove(req)
+            self._end(req, Event(0, error=self._timeout_error(req)))
         while self._waiting and (self._waiting[0].cancelled or self._waiting[0].n <= free):
             req = self._waiting.popleft()
             if req.cancelled:
-                req.send(Event(0, finish="cancelled"))
+                self._end(req, Event(0, finish="cancelled"))
                 continue
             out.append(req)
             free -= req.n
         self._set_queue_depth()
         return out
 
+    def _end(self, req: Request, event: Event) -> None:
+        """Send a last event (a choice's finish, or a whole request's error or early cancel), counted by reason."""
+        if self.metrics is not None:
+            timeout = isinstance(event.error, RequestTimeoutError)
+            self.metrics.finished.labels(event.finish or ("timeout" if timeout else "error")).inc()
+        req.send(event)
+
     def _fail(self, req: Request, exc: Exception) -> None:
         for seq in [s for s in self._seqs.values() if s.req is req]:
             self._release(seq)
-        req.send(Event(0, error=exc))
+        self._end(req, Event(0, error=exc))
 
-    def _release(self, seq: _Seq) -> None:
+    def _release(self, seq: Seq) -> None:
         self._seqs.pop(seq.row, None)
         self.cache.free(seq.row)
+
+    @staticmethod
+    def _timeout_error(req: Request) -> RequestTimeoutError:
+        return RequestTimeoutError(f"the request took more than the server's --request-timeout of {req.timeout:g} s "
+                                   f"({time.perf_counter() - req.submitted:.2f} s since it arrived)")
+
+    def _expire(self) -> None:
+        """End every admitted request that passed its timeout (all its choices), freeing its rows."""
+        now = time.perf_counter()
+        for req in {id(s.req): s.req for s in self._seqs.values() if s.req.expired(now)}.values():
+            self._fail(req, self._timeout_error(req))
 
     def _drop_cancelled(self) -> None:
         for seq in [s for s in self._seqs.values() if s.req.cancelled]:
             self._release(seq)
-            seq.req.send(Event(seq.index, finish="cancelled", completion_tokens=seq.acc.steps))
+            self._end(seq.req, Event(seq.index, finish="cancelled", completion_tokens=seq.acc.steps))
 
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device)
@@ -263,49 +237,76 @@ class Scheduler:
             self._features.popitem(last=False)
 
     def _admit(self, reqs: list[Request]) -> None:
+        """Prefill the admitted requests; prompts of the same length and cache need go through
+        the decoder together (one forward per group). What does not fit yet goes back to the
+        head of the queue, in order."""
         self._encode_images(reqs)
-        for i, req in enumerate(reqs):
+        groups: dict[tuple, list[tuple[Request, DecoderInputs]]] = {}
+        for req in reqs:
             if req.cancelled:
-                req.send(Event(0, finish="cancelled"))
+                self._end(req, Event(0, finish="cancelled"))
                 continue
             try:
-                placed = self._prefill(req)
+                inputs = self.adapter.prepare(self.pipe.model, req.batch)
             except (VlmkitError, ValueError) as exc:
                 self._fail(req, exc)
                 continue
-            if not placed:  # the cache has no room for it yet: back to the head of the queue
+            T = inputs.embeds.shape[1]
+            # an M-RoPE decoder's positions are [3, 1, T]: such prompts are prefilled one by one
+            key = (T, req.prompt_tokens + req.sampling.max_new_tokens) if inputs.positions.dim() == 2 else (id(req),)
+            groups.setdefault(key, []).append((req, inputs))
+        pending = list(groups.values())
+        for i, group in enumerate(pending):
+            try:
+                placed = self._prefill(group)
+            except (VlmkitError, ValueError) as exc:
+                for req, _ in group:
+                    self._fail(req, exc)
+                continue
+            if not placed:  # the cache has no room for them yet: back to the head of the queue
+                later = sorted((r for g in pending[i:] for r, _ in g), key=reqs.index)
                 with self._cv:
-                    self._waiting.extendleft(reversed(reqs[i:]))
+                    self._waiting.extendleft(reversed(later))
                     self._set_queue_depth()
                 return
 
-    def _prefill(self, req: Request) -> bool:
-        T, cfg = req.prompt_tokens, req.sampling
-        need = T + cfg.max_new_tokens
+    def _prefill(self, group: list[tuple[Request, DecoderInputs]]) -> bool:
+        """Prefill requests whose prompts have one length and cache need; False if no room yet."""
+        T = group[0][1].embeds.shape[1]
+        need = group[0][0].prompt_tokens + group[0][0].sampling.max_new_tokens
         shift = self.cache.plan(T, need)
         if shift is None:
             return False
-        inputs = self.adapter.prepare(self.pipe.model, req.batch)
-        row = self.cache.free_row()
-        logits = self.cache.prefill(row, inputs, need, shift)[None]  # [1, V]
+        rows = self.cache.free_rows(len(group))
+        inputs = DecoderInputs(*(torch.cat([getattr(x, f) for _, x in group]) for f in
+                                 ("embeds", "attention_mask", "in_prefix", "positions")))
+        logits = self.cache.prefill_rows(rows, inputs, need, shift)  # [b, V]
+        now = time.perf_counter()
+        for (req, _), row, lg in zip(group, rows, logits):
+            self._start(req, row, lg[None])
+            if self.metrics is not None:
+                self.metrics.first_token(now - req.submitted)
+        return True
+
+    def _start(self, req: Request, row: int, logits: torch.Tensor) -> None:
+        """The request's n choices: row `row` (prefilled) and copies of it; each takes its first token."""
+        cfg = req.sampling
         rows = [row]
         for _ in range(1, req.n):
             rows.append(self.cache.free_row())
             self.cache.copy_row(row, rows[-1])
         stop_ids = self.stop_ids | set(cfg.extra_eos_ids)
         for i, r in enumerate(rows):
-            seq = _Seq(req, i, r, _Row(self.pipe.tokenizer, stop_ids, cfg.stop_strings),
-                       _generator(cfg.seed, i, self.device))
+            seq = Seq(req, i, r, _Row(self.pipe.tokenizer, stop_ids, cfg.stop_strings),
+                       choice_generator(cfg.seed, i, self.device))
             self._seqs[r] = seq
             self._take_token(seq, logits)
-        if self.metrics is not None:
-            self.metrics.first_token(time.perf_counter() - req.submitted)
-        return True
 
-    def _take_token(self, seq: _Seq, logits: torch.Tensor) -> None:
-        """Sample the sequence's next token from logits [1, V], stream it, end the row if done."""
+    def _take_token(self, seq: Seq, logits: torch.Tensor, greedy: int | None = None) -> None:
+        """Sample the sequence's next token from logits [1, V] (a greedy row: `greedy`, its argmax
+        if the caller has it already), stream it, end the row if done."""
         cfg = seq.req.sampling
-        seq.last = int(sample_next(logits, cfg, seq.gen)[0])
+        seq.last = greedy if greedy is not None and cfg.greedy else int(sample_next(logits, cfg, seq.gen)[0])
         seq.acc.add(seq.last)
         if self.metrics is not None:
             self.metrics.generation_tokens.inc()
@@ -320,14 +321,15 @@ class Scheduler:
         seq.sent = upto
         if done:
             self._release(seq)
-            seq.req.send(Event(seq.index, finish=seq.acc.finish or "length", completion_tokens=seq.acc.steps))
+            self._end(seq.req, Event(seq.index, finish=seq.acc.finish or "length", completion_tokens=seq.acc.steps))
 
     def _step(self) -> None:
         t0 = time.perf_counter()
         tokens = {row: seq.last for row, seq in sorted(self._seqs.items())}
         logits = self.cache.decode(tokens)  # [len(tokens), V]
+        argmax = logits.argmax(dim=-1).tolist()  # every greedy row's token in one op (sample_next's rule)
         for i, row in enumerate(tokens):
-            self._take_token(self._seqs[row], logits[i:i + 1])
+            self._take_token(self._seqs[row], logits[i:i + 1], argmax[i])
         self.steps += 1
         if self.metrics is not None:
             self.metrics.step(len(tokens), time.perf_counter() - t0)
