@@ -49,7 +49,7 @@ def test_page_references_no_remote_assets():
 @pytest.fixture(scope="module")
 def base_url():
     """The server's origin (http://127.0.0.1:PORT), bundled model, every API call needs KEY."""
-    from tests.integration.test_serving_openai import serving  # the uvicorn-in-a-thread helper
+    from tests.integration.serving_common import serving  # the uvicorn-in-a-thread helper
 
     with serving(vlmkit.load(dtype="float32"), ServeConfig(api_key=KEY, max_batch=2, max_len=256)) as url:
         yield url.removesuffix("/v1")
