@@ -27,6 +27,15 @@ _QWEN25_TEXT = dict(hidden_act="silu", rms_norm_eps=1e-06, max_position_embeddin
 _QWEN_IDS = dict(image_token_id=151655, video_token_id=151656, vision_start_token_id=151652,
                  vision_end_token_id=151653)
 
+
+def _qwen25(**text) -> tuple[dict, dict]:
+    """A Qwen2.5-VL checkpoint's fields: the shared tower and decoder settings + its own decoder shape."""
+    tie = text["tie_word_embeddings"]
+    cfg = dict(model_type="qwen2_5_vl", tie_word_embeddings=tie, **_QWEN_IDS, text_config=dict(_QWEN25_TEXT, **text),
+               vision_config=dict(_QWEN25_VISION, out_hidden_size=text["hidden_size"]))
+    return cfg, dict(patch_size=14, temporal_patch_size=2, merge_size=2, image_mean=_CLIP_MEAN, image_std=_CLIP_STD)
+
+
 # (family, preset) -> (config.json fields, preprocessor fields or None)
 PUBLISHED = {
     # Exact copy of the hub repo's config.json / preprocessor_config.json / processor_config.json:
@@ -116,24 +125,14 @@ PUBLISHED = {
     ),
     # A markdown copy headed "# Qwen/Qwen2.5-VL-3B-Instruct ## model config" (find_string id
     # 11644284334; transformers_version 4.41.2) with the module printout.
-    ("qwen2_5_vl", "qwen2.5-vl-3b-instruct"): (
-        dict(model_type="qwen2_5_vl", tie_word_embeddings=True, **_QWEN_IDS,
-             text_config=dict(_QWEN25_TEXT, vocab_size=151936, hidden_size=2048, intermediate_size=11008,
-                              num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2,
-                              tie_word_embeddings=True),
-             vision_config=dict(_QWEN25_VISION, out_hidden_size=2048)),
-        dict(patch_size=14, temporal_patch_size=2, merge_size=2, image_mean=_CLIP_MEAN, image_std=_CLIP_STD),
-    ),
+    ("qwen2_5_vl", "qwen2.5-vl-3b-instruct"): _qwen25(vocab_size=151936, hidden_size=2048, intermediate_size=11008,
+                                                      num_hidden_layers=36, num_attention_heads=16,
+                                                      num_key_value_heads=2, tie_word_embeddings=True),
     # Copies of Qwen/Qwen2.5-VL-7B-Instruct/config.json: TensorRT-LLM's Qwen2.5-VL test config
     # (layers reduced) and a copy with 28 layers (find_string '"out_hidden_size": 3584,').
-    ("qwen2_5_vl", "qwen2.5-vl-7b-instruct"): (
-        dict(model_type="qwen2_5_vl", tie_word_embeddings=False, **_QWEN_IDS,
-             text_config=dict(_QWEN25_TEXT, vocab_size=152064, hidden_size=3584, intermediate_size=18944,
-                              num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
-                              tie_word_embeddings=False),
-             vision_config=dict(_QWEN25_VISION, out_hidden_size=3584)),
-        dict(patch_size=14, temporal_patch_size=2, merge_size=2, image_mean=_CLIP_MEAN, image_std=_CLIP_STD),
-    ),
+    ("qwen2_5_vl", "qwen2.5-vl-7b-instruct"): _qwen25(vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+                                                      num_hidden_layers=28, num_attention_heads=28,
+                                                      num_key_value_heads=4, tie_word_embeddings=False),
     # Exact copy of mistral-community/pixtral-12b config.json: hlky/dinoml_v2,
     # agents/plans/transformers/pixtral/_sources/mistral-community_pixtral-12b_config.json; the
     # fields it leaves out take the class defaults (PixtralVisionConfig 1024 / 4096 / 24 layers /
