@@ -135,15 +135,16 @@ def test_presets():
     vision = sum(p.numel() for p in big.vision_tower.parameters())
     text = sum(p.numel() for p in big.language_model.parameters())
     aligner = sum(p.numel() for p in big.aligner.parameters())
-    # SigLIP-L/16-384: patch conv + 576 positions + 24 blocks + post-LN + MAP head (probe, packed
-    # attention, LN, MLP), written out so that a changed part shows up here.
+    # SigLIP-L/16-384: patch conv + 576 positions + 24 blocks + post-LN (the published
+    # vision_use_head is false: no MAP head), written out so that a changed part shows up here.
     block = 4 * (1024 * 1024 + 1024) + 2 * 1024 * 4096 + 4096 + 1024 + 4 * 1024
-    head = 1024 + 4 * (1024 * 1024 + 1024) + 2 * 1024 + 2 * 1024 * 4096 + 4096 + 1024
-    assert vision == 3 * 16 * 16 * 1024 + 1024 + 576 * 1024 + 24 * block + 2 * 1024 + head == 316_283_904
+    assert vision == 3 * 16 * 16 * 1024 + 1024 + 576 * 1024 + 24 * block + 2 * 1024 == 303_688_704
     assert aligner == 1024 * 2048 + 2048 + 2048 * 2048 + 2048
-    # DeepSeek-LLM-1.3B (1.65B with the untied head): embeddings + head + 24 x (attention, SwiGLU MLP, 2 norms) + final norm
-    assert text == 2 * 102400 * 2048 + 24 * (4 * 2048 * 2048 + 3 * 2048 * 5632 + 2 * 2048) + 2048
-    assert sum(p.numel() for p in big.parameters()) == vision + aligner + text == 1_975_235_584
+    # DeepSeek-LLM-1.3B, head tied (the published config.json has no tie_word_embeddings, and
+    # DeepseekVLConfig ties by default): embeddings + 24 x (attention, SwiGLU MLP, 2 norms) + final norm
+    assert text == 102400 * 2048 + 24 * (4 * 2048 * 2048 + 3 * 2048 * 5632 + 2 * 2048) + 2048
+    # transformers 5.24 builds the published config.json with the same count (meta device).
+    assert sum(p.numel() for p in big.parameters()) == vision + aligner + text == 1_752_925_184
     debug = DeepseekVL(DeepseekVLConfig.from_preset("debug"))
     assert debug.aligner.linear_1.in_features == 32 and debug.aligner.linear_2.out_features == 64
     with pytest.raises(KeyError, match="unknown DeepSeek-VL preset"):
@@ -327,10 +328,10 @@ def test_hybrid_presets():
         big = DeepseekVLHybrid(cfg)
     parts = {name: sum(p.numel() for p in m.parameters()) for name, m in big.named_children()}
     assert parts["high_res_vision_tower"] == 89_670_912  # SAM ViT-B, as transformers counts it (above)
-    assert parts["vision_tower"] == 316_283_904  # SigLIP-L/16-384 with its MAP head (see test_presets)
+    assert parts["vision_tower"] == 303_688_704  # SigLIP-L/16-384 without a MAP head (see test_presets)
     assert parts["high_res_neck"] == 768 * 256 + 2 * 256 + 256 * 256 * 9 + 2 * 256
     assert parts["high_res_proj"] == 256 * 512 * 9 + 512 * 1024 * 9
     assert parts["aligner"] == 1024 * 2048 + 2048 + 1024 * 2048 + 2048 + 4096 * 4096 + 4096
     assert parts["language_model"] == 2 * 102400 * 4096 + 30 * (4 * 4096**2 + 3 * 4096 * 11008 + 2 * 4096) + 4096
     assert tuple(big.high_res_alpha.shape) == (1,)
-    assert sum(p.numel() for p in big.parameters()) == sum(parts.values()) + 1 == 7_343_985_921
+    assert sum(p.numel() for p in big.parameters()) == sum(parts.values()) + 1 == 7_331_390_721

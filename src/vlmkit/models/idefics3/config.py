@@ -8,21 +8,25 @@ differ in their names and in one behaviour, both fields here:
 - `hf_model_type`: the names config.json is written with (no effect on the computation).
 
 Presets follow the published config.json files (HF HuggingFaceTB/*; every one has model_type
-"idefics3", `tie_word_embeddings` false and a Llama (SmolLM2) text_config). The hub files were
-not reachable here; the values are those of public copies found with the `search` tool: a
-SmolVLM-256M-Instruct reference write-up of config.json at hub revision 7e3e67e (with its
-tensor inventory, 256,484,928 parameters), a SmolVLM2-500M config.json quoted in a test (the
-500M text side, the SmolLM2-360M shape its model card names) and a test quoting the released
-SmolVLM-Instruct config.json; each preset builds with the published parameter count
-(tests/parity/test_idefics3_parity.py):
-- SmolVLM-256M-Instruct: SigLIP-B/16 at 512 (768 wide, 12 layers, 12 heads, MLP 3072), scale
-  factor 4 (64 tokens per 512 px frame), SmolLM2-135M shape (576 wide, 30 layers, 9 heads,
-  3 KV heads, MLP 1536, rope_theta 1e5, 8192 positions), vocabulary 49280, `<image>` 49190.
+"idefics3", `tie_word_embeddings` false and a Llama (SmolLM2) text_config). Each preset builds
+with the published parameter count (tests/parity/test_idefics3_parity.py). Sources:
+- SmolVLM-256M-Instruct: verified against an exact copy of the hub repo (config.json,
+  preprocessor_config.json, processor_config.json; github xi-ix/smolvlm_256m_ft,
+  SmolVLM-256M-Instruct/ at commit 0c7b2de, transformers 4.46.0): SigLIP-B/16 at 512 (768 wide,
+  12 layers, 12 heads, MLP 3072, LayerNorm eps 1e-6, gelu_pytorch_tanh), scale factor 4 (64
+  tokens per 512 px frame), SmolLM2-135M shape (576 wide, 30 layers, 9 heads / 3 KV heads of 64,
+  MLP 1536, RMSNorm eps 1e-5, rope_theta 1e5, 8192 positions), vocabulary 49280, `<image>` 49190,
+  pad / bos / eos 2 / 1 / 2; processor longest_edge 2048, max_image_size 512, mean / std 0.5.
+  Every field matched.
 - SmolVLM-500M-Instruct: the same tower and connector, SmolLM2-360M shape (960 wide, 32 layers,
-  15 heads, 5 KV heads, MLP 2560).
+  15 heads, 5 KV heads, MLP 2560). Unverified: no copy of its config.json was found; the values
+  are those of SmolVLM2-500M-Video-Instruct's config.json (quoted in a public test) and the model
+  card's SmolLM2-360M base.
 - SmolVLM-Instruct (2.2B): SigLIP so400m/14 at 384, scale factor 3 (81 tokens per frame),
-  SmolLM2-1.7B shape (2048 wide, 24 layers, 32 heads, MLP 8192, rope_theta 273768, 16384
-  positions: the model card's 16k context, not in the quoted copy), vocabulary 49155, `<image>` 49153.
+  SmolLM2-1.7B shape (2048 wide, 24 layers, 32 heads / 32 KV heads of 64, MLP 8192, rope_theta
+  273768, eps 1e-5), vocabulary 49155, `<image>` 49153: verified against a public test that
+  quotes the released config.json (find_string '"rope_theta": 273768'). Unverified: 16384
+  positions (the model card's 16k context) and the processor sizes, which the quote leaves out.
 - debug: SigLIP debug tower (4 x 4 patches), scale factor 2 (4 tokens per frame), Llama debug.
 """
 

@@ -1,16 +1,21 @@
 """InternVL config: an InternViT tower, feature selection, the connector and a decoder config.
 
 Presets:
-- internvl3-1b-hf: the shapes of OpenGVLab/InternVL3-1B-hf (InternVL3, arXiv:2504.10479).
-  Tower InternViT-300M-448px-V2_5 (transformers' InternVLVisionConfig docstring names this
-  checkpoint for its defaults: width 1024, depth 24, 16 heads, MLP 4096, 448 px tiles of 14 px
-  patches, LayerNorm eps 1e-6, layer scale 0.1, no final norm), with q/k/v biases (InternViT's
-  fused qkv has a bias; the converted `attention_bias=True`); the last block's output (layer -1),
-  class token dropped, pixel shuffle 2 -> 256 tokens per tile; connector LayerNorm(4096) ->
-  4096 -> 896 -> GELU -> 896. Decoder Qwen2.5-0.5B's shape (896 wide, 24 layers, 14 heads / 2
-  KV heads, MLP 4864, rope_theta 1e6, 32768 positions) with InternVL's vocabulary of 151674
-  (`<IMG_CONTEXT>` = 151667) and an untied LM head (InternVL fine-tunes the head apart from the
-  embeddings; the hub lists the model at 938M parameters, which only the untied head gives).
+- internvl3-1b-hf: OpenGVLab/InternVL3-1B-hf (InternVL3, arXiv:2504.10479), verified against an
+  exact copy of its config.json (github hlky/dinoml_v2, agents/plans/transformers/internvl/
+  _sources/OpenGVLab__InternVL3-1B-hf--config.json, transformers 4.52.0.dev0), which every shape
+  below matches. Tower InternViT-300M (width 1024, depth 24, 16 heads, MLP 4096, 448 px tiles of
+  14 px patches, LayerNorm eps 1e-6, layer scale 0.1, use_mean_pooling: no final norm, q/k/v
+  biases, no QK norm); the last block's output (layer -1), class token dropped, pixel shuffle 2
+  -> 256 tokens per tile; connector LayerNorm(4096) -> 4096 -> 896 -> GELU -> 896. Decoder
+  Qwen2.5-0.5B's shape (896 wide, 24 layers, 14 heads / 2 KV heads, MLP 4864, RMSNorm eps 1e-6,
+  rope_theta 1e6, 32768 positions, no sliding window) with InternVL's vocabulary of 151674
+  (`<IMG_CONTEXT>` = 151667, bos 151643, eos 151645).
+  Not represented: the file's text rope_scaling {"rope_type": "dynamic", "factor": 2.0} (dynamic
+  NTK; it equals the default RoPE up to 32768 positions, but vlmkit's loader rejects the file).
+  Unverified: the untied LM head. The file states no tie_word_embeddings; the original
+  OpenGVLab/InternVL3-1B config says false and the hub lists 938M parameters (an untied head),
+  but transformers 5.24 (and vlmkit's loader) read the -hf file as tied (802,293,120 parameters).
 - debug: a 2-block tower on 32 px tiles (4 tokens per tile) + the Qwen2 debug decoder.
 """
 

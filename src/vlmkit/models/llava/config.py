@@ -4,7 +4,10 @@ Presets follow the published checkpoints (LLaVA-1.5, arXiv:2310.03744; HF llava-
 - llava-1.5-7b-hf: CLIP ViT-L/14-336 (576 patches + class token; layer -2, class token dropped
   -> 576 image tokens), a 2-layer GELU MLP 1024 -> 4096 -> 4096 with biases, and the Vicuna-7B
   (Llama 2 7B shape) decoder: 32 layers, width 4096, MLP 11008, 32 heads, vocabulary 32064,
-  `<image>` = 32000, pad 32001.
+  `<image>` = 32000, pad 32001. Verified against transformers' llava/convert_llava_weights_to_hf.py
+  (vocabulary 32000 + 2 padded to a multiple of 64, image token 32000, pad 32001, LlavaConfig's
+  default CLIP-L/14-336 tower, layer -2, "default" selection, GELU projector). Unverified: the
+  decoder fields, copied by that script from lmsys/vicuna-7b-v1.5's config.json (not found here).
   The vision side is a CLIP / SigLIP tower or the Pixtral-ViT (`PixtralVisionConfig`: images
   at their own sizes; its presets, pixtral-12b and pixtral-debug, are in models/pixtral/config.py).
   The text side is any registered decoder config (`LlamaConfig` here; a `GemmaConfig` works

@@ -8,6 +8,10 @@ Presets follow the published checkpoints:
   [336, 1008]], a 2-layer GELU MLP 1024 -> 4096 -> 4096, and the Mistral-7B-Instruct-v0.2 decoder
   (text_config model_type "mistral": 32 layers, width 4096, MLP 14336, 32 heads, 8 KV heads,
   rope_theta 1e6, no sliding window, 32768 positions, vocabulary 32064, `<image>` = 32000).
+  Verified against transformers' llava_next/convert_llava_next_weights_to_hf.py: vocabulary
+  32000 + 2 padded to 64, the LlavaNextImageProcessor default pinpoints, LlavaNextConfig defaults
+  (image token 32000, layer -2, "default"). Unverified: the decoder fields (the script copies
+  mistralai/Mistral-7B-Instruct-v0.2's config.json, not found here).
 - debug: the CLIP debug tower (32 px, 8-px patches: 16 tokens per tile), tiles of 1 x 2, 2 x 1
   and 2 x 2, and the Llama debug decoder; runs on a CPU in milliseconds.
 """

@@ -15,6 +15,10 @@ Presets (shapes as transformers' Mistral3ForConditionalGeneration reads them):
   - decoder: Mistral Small 24B: 40 layers, width 5120, MLP 32768, 32 heads of 128, 8 KV heads,
     vocabulary 131072 (Tekken), RoPE theta 1e9, 131072 positions, no sliding window, untied head;
   - `[IMG]` = 10 (image_token_index), as in Pixtral.
+  Verified field by field (tests/unit/test_presets_published.py), no discrepancy; the processor
+  (patch 14, longest_edge 1540, CLIP mean / std, bicubic) against mistral-small-3.1's
+  preprocessor_config.json (github hlky/dinoml_v2, agents/plans/transformers/mistral3/).
+  Unverified: that the FLUX.2 copy is 3.1-2503's own file rather than another 3.x release.
 - debug: the Pixtral debug tower (8-px patches) with 2 x 2 merging on the Llama debug decoder.
 Presets are looked up through the registry: `get_family("mistral3").preset(name)`.
 """

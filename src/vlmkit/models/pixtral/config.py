@@ -2,7 +2,11 @@
 
 Sources: the config.json of mistral-community/pixtral-12b (transformers format; read through the
 copies tbmod/pixtral-12b and saujasv/pixtral-12b on the hub, which name it as their origin) and
-Mistral's own mistralai/Pixtral-12B-2409 params.json, which agree:
+Mistral's own mistralai/Pixtral-12B-2409 params.json, which agree. Verified (no discrepancy)
+against an exact copy of that config.json (github hlky/dinoml_v2, agents/plans/transformers/
+pixtral/_sources/mistral-community_pixtral-12b_config.json; the fields it omits take the class
+defaults listed below) and transformers' convert_pixtral_weights_to_hf.py, whose MistralConfig
+is this decoder:
 - tower: width 1024, MLP 4096, 24 blocks, 16 heads (head dim 64), 16-px patches, images up to
   1024 px per side (64 x 64 patches), RoPE theta 1e4, SiLU gated FFN;
 - connector: LLaVA's 2-layer GELU MLP with biases, 1024 -> 5120 -> 5120, reading the last

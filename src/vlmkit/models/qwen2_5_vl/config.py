@@ -1,10 +1,14 @@
 """Qwen2.5-VL config: Qwen2-VL's composition with the windowed RMSNorm / SwiGLU tower and
 absolute-time M-RoPE for videos (arXiv:2502.13923).
 
-Presets follow the published checkpoints' config.json (4.x form; the hub was not reachable
-offline, so the numbers were read from public copies of those files, and agree with the module
-printout of the 7B model; transformers' own class defaults are not a checkpoint, e.g. its vision
-`hidden_size` default is 3584):
+Presets follow the published checkpoints' config.json (4.x form; transformers' own class defaults
+are not a checkpoint, e.g. its vision `hidden_size` default is 3584). Verified field by field
+(tests/unit/test_presets_published.py), no discrepancy: 3B against a public markdown copy headed
+"Qwen/Qwen2.5-VL-3B-Instruct ## model config" with its module printout (find_string id
+11644284334); 7B against TensorRT-LLM's Qwen2.5-VL test config (a copy with the layers cut) and a
+copy of Qwen2.5-VL-7B-Instruct/config.json (find_string '"out_hidden_size": 3584,'). The files'
+`sliding_window` 32768 is inert (`use_sliding_window` false). Not fixable here: the published
+preprocessor_config.json has max_pixels 12845056, family.py writes longest_edge 1003520.
 - qwen2.5-vl-3b-instruct (Qwen/Qwen2.5-VL-3B-Instruct): tower depth 32, width 1280, 16 heads,
   SwiGLU width 3420 (silu, biases), RMSNorm, 14-px patches, temporal patch 2, merge 2, windows of
   112 px with full attention in blocks 7, 15, 23, 31, merger to 2048, tokens_per_second 2; decoder

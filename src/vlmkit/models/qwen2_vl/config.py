@@ -1,7 +1,10 @@
 """Qwen2-VL config: the native-resolution vision tower and the Qwen2 decoder with M-RoPE.
 
 Presets follow the published checkpoint Qwen/Qwen2-VL-2B-Instruct (its config.json, as copied in
-the public kmodels QWEN2_VL_MODEL_CONFIG table: the hub page itself was not reachable offline):
+the public kmodels QWEN2_VL_MODEL_CONFIG table: the hub page itself was not reachable offline).
+Unverified: no exact copy of the config.json was found in this session (module printouts of the
+7B model agree on the tower); the preprocessor's max_pixels (12845056 published for Qwen2.5-VL)
+is family.py's 1003520:
 - qwen2-vl-2b-instruct: tower depth 32, width 1280, 16 heads, MLP ratio 4 (quick-GELU), 14-px
   patches, temporal patch 2, spatial merge 2 -> merger to 1536; decoder 28 layers, width 1536,
   MLP 8960, 12 query / 2 KV heads (head dim 128), RoPE theta 1e6, M-RoPE sections (16, 24, 24),

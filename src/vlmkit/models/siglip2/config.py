@@ -8,7 +8,12 @@ for the published checkpoints) is resized to each image's h x w grid. The text t
 this vision config.
 
 Presets follow the published NaFlex checkpoints (HF google/siglip2-*-naflex): base-patch16 (ViT-B,
-86M vision) and so400m-patch16. The fixed-resolution SigLIP 2 checkpoints (google/siglip2-base-
+86M vision) and so400m-patch16. Verified, no discrepancy: so400m against an exact copy of
+google/siglip2-so400m-patch16-naflex/config.json (github hlky/dinoml_v2, agents/plans/
+transformers/siglip2/_sources/hf_configs/; patch 16 and 256 positions are the class defaults it
+leaves out); base against transformers' siglip2/convert_siglip2_to_hf.py (768 / 3072 / 12 / 12,
+patch 16, 256 positions, vocabulary 256000; processor max_num_patches 256, mean / std 0.5).
+Unverified: the processors' resample and the text max_position_embeddings (64, the default). The fixed-resolution SigLIP 2 checkpoints (google/siglip2-base-
 patch16-224, ...) are plain SigLIP models (model_type "siglip"): their presets live with the siglip
 family (`vlmkit.models.siglip.config.TWO_TOWER_PRESETS`).
 """
