@@ -21,7 +21,7 @@ included), as the reference's mask does.
 Contract used by `vlmkit.generation`: `embed(ids)`, `forward(x, positions, key_valid, in_prefix,
 slots)`, `logits(h)`, `setup_caches(B, S, dtype, device)`, `clear_caches()`.
 
-Not supported: dropout, dynamic / longrope RoPE, Gemma 3 (QK-norm, local RoPE base), MoE.
+Not supported: dropout, longrope RoPE (dynamic NTK: default frequencies within the context), Gemma 3 (QK-norm, local RoPE base), MoE.
 """
 
 import math

@@ -13,8 +13,10 @@ dimensions that turn `beta_fast` and `beta_slow` times in the original context, 
 cos/sin by an attention factor (0.1 ln(factor) + 1 unless given). All three are fixed per model,
 so the static cache and one compiled decode graph serve them unchanged.
 
-Not supported: `dynamic` NTK (its frequencies depend on the current length, which a static cache
-and one compiled decode graph cannot follow), `longrope`, partial rotary factors.
+`dynamic` NTK is read, and runs with the default frequencies: transformers changes them only
+past max_position_embeddings, which generation refuses (past that length they would depend on the
+current length, which a static cache and one compiled decode graph cannot follow).
+Not supported: `longrope`, partial rotary factors.
 """
 
 import math
@@ -28,14 +30,17 @@ import torch
 class RopeScaling:
     """Long-context RoPE frequency scaling (see the module docstring).
 
-    kind: "linear", "llama3" or "yarn". factor: the context extension factor.
+    kind: "linear", "llama3", "yarn" or "dynamic". factor: the context extension factor.
+    "dynamic" (NTK, InternVL3-hf): transformers changes the base only for sequences longer than
+    max_position_embeddings, which vlmkit never runs (generation refuses prompts past the
+    model's context), so within it the frequencies are the default ones, exactly.
     original_max_position_embeddings: the pre-training context (llama3, yarn).
     low_freq_factor, high_freq_factor: llama3's band edges.
     beta_fast, beta_slow, truncate, attention_factor, mscale, mscale_all_dim: yarn's ramp and
     cos/sin multiplier, as transformers' `rope_parameters` name them.
     """
 
-    kind: Literal["linear", "llama3", "yarn"]
+    kind: Literal["linear", "llama3", "yarn", "dynamic"]
     factor: float
     original_max_position_embeddings: int = 8192
     low_freq_factor: float = 1.0
@@ -48,8 +53,8 @@ class RopeScaling:
     mscale_all_dim: float | None = None
 
     def __post_init__(self):
-        if self.kind not in ("linear", "llama3", "yarn"):
-            raise ValueError(f"rope scaling kind {self.kind!r} is not supported (linear, llama3, yarn)")
+        if self.kind not in ("linear", "llama3", "yarn", "dynamic"):
+            raise ValueError(f"rope scaling kind {self.kind!r} is not supported (linear, llama3, yarn, dynamic)")
         if self.kind == "llama3" and self.high_freq_factor <= self.low_freq_factor:
             raise ValueError("llama3 rope scaling needs high_freq_factor > low_freq_factor")
 
@@ -75,7 +80,7 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None = Non
     if scaling is not None and scaling.kind == "yarn":
         return _yarn(theta**exponents, head_dim, theta, scaling)
     inv_freq = 1.0 / (theta**exponents)
-    if scaling is None:
+    if scaling is None or scaling.kind == "dynamic":  # dynamic: default below max positions (see RopeScaling)
         return inv_freq
     if scaling.kind == "linear":
         return inv_freq / scaling.factor

@@ -45,8 +45,8 @@ def _rope_from_hf(d: dict) -> tuple[float, RopeScaling | None]:
     original = int(p.get("original_max_position_embeddings") or d["max_position_embeddings"])
     if kind == "default":
         return theta, None
-    if kind == "linear":
-        return theta, RopeScaling(kind="linear", factor=float(p["factor"]))
+    if kind in ("linear", "dynamic"):
+        return theta, RopeScaling(kind=kind, factor=float(p["factor"]))
     if kind == "llama3":
         return theta, RopeScaling(
             kind="llama3", factor=float(p["factor"]), original_max_position_embeddings=original,
@@ -59,7 +59,7 @@ def _rope_from_hf(d: dict) -> tuple[float, RopeScaling | None]:
             beta_slow=float(p.get("beta_slow") or 1), truncate=bool(p.get("truncate", True)),
             attention_factor=p.get("attention_factor"), mscale=p.get("mscale"), mscale_all_dim=p.get("mscale_all_dim"),
         )
-    raise ValueError(f"rope_type {kind!r} is not supported (default, linear, llama3, yarn)")
+    raise ValueError(f"rope_type {kind!r} is not supported (default, linear, llama3, yarn, dynamic)")
 
 
 def _layer_types_from_hf(kind: str, d: dict, n: int) -> tuple[int | None, tuple | None]:
@@ -135,7 +135,7 @@ def _rope_to_hf(c: LlamaConfig) -> dict:
         d.update(beta_fast=s.beta_fast, beta_slow=s.beta_slow, truncate=s.truncate)
         d.update({k: v for k, v in dict(attention_factor=s.attention_factor, mscale=s.mscale,
                                         mscale_all_dim=s.mscale_all_dim).items() if v is not None})
-    if s.kind != "linear":
+    if s.kind not in ("linear", "dynamic"):
         d.update(original_max_position_embeddings=s.original_max_position_embeddings)
     return d
 

@@ -5,6 +5,7 @@ Names on the right are relative to the vision model root; the hub checkpoints pu
 without it. The loaders accept both (see `vlmkit.weights.hf`).
 """
 
+from vlmkit.models.common.activations import TO_HF_ACTIVATION, activation_from_hf
 from vlmkit.models.common.mapping import Table
 from vlmkit.models.siglip.config import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
 
@@ -55,15 +56,16 @@ def vision_shape_to_hf(c: SiglipVisionConfig) -> dict:
 def vision_config_from_hf(d: dict) -> SiglipVisionConfig:
     """HF `vision_config` dict -> SiglipVisionConfig (missing fields take transformers' defaults)."""
     d = {**_HF_DEFAULTS, **d}
-    if d["hidden_act"] not in ("gelu_pytorch_tanh", "gelu_fast"):
-        raise ValueError(f"unsupported SigLIP activation {d['hidden_act']!r}")
-    return SiglipVisionConfig(**vision_shape_from_hf(d), use_head=bool(d["vision_use_head"]))
+    # Published SigLIP towers use the tanh GELU ("gelu_fast" in some copies, read as the same op);
+    # DeepSeek-VL's converted SigLIP-L says "gelu" (the erf form), which is a different function.
+    act = "gelu_tanh" if d["hidden_act"] == "gelu_fast" else activation_from_hf(d["hidden_act"])
+    return SiglipVisionConfig(**vision_shape_from_hf(d), use_head=bool(d["vision_use_head"]), hidden_act=act)
 
 
 def vision_config_to_hf(c: SiglipVisionConfig) -> dict:
     return dict(
         model_type="siglip_vision_model", **vision_shape_to_hf(c), vision_use_head=c.use_head,
-        hidden_act="gelu_pytorch_tanh",
+        hidden_act=TO_HF_ACTIVATION[c.hidden_act],
     )
 
 
