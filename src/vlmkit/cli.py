@@ -47,6 +47,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--seed", type=T.seed, help="sampling seed in [0, 2**64 - 1] (default: unseeded)")
     p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
     p.add_argument("--device", type=T.device, default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+    T.add_speed_flags(p)
     p.add_argument("--mask-vae", help="PaliGemma mask VQ-VAE weights (.npz) to decode segment masks")
     p.add_argument("--draw", help="write boxes/masks over the first image to this PNG (an existing file needs --force)")
     p.add_argument("--force", action="store_true", help="replace an existing --draw file")
@@ -100,7 +101,7 @@ def cmd_generate(args) -> int:
         raise ConfigError("give at least one --image or a --video")
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                               top_p=args.top_p, top_k=args.top_k, seed=args.seed)
-    pipe = load(args.model, dtype=args.dtype, device=args.device)
+    pipe = load(args.model, dtype=args.dtype, device=args.device, **T.speed_kwargs(args))
     on_token = (lambda e: print(e.text, end="", flush=True)) if args.stream and not args.json else None
     if messages is not None:
         out = run_chat(pipe, messages, images, sampling=sampling, on_token=on_token)
@@ -226,6 +227,12 @@ def _add_serve(sub) -> None:
     p.set_defaults(func=run_serve_args)
 
 
+def _add_quantize(sub) -> None:
+    from vlmkit.quantize_cli import add_parser
+
+    add_parser(sub)
+
+
 def _add_optional(sub) -> None:
     """Subcommands whose modules may be absent in a trimmed install."""
     try:
@@ -277,7 +284,8 @@ def build_parser() -> T.Parser:
 
     parser.add_argument("--version", action="version", version=f"vlmkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=T.Parser)
-    for add in (_add_generate, _add_info, _add_create, _add_data, _add_eval_demo, _add_serve, _add_optional):
+    for add in (_add_generate, _add_info, _add_create, _add_data, _add_eval_demo, _add_serve, _add_quantize,
+                _add_optional):
         add(sub)
     return parser
 

@@ -24,6 +24,7 @@ Not supported: saving quantised checkpoints (quantise after `load_hf`), training
 """
 
 import types
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -112,18 +113,21 @@ class Int8Embedding(nn.Module):
         q, scale = quantize_per_channel(emb.weight)
         self.register_buffer("weight_int8", q)
         self.register_buffer("weight_scale", scale.to(emb.weight.dtype))
-        self.dtype = emb.weight.dtype
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids [...] int64 -> [..., D] in the original embedding dtype."""
-        rows = self.weight_int8[ids].to(self.dtype)  # [..., D]
-        return rows * self.weight_scale[ids][..., None].to(self.dtype)
+        scale = self.weight_scale[ids][..., None]  # [..., 1]; its dtype is the model's (also after loading)
+        return self.weight_int8[ids].to(scale.dtype) * scale  # [..., D]
+
+    def linear(self, h: torch.Tensor) -> torch.Tensor:
+        """h [..., D] -> [..., V]: the tied LM head through the int8 table."""
+        return int8_matmul(h, self.weight_int8, self.weight_scale)
 
 
-def _int8_tied_logits(self: Decoder, h: torch.Tensor) -> torch.Tensor:
-    """Replacement for `Decoder.logits` when the tied table is int8: h [B, T, D] -> [B, T, V]."""
-    emb = self.embed_tokens
-    logits = int8_matmul(h, emb.weight_int8, emb.weight_scale)
+def _quantized_tied_logits(self: Decoder, h: torch.Tensor) -> torch.Tensor:
+    """Replacement for `Decoder.logits` when the tied table is quantised (its module has
+    `linear(h)`: Int8Embedding, Int4Embedding): h [B, T, D] -> [B, T, V]."""
+    logits = self.embed_tokens.linear(h)
     cap = self.cfg.final_logit_softcap
     return logits if cap is None else torch.tanh(logits / cap) * cap
 
@@ -133,7 +137,32 @@ def _set_child(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent_name) if parent_name else root, attr, module)
 
 
+def _skipped(name: str, skip: tuple[str, ...]) -> bool:
+    return any(name == s or name.startswith(s + ".") for s in skip)
+
+
 @torch.no_grad()
+def replace_modules(model: nn.Module, make_linear: Callable[[nn.Linear], nn.Module | None],
+                    make_embedding: Callable[[nn.Embedding], nn.Module | None] | None,
+                    skip: tuple[str, ...] = ()) -> nn.Module:
+    """Replace each `nn.Linear` outside `skip` by `make_linear(linear)` (None: kept) and, with
+    `make_embedding`, each tied decoder embedding by `make_embedding(emb)`, whose module's
+    `linear(h)` then serves as the LM head (the instance's `logits` is replaced). In place."""
+    for name, m in list(model.named_modules()):
+        if isinstance(m, nn.Linear) and not _skipped(name, skip):
+            new = make_linear(m)
+            if new is not None:
+                _set_child(model, name, new)
+    if make_embedding is not None:
+        for name, m in list(model.named_modules()):
+            if isinstance(m, Decoder) and m.lm_head is None and not _skipped(name, skip):
+                new = make_embedding(m.embed_tokens)
+                if new is not None:
+                    m.embed_tokens = new
+                    m.logits = types.MethodType(_quantized_tied_logits, m)  # per instance, like checkpointing
+    return model
+
+
 def quantize_int8(model: nn.Module, skip: tuple[str, ...] = ("vision_tower",), embeddings: bool = True,
                   min_features: int = 16) -> nn.Module:
     """Replace the model's `nn.Linear` layers (and a decoder's tied embedding) by int8 versions, in place.
@@ -146,20 +175,8 @@ def quantize_int8(model: nn.Module, skip: tuple[str, ...] = ("vision_tower",), e
         embeddings: also quantise every tied decoder embedding / LM head (the largest matrix).
         min_features: Linears with fewer input features are kept (no bandwidth to save).
     """
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    for name in names:
-        if any(name == s or name.startswith(s + ".") for s in skip):
-            continue
-        linear = model.get_submodule(name)
-        if linear.in_features >= min_features:
-            _set_child(model, name, Int8Linear(linear))
-    if embeddings:
-        for name, m in list(model.named_modules()):
-            skipped = any(name == s or name.startswith(s + ".") for s in skip)
-            if isinstance(m, Decoder) and m.lm_head is None and not skipped:
-                m.embed_tokens = Int8Embedding(m.embed_tokens)
-                m.logits = types.MethodType(_int8_tied_logits, m)  # per instance, like checkpointing
-    return model
+    return replace_modules(model, lambda m: Int8Linear(m) if m.in_features >= min_features else None,
+                           Int8Embedding if embeddings else None, skip)
 
 
 def state_bytes(model: nn.Module) -> int:
