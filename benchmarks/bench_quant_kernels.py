@@ -13,6 +13,9 @@ product of the weight it actually holds (max |err| / max |ref|):
 - `int8tile`: the same, one tile of `--tile` rows at a time into a reused bf16 buffer (cache-sized).
 - `int8compile`: torch.compile of `F.linear(x, q.to(bf16)) * s` (inductor may fuse the cast).
 - `int4gG`: `_weight_int4pack_mm_for_cpu` with group size G (asymmetric, scales and zeros).
+- `int8frozen`, `int4g64frozen`: the int8pack / int4 op of a module whose weights are buffers,
+  under torch.compile with freezing + max-autotune (what `compile_decode(batched_kernels=True)`
+  does at >= 8 rows): inductor may pick its C++ GEMM template (AMX / AVX-512) over aten's kernel.
 
 The table it prints is the one recorded in `vlmkit/generation/quantize.py`'s docstring.
 """
@@ -44,6 +47,23 @@ def best_ms(fn, reps: int) -> float:
     return min(times) * 1e3
 
 
+class _Holder(torch.nn.Module):
+    """Weights as buffers (what freezing turns into constants) and a forward `fn(self, x)`."""
+
+    def __init__(self, fn, a: torch.Tensor, b: torch.Tensor):
+        super().__init__()
+        self.fn = fn
+        self.register_buffer("a", a)
+        self.register_buffer("b", b)
+
+    def forward(self, x):
+        return self.fn(self, x)
+
+
+def _frozen(fn, a, b):
+    return torch.compile(_Holder(fn, a, b).eval(), dynamic=False, options={"max_autotune": True, "freezing": True})
+
+
 def candidates(w: torch.Tensor, tile: int, groups: list[int]) -> dict:
     """name -> (fn(x) -> y, the float32 weight the candidate holds)."""
     q, s = quantize_per_channel(w)
@@ -67,6 +87,7 @@ def candidates(w: torch.Tensor, tile: int, groups: list[int]) -> dict:
         "int8tile": (tiled, deq8),
         "int8compile": (lambda x: compiled(x, q, s16), deq8),
     }
+    out["int8frozen"] = (_frozen(lambda m, x: torch._weight_int8pack_mm(x, m.a, m.b), q, s16), deq8)
     for g in groups:
         qi, scales, zeros = quantize_int4_groups(w, g)
         packed, sz = pack_int4(qi, scales, zeros)
@@ -74,6 +95,9 @@ def candidates(w: torch.Tensor, tile: int, groups: list[int]) -> dict:
                 + zeros.bfloat16().float()[..., None]).view(w.shape)
         out[f"int4g{g}"] = ((lambda x, p=packed, g=g, sz=sz: torch.ops.aten._weight_int4pack_mm_for_cpu(x, p, g, sz)),
                             deq4)
+        if g == 64:
+            op = torch.ops.aten._weight_int4pack_mm_for_cpu
+            out["int4g64frozen"] = (_frozen(lambda m, x: op(x, m.a, 64, m.b), packed, sz), deq4)
     return out
 
 
