@@ -66,11 +66,10 @@ def error_report(args) -> dict:
     from vlmkit.generation.quant_report import report
 
     torch.set_num_threads(1)  # a tiny model: one thread is steadier on a shared machine
-    rep = report(schemes=args.schemes.split(","), positions=512)
+    rep = report(schemes=args.schemes.split(","), positions=args.positions, n_scenes=args.error_scenes)
     print(format_table(rep["rows"], list(rep["rows"][0])), flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    out = {"meta": run_metadata(None), **rep}
-    (RESULTS / "quant-error-cpu.json").write_text(json.dumps(out, indent=1))
+    args.error_json.parent.mkdir(exist_ok=True)
+    args.error_json.write_text(json.dumps({"meta": run_metadata(None), **rep}, indent=1))
     return rep
 
 
@@ -81,6 +80,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--decode-schemes", default="int8,int4-g64", help="schemes timed in decode")
     p.add_argument("--no-compile", action="store_true", help="eager variants only")
     p.add_argument("--error-report", action="store_true", help="only the error report (no decode timing)")
+    p.add_argument("--no-error-report", action="store_true", help="only the decode timing")
+    p.add_argument("--positions", type=int, default=512, help="target positions compared in the error report")
+    p.add_argument("--error-scenes", type=int, default=16, help="held-out scenes scored in the error report")
+    p.add_argument("--error-json", type=Path, default=RESULTS / "quant-error-cpu.json")
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--text-len", type=int, default=16)
     p.add_argument("--reps", type=int, default=3)
@@ -96,7 +99,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     meta = run_metadata(argv)  # load average first: before this run adds its own
     print(json.dumps(meta), flush=True)
-    error_report(args)
+    if not args.no_error_report:
+        error_report(args)
     if args.error_report:
         return
     torch.set_num_threads(args.threads or torch.get_num_threads())
