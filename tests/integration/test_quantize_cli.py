@@ -85,3 +85,18 @@ def test_compile_without_a_compiler_is_one_stderr_line(image, tmp_path):
     assert len(json.loads(r.stdout)["token_ids"]) >= 1
     lines = [ln for ln in r.stderr.splitlines() if "compile" in ln]
     assert len(lines) == 1 and "decoding eagerly" in lines[0] and "C++ compiler" in lines[0], r.stderr
+
+
+def test_serve_quantize_loads_a_quantised_pipeline(monkeypatch):
+    """`vlmkit serve --quantize int4 --group-size 32` serves the quantised model (uvicorn stubbed)."""
+    pytest.importorskip("fastapi")
+    import uvicorn
+
+    from vlmkit.generation.quant import QuantScheme
+    from vlmkit.serving import app as serving_app
+
+    seen = {}
+    monkeypatch.setattr(serving_app, "create_app", lambda pipe, cfg: seen.setdefault("pipe", pipe))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
+    assert main(["serve", "--quantize", "int4", "--group-size", "32"]) == 0
+    assert seen["pipe"].model.quantization == QuantScheme(bits=4, group_size=32)
