@@ -9,7 +9,7 @@ from vlmkit.errors import ConfigError
 from vlmkit.generation import SamplingConfig, generate
 from vlmkit.generation.compile import compile_decode
 from vlmkit.generation.quant import QuantScheme, quantize_model
-from vlmkit.generation.quantize import quantize_int8
+from vlmkit.generation.quantize import Int8Embedding, Int8Linear, quantize_int8
 from vlmkit.generation.quantize_int4 import (
     Int4Embedding,
     Int4Linear,
@@ -134,6 +134,9 @@ def test_quantize_model_takes_the_family_decoder_only(family):
     assert any(isinstance(m, Int4Linear) for m in lm.modules())
     outside = [n for n, m in model.named_modules() if isinstance(m, Int4Linear) and not any(m is x for x in lm.modules())]
     assert outside == [] and model.quantization == QuantScheme(bits=4, group_size=32)
+    head = lm.embed_tokens if lm.lm_head is None else lm.lm_head
+    assert isinstance(head, Int8Embedding if lm.lm_head is None else Int8Linear)  # the head stays int8
+    assert not any(isinstance(m, nn.Linear) for m in lm.modules())  # nothing left in float
 
 
 def test_scheme_names():

@@ -76,10 +76,11 @@ def report(source: str = BUNDLED, schemes=("int8", "int4-g32", "int4-g64", "int4
         model = quantize_model(copy.deepcopy(pipe.model), name)
         out, loss = _score(model, batches)
         part = quantized_part(model)
-        kept = sum(isinstance(m, torch.nn.Linear) for m in part.modules())  # float Linears left (group size)
+        kinds = [type(m).__name__ for m in part.modules()]
         rows.append({"scheme": name, **logit_error(out[:positions], ref[:positions]),
                      "argmax_agreement_all": logit_error(out, ref)["argmax_agreement"],
                      "loss_float": loss_float, "loss_quantized": loss, "loss_change": loss - loss_float,
-                     "float_linears_left": kept})
+                     "int4_modules": sum(k.startswith("Int4") for k in kinds),
+                     "int8_modules": sum(k.startswith("Int8") for k in kinds)})
     return {"source": source, "dtype": dtype, "positions": positions, "targets": int(ref.shape[0]),
             "loss_float": loss_float, "rows": rows}

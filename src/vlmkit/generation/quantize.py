@@ -20,7 +20,8 @@ Error: per-channel symmetric int8 has a relative weight error of at most 1/254 p
 random-weight models the logits stay within ~1-2 % of their range (see tests/unit/test_quantize.py
 and benchmarks/bench_generate.py --int8, which reports the logit error against the float model).
 
-Not supported: saving quantised checkpoints (quantise after `load_hf`), training through Int8Linear.
+Schemes by name, saving and reloading quantised folders: `vlmkit.generation.quant`; int4:
+`vlmkit.generation.quantize_int4`. Not supported: training through Int8Linear.
 """
 
 import types
@@ -103,7 +104,8 @@ class Int8Linear(nn.Module):
 
 
 class Int8Embedding(nn.Module):
-    """Drop-in for `nn.Embedding` (lookup only) with an int8 table; rows come back in `dtype`.
+    """Drop-in for a tied `nn.Embedding` with an int8 table: rows come back in the scales' dtype
+    (the model's), and `linear(h)` is the LM head.
 
     Buffers: weight_int8 [V, D] int8, weight_scale [V] in the original weight dtype.
     """
