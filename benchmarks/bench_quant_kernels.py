@@ -37,14 +37,16 @@ from vlmkit.generation.quantize import quantize_per_channel  # noqa: E402
 from vlmkit.generation.quantize_int4 import pack_int4, quantize_int4_groups  # noqa: E402
 
 
-def best_ms(fn, reps: int) -> float:
-    fn()
-    times = []
+def interleaved_best_ms(fns: dict, reps: int) -> dict:
+    """name -> best time (ms) of `reps` calls, the candidates taking turns (A, B, C, A, B, C, ...)
+    so that a burst of load from other processes hits them alike."""
+    times = {n: [] for n in fns}
     for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times) * 1e3
+        for n, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[n].append(time.perf_counter() - t0)
+    return {n: min(t) * 1e3 for n, t in times.items()}
 
 
 class _Holder(torch.nn.Module):
@@ -125,10 +127,10 @@ def main(argv=None) -> None:
         for m in [int(r) for r in args.rows.split(",")]:
             x = torch.randn(m, args.in_features, generator=torch.Generator().manual_seed(m)).bfloat16()
             row = {"M": m}
-            for name, (fn, wf) in cands.items():
+            for name, (fn, wf) in cands.items():  # warm-up (compiles) and error first
                 ref = x.float() @ wf.T
-                row[name] = best_ms(lambda: fn(x), args.reps)
                 row[f"{name}_err"] = float((fn(x).float() - ref).abs().max() / ref.abs().max())
+            row |= interleaved_best_ms({n: (lambda fn=fn: fn(x)) for n, (fn, _) in cands.items()}, args.reps)
             rows.append(row)
             print(" ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
                            if not k.endswith("_err")), flush=True)
