@@ -7,10 +7,28 @@ full precision. Decoding is memory-bound (every weight is read once per token), 
 or quartering (fp32) the bytes read is what makes it faster; prefill is compute-bound and gains
 little.
 
-On CPU with bf16/fp16 activations and at most `INT8PACK_MAX_ROWS` rows (decode),
-`torch._weight_int8pack_mm` (a fused int8-weight GEMV) is used; otherwise the int8 weight is cast
-to the activation dtype on the fly, which costs time: int8 is a speed-up for bf16 decoding at
-batch 1-2 and a memory saving everywhere, not a speed-up for fp32, batch >= 8 or prefill.
+Which kernel at which row count M (benchmarks/bench_quant_kernels.py: a 16384 x 2048 weight,
+bf16 activations, 2 threads, AMX CPU, PyTorch 2.13, best of 5, load average 1.0 -> 2.1; ms):
+
+    M    bf16   int8pack  int8cast  int8tile  int8 compiled  int4 g32  int4 g64  int4 g128
+    1    2.10     0.85     23.6      9.8       76 (cast)      0.83      0.77      0.73
+    8    2.18     2.87     25.3      9.9       42 (cast)      6.98      7.70      7.58
+    16   7.99    16.0      56.9     40.5       85 (cast)     18.4      26.3      29.6
+    32   16.9    32.8      46.6     25.3       47 (cast)     25.9      24.0      24.2
+    64   15.9    52.6      56.5      248       81 (cast)     69.8      70.0      70.4
+
+(int8pack = `torch._weight_int8pack_mm`; int8cast = F.linear(x, q.to(bf16)) * s; int8tile = the
+same into a reused 512-row bf16 tile; "int8 compiled" = torch.compile of the cast expression,
+which inductor does not fuse into the GEMM; int4 = `_weight_int4pack_mm_for_cpu`. M = 2 was
+disturbed by other processes in that run and is left out; later runs at load 5-7 are in
+benchmarks/results/quant-kernels-cpu.json.) Eagerly, aten's fused kernels win at M <= 2 (they
+read a half / a quarter of bf16's bytes) but walk the weight once per row, so from M = 8 on the
+bf16 AMX matmul is faster than every eager low-bit path. The batched fix is inductor's C++ GEMM
+templates for the same two ops, which read the weight once for all rows: compiled with freezing
++ max-autotune (`compile_decode(batched_kernels=True)`, used for >= 8 rows), the int8 template
+measured 1.21 ms at M = 8 against 2.74 ms for bf16 (same run, load 1.8), and the int4 AMX
+template 2.5 ms against aten's 3.2 ms. So: eager uses int8pack up to `INT8PACK_MAX_ROWS` rows
+and the cast beyond (prefill), and batched decode that must beat float needs compile=True.
 
 Gemma ties the LM head to the token embedding, and the head is the largest matrix (257216 x
 2048 in PaliGemma): with `embeddings=True` the table is stored in int8, looked up row-wise with
