@@ -82,7 +82,7 @@ class VlmkitRunner:
         self.int8, self.logit_error = ("int8" if int8 is True else int8), None
         # "+graphs": CUDA graphs around the compiled step (mode reduce-overhead; same as default on CPU).
         mode = "reduce-overhead" if graphs else "default"
-        self.decode_fn = compile_decode(mode, device=device, batched_kernels=bool(int8)) if compiled else None
+        self.decode_fn = compile_decode(mode, device=device) if compiled else None
 
     def quantize(self, batch: dict) -> None:
         """Quantise in place and record the logit error against the float model on `batch`."""

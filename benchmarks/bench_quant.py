@@ -8,7 +8,7 @@ error report of every scheme on the bundled model.
 Decode: each variant is a `_gen_worker.py` subprocess (the same worker, timing and interleaving as
 bench_generate.py) loading the same random-weight checkpoint; the quantised variants quantise the
 decoder in place (`vlmkit.generation.quant.quantize_model`), compiled ones decode with
-`compile_decode(batched_kernels=True)` (frozen, autotuned graph at >= 8 rows). Ratios are decode
+`compile_decode()`. Ratios are decode
 tokens/s of each quantised variant over the float variant with the same compile choice
 (> 1 = faster than float).
 

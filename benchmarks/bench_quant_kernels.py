@@ -14,8 +14,8 @@ product of the weight it actually holds (max |err| / max |ref|):
 - `int8compile`: torch.compile of `F.linear(x, q.to(bf16)) * s` (inductor may fuse the cast).
 - `int4gG`: `_weight_int4pack_mm_for_cpu` with group size G (asymmetric, scales and zeros).
 - `int8frozen`, `int4g64frozen`: the int8pack / int4 op of a module whose weights are buffers,
-  under torch.compile with freezing + max-autotune (what `compile_decode(batched_kernels=True)`
-  does at >= 8 rows): inductor may pick its C++ GEMM template (AMX / AVX-512) over aten's kernel.
+  under torch.compile with freezing + max-autotune: inductor may pick its C++ GEMM template
+  (AMX / AVX-512) over aten's kernel (generation does not reach this yet: see quantize.py).
 
 The table it prints is the one recorded in `vlmkit/generation/quantize.py`'s docstring.
 """

@@ -95,7 +95,7 @@ class Pipeline:
                 quantize_model(model, scheme)
         decode_fn = None
         if compile:
-            decode_fn = compile_decode(device=device, batched_kernels=(saved or scheme) is not None)
+            decode_fn = compile_decode(device=device)
         return cls(model, tokenizer, fam.build_processor(folder, tokenizer, model.cfg), folder, family=fam.name,
                    decode_fn=decode_fn)
 

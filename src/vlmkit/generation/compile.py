@@ -13,16 +13,6 @@ Prefill shapes change with every prompt length, so it stays eager.
 A graph is specialised on batch size, cache length and dtype: a new combination compiles again
 (dynamo keeps up to `torch._dynamo.config.cache_size_limit` graphs, then runs eagerly).
 
-Batched weight-only int8 / int4 decode (`batched_kernels=True`): aten's fused CPU kernels
-(`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`) walk the weight once per row, so at 8+
-rows they lose to a bf16 AMX matmul (see `vlmkit.generation.quantize`). Inductor has C++ GEMM
-templates for both ops that read the low-bit weight once for all rows (AMX / AVX-512 micro-kernels),
-but only for weights it may treat as constants: so steps with `BATCHED_FROM` or more rows are
-compiled with `freezing` (weights become graph constants; they must not change afterwards) and
-`max_autotune` (which benchmarks the template against aten's kernel per shape, once). That
-compile takes longer (about a minute on the debug model on 2 cores) and the template keeps its
-own blocked copy of each low-bit weight. Smaller batches keep the default graph.
-
 When compiling is impossible (dynamo unsupported on this Python, no C++ compiler for inductor's
 CPU kernels) or fails on the first call, the returned function logs one warning line and runs
 the eager `decode_one_token` from then on, so generation never breaks because of compilation.
@@ -42,8 +32,6 @@ log = logging.getLogger(__name__)
 
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _CXX = ("c++", "g++", "clang++")
-BATCHED_FROM = 8  # rows from which `batched_kernels` steps use the frozen, autotuned graph
-_BATCHED_OPTIONS = {"max_autotune": True, "freezing": True}
 
 
 def compile_unavailable_reason(device: str | torch.device = "cpu") -> str | None:
@@ -72,21 +60,19 @@ class CompiledDecode:
         reason: why it fell back (None while compiled).
     """
 
-    def __init__(self, fn: Callable, compiled: bool, reason: str | None = None, batched_fn: Callable | None = None):
+    def __init__(self, fn: Callable, compiled: bool, reason: str | None = None):
         self._fn, self.compiled, self.reason = fn, compiled, reason
-        self._batched_fn = batched_fn  # for steps of >= BATCHED_FROM rows (None: `fn` for all)
 
     def _fall_back(self, reason: str) -> None:
         log.warning("torch.compile of decode_one_token unavailable, decoding eagerly: %s", reason)
-        self._fn, self._batched_fn, self.compiled, self.reason = decode_one_token, None, False, reason
+        self._fn, self.compiled, self.reason = decode_one_token, False, reason
 
     def __call__(self, lm, tokens, positions, slot, key_valid, in_prefix) -> torch.Tensor:
         """Same contract as `decode_one_token`: logits [B, V]."""
         if not self.compiled:
             return self._fn(lm, tokens, positions, slot, key_valid, in_prefix)
-        batched = self._batched_fn is not None and tokens.shape[0] >= BATCHED_FROM
         try:
-            return (self._batched_fn if batched else self._fn)(lm, tokens, positions, slot, key_valid, in_prefix)
+            return self._fn(lm, tokens, positions, slot, key_valid, in_prefix)
         except Exception as e:
             if not _is_compile_error(e):
                 raise  # a real error of the step (bad shapes, ...): not compilation's fault
@@ -95,14 +81,8 @@ class CompiledDecode:
             return self._fn(lm, tokens, positions, slot, key_valid, in_prefix)
 
 
-def _batched_step(lm, tokens, positions, slot, key_valid, in_prefix) -> torch.Tensor:
-    """`decode_one_token` under another code object: the batched graph gets its own dynamo cache."""
-    return decode_one_token(lm, tokens, positions, slot, key_valid, in_prefix)
-
-
 def compile_decode(mode: str = "default", fullgraph: bool = True, device: str | torch.device = "cpu",
-                   dynamic: bool = False, backend: str = "inductor",
-                   batched_kernels: bool = False) -> CompiledDecode:
+                   dynamic: bool = False, backend: str = "inductor") -> CompiledDecode:
     """Return a decode_fn for `generate(..., decode_fn=...)` wrapping `decode_one_token` in compile.
 
     Args:
@@ -114,8 +94,6 @@ def compile_decode(mode: str = "default", fullgraph: bool = True, device: str | 
         dynamic: False specialises on exact shapes (fastest; recompiles per batch size / cache).
         backend: "inductor" generates kernels; "aot_eager" traces without code generation
             (seconds instead of tens of seconds; for tests and debugging graph breaks).
-        batched_kernels: for a weight-only int8/int4 model on CPU, compile steps of
-            >= BATCHED_FROM rows with freezing + max-autotune (see the module docstring).
     """
     if mode not in MODES:
         raise ConfigError(f"unknown torch.compile mode {mode!r}; choose from {', '.join(MODES)}")
@@ -126,8 +104,4 @@ def compile_decode(mode: str = "default", fullgraph: bool = True, device: str | 
         return decode
     options = {"mode": mode} if backend == "inductor" else {}
     fn = torch.compile(decode_one_token, fullgraph=fullgraph, dynamic=dynamic, backend=backend, **options)
-    batched = None
-    if batched_kernels and backend == "inductor" and torch.device(device).type == "cpu":
-        # A second wrapper of the same function: its own dynamo cache, so the two never evict each other.
-        batched = torch.compile(_batched_step, fullgraph=fullgraph, dynamic=dynamic, options=_BATCHED_OPTIONS)
-    return CompiledDecode(fn, compiled=True, batched_fn=batched)
+    return CompiledDecode(fn, compiled=True)

@@ -23,23 +23,15 @@ which inductor does not fuse into the GEMM; int4 = `_weight_int4pack_mm_for_cpu`
 disturbed by other processes in that run and is left out; later runs at load 5-7 are in
 benchmarks/results/quant-kernels-cpu.json.) Eagerly, aten's fused kernels win at M <= 2 (they
 read a half / a quarter of bf16's bytes) but walk the weight once per row, so from M = 8 on the
-bf16 AMX matmul is faster than every eager low-bit path. The batched fix is inductor's C++ GEMM
-templates for the same two ops, which read the weight once for all rows: compiled with freezing
-+ max-autotune (`compile_decode(batched_kernels=True)`, used for >= 8 rows), the int8 template
-measured 1.21 ms at M = 8 against 2.74 ms for bf16 (same run, load 1.8), and the int4 AMX
-template 2.5 ms against aten's 3.2 ms. So: eager uses int8pack up to `INT8PACK_MAX_ROWS` rows
-and the cast beyond (prefill), and batched decode that must beat float needs compile=True.
-
-Gemma ties the LM head to the token embedding, and the head is the largest matrix (257216 x
-2048 in PaliGemma): with `embeddings=True` the table is stored in int8, looked up row-wise with
-dequantisation, and the instance's `logits` method is replaced to multiply by the int8 table.
-
-Error: per-channel symmetric int8 has a relative weight error of at most 1/254 per entry; on
-random-weight models the logits stay within ~1-2 % of their range (see tests/unit/test_quantize.py
-and benchmarks/bench_generate.py --int8, which reports the logit error against the float model).
-
-Schemes by name, saving and reloading quantised folders: `vlmkit.generation.quant`; int4:
-`vlmkit.generation.quantize_int4`. Not supported: training through Int8Linear.
+bf16 AMX matmul is faster than every eager low-bit path.
+Inductor has C++ GEMM templates for both ops that read the weight once for all rows: on a module
+that owns the weights, compiled with freezing + max-autotune, the int8 template measured 1.21 ms
+at M = 8 against 2.74 ms for bf16 (load 1.8), the int4 AMX template 2.5 ms against aten's 3.2 ms.
+But compiling the decode step that way (freezing + max-autotune around `decode_one_token`, also
+as an nn.Module owning the decoder) still lowered every projection to aten's `_weight_int8pack_mm`
+(no autotuning happened, so the weights were not frozen into constants there): not yet reached
+from generation, and left out. So eager uses int8pack up to `INT8PACK_MAX_ROWS` rows and the
+cast beyond (prefill); int8 at batch >= 8 is slower than bf16 today (benchmarks/bench_quant.py).
 """
 
 import types
