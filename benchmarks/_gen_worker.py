@@ -2,7 +2,7 @@
 
     python benchmarks/_gen_worker.py VARIANT FOLDER DTYPE INPUTS THREADS [DEVICE]
 
-VARIANT is "vlmkit" with optional "+int8", "+compile" and "+graphs" (with +compile: CUDA graphs,
+VARIANT is "vlmkit" with optional "+int8" / "+int4" / "+int4-gG", "+compile" and "+graphs" (with +compile: CUDA graphs,
 torch.compile mode reduce-overhead) suffixes, or "transformers" with optional "+int8" (torchao
 int8 weight-only), "+static" (static cache) and "+compile" (torch.compile of the forward, with a
 static cache: transformers' documented fast path) suffixes. The model
@@ -69,7 +69,7 @@ def logit_error(out: torch.Tensor, ref: torch.Tensor) -> dict:
 
 
 class VlmkitRunner:
-    def __init__(self, folder: str, dtype: str, int8: bool, compiled: bool, device: torch.device,
+    def __init__(self, folder: str, dtype: str, int8: bool | str, compiled: bool, device: torch.device,
                  graphs: bool = False):
         from vlmkit.generation.compile import compile_decode
         from vlmkit.models.registry import family_of
@@ -78,20 +78,21 @@ class VlmkitRunner:
         self.model, self.device = load_hf(folder, dtype=dtype, device=device), device
         self.adapter = family_of(self.model).generation  # how the engine feeds this family's decoder
         self.lm = self.adapter.decoder(self.model)
-        self.int8, self.logit_error = int8, None
+        # int8: False, True ("int8") or a scheme name of vlmkit.generation.quant ("int4", "int4-g32", ...).
+        self.int8, self.logit_error = ("int8" if int8 is True else int8), None
         # "+graphs": CUDA graphs around the compiled step (mode reduce-overhead; same as default on CPU).
         mode = "reduce-overhead" if graphs else "default"
         self.decode_fn = compile_decode(mode, device=device) if compiled else None
 
     def quantize(self, batch: dict) -> None:
         """Quantise in place and record the logit error against the float model on `batch`."""
-        from vlmkit.generation.quantize import quantize_int8
+        from vlmkit.generation.quant import quantize_model
 
         with torch.inference_mode():
             ref = self.logits(batch)
             # The decoder only (its LM head included): the vision tower and the projector run once
             # per image, and some projectors read their weight's dtype (Idefics3's).
-            quantize_int8(self.model, skip=tuple(n for n, c in self.model.named_children() if c is not self.lm))
+            quantize_model(self.model, self.int8)
             out = self.logits(batch)
         self.logit_error = logit_error(out, ref)
 
@@ -233,7 +234,8 @@ def main(variant: str, folder: str, dtype: str, inputs: str, threads: str, devic
             runner = HFRunner(folder, dtype, dev, "int8" in parts, "static" in parts, "compile" in parts,
                               "graphs" in parts, batches["b1"])
         else:
-            runner = VlmkitRunner(folder, dtype, "int8" in parts, "compile" in parts, dev, "graphs" in parts)
+            scheme = next((p for p in parts if p.startswith("int")), False)  # int8, int4, int4-g32, ...
+            runner = VlmkitRunner(folder, dtype, scheme, "compile" in parts, dev, "graphs" in parts)
         if runner.int8:
             runner.quantize(batches["b1"])
         state["runner"] = runner

@@ -8,11 +8,13 @@ Public API: `load(source)` returns a `Pipeline` (model + tokenizer + processor) 
 __version__ = "0.1.0"
 
 
-def load(source=None, dtype=None, device="cpu"):
-    """Load a bundled model by name (None = the default) or a HF checkpoint folder."""
+def load(source=None, dtype=None, device="cpu", compile=False, quantize=None, group_size=None):
+    """Load a bundled model by name (None = the default) or a HF checkpoint folder; `compile=True`
+    decodes with a compiled step, `quantize="int8" | "int4" | "int4-g64"` (...) quantises the
+    decoder's weights (see `vlmkit.pipeline.Pipeline.load`)."""
     from vlmkit.pipeline import load as _load
 
-    return _load(source, dtype=dtype, device=device)
+    return _load(source, dtype=dtype, device=device, compile=compile, quantize=quantize, group_size=group_size)
 
 
 def load_two_tower(source, dtype=None, device="cpu"):

@@ -74,6 +74,7 @@ def _add_generate(sub) -> None:
     add_sampling_flags(p)
     p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
     p.add_argument("--device", type=T.device, default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+    T.add_speed_flags(p)
     p.add_argument("--mask-vae", help="PaliGemma mask VQ-VAE weights (.npz) to decode segment masks")
     p.add_argument("--draw", help="write boxes/masks over the first image to this PNG (an existing file needs --force)")
     p.add_argument("--force", action="store_true", help="replace an existing --draw file")
@@ -128,7 +129,7 @@ def cmd_generate(args) -> int:
     if not images and video is None and messages is None and not args.chat:
         raise ConfigError("give at least one --image or a --video")
     sampling = sampling_flags(args)
-    pipe = load(args.model, dtype=args.dtype, device=args.device)
+    pipe = load(args.model, dtype=args.dtype, device=args.device, **T.speed_kwargs(args))
     if video is not None:  # one video where the model's processor takes videos, else one image per frame
         from vlmkit.data.video import model_inputs
 
@@ -270,6 +271,12 @@ def _add_predict(sub) -> None:
     add_parser(sub)
 
 
+def _add_quantize(sub) -> None:
+    from vlmkit.quantize_cli import add_parser
+
+    add_parser(sub)
+
+
 def _add_optional(sub) -> None:
     """Subcommands whose modules may be absent in a trimmed install."""
     try:
@@ -325,7 +332,7 @@ def build_parser() -> T.Parser:
     parser.add_argument("--version", action="version", version=f"vlmkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=T.Parser)
     for add in (_add_generate, _add_info, _add_create, _add_data, _add_eval_demo, _add_serve, _add_predict,
-                _add_two_tower, _add_optional):
+                _add_two_tower, _add_quantize, _add_optional):
         add(sub)
     return parser
 

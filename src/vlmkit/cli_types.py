@@ -117,3 +117,29 @@ def device(value: str) -> str:
             raise argparse.ArgumentTypeError(f"{value!r}: MPS is not available on this machine (use cpu)")
         return value
     raise argparse.ArgumentTypeError(f"unknown device {value!r}; use cpu, cuda, cuda:N or mps")
+
+
+QUANTIZE_CHOICES = ("int8", "int4")
+GROUP_SIZE_CHOICES = (32, 64, 128)
+
+
+def add_speed_flags(p: argparse.ArgumentParser, compile_flag: bool = True) -> None:
+    """`--quantize`, `--group-size` (and `--compile`) for commands that load a model to generate;
+    their values go to `Pipeline.load` as `speed_kwargs(args)`. One definition shared by
+    generate, serve and predict."""
+    if compile_flag:
+        p.add_argument("--compile", action="store_true",
+                       help="compile the decode step with torch.compile (first call slower; falls back to "
+                            "eager with one warning line where compiling is unavailable)")
+    p.add_argument("--quantize", choices=QUANTIZE_CHOICES,
+                   help="weight-only quantisation of the decoder: int8 (per channel) or int4 (group-wise); "
+                        "less memory and faster bf16 decoding on CPU, slightly different logits")
+    p.add_argument("--group-size", type=int, choices=GROUP_SIZE_CHOICES,
+                   help="input features per int4 scale and zero (default 64; needs --quantize int4)")
+
+
+def speed_kwargs(args: argparse.Namespace) -> dict:
+    """The `Pipeline.load` keyword arguments of `add_speed_flags`' flags (checked there)."""
+    if args.group_size is not None and args.quantize != "int4":
+        raise ConfigError("--group-size applies to --quantize int4 only")
+    return {"compile": getattr(args, "compile", False), "quantize": args.quantize, "group_size": args.group_size}

@@ -23,6 +23,8 @@ from vlmkit.data.processor import PaliGemmaProcessor
 from vlmkit.data.tokenizer import Tokenizer
 from vlmkit.errors import CheckpointError, ConfigError
 from vlmkit.generation import GenerationResult, SamplingConfig, StreamEvent, generate
+from vlmkit.generation.compile import compile_decode
+from vlmkit.generation.quant import QuantScheme, load_quantized, quantize_model, save_quantized, scheme_of
 from vlmkit.validate import image_stats
 from vlmkit.weights.hf import load_hf, read_config
 from vlmkit.weights.registry import resolve_model
@@ -54,24 +56,52 @@ class Pipeline:
     """A loaded model of a `vlm` family with its tokenizer and processor."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, processor,
-                 folder: Path | None = None, feature_cache_size: int = 16, family: str | None = None):
+                 folder: Path | None = None, feature_cache_size: int = 16, family: str | None = None,
+                 decode_fn: Callable | None = None):
         self.model, self.tokenizer, self.processor, self.folder = model, tokenizer, processor, folder
         self.family = family
+        self.decode_fn = decode_fn  # the decode step `run` uses (a compiled one with compile=True)
         self._features: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.feature_cache_size = feature_cache_size
         self._template: ChatTemplate | None = None
 
     @classmethod
-    def load(cls, source: str | Path | None = None, dtype=None, device="cpu") -> "Pipeline":
-        """Load a bundled model by name (None = the default) or a HF checkpoint folder."""
+    def load(cls, source: str | Path | None = None, dtype=None, device="cpu", compile: bool = False,
+             quantize: str | None = None, group_size: int | None = None) -> "Pipeline":
+        """Load a bundled model by name (None = the default), a HF checkpoint folder or a quantised
+        folder (`save_quantized`).
+
+        Args:
+            compile: decode with a `torch.compile`d step (`vlmkit.generation.compile`); falls back
+                to eager with one warning line where compiling is unavailable.
+            quantize: weight-only quantisation of the decoder: "int8", "int4" or "int4-g32/64/128"
+                (`vlmkit.generation.quant`); `group_size` overrides int4's.
+        """
         folder = resolve_model(source)
-        _, fam = read_config(folder)
+        config, fam = read_config(folder)
         if fam.generation is None or fam.processor is None:
             raise CheckpointError(f"{folder} holds a {fam.name} model ({fam.kind}), which the text pipeline "
                                   "does not run; load it with vlmkit.weights.hf.load_hf")
+        scheme = _scheme(quantize, group_size)
+        saved = scheme_of(config, str(folder / "config.json"))
+        if saved is not None and scheme not in (None, saved):
+            raise ConfigError(f"{folder} is already quantised ({saved.name}); load it without quantize / --quantize")
         tokenizer = Tokenizer.from_folder(folder)
-        model = load_hf(folder, dtype=dtype, device=device)
-        return cls(model, tokenizer, fam.build_processor(folder, tokenizer, model.cfg), folder, family=fam.name)
+        if saved is not None:
+            model = load_quantized(folder, dtype=dtype, device=device)
+        else:
+            model = load_hf(folder, dtype=dtype, device=device)
+            if scheme is not None:
+                quantize_model(model, scheme)
+        decode_fn = None
+        if compile:
+            decode_fn = compile_decode(device=device)
+        return cls(model, tokenizer, fam.build_processor(folder, tokenizer, model.cfg), folder, family=fam.name,
+                   decode_fn=decode_fn)
+
+    def save_quantized(self, folder: str | Path, overwrite: bool = False) -> Path:
+        """Write this pipeline's quantised model as a folder `load` reads back exactly (safetensors)."""
+        return save_quantized(self.model, folder, source=self.folder, overwrite=overwrite)
 
     @property
     def device(self) -> torch.device:
@@ -126,7 +156,7 @@ class Pipeline:
         """Generate for a batch the processor made (left-padded), one result per row (with each
         step's raw logits if `output_logits`, see `GenerationResult`)."""
         return generate(self.model, self.tokenizer, self._model_inputs(batch), sampling or SamplingConfig(),
-                        decode_fn, on_token, output_logits)
+                        decode_fn or self.decode_fn, on_token, output_logits)
 
     def generate_batch(self, prompts: Sequence[str], images: Sequence, sampling: SamplingConfig | None = None,
                        on_token: Callable[[StreamEvent], None] | None = None,
@@ -149,6 +179,16 @@ class Pipeline:
         return self.run(batch, sampling, on_token)[0]
 
 
-def load(source: str | Path | None = None, dtype=None, device="cpu") -> Pipeline:
+def _scheme(quantize: str | None, group_size: int | None) -> QuantScheme | None:
+    if quantize is None:
+        if group_size is not None:
+            raise ConfigError("a group size needs int4 quantisation (quantize='int4')")
+        return None
+    return QuantScheme.parse(quantize, group_size)
+
+
+def load(source: str | Path | None = None, dtype=None, device="cpu", compile: bool = False,
+         quantize: str | None = None, group_size: int | None = None) -> Pipeline:
     """`Pipeline.load`: a bundled model name (None = default) or a checkpoint folder."""
-    return Pipeline.load(source, dtype=dtype, device=device)
+    return Pipeline.load(source, dtype=dtype, device=device, compile=compile, quantize=quantize,
+                         group_size=group_size)

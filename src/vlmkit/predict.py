@@ -282,6 +282,7 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=T.positive_int, default=8, help="rows per generation batch (default 8)")
     p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
     p.add_argument("--device", type=T.device, default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+    T.add_speed_flags(p)
     p.add_argument("--mask-vae", help="PaliGemma mask VQ-VAE weights (.npz): segment masks get their area")
     p.add_argument("--force", action="store_true", help="replace --out instead of resuming it")
     p.add_argument("--quiet", action="store_true", help="no progress bar (there is none when stderr is not a terminal)")
@@ -304,7 +305,7 @@ def run_predict_args(args: argparse.Namespace) -> int:
     if not args.force:
         read_done(Path(args.out), args.task)  # an output that cannot be resumed: before the model loads
     rows = folder_rows(args.images) if args.images else manifest_rows(args.data, per_row_prompt)
-    pipe = load(args.model, dtype=args.dtype, device=args.device)
+    pipe = load(args.model, dtype=args.dtype, device=args.device, **T.speed_kwargs(args))
     with _ProgressBar(args.quiet) as bar:
         summary = predict(pipe, rows, args.out, task=args.task, task_args=task_flags(args),
                           batch_size=args.batch_size, sampling=sampling_flags(args), mask_vae_path=args.mask_vae,

@@ -125,3 +125,64 @@ def test_quantised_greedy_generation_runs_and_mostly_agrees():
     out = generate(model, Tok(), batch, cfg)
     assert [len(r.token_ids) for r in out] == [6, 6]
     assert out[0].token_ids[0] == ref[0].token_ids[0] and out[1].token_ids[0] == ref[1].token_ids[0]
+
+
+# --- schemes through the pipeline: save / reload exactly (safetensors), flags checked -----------
+
+@pytest.fixture(scope="module")
+def tiny_image():
+    from PIL import Image
+
+    return Image.new("RGB", (64, 64), (200, 30, 30))
+
+
+def _pipe_logits(pipe, image) -> torch.Tensor:
+    batch = pipe._model_inputs(pipe.processor(["caption en"], [[image]], padding_side="left"))
+    with torch.no_grad():
+        return pipe.model(**batch)
+
+
+@pytest.mark.parametrize("scheme,dtype", [("int8", "bfloat16"), ("int4-g32", "float32"), ("int4", "bfloat16")])
+def test_saved_quantised_folder_reloads_bit_exact(scheme, dtype, tiny_image, tmp_path):
+    import json
+
+    import vlmkit
+    from vlmkit.generation.quant import QUANT_KEY
+
+    pipe = vlmkit.load(None, dtype=dtype, quantize=scheme)
+    folder = pipe.save_quantized(tmp_path / "q")
+    files = sorted(p.name for p in folder.iterdir())
+    assert "model.safetensors" in files and "tokenizer.model" in files
+    assert not any(f.endswith((".bin", ".pt", ".pth", ".pkl")) for f in files)
+    assert json.loads((folder / "config.json").read_text())[QUANT_KEY]["scheme"] == pipe.model.quantization.name
+    again = vlmkit.load(folder, dtype=dtype)
+    assert again.model.quantization == pipe.model.quantization
+    assert torch.equal(_pipe_logits(again, tiny_image), _pipe_logits(pipe, tiny_image))
+    cfg = SamplingConfig(max_new_tokens=8)
+    assert again.generate("caption en", tiny_image, cfg).token_ids == pipe.generate("caption en", tiny_image, cfg).token_ids
+
+
+def test_quantised_folder_is_loaded_strictly(tmp_path):
+    import vlmkit
+    from safetensors.torch import load_file, save_file
+
+    from vlmkit.errors import CheckpointError, ConfigError
+
+    folder = vlmkit.load(None, dtype="float32", quantize="int8").save_quantized(tmp_path / "q")
+    with pytest.raises(ConfigError, match="already quantised"):
+        vlmkit.load(folder, quantize="int4")
+    state = load_file(folder / "model.safetensors")
+    state.pop(next(k for k in state if k.endswith("weight_int8")))
+    save_file(state, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match="missing"):
+        vlmkit.load(folder)
+
+
+def test_load_checks_speed_arguments():
+    import vlmkit
+    from vlmkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="group size"):
+        vlmkit.load(None, group_size=32)
+    with pytest.raises(ConfigError, match="unknown quantisation"):
+        vlmkit.load(None, quantize="int2")

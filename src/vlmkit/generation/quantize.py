@@ -7,23 +7,35 @@ full precision. Decoding is memory-bound (every weight is read once per token), 
 or quartering (fp32) the bytes read is what makes it faster; prefill is compute-bound and gains
 little.
 
-On CPU with bf16/fp16 activations and at most `INT8PACK_MAX_ROWS` rows (decode),
-`torch._weight_int8pack_mm` (a fused int8-weight GEMV) is used; otherwise the int8 weight is cast
-to the activation dtype on the fly, which costs time: int8 is a speed-up for bf16 decoding at
-batch 1-2 and a memory saving everywhere, not a speed-up for fp32, batch >= 8 or prefill.
+Which kernel at which row count M (benchmarks/bench_quant_kernels.py: a 16384 x 2048 weight,
+bf16 activations, 2 threads, AMX CPU, PyTorch 2.13, best of 5, load average 1.0 -> 2.1; ms):
 
-Gemma ties the LM head to the token embedding, and the head is the largest matrix (257216 x
-2048 in PaliGemma): with `embeddings=True` the table is stored in int8, looked up row-wise with
-dequantisation, and the instance's `logits` method is replaced to multiply by the int8 table.
+    M    bf16   int8pack  int8cast  int8tile  int8 compiled  int4 g32  int4 g64  int4 g128
+    1    2.10     0.85     23.6      9.8       76 (cast)      0.83      0.77      0.73
+    8    2.18     2.87     25.3      9.9       42 (cast)      6.98      7.70      7.58
+    16   7.99    16.0      56.9     40.5       85 (cast)     18.4      26.3      29.6
+    32   16.9    32.8      46.6     25.3       47 (cast)     25.9      24.0      24.2
+    64   15.9    52.6      56.5      248       81 (cast)     69.8      70.0      70.4
 
-Error: per-channel symmetric int8 has a relative weight error of at most 1/254 per entry; on
-random-weight models the logits stay within ~1-2 % of their range (see tests/unit/test_quantize.py
-and benchmarks/bench_generate.py --int8, which reports the logit error against the float model).
-
-Not supported: saving quantised checkpoints (quantise after `load_hf`), training through Int8Linear.
+(int8pack = `torch._weight_int8pack_mm`; int8cast = F.linear(x, q.to(bf16)) * s; int8tile = the
+same into a reused 512-row bf16 tile; "int8 compiled" = torch.compile of the cast expression,
+which inductor does not fuse into the GEMM; int4 = `_weight_int4pack_mm_for_cpu`. M = 2 was
+disturbed by other processes in that run and is left out; later runs at load 5-7 are in
+benchmarks/results/quant-kernels-cpu.json.) Eagerly, aten's fused kernels win at M <= 2 (they
+read a half / a quarter of bf16's bytes) but walk the weight once per row, so from M = 8 on the
+bf16 AMX matmul is faster than every eager low-bit path.
+Inductor has C++ GEMM templates for both ops that read the weight once for all rows: on a module
+that owns the weights, compiled with freezing + max-autotune, the int8 template measured 1.21 ms
+at M = 8 against 2.74 ms for bf16 (load 1.8), the int4 AMX template 2.5 ms against aten's 3.2 ms.
+But compiling the decode step that way (freezing + max-autotune around `decode_one_token`, also
+as an nn.Module owning the decoder) still lowered every projection to aten's `_weight_int8pack_mm`
+(no autotuning happened, so the weights were not frozen into constants there): not yet reached
+from generation, and left out. So eager uses int8pack up to `INT8PACK_MAX_ROWS` rows and the
+cast beyond (prefill); int8 at batch >= 8 is slower than bf16 today (benchmarks/bench_quant.py).
 """
 
 import types
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -102,7 +114,8 @@ class Int8Linear(nn.Module):
 
 
 class Int8Embedding(nn.Module):
-    """Drop-in for `nn.Embedding` (lookup only) with an int8 table; rows come back in `dtype`.
+    """Drop-in for a tied `nn.Embedding` with an int8 table: rows come back in the scales' dtype
+    (the model's), and `linear(h)` is the LM head.
 
     Buffers: weight_int8 [V, D] int8, weight_scale [V] in the original weight dtype.
     """
@@ -112,18 +125,21 @@ class Int8Embedding(nn.Module):
         q, scale = quantize_per_channel(emb.weight)
         self.register_buffer("weight_int8", q)
         self.register_buffer("weight_scale", scale.to(emb.weight.dtype))
-        self.dtype = emb.weight.dtype
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids [...] int64 -> [..., D] in the original embedding dtype."""
-        rows = self.weight_int8[ids].to(self.dtype)  # [..., D]
-        return rows * self.weight_scale[ids][..., None].to(self.dtype)
+        scale = self.weight_scale[ids][..., None]  # [..., 1]; its dtype is the model's (also after loading)
+        return self.weight_int8[ids].to(scale.dtype) * scale  # [..., D]
+
+    def linear(self, h: torch.Tensor) -> torch.Tensor:
+        """h [..., D] -> [..., V]: the tied LM head through the int8 table."""
+        return int8_matmul(h, self.weight_int8, self.weight_scale)
 
 
-def _int8_tied_logits(self: Decoder, h: torch.Tensor) -> torch.Tensor:
-    """Replacement for `Decoder.logits` when the tied table is int8: h [B, T, D] -> [B, T, V]."""
-    emb = self.embed_tokens
-    logits = int8_matmul(h, emb.weight_int8, emb.weight_scale)
+def _quantized_tied_logits(self: Decoder, h: torch.Tensor) -> torch.Tensor:
+    """Replacement for `Decoder.logits` when the tied table is quantised (its module has
+    `linear(h)`: Int8Embedding, Int4Embedding): h [B, T, D] -> [B, T, V]."""
+    logits = self.embed_tokens.linear(h)
     cap = self.cfg.final_logit_softcap
     return logits if cap is None else torch.tanh(logits / cap) * cap
 
@@ -133,7 +149,32 @@ def _set_child(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent_name) if parent_name else root, attr, module)
 
 
+def _skipped(name: str, skip: tuple[str, ...]) -> bool:
+    return any(name == s or name.startswith(s + ".") for s in skip)
+
+
 @torch.no_grad()
+def replace_modules(model: nn.Module, make_linear: Callable[[nn.Linear], nn.Module | None],
+                    make_embedding: Callable[[nn.Embedding], nn.Module | None] | None,
+                    skip: tuple[str, ...] = ()) -> nn.Module:
+    """Replace each `nn.Linear` outside `skip` by `make_linear(linear)` (None: kept) and, with
+    `make_embedding`, each tied decoder embedding by `make_embedding(emb)`, whose module's
+    `linear(h)` then serves as the LM head (the instance's `logits` is replaced). In place."""
+    for name, m in list(model.named_modules()):
+        if isinstance(m, nn.Linear) and not _skipped(name, skip):
+            new = make_linear(m)
+            if new is not None:
+                _set_child(model, name, new)
+    if make_embedding is not None:
+        for name, m in list(model.named_modules()):
+            if isinstance(m, Decoder) and m.lm_head is None and not _skipped(name, skip):
+                new = make_embedding(m.embed_tokens)
+                if new is not None:
+                    m.embed_tokens = new
+                    m.logits = types.MethodType(_quantized_tied_logits, m)  # per instance, like checkpointing
+    return model
+
+
 def quantize_int8(model: nn.Module, skip: tuple[str, ...] = ("vision_tower",), embeddings: bool = True,
                   min_features: int = 16) -> nn.Module:
     """Replace the model's `nn.Linear` layers (and a decoder's tied embedding) by int8 versions, in place.
@@ -146,20 +187,8 @@ def quantize_int8(model: nn.Module, skip: tuple[str, ...] = ("vision_tower",), e
         embeddings: also quantise every tied decoder embedding / LM head (the largest matrix).
         min_features: Linears with fewer input features are kept (no bandwidth to save).
     """
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    for name in names:
-        if any(name == s or name.startswith(s + ".") for s in skip):
-            continue
-        linear = model.get_submodule(name)
-        if linear.in_features >= min_features:
-            _set_child(model, name, Int8Linear(linear))
-    if embeddings:
-        for name, m in list(model.named_modules()):
-            skipped = any(name == s or name.startswith(s + ".") for s in skip)
-            if isinstance(m, Decoder) and m.lm_head is None and not skipped:
-                m.embed_tokens = Int8Embedding(m.embed_tokens)
-                m.logits = types.MethodType(_int8_tied_logits, m)  # per instance, like checkpointing
-    return model
+    return replace_modules(model, lambda m: Int8Linear(m) if m.in_features >= min_features else None,
+                           Int8Embedding if embeddings else None, skip)
 
 
 def state_bytes(model: nn.Module) -> int:

@@ -61,6 +61,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="let image_url name files under DIR (default: data URIs only)")
     p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
     p.add_argument("--device", type=T.device, default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+    # No --compile: the scheduler's decode steps change shape (rows and slot span) every step.
+    T.add_speed_flags(p, compile_flag=False)
 
 
 def run_serve_args(args) -> int:
@@ -76,7 +78,7 @@ def run_serve_args(args) -> int:
                           "is missing)") from None
     from vlmkit.pipeline import load
 
-    pipe = load(args.model, dtype=args.dtype, device=args.device)
+    pipe = load(args.model, dtype=args.dtype, device=args.device, **T.speed_kwargs(args))
     name = args.model or (pipe.folder.name if pipe.folder is not None else "vlmkit")
     cfg = ServeConfig(model_name=name, api_key=args.api_key, max_batch=args.max_batch, max_len=args.max_len,
                       max_queue=args.max_queue, request_timeout=args.request_timeout, mask_vae=args.mask_vae,
