@@ -195,3 +195,20 @@ def test_a_killed_run_resumes(scenes, tmp_path, capsys):
     assert main(args) == 0
     ids = [r["id"] for r in _lines(out)]
     assert sorted(ids) == [f"{i:02d}.png" for i in range(16)]
+
+
+def test_predict_quantize_int8_equals_the_library_call(tmp_path):
+    """`vlmkit predict --quantize int8` runs the same quantised model `vlmkit.load(quantize=...)` gives."""
+    import vlmkit
+    from vlmkit.cli import main
+    from vlmkit.data.synth import SynthConfig, write_dataset
+
+    write_dataset(tmp_path / "d", 2, SynthConfig(image_size=64, seed=3))
+    out = tmp_path / "p.jsonl"
+    assert main(["predict", "--images", str(tmp_path / "d" / "images"), "--task", "caption", "--quantize", "int8",
+                 "--dtype", "float32", "--max-new-tokens", "6", "--out", str(out), "--quiet"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    pipe = vlmkit.load(dtype="float32", quantize="int8")
+    for row in rows:
+        want = pipe.generate("caption en", row["image"]).token_ids[:6]
+        assert row["token_ids"] == want
