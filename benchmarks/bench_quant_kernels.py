@@ -33,8 +33,12 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).parent))
 from vlmkit.generation.quantize import quantize_per_channel  # noqa: E402
 from vlmkit.generation.quantize_int4 import pack_int4, quantize_int4_groups  # noqa: E402
+
+
+KERNEL_LEGEND = "times in ms per matmul (16384 x 2048 weight, bf16 activations) at M rows; *_err = max abs error against the float32 product"
 
 
 def interleaved_best_ms(fns: dict, reps: int) -> dict:
@@ -134,8 +138,10 @@ def main(argv=None) -> None:
             rows.append(row)
             print(" ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
                            if not k.endswith("_err")), flush=True)
-    meta = {"loadavg_start": load0, "loadavg_end": os.getloadavg(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability(),
+    from _common import run_metadata
+
+    meta = {**run_metadata(), "loadavg_start": load0, "loadavg_end": os.getloadavg(),
+            "threads": torch.get_num_threads(), "cpu": torch.backends.cpu.get_cpu_capability(),
             "weight": [args.out, args.in_features]}
     print(json.dumps(meta))
     names = list(cands)
@@ -145,7 +151,8 @@ def main(argv=None) -> None:
         print(f"{r['M']:<4} " + " ".join(f"{r[n]:>10.2f}{'*' if n == fastest else ' '}" for n in names))
     print("max rel err: " + " ".join(f"{n}={max(r[n + '_err'] for r in rows):.2g}" for n in names))
     if args.json:
-        args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        args.json.write_text(json.dumps({"meta": meta, "kind": "quant-kernels", "ratio_legend": KERNEL_LEGEND, "rows": rows},
+                                         indent=1))
 
 
 if __name__ == "__main__":

@@ -132,8 +132,20 @@ def load_table(data: dict) -> list[str]:
     return lines
 
 
+def _cell(v) -> str:
+    return "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def rows_table(data: dict) -> list[str]:
+    """Any result whose rows are flat dicts (the quantisation files): one column per key."""
+    keys = list(dict.fromkeys(k for r in data["rows"] for k in r))
+    return [f"{data['ratio_legend']}.", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys),
+            *["| " + " | ".join(_cell(r.get(k)) for k in keys) + " |" for r in data["rows"]]]
+
+
 # Result files name their kind; generation results (the first kind) carry "results" instead.
-TABLES = {"serve": serve_table, "curate": curate_table, "load": load_table, "preprocess": preprocess_table}
+TABLES = {"quant-decode": rows_table, "quant-error": rows_table, "quant-kernels": rows_table,
+          "serve": serve_table, "curate": curate_table, "load": load_table, "preprocess": preprocess_table}
 
 
 def render(path: Path) -> str:
@@ -141,7 +153,9 @@ def render(path: Path) -> str:
     data = json.loads(path.read_text())
     if "meta" not in data:
         raise SystemExit(f"{path}: no 'meta' block (written by an older benchmark script?)")
-    if "results" in data:
+    if data.get("kind") in TABLES:
+        body = TABLES[data["kind"]](data)
+    elif "results" in data:
         body = generate_table(data)
     elif "sizes" in data:  # bench_packing.py
         body = packing_table(data)
