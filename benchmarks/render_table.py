@@ -89,12 +89,25 @@ def preprocess_table(data: dict) -> list[str]:
     return lines
 
 
+def llamacpp_table(data: dict) -> list[str]:
+    """bench_llamacpp.py: one row per weight format pair (batch-1 text decode, best of the reps)."""
+    lines = [f"{data['preset']}, prompt {data['prompt_tokens']} tokens + {data['new_tokens']} greedy, "
+             f"{data['threads']} threads, best of {data['reps']}; {data['ratio_legend']}.", "",
+             "| variant | llama.cpp tok/s | vlmkit tok/s | x llama.cpp | llama.cpp RSS MB | vlmkit RSS MB |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['variant']} | {_num(r.get('llama.cpp tok/s'))} | {_num(r['vlmkit tok/s'])} "
+              f"| {_x(r.get('x llama.cpp'))} | {_num(r.get('llama.cpp RSS MB'))} | {_num(r['vlmkit RSS MB'])} |"
+              for r in data["rows"]]
+    return lines
+
+
 def render(path: Path) -> str:
     """Markdown for one committed JSON file (generation or preprocessing results)."""
     data = json.loads(path.read_text())
     if "meta" not in data:
         raise SystemExit(f"{path}: no 'meta' block (written by an older benchmark script?)")
-    body = generate_table(data) if "results" in data else preprocess_table(data)
+    body = (llamacpp_table(data) if "pairs" in data else generate_table(data) if "results" in data
+            else preprocess_table(data))
     return "\n".join([f"Measured: {provenance(data['meta'], path)}.", "", *body])
 
 
