@@ -1,6 +1,6 @@
 """Worker subprocess of bench_llamacpp.py: one framework, one model, text decode at batch 1.
 
-    <llama.cpp venv python> benchmarks/_llamacpp_worker.py llamacpp MODEL.gguf THREADS
+    <llama.cpp venv python> benchmarks/_llamacpp_worker.py llamacpp MODEL.gguf THREADS extra|noextra batch|tokens
     <project python>        benchmarks/_llamacpp_worker.py vlmkit FOLDER DTYPE QUANT COMPILE THREADS
 
 The llama.cpp side runs in the interpreter of its own virtual environment, which has
@@ -26,14 +26,34 @@ from _worker_protocol import peak_rss_mb, serve  # noqa: E402 - torch-free, unli
 
 
 class LlamaCppRunner:
-    """llama-cpp-python's `Llama` on a GGUF file: `eval` of token ids, logits read back by pointer."""
+    """llama-cpp-python's `Llama` on a GGUF file: `eval` of token ids, logits read back by pointer.
 
-    def __init__(self, path: str, threads: int, n_ctx: int = 512):
+    extra_bufts: llama.cpp's extra weight buffer types (`use_extra_bufts`, on by default in
+    llama.cpp): on this CPU Q8_0 weights then go to the AMX buffer, its fastest decode path. In
+    this build `ggml_backend_amx_mul_mat` crashes (SIGSEGV, seen with gdb) on batches of more
+    than one token, while one-token batches work; `token_prompt` then feeds the prompt one token
+    at a time (decode speed is unaffected; the prefill time is that of T one-token steps).
+    """
+
+    def __init__(self, path: str, threads: int, extra_bufts: bool = True, token_prompt: bool = False,
+                 n_ctx: int = 512):
         import llama_cpp
-        from llama_cpp import Llama
+        import llama_cpp.llama as llama_module
 
-        self.llm = Llama(model_path=path, n_ctx=n_ctx, n_batch=n_ctx, n_threads=threads,
-                         n_threads_batch=threads, logits_all=False, verbose=False)
+        defaults = llama_cpp.llama_model_default_params
+
+        def model_params():  # Llama() takes no use_extra_bufts argument: set it on its defaults
+            params = defaults()
+            params.use_extra_bufts = extra_bufts
+            return params
+
+        llama_module.llama_cpp.llama_model_default_params = model_params
+        try:
+            self.llm = llama_module.Llama(model_path=path, n_ctx=n_ctx, n_batch=n_ctx, n_threads=threads,
+                                          n_threads_batch=threads, logits_all=False, verbose=False)
+        finally:
+            llama_module.llama_cpp.llama_model_default_params = defaults
+        self.token_prompt = token_prompt
         # The CPU features this build of ggml uses (AVX512 / VNNI / AMX ...), for the report.
         self.info = llama_cpp.llama_print_system_info().decode()
 
@@ -51,7 +71,8 @@ class LlamaCppRunner:
         self.llm.reset()  # n_tokens = 0: the next eval drops the whole KV cache
         llama_cpp.llama_perf_context_reset(self.llm.ctx)
         t0 = time.perf_counter()
-        self.llm.eval(prompt)
+        for chunk in ([[t] for t in prompt] if self.token_prompt else [prompt]):
+            self.llm.eval(chunk)
         tokens = [self._argmax()]
         t_first = time.perf_counter()
         for _ in range(new_tokens - 1):
@@ -136,7 +157,7 @@ class VlmkitRunner:
 def build(argv: list[str]):
     """The runner the command line names (see the module docstring)."""
     if argv[0] == "llamacpp":
-        return LlamaCppRunner(argv[1], int(argv[2])), int(argv[2])
+        return LlamaCppRunner(argv[1], int(argv[2]), argv[3] == "extra", argv[4] == "tokens"), int(argv[2])
     if argv[0] == "vlmkit":
         import torch
 

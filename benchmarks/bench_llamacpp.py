@@ -18,7 +18,8 @@ What it does, in --workdir (default /tmp/llamacpp; nothing large is written into
    (`converter_input`): `architectures` in config.json, and a SentencePiece tokenizer.model (the
    grown tokenizer has none): the same trained tokenizer, whose ~1.7k pieces keep their ids, the
    converter filling the other ids up to the vocabulary size with [PADn] tokens.
-4. For each pair (`--pairs`, default Q8_0 vs vlmkit int8 weight-only, BF16 vs vlmkit bf16) two
+4. For each pair (`--pairs`, default Q8_0 and Q8_0+noextra vs vlmkit int8 weight-only, BF16 vs
+   vlmkit bf16) two
    worker processes (`_llamacpp_worker.py`) load their model, warm up (vlmkit compiles its decode
    step), and then generate in turn (llama.cpp, vlmkit, llama.cpp, ...) --reps times from the
    same random --prompt-tokens ids, --new-tokens greedy tokens, --threads threads each. Best
@@ -29,11 +30,34 @@ Both int8 schemes store one scale per group of weights and 8-bit integers, but t
 has a float16 scale per 32 weights (8.5 bits per weight); vlmkit's int8 has one scale per output
 channel (8 bits). llama.cpp also quantises the activations to Q8_0 and runs int8 x int8 dot
 products (VNNI / AMX); vlmkit's `_weight_int8pack_mm` converts the int8 weights to bf16 / fp32
-inside the kernel and multiplies with bf16 activations. Findings of the committed run: see
-FINDINGS below and benchmarks/README.md.
+inside the kernel and multiplies with bf16 activations.
 
-FINDINGS (committed run, 2-core shared Xeon with AMX; see the JSON for the load average): filled in
-from the measured run below this line.
+FINDINGS (benchmarks/results/llamacpp-cpu.json: 2-core shared Xeon with AMX, 2 threads, load
+average 2.5 at start, 10.0 at end; 32 prompt + 64 greedy tokens, best of 3; gemma-2b):
+- 8-bit: llama.cpp Q8_0 10.4 tok/s, vlmkit int8 + compile 6.01: **0.58x**, target 0.8x missed.
+  With llama.cpp's extra buffer types off (`q8_0+noextra`: no AMX; AVX-512 VNNI dot products)
+  llama.cpp does 6.13 tok/s: vlmkit 0.98x. 16-bit: llama.cpp BF16 3.26, vlmkit bf16 + compile
+  4.05: 1.24x. Greedy tokens 64/64 equal in all three pairs.
+- Profile of vlmkit's int8 step (8 steps, torch.profiler): `aten::_weight_int8pack_mm` is 95 %
+  of it (159 of ~168 ms per token, 127 calls: 126 Linears + the tied LM head); attention,
+  argmax and the compiled pointwise graph are < 5 %. ~2.5 GB of int8 weights in 159 ms is
+  ~16 GB/s, below the ~20 GB/s the bf16 matmuls reach (5.0 GB per token at 4.05 tok/s) and the
+  ~28 GB/s llama.cpp's AMX path reaches (2.67 GB at 10.4 tok/s): the kernel is compute-bound,
+  not bandwidth-bound, on 2 cores.
+- What stands in the way: torch's `_weight_int8pack_mm` converts every int8 weight to float
+  and multiplies it with the bf16 activation in float FMAs (as we read its CPU kernel: one
+  multiply-add per weight per 32-bit lane). llama.cpp quantises the activation row to Q8_0 once per matmul and runs int8 x int8
+  dot products, 4 multiply-adds per 32-bit lane with VNNI (`vpdpbusd`) and tile products with
+  AMX-INT8 (`tdpbssd`), which moves it to the memory-bandwidth floor. Reaching 0.8x needs the
+  same scheme on the vlmkit side: a dynamic int8 activation quantisation + int8 GEMV kernel
+  (e.g. oneDNN / torch's `_int_mm`-style int8 x int8 -> int32 with per-row and per-channel
+  scales, or a CPU kernel of torchao's int8 dynamic-activation scheme), not in torch's
+  weight-only op. Not tried in this session.
+- AMX crash: in this build llama.cpp's `ggml_backend_amx_mul_mat` segfaults (gdb) on Q8_0
+  batches of more than one token, so with extra buffers on the Q8_0 prompt is fed token by token
+  (its prefill column is 32 one-token steps, not a batched prefill; decode is unaffected).
+- BF16 pair: repetitions 2 and 3 ran at ~0.25 tok/s on both sides (the machine's load rose to
+  ~10); the best-of is repetition 1 for both, measured back to back.
 """
 
 from __future__ import annotations
@@ -58,6 +82,11 @@ CMAKE_ARGS = "-DGGML_NATIVE=ON -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA
 # --pairs entries: GGUF type : vlmkit variant (dtype + weight quantisation).
 VLMKIT_VARIANTS = {"int8": ("bfloat16", "int8"), "bf16": ("bfloat16", "none"), "fp32": ("float32", "none")}
 GGUF_TYPES = ("q8_0", "bf16", "f16")
+# GGUF types llama.cpp puts in its AMX buffer (extra buffer types on): its one-token batches are
+# fine, longer ones crash in this build (see _llamacpp_worker.LlamaCppRunner), so their prompt
+# goes in one token at a time. "+noextra" after a type: llama.cpp without extra buffer types
+# (no AMX, no repacked weights; plain AVX-512 VNNI dot products), the prompt in one batch.
+AMX_TYPES = ("q8_0",)
 
 _WRITE = r"""
 import sys, torch
@@ -163,21 +192,25 @@ def prompt_ids(n: int, vocab: int, seed: int = 0) -> list[int]:
     return [2] + [rng.randrange(256, min(vocab, 200_000)) for _ in range(n - 1)]
 
 
-def start_workers(args, folder: Path, gguf: Path | None, variant: str, python: Path) -> dict[str, Worker]:
+def start_workers(args, folder: Path, gguf: Path | None, gguf_type: str, variant: str, python: Path) -> dict[str, Worker]:
     """The pair's workers, loaded: {"llama.cpp": ..., "vlmkit": ...} (llama.cpp left out without gguf)."""
     dtype, quant = VLMKIT_VARIANTS[variant]
     compiled = "compile" if args.compile else "eager"
     workers = {}
     if gguf is not None:
-        workers["llama.cpp"] = Worker([WORKER, "llamacpp", str(gguf), str(args.threads)], "llama.cpp", python=str(python))
+        extra = "noextra" if gguf_type.endswith("+noextra") else "extra"
+        prompt = "tokens" if extra == "extra" and gguf_type in AMX_TYPES else "batch"
+        workers["llama.cpp"] = Worker([WORKER, "llamacpp", str(gguf), str(args.threads), extra, prompt], "llama.cpp",
+                                      python=str(python))
     env_argv = [WORKER, "vlmkit", str(folder), dtype, quant, compiled, str(args.threads)]
     workers["vlmkit"] = Worker(env_argv, "vlmkit")
     return workers
 
 
-def run_pair(args, folder: Path, gguf: Path | None, variant: str, python: Path, prompt: list[int]) -> dict:
+def run_pair(args, folder: Path, gguf: Path | None, gguf_type: str, variant: str, python: Path,
+             prompt: list[int]) -> dict:
     """Load both sides, warm up, then --reps interleaved generations; every sample is kept."""
-    workers = start_workers(args, folder, gguf, variant, python)
+    workers = start_workers(args, folder, gguf, gguf_type, variant, python)
     out: dict = {name: {"samples": []} for name in workers}
     try:
         for name, w in workers.items():
@@ -225,8 +258,8 @@ def parse_pairs(text: str) -> list[tuple[str, str]]:
     pairs = []
     for item in text.split(","):
         gguf, _, variant = item.partition(":")
-        if gguf not in GGUF_TYPES or variant not in VLMKIT_VARIANTS:
-            raise argparse.ArgumentTypeError(f"bad pair {item!r}: GGUF type in {GGUF_TYPES} : vlmkit variant in "
+        if gguf.removesuffix("+noextra") not in GGUF_TYPES or variant not in VLMKIT_VARIANTS:
+            raise argparse.ArgumentTypeError(f"bad pair {item!r}: GGUF type in {GGUF_TYPES} (+noextra) : vlmkit variant in "
                                              f"{tuple(VLMKIT_VARIANTS)}")
         pairs.append((gguf, variant))
     return pairs
@@ -236,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workdir", type=Path, default=Path("/tmp/llamacpp"), help="venv, sdist, HF folder, GGUF files")
     p.add_argument("--preset", default="gemma-2b", help="vlmkit gemma preset (debug for a smoke run)")
-    p.add_argument("--pairs", type=parse_pairs, default=parse_pairs("q8_0:int8,bf16:bf16"))
+    p.add_argument("--pairs", type=parse_pairs, default=parse_pairs("q8_0:int8,q8_0+noextra:int8,bf16:bf16"))
     p.add_argument("--prompt-tokens", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--reps", type=int, default=3)
@@ -266,9 +299,9 @@ def main(argv: list[str] | None = None) -> dict:
     results, rows = {}, []
     for gguf_type, variant in args.pairs:
         pair = f"{gguf_type.upper()} vs vlmkit {variant}"
-        gguf = None if args.skip_llamacpp else ensure_gguf(args.workdir, folder, gguf_type)
+        gguf = None if args.skip_llamacpp else ensure_gguf(args.workdir, folder, gguf_type.removesuffix("+noextra"))
         print(f"running {pair}", flush=True)
-        results[pair] = run_pair(args, folder, gguf, variant, venv_python(args.workdir), prompt)
+        results[pair] = run_pair(args, folder, gguf, gguf_type, variant, venv_python(args.workdir), prompt)
         rows.append(summary_row(pair, results[pair]))
     meta["loadavg_end"] = list(os.getloadavg())
     if args.skip_llamacpp:

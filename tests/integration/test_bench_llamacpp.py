@@ -25,7 +25,8 @@ SMALL = ("--preset", "debug", "--prompt-tokens", "5", "--new-tokens", "4", "--re
 def test_parse_pairs():
     assert bench_llamacpp.parse_pairs("q8_0:int8,bf16:bf16") == [("q8_0", "int8"), ("bf16", "bf16")]
     args = bench_llamacpp.build_parser().parse_args([])
-    assert args.pairs == [("q8_0", "int8"), ("bf16", "bf16")] and args.threads == 2 and args.compile
+    assert args.pairs == [("q8_0", "int8"), ("q8_0+noextra", "int8"), ("bf16", "bf16")]
+    assert args.threads == 2 and args.compile
     for bad in ("q4_0:int8", "q8_0:int4", "q8_0"):
         with pytest.raises(argparse.ArgumentTypeError, match="bad pair"):
             bench_llamacpp.parse_pairs(bad)
@@ -42,7 +43,8 @@ def test_vlmkit_side_smoke(tmp_path):
                        "--workdir", str(tmp_path / "work"), json_path=tmp_path / "out.json")
     assert "llama.cpp side skipped" in stdout and "bench_llamacpp.py" in out["meta"]["command"]
     assert len(out["meta"]["loadavg_end"]) == 3 and out["build"] is None
-    assert [r["variant"] for r in out["rows"]] == ["Q8_0 vs vlmkit int8", "BF16 vs vlmkit bf16"]
+    assert [r["variant"] for r in out["rows"]] == ["Q8_0 vs vlmkit int8", "Q8_0+NOEXTRA vs vlmkit int8",
+                                                   "BF16 vs vlmkit bf16"]
     for row, res in zip(out["rows"], out["pairs"].values()):
         assert set(res) == {"vlmkit"} and "x llama.cpp" not in row
         assert _positive(row["vlmkit tok/s"]) and _positive(row["vlmkit RSS MB"]) and row["compiled"] is False
@@ -50,7 +52,7 @@ def test_vlmkit_side_smoke(tmp_path):
         ops = [o["op"] for o in res["vlmkit"]["profile"]["ops"]]
         assert ops and all(_positive(o["self_ms_per_step"]) for o in res["vlmkit"]["profile"]["ops"])
     # The int8 variant runs the fused int8 kernel (or its cast fallback); the bf16 one does not.
-    int8_ops, bf16_ops = ({o["op"] for o in r["vlmkit"]["profile"]["ops"]} for r in out["pairs"].values())
+    int8_ops, _, bf16_ops = ({o["op"] for o in r["vlmkit"]["profile"]["ops"]} for r in out["pairs"].values())
     assert int8_ops != bf16_ops
 
 
