@@ -89,6 +89,18 @@ def preprocess_table(data: dict) -> list[str]:
     return lines
 
 
+def llamacpp_table(data: dict) -> list[str]:
+    """bench_llamacpp.py: one row per weight format pair (batch-1 text decode, best of the reps)."""
+    lines = [f"{data['preset']}, prompt {data['prompt_tokens']} tokens + {data['new_tokens']} greedy, "
+             f"{data['threads']} threads, best of {data['reps']}; {data['ratio_legend']}.", "",
+             "| variant | llama.cpp tok/s | vlmkit tok/s | x llama.cpp | llama.cpp RSS MB | vlmkit RSS MB |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['variant']} | {_num(r.get('llama.cpp tok/s'))} | {_num(r['vlmkit tok/s'])} "
+              f"| {_x(r.get('x llama.cpp'))} | {_num(r.get('llama.cpp RSS MB'))} | {_num(r['vlmkit RSS MB'])} |"
+              for r in data["rows"]]
+    return lines
+
+
 def serve_table(data: dict) -> list[str]:
     """bench_serve.py: the two servers side by side at each number of clients."""
     lines = [data["ratio_legend"][0].upper() + data["ratio_legend"][1:] + ".", "",
@@ -157,6 +169,8 @@ def render(path: Path) -> str:
         body = TABLES[data["kind"]](data)
     elif "results" in data:
         body = generate_table(data)
+    elif "pairs" in data:  # bench_llamacpp.py
+        body = llamacpp_table(data)
     elif "sizes" in data:  # bench_packing.py
         body = packing_table(data)
     else:
