@@ -31,7 +31,7 @@ CONFIG = {  # name: (edit of config.json, expected cause)
     "text_config_list": (lambda d: d.update(text_config=[1, 2]), "text_config: expected an object, got a list"),
     "vision_config_string": (lambda d: d.update(vision_config="big"), "vision_config: expected an object"),
     "rope_parameters_list": (lambda d: d["text_config"].update(rope_parameters=[1]), "a value has the wrong type"),
-    "bad_activation": (lambda d: d["vision_config"].update(hidden_act="relu"), "unsupported siglip activation"),
+    "bad_activation": (lambda d: d["vision_config"].update(hidden_act="relu"), "unsupported vision_config.hidden_act 'relu'"),
     "heads_mismatch": (lambda d: d["vision_config"].update(num_attention_heads=5), "not a multiple of num_heads"),
 }
 

@@ -58,7 +58,7 @@ def vision_config_from_hf(d: dict) -> SiglipVisionConfig:
     d = {**_HF_DEFAULTS, **d}
     # Published SigLIP towers use the tanh GELU ("gelu_fast" in some copies, read as the same op);
     # DeepSeek-VL's converted SigLIP-L says "gelu" (the erf form), which is a different function.
-    act = "gelu_tanh" if d["hidden_act"] == "gelu_fast" else activation_from_hf(d["hidden_act"])
+    act = "gelu_tanh" if d["hidden_act"] == "gelu_fast" else activation_from_hf(d["hidden_act"], "vision_config.hidden_act")
     return SiglipVisionConfig(**vision_shape_from_hf(d), use_head=bool(d["vision_use_head"]), hidden_act=act)
 
 
