@@ -111,8 +111,22 @@ def load_table(data: dict) -> list[str]:
     return lines
 
 
+def train_table(data: dict) -> list[str]:
+    """bench_train.py: the SigLIP / CoCa contrastive steps against open_clip (PaliGemma rows are
+    printed by the script, not rendered here)."""
+    ref = next((r["build"] for r in data["contrastive"] if r["framework"] == "open_clip"), {})
+    versions = "".join(f", {m} {ref[m]}" for m in ("open_clip", "timm") if ref.get(m))
+    lines = [f"{data['threads']} torch threads, {data['precision']}{versions}; {data['ratio_legend']}.", "",
+             "| case | framework | torch | params M | batch | samples/s | x open_clip | median x open_clip | peak RSS MB "
+             "| rss x open_clip | frac |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    return lines + [f"| {r['case']} | {r['framework']} | {r['torch']} | {r['params M']:.1f} | {r['batch']} "
+                    f"| {_num(r['samples/s'])} | {_x(r.get('x open_clip'))} | {_x(r.get('median x open_clip'))} "
+                    f"| {_num(r['peak RSS MB'])} "
+                    f"| {_x(r.get('rss x open_clip'))} | {_num(r['frac'])} |" for r in data["contrastive"]]
+
+
 # Result files name their kind; generation results (the first kind) carry "results" instead.
-TABLES = {"curate": curate_table, "load": load_table, "preprocess": preprocess_table}
+TABLES = {"curate": curate_table, "load": load_table, "preprocess": preprocess_table, "train": train_table}
 
 
 def render(path: Path) -> str:
