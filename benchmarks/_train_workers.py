@@ -174,7 +174,8 @@ def main(framework: str, model_name: str, batch: str, threads: str, precision: s
         return {"params": sum(p.numel() for p in model.parameters()), "parts": parts(model),
                 "flops_per_step": flops, "image_size": size, "text_len": text_len, "vocab": vocab,
                 "build_s": build_s, "warmup_s": time.perf_counter() - t0, "warmup_loss": loss,
-                "threads": torch.get_num_threads(), "precision": precision, "rss_after_warmup_mb": peak_rss_mb(), **versions}
+                "threads": torch.get_num_threads(), "precision": precision, "rss_after_warmup_mb": peak_rss_mb(),
+                **versions}
 
     def step() -> dict:
         t0 = time.perf_counter()

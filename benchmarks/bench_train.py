@@ -31,8 +31,9 @@ environment (torchvision's PyPI wheel needs PyPI's torch build, not a +cpu one):
 
 Floor: the step's matmul FLOPs (linear, conv, attention; forward and backward, counted on the
 warm-up step by `_common.count_flops`) / the fp32 dense matmul rate measured at the start with
-the same thread count (the bf16 rate for the bf16 contrastive steps). `frac` = floor / measured step time (1.0 = every FLOP at the matmul rate;
-the optimizer, norms, activations and the loss are all overhead in this measure).
+the same thread count (the bf16 rate for the bf16 contrastive steps). `frac` = floor / measured
+step time (1.0 = every FLOP at the matmul rate; the optimizer, norms, activations and the loss are
+all overhead in this measure).
 """
 
 from __future__ import annotations
@@ -222,7 +223,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--contrastive-batch", type=int, default=8, help="batch of the SigLIP / CoCa steps")
     p.add_argument("--tiny", action="store_true", help="SigLIP / CoCa on vlmkit's debug presets, vlmkit only")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                   help="SigLIP / CoCa: bf16 autocast on both sides, or fp32; auto = bf16 where the CPU has native bf16")
+                   help="SigLIP / CoCa: bf16 autocast on both sides, or fp32; auto = bf16 on native-bf16 CPUs")
     p.add_argument("--open-clip-python", help="interpreter of an environment with open_clip and vlmkit")
     p.add_argument("--threads", type=int, default=0, help="torch threads everywhere (0 = torch's default)")
     p.add_argument("--worker", help=argparse.SUPPRESS)

@@ -117,8 +117,8 @@ def train_table(data: dict) -> list[str]:
     ref = next((r["build"] for r in data["contrastive"] if r["framework"] == "open_clip"), {})
     versions = "".join(f", {m} {ref[m]}" for m in ("open_clip", "timm") if ref.get(m))
     lines = [f"{data['threads']} torch threads, {data['precision']}{versions}; {data['ratio_legend']}.", "",
-             "| case | framework | torch | params M | batch | samples/s | x open_clip | median x open_clip | peak RSS MB "
-             "| rss x open_clip | frac |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| case | framework | torch | params M | batch | samples/s | x open_clip | median x open_clip "
+             "| peak RSS MB | rss x open_clip | frac |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     return lines + [f"| {r['case']} | {r['framework']} | {r['torch']} | {r['params M']:.1f} | {r['batch']} "
                     f"| {_num(r['samples/s'])} | {_x(r.get('x open_clip'))} | {_x(r.get('median x open_clip'))} "
                     f"| {_num(r['peak RSS MB'])} "
