@@ -4,6 +4,8 @@ checkpointing, and SigLIP / CoCa contrastive steps against open_clip (where open
     python benchmarks/bench_train.py [--case shapes-tiny|mid-300m|debug|none] [--batch 4] [--steps 3]
     python benchmarks/bench_train.py --siglip --coca [--open-clip-python /path/to/venv/bin/python]
     python benchmarks/bench_train.py --siglip --coca --tiny --case debug   # seconds: CI smoke mode
+    python benchmarks/bench_train.py --case none --siglip --threads 1 --contrastive-batch 8 --steps 5 \
+        --open-clip-python /tmp/oc-venv/bin/python --json benchmarks/results/train-siglip-cpu.json
 
 PaliGemma: one full fine-tuning step (SuffixLMLoss forward, backward, AdamW) with vlmkit's
 training engine (`vlmkit.training.trainer.SuffixLMLoss`,
@@ -14,16 +16,24 @@ allocated), via /proc/self/clear_refs; on CUDA, torch.cuda.max_memory_allocated.
 
 SigLIP / CoCa vs open_clip (see _train_workers.py for the exact models and losses): each
 framework runs in its own long-lived subprocess (its peak RSS is its own); after an untimed
-warm-up step the parent asks them for steps in turn (A, B, A, B, ...) and reports the best.
+warm-up step the parent asks them for steps in turn (A, B, A, B, ...) and reports the best (and the median).
 open_clip pulls torchvision, which must never be installed into the vlmkit environment: make
 another environment with open_clip and vlmkit (`pip install -e .` there), run this script with
 its interpreter so that both sides use the same torch, and pass --open-clip-python (normally
 that same interpreter). Without it the open_clip side is skipped and the script says so.
+`--precision` (SigLIP / CoCa): bf16 = bf16 autocast on both sides (float32 weights and AdamW),
+the default where the CPU has native bf16 (AVX512-BF16 / AMX), else fp32. Making that other
+environment (torchvision's PyPI wheel needs PyPI's torch build, not a +cpu one):
+
+    python3 -m venv /tmp/oc-venv && /tmp/oc-venv/bin/pip install torch==2.13.0 torchvision==0.28.0 \
+        open_clip_torch==3.3.0 safetensors tokenizers sentencepiece protobuf pillow numpy jinja2
+    /tmp/oc-venv/bin/pip install --no-deps -e .
 
 Floor: the step's matmul FLOPs (linear, conv, attention; forward and backward, counted on the
 warm-up step by `_common.count_flops`) / the fp32 dense matmul rate measured at the start with
-the same thread count. `frac` = floor / measured step time (1.0 = every FLOP at the matmul rate;
-the optimizer, norms, activations and the loss are all overhead in this measure).
+the same thread count (the bf16 rate for the bf16 contrastive steps). `frac` = floor / measured
+step time (1.0 = every FLOP at the matmul rate; the optimizer, norms, activations and the loss are
+all overhead in this measure).
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -140,7 +151,7 @@ def run_paligemma(args, matmul_rate: float) -> list[dict]:
 
 def _start(framework: str, model: str, args, python: str | None) -> tuple[Worker | None, dict | str]:
     """Start a worker and build its model; (worker, build reply) or (None, why it is unavailable)."""
-    argv = [TRAIN_WORKER, framework, model, str(args.contrastive_batch), str(args.threads)]
+    argv = [TRAIN_WORKER, framework, model, str(args.contrastive_batch), str(args.threads), args.precision]
     try:
         w = Worker(argv + (["tiny"] if args.tiny else []), framework, python=python)
     except OSError as e:
@@ -183,16 +194,19 @@ def run_contrastive(model: str, args, matmul_rate: float) -> list[dict]:
             w.close()
     rows = []
     for f, b in builds.items():
-        step_s = min(samples[f])
+        step_s, median_s = min(samples[f]), statistics.median(samples[f])
         floor_s = b["flops_per_step"] / matmul_rate
         rows.append({"case": f"{model}{' tiny' if args.tiny else ''}", "framework": f, "torch": b["torch"],
+                     "precision": args.precision,
                      "params M": b["params"] / 1e6, "batch": args.contrastive_batch,
                      "samples/s": args.contrastive_batch / step_s, "step s": step_s,
+                     "median samples/s": args.contrastive_batch / median_s,
                      "peak RSS MB": rss[f], "GFLOP/step": b["flops_per_step"] / 1e9, "floor s": floor_s,
                      "frac": floor_s / step_s, "samples_s": samples[f], "build": b})
     if len(rows) == 2:
         ours, theirs = rows
         ours["x open_clip"] = ratio(ours["samples/s"], theirs["samples/s"])
+        ours["median x open_clip"] = ratio(ours["median samples/s"], theirs["median samples/s"])
         ours["rss x open_clip"] = ratio(ours["peak RSS MB"], theirs["peak RSS MB"])
     return rows
 
@@ -208,11 +222,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--coca", action="store_true", help="CoCa B/32 step (vs open_clip coca_ViT-B-32)")
     p.add_argument("--contrastive-batch", type=int, default=8, help="batch of the SigLIP / CoCa steps")
     p.add_argument("--tiny", action="store_true", help="SigLIP / CoCa on vlmkit's debug presets, vlmkit only")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="SigLIP / CoCa: bf16 autocast on both sides, or fp32; auto = bf16 on native-bf16 CPUs")
     p.add_argument("--open-clip-python", help="interpreter of an environment with open_clip and vlmkit")
     p.add_argument("--threads", type=int, default=0, help="torch threads everywhere (0 = torch's default)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--json", type=Path)
     return p.parse_args(argv)
+
+
+RATIO_LEGEND = ("x open_clip = vlmkit samples/s / open_clip samples/s at each side's best step, median x open_clip "
+                "the same at their median steps (> 1 = vlmkit faster); rss x open_clip = "
+                "vlmkit peak RSS / open_clip's (< 1 = vlmkit smaller); frac = FLOP floor / step time")
 
 
 def main(argv=None) -> None:
@@ -221,12 +242,18 @@ def main(argv=None) -> None:
         print(json.dumps(paligemma_worker(**json.loads(args.worker))))
         return
     meta = run_metadata(argv)
+    if args.precision == "auto":
+        from vlmkit.weights.dtype import cpu_has_fast_bf16  # AVX512-BF16 / AMX; else bf16 is emulated
+
+        args.precision = "bf16" if cpu_has_fast_bf16() else "fp32"
     if args.threads > 0:
         torch.set_num_threads(args.threads)  # the floors' matmul rate with the workers' thread count
-    rates = {d: measure_matmul_rate(getattr(torch, d)) for d in {"float32", args.dtype}}
+    contrastive_dtype = "bfloat16" if args.precision == "bf16" else "float32"
+    rates = {d: measure_matmul_rate(getattr(torch, d)) for d in {"float32", args.dtype, contrastive_dtype}}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, dense matmul "
           + ", ".join(f"{d} {r / 1e9:.0f} GFLOP/s" for d, r in rates.items()), flush=True)
-    result = {"meta": meta, "torch": torch.__version__, "threads": torch.get_num_threads(),
+    result = {"meta": meta, "kind": "train", "ratio_legend": RATIO_LEGEND, "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "precision": args.precision,
               "matmul_GFLOPs": {d: r / 1e9 for d, r in rates.items()}, "paligemma": [], "contrastive": []}
     if args.case != "none":
         result["paligemma"] = run_paligemma(args, rates[args.dtype])
@@ -235,12 +262,12 @@ def main(argv=None) -> None:
             "activation mem x no-ckpt", "floor_s", "frac"]), flush=True)
     for model in ("siglip", "coca"):
         if getattr(args, model):
-            result["contrastive"] += run_contrastive(model, args, rates["float32"])
+            result["contrastive"] += run_contrastive(model, args, rates[contrastive_dtype])
     if result["contrastive"]:
-        print("\nx open_clip = vlmkit / open_clip (samples/s: > 1 faster; RSS: < 1 smaller); "
-              "frac = FLOP floor / step time")
+        print(f"\n{RATIO_LEGEND}")
         print(format_table(result["contrastive"], [
-            "case", "framework", "torch", "params M", "batch", "samples/s", "x open_clip", "peak RSS MB",
+            "case", "framework", "precision", "params M", "batch", "samples/s", "x open_clip", "median x open_clip",
+            "peak RSS MB",
             "rss x open_clip", "GFLOP/step", "floor s", "frac"]))
     if args.json:
         meta["loadavg_end"] = list(os.getloadavg())

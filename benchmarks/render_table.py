@@ -144,6 +144,20 @@ def load_table(data: dict) -> list[str]:
     return lines
 
 
+def train_table(data: dict) -> list[str]:
+    """bench_train.py: the SigLIP / CoCa contrastive steps against open_clip (PaliGemma rows are
+    printed by the script, not rendered here)."""
+    ref = next((r["build"] for r in data["contrastive"] if r["framework"] == "open_clip"), {})
+    versions = "".join(f", {m} {ref[m]}" for m in ("open_clip", "timm") if ref.get(m))
+    lines = [f"{data['threads']} torch threads, {data['precision']}{versions}; {data['ratio_legend']}.", "",
+             "| case | framework | torch | params M | batch | samples/s | x open_clip | median x open_clip "
+             "| peak RSS MB | rss x open_clip | frac |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    return lines + [f"| {r['case']} | {r['framework']} | {r['torch']} | {r['params M']:.1f} | {r['batch']} "
+                    f"| {_num(r['samples/s'])} | {_x(r.get('x open_clip'))} | {_x(r.get('median x open_clip'))} "
+                    f"| {_num(r['peak RSS MB'])} "
+                    f"| {_x(r.get('rss x open_clip'))} | {_num(r['frac'])} |" for r in data["contrastive"]]
+
+
 def _cell(v) -> str:
     return "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
 
@@ -157,7 +171,8 @@ def rows_table(data: dict) -> list[str]:
 
 # Result files name their kind; generation results (the first kind) carry "results" instead.
 TABLES = {"quant-decode": rows_table, "quant-error": rows_table, "quant-kernels": rows_table,
-          "serve": serve_table, "curate": curate_table, "load": load_table, "preprocess": preprocess_table}
+          "serve": serve_table, "curate": curate_table, "load": load_table, "preprocess": preprocess_table,
+          "train": train_table}
 
 
 def render(path: Path) -> str:

@@ -193,7 +193,7 @@ def test_render_table_on_the_committed_results():
         assert data["meta"]["date_utc"] in proc.stdout and data["meta"]["command"] in proc.stdout
         assert data["ratio_legend"][1:] in proc.stdout  # the direction of every ratio (first letter capitalised)
         variants = [v for res in data.get("results", []) for v in res["variants"]]
-        variants = variants or [r["variant"] for r in data["rows"] if "variant" in r]  # preprocessing, curation
+        variants = variants or [r["variant"] for r in data.get("rows", []) if "variant" in r]  # preprocessing, curation
         for v in variants:
             assert f"| {v} |" in proc.stdout, v
 
