@@ -137,11 +137,12 @@ def train_one(name: str, size: ExperimentSize, tok: Tokenizer, train: ImageTextP
     return model.eval(), result.losses, time.perf_counter() - t0
 
 
-def refuse_stale_runs(out: Path, steps: int) -> None:
+def refuse_stale_runs(out: Path, steps: int, names: tuple[str, ...] = tuple(OBJECTIVES)) -> None:
     """Refuse an --out whose earlier run folders would mix with this run's: a run folder's path is
     a file, or it holds a checkpoint other than the `steps` one this run replaces (from a run of
-    another size: `latest` would no longer name it, and pruning keeps the highest step, not ours)."""
-    for name in OBJECTIVES:
+    another size: `latest` would no longer name it, and pruning keeps the highest step, not ours).
+    `names`: the run folders under `out` (the curation experiment passes its own)."""
+    for name in names:
         run_dir, keep = out / name, step_dir(out / name / "checkpoints", steps)
         if run_dir.exists() and not run_dir.is_dir():
             raise OutputError(f"{run_dir} is a file; the experiment writes its {name} run folder there")
@@ -268,11 +269,12 @@ def _train_all(size: str, spec: ExperimentSize, out: Path, data: tuple[str, ...]
 
 def add_experiment_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Arguments of `vlmkit experiment NAME ...`."""
-    parser.add_argument("name", choices=["objectives"], help="experiment to run")
-    parser.add_argument("--size", choices=sorted(SIZES), default="default",
-                        help="model and budget (default: ~8-10 min on 2 CPU cores; small: ~1 min)")
-    parser.add_argument("--out", default="runs/objectives",
-                        help="output folder (table, results.json, PNG); must be absent or empty unless --force")
+    parser.add_argument("name", choices=["objectives", "curation"],
+                        help="experiment to run (curation: raw vs `vlmkit data curate`d corrupted pairs)")
+    parser.add_argument("--size", help="model and budget; objectives: small, default (the default, ~8-10 min on "
+                                       "2 CPU cores), large; curation: small, full (the default)")
+    parser.add_argument("--out", help="output folder (table, results.json, PNG; default runs/NAME); must be absent "
+                                      "or empty unless --force")
     parser.add_argument("--force", action="store_true",
                         help="write into a non-empty --out: its contrastive/, captioning/ and coca/ runs restart "
                              "(their metrics and final checkpoints replaced, nothing deleted, other files kept)")
@@ -287,8 +289,12 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
 
 def run_experiment_args(args: argparse.Namespace) -> int:
     """Run a parsed `experiment` command: 0, or 2 after a one-line error."""
+    if args.name == "curation":
+        from vlmkit.experiments.curation import run_curation_args
+
+        return run_curation_args(args)
     try:
-        run_objectives(args.size, args.out, tuple(d.strip() for d in args.data.split(",") if d.strip()),
+        run_objectives(args.size or "default", args.out or "runs/objectives", tuple(d.strip() for d in args.data.split(",") if d.strip()),
                        args.seed, args.fashion_root, args.threads, args.force)
     except VlmkitError as e:
         print(f"vlmkit: error: {e}", file=sys.stderr)
