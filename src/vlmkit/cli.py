@@ -294,7 +294,8 @@ def _add_optional(sub) -> None:
                        epilog="Any other --key.value VALUE overrides the recipe's config.")
     add_contrastive_arguments(p)
     p.set_defaults(func=run_contrastive_args)
-    p = sub.add_parser("experiment", help="run a named experiment (objectives: contrastive vs captioning vs CoCa)")
+    p = sub.add_parser("experiment", help="run a named experiment (objectives: contrastive vs captioning vs "
+                       "CoCa; curation: SigLIP on raw vs curated data)")
     add_experiment_arguments(p)
     p.set_defaults(func=run_experiment_args)
 
