@@ -1,7 +1,8 @@
 """vlmkit: exact, fast, readable vision-language models in plain PyTorch.
 
 Public API: `load(source)` returns a `Pipeline` (model + tokenizer + processor) whose
-`generate(prompt, images)` answers; see `vlmkit.pipeline`.
+`generate(prompt, images)` answers; see `vlmkit.pipeline`. `load_two_tower(source)` returns a
+`TwoTower` (embeddings, zero-shot classification, retrieval); see `vlmkit.two_tower`.
 """
 
 __version__ = "0.1.0"
@@ -14,4 +15,11 @@ def load(source=None, dtype=None, device="cpu"):
     return _load(source, dtype=dtype, device=device)
 
 
-__all__ = ["__version__", "load"]
+def load_two_tower(source, dtype=None, device="cpu"):
+    """Load an image-text model folder (siglip, coca) as a `vlmkit.two_tower.TwoTower`."""
+    from vlmkit.two_tower import TwoTower
+
+    return TwoTower.load(source, dtype=dtype, device=device)
+
+
+__all__ = ["__version__", "load", "load_two_tower"]

@@ -19,10 +19,46 @@ from vlmkit.cli_errors import run_command
 TASKS = ("raw", "caption", "cap", "describe", "answer", "question", "ocr", "detect", "segment")
 
 
+MODEL_HELP = "checkpoint folder, bundled model name or Hub name org/name[@revision] (default: the bundled model)"
+
+
+def add_task_flags(p) -> None:
+    """--task and the flags its prompt is built from (`generate`, `predict`)."""
+    p.add_argument("--task", choices=TASKS, default="raw", help="PaLI task (default: raw prompt)")
+    p.add_argument("--lang", type=T.text, default="en", help="language code for caption/answer/question tasks")
+    p.add_argument("--question", type=T.text, help="question for --task answer")
+    p.add_argument("--answer", type=T.text, help="answer for --task question")
+    p.add_argument("--objects", type=T.text, help="objects for detect/segment, separated by ';'")
+
+
+def task_flags(args) -> dict:
+    """The keyword arguments of `vlmkit.tasks.run.task_prompt` from the `add_task_flags` flags."""
+    objects = [o.strip() for o in args.objects.split(";")] if args.objects else None
+    return {"prompt": args.prompt, "lang": args.lang, "question": args.question, "answer": args.answer,
+            "objects": objects}
+
+
+def add_sampling_flags(p) -> None:
+    p.add_argument("--max-new-tokens", type=T.positive_int, default=64, help="most tokens to generate (default 64)")
+    p.add_argument("--temperature", type=T.temperature, default=0.0,
+                   help=f"sampling temperature >= 0 (default 0 = greedy; values below {T.GREEDY_BELOW:g} are greedy too)")
+    p.add_argument("--top-p", type=T.top_p, help="nucleus sampling: keep the most likely tokens up to this mass, in (0, 1]")
+    p.add_argument("--top-k", type=T.top_k, help="sample among the k most likely tokens (0 = no limit)")
+    p.add_argument("--seed", type=T.seed, help="sampling seed in [0, 2**64 - 1] (default: unseeded)")
+
+
+def sampling_flags(args):
+    """The SamplingConfig of the `add_sampling_flags` flags."""
+    from vlmkit.generation import SamplingConfig
+
+    return SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                          top_k=args.top_k, seed=args.seed)
+
+
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="answer a prompt about one or more images",
                        description="Generate text for images with a model of any registered vlm family.")
-    p.add_argument("--model", help="checkpoint folder or bundled model name (default: the bundled model)")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--image", action="append", default=[], help="image path (repeat for several images)")
     p.add_argument("--video", help="video file, animated GIF/WebP or folder of frames: frames are sampled "
                    "with a fixed stride and each becomes an image, in order (after any --image)")
@@ -34,17 +70,8 @@ def _add_generate(sub) -> None:
                    "rendered with the checkpoint's chat template, the images open the first turn")
     p.add_argument("--messages", help="JSON file of chat messages (OpenAI / transformers format); its image parts "
                    "name their files, or --image fills them in order")
-    p.add_argument("--task", choices=TASKS, default="raw", help="PaLI task (default: raw prompt)")
-    p.add_argument("--lang", type=T.text, default="en", help="language code for caption/answer/question tasks")
-    p.add_argument("--question", type=T.text, help="question for --task answer")
-    p.add_argument("--answer", type=T.text, help="answer for --task question")
-    p.add_argument("--objects", type=T.text, help="objects for detect/segment, separated by ';'")
-    p.add_argument("--max-new-tokens", type=T.positive_int, default=64, help="most tokens to generate (default 64)")
-    p.add_argument("--temperature", type=T.temperature, default=0.0,
-                   help=f"sampling temperature >= 0 (default 0 = greedy; values below {T.GREEDY_BELOW:g} are greedy too)")
-    p.add_argument("--top-p", type=T.top_p, help="nucleus sampling: keep the most likely tokens up to this mass, in (0, 1]")
-    p.add_argument("--top-k", type=T.top_k, help="sample among the k most likely tokens (0 = no limit)")
-    p.add_argument("--seed", type=T.seed, help="sampling seed in [0, 2**64 - 1] (default: unseeded)")
+    add_task_flags(p)
+    add_sampling_flags(p)
     p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
     p.add_argument("--device", type=T.device, default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
     p.add_argument("--mask-vae", help="PaliGemma mask VQ-VAE weights (.npz) to decode segment masks")
@@ -81,7 +108,6 @@ def _conversation(args) -> tuple[list[dict] | None, list]:
 def cmd_generate(args) -> int:
     from vlmkit.data.conversation import chat_turns
     from vlmkit.errors import ConfigError
-    from vlmkit.generation import SamplingConfig
     from vlmkit.outputs import check_output_file
     from vlmkit.pipeline import load
     from vlmkit.tasks.run import print_bundled_notice, run_chat, run_task
@@ -90,24 +116,26 @@ def cmd_generate(args) -> int:
     if args.draw:
         check_output_file(args.draw, args.force)  # before the model runs, not after
     images += list(args.image)
+    video = None
     if args.video:
-        from vlmkit.data.video import sample_frames
+        from vlmkit.data.video import sample_video
 
-        images += sample_frames(args.video, max_frames=args.max_frames, stride=args.frame_stride)
-    if args.chat:  # one image part per image (or sampled frame) opens the first turn
-        messages = chat_turns(args.chat, len(images))
-    if not images and messages is None:
+        video = sample_video(args.video, max_frames=args.max_frames, stride=args.frame_stride)
+    if not images and video is None and messages is None and not args.chat:
         raise ConfigError("give at least one --image or a --video")
-    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                              top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+    sampling = sampling_flags(args)
     pipe = load(args.model, dtype=args.dtype, device=args.device)
+    if video is not None:  # one video where the model's processor takes videos, else one image per frame
+        from vlmkit.data.video import model_inputs
+
+        images += model_inputs(pipe.processor, video)
+    if args.chat:  # one image part per image (or video / sampled frame) opens the first turn
+        messages = chat_turns(args.chat, len(images))
     on_token = (lambda e: print(e.text, end="", flush=True)) if args.stream and not args.json else None
     if messages is not None:
         out = run_chat(pipe, messages, images, sampling=sampling, on_token=on_token)
     else:
-        objects = [o.strip() for o in args.objects.split(";")] if args.objects else None
-        out = run_task(pipe, args.task, images, prompt=args.prompt, lang=args.lang, question=args.question,
-                       answer=args.answer, objects=objects, sampling=sampling, mask_vae_path=args.mask_vae,
+        out = run_task(pipe, args.task, images, **task_flags(args), sampling=sampling, mask_vae_path=args.mask_vae,
                        on_token=on_token)
     _print_generated(args, out, streamed=on_token is not None)
     # Last: an error stays the only stderr line, and a streamed line is finished before the note.
@@ -144,7 +172,7 @@ def compact_json(obj) -> str:
 
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="print a checkpoint's config and parameter counts")
-    p.add_argument("--model", help="checkpoint folder or bundled model name (default: the bundled model)")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(func=cmd_info)
 
@@ -178,7 +206,7 @@ def _presets_epilog() -> str:
     from vlmkit.models.registry import families
 
     lines = [textwrap.fill(f"{f.name} ({f.kind}): {', '.join(f.presets)}", width=100, initial_indent="  ",
-                           subsequent_indent="      ") for f in families()]
+                           subsequent_indent="      ", break_on_hyphens=False) for f in families()]
     return "\n".join([f"{_PRESETS_EPILOG} (--family NAME --preset PRESET):", *lines])
 
 
@@ -224,6 +252,18 @@ def _add_serve(sub) -> None:
                        description="An OpenAI-compatible server with continuous batching (needs the [serve] extra).")
     add_serve_arguments(p)
     p.set_defaults(func=run_serve_args)
+
+
+def _add_two_tower(sub) -> None:
+    from vlmkit.two_tower_cli import add_parser
+
+    add_parser(sub)
+
+
+def _add_predict(sub) -> None:
+    from vlmkit.predict import add_parser
+
+    add_parser(sub)
 
 
 def _add_optional(sub) -> None:
@@ -280,7 +320,8 @@ def build_parser() -> T.Parser:
 
     parser.add_argument("--version", action="version", version=f"vlmkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=T.Parser)
-    for add in (_add_generate, _add_info, _add_create, _add_data, _add_eval_demo, _add_serve, _add_optional):
+    for add in (_add_generate, _add_info, _add_create, _add_data, _add_eval_demo, _add_serve, _add_predict,
+                _add_two_tower, _add_optional):
         add(sub)
     return parser
 

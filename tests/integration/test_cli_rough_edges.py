@@ -109,3 +109,15 @@ def test_eval_on_bundled_model_notes_once(tmp_path, capsys):
     lines = captured.err.splitlines()
     assert rc == 0 and NOTE not in captured.out
     assert len(lines) == 1 and lines[0].startswith(NOTE)
+
+
+def test_lora_with_a_freeze_flag_is_one_line_not_silently_ignored(tmp_path, capsys):
+    """LoRA freezes every base weight, so `--freeze.vision_tower false` next to it would do nothing:
+    refused in one line before anything is loaded or written."""
+    argv = ["train", "finetune", "--data", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "out"),
+            "--lora.enabled", "--freeze.vision_tower", "false"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["vlmkit: error: --freeze.vision_tower has no effect with --lora.enabled: LoRA trains only the "
+                   "adapters on lora.targets and freezes every other weight; drop one of the two"]
+    assert not (tmp_path / "out").exists()

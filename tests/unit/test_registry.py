@@ -15,7 +15,7 @@ from vlmkit.weights.hf import load_hf, read_config, save_hf
 from vlmkit.weights.info import model_info
 
 TEXT_FAMILIES = ["paligemma", "siglip", "coca", "gemma", "llava", "llava_next", "idefics3", "internvl", "deepseek_vl",
-                 "deepseek_vl_hybrid", "mistral3", "qwen2_vl"]
+                 "deepseek_vl_hybrid", "mistral3", "qwen2_vl", "qwen2_5_vl", "siglip2"]
 
 
 @pytest.fixture(scope="module")

@@ -101,13 +101,14 @@ class PaliGemmaProcessor:
         Args:
             prompts: B prompts (or one string).
             images: one entry per prompt: an image source or a list of them (several images per
-                prompt put their `<image>` blocks one after another, in order).
+                prompt put their `<image>` blocks one after another, in order); None: text-only
+                examples (no image tokens, no pixel_values), e.g. a data mixture's text rows.
             suffixes: B target texts for training (or one string), or None for inference.
             padding_side: "left" (generation: all prompts end at the last column) or "right".
             return_labels: add `labels`; default: when suffixes are given.
         Returns:
             input_ids, attention_mask, token_type_ids (and labels): int64 [B, T];
-            pixel_values: float32 [B * n_images, 3, H, W] in prompt order.
+            pixel_values: float32 [B * n_images, 3, H, W] in prompt order (absent for images=None).
         Raises:
             DataError: mismatched numbers of prompts, images and suffixes.
             PromptTooLongError: an example is longer than `max_length`.
@@ -118,7 +119,7 @@ class PaliGemmaProcessor:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
             raise DataError("no prompts given")
-        groups = _per_prompt_images(images, len(prompts))
+        groups = [[] for _ in prompts] if images is None else _per_prompt_images(images, len(prompts))
         if suffixes is not None:
             suffixes = [suffixes] if isinstance(suffixes, str) else list(suffixes)
             if len(suffixes) != len(prompts):
@@ -133,7 +134,8 @@ class PaliGemmaProcessor:
             labels = batch["input_ids"].clone()
             labels[batch["token_type_ids"] == 0] = IGNORE_INDEX  # prefix and padding
             batch["labels"] = labels
-        batch["pixel_values"] = self.pixel_values([img for group in groups for img in group])
+        if images is not None:
+            batch["pixel_values"] = self.pixel_values([img for group in groups for img in group])
         return batch
 
     def _pad(self, examples: list[tuple[list[int], list[int]]], side: str) -> dict[str, torch.Tensor]:

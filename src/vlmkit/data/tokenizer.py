@@ -5,9 +5,10 @@
 * `tokenizer.json` (preferred) is run by the `tokenizers` library exactly as written. PaliGemma's file
   (and `build_paligemma_tokenizer`'s) has Gemma's pipeline: " " -> "▁", BPE with byte fallback, no
   prefix space.
-* `tokenizer.model` alone is run by `sentencepiece`. Control pieces (`<bos>`, `<image>`, ...) written
-  literally in the text are matched as tokens first, as `transformers` does; sentencepiece by itself
-  would spell them out character by character.
+* `tokenizer.model` (or SigLIP's T5-style `spiece.model`) alone is run by `sentencepiece`. Control
+  pieces (`<bos>`, `<image>`, ...) written literally in the text are matched as tokens first, as
+  `transformers` does; sentencepiece by itself would spell them out character by character. (SigLIP's
+  caption clean-up, SiglipTokenizer's, is the two-tower processor's: `processors.two_tower`.)
 
 Either way the ids equal those of `transformers`' GemmaTokenizer on the same folder
 (tests/unit/test_tokenizer.py checks a few hundred strings). `encode` never adds BOS/EOS unless asked:
@@ -153,7 +154,7 @@ class Tokenizer:
 
     @classmethod
     def from_folder(cls, path: str | Path) -> "Tokenizer":
-        """Load `path/tokenizer.json` (preferred) or `path/tokenizer.model`.
+        """Load `path/tokenizer.json` (preferred), `path/tokenizer.model` or `path/spiece.model`.
 
         Raises:
             TokenizerError: the folder has neither file, or the file is unreadable.
@@ -161,10 +162,10 @@ class Tokenizer:
         folder = Path(path)
         if (folder / "tokenizer.json").is_file():
             backend: _Backend = _HFBackend(folder / "tokenizer.json")
-        elif (folder / "tokenizer.model").is_file():
-            backend = _SpmBackend(folder / "tokenizer.model")
+        elif spm := next((folder / n for n in ("tokenizer.model", "spiece.model") if (folder / n).is_file()), None):
+            backend = _SpmBackend(spm)
         else:
-            raise TokenizerError(f"no tokenizer.json or tokenizer.model in {folder}")
+            raise TokenizerError(f"no tokenizer.json, tokenizer.model or spiece.model in {folder}")
         return cls(backend, name=str(folder), named_tokens=_named_tokens(folder))
 
     @property
@@ -227,6 +228,16 @@ class Tokenizer:
             raise TokenizerError(f"tokenizer in {self.name} has no {IMAGE_TOKEN} token; PaliGemma needs "
                                  "one (see vlmkit.data.build_paligemma_tokenizer)")
         return i
+
+    @property
+    def unk_token(self) -> str:
+        """The unknown token's text (tokenizer_config.json / special_tokens_map.json, else "<unk>")."""
+        return self._named["unk_token"]
+
+    @property
+    def special_tokens(self) -> list[str]:
+        """The strings of the special (control / unknown / added special) tokens."""
+        return [t for t in map(self.id_to_token, sorted(self._special)) if t]
 
     @property
     def vocab_size(self) -> int:

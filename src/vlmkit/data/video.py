@@ -15,6 +15,13 @@ Sources:
 - any image Pillow opens; animated GIF / WebP / APNG give their frames, a still image gives one;
 - a video file (.mp4, .mov, ...) via PyAV, else OpenCV, if one is installed; otherwise an
   ImageError says what to install. Both are optional: vlmkit does not depend on them.
+
+Models with a video input (Qwen2-VL, Qwen2.5-VL: temporal patches of 2 frames) take the frames
+as one `Video` (`sample_video`: the frames and their sampled rate, the source's frames per second
+divided by the stride: a 30 fps file sampled every 15th frame is 2 fps); the others take them as
+separate images. Which one is the processor's to say (`takes_videos`), see `model_inputs`. The
+source rate comes from the container (PyAV's average rate, OpenCV's CAP_PROP_FPS) or an animated
+image's first frame duration; a folder of frames has none (None).
 """
 
 from __future__ import annotations
@@ -23,11 +30,12 @@ import math
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
-from vlmkit.errors import ConfigError, ImageError
+from vlmkit.errors import ConfigError, DataError, ImageError
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -187,3 +195,70 @@ def sample_frames(
     if not frames:
         raise ImageError(f"no frames could be read from {path}")
     return frames
+
+
+@dataclass(frozen=True)
+class Video:
+    """The frames of one clip as one model input (PIL images or uint8 arrays [H, W, 3], in time
+    order) and their rate in frames per second (None: unknown; the processor then assumes its default)."""
+
+    frames: tuple
+    fps: float | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "frames", tuple(self.frames))
+        if not self.frames:
+            raise DataError("a video with zero frames")
+        if self.fps is not None and not self.fps > 0:
+            raise DataError(f"a video's fps must be > 0, got {self.fps}")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the first frame, like `PIL.Image.size`."""
+        first = self.frames[0]
+        return first.size if isinstance(first, Image.Image) else (first.shape[1], first.shape[0])
+
+
+def _source_rate(path: Path) -> tuple[float | None, int]:
+    """(frames per second or None, frame count) of a video or animated image, from its metadata."""
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        with _open_image(path) as im:
+            ms = im.info.get("duration") or 0
+            return (1000.0 / ms if ms > 0 else None), getattr(im, "n_frames", 1)
+    try:
+        import av
+    except ImportError:
+        av = None
+    if av is not None:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+            return (float(rate) if rate else None), int(stream.frames or 0)
+    import cv2  # sample_frames has read the file with one of the two
+
+    cap = cv2.VideoCapture(str(path))
+    try:
+        return (cap.get(cv2.CAP_PROP_FPS) or None), int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    finally:
+        cap.release()
+
+
+def sample_video(source: str | os.PathLike, max_frames: int = 16, stride: int | None = None) -> Video:
+    """`sample_frames` of `source` as one Video whose fps is the sampled rate: the source's rate over
+    the stride used (None for a folder of frames, or when the container gives no rate)."""
+    frames = sample_frames(source, max_frames, stride)
+    path = Path(source)
+    fps = None
+    if not path.is_dir():
+        rate, n = _source_rate(path)
+        step = stride if stride is not None else math.ceil(max(n, len(frames)) / max_frames)
+        fps = rate / step if rate else None
+    return Video(frames, fps=fps)
+
+
+def model_inputs(processor, video: Video) -> list:
+    """A sampled video as a model's processor takes it: the `Video` when the processor has video
+    inputs (`takes_videos`), else its frames, one image each."""
+    if getattr(processor, "takes_videos", False):
+        return [video]
+    return list(video.frames)

@@ -44,7 +44,8 @@ from vlmkit.tasks.parsing import clean_text, parse_detections
 
 EVAL_TASKS = ("caption", "vqa", "detect", "ocr")
 # What the per-example `score` is, per task (printed above the per-subtask table).
-SCORE_NAMES = {"caption": "CIDEr-D", "vqa": "VQA accuracy", "detect": "F1@0.5", "ocr": "exact match"}
+SCORE_NAMES = {"caption": "CIDEr-D", "vqa": "VQA accuracy", "detect": "F1@0.5", "ocr": "exact match",
+               "zeroshot": "top-1 correct", "retrieval": "text->image top-1"}  # the last two: eval.two_tower
 
 
 @dataclass(kw_only=True)

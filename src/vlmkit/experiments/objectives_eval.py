@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from vlmkit.data.image import preprocess_images_fast
+from vlmkit.data.processors.two_tower import TwoTowerImageProcessor
 from vlmkit.data.tokenizer import Tokenizer
 from vlmkit.eval.retrieval import retrieval_recall, retrieval_recall_from_embeddings
 from vlmkit.eval.text_metrics import cider_d
@@ -35,7 +35,8 @@ BATCH = 128
 
 
 def _pixels(model: CoCa, images: torch.Tensor) -> torch.Tensor:
-    return preprocess_images_fast(images, model.cfg.vision.image_size, resample="bilinear")
+    """uint8 [B, 3, h, w] -> float32 [B, 3, S, S], as training's batches and inference make them."""
+    return TwoTowerImageProcessor.for_model(model).normalize(images)
 
 
 @torch.no_grad()

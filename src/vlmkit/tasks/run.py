@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vlmkit.data.image import load_image
+from vlmkit.data.video import Video
 from vlmkit.errors import ConfigError
 from vlmkit.generation import SamplingConfig
 from vlmkit.tasks.parsing import clean_text, parse_detections, parse_segmentations
@@ -34,11 +35,26 @@ def _box_json(b) -> dict:
     return d
 
 
+def _load_inputs(images: list) -> list:
+    """RGB PIL images; a `Video` (frames already sampled, for a model that takes videos) as it is."""
+    return [i if isinstance(i, Video) else load_image(i) for i in images]
+
+
 def run_task(pipe, task: str, images: list, *, prompt: str | None = None, lang: str = "en",
              question: str | None = None, answer: str | None = None, objects=None,
              sampling: SamplingConfig | None = None, mask_vae_path: str | Path | None = None,
              on_token=None) -> TaskOutput:
-    """Build the prompt for `task` (or use `prompt` for task "raw"), generate and parse.
+    """Build the prompt for `task` (or use `prompt` for task "raw"), generate and parse."""
+    text_prompt = task_prompt(pipe, task, prompt=prompt, lang=lang, question=question, answer=answer,
+                              objects=objects)
+    pil = _load_inputs(images)
+    result = pipe.generate(text_prompt, pil, sampling, on_token=on_token)
+    return task_output(task, text_prompt, pil, result, mask_vae_path)
+
+
+def task_prompt(pipe, task: str, *, prompt: str | None = None, lang: str = "en", question: str | None = None,
+                answer: str | None = None, objects=None) -> str:
+    """The text prompt of `task` (`prompt` itself for task "raw").
 
     PaLI task prompts are PaliGemma's (its processor places the image tokens itself); a processor
     whose prompts carry image placeholders (`placeholder`, e.g. LLaVA's `<image>`) takes raw prompts.
@@ -47,12 +63,14 @@ def run_task(pipe, task: str, images: list, *, prompt: str | None = None, lang: 
     if task != "raw" and placeholder is not None:
         raise ConfigError(f"--task {task} builds a PaliGemma (PaLI) prompt, but this model's prompts hold "
                           f"{placeholder} placeholders; give --prompt or --chat instead")
-    pil = [load_image(i) for i in images]
     if task == "raw":
-        text_prompt = prompt or ""
-    else:
-        text_prompt = build_prompt(task, lang=lang, question=question, answer=answer, objects=objects)
-    result = pipe.generate(text_prompt, pil, sampling, on_token=on_token)
+        return prompt or ""
+    return build_prompt(task, lang=lang, question=question, answer=answer, objects=objects)
+
+
+def task_output(task: str, text_prompt: str, pil: list, result, mask_vae_path: str | Path | None = None) -> TaskOutput:
+    """Parse one generation `result` for `task` (boxes, masks) into a TaskOutput; `pil` are its
+    images (boxes are in pixels of the first)."""
     w, h = pil[0].size
     out = _result_json(task, text_prompt, len(pil), result)
     boxes, masks = [], None
@@ -81,7 +99,7 @@ def _result_json(task: str, prompt: str, num_images: int, result) -> dict:
 def run_chat(pipe, messages: list[dict], images: list, *, sampling: SamplingConfig | None = None,
              on_token=None) -> TaskOutput:
     """Answer a conversation with the checkpoint's chat template; `images` fill its image parts."""
-    pil = [load_image(i) for i in images]
+    pil = _load_inputs(images)
     prompt = pipe.chat_template.render(messages, add_generation_prompt=True)
     result = pipe.chat(messages, pil, sampling, on_token=on_token)
     return TaskOutput(_result_json("chat", prompt, len(pil), result), pil[0] if pil else None)

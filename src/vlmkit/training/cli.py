@@ -74,7 +74,18 @@ def config_from_args(args: argparse.Namespace, extra: list[str]) -> TrainConfig:
     """The recipe's config with the named flags and then the overrides applied."""
     from vlmkit.training.recipes import get_recipe
 
-    return apply_args(get_recipe(args.recipe, smoke=args.smoke), args, extra)
+    cfg = apply_args(get_recipe(args.recipe, smoke=args.smoke), args, extra)
+    _check_lora_freeze(cfg, parse_overrides(extra))
+    return cfg
+
+
+def _check_lora_freeze(cfg: TrainConfig, overrides: dict[str, str]) -> None:
+    """LoRA freezes every base weight and trains only its adapters, so a `--freeze.*` flag next to
+    `--lora.enabled` would be silently ignored: refuse it in one line instead."""
+    freeze = sorted(k for k in overrides if k.startswith("freeze."))
+    if cfg.lora.enabled and freeze:
+        raise ConfigError(f"--{freeze[0]} has no effect with --lora.enabled: LoRA trains only the adapters on "
+                          "lora.targets and freezes every other weight; drop one of the two")
 
 
 def apply_args(cfg, args: argparse.Namespace, extra: list[str]):

@@ -64,6 +64,10 @@ class DataConfig:
     # `ocr` row, appended after the main rows; more reading practice than the task mix gives.
     synthetic_ocr_scenes: int = 0
     synthetic_ocr_seed: int = 7
+    # --- mixture (vlmkit.data.mixture): several weighted sources instead of `manifest`, given as a
+    # JSON list [{"source": "a.jsonl", "weight": 0.7, "kind": "image-text" | "text" | "interleaved"}, ...]
+    # or the path of a .json / .toml file holding one; each micro-batch comes from one source.
+    mixture: str = ""
 
 
 @dataclass(kw_only=True)
@@ -116,6 +120,9 @@ class ParallelConfig:
     strategy: Strategy = "auto"
     activation_checkpointing: bool = False
     device: str = "auto"  # auto: this rank's CUDA device if there is one, else cpu
+    # DDP: let a step leave parameters without a gradient (torch's find_unused_parameters); turned
+    # on by a data mixture with text-only sources, whose batches skip the vision tower.
+    find_unused_parameters: bool = False
 
 
 def split_batch(batch_size: int, grad_accum: int, world_size: int) -> int:
@@ -158,7 +165,9 @@ class TrainConfig:
         check_run_fields(self)
         checks = [
             (self.lora.rank > 0 and 0.0 <= self.lora.dropout < 1.0, "lora.rank must be > 0, lora.dropout in [0, 1)"),
-            (self.data.manifest or self.data.synthetic_scenes > 0, "data.manifest is required (--data)"),
+            (self.data.manifest or self.data.synthetic_scenes > 0 or self.data.mixture,
+             "data.manifest is required (--data)"),
+            (not (self.data.manifest and self.data.mixture), "data.mixture replaces --data; drop one of them"),
             (self.data.synthetic_ocr_scenes >= 0, "data.synthetic_ocr_scenes must be >= 0"),
             (not (self.data.manifest and self.data.synthetic_ocr_scenes),
              "data.synthetic_ocr_scenes adds to rendered synthetic data, not to --data; drop one of them"),

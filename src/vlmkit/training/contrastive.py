@@ -28,9 +28,13 @@ out of the optimizer), so they keep their initial values and DDP never waits for
 with `caption_weight=0` the multimodal decoder is not even run.
 
 Families. Nothing here tests a model's type: an image-text model (a registry family of kind
-"image-text") provides `encode_image`, `encode_text`, `forward` (-> image_embeds, text_embeds,
-logits), `cfg.contrastive_loss`, `logit_scale` / `logit_bias`, and the properties `loss_weights`,
-`loss_only_parts` and `text_format` (`vlmkit.models.common.contracts.TextFormat`).
+"image-text") provides `encode_image(**image_inputs)`, `encode_text`, `forward` (-> image_embeds,
+text_embeds, logits), `cfg.contrastive_loss`, `logit_scale` / `logit_bias`, and the properties
+`loss_weights`, `loss_only_parts` and `text_format` (`vlmkit.models.common.contracts.TextFormat`).
+The image inputs are what the model's image processor makes (`TwoTowerProcessor.images.batch`):
+{"pixel_values" [B, 3, S, S]}, or for SigLIP 2 NaFlex the packed {"pixel_values" [N, 3 p p],
+"spatial_shapes" [B, 2]} of images resized per sample at their own aspect ratio; the loss passes
+them through unchanged.
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions
 
 from vlmkit.data.datasets import ShuffledStream
-from vlmkit.data.image import preprocess_images_fast
+from vlmkit.data.processors.two_tower import (ImageSide, TextCleanup, TokenizerCaptions, TwoTowerImageProcessor,
+                                              TwoTowerProcessor, tokenize)
 from vlmkit.data.tokenizer import Tokenizer
 from vlmkit.errors import ConfigError, DataError
 from vlmkit.models.registry import families
@@ -59,7 +64,7 @@ from vlmkit.training.optim import lr_factor, set_lr
 from vlmkit.training.parallelize import DistInfo, all_reduce_sum, clip_grad_norm, grad_sync, parallelize
 from vlmkit.training.trainer import Hook, MetricLogger, NonFiniteLossError, Trainer
 
-Family = Literal["siglip", "coca"]  # registry families of kind "image-text"
+Family = Literal["siglip", "siglip2", "coca"]  # registry families of kind "image-text"
 
 
 @dataclass(kw_only=True)
@@ -152,44 +157,34 @@ def text_vocab_size(tok: Tokenizer) -> int:
 
 
 def tokenize_captions(tok: Tokenizer, texts: list[str], model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """Captions -> (input_ids [B, T] int64, attention_mask [B, T] int64), right-padded, laid out
-    as the model's `text_format` says: CoCa <bos> caption <eos> padded to the longest row; SigLIP
-    caption <eos> padded to the full text length (the tower pools the LAST position, so every
-    caption must be padded alike, in training and at inference, as SigLIP was trained).
-    Captions longer than the model's positions are cut, keeping the final <eos>.
-    """
-    fmt = model.text_format
-    rows = []
-    for text in texts:
-        body = tok.encode(text)[: fmt.max_len - 1 - fmt.bos]
-        rows.append(([tok.bos_id] if fmt.bos else []) + body + [tok.eos_id])
-    T = fmt.max_len if fmt.pad_to_max else max(map(len, rows))
-    ids = torch.full((len(rows), T), tok.pad_id, dtype=torch.long)
-    mask = torch.zeros(len(rows), T, dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-    return ids, mask
+    """Captions -> (input_ids [B, T] int64, attention_mask [B, T] int64), right-padded, laid out as
+    the model's `text_format` says (`vlmkit.data.processors.two_tower.tokenize`, shared with inference)."""
+    return tokenize(tok, texts, model.text_format)
 
 
 class PairBatches(BatchStream):
     """Endless micro-batches of (image, caption) pairs of one rank, resumable at the exact sample.
 
-    `stream` yields {"pixels": uint8 [3, h, w], "text": str} (a `ShuffledStream` over a pairs
-    dataset); batches are {"pixel_values": float32 [B, 3, S, S] (SigLIP normalisation),
-    "input_ids", "attention_mask": int64 [B, T]}. Streaming and resume come from `BatchStream`.
+    `stream` yields {"pixels": uint8 [3, h, w] (resized by the image side's `to_uint8`), "text":
+    str} (a `ShuffledStream` over a pairs dataset); batches are the image inputs of
+    `processor.images.batch` ({"pixel_values"}, + "spatial_shapes" for NaFlex) and "input_ids",
+    "attention_mask" int64 [B, T] from `processor.tokenize`, exactly as inference makes them. The
+    processor defaults to `tok`'s captions in the model's layout and `images` (default: the
+    family's preprocessing, as the export records it). Streaming and resume come from `BatchStream`.
     """
 
-    def __init__(self, stream: ShuffledStream, tok: Tokenizer, model: nn.Module, micro_batch_size: int):
+    def __init__(self, stream: ShuffledStream, tok: Tokenizer, model: nn.Module, micro_batch_size: int,
+                 images: ImageSide | None = None, processor: TwoTowerProcessor | None = None):
         super().__init__(stream, None, micro_batch_size)
         self.tok, self.model = tok, model
-        self.image_size = model.cfg.vision.image_size
+        if processor is None:
+            captions = TokenizerCaptions(tok, model.text_format, TextCleanup.from_folder(tok.name))
+            processor = TwoTowerProcessor(captions, images or TwoTowerImageProcessor.for_model(model))
+        self.processor = processor
 
     def collate(self, samples: list[dict]) -> dict[str, torch.Tensor]:
-        pixels = torch.stack([s["pixels"] for s in samples])  # [B, 3, h, w] uint8
-        ids, mask = tokenize_captions(self.tok, [s["text"] for s in samples], self.model)
-        return {"pixel_values": preprocess_images_fast(pixels, self.image_size, resample="bilinear"),
-                "input_ids": ids, "attention_mask": mask}
+        ids, mask = self.processor.tokenize([s["text"] for s in samples])
+        return {**self.processor.images.batch([s["pixels"] for s in samples]), "input_ids": ids, "attention_mask": mask}
 
 
 # --------------------------------------------------------------------------- model plumbing
@@ -230,22 +225,23 @@ def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
 class ContrastiveLoss(nn.Module):
     """Root module of training: holds the image-text model (two-tower or CoCa) as `.model`.
 
-    forward(pixel_values [B, 3, S, S], input_ids / attention_mask [B, T], caption_scale) ->
-    (loss 0-dim float32, {"contrastive", "caption"} detached parts). Being the root matters for
-    DDP/FSDP, whose hooks run around the root's forward.
+    forward(input_ids / attention_mask [B, T], caption_scale, **image_inputs: pixel_values
+    [B, 3, S, S] or NaFlex's packed pixel_values + spatial_shapes) -> (loss 0-dim float32,
+    {"contrastive", "caption"} detached parts). Being the root matters for DDP/FSDP, whose hooks
+    run around the root's forward.
     """
 
     def __init__(self, model: nn.Module, autocast: Callable[[], object] = nullcontext, group=None):
         super().__init__()
         self.model, self.autocast, self.group = model, autocast, group
 
-    def forward(self, pixel_values, input_ids, attention_mask, caption_scale: float = 1.0):
+    def forward(self, input_ids, attention_mask, caption_scale: float = 1.0, **image_inputs):
         m = self.model
         with self.autocast():
             if not m.loss_weights.get("caption"):  # no captioning term: no caption decoder to run
-                img, txt, logits = m.encode_image(pixel_values), m.encode_text(input_ids, attention_mask), None
+                img, txt, logits = m.encode_image(**image_inputs), m.encode_text(input_ids, attention_mask), None
             else:
-                out = m(pixel_values, input_ids, attention_mask)
+                out = m(**image_inputs, input_ids=input_ids, attention_mask=attention_mask)
                 img, txt, logits = out.image_embeds, out.text_embeds, out.logits
         loss = image_text_loss(m, img.float(), txt.float(), logits, input_ids, attention_mask, group=self.group,
                                caption_scale=caption_scale)

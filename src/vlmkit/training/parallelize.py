@@ -114,7 +114,8 @@ def parallelize(loss_module: nn.Module, model: nn.Module, info: DistInfo, cfg: P
     loss_module.to(info.device)
     if info.strategy == "ddp":
         ids = [info.device.index] if info.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(loss_module, device_ids=ids)
+        return nn.parallel.DistributedDataParallel(loss_module, device_ids=ids,
+                                                   find_unused_parameters=cfg.find_unused_parameters)
     if info.strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 

@@ -16,11 +16,24 @@ image is its own frame pair) and flattened as (C, Tp, P, P): pixel_values float3
 
 Text (Qwen2VLProcessor): each `<|image_pad|>` placeholder (the chat template wraps it in
 `<|vision_start|>` / `<|vision_end|>`) becomes h'w' / (P^2 merge^2) `<|image_pad|>` tokens. A 40 x 56
-image with 16-px patches and merge 2 becomes 32 x 64: 8 tokens. Videos are not supported.
+image with 16-px patches and merge 2 becomes 32 x 64: 8 tokens.
+
+Videos (`vlmkit.data.video.Video`, frames as PIL images or uint8 arrays; Qwen2VLVideoProcessor):
+every frame is resized to smart_resize of the first frame's size within the video budget
+(video_preprocessor_config.json `size`, else the image processor's) and normalised as an image;
+the frames are padded with copies of the last one to a multiple of Tp, and each Tp consecutive
+frames form one temporal patch: pixel_values_videos float32 [sum t h w, C*Tp*P*P] in
+(temporal patch, spatial-merge order) order, video_grid_thw int64 [V, 3] = (F'/Tp, h'/P, w'/P),
+and second_per_grid_ts float32 [V] = Tp / fps (Qwen2_5_VLProcessor's; fps 24 when the frames
+carry none, transformers' default for frames without metadata). A video fills a `<|video_pad|>`
+placeholder, or an `<|image_pad|>` one (what a chat template renders for an image part), with
+t h w / merge^2 `<|video_pad|>` tokens. transformers resizes video frames with torchvision
+(not installable here) where this module uses PIL, as for images; see tests/parity/test_qwen2_vl_video.py.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +42,8 @@ import torch
 
 from vlmkit.data.processor_files import ProcessorFiles, bundled_chat_template
 from vlmkit.data.processors import pixels
-from vlmkit.data.processors.common import TypeCProcessor, read_processor_files
+from vlmkit.data.video import Video
+from vlmkit.data.processors.common import TypeCProcessor, prompts_list, read_processor_files
 from vlmkit.errors import ConfigError, DataError
 
 # Qwen2VLImageProcessorPil's class defaults, for fields a folder leaves out.
@@ -53,14 +67,21 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
     return h, w
 
 
+def patchify_frames(x: torch.Tensor, patch: int, merge: int, temporal: int) -> torch.Tensor:
+    """Frames [F, C, H, W] -> flattened patches [t H W / P^2, C * Tp * P * P], t = ceil(F / Tp):
+    the last frame repeated up to a multiple of Tp, then per temporal patch in spatial-merge order."""
+    if pad := -x.shape[0] % temporal:
+        x = torch.cat([x, x[-1:].expand(pad, *x.shape[1:])])
+    F, C, H, W = x.shape
+    gt, gh, gw = F // temporal, H // patch, W // patch
+    x = x.reshape(gt, temporal, C, gh // merge, merge, patch, gw // merge, merge, patch)  # [t, Tp, C, bh, m, P, bw, m, P]
+    x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # [t, bh, bw, m, m, C, Tp, P, P]
+    return x.reshape(gt * gh * gw, C * temporal * patch * patch)
+
+
 def patchify(x: torch.Tensor, patch: int, merge: int, temporal: int) -> torch.Tensor:
-    """[C, H, W] -> flattened patches [H W / P^2, C * Tp * P * P] in spatial-merge order."""
-    C, H, W = x.shape
-    gh, gw = H // patch, W // patch
-    x = x.reshape(C, gh // merge, merge, patch, gw // merge, merge, patch)  # [C, bh, m, P, bw, m, P]
-    x = x.permute(1, 4, 2, 5, 0, 3, 6)  # [bh, bw, m, m, C, P, P]
-    x = x[:, :, :, :, :, None].expand(*x.shape[:5], temporal, patch, patch)  # [bh, bw, m, m, C, Tp, P, P]
-    return x.reshape(gh * gw, C * temporal * patch * patch)
+    """An image [C, H, W] -> [H W / P^2, C * Tp * P * P]: one frame, so its own temporal patch."""
+    return patchify_frames(x[None], patch, merge, temporal)
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -76,6 +97,10 @@ class Qwen2VLProcessorConfig:
     resample: int = 3
     norm: pixels.Normalization = pixels.Normalization()
     image_token: str = "<|image_pad|>"
+    video_token: str = "<|video_pad|>"
+    # Qwen2VLVideoProcessor's pixel budget per frame (its size.shortest_edge / longest_edge).
+    video_min_pixels: int = 56 * 56
+    video_max_pixels: int = 28 * 28 * 1280
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> "Qwen2VLProcessorConfig":
@@ -87,38 +112,97 @@ class Qwen2VLProcessorConfig:
         if not lo or not hi:
             raise ConfigError(f"{folder}: the Qwen2-VL image processor needs size.shortest_edge and "
                               f"size.longest_edge (min / max pixels), got {size}")
+        video = _video_fields(folder, proc)
+        vlo = video.get("min_pixels") or video.get("size", {}).get("shortest_edge") or lo
+        vhi = video.get("max_pixels") or video.get("size", {}).get("longest_edge") or hi
         return cls(patch_size=int(image["patch_size"]), temporal_patch_size=int(image["temporal_patch_size"]),
                    merge_size=int(image["merge_size"]), min_pixels=int(lo), max_pixels=int(hi),
                    do_resize=bool(image.get("do_resize", True)), resample=int(image["resample"]),
-                   norm=pixels.Normalization.from_dict(image), image_token=proc.get("image_token", "<|image_pad|>"))
+                   norm=pixels.Normalization.from_dict(image), image_token=proc.get("image_token", "<|image_pad|>"),
+                   video_token=proc.get("video_token", "<|video_pad|>"), video_min_pixels=int(vlo),
+                   video_max_pixels=int(vhi))
+
+
+def _video_fields(folder, proc: dict) -> dict:
+    """The video processor's fields: processor_config.json "video_processor" (5.x), else
+    video_preprocessor_config.json; none (published 4.x folders): the image processor's budget."""
+    if isinstance(proc.get("video_processor"), dict):
+        return proc["video_processor"]
+    path = Path(folder) / "video_preprocessor_config.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {str(exc).splitlines()[0][:120]}") from None
+
+
+# transformers' VideoMetadata.sampled_fps for frames given without metadata.
+DEFAULT_FPS = 24.0
 
 
 class Qwen2VLProcessor(TypeCProcessor):
-    """(prompts with `<|image_pad|>` placeholders, images) -> pixel_values float32
-    [N, C*Tp*P*P] (flattened patches) and image_grid_thw int64 [M, 3]."""
+    """(prompts with `<|image_pad|>` / `<|video_pad|>` placeholders, images and `Video`s in
+    placeholder order) -> pixel_values float32 [N, C*Tp*P*P] (flattened patches) and
+    image_grid_thw int64 [M, 3]; for videos pixel_values_videos, video_grid_thw and
+    second_per_grid_ts float32 [V]."""
 
     config_class = Qwen2VLProcessorConfig
+    takes_videos = True  # `vlmkit generate --video` passes one Video, not its frames as images
 
-    def image(self, src) -> torch.Tensor:
-        """One image source -> normalised float32 [3, h', w'] (h', w' multiples of patch * merge)."""
+    def image(self, src, min_pixels: int | None = None, max_pixels: int | None = None) -> torch.Tensor:
+        """One image source -> normalised float32 [3, h', w'] (h', w' multiples of patch * merge),
+        within [min_pixels, max_pixels] (default: the image budget)."""
         cfg, image = self.config, pixels.load_rgb(src)
         height, width = image.shape[:2]
         factor = cfg.patch_size * cfg.merge_size
         if cfg.do_resize:
-            height, width = smart_resize(height, width, factor, cfg.min_pixels, cfg.max_pixels)
+            height, width = smart_resize(height, width, factor, min_pixels or cfg.min_pixels,
+                                         max_pixels or cfg.max_pixels)
         elif height % factor or width % factor:
             raise DataError(f"an image of {height} x {width} pixels is not a multiple of {factor} and do_resize is off")
         return pixels.to_pixel_values(pixels.resize(image, height, width, cfg.resample), cfg.norm)
 
+    def video(self, video: Video) -> torch.Tensor:
+        """A Video -> normalised float32 frames [F, 3, h', w'], all at the first frame's target size."""
+        cfg, size = self.config, None
+        frames = []
+        for frame in video.frames:
+            rgb = pixels.load_rgb(frame)
+            if size is not None and rgb.shape[:2] != size:
+                raise DataError(f"a video's frames differ in size: {size[0]} x {size[1]} and "
+                                f"{rgb.shape[0]} x {rgb.shape[1]} pixels")
+            size = rgb.shape[:2]
+            frames.append(self.image(rgb, cfg.video_min_pixels, cfg.video_max_pixels))
+        return torch.stack(frames)
+
+    def __call__(self, prompts, images=None, padding_side: str | None = None, add_special_tokens: bool = True):
+        # A `<|video_pad|>` is a placeholder like `<|image_pad|>`: the input filling it says which it is.
+        prompts = [p.replace(self.config.video_token, self.placeholder) for p in prompts_list(prompts)]
+        return super().__call__(prompts, images, padding_side, add_special_tokens)
+
     def encode_images(self, groups):
         cfg = self.config
-        patches, grids = [], []
-        for src in (s for g in groups for s in g):
-            x = self.image(src)
-            patches.append(patchify(x, cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size))
-            grids.append([1, x.shape[1] // cfg.patch_size, x.shape[2] // cfg.patch_size])
-        expansions = [self.placeholder * (h * w // cfg.merge_size**2) for _, h, w in grids]
-        return {"pixel_values": torch.cat(patches), "image_grid_thw": torch.tensor(grids, dtype=torch.long)}, expansions
+        out, expansions = {}, []
+        items = [s for g in groups for s in g]
+        for key, is_video in (("image", False), ("video", True)):
+            chosen = [s for s in items if isinstance(s, Video) == is_video]
+            if not chosen:
+                continue
+            frames = [self.video(s) if is_video else self.image(s)[None] for s in chosen]
+            patches = [patchify_frames(f, cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size) for f in frames]
+            grids = [[-(-f.shape[0] // cfg.temporal_patch_size), f.shape[2] // cfg.patch_size,
+                      f.shape[3] // cfg.patch_size] for f in frames]
+            out[f"pixel_values{'_videos' if is_video else ''}"] = torch.cat(patches)
+            out[f"{key}_grid_thw"] = torch.tensor(grids, dtype=torch.long)
+            if is_video:
+                out["second_per_grid_ts"] = torch.tensor(
+                    [cfg.temporal_patch_size / (v.fps or DEFAULT_FPS) for v in chosen], dtype=torch.float32)
+        counts = {k: iter(out[f"{k}_grid_thw"].prod(-1).tolist()) for k in ("image", "video") if f"{k}_grid_thw" in out}
+        for s in items:
+            token, key = (cfg.video_token, "video") if isinstance(s, Video) else (self.placeholder, "image")
+            expansions.append(token * (next(counts[key]) // cfg.merge_size**2))
+        return out, expansions
 
 
 def build_processor(folder: str | Path, tokenizer, cfg) -> Qwen2VLProcessor:
@@ -138,8 +222,13 @@ def build_processor(folder: str | Path, tokenizer, cfg) -> Qwen2VLProcessor:
 SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 
 
-def processor_files(cfg) -> ProcessorFiles:
+def processor_files(cfg, processor_class: str = "Qwen2VLProcessor") -> ProcessorFiles:
     """What a Qwen2-VL folder made by `vlmkit create` carries for Qwen2VLProcessor (and
     transformers'): its tokenizer's special tokens and the Qwen2-VL-Instruct chat template."""
-    return ProcessorFiles(special_tokens=SPECIAL_TOKENS, processor_config={"processor_class": "Qwen2VLProcessor"},
+    return ProcessorFiles(special_tokens=SPECIAL_TOKENS, processor_config={"processor_class": processor_class},
                           chat_template=bundled_chat_template("qwen2-vl"))
+
+
+def processor_files_2_5(cfg) -> ProcessorFiles:
+    """Qwen2.5-VL's: Qwen2-VL's files with Qwen2_5_VLProcessor (Qwen2.5-VL-Instruct ships Qwen2-VL's chat template)."""
+    return processor_files(cfg, "Qwen2_5_VLProcessor")

@@ -21,13 +21,22 @@ and the rope delta (max position + 1 - length) is 6 - 9 = -3: decode step k (0-b
 
 With left padding the positions count only real tokens (padding gets 0), as the reference's
 `get_rope_index` does with an attention mask.
+
+Videos (token type 2) take their grids from their own list, in prompt order. Their temporal
+position advances by an interval per temporal patch: 1 in Qwen2-VL; in Qwen2.5-VL
+tokens_per_second * second_per_grid_ts (the seconds one temporal patch spans, Tp / fps), so that
+the temporal axis measures absolute time: temporal patch k sits at start + floor(k * interval)
+(the product in float32, truncated, as the reference computes it). E.g. 2 frames per patch at
+fps 2 (1 s per patch) and 2 tokens per second: temporal positions start + 0, 2, 4, ... The
+height / width axes and the text after the video are as for an image (the text continues from
+start + max(h, w) / merge, whatever the temporal extent).
 """
 
 import torch
 
 from vlmkit.models.common.rope import angles_cos_sin
 
-TEXT, IMAGE = 0, 1  # token types, transformers' mm_token_type_ids convention
+TEXT, IMAGE, VIDEO = 0, 1, 2  # token types, transformers' mm_token_type_ids convention
 
 
 def mrope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype,
@@ -40,10 +49,13 @@ def mrope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.
     return angles_cos_sin(angles, dtype, scale)
 
 
-def _image_positions(start: int, grid: tuple[int, int, int], merge: int) -> torch.Tensor:
-    """The [3, t * h/merge * w/merge] positions of one image (or video) starting at `start`."""
+def _image_positions(start: int, grid: tuple[int, int, int], merge: int,
+                     interval: torch.Tensor | int = 1) -> torch.Tensor:
+    """The [3, t * h/merge * w/merge] positions of one image (or video) starting at `start`;
+    temporal patch k at start + floor(k * interval)."""
     t, h, w = grid[0], grid[1] // merge, grid[2] // merge
-    tt, hh, ww = torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
+    temporal = (torch.arange(t) * interval).long()
+    tt, hh, ww = torch.meshgrid(temporal, torch.arange(h), torch.arange(w), indexing="ij")
     return torch.stack([tt, hh, ww]).reshape(3, -1) + start
 
 
@@ -58,15 +70,18 @@ def _runs(types: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
-def mrope_positions(token_types: torch.Tensor, key_valid: torch.Tensor, grids: torch.Tensor,
-                    merge: int) -> tuple[torch.Tensor, torch.Tensor]:
+def mrope_positions(token_types: torch.Tensor, key_valid: torch.Tensor, grids: torch.Tensor, merge: int,
+                    video_grids: torch.Tensor | None = None,
+                    video_intervals: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """M-RoPE positions of a (left- or right-padded) prompt batch, as transformers' get_rope_index.
 
     Args:
-        token_types: [B, T] int, 0 text / 1 image per token (mm_token_type_ids).
+        token_types: [B, T] int, 0 text / 1 image / 2 video per token (mm_token_type_ids).
         key_valid: [B, T] bool, False at padding.
         grids: [n, 3] int (t, h, w) patch grids of the prompt's images in prompt order.
         merge: the vision tower's spatial merge size.
+        video_grids: [v, 3] int grids of the prompt's videos in prompt order.
+        video_intervals: [v] float32, each video's temporal step per temporal patch (None: 1).
 
     Returns:
         positions [3, B, T] int64 (0 at padding), deltas [B, 1] int64: max position + 1 - the
@@ -74,7 +89,10 @@ def mrope_positions(token_types: torch.Tensor, key_valid: torch.Tensor, grids: t
     """
     B, T = token_types.shape
     positions = torch.zeros(3, B, T, dtype=torch.long)
-    next_grid = iter(grids.tolist())
+    next_grid = {IMAGE: iter(grids.tolist()),
+                 VIDEO: iter(video_grids.tolist() if video_grids is not None else [])}
+    n_videos = 0 if video_grids is None else len(video_grids)
+    intervals = iter(video_intervals if video_intervals is not None else [1] * n_videos)
     deltas = []
     for b in range(B):
         valid = key_valid[b].cpu().bool()
@@ -84,8 +102,10 @@ def mrope_positions(token_types: torch.Tensor, key_valid: torch.Tensor, grids: t
                 parts.append(torch.arange(n).expand(3, n) + cur)
                 cur += n
                 continue
-            grid = next(next_grid)
-            parts.append(_image_positions(cur, grid, merge))
+            grid = next(next_grid[ty], None)
+            if grid is None:
+                raise ValueError(f"more {'video' if ty == VIDEO else 'image'} token runs than grids")
+            parts.append(_image_positions(cur, grid, merge, next(intervals) if ty == VIDEO else 1))
             if parts[-1].shape[1] != n:
                 raise ValueError(f"an image run of {n} tokens does not fit its grid {grid} with merge {merge}")
             cur += max(grid[1], grid[2]) // merge

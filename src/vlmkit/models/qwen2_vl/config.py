@@ -24,6 +24,9 @@ class Qwen2VLConfig:
     video_token_id: int = 151656
     vision_start_token_id: int = 151652
     vision_end_token_id: int = 151653
+    # Qwen2.5-VL's absolute-time M-RoPE: a video's temporal position advances by
+    # tokens_per_second * second_per_grid_ts per temporal patch; None (Qwen2-VL): by 1.
+    tokens_per_second: float | None = None
 
     def __post_init__(self):
         if self.text.mrope_section is None:

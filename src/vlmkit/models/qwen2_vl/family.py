@@ -1,5 +1,5 @@
 """Qwen2-VL registry record (Qwen/Qwen2-VL-* folders, transformers' Qwen2VLForConditionalGeneration);
-its processor is vlmkit.data.processors.qwen2_vl (images only, no video)."""
+its processor is vlmkit.data.processors.qwen2_vl (images, and videos as frame lists)."""
 
 from dataclasses import replace
 
@@ -25,12 +25,13 @@ def with_tokenizer(cfg: Qwen2VLConfig, tok, vocab_size: int | None = None) -> Qw
     return replace(cfg, text=replace(cfg.text, **tokenizer_fields(tok, vocab_size)), **ids)
 
 
-def preprocessor_config(cfg: Qwen2VLConfig) -> dict:
+def preprocessor_config(cfg: Qwen2VLConfig, processor_class: str = "Qwen2VLProcessor") -> dict:
     """Qwen2VLImageProcessor metadata: the tower's patch / merge / temporal sizes, the published
-    pixel budget (size.shortest_edge / longest_edge = min / max pixels), bicubic, CLIP normalisation."""
+    pixel budget (size.shortest_edge / longest_edge = min / max pixels), bicubic, CLIP normalisation
+    (Qwen2.5-VL's is the same with its own `processor_class`)."""
     v = cfg.vision
     return {
-        "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2VLProcessor",
+        "image_processor_type": "Qwen2VLImageProcessor", "processor_class": processor_class,
         "do_resize": True, "size": {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280}, "resample": 3,
         "patch_size": v.patch_size, "temporal_patch_size": v.temporal_patch_size, "merge_size": v.spatial_merge_size,
         "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": CLIP_MEAN,

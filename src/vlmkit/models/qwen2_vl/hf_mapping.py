@@ -18,7 +18,7 @@ from vlmkit.models.qwen2_vl.config import Qwen2VLConfig
 
 _VISION: Table = [(n, n) for n in ("visual.patch_embed", "visual.blocks", "visual.merger")]
 _ALIASES = [("model.language_model.", "model."), ("model.visual.", "visual.")]
-_TOKEN_IDS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+TOKEN_IDS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
 _VISION_DEFAULTS = dict(embed_dim=1280, depth=32, num_heads=16, mlp_ratio=4, hidden_act="quick_gelu", in_channels=3,
                         patch_size=14, temporal_patch_size=2, spatial_merge_size=2, hidden_size=3584)
 
@@ -45,7 +45,7 @@ def _vision_from_hf(v: dict) -> Qwen2VitConfig:
         rope_theta=float(rope.get("rope_theta", 10000.0)))
 
 
-def _text_from_hf(d: dict):
+def text_from_hf(d: dict):
     """The decoder config from `text_config` (5.x) or the top level (4.x), M-RoPE sections included."""
     t = dict(d.get("text_config") or {k: x for k, x in d.items() if k not in ("vision_config", "model_type")})
     rope = dict(t.get("rope_parameters") or t.get("rope_scaling") or {})
@@ -61,15 +61,21 @@ def _text_from_hf(d: dict):
 
 
 def config_from_hf(d: dict) -> Qwen2VLConfig:
-    ids = {k: d[k] for k in _TOKEN_IDS if d.get(k) is not None}
-    return Qwen2VLConfig(vision=_vision_from_hf(d.get("vision_config") or {}), text=_text_from_hf(d), **ids)
+    ids = {k: d[k] for k in TOKEN_IDS if d.get(k) is not None}
+    return Qwen2VLConfig(vision=_vision_from_hf(d.get("vision_config") or {}), text=text_from_hf(d), **ids)
+
+
+def text_to_hf(text_cfg, model_type: str) -> dict:
+    """The decoder's `text_config` (5.x form) with its M-RoPE sections."""
+    text = llama_map.config_to_hf(replace(text_cfg, mrope_section=None))
+    text.pop("architectures", None)
+    text.update(model_type=model_type)
+    text["rope_parameters"] = {**text["rope_parameters"], "mrope_section": list(text_cfg.mrope_section)}
+    return text
 
 
 def config_to_hf(cfg: Qwen2VLConfig) -> dict:
-    text = llama_map.config_to_hf(replace(cfg.text, mrope_section=None))
-    text.pop("architectures", None)
-    text.update(model_type="qwen2_vl_text")
-    text["rope_parameters"] = {**text["rope_parameters"], "mrope_section": list(cfg.text.mrope_section)}
+    text = text_to_hf(cfg.text, "qwen2_vl_text")
     v = cfg.vision
     vision = dict(model_type="qwen2_vl_vision", embed_dim=v.embed_dim, depth=v.depth, num_heads=v.num_heads,
                   mlp_ratio=v.mlp_ratio, hidden_act=TO_HF_ACTIVATION[v.hidden_act], in_channels=v.in_channels,
@@ -78,4 +84,4 @@ def config_to_hf(cfg: Qwen2VLConfig) -> dict:
                   rope_parameters=dict(rope_type="axial", rope_theta=v.rope_theta))
     return dict(model_type="qwen2_vl", architectures=["Qwen2VLForConditionalGeneration"], text_config=text,
                 vision_config=vision, tie_word_embeddings=cfg.text.tie_embeddings,
-                **{k: getattr(cfg, k) for k in _TOKEN_IDS})
+                **{k: getattr(cfg, k) for k in TOKEN_IDS})

@@ -206,3 +206,29 @@ TWO_TOWER_PRESETS: dict[str, SiglipConfig] = {
         vision=replace(PRESETS["debug"], use_head=True), text=TEXT_PRESETS["debug"], contrastive_loss="softmax",
     ),
 }
+
+
+# SigLIP 2 fixed-resolution checkpoints (arXiv:2502.14786; HF google/siglip2-<size>-patch<p>-<res>):
+# SigLIP's layout exactly (transformers loads them as SiglipModel, model_type "siglip", with the
+# conv patch embedding), a text tower of the vision width over Gemma's 256k-piece vocabulary and
+# 64 positions. The NaFlex checkpoints are the siglip2 family (`vlmkit.models.siglip2`).
+_SIGLIP2_FIXED = [  # (size, width, mlp, depth, heads, patch, resolutions)
+    ("base", 768, 3072, 12, 12, 16, (224, 256, 384, 512)), ("large", 1024, 4096, 24, 16, 16, (256, 384, 512)),
+    ("so400m", 1152, 4304, 27, 16, 14, (224,)), ("so400m", 1152, 4304, 27, 16, 16, (256, 384, 512)),
+]
+
+
+def _siglip2_fixed_presets() -> dict[str, SiglipConfig]:
+    presets = {}
+    for size, width, mlp, depth, heads, patch, resolutions in _SIGLIP2_FIXED:
+        shape = dict(hidden_size=width, intermediate_size=mlp, num_layers=depth, num_heads=heads)
+        for res in resolutions:
+            presets[f"siglip2-{size}-patch{patch}-{res}"] = SiglipConfig(
+                vision=SiglipVisionConfig(**shape, image_size=res, patch_size=patch, use_head=True),
+                # Gemma's special ids (<pad> 0, <eos> 1, <bos> 2), for config.json only.
+                text=SiglipTextConfig(vocab_size=256000, **shape, pad_token_id=0, eos_token_id=1, bos_token_id=2),
+            )
+    return presets
+
+
+TWO_TOWER_PRESETS.update(_siglip2_fixed_presets())

@@ -69,6 +69,11 @@ class EncoderBlock(nn.Module):
         return x + self.mlp(self.layer_norm2(x))
 
 
+def encoder_blocks(dim: int, num_heads: int, mlp_dim: int, eps: float, depth: int, act=gelu_tanh) -> nn.ModuleList:
+    """`depth` pre-LN EncoderBlocks (a SigLIP tower's `layers`)."""
+    return nn.ModuleList(EncoderBlock(dim, num_heads, mlp_dim, eps, act) for _ in range(depth))
+
+
 class AttentionPoolingHead(nn.Module):
     """MAP head: one learned probe query attends over the tokens, then a residual MLP.
 
@@ -85,11 +90,28 @@ class AttentionPoolingHead(nn.Module):
         self.layernorm = nn.LayerNorm(dim, eps=eps)
         self.mlp = MLP(dim, mlp_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probe = self.probe.expand(x.shape[0], -1, -1)  # [B, 1, D]
-        h = self.attention(probe, x, x)[0]  # [B, 1, D]
-        h = h + self.mlp(self.layernorm(h))
-        return h[:, 0]
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """key_mask: optional [B, N] bool, False on keys the probe must not read (SigLIP 2's
+        padded patches)."""
+        return self.pool(x, None if key_mask is None else key_mask[:, None, :])[:, 0]
+
+    def pool(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, N, D], mask [B, Q, N] bool or None -> [B, Q, D] (Q = 1 without a mask).
+
+        Q copies of the probe: query q reads the keys mask[:, q] allows. A packed sequence of Q
+        images pools all of them in one call with a block mask (each query its own image).
+        The mask is additive, 0 or the dtype's minimum, as transformers builds it for
+        nn.MultiheadAttention (which takes a float mask [B * H, Q, N], batch-major).
+        """
+        Q = 1 if mask is None else mask.shape[1]
+        probe = self.probe.expand(x.shape[0], Q, -1)  # [B, Q, D]
+        additive = None
+        if mask is not None:
+            additive = torch.zeros(mask.shape, dtype=x.dtype, device=x.device)
+            additive = additive.masked_fill(~mask, torch.finfo(x.dtype).min)  # [B, Q, N]
+            additive = additive.repeat_interleave(self.attention.num_heads, dim=0)  # [B * H, Q, N]
+        h = self.attention(probe, x, x, attn_mask=additive)[0]  # [B, Q, D]
+        return h + self.mlp(self.layernorm(h))
 
 
 class SiglipVisionTower(nn.Module):
@@ -104,10 +126,7 @@ class SiglipVisionTower(nn.Module):
                                          bias=cfg.patch_bias)
         self.position_embedding = nn.Embedding(cfg.num_positions, D)
         self.pre_layernorm = nn.LayerNorm(D, eps=cfg.layer_norm_eps) if cfg.pre_norm else None
-        self.layers = nn.ModuleList(
-            EncoderBlock(D, cfg.num_heads, cfg.intermediate_size, cfg.layer_norm_eps, act)
-            for _ in range(cfg.num_layers)
-        )
+        self.layers = encoder_blocks(D, cfg.num_heads, cfg.intermediate_size, cfg.layer_norm_eps, cfg.num_layers, act)
         self.post_layernorm = nn.LayerNorm(D, eps=cfg.layer_norm_eps)
         self.head = (
             AttentionPoolingHead(D, cfg.num_heads, cfg.intermediate_size, cfg.layer_norm_eps)

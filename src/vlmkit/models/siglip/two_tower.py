@@ -10,7 +10,7 @@ t' = log(1/0.07); SigLIP starts at t' = log 10, b = -10 (see `SiglipConfig`). Th
 embeddings and logits; the losses are applied from outside (`vlmkit.training.losses`).
 
 Clamping t' during training (open_clip clamps at log 100) is the trainer's job, not the model's.
-Not supported: NaFlex / SigLIP 2 multi-resolution inputs, dropout.
+Not supported here: dropout. SigLIP 2 NaFlex inputs: `vlmkit.models.siglip2.Siglip2TwoTower`.
 """
 
 import math
@@ -64,10 +64,13 @@ class TwoTowerOutput:
 class SiglipTwoTower(nn.Module):
     """SigLIP / CLIP-style contrastive model; loads and saves HF "siglip" checkpoints."""
 
+    # The tower built from `cfg.vision` (SigLIP 2 NaFlex swaps in its own; everything else is shared).
+    vision_tower_class: type[nn.Module] = SiglipVisionTower
+
     def __init__(self, cfg: SiglipConfig):
         super().__init__()
         self.cfg = cfg
-        self.vision_tower = SiglipVisionTower(cfg.vision)
+        self.vision_tower = self.vision_tower_class(cfg.vision)
         self.text_tower = SiglipTextTower(cfg.text)
         sigmoid = cfg.contrastive_loss == "sigmoid"
         scale = cfg.init_logit_scale

@@ -33,6 +33,7 @@ from torch import nn
 
 from vlmkit.data.chat_template import load_chat_template
 from vlmkit.data.datasets import JsonlDataset, ShuffledStream, TarShardDataset, is_shard_source
+from vlmkit.data.mixture import parse_mixture
 from vlmkit.data.processor import PaliGemmaProcessor
 from vlmkit.data.synth import SynthConfig, write_dataset
 from vlmkit.data.tokenizer import Tokenizer
@@ -46,6 +47,7 @@ from vlmkit.training.chat import ChatCollator, ChatJsonlDataset
 from vlmkit.training.collate import BatchStream, build_small_tokenizer, manifest_texts
 from vlmkit.training.config import TrainConfig
 from vlmkit.training.freeze import apply_freeze, trainable_parts
+from vlmkit.training.mixture import mixture_batches, mixture_texts
 from vlmkit.training.lora import apply_lora, merge_lora, save_lora
 from vlmkit.training.outdir import locked_run, reuse_built_tokenizer, trim_metrics
 from vlmkit.training.parallelize import DistInfo, barrier, init_distributed
@@ -84,7 +86,9 @@ def get_recipe(name: str, smoke: bool = False) -> TrainConfig:
 def _data(cfg: TrainConfig, info: DistInfo):
     """Yield (train manifest, eval manifest or None); renders synthetic data into a temp dir
     (same bytes on every rank and every resume, see `write_dataset`) when no manifest is set."""
-    if cfg.data.manifest:
+    if cfg.data.manifest or cfg.data.mixture:
+        if cfg.data.mixture:  # checked before the model is built: a bad source fails in one line, early
+            parse_mixture(cfg.data.mixture)
         yield cfg.data.manifest, cfg.data.eval_manifest
         return
     with tempfile.TemporaryDirectory(prefix="vlmkit-synth-") as tmp:
@@ -132,7 +136,8 @@ def _tokenizer_dir(cfg: TrainConfig, folder: Path | None, manifest: str, info: D
         return folder
     out = Path(cfg.out_dir) / "tokenizer"
     if info.is_main and not reuse_built_tokenizer(Path(cfg.out_dir)):  # reused only on resume
-        build_small_tokenizer(manifest_texts(manifest), out, cfg.model.tokenizer_vocab)
+        texts = mixture_texts(cfg.data.mixture) if cfg.data.mixture else manifest_texts(manifest)
+        build_small_tokenizer(texts, out, cfg.model.tokenizer_vocab)
     barrier()
     return out
 
@@ -266,14 +271,19 @@ def run(cfg: TrainConfig, *, resume: bool = False, hooks: list[Hook] = ()) -> Tr
         model = build_model(cfg, folder, tok)
         prefix_lm = family_of(model).train_format == "prefix_lm"
         inputs = (_prefix_lm_inputs if prefix_lm else _chat_inputs)(cfg, model, tok, tok_dir, folder)
-        dataset = inputs.dataset(manifest, True)
-        if dataset.skipped and info.is_main:
-            print(f"data: skipped {sum(dataset.skipped.values())} bad rows of {manifest} "
-                  f"({', '.join(f'{k}={v}' for k, v in sorted(dataset.skipped.items()))})", flush=True)
-        stream = ShuffledStream(dataset, seed=cfg.data.shuffle_seed, rank=info.rank, world_size=info.world_size,
-                                equal_split=True)
-        batches = BatchStream(stream, inputs.processor, cfg.micro_batch_size(info.world_size),
-                              collate_fn=inputs.collate)
+        if cfg.data.mixture:  # several weighted sources, one per micro-batch (vlmkit.training.mixture)
+            dataset = batches = mixture_batches(cfg, inputs, tok, info, prefix_lm)
+            if batches.imageless:  # their batches skip the vision tower: DDP must allow unused parameters
+                cfg = replace(cfg, parallel=replace(cfg.parallel, find_unused_parameters=True))
+        else:
+            dataset = inputs.dataset(manifest, True)
+            if dataset.skipped and info.is_main:
+                print(f"data: skipped {sum(dataset.skipped.values())} bad rows of {manifest} "
+                      f"({', '.join(f'{k}={v}' for k, v in sorted(dataset.skipped.items()))})", flush=True)
+            stream = ShuffledStream(dataset, seed=cfg.data.shuffle_seed, rank=info.rank, world_size=info.world_size,
+                                    equal_split=True)
+            batches = BatchStream(stream, inputs.processor, cfg.micro_batch_size(info.world_size),
+                                  collate_fn=inputs.collate)
         eval_data = (inputs.dataset(eval_manifest, False), batches.collate) if eval_manifest else None
         torch.manual_seed(cfg.seed + info.rank)  # dropout differs per rank; init above is shared
         trainer = Trainer(cfg, model, batches, info, eval_data=eval_data, hooks=hooks,

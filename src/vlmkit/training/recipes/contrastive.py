@@ -1,6 +1,8 @@
 """Contrastive and CoCa recipes, their data and `run_contrastive`, which executes one.
 
     siglip   SigLIP two-tower, pairwise sigmoid loss (arXiv:2303.15343)
+    siglip2  SigLIP 2 NaFlex two-tower (arXiv:2502.14786): the sigmoid loss on images at their own
+             aspect ratio, resized per sample and packed per batch (no padding)
     clip     the same towers with CLIP's softmax InfoNCE and temperature init (arXiv:2103.00020)
     coca     CoCa, contrastive + captioning losses (arXiv:2205.01917)
 
@@ -23,6 +25,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +33,8 @@ import torch
 from torch import nn
 
 from vlmkit.data.datasets import ShuffledStream
-from vlmkit.data.image import load_image
+from vlmkit.data.processors.two_tower import (PREPROCESSOR_NAME, ImageSide, TwoTowerProcessor, image_config,
+                                              image_processor)
 from vlmkit.data.synth import SynthConfig, generate_scene
 from vlmkit.data.tokenizer import Tokenizer
 from vlmkit.errors import CheckpointError, ConfigError, DataError
@@ -46,6 +50,7 @@ from vlmkit.training.parallelize import DistInfo, barrier, init_distributed
 from vlmkit.training.trainer import Hook, TrainResult
 from vlmkit.weights.create import TOKENIZER_FILES
 from vlmkit.weights.hf import load_hf, read_config, save_hf
+from vlmkit.weights.registry import find_model
 
 # --------------------------------------------------------------------------- recipes
 
@@ -69,6 +74,15 @@ def siglip(*, smoke: bool = False) -> ContrastiveTrainConfig:
     return _smoke(cfg, "debug") if smoke else cfg
 
 
+def siglip2(*, smoke: bool = False) -> ContrastiveTrainConfig:
+    """SigLIP 2 NaFlex B/16 (sigmoid loss; the SigLIP recipe's optimiser); needs --data. The
+    paper's decoder, self-distillation and masked-prediction losses are not part of it."""
+    cfg = siglip(smoke=smoke)
+    cfg.recipe, cfg.model.family = "siglip2", "siglip2"
+    cfg.model.source = "debug" if smoke else "siglip2-base-patch16-naflex"
+    return cfg
+
+
 def clip(*, smoke: bool = False) -> ContrastiveTrainConfig:
     """CLIP-style two-tower (softmax InfoNCE, t' = log(1/0.07), no bias); needs --data."""
     cfg = siglip(smoke=smoke)
@@ -87,7 +101,7 @@ def coca(*, smoke: bool = False) -> ContrastiveTrainConfig:
     return _smoke(cfg, "debug") if smoke else cfg
 
 
-CONTRASTIVE_RECIPES = {"siglip": siglip, "clip": clip, "coca": coca}
+CONTRASTIVE_RECIPES = {"siglip": siglip, "siglip2": siglip2, "clip": clip, "coca": coca}
 
 
 # --------------------------------------------------------------------------- data
@@ -111,10 +125,11 @@ class ImageTextPairs(torch.utils.data.Dataset):
 
 class ManifestPairs(torch.utils.data.Dataset):
     """JSONL rows {"image": path, "caption" | "text" | "suffix": str}; images are read lazily and
-    resized to `image_size` (bicubic) so that a batch stacks."""
+    resized by the model's image processor (`images.to_uint8`, as at inference: to one size, or per
+    image at its own aspect ratio for NaFlex, whose batches are packed)."""
 
-    def __init__(self, manifest: str | Path, image_size: int, image_root: str | None = None):
-        self.rows, self.image_size = [], image_size
+    def __init__(self, manifest: str | Path, images: ImageSide, image_root: str | None = None):
+        self.rows, self.images = [], images
         root = Path(image_root) if image_root else Path(manifest).parent
         try:
             lines = Path(manifest).read_text(encoding="utf-8").splitlines()
@@ -144,8 +159,7 @@ class ManifestPairs(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         path, text = self.rows[i]
-        image = load_image(path).resize((self.image_size, self.image_size), resample=3)  # 3 = bicubic
-        return {"pixels": torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous(), "text": text}
+        return {"pixels": self.images.to_uint8(path), "text": text}
 
 
 def caption_objects(objects) -> str:
@@ -155,24 +169,32 @@ def caption_objects(objects) -> str:
 
 
 def synthetic_pairs(n: int, seed: int, image_size: int) -> ImageTextPairs:
-    """`n` captioned synthetic scenes (1-3 shapes of 6 colours x 5 kinds, no words)."""
+    """`n` captioned synthetic scenes (1-3 shapes of 6 colours x 5 kinds, no words), rendered at
+    `image_size` px (32 at least; the model's image processor resizes a larger one in `collate`)."""
     cfg = SynthConfig(image_size=max(image_size, 32), min_shapes=1, max_shapes=3, word_prob=0.0,
                       colors=("red", "green", "blue", "yellow", "purple", "orange"),
                       shapes=("circle", "square", "triangle", "star", "diamond"), seed=seed)
     rng = np.random.default_rng(seed)
     scenes = [generate_scene(rng, cfg) for _ in range(n)]
-    images = torch.stack([torch.from_numpy(np.array(s.image.resize((image_size, image_size), resample=2)))
-                          for s in scenes]).permute(0, 3, 1, 2).contiguous()  # [N, H, W, 3] -> [N, 3, H, W]
+    images = torch.stack([torch.from_numpy(np.array(s.image)) for s in scenes])  # [N, H, W, 3] uint8
+    images = images.permute(0, 3, 1, 2).contiguous()  # [N, H, W, 3] -> [N, 3, H, W]
     return ImageTextPairs(images, [caption_objects(s.objects) for s in scenes])
 
 
-def _datasets(cfg: ContrastiveTrainConfig, image_size: int):
-    """(train pairs, held-out pairs) from the manifests or the synthetic generator."""
+def _resized(pairs: ImageTextPairs, images: ImageSide) -> ImageTextPairs:
+    """`pairs` with every image resized by `images.to_uint8` (square scenes stay one size)."""
+    return ImageTextPairs(torch.stack([images.to_uint8(x) for x in pairs.images]), pairs.texts)
+
+
+def _datasets(cfg: ContrastiveTrainConfig, images: ImageSide):
+    """(train pairs, held-out pairs) from the manifests or the synthetic generator (drawn at the
+    image side's `nominal_size`)."""
     if cfg.data.manifest:
-        held = ManifestPairs(cfg.data.eval_manifest, image_size, cfg.data.image_root) if cfg.data.eval_manifest else None
-        return ManifestPairs(cfg.data.manifest, image_size, cfg.data.image_root), held
-    n, seed = cfg.data.synthetic_scenes, cfg.data.synthetic_seed
-    return synthetic_pairs(n, seed, image_size), synthetic_pairs(max(n // 4, 16), seed + 1, image_size)
+        held = ManifestPairs(cfg.data.eval_manifest, images, cfg.data.image_root) if cfg.data.eval_manifest else None
+        return ManifestPairs(cfg.data.manifest, images, cfg.data.image_root), held
+    n, seed, size = cfg.data.synthetic_scenes, cfg.data.synthetic_seed, images.nominal_size
+    return (_resized(synthetic_pairs(n, seed, size), images),
+            _resized(synthetic_pairs(max(n // 4, 16), seed + 1, size), images))
 
 
 # --------------------------------------------------------------------------- model, tokenizer, export
@@ -182,7 +204,7 @@ def _preset_config(m: ContrastiveModelConfig):
     """The family's preset config with the loss overrides applied (vocabulary set later)."""
     spec = get_family(m.family)
     if m.source not in spec.presets:
-        raise CheckpointError(f"--model {m.source!r} is neither a folder nor a {m.family} preset "
+        raise CheckpointError(f"--model {m.source!r} is neither a folder, a Hub name nor a {m.family} preset "
                               f"({', '.join(sorted(spec.presets))})")
     base = spec.presets[m.source]
     overrides = {k: v for k, v in (("contrastive_loss", m.contrastive_loss or None),
@@ -221,19 +243,23 @@ def _tokenizer_dir(cfg: ContrastiveTrainConfig, folder: Path | None, texts: list
     return out
 
 
-def export_model(model: nn.Module, out: Path, tok_dir: Path) -> Path:
+def export_model(model: nn.Module, out: Path, tok_dir: Path, preprocessor: dict) -> Path:
     """The model's folder (`save_hf`: a HF "siglip" folder, or a vlmkit CoCa folder) with the
-    tokenizer files copied beside the weights."""
+    tokenizer files and the image preprocessing it was trained with (preprocessor_config.json,
+    which inference reads back) beside the weights."""
     extra = {n: tok_dir / n for n in TOKENIZER_FILES if (tok_dir / n).is_file()}
-    return save_hf(model, out, extra_files=extra)
+    with tempfile.TemporaryDirectory() as tmp:
+        extra[PREPROCESSOR_NAME] = Path(tmp) / PREPROCESSOR_NAME
+        extra[PREPROCESSOR_NAME].write_text(json.dumps(preprocessor, indent=2))
+        return save_hf(model, out, extra_files=extra)
 
 
-def _exporter(cfg: ContrastiveTrainConfig, model_cfg, tok_dir: Path):
+def _exporter(cfg: ContrastiveTrainConfig, model_cfg, tok_dir: Path, preprocessor: dict):
     def export(state: dict[str, torch.Tensor]) -> Path:
         with torch.device("meta"):
             model = family_of(model_cfg).model_class(model_cfg)
         model.load_state_dict(state, strict=True, assign=True)
-        return export_model(model, Path(cfg.out_dir) / "export", tok_dir)
+        return export_model(model, Path(cfg.out_dir) / "export", tok_dir, preprocessor)
     return export
 
 
@@ -254,7 +280,7 @@ def unique_captions(pairs, limit: int) -> list[int]:
     return keep
 
 
-def retrieval_hook(pairs, tok: Tokenizer, limit: int = 256) -> Hook:
+def retrieval_hook(pairs, tok: Tokenizer, processor: TwoTowerProcessor, limit: int = 256) -> Hook:
     """Evaluation hook: image<->text recall@1/5 on the held-out pairs with distinct captions."""
     keep = unique_captions(pairs, limit)
 
@@ -264,12 +290,13 @@ def retrieval_hook(pairs, tok: Tokenizer, limit: int = 256) -> Hook:
         if hasattr(root, "unshard"):  # FSDP2: the root's own parameters are sharded between forwards
             root.unshard()
         model.eval()
-        batches = PairBatches(None, tok, model, 64)
+        batches = PairBatches(None, tok, model, 64, processor=processor)
         img, txt = [], []
         for i in range(0, len(keep), 64):
             batch = trainer._to_device(batches.collate([pairs[j] for j in keep[i:i + 64]]))
-            img.append(model.encode_image(batch["pixel_values"]).float())
-            txt.append(model.encode_text(batch["input_ids"], batch["attention_mask"]).float())
+            ids, mask = batch.pop("input_ids"), batch.pop("attention_mask")
+            img.append(model.encode_image(**batch).float())  # the image inputs are what is left
+            txt.append(model.encode_text(ids, mask).float())
         model.train()
         if hasattr(root, "reshard"):
             root.reshard()
@@ -292,20 +319,24 @@ def run_contrastive(cfg: ContrastiveTrainConfig, *, resume: bool = False, hooks:
 
     cfg.validate()
     info = init_distributed(cfg.parallel)
-    folder = Path(cfg.model.source) if Path(cfg.model.source).is_dir() else None
+    folder = find_model(cfg.model.source)  # a folder, bundled or Hub name; None: a preset name
     loaded = _load_folder(folder, cfg.model.family) if folder is not None else None
     base = loaded.cfg if loaded is not None else _preset_config(cfg.model)
-    train, held = _datasets(cfg, base.vision.image_size)
+    preprocessor = image_config(base, folder)  # the folder's, else the family's; written to the export
+    images = image_processor(preprocessor)
+    train, held = _datasets(cfg, images)
     tok_dir = _tokenizer_dir(cfg, folder, train.texts, info)
     tok = Tokenizer.from_folder(tok_dir)
     torch.manual_seed(cfg.seed)  # the same initialisation on every rank
     model = loaded if loaded is not None else build_model(base, tok, cfg.model.init_std, cfg.seed)
+    processor = TwoTowerProcessor.for_model(model, tok, fields=preprocessor, tokenizer_folder=tok_dir)
     stream = ShuffledStream(train, seed=cfg.data.shuffle_seed, rank=info.rank, world_size=info.world_size,
                             equal_split=True)
-    batches = PairBatches(stream, tok, model, cfg.micro_batch_size(info.world_size))
+    batches = PairBatches(stream, tok, model, cfg.micro_batch_size(info.world_size), processor=processor)
     torch.manual_seed(cfg.seed + info.rank)
-    trainer = ContrastiveTrainer(cfg, model, batches, info, export_fn=_exporter(cfg, model.cfg, tok_dir),
-                                 hooks=[*([retrieval_hook(held, tok)] if held is not None else []), *hooks])
+    hooks = [*([retrieval_hook(held, tok, processor)] if held is not None else []), *hooks]
+    trainer = ContrastiveTrainer(cfg, model, batches, info, export_fn=_exporter(cfg, model.cfg, tok_dir, preprocessor),
+                                 hooks=hooks)
     _start(trainer, cfg, info, resume, train)
     return trainer.fit()
 
