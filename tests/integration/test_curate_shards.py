@@ -97,6 +97,28 @@ def test_a_finished_job_reruns_as_a_no_op(manifest, tmp_path):
     assert files(tmp_path / "job") == before
 
 
+def test_an_interrupted_job_starts_over(manifest, tmp_path, monkeypatch):
+    import vlmkit.curation.shard as shard
+
+    config = parse_config({"run": {"batch_size": 2}, "rules": TABLES})
+    calls, real = [], shard.score_rows
+
+    def fail_on_the_third_batch(rows, rules):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(rows, rules)
+
+    monkeypatch.setattr(shard, "score_rows", fail_on_the_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        curate_shard(manifest, tmp_path / "cut", config, (1, 2))
+    assert not (tmp_path / "cut" / "report.json").exists()
+    monkeypatch.setattr(shard, "score_rows", real)
+    curate_shard(manifest, tmp_path / "cut", config, (1, 2))
+    curate_shard(manifest, tmp_path / "full", config, (1, 2))
+    assert files(tmp_path / "cut") == files(tmp_path / "full")
+
+
 def _one_error_line(capsys, *needles: str) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("vlmkit: error:"), err
