@@ -47,15 +47,13 @@ def _record(row: dict) -> dict:
             "path": row.get("image_path"), "err": row.get("__error__"), "img_err": None, "steps": []}  # fmt: skip
 
 
-def _readable(alive: list[dict], recs: dict[int, dict]) -> list[dict]:
-    out = []
-    for r in alive:
-        try:
-            image_of(r)
-            out.append(r)
-        except RowError as e:
-            recs[r["__index__"]]["img_err"] = e.reason
-    return out
+def _image_error(row: dict) -> str | None:
+    """Why the row's image cannot be used (missing_image, undecodable_image), or None."""
+    try:
+        image_of(row)
+    except RowError as e:
+        return e.reason
+    return None
 
 
 def score_rows(rows: list[dict], rules: list[RuleBase]) -> list[dict]:
@@ -64,7 +62,9 @@ def score_rows(rows: list[dict], rules: list[RuleBase]) -> list[dict]:
     alive = [r for r in rows if "__error__" not in r]
     for rule in rules:
         if rule.needs_image:
-            alive = _readable(alive, recs)
+            for r in alive:
+                recs[r["__index__"]]["img_err"] = _image_error(r)
+            alive = [r for r in alive if recs[r["__index__"]]["img_err"] is None]
         values = rule.score_batch(alive)
         if is_stateful(rule):
             for r, v in zip(alive, values):
