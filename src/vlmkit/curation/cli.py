@@ -18,7 +18,14 @@ def add_parser(dsub) -> None:
     p.add_argument("--only", default=None, metavar="RULE", help="run only this rule (its table in --config, "
                    "or its defaults)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar (it is off anyway when stderr is not a TTY)")
+    p.add_argument("--engine", choices=("default", "ray"), default="default",
+                   help="ray: score on a Ray cluster (RAY_ADDRESS, or a local one), decide globally")
+    p.add_argument("--shard", default=None, metavar="I/N", help="job I (from 0) of N: tar files j or "
+                   "manifest rows r with j %% N == I (r %% N == I); merge with `vlmkit data curate-merge`")  # fmt: skip
     p.set_defaults(func=cmd_curate)
+    from vlmkit.curation.merge import add_parser as add_merge
+
+    add_merge(dsub)
 
 
 def cmd_curate(args) -> int:
@@ -27,7 +34,12 @@ def cmd_curate(args) -> int:
 
     config = load_config(args.config, args.only)
     progress = not args.quiet and sys.stderr.isatty()
-    report = curate(args.input, args.out, config, progress=progress)
+    if args.engine == "ray" or args.shard is not None:
+        from vlmkit.curation.shard import run_scaled
+
+        report = run_scaled(args.input, args.out, config, args.engine, args.shard)
+    else:
+        report = curate(args.input, args.out, config, progress=progress)
     removed = ", ".join(f"{k}={v}" for k, v in report["removed_by"].items())
     unreadable = sum(report["unreadable"].values())
     print(f"kept {report['rows_out']} of {report['rows_in']} rows ({removed}; unreadable {unreadable}) -> {args.out}")
