@@ -71,8 +71,8 @@ def native_resolution(cfg, rows: int, g, dtype) -> Images:
     s, side = cfg.vision.image_size, math.isqrt(cfg.num_image_tokens)
     tokens = ([cfg.image_token_id] * side + [PIXTRAL_BREAK]) * side
     sizes = torch.tensor([[s, s]] * rows)
-    return Images(tokens[:-1] + [PIXTRAL_END], {"pixel_values": _noise((rows, 3, s, s), g, dtype), "image_sizes": sizes},
-                  (s // cfg.vision.patch_size) ** 2)
+    entries = {"pixel_values": _noise((rows, 3, s, s), g, dtype), "image_sizes": sizes}
+    return Images(tokens[:-1] + [PIXTRAL_END], entries, (s // cfg.vision.patch_size) ** 2)
 
 
 def anyres(cfg, rows: int, g, dtype) -> Images:

@@ -7,6 +7,8 @@
     python benchmarks/bench_generate.py --cases mid-300m:bfloat16 --variants vlmkit+compile,transformers
     python benchmarks/bench_generate.py --cases debug:float32 --int8 --json out.json   # + int8 on both sides
     python benchmarks/bench_generate.py --device cuda --cases debug:bfloat16,mid-300m:bfloat16 --full
+    python benchmarks/bench_generate.py --family all --cases debug:float32,llava/pixtral-debug:float32
+    bash benchmarks/gpu_all_families.sh       # every family, debug + one mid/real shape, on a CUDA GPU
 
 For each case (a shape of `--family`: the benchmark's own, see `_families.SHAPES`, or any preset
 of the family's registry record), one random-weight model is written as a HF safetensors folder
@@ -244,7 +246,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--family", default="paligemma", help="registered vlm families, comma-separated (paligemma, llava, "
                    "idefics3, ...), or all")
     p.add_argument("--cases", help="comma-separated [FAMILY/]CASE:DTYPE, a case being one of the benchmark's shapes or "
-                   "a preset of the family (with FAMILY/: of that family only); default: " + "; ".join(f"{f}: {c}" for f, c in DEFAULT_CASES.items()))
+                   "a preset of the family (with FAMILY/: of that family only); default: "
+                   + "; ".join(f"{f}: {c}" for f, c in DEFAULT_CASES.items()))
     p.add_argument("--preset", help="one case: this shape or preset of the family, in --dtype (instead of --cases)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="with --preset")
     p.add_argument("--full", action="store_true", help="add the family's real large shape: "
@@ -281,14 +284,16 @@ def chosen_cases(args) -> list[tuple[str, str, str]]:
     A `FAMILY/CASE:DTYPE` item is a case of that family alone; a plain one is run for every --family."""
     cases = []
     for family in chosen_families(args.family):
-        spec = f"{args.preset}:{args.dtype}" if args.preset else args.cases or DEFAULT_CASES.get(family, "debug:float32")
+        default = DEFAULT_CASES.get(family, "debug:float32")
+        spec = f"{args.preset}:{args.dtype}" if args.preset else args.cases or default
         if args.full and family in FULL_CASES:
             spec += "," + FULL_CASES[family]
         for item in spec.split(","):
             own, _, rest = item.rpartition("/")
             name, _, dtype = rest.partition(":")
             if dtype not in ("float32", "bfloat16", "float16"):
-                raise SystemExit(f"--cases: {item!r} is not [FAMILY/]CASE:DTYPE with DTYPE float32, bfloat16 or float16")
+                raise SystemExit(f"--cases: {item!r} is not CASE:DTYPE (or FAMILY/CASE:DTYPE) with DTYPE "
+                                 "float32, bfloat16 or float16")
             if own and own != family:
                 continue  # another family's case
             case_config(family, name)
