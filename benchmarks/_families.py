@@ -7,10 +7,11 @@ bandwidth, not Python overhead, dominates) or any preset of the family's registr
 
 Both frameworks are fed one batch built here, saved once and loaded by each worker, so the token
 ids and pixels they see are identical. It is laid out as the family's processor lays out one
-image per prompt (the tokens are random ids, the pixels uniform noise, the weights random):
-`cfg.num_image_tokens` `<image>` placeholders followed by random text, no padding, and the
-family's image entries (`IMAGE_LAYOUTS`, by default pixel_values [B, 3, H, W]); a prefix-LM
-family (its adapter's `prefix_lm`) also gets token_type_ids 0 (the whole prompt is the prefix).
+image per prompt (the tokens are random ids, the pixels uniform noise, the weights random): the
+image's tokens followed by random text, no padding, and the family's image entries (one builder
+per layout in `_family_batches`: `LAYOUTS` / `TOWER_LAYOUTS`, by default pixel_values
+[B, 3, H, W]); a prefix-LM family (its adapter's `prefix_lm`) also gets token_type_ids 0 (the
+whole prompt is the prefix), an M-RoPE family transformers' mm_token_type_ids.
 The processor itself is not run: the benchmark's folders hold no tokenizer of the benchmarked
 vocabulary size, and a processor would add nothing to what the decoder and vision tower do.
 """
@@ -18,12 +19,17 @@ vocabulary size, and a processor would add nothing to what the decoder and visio
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import torch
 
+from _family_batches import LAYOUTS, TOWER_LAYOUTS, Images, one_image
+
 from vlmkit.errors import ConfigError
-from vlmkit.models.registry import get_family
+from vlmkit.models.registry import families, get_family
+
+TEXT_LOW = 16  # random text ids start here: above Pixtral's [IMG] / [IMG_BREAK] / [IMG_END] (10, 12, 13)
+TEXT_HIGH_GAP = 8  # and end this far below the vocabulary's top (or 1000)
 
 
 def _paligemma_mid_300m():
@@ -90,35 +96,45 @@ def case_config(family: str, name: str):
     if name not in spec.presets:
         own = [s for f, s in SHAPES if f == family]
         raise SystemExit(f"unknown {family} case {name!r}; choose from {', '.join([*own, *sorted(spec.presets)])}")
-    return spec.presets[name]
+    return in_vocabulary(spec.presets[name])
 
 
-def _image(cfg, rows: int, g: torch.Generator, dtype: torch.dtype) -> dict:
-    """pixel_values [B, 3, H, W]: one image per prompt (PaliGemma, LLaVA)."""
-    size = cfg.vision.image_size
-    return {"pixel_values": (torch.rand(rows, 3, size, size, generator=g) * 2 - 1).to(dtype)}
+def in_vocabulary(cfg):
+    """`cfg` with its special token ids (`*_token_id` fields: image, video, vision start / end)
+    that lie outside the text vocabulary moved to its top ids, as `vlmkit create` places them with
+    a tokenizer that has them: Qwen2-VL's debug preset keeps the real checkpoint's ids (151652...)
+    with a 512-token vocabulary, whose embedding both frameworks would index out of range."""
+    vocab = cfg.text.vocab_size
+    names = [f.name for f in fields(cfg) if f.name.endswith("_token_id") and (getattr(cfg, f.name) or 0) >= vocab]
+    return replace(cfg, **{n: vocab - 1 - i for i, n in enumerate(names)}) if names else cfg
 
 
-def _frames(cfg, rows: int, g: torch.Generator, dtype: torch.dtype) -> dict:
-    """pixel_values [B, 1, 3, H, W] + pixel_attention_mask [B, 1, H, W]: one frame per prompt, as
-    Idefics3's processor lays out an image of at most max_image_size (no tiles, no padding)."""
-    pixels = _image(cfg, rows, g, dtype)["pixel_values"][:, None]  # [B, 1, 3, H, W]
-    return {"pixel_values": pixels, "pixel_attention_mask": torch.ones(pixels.shape[:2] + pixels.shape[3:],
-                                                                       dtype=torch.long)}
+def layout(family: str, cfg) -> Callable[..., Images]:
+    """The batch builder of `family` with config `cfg`: its vision tower's (`TOWER_LAYOUTS`), else
+    its own (`LAYOUTS`), else one image [B, 3, S, S] per prompt."""
+    # The registered family of the tower's config, if any (Qwen2-VL's tower is a part, not a family).
+    tower = {f.config_class: f.name for f in families()}.get(type(getattr(cfg, "vision", None)))
+    return TOWER_LAYOUTS.get(tower) or LAYOUTS.get(family, one_image)
 
 
-# The family's image entries for one image per prompt; families not listed use `_image`.
-IMAGE_LAYOUTS: dict[str, Callable[..., dict]] = {"idefics3": _frames}
-
-
-def make_batch(family: str, cfg, rows: int, text_len: int, dtype: str, seed: int) -> dict:
-    """`rows` prompts of `cfg.num_image_tokens` image tokens + `text_len` random text tokens (no
-    padding) with the family's image entries, in `dtype`."""
+def build_batch(family: str, cfg, rows: int, text_len: int, dtype: str, seed: int) -> tuple[dict, Images]:
+    """`rows` prompts of the family's image tokens + `text_len` random text tokens (no padding)
+    with the family's image entries in `dtype`, and the builder's `Images` (its token count and
+    tower length, for the floors). Text ids avoid the image placeholder id."""
     g = torch.Generator().manual_seed(seed)
-    n = cfg.num_image_tokens
-    text = torch.randint(3, min(cfg.text.vocab_size, 1000) - 1, (rows, text_len), generator=g)
-    ids = torch.cat([torch.full((rows, n), cfg.image_token_id), text], 1)  # [B, n + text_len]
+    images = layout(family, cfg)(cfg, rows, g, getattr(torch, dtype))
+    # Below the top TEXT_HIGH_GAP ids, where `in_vocabulary` puts special ids.
+    text = torch.randint(TEXT_LOW, min(cfg.text.vocab_size, 1000) - TEXT_HIGH_GAP, (rows, text_len), generator=g)
+    text[text == cfg.image_token_id] = TEXT_LOW
+    ids = torch.cat([torch.tensor([images.tokens] * rows), text], 1)  # [B, n + text_len]
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     if getattr(vlm_family(family).generation, "prefix_lm", False):
         batch["token_type_ids"] = torch.zeros_like(ids)
-    return {**batch, **IMAGE_LAYOUTS.get(family, _image)(cfg, rows, g, getattr(torch, dtype))}
+    if images.token_types:  # transformers' M-RoPE reads which tokens are image tokens
+        batch["mm_token_type_ids"] = (ids == cfg.image_token_id).long()
+    return {**batch, **images.entries}, images
+
+
+def make_batch(family: str, cfg, rows: int, text_len: int, dtype: str, seed: int) -> dict:
+    """The batch of `build_batch` alone."""
+    return build_batch(family, cfg, rows, text_len, dtype, seed)[0]

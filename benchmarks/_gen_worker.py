@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import best_time, peak_rss_mb, serve, sync  # noqa: E402
 
 
-TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+# mm_token_type_ids: transformers' Qwen2-VL marks image tokens with it (vlmkit's adapter finds them in input_ids).
+TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
 
 
 def image_entries(batch: dict) -> dict:
@@ -204,7 +205,9 @@ class HFRunner:
 
     @torch.inference_mode()
     def vision(self, images: dict) -> None:
-        self.model.get_image_features(**images)  # HF's argument names are the processor's keys
+        # HF's argument names are the processor's keys; DeepSeek-VL has the method on its inner model only.
+        features = getattr(self.model, "get_image_features", None) or self.model.model.get_image_features
+        features(**images)
 
     @torch.inference_mode()
     def generate(self, batch: dict, new_tokens: int) -> dict:
@@ -247,8 +250,9 @@ def main(variant: str, folder: str, dtype: str, inputs: str, threads: str, devic
     def vision(batch: str, reps: int) -> dict:
         images = image_entries(batches[batch])
         state["runner"].vision(images)  # warm-up
+        # One image per prompt (not pixel_values' first axis: Qwen2-VL's holds patches, LLaVA-NeXT's images).
         return {"s": best_time(lambda: state["runner"].vision(images), reps, dev),
-                "images": images["pixel_values"].shape[0]}
+                "images": batches[batch]["input_ids"].shape[0]}
 
     def generate(batch: str, new_tokens: int) -> dict:
         r = state["runner"].generate(batches[batch], new_tokens)

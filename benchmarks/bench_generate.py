@@ -7,12 +7,14 @@
     python benchmarks/bench_generate.py --cases mid-300m:bfloat16 --variants vlmkit+compile,transformers
     python benchmarks/bench_generate.py --cases debug:float32 --int8 --json out.json   # + int8 on both sides
     python benchmarks/bench_generate.py --device cuda --cases debug:bfloat16,mid-300m:bfloat16 --full
+    python benchmarks/bench_generate.py --family all --cases debug:float32,llava/pixtral-debug:float32
+    bash benchmarks/gpu_all_families.sh       # every family, debug + one mid/real shape, on a CUDA GPU
 
 For each case (a shape of `--family`: the benchmark's own, see `_families.SHAPES`, or any preset
 of the family's registry record), one random-weight model is written as a HF safetensors folder
 (cached under --workdir) and loaded by each framework's own loader in its own subprocess
 (`vlmkit.weights.hf.load_hf`; transformers' `AutoModelForImageTextToText`, which picks the class
-from config.json's model_type). Both are fed the same saved batch (`_families.make_batch`).
+from config.json's model_type). Both are fed the same saved batch (`_families.build_batch`).
 Measured per variant: prefill (image encoding + prompt forward to the first logits, batch 1),
 time to first token and decode tokens/s of greedy `generate` at batch 1 and batch 8, the vision
 tower alone on 8 images, and peak RSS of the process (on CUDA also the GPU's peak allocated
@@ -47,10 +49,12 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import Worker, format_table, hardware, ratio, run_metadata, torchao_missing  # noqa: E402
-from _families import DEFAULT_CASES, FULL_CASES, case_config, make_batch, vlm_family  # noqa: E402
+from _families import DEFAULT_CASES, FULL_CASES, build_batch, case_config, vlm_family  # noqa: E402
+from _family_batches import Images, tower  # noqa: E402
 from render_table import same_tokens  # noqa: E402
 
 from vlmkit.models.common.init import init_weights  # noqa: E402
+from vlmkit.models.registry import families  # noqa: E402
 from vlmkit.weights.hf import save_hf  # noqa: E402
 
 WORKER = str(Path(__file__).with_name("_gen_worker.py"))
@@ -74,32 +78,37 @@ def _matrix_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.dim() >= 2)
 
 
-def floors(family: str, cfg, dtype: str, hw: dict, batch: int, text_len: int, new_tokens: int) -> dict:
+def floors(family: str, cfg, dtype: str, hw: dict, batch: int, text_len: int, new_tokens: int,
+           images: Images) -> dict:
     """Lower bounds (seconds) for batch-1 prefill and per-step decode at `batch` rows.
 
-    From the config and a meta-device model: `vision` and `text` configs, `num_image_tokens`, the
-    model's `vision_tower` and its adapter's decoder; the rest of the model is the projector.
+    From the config, a meta-device model (its vision tower, width and depth: `_family_batches.tower`;
+    its adapter's decoder; the rest of the model is the projector) and the batch's `images` (image
+    tokens per prompt, tower positions per image).
     """
     spec = vlm_family(family)
     with torch.device("meta"):
         m = spec.model_class(cfg)
     lm = spec.generation.decoder(m)
+    vision_tower, width, depth = tower(family, m)
     elt = torch.finfo(getattr(torch, dtype)).bits // 8
-    c, v = cfg.text, cfg.vision
+    c = cfg.text
     lm_params = sum(p.numel() for p in lm.parameters())
-    n, P, T = cfg.num_image_tokens, v.num_positions, cfg.num_image_tokens + text_len
+    n, P = len(images.tokens), images.positions
+    T = n + text_len
     # Decode: all LM weights once per step (tied head included), plus the KV cache read at the
     # mean length of the run.
     kv = 2 * c.num_layers * batch * c.num_kv_heads * (T + new_tokens / 2) * c.head_dim * elt
     decode_s = (lm_params * elt + kv) / (hw["bandwidth_GBps"] * 1e9)
     # Prefill FLOPs: 2 per weight per token for every matmul, attention's QK^T and PV, the head
-    # for the last position only; the vision tower on its P positions, the projector on its n
-    # output tokens (whatever it merges: pixel shuffle makes n < P).
-    vis_mat = _matrix_params(m.vision_tower)
+    # for the last position only; the vision tower on its P positions (full attention: a lower
+    # bound's upper end for windowed towers), the projector (and any second tower: DeepSeek-VL's
+    # SAM) on its n output tokens (whatever it merges: pixel shuffle makes n < P).
+    vis_mat = _matrix_params(vision_tower)
     proj_mat = _matrix_params(m) - vis_mat - _matrix_params(lm)
     lm_mat = _matrix_params(lm.layers)
     # The vision tower + projector's share on its own: the vision target is measured against it.
-    vis_flops = 2 * P * vis_mat + 4 * P * P * v.hidden_size * v.num_layers + 2 * n * proj_mat
+    vis_flops = 2 * P * vis_mat + 4 * P * P * width * depth + 2 * n * proj_mat
     flops = (vis_flops + 2 * T * lm_mat + 4 * T * T * c.num_heads * c.head_dim * c.num_layers
              + 2 * c.hidden_size * c.vocab_size)
     rate = hw["matmul_GFLOPs"][dtype] * 1e9
@@ -108,12 +117,12 @@ def floors(family: str, cfg, dtype: str, hw: dict, batch: int, text_len: int, ne
             "vision_s_per_image": vis_flops / rate, "vision_GFLOP_per_image": vis_flops / 1e9}
 
 
-def run_case(name: str, dtype: str, variants: list[str], args, hw: dict) -> dict:
-    family = args.family
+def run_case(family: str, name: str, dtype: str, variants: list[str], args, hw: dict) -> dict:
     cfg = case_config(family, name)
     folder = ensure_checkpoint(family, name, dtype, args.workdir)
     inputs = args.workdir / f"inputs-{family}-{name}-{dtype}.pt"
-    torch.save({f"b{b}": make_batch(family, cfg, b, args.text_len, dtype, seed=b) for b in (1, 8)}, inputs)
+    batches = {f"b{b}": build_batch(family, cfg, b, args.text_len, dtype, seed=b) for b in (1, 8)}
+    torch.save({k: batch for k, (batch, _) in batches.items()}, inputs)
     argv = [str(folder), dtype, str(inputs), str(args.threads), args.device]
     workers = [Worker([WORKER, v, *argv], v) for v in variants]
     try:
@@ -136,7 +145,8 @@ def run_case(name: str, dtype: str, variants: list[str], args, hw: dict) -> dict
     finally:
         for w in workers:
             w.close()
-    fl = {b: floors(family, cfg, dtype, hw, int(b[1:]), args.text_len, args.new_tokens) for b in ("b1", "b8")}
+    fl = {b: floors(family, cfg, dtype, hw, int(b[1:]), args.text_len, args.new_tokens, batches[b][1])
+          for b in ("b1", "b8")}
     return {"family": family, **summarise(name, dtype, samples, fl)}
 
 
@@ -233,9 +243,11 @@ def table_rows(result: dict) -> list[dict]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--family", default="paligemma", help="a registered vlm family (paligemma, llava, idefics3, ...)")
-    p.add_argument("--cases", help="comma-separated CASE:DTYPE, a case being one of the benchmark's shapes or a "
-                   "preset of the family; default: " + "; ".join(f"{f}: {c}" for f, c in DEFAULT_CASES.items()))
+    p.add_argument("--family", default="paligemma", help="registered vlm families, comma-separated (paligemma, llava, "
+                   "idefics3, ...), or all")
+    p.add_argument("--cases", help="comma-separated [FAMILY/]CASE:DTYPE, a case being one of the benchmark's shapes or "
+                   "a preset of the family (with FAMILY/: of that family only); default: "
+                   + "; ".join(f"{f}: {c}" for f, c in DEFAULT_CASES.items()))
     p.add_argument("--preset", help="one case: this shape or preset of the family, in --dtype (instead of --cases)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="with --preset")
     p.add_argument("--full", action="store_true", help="add the family's real large shape: "
@@ -258,21 +270,37 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def chosen_cases(args) -> list[tuple[str, str]]:
-    """(case, dtype) pairs from --preset / --cases / the family's default (+ --full), each checked:
-    an unknown family or case stops here with one line, before anything is written."""
-    vlm_family(args.family)
-    default = DEFAULT_CASES.get(args.family, "debug:float32")
-    spec = f"{args.preset}:{args.dtype}" if args.preset else args.cases or default
-    if args.full and args.family in FULL_CASES:
-        spec += "," + FULL_CASES[args.family]
+def chosen_families(arg: str) -> list[str]:
+    """--family: comma-separated names, or `all` (every registered vlm family); each checked."""
+    names = [f.name for f in families() if f.kind == "vlm"] if arg == "all" else arg.split(",")
+    for name in names:
+        vlm_family(name)
+    return names
+
+
+def chosen_cases(args) -> list[tuple[str, str, str]]:
+    """(family, case, dtype) triples from --preset / --cases / each family's default (+ --full),
+    each checked: an unknown family or case stops here with one line, before anything is written.
+    A `FAMILY/CASE:DTYPE` item is a case of that family alone; a plain one is run for every --family."""
     cases = []
-    for item in spec.split(","):
-        name, _, dtype = item.partition(":")
-        if dtype not in ("float32", "bfloat16", "float16"):
-            raise SystemExit(f"--cases: {item!r} is not CASE:DTYPE with DTYPE float32, bfloat16 or float16")
-        case_config(args.family, name)
-        cases.append((name, dtype))
+    for family in chosen_families(args.family):
+        default = DEFAULT_CASES.get(family, "debug:float32")
+        spec = f"{args.preset}:{args.dtype}" if args.preset else args.cases or default
+        if args.full and family in FULL_CASES:
+            spec += "," + FULL_CASES[family]
+        for item in spec.split(","):
+            own, _, rest = item.rpartition("/")
+            name, _, dtype = rest.partition(":")
+            if dtype not in ("float32", "bfloat16", "float16"):
+                raise SystemExit(f"--cases: {item!r} is not CASE:DTYPE (or FAMILY/CASE:DTYPE) with DTYPE "
+                                 "float32, bfloat16 or float16")
+            if own and own != family:
+                continue  # another family's case
+            case_config(family, name)
+            cases.append((family, name, dtype))
+    extra = {i.rpartition("/")[0] for i in (args.cases or "").split(",")} - {"", *chosen_families(args.family)}
+    if extra:
+        raise SystemExit(f"--cases: {', '.join(sorted(extra))} not among --family {args.family}")
     return cases
 
 
@@ -297,8 +325,8 @@ def main(argv=None) -> None:
     print(json.dumps(meta), flush=True)
     print(json.dumps(hw), flush=True)
     results = []
-    for name, dtype in cases:
-        results.append(run_case(name, dtype, variants, args, hw))
+    for family, name, dtype in cases:
+        results.append(run_case(family, name, dtype, variants, args, hw))
         print(RATIO_LEGEND)
         print(format_table(table_rows(results[-1]), list(table_rows(results[-1])[0])), flush=True)
         for v, m in results[-1]["variants"].items():
