@@ -162,7 +162,7 @@ def test_config_errors(kw, match):
 
 def test_rope_scaling_errors():
     with pytest.raises(ValueError, match="not supported"):
-        RopeScaling(kind="dynamic", factor=2.0)
+        RopeScaling(kind="longrope", factor=2.0)
     with pytest.raises(ValueError, match="high_freq_factor"):
         RopeScaling(kind="llama3", factor=8.0, low_freq_factor=4.0, high_freq_factor=1.0)
 
@@ -209,7 +209,7 @@ def test_config_from_hf_sliding_window_semantics():
 
 
 @pytest.mark.parametrize("d,match", [
-    (dict(_HF, model_type="llama", rope_parameters=dict(rope_type="dynamic", factor=2.0)), "dynamic"),
+    (dict(_HF, model_type="llama", rope_parameters=dict(rope_type="longrope", factor=2.0)), "longrope"),
     (dict(_HF, model_type="llama", rope_parameters=dict(rope_type="longrope", factor=2.0)), "longrope"),
     (dict(_HF, model_type="llama", hidden_act="gelu"), "hidden_act"),
     (dict(_HF, model_type="phi3"), "unsupported text model_type"),
