@@ -38,6 +38,7 @@ def test_prompt_ids_same_for_both_sides():
     assert all(256 <= i < 257216 for i in ids[1:])
 
 
+@pytest.mark.slow  # ~25 s: a debug gemma decoded with and without profiling
 def test_vlmkit_side_smoke(tmp_path):
     out, stdout = _run("bench_llamacpp.py", *SMALL, "--skip-llamacpp", "--no-compile", "--profile", "2",
                        "--workdir", str(tmp_path / "work"), json_path=tmp_path / "out.json")

@@ -13,6 +13,7 @@ def _positive(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
+@pytest.mark.slow  # ~27 s: every variant compiled
 def test_bench_quant_smoke(tmp_path):
     """Float vs int8 vs int4 decode in one run: one row per variant, ratios against the float row,
     the quantised rows' logit error reported."""
