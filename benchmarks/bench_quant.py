@@ -115,7 +115,7 @@ def main(argv=None) -> None:
     results, rows = [], []
     for item in args.cases.split(","):
         name, _, dtype = item.partition(":")
-        results.append(run_case(name, dtype, chosen, args, hw))
+        results.append(run_case(args.family, name, dtype, chosen, args, hw))
         rows += ratio_rows(results[-1])
         print(format_table(ratio_rows(results[-1]), list(rows[0])), flush=True)
     print("\nvs float = this variant's decode tokens/s / the float variant's with the same compile choice")
