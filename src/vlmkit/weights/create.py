@@ -56,15 +56,17 @@ def preset_vocab_size(spec, cfg) -> int:
     return d.get("vocab_size") or (d.get("text_config") or {}).get("vocab_size") or 0
 
 
-def _padded(tmp: Path, tok_dir: Path, size: int) -> Path:
-    """`tok_dir`, or a copy of it in `tmp` grown to `size` ids (a user's folder is never changed)."""
-    if Tokenizer.from_folder(tok_dir).vocab_size >= size:
-        return tok_dir
+def _padded(tmp: Path, tok_dir: Path, size: int) -> tuple[Path, Tokenizer]:
+    """(`tok_dir`, or a copy of it in `tmp` grown to `size` ids, and its tokenizer); a user's folder
+    is never changed."""
+    tok = Tokenizer.from_folder(tok_dir)
+    if tok.vocab_size >= size:
+        return tok_dir, tok
     if tmp not in tok_dir.parents:
         shutil.copytree(tok_dir, tmp / "tok-padded", ignore=lambda d, names: [n for n in names if n not in TOKENIZER_FILES])
         tok_dir = tmp / "tok-padded"
     pad_vocabulary(tok_dir, size)
-    return tok_dir
+    return tok_dir, Tokenizer.from_folder(tok_dir)
 
 
 def create_checkpoint(out: str | Path, preset: str = "debug", seed: int = 0, texts=DEFAULT_CORPUS,
@@ -90,8 +92,8 @@ def create_checkpoint(out: str | Path, preset: str = "debug", seed: int = 0, tex
             tok_dir = _tokenizer_dir(Path(tmp), texts, tokenizer_dir, files)
             # A published checkpoint's preset keeps its real vocabulary size; debug presets
             # (vocabularies smaller than the tokenizer's) take the tokenizer's.
-            tok_dir = _padded(Path(tmp), Path(tok_dir), preset_vocab_size(spec, base))
-            cfg = spec.with_tokenizer(base, Tokenizer.from_folder(tok_dir))
+            tok_dir, tok = _padded(Path(tmp), Path(tok_dir), preset_vocab_size(spec, base))
+            cfg = spec.with_tokenizer(base, tok)
             extra = {n: tok_dir / n for n in TOKENIZER_FILES if (tok_dir / n).is_file()}
         model = init_weights(spec.model_class(cfg), seed=seed)
         written = {"preprocessor_config.json": None if spec.preprocessor_config is None else spec.preprocessor_config(cfg),
