@@ -169,10 +169,18 @@ def rows_table(data: dict) -> list[str]:
             *["| " + " | ".join(_cell(r.get(k)) for k in keys) + " |" for r in data["rows"]]]
 
 
-# Result files name their kind; generation results (the first kind) carry "results" instead.
 TABLES = {"quant-decode": rows_table, "quant-error": rows_table, "quant-kernels": rows_table,
           "serve": serve_table, "curate": curate_table, "load": load_table, "preprocess": preprocess_table,
-          "train": train_table}
+          "train": train_table, "generate": generate_table, "llamacpp": llamacpp_table, "packing": packing_table}
+
+
+def kind_of(data: dict) -> str:
+    """A result file's kind: its "kind" (or bench_serve's "benchmark") field; the files of scripts
+    that write neither are known by a key of their own."""
+    if data.get("kind") or data.get("benchmark"):
+        return data.get("kind") or data["benchmark"]
+    return next((k for key, k in (("results", "generate"), ("pairs", "llamacpp"), ("sizes", "packing")) if key in data),
+                "preprocess")
 
 
 def render(path: Path) -> str:
@@ -180,16 +188,7 @@ def render(path: Path) -> str:
     data = json.loads(path.read_text())
     if "meta" not in data:
         raise SystemExit(f"{path}: no 'meta' block (written by an older benchmark script?)")
-    if data.get("kind") in TABLES:
-        body = TABLES[data["kind"]](data)
-    elif "results" in data:
-        body = generate_table(data)
-    elif "pairs" in data:  # bench_llamacpp.py
-        body = llamacpp_table(data)
-    elif "sizes" in data:  # bench_packing.py
-        body = packing_table(data)
-    else:
-        body = TABLES[data.get("kind") or data.get("benchmark") or "preprocess"](data)
+    body = TABLES[kind_of(data)](data)
     return "\n".join([f"Measured: {provenance(data['meta'], path)}.", "", *body])
 
 
