@@ -32,7 +32,7 @@ def _flag_row(action: argparse.Action) -> str | None:
     if action.choices is not None and not isinstance(action, argparse._SubParsersAction):
         names += "<br>one of " + ", ".join(f"`{c}`" for c in action.choices)
     default = action.default
-    shown = "" if default in (None, argparse.SUPPRESS, False, [], "==SUPPRESS==") else f"`{default}`"
+    shown = "" if default in (None, argparse.SUPPRESS, False, []) else f"`{default}`"
     return f"| {names} | {_md(action.help)} | {shown} |"
 
 
