@@ -164,13 +164,9 @@ def _masked_attention(attn, x, cos, sin, mask):
     [M, 1, 1, L] (the tower itself attends per frame over the packed sequence)."""
     import torch.nn.functional as F
 
-    from vlmkit.models.common.rope import apply_rope
-
     B, N, D = x.shape
-    hd = D // attn.num_heads
-    q, k, v = attn.qkv(x).view(B, N, 3, attn.num_heads, hd).permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, N, hd]
-    q, k = (apply_rope(t.float(), cos, sin).to(x.dtype) for t in (q, k))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=hd**-0.5)
+    q, k, v = attn.project(x, cos, sin)  # [B, H, N, hd]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=(D // attn.num_heads) ** -0.5)
     return attn.proj(out.transpose(1, 2).reshape(B, N, D))
 
 

@@ -145,12 +145,18 @@ class VisionAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
+    def project(self, x, cos, sin) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, N, D] -> q, k, v [B, H, N, hd], RoPE applied to q and k (in float32)."""
+        B, N, D = x.shape
+        qkv = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)  # [3, B, H, N, hd]
+        q, k, v = qkv.unbind(0)
+        q, k = (apply_rope(t.float(), cos, sin).to(x.dtype) for t in (q, k))
+        return q, k, v
+
     def forward(self, x, cos, sin, segments: list[int]):
         B, N, D = x.shape
         hd = D // self.num_heads
-        qkv = self.qkv(x).view(B, N, 3, self.num_heads, hd).permute(2, 0, 3, 1, 4)  # [3, B, H, N, hd]
-        q, k, v = qkv.unbind(0)
-        q, k = (apply_rope(t.float(), cos, sin).to(x.dtype) for t in (q, k))
+        q, k, v = self.project(x, cos, sin)
         # One unmasked attention per segment (frame or window) = a block-diagonal mask over the
         # packed sequence, summed in the reference's order (its non-flash path splits the same
         # way), so bf16 outputs round alike; and no N x N mask is built.
