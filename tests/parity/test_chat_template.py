@@ -16,7 +16,7 @@ from vlmkit.data.chat_template import ChatTemplate, ChatTemplateError, load_chat
 transformers = pytest.importorskip("transformers")
 
 ASSETS = Path(__file__).parents[1] / "assets" / "chat_templates"
-TEMPLATES = ["llava-1.5", "llava-v1.6-mistral", "smolvlm", "internvl3", "chatml", "mistral3"]
+TEMPLATES = ["llava-1.5", "llava-v1.6-mistral", "smolvlm", "internvl3", "chatml", "mistral3", "pixtral"]
 SPECIALS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
 
 
@@ -59,6 +59,30 @@ STRING_CONVERSATIONS = {
     "unicode_markup": [{"role": "user", "content": "<b>«é»</b> & \n  next line"}],
 }
 
+
+
+def _content(t):
+    """A text part as pixtral-12b's template reads it ("content", not "text")."""
+    return {"type": "text", "content": t}
+
+
+# Pixtral: string system prompt (opens the last user turn), text parts under "content", string assistant turns
+# (the template appends eos_token to them); "text"-keyed parts render as nothing, in transformers as here.
+PIXTRAL_CONVERSATIONS = {
+    "one_image": [{"role": "user", "content": [IMAGE, _content("What is shown here?")]}],
+    "system_two_images": [
+        {"role": "system", "content": "You are a careful assistant."},
+        {"role": "user", "content": [_content("Compare "), IMAGE, _content(" and "), IMAGE]},
+    ],
+    "system_multi_turn": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [IMAGE, _content("How many cats?")]},
+        {"role": "assistant", "content": "Two cats."},
+        {"role": "user", "content": [_content("Qu'y a-t-il ici ? <b>«»</b>\n  indented"), IMAGE]},
+    ],
+    "text_key_parts": [{"role": "user", "content": [IMAGE, _text("dropped by this template")]}],
+}
+
 # Which conversation styles each template accepts (string content: only the chatml-style ones read it;
 # llava-v1.6-mistral raises on any role other than system/user/assistant).
 CONVERSATIONS = {
@@ -69,6 +93,7 @@ CONVERSATIONS = {
     "chatml": STRING_CONVERSATIONS,
     # Mistral 3 prepends a string system prompt to the last user turn ("[INST]" + system): a list one is an error.
     "mistral3": {**{k: v for k, v in LIST_CONVERSATIONS.items() if k != "system_prompt"}, **STRING_CONVERSATIONS},
+    "pixtral": {**PIXTRAL_CONVERSATIONS, **STRING_CONVERSATIONS},
 }
 
 
@@ -98,6 +123,17 @@ def test_rendering_matches_transformers(hf_tokenizer, name, generation_prompt):
         got = ours.render(messages, add_generation_prompt=generation_prompt)
         assert got == expected, (name, key)
         assert got  # every conversation renders something
+
+
+def test_pixtral_layout():
+    """pixtral-12b's turns: BOS once, the system prompt inside the last [INST], eos after an assistant turn."""
+    ours = ChatTemplate(source=_source("pixtral"), special_tokens=SPECIALS)
+    assert ours.render(PIXTRAL_CONVERSATIONS["system_two_images"]) == (
+        "<s>[INST]You are a careful assistant.\n\nCompare [IMG] and [IMG][/INST]")
+    assert ours.render(PIXTRAL_CONVERSATIONS["system_multi_turn"]).startswith(
+        "<s>[INST][IMG]How many cats?[/INST]Two cats.</s>[INST]Be brief.\n\nQu'y")
+    with pytest.raises(ChatTemplateError, match="conversation roles must alternate"):
+        ours.render([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])
 
 
 def test_environment_features(hf_tokenizer):

@@ -191,3 +191,32 @@ def test_create_pixtral_debug(tmp_path, images):
     assert isinstance(load(folder, dtype="float32").processor, PixtralProcessor)
     assert_created_folder_runs(folder, tf.LlavaForConditionalGeneration,
                                [images["tall"], images["rgb"], images["wide"]], images["probe"])
+
+
+def test_chat_with_two_images_matches_apply_chat_template(processors, images):
+    """pixtral-12b's chat template (bundled for `vlmkit create`) through `.chat` equals transformers'
+    `apply_chat_template(tokenize=True)` on a 2-image, multi-turn chat with a system prompt: the same ids, so
+    each image's rows of [IMG] with [IMG_BREAK] between rows and [IMG_END] last sit where transformers puts them."""
+    from vlmkit.data.chat_template import ChatTemplate
+    from vlmkit.data.processor_files import bundled_chat_template
+
+    ours, theirs = processors
+    source = bundled_chat_template("pixtral")
+    text = lambda t: {"type": "text", "content": t}  # noqa: E731 - the template reads "content"
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "image", "image": images["wide"]}, text("What is it?")]},
+                {"role": "assistant", "content": "A strip."},
+                {"role": "user", "content": [text("Compare "), {"type": "image", "image": images["probe"]},
+                                             text(" with the first.")]}]
+    expected = theirs.apply_chat_template(messages, chat_template=source, tokenize=True, return_dict=True,
+                                          return_tensors="pt")
+    special = {"bos_token": "<bos>", "eos_token": "<eos>"}
+    got = ours.chat(ChatTemplate(source=source, special_tokens=special), messages, [images["wide"], images["probe"]],
+                    add_generation_prompt=False)
+    _assert_same(got, expected)
+    ids = got["input_ids"][0].tolist()
+    img, brk, end = (ours.tokenizer.token_id(t) for t in ("[IMG]", "[IMG_BREAK]", "[IMG_END]"))
+    marks = "".join({img: "i", brk: "b", end: "e"}.get(t, "") for t in ids)
+    # wide 12 x 200 -> 8 x 64: one row of 8; probe 40 x 56 -> 40 x 56: 5 rows of 7.
+    assert marks == "i" * 8 + "e" + "b".join(["i" * 7] * 5) + "e"
+    assert ids.count(ours.tokenizer.token_id("<bos>")) == 1

@@ -141,12 +141,14 @@ def build_processor(folder: str | Path, tokenizer, cfg, merge: int = 1) -> Pixtr
 
 
 def processor_files(cfg, merge: int = 1) -> ProcessorFiles:
-    """What a Pixtral folder made by `vlmkit create` carries for PixtralProcessor (and transformers')."""
+    """What a Pixtral folder made by `vlmkit create` carries for PixtralProcessor (and transformers'):
+    mistral-community/pixtral-12b's chat template (its text parts are read from "content")."""
     return ProcessorFiles(
         special_tokens=IMAGE_TOKENS,
         processor_config={"processor_class": "PixtralProcessor", "image_token": "[IMG]",
                           "image_break_token": "[IMG_BREAK]", "image_end_token": "[IMG_END]",
-                          "patch_size": cfg.vision.patch_size, "spatial_merge_size": merge})
+                          "patch_size": cfg.vision.patch_size, "spatial_merge_size": merge},
+        chat_template=bundled_chat_template("pixtral"))
 
 
 def build_mistral3_processor(folder: str | Path, tokenizer, cfg) -> PixtralProcessor:
