@@ -221,3 +221,19 @@ def test_row_with_an_image_smaller_than_a_patch(folders, rows, tmp_path, capsys)
     assert train(folders["qwen2_vl"], data / "rows.jsonl", tmp_path / "skip", "--steps", "1",
                  "--data.bad_rows", "skip") == 0
     assert "unprocessable=1" in capsys.readouterr().out
+
+
+def test_created_pixtral_folder_chats_like_transformers(tmp_path):
+    """`vlmkit create --family llava --preset pixtral-debug` writes mistral-community/pixtral-12b's chat
+    template (text parts under "content", the system prompt opening the last user turn), rendered alike."""
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path / "px"
+    assert main(["create", *FAMILIES["pixtral"][0], str(folder)]) == 0
+    theirs = transformers.AutoTokenizer.from_pretrained(str(folder))
+    ours = load_chat_template(folder)
+    image, text = {"type": "image"}, lambda t: {"type": "text", "content": t}
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [text("a"), image]},
+                {"role": "assistant", "content": "b"}, {"role": "user", "content": [image, text("c")]}]
+    expected = theirs.apply_chat_template(messages, tokenize=False)
+    assert ours.render(messages) == expected
+    assert expected == "<bos>[INST]a[IMG][/INST]b<eos>[INST]Be brief.\n\n[IMG]c[/INST]"

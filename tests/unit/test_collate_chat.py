@@ -91,7 +91,15 @@ def test_token_mask_marks_overlapping_tokens_only():
 @pytest.mark.parametrize("row,reason", [
     ({"messages": [{"role": "user", "content": "hi"}]}, "no_assistant"),
     ({"messages": [{"role": "bot", "content": "hi"}]}, "bad_message"),
-    ({"messages": [{"role": "assistant", "content": [{"type": "video"}]}]}, "bad_message"),
+    ({"messages": [{"role": "assistant", "content": [{"type": "audio"}]}]}, "bad_message"),
+    ({"messages": [{"role": "assistant", "content": [{"type": "video"}]}]}, "video_count"),
+    ({"videos": [[]], "messages": [{"role": "user", "content": [{"type": "video"}]},
+                                   {"role": "assistant", "content": "x"}]}, "bad_video"),
+    ({"videos": [{"frames": ["a.png"], "fps": 0}], "messages": [{"role": "user", "content": [{"type": "video"}]},
+                                                                {"role": "assistant", "content": "x"}]}, "bad_video"),
+    ({"videos": [["a.png", 3]], "messages": [{"role": "user", "content": [{"type": "video"}]},
+                                             {"role": "assistant", "content": "x"}]}, "missing_field"),
+    ({"videos": "a", "messages": [{"role": "assistant", "content": "x"}]}, "missing_field"),
     ({"messages": [{"role": "assistant", "content": [{"type": "text"}]}]}, "bad_message"),
     ({"messages": []}, "missing_field"),
     ({"images": "a.png", "messages": [{"role": "assistant", "content": "x"}]}, "missing_field"),
@@ -130,3 +138,32 @@ def test_dataset_reads_both_layouts_and_skips_bad_rows(tmp_path):
     assert ds[1]["messages"][1] == {"role": "assistant", "content": [text("red")]}
     with pytest.raises(DataError, match="rows.jsonl:3 has no assistant turn"):
         ChatJsonlDataset(tmp_path / "rows.jsonl", bad_rows="error")
+
+
+def test_pixtral_template_reads_text_items_under_content():
+    """pixtral-12b's template reads a text item's "content": the rows' "text" items are given to it so too."""
+    chat = [{"role": "user", "content": [{"type": "image"}, text("what is it")]},
+            {"role": "assistant", "content": "a red circle"}]
+    rendered, spans = assistant_spans(template("pixtral"), chat)
+    assert rendered == "<s>[INST][IMG]what is it[/INST]a red circle</s>"
+    assert [rendered[s:e] for s, e in spans] == ["a red circle</s>"]
+
+
+def test_video_rows_give_their_inputs_in_item_order(tmp_path):
+    """images and videos interleave as their items come; a video is its frames (or a folder) with its fps."""
+    from vlmkit.data.video import Video
+
+    for k in range(3):
+        Image.new("RGB", (8, 6), (40 * k, 0, 0)).save(tmp_path / f"f{k}.png")
+    (tmp_path / "clip").mkdir()
+    for k in range(2):
+        Image.new("RGB", (4, 4), (0, 40 * k, 0)).save(tmp_path / "clip" / f"{k}.png")
+    items = [{"type": "video"}, {"type": "image"}, {"type": "video"}, text("q")]
+    row = {"images": ["f0.png"], "videos": [{"frames": ["f1.png", "f2.png"], "fps": 2}, "clip"],
+           "messages": [{"role": "user", "content": items}, {"role": "assistant", "content": "a"}]}
+    (tmp_path / "rows.jsonl").write_text(json.dumps(row) + "\n")
+    sample = ChatJsonlDataset(tmp_path / "rows.jsonl")[0]
+    first, still, second = sample["images"]
+    assert isinstance(first, Video) and first.fps == 2 and len(first.frames) == 2 and first.size == (8, 6)
+    assert isinstance(still, Image.Image) and still.getpixel((0, 0)) == (0, 0, 0)
+    assert isinstance(second, Video) and second.fps is None and second.size == (4, 4)

@@ -2,11 +2,16 @@
 
 Rows of a JSONL manifest, in the transformers / OpenAI message format:
 
-    {"images": ["a.png", ...],
+    {"images": ["a.png", ...], "videos": [["f0.png", "f1.png", ...], ...],
      "messages": [{"role": "system" | "user" | "assistant",
-                   "content": "text" | [{"type": "text", "text": "..."}, {"type": "image"}, ...]}, ...]}
+                   "content": "text" | [{"type": "text", "text": "..."}, {"type": "image"},
+                                        {"type": "video"}, ...]}, ...]}
 
-The k-th `{"type": "image"}` item is the k-th of `images`. A PaliGemma-style row
+The k-th `{"type": "image"}` item is the k-th of `images`, the k-th `{"type": "video"}` the k-th of
+`videos` (optional; for families whose processor takes videos, Qwen2-VL / Qwen2.5-VL). A video is
+its frame paths in time order, a folder of frames / an animated image / a video file (sampled as
+`vlmkit generate --video` samples them: at most 16 frames spanning the clip), or either as
+``{"frames": ..., "fps": 2.0}`` (the sampled rate; Qwen2.5-VL spaces temporal positions by it). A PaliGemma-style row
 ``{"image": path | [paths], "prefix", "suffix"}`` is read as one user turn (its images, then the
 prefix) answered by the suffix. String content is given to the template as one text item, the form
 every VLM template reads (LLaVA's and SmolVLM's iterate over content items).
@@ -34,9 +39,11 @@ from vlmkit.data.datasets import JsonlDataset, measure_row
 from vlmkit.data.image import load_image
 from vlmkit.data.processor import IGNORE_INDEX
 from vlmkit.data.processors.common import TypeCProcessor, images_per_prompt
+from vlmkit.data.video import Video, sample_frames, sample_video
 from vlmkit.errors import DataError, ImageError, VlmkitError
 
 ROLES = ("system", "user", "assistant")
+MEDIA = ("image", "video")  # content item types that take an input, in the order the items come
 Span = tuple[int, int]
 
 
@@ -48,16 +55,43 @@ def _content_problem(content, where: str) -> str | None:
     for item in content:
         if item.get("type") == "text" and not isinstance(item.get("text"), str):
             return f'{where} has a text item without a "text" string'
-        if item.get("type") not in ("text", "image"):
-            return f"{where} has an item of type {item.get('type')!r} (text or image)"
+        if item.get("type") not in ("text", *MEDIA):
+            return f"{where} has an item of type {item.get('type')!r} (text, image or video)"
     return None
 
 
+def _frames_of(video):
+    """A "videos" entry's frames: its list of frame paths or its source path."""
+    return video.get("frames") if isinstance(video, dict) else video
+
+
+def _videos_problem(videos) -> tuple[str, str] | None:
+    """(skip reason, what is wrong) of a row's "videos" (see the module doc), or None."""
+    if not isinstance(videos, list):
+        return "missing_field", '"videos" must be a list of videos'
+    for i, video in enumerate(videos):
+        frames, fps = _frames_of(video), video.get("fps") if isinstance(video, dict) else None
+        if isinstance(frames, list) and not frames:
+            return "bad_video", f"video {i} has zero frames"
+        if not (isinstance(frames, str) and frames or isinstance(frames, list)
+                and all(isinstance(p, str) for p in frames)):
+            return "missing_field", f'video {i} must be a list of frame paths, a path, or {{"frames", "fps"}}'
+        if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0):
+            return "bad_video", f"video {i} has fps {fps!r} (a number > 0)"
+    return None
+
+
+def _media_count(messages: list[dict], kind: str) -> int:
+    return sum(1 for m in messages if isinstance(m["content"], list) for c in m["content"] if c["type"] == kind)
+
+
 def chat_problem(row: dict) -> tuple[str, str] | None:
-    """(skip reason, what is wrong) of a chat row ({"images", "messages"}), or None."""
+    """(skip reason, what is wrong) of a chat row ({"images", "videos", "messages"}), or None."""
     images, messages = row.get("images", []), row.get("messages")
     if not isinstance(images, list) or not all(isinstance(p, str) for p in images):
         return "missing_field", '"images" must be a list of paths'
+    if problem := _videos_problem(row.get("videos", [])):
+        return problem
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
         return "missing_field", '"messages" must be a non-empty list of {role, content} objects'
     for i, m in enumerate(messages):
@@ -68,10 +102,24 @@ def chat_problem(row: dict) -> tuple[str, str] | None:
             return "bad_message", problem
     if not any(m["role"] == "assistant" for m in messages):
         return "no_assistant", "has no assistant turn to train on"
-    n_items = sum(1 for m in messages if isinstance(m["content"], list) for c in m["content"] if c["type"] == "image")
-    if n_items != len(images):
-        return "image_count", f'has {len(images)} image(s) but its messages hold {n_items} {{"type": "image"}} item(s)'
+    for kind, given in (("image", images), ("video", row.get("videos", []))):
+        if (n_items := _media_count(messages, kind)) != len(given):
+            return f"{kind}_count", (f'has {len(given)} {kind}(s) but its messages hold {n_items} '
+                                     f'{{"type": "{kind}"}} item(s)')
     return None
+
+
+def read_video(entry, root: Path) -> Video:
+    """One "videos" entry of a row (see the module doc; paths relative to `root`) -> `Video`.
+
+    Raises:
+        ImageError: a frame or the source is missing or unreadable, or a source gives no frames.
+    """
+    frames, fps = _frames_of(entry), entry.get("fps") if isinstance(entry, dict) else None
+    if isinstance(frames, str):
+        clip = sample_video(root / frames)
+        return Video(clip.frames, fps=fps or clip.fps)
+    return Video([load_image(root / p) for p in frames], fps=fps)
 
 
 def as_conversation(row: dict) -> tuple[list[dict], list]:
@@ -96,15 +144,23 @@ def _as_items(messages: Sequence[dict]) -> list[dict]:
             for m in messages]
 
 
+def _with_content_keys(messages: Sequence[dict]) -> list[dict]:
+    """Text items also under "content", the key mistral-community/pixtral-12b's template reads."""
+    return [m if isinstance(m["content"], str) else
+            {**m, "content": [{**c, "content": c["text"]} if c["type"] == "text" else c for c in m["content"]]}
+            for m in messages]
+
+
 def render_conversation(template: ChatTemplate, messages: Sequence[dict]) -> tuple[list[dict], str, list[Span]]:
     """(messages in the form the template renders, the rendered text, the generation-block spans):
-    as written, else with string contents as text items (see the module doc).
+    as written, else with string contents as text items (see the module doc), else with text items'
+    text under "content" too (Pixtral's template).
 
     Raises:
         DataError: the template renders some message's text in neither form.
     """
     failure = None
-    for form in (list(messages), _as_items(messages)):
+    for form in (list(messages), _as_items(messages), _with_content_keys(messages)):
         try:
             rendered, spans = template.render_spans(form)
         except VlmkitError as e:  # e.g. a template that concatenates string content
@@ -173,8 +229,16 @@ class ChatCollator:
         self.processor, self.template = processor, template
 
     def _texts(self, samples: list[dict]) -> tuple[list[str], list[list[Span]]]:
-        rendered = [assistant_spans(self.template, s["messages"]) for s in samples]
-        return [t for t, _ in rendered], [s for _, s in rendered]
+        """(rendered conversations with every placeholder spelt as the processor's own, e.g. Qwen2-VL's
+        `<|video_pad|>` as `<|image_pad|>`, their assistant spans moved with the text)."""
+        proc, texts, spans = self.processor, [], []
+        for sample in samples:
+            text, row_spans = assistant_spans(self.template, sample["messages"])
+            for alias in proc.aliases:
+                text, row_spans = expand_with_spans(text, alias, [proc.placeholder] * text.count(alias), row_spans)
+            texts.append(text)
+            spans.append(row_spans)
+        return texts, spans
 
     def encode(self, samples: list[dict]) -> tuple[dict[str, torch.Tensor], list[list[int]], list[list[int]]]:
         """(image tensors, token ids per sample, labels per sample), unpadded."""
@@ -182,7 +246,7 @@ class ChatCollator:
         proc, tok = self.processor, self.processor.tokenizer
         groups = images_per_prompt(texts, [s["images"] for s in samples], proc.placeholder)
         out, expansions = proc.encode_images(groups) if any(groups) else ({}, [])
-        ids, labels, k = [], [], 0
+        ids, labels, k, media = [], [], 0, proc.media_token_ids
         for text, group, row_spans in zip(texts, groups, spans):
             expanded, shifted = expand_with_spans(text, proc.placeholder, expansions[k:k + len(group)], row_spans)
             k += len(group)
@@ -191,7 +255,7 @@ class ChatCollator:
             enc = tok.tok.encode(expanded, add_special_tokens=add_special)
             trained = token_mask(enc.offsets, shifted)
             ids.append(list(enc.ids))
-            labels.append([t if y and t != proc.image_token_id else IGNORE_INDEX for t, y in zip(enc.ids, trained)])
+            labels.append([t if y and t not in media else IGNORE_INDEX for t, y in zip(enc.ids, trained)])
         return out, ids, labels
 
     def length(self, sample: dict) -> int:
@@ -214,14 +278,15 @@ class ChatCollator:
 
 class ChatJsonlDataset(JsonlDataset):
     """`JsonlDataset` of chat rows and prefix/suffix rows (see the module doc): the same
-    validation, skipping and error lines; samples are {"messages", "images": [RGB PIL]} (and
-    "num_tokens" with a `budget`). `collator` (when given) measures rows exactly for `max_len` and
-    `budget`."""
+    validation, skipping and error lines; samples are {"messages", "images": [RGB PIL | Video]} (the
+    inputs of the image and video items in the order the items come; and "num_tokens" with a
+    `budget`). `collator` (when given) measures rows exactly for `max_len` and `budget`, and refuses
+    video rows when its processor takes no videos."""
 
     def __init__(self, manifest: str | Path, image_root: str | Path | None = None, validate: bool = True, *,
                  max_len: int | None = None, collator: ChatCollator | None = None, bad_rows: str = "skip",
                  budget: int | None = None):
-        self._collator, self._last = collator, (None, 0)
+        self._collator, self._last, self._validate = collator, (None, 0), validate
         super().__init__(manifest, image_root, validate, max_len=max_len, length_fn=self._tokens, bad_rows=bad_rows,
                          budget=budget)
 
@@ -240,20 +305,41 @@ class ChatJsonlDataset(JsonlDataset):
     def _row_problem(self, row: object, max_len: int | None) -> tuple[str, str] | None:
         if not isinstance(row, dict) or "messages" not in row:
             return super()._row_problem(row, max_len)
-        problem = chat_problem(row)
+        problem = chat_problem(row) or self._video_problem(row)
         if problem is not None or max_len is None:
             return problem
         n, problem = measure_row(self._tokens, row)
         return problem or (("too_long", f"is longer than max_len={max_len}") if n > max_len else None)
 
+    def _video_problem(self, row: dict) -> tuple[str, str] | None:
+        """A video row for a processor without videos, or (validating) a video source that gives no frames."""
+        videos = row.get("videos") or []
+        processor = self._collator.processor if self._collator is not None else None
+        if videos and processor is not None and not getattr(processor, "takes_videos", False):
+            return "bad_video", f"has videos, but the {type(processor).__name__} takes images only"
+        for entry in map(_frames_of, videos):
+            if self._validate and isinstance(entry, str):  # list frames are checked as images
+                try:
+                    sample_frames(self.image_root / entry)
+                except (ImageError, OSError) as e:
+                    return "unreadable_image", f"names video {self.image_root / entry}, which gives no frames ({e})"
+        return None
+
     def _paths(self, row: dict) -> list[Path]:
+        """The image files to check: the row's images and the frames its videos list."""
         if "messages" not in row:
             return super()._paths(row)
-        return [self.image_root / p for p in row.get("images", [])]
+        listed = [f for f in map(_frames_of, row.get("videos", [])) if isinstance(f, list)]
+        return [self.image_root / p for p in [*row.get("images", []), *(p for f in listed for p in f)]]
 
     def _sample(self, row: dict) -> dict:
         messages, _ = as_conversation(row)
-        return {"messages": messages, "images": [load_image(p) for p in self._paths(row)]}
+        if "messages" not in row:
+            return {"messages": messages, "images": [load_image(p) for p in super()._paths(row)]}
+        images = iter([load_image(self.image_root / p) for p in row.get("images", [])])
+        videos = iter([read_video(v, self.image_root) for v in row.get("videos", [])])
+        kinds = [c["type"] for m in messages if isinstance(m["content"], list) for c in m["content"] if c["type"] in MEDIA]
+        return {"messages": messages, "images": [next(videos if k == "video" else images) for k in kinds]}
 
     def __getitem__(self, index: int) -> dict:
         return self._with_length(index, self._sample(self.rows[index]))

@@ -197,12 +197,16 @@ class TypeCProcessor:
     config_class: type
     placeholder_field: str = "image_token"
     extra_tokens: tuple[str, ...] = ()
+    # Config fields of other placeholders that stand for an input like `placeholder` does (Qwen2-VL's
+    # `<|video_pad|>`): the input filling one says what it is, so they count as `placeholder` in order.
+    alias_fields: tuple[str, ...] = ()
     padding_side: str | None = None  # None: the tokenizer's own default
 
     def __init__(self, config, tokenizer: PromptTokenizer):
         self.config, self.tokenizer = config, tokenizer
         self.placeholder = getattr(config, self.placeholder_field)
         self.image_token_id = tokenizer.token_id(self.placeholder)
+        self.aliases = tuple(getattr(config, name) for name in self.alias_fields)  # may be absent: then unused
         for name in self.extra_tokens:  # fail at construction, with one line naming the token
             tokenizer.token_id(getattr(config, name))
 
@@ -218,6 +222,18 @@ class TypeCProcessor:
             raise ConfigError(f"{folder}: the tokenizer's {self.placeholder} id {self.image_token_id} != config.json "
                               f"image_token_index {cfg.image_token_id}")
         return self
+
+    def unaliased(self, text: str) -> str:
+        """`text` with every alias placeholder written as `placeholder` (see `alias_fields`)."""
+        for alias in self.aliases:
+            text = text.replace(alias, self.placeholder)
+        return text
+
+    @property
+    def media_token_ids(self) -> frozenset[int]:
+        """Ids of the tokens that image (and video) expansions fill with features: never trained on."""
+        return frozenset({self.image_token_id, *(self.tokenizer.token_id(a) for a in self.aliases
+                                                 if self.tokenizer.has_token(a))})
 
     def encode_images(self, groups: list[list[ImageSource]]) -> tuple[dict[str, torch.Tensor], list[str]]:
         """(image tensors, one expansion string per image in batch order) for per-prompt image lists."""
@@ -238,7 +254,7 @@ class TypeCProcessor:
         Raises:
             DataError: images and placeholders do not match up (or a family-specific limit).
         """
-        prompts = prompts_list(prompts)
+        prompts = [self.unaliased(p) for p in prompts_list(prompts)]
         groups = images_per_prompt(prompts, images, self.placeholder)
         out, expansions = self.encode_images(groups) if any(groups) else ({}, [])
         side = padding_side or self.padding_side or self.tokenizer.padding_side

@@ -43,7 +43,7 @@ import torch
 from vlmkit.data.processor_files import ProcessorFiles, bundled_chat_template
 from vlmkit.data.processors import pixels
 from vlmkit.data.video import Video
-from vlmkit.data.processors.common import TypeCProcessor, prompts_list, read_processor_files
+from vlmkit.data.processors.common import TypeCProcessor, read_processor_files
 from vlmkit.errors import ConfigError, DataError
 
 # Qwen2VLImageProcessorPil's class defaults, for fields a folder leaves out.
@@ -149,6 +149,8 @@ class Qwen2VLProcessor(TypeCProcessor):
 
     config_class = Qwen2VLProcessorConfig
     takes_videos = True  # `vlmkit generate --video` passes one Video, not its frames as images
+    # A `<|video_pad|>` is a placeholder like `<|image_pad|>`: the input filling it says which it is.
+    alias_fields = ("video_token",)
 
     def image(self, src, min_pixels: int | None = None, max_pixels: int | None = None) -> torch.Tensor:
         """One image source -> normalised float32 [3, h', w'] (h', w' multiples of patch * merge),
@@ -180,11 +182,6 @@ class Qwen2VLProcessor(TypeCProcessor):
             size = rgb.shape[:2]
             frames.append(self.image(rgb, cfg.video_min_pixels, cfg.video_max_pixels))
         return torch.stack(frames)
-
-    def __call__(self, prompts, images=None, padding_side: str | None = None, add_special_tokens: bool = True):
-        # A `<|video_pad|>` is a placeholder like `<|image_pad|>`: the input filling it says which it is.
-        prompts = [p.replace(self.config.video_token, self.placeholder) for p in prompts_list(prompts)]
-        return super().__call__(prompts, images, padding_side, add_special_tokens)
 
     def encode_images(self, groups):
         cfg = self.config
