@@ -186,21 +186,41 @@ def test_row_over_the_token_budget(folders, rows, tmp_path, capsys):
     assert "over_budget=" in capsys.readouterr().out
 
 
-def test_created_mistral3_folder_chats_like_transformers(tmp_path):
-    """`vlmkit create --family mistral3` writes the chat template of transformers' Mistral 3 converter;
-    vlmkit and transformers' tokenizer render the folder's template alike."""
+def _part(key: str):
+    return lambda t: {"type": "text", key: t}
+
+
+# family -> (conversations, what the last one renders to).
+CREATED_CHATS = {
+    # transformers' Mistral 3 converter: the system prompt opens the last user turn.
+    "mistral3": ([[{"role": "user", "content": [{"type": "image"}, _part("text")("what is it")]}],
+                          [{"role": "system", "content": "Be brief."},
+                           {"role": "user", "content": [_part("text")("a"), {"type": "image"}]},
+                           {"role": "assistant", "content": [_part("text")("b")]}, {"role": "user", "content": "c"}]],
+                 "<bos>[INST]a[IMG][/INST]b<eos>[INST]Be brief.\n\nc[/INST]"),
+    # mistral-community/pixtral-12b: text parts under "content", string assistant turns.
+    "pixtral": ([[{"role": "system", "content": "Be brief."},
+                             {"role": "user", "content": [_part("content")("a"), {"type": "image"}]},
+                             {"role": "assistant", "content": "b"},
+                             {"role": "user", "content": [{"type": "image"}, _part("content")("c")]}]],
+                "<bos>[INST]a[IMG][/INST]b<eos>[INST]Be brief.\n\n[IMG]c[/INST]"),
+}
+
+
+@pytest.mark.parametrize("family", CREATED_CHATS)
+def test_created_folder_chats_like_transformers(family, tmp_path):
+    """`vlmkit create` writes the family's published chat template (Mistral 3: transformers' converter's;
+    Pixtral: pixtral-12b's); vlmkit and transformers' tokenizer render the folder's template alike."""
     transformers = pytest.importorskip("transformers")
-    folder = tmp_path / "m3"
-    assert main(["create", *FAMILIES["mistral3"][0], str(folder)]) == 0
+    folder = tmp_path / family
+    assert main(["create", *FAMILIES[family][0], str(folder)]) == 0
     theirs = transformers.AutoTokenizer.from_pretrained(str(folder))
     ours = load_chat_template(folder)
-    image, text = {"type": "image"}, lambda t: {"type": "text", "text": t}
-    for messages in ([{"role": "user", "content": [image, text("what is it")]}],
-                     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [text("a"), image]},
-                      {"role": "assistant", "content": [text("b")]}, {"role": "user", "content": "c"}]):
+    conversations, last = CREATED_CHATS[family]
+    for messages in conversations:
         expected = theirs.apply_chat_template(messages, tokenize=False)
         assert ours.render(messages) == expected and "[IMG]" in expected
-    assert "[INST]Be brief.\n\nc[/INST]" in expected  # the system prompt opens the last user turn
+    assert expected == last
 
 
 def test_row_with_an_image_smaller_than_a_patch(folders, rows, tmp_path, capsys):
@@ -222,18 +242,3 @@ def test_row_with_an_image_smaller_than_a_patch(folders, rows, tmp_path, capsys)
                  "--data.bad_rows", "skip") == 0
     assert "unprocessable=1" in capsys.readouterr().out
 
-
-def test_created_pixtral_folder_chats_like_transformers(tmp_path):
-    """`vlmkit create --family llava --preset pixtral-debug` writes mistral-community/pixtral-12b's chat
-    template (text parts under "content", the system prompt opening the last user turn), rendered alike."""
-    transformers = pytest.importorskip("transformers")
-    folder = tmp_path / "px"
-    assert main(["create", *FAMILIES["pixtral"][0], str(folder)]) == 0
-    theirs = transformers.AutoTokenizer.from_pretrained(str(folder))
-    ours = load_chat_template(folder)
-    image, text = {"type": "image"}, lambda t: {"type": "text", "content": t}
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [text("a"), image]},
-                {"role": "assistant", "content": "b"}, {"role": "user", "content": [image, text("c")]}]
-    expected = theirs.apply_chat_template(messages, tokenize=False)
-    assert ours.render(messages) == expected
-    assert expected == "<bos>[INST]a[IMG][/INST]b<eos>[INST]Be brief.\n\n[IMG]c[/INST]"
