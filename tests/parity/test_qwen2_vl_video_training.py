@@ -108,7 +108,8 @@ def test_positions_equal_get_rope_index(setup):
     model = load_hf(folder, dtype="float32")
     hf = getattr(tf, HF_CLASSES[family]).from_pretrained(folder, dtype=torch.float32)
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    types = torch.where(ids == model.cfg.image_token_id, IMAGE, torch.where(ids == model.cfg.video_token_id, VIDEO, TEXT))
+    types = torch.where(ids == model.cfg.image_token_id, IMAGE,
+                        torch.where(ids == model.cfg.video_token_id, VIDEO, TEXT))
     seconds = {"second_per_grid_ts": batch["second_per_grid_ts"]} if family == "qwen2_5_vl" else {}
     ref, _ = hf.model.get_rope_index(ids, types * mask, batch["image_grid_thw"], batch["video_grid_thw"],
                                      attention_mask=mask, **seconds)

@@ -11,9 +11,9 @@ The k-th `{"type": "image"}` item is the k-th of `images`, the k-th `{"type": "v
 `videos` (optional; for families whose processor takes videos, Qwen2-VL / Qwen2.5-VL). A video is
 its frame paths in time order, a folder of frames / an animated image / a video file (sampled as
 `vlmkit generate --video` samples them: at most 16 frames spanning the clip), or either as
-``{"frames": ..., "fps": 2.0}`` (the sampled rate; Qwen2.5-VL spaces temporal positions by it). A PaliGemma-style row
-``{"image": path | [paths], "prefix", "suffix"}`` is read as one user turn (its images, then the
-prefix) answered by the suffix. String content is given to the template as one text item, the form
+``{"frames": ..., "fps": 2.0}`` (the sampled rate; Qwen2.5-VL spaces temporal positions by it).
+A PaliGemma-style row ``{"image": path | [paths], "prefix", "suffix"}`` is read as one user turn
+(its images, then the prefix) answered by the suffix. String content is given to the template as one text item, the form
 every VLM template reads (LLaVA's and SmolVLM's iterate over content items).
 
 Labels. A conversation is rendered with the checkpoint's chat template; the characters of each
@@ -338,7 +338,8 @@ class ChatJsonlDataset(JsonlDataset):
             return {"messages": messages, "images": [load_image(p) for p in super()._paths(row)]}
         images = iter([load_image(self.image_root / p) for p in row.get("images", [])])
         videos = iter([read_video(v, self.image_root) for v in row.get("videos", [])])
-        kinds = [c["type"] for m in messages if isinstance(m["content"], list) for c in m["content"] if c["type"] in MEDIA]
+        kinds = [c["type"] for m in messages if isinstance(m["content"], list)
+                 for c in m["content"] if c["type"] in MEDIA]
         return {"messages": messages, "images": [next(videos if k == "video" else images) for k in kinds]}
 
     def __getitem__(self, index: int) -> dict:
