@@ -242,3 +242,22 @@ def test_row_with_an_image_smaller_than_a_patch(folders, rows, tmp_path, capsys)
                  "--data.bad_rows", "skip") == 0
     assert "unprocessable=1" in capsys.readouterr().out
 
+
+
+@pytest.mark.parametrize("family", CREATED_CHATS)
+def test_chat_turns_keep_their_text_in_every_created_template(family, tmp_path):
+    """`--chat` / server text parts carry "text" and "content" (`text_part`), so Pixtral's template, which
+    reads only "content", keeps the user's words; both templates render them as transformers does."""
+    transformers = pytest.importorskip("transformers")
+    from vlmkit.data.conversation import chat_turns, parse_messages
+
+    folder = tmp_path / family
+    assert main(["create", *FAMILIES[family][0], str(folder)]) == 0
+    theirs = transformers.AutoTokenizer.from_pretrained(str(folder))
+    ours = load_chat_template(folder)
+    turns = chat_turns(["what is it"], 1)  # pixtral-12b's template takes only string assistant turns
+    parsed, _ = parse_messages([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}])
+    for messages, words in ((turns, ("what is it",)), (parsed, ("hi",))):
+        text = ours.render(messages, add_generation_prompt=True)
+        assert text == theirs.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert all(w in text for w in words), text

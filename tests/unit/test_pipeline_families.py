@@ -115,7 +115,7 @@ def test_parse_messages_formats():
 def test_chat_turns():
     turns = chat_turns(["q", "a", "q2"], 2)
     assert [m["role"] for m in turns] == ["user", "assistant", "user"]
-    assert turns[0]["content"] == [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "q"}]
-    assert turns[2]["content"] == [{"type": "text", "text": "q2"}]
+    assert turns[0]["content"] == [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "q", "content": "q"}]
+    assert turns[2]["content"] == [{"type": "text", "text": "q2", "content": "q2"}]
     with pytest.raises(DataError, match="odd number"):
         chat_turns(["q", "a"], 1)

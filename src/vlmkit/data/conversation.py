@@ -4,7 +4,7 @@ Messages are {"role": ..., "content": str | [part, ...]} dicts as transformers' 
 chat APIs take them; a part is {"type": "text", "text": ...}, {"type": "image"} (optionally naming
 its source under "image", "url", "path" or "base64") or OpenAI's {"type": "image_url",
 "image_url": {"url": ...}}, which becomes {"type": "image", "url": ...} as transformers' processors
-rewrite it. Image sources are local paths, file:// URLs or base64 (data: URLs); vlmkit runs
+rewrite it. Text parts also get "content" (= "text"): see `text_part`. Image sources are local paths, file:// URLs or base64 (data: URLs); vlmkit runs
 offline, so http(s) URLs are refused.
 """
 
@@ -20,6 +20,13 @@ ROLES = ("system", "user", "assistant", "tool")
 SOURCE_KEYS = ("image", "url", "path", "base64")
 
 
+def text_part(text: str) -> dict:
+    """A text part under both keys templates read: "text" (transformers' convention, most templates)
+    and "content" (Pixtral-12B's published template reads only `chunk["content"]`, so a "text"-only
+    part would silently vanish from its prompt)."""
+    return {"type": "text", "text": text, "content": text}
+
+
 def chat_turns(turns: list[str], num_images: int) -> list[dict]:
     """Alternating user / assistant turns (odd count: the last asks); the images open the first turn."""
     if len(turns) % 2 == 0:
@@ -27,7 +34,7 @@ def chat_turns(turns: list[str], num_images: int) -> list[dict]:
                         "that the conversation ends with a question")
     messages = []
     for i, text in enumerate(turns):
-        parts = [{"type": "image"}] * (num_images if i == 0 else 0) + [{"type": "text", "text": text}]
+        parts = [{"type": "image"}] * (num_images if i == 0 else 0) + [text_part(text)]
         messages.append({"role": ("user", "assistant")[i % 2], "content": parts})
     return messages
 
@@ -62,7 +69,7 @@ def _part(part, where: str) -> tuple[dict, object | None]:
     if part["type"] == "text":
         if not isinstance(part.get("text"), str):
             raise DataError(f"{where}: a text part needs a 'text' string")
-        return part, None
+        return {**text_part(part["text"]), **part}, None
     if part["type"] == "image_url":
         info = part.get("image_url")
         url = info.get("url") if isinstance(info, dict) else info

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from vlmkit.data.conversation import text_part
 from vlmkit.data.image import load_image
 from vlmkit.errors import ImageError
 from vlmkit.serving.schemas import ChatRequest, ImagePart, TextPart
@@ -136,7 +137,7 @@ def chat_messages(req: ChatRequest) -> list[dict]:
             out.append({"role": m.role, "content": m.content})
         else:
             out.append({"role": m.role, "content": [
-                {"type": "text", "text": p.text} if isinstance(p, TextPart) else {"type": "image"}
+                text_part(p.text) if isinstance(p, TextPart) else {"type": "image"}
                 for p in m.content]})
     return out
 
