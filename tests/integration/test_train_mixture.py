@@ -96,7 +96,8 @@ def write_tar_mixture(data: Path, root: Path) -> Path:
     KEY.txt, the others as KEY.json, a document's images as its members KEY.<place>.png)."""
     text, members = [json.loads(line) for line in (data / "text.jsonl").read_text().splitlines()], []
     for i, row in enumerate(text):
-        members.append((f"t{i:02d}.txt", row["text"].encode()) if "text" in row else (f"t{i:02d}.json", json.dumps(row).encode()))
+        raw = (f"t{i:02d}.txt", row["text"].encode()) if "text" in row else (f"t{i:02d}.json", json.dumps(row).encode())
+        members.append(raw)
     _tar(root / "text.tar", members)
     members = []
     for i, line in enumerate((data / "docs.jsonl").read_text().splitlines()):
@@ -107,7 +108,8 @@ def write_tar_mixture(data: Path, root: Path) -> Path:
     _tar(root / "docs.tar", members)
     sources = json.loads((data / "mixture.json").read_text())
     for s in sources:
-        s["source"] = str(data / s["source"]) if s["kind"] == "image-text" else str(root / s["source"].replace(".jsonl", ".tar"))
+        tar = root / s["source"].replace(".jsonl", ".tar")
+        s["source"] = str(data / s["source"]) if s["kind"] == "image-text" else str(tar)
     (root / "mixture.json").write_text(json.dumps(sources))
     return root / "mixture.json"
 

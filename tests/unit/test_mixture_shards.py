@@ -138,10 +138,12 @@ def test_parse_mixture_takes_tar_text_and_interleaved_sources(tmp_path):
 def bad_samples() -> list[tuple[str, dict[str, bytes]]]:
     good = {"json": json.dumps(docs(1)[0] | {"images": [None, "0.png", None, "1.png"]}).encode(),
             "0.png": png((1, 2, 3)), "1.png": png((4, 5, 6))}  # fmt: skip
-    escaping = json.loads(good["json"]) | {"images": [None, "../d000.0.png", None, "/etc/passwd"]}
+    def named(*images) -> bytes:
+        return json.dumps(json.loads(good["json"]) | {"images": list(images)}).encode()
+
     return [("good", good),
-            ("gone", good | {"json": json.dumps(json.loads(good["json"]) | {"images": [None, "0.png", None, "2.png"]}).encode()}),
-            ("escape", good | {"json": json.dumps(escaping).encode()}),
+            ("gone", good | {"json": named(None, "0.png", None, "2.png")}),
+            ("escape", good | {"json": named(None, "../d000.0.png", None, "/etc/passwd")}),
             ("broken", good | {"json": b'{"texts": ["a", null'}),
             ("nojson", {"0.png": good["0.png"]}),
             ("badpng", good | {"1.png": b"not a png"})]  # fmt: skip

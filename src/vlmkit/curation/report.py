@@ -56,8 +56,9 @@ def build_report(config: CurateConfig, rules: list[RuleBase], tally: Tally) -> d
         scores = tally.scores(rule.name)
         stats = ({"min": float(scores.min()), "mean": float(scores.mean()), "max": float(scores.max())}
                  if len(scores) else None)  # fmt: skip
+        categories = dict(sorted(t["categories"].items()))
         per_rule[rule.name] = {"doc": RULES[rule.name].doc, "seen": t["seen"], "kept": t["kept"],
-                               "removed": t["removed"], "score": stats, "categories": dict(sorted(t["categories"].items()))}  # fmt: skip
+                               "removed": t["removed"], "score": stats, "categories": categories}  # fmt: skip
     return {
         "rows_in": tally.rows_in, "rows_out": tally.rows_out,
         "unreadable": dict(sorted(tally.unreadable.items())),
