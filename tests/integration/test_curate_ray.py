@@ -1,12 +1,18 @@
 """`vlmkit data curate --engine ray` on a local Ray instance (2 CPUs, started and shut down here):
 the same input and config give the default engine's output byte for byte (the kept rows in input
 order, the shards) and the same report counts, with filters, dedup (hashes and a FAISS index),
-a fitted top-fraction score filter, k-means caps and concept balancing in the chain."""
+a fitted top-fraction score filter, k-means caps and concept balancing in the chain; a run killed
+mid-block resumes to an uninterrupted run's files byte for byte."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -61,6 +67,13 @@ def output(folder: Path, under: str) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in paths}
 
 
+def published(folder: Path) -> dict[str, bytes]:
+    """Every file of a finished run but its resume state: rows, report.json / .html, histograms."""
+    files = output(folder, ".")
+    assert "report.json" in files and "manifest.jsonl" in files
+    return {k: v for k, v in files.items() if not k.startswith(".curate/")}
+
+
 def test_ray_equals_the_default_engine_on_a_manifest(local_ray, siglip, tmp_path):
     from vlmkit.curation.ray_engine import curate_ray
 
@@ -89,3 +102,79 @@ def test_ray_equals_the_default_engine_on_tar_shards(local_ray, siglip, tmp_path
     report = curate_ray(src, tmp_path / "ray", config)
     assert report["rows_in"] == 47 and report["removed_by"]["exact_dedup"] >= 7
     compare(tmp_path / "default", tmp_path / "ray", "shards")
+
+
+_KILLED = """
+import json, sys, time
+import ray
+import vlmkit.curation.io as io
+from vlmkit.curation.config import parse_config
+from vlmkit.curation.ray_engine import RayCurateRun, curate_ray
+
+src, out, marker, tables = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+commits, checkpoint, write = [], RayCurateRun._checkpoint, io.RowWriter.write
+
+def commit(self, position):
+    checkpoint(self, position)
+    commits.append(position)
+
+def write_then_hang(self, row):  # after the fit's commit and two blocks: hang inside the third
+    write(self, row)
+    if len(commits) == 3:
+        self.file.flush()
+        open(marker, "w").close()
+        time.sleep(3600)
+
+RayCurateRun._checkpoint, io.RowWriter.write = commit, write_then_hang
+ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20, log_to_driver=False)
+curate_ray(src, out, parse_config({"run": {"batch_size": 4, "checkpoint_rows": 8}, "rules": tables}))
+"""
+
+
+def _run_until_marker(args: list[str], marker: Path) -> None:
+    """Start the script, wait until it wrote `marker`, then SIGKILL it and everything it started."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED, *args], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes of its session
+        proc.wait()
+        proc.stderr.close()
+
+
+def test_a_killed_ray_run_resumes_exactly(local_ray, siglip, tmp_path):
+    """SIGKILL while the third block is half written; the rerun cuts the partial block, reloads
+    the fitted and dedup / cap state and gives an uninterrupted run's files byte for byte."""
+    from vlmkit.curation.ray_engine import curate_ray
+
+    path = write_dataset(tmp_path / "d", 12, SynthConfig(image_size=32))
+    cut, marker = tmp_path / "cut", tmp_path / "hung"
+    _run_until_marker([str(path), str(cut), str(marker), json.dumps(tables(siglip))], marker)
+    state = json.loads((cut / ".curate" / "state.json").read_text())
+    assert state["position"] == 16 and not state["done"] and not (cut / "report.json").exists()
+    assert (cut / "manifest.jsonl").stat().st_size > state["writer"]["offset"]  # a partly written block
+    config = parse_config({"run": {"batch_size": 4, "checkpoint_rows": 8}, "rules": tables(siglip)})
+    resumed = curate_ray(path, cut, config)
+    curate_ray(path, tmp_path / "full", config)
+    assert resumed["rows_in"] == 48 and 0 < resumed["rows_out"] < 48
+    assert resumed["removed_by"]["exact_dedup"] > 0
+    assert published(cut) == published(tmp_path / "full")
+    curate(path, tmp_path / "default", config)
+    compare(tmp_path / "default", cut, "manifest.jsonl")
+
+
+def test_a_folder_of_another_run_is_refused(local_ray, tmp_path):
+    from vlmkit.curation.ray_engine import curate_ray
+    from vlmkit.errors import OutputError
+
+    path = write_dataset(tmp_path / "d", 4, SynthConfig(image_size=32))
+    curate(path, tmp_path / "o", parse_config({"rules": {"text_length": {}}}))
+    with pytest.raises(OutputError, match="holds a curate run of another input or config"):
+        curate_ray(path, tmp_path / "o", parse_config({"rules": {"text_length": {}}}))  # the default engine's
+    curate_ray(path, tmp_path / "r", parse_config({"rules": {"text_length": {}}}))
+    with pytest.raises(OutputError, match="holds a curate run of another input or config"):
+        curate_ray(path, tmp_path / "r", parse_config({"rules": {"image_size": {}}}))

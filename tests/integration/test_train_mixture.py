@@ -1,11 +1,14 @@
 """Training on a data mixture (70% image-text, 30% text-only, plus interleaved documents) with
 PaliGemma (the debug preset, its tokenizer trained on the mixture's texts) and LLaVA (a folder made
 by `vlmkit create`): loss falls on repeated data, text-only batches leave the vision tower without
-a gradient, kill-and-resume is bit-identical, and a bad mixture is one line with exit code 2."""
+a gradient, kill-and-resume is bit-identical (with text-only and interleaved sources as tar shards
+too), and a bad mixture or a bad tar sample is one line with exit code 2."""
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +80,63 @@ def test_paligemma_mixture_learns_and_resumes_exactly(data, tmp_path):
     assert resumed.losses == full.losses  # exact, step by step
     wa, wb = _checkpoint(tmp_path / "full"), _checkpoint(tmp_path / "split")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def _tar(path: Path, members: list[tuple[str, bytes]]) -> str:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path.name
+
+
+def write_tar_mixture(data: Path, root: Path) -> Path:
+    """`data`'s mixture with its text-only and interleaved sources as tar shards (a {text} row as
+    KEY.txt, the others as KEY.json, a document's images as its members KEY.<place>.png)."""
+    text, members = [json.loads(line) for line in (data / "text.jsonl").read_text().splitlines()], []
+    for i, row in enumerate(text):
+        raw = (f"t{i:02d}.txt", row["text"].encode()) if "text" in row else (f"t{i:02d}.json", json.dumps(row).encode())
+        members.append(raw)
+    _tar(root / "text.tar", members)
+    members = []
+    for i, line in enumerate((data / "docs.jsonl").read_text().splitlines()):
+        row = json.loads(line)
+        names = [None if p is None else f"{j}.png" for j, p in enumerate(row["images"])]
+        members.append((f"d{i:02d}.json", json.dumps(row | {"images": names}).encode()))
+        members += [(f"d{i:02d}.{n}", (data / p).read_bytes()) for n, p in zip(names, row["images"]) if p]
+    _tar(root / "docs.tar", members)
+    sources = json.loads((data / "mixture.json").read_text())
+    for s in sources:
+        tar = root / s["source"].replace(".jsonl", ".tar")
+        s["source"] = str(data / s["source"]) if s["kind"] == "image-text" else str(tar)
+    (root / "mixture.json").write_text(json.dumps(sources))
+    return root / "mixture.json"
+
+
+def test_tar_sources_train_as_their_manifests_and_resume_exactly(data, tmp_path):
+    """Text-only and interleaved sources as tar shards give the manifests' run loss for loss, and
+    a kill-and-resume over them is bit-identical."""
+    mixture = str(write_tar_mixture(data, tmp_path))
+    manifests = run(paligemma_config(tmp_path / "jsonl", str(data / "mixture.json")))
+    full = run(paligemma_config(tmp_path / "full", mixture))
+    assert full.losses == manifests.losses and len(full.losses) == 10
+    run(paligemma_config(tmp_path / "split", mixture, stop_after="4"))
+    assert run(paligemma_config(tmp_path / "split", mixture), resume=True).losses == full.losses
+
+
+def test_a_bad_tar_sample_is_one_line_exit_2(llava_folder, data, tmp_path, capsys):
+    mixture = json.loads(write_tar_mixture(data, tmp_path).read_text())
+    doc = {"texts": ["a red circle", None], "images": [None, "1.png"]}
+    for members, what in (([("d00.json", json.dumps(doc).encode())], "d00 names image '1.png', which is not a member"),
+                          ([("d00.json", b'{"texts": [')], "d00 is not valid JSON")):  # fmt: skip
+        _tar(tmp_path / "docs.tar", members)
+        rc = run_train(["finetune", "--model", str(llava_folder), "--out", str(tmp_path / "out"),
+                        "--data.mixture", json.dumps(mixture)])  # fmt: skip
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and err.startswith("vlmkit: error: ") and "\n" not in err and "Traceback" not in err
+        assert f"{tmp_path / 'docs.tar'}:{what}" in err, err
+    assert not (tmp_path / "out" / "checkpoints").exists()
 
 
 def test_text_only_steps_leave_the_vision_tower_unchanged(data, tmp_path):

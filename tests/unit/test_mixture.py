@@ -155,7 +155,6 @@ def test_parse_json_and_files(files, monkeypatch):
     ('[{"source": "missing.jsonl", "weight": 1, "name": "web"}]', DataError,
      r"source 0 \(web\): .*missing.jsonl does not exist"),
     ("[]", ConfigError, "non-empty list of sources"),
-    ('[{"source": "shards/*.tar", "weight": 1, "kind": "text"}]', ConfigError, "text sources are JSONL manifests"),
     ("nope.yaml", ConfigError, "neither a JSON list of sources nor an existing .json / .toml file"),
 ])
 def test_bad_mixture_is_one_line(files, monkeypatch, value, error, match):

@@ -132,7 +132,11 @@ def _open_run(out: Path, fingerprint: dict) -> dict | None:
 
 
 class CurateRun:
-    """One run of `rules` over `inp` into `out`; `run()` does it (resuming if `out` has a state)."""
+    """One run of `rules` over `inp` into `out`; `run()` does it (resuming if `out` has a state).
+    Another engine subclasses it with its own `_loop` and `engine` tag (kept in the fingerprint,
+    so a folder is only resumed by the engine that started it)."""
+
+    engine: str | None = None
 
     def __init__(self, inp: CurateInput, out: Path, config: CurateConfig, rules: list[RuleBase],
                  progress: bool = False, on_batch: Callable[[int], None] | None = None) -> None:  # fmt: skip
@@ -140,6 +144,8 @@ class CurateRun:
         self.progress, self.on_batch = progress, on_batch
         self.work = out / ".curate"
         self.fingerprint = {"version": STATE_VERSION, "config": config.digest(), "input": inp.fingerprint()}
+        if self.engine is not None:
+            self.fingerprint["engine"] = self.engine
         self.state = _open_run(out, self.fingerprint)
 
     def run(self) -> dict:

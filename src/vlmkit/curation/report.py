@@ -48,15 +48,17 @@ def histogram_png(values: np.ndarray, title: str, bins: int = 40) -> bytes:
 
 def build_report(config: CurateConfig, rules: list[RuleBase], tally: Tally) -> dict:
     """The report.json content: rows in/out, unreadable rows by reason, per rule counts, the
-    removed-by table (each row counted under the first rule that removed it) and score stats."""
+    removed-by table (each row counted under the first rule that removed it) and score stats.
+    Categories are sorted: a resumed run's counts come back from its state in sorted order."""
     per_rule = {}
     for rule in rules:
         t = tally.rules[rule.name]
         scores = tally.scores(rule.name)
         stats = ({"min": float(scores.min()), "mean": float(scores.mean()), "max": float(scores.max())}
                  if len(scores) else None)  # fmt: skip
+        categories = dict(sorted(t["categories"].items()))
         per_rule[rule.name] = {"doc": RULES[rule.name].doc, "seen": t["seen"], "kept": t["kept"],
-                               "removed": t["removed"], "score": stats, "categories": dict(t["categories"])}  # fmt: skip
+                               "removed": t["removed"], "score": stats, "categories": categories}  # fmt: skip
     return {
         "rows_in": tally.rows_in, "rows_out": tally.rows_out,
         "unreadable": dict(sorted(tally.unreadable.items())),

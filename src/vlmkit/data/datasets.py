@@ -107,7 +107,7 @@ class JsonlDataset(torch.utils.data.Dataset):
         budget: int | None = None,
     ) -> None:  # fmt: skip
         self.manifest = Path(manifest)
-        if not self.manifest.is_file():
+        if not self.manifest.is_file() and not self._many_files:
             raise DataError(f"manifest {self.manifest} does not exist")
         if bad_rows not in ("skip", "error"):
             raise ConfigError(f"bad_rows must be 'skip' or 'error', got {bad_rows!r}")
@@ -120,9 +120,11 @@ class JsonlDataset(torch.utils.data.Dataset):
         self.first_bad: str | None = None  # "manifest:line what is wrong" of the first skipped row
         self._read(validate, max_len, strict=bad_rows == "error")
 
-    def _read(self, validate: bool, max_len: int | None, strict: bool) -> None:
-        image_ok: dict[Path, tuple[str, str] | None] = {}  # path -> problem (None = fine), decoded once
-        total = 0
+    _many_files = False  # a reader of several files (tar shards) checks its source itself
+
+    def _entries(self) -> Iterator[tuple[str, object]]:
+        """("file:line", parsed row or None) of every non-blank line; a reader of another
+        container (tar shards: "shard:key") overrides it."""
         try:
             f = open(self.manifest, "rb")  # bytes: a line of bad UTF-8 is one bad row
         except OSError as e:
@@ -131,26 +133,31 @@ class JsonlDataset(torch.utils.data.Dataset):
             for n, line in enumerate(f, 1):
                 if not line.strip():
                     continue  # blank lines (e.g. a trailing newline) are not rows
-                total += 1
                 try:
-                    row = json.loads(line)
+                    yield f"{self.manifest}:{n}", json.loads(line)
                 except ValueError:  # JSONDecodeError and UnicodeDecodeError
-                    row = None
-                problem = self._row_problem(row, max_len)
-                if problem is None and validate:
-                    for p in self._paths(row):
-                        if p not in image_ok:
-                            image_ok[p] = self._check_image(p)
-                        problem = problem or image_ok[p]
-                problem = problem or self._budget_problem(row)
-                if problem is None:
-                    self.rows.append(row)
-                    continue
-                where = f"{self.manifest}:{n} {problem[1]}"
-                if strict and problem[0] != "too_long":  # too_long is the max_len filter, not an error
-                    raise DataError(f"{where} (pass --data.bad_rows skip to skip bad rows)")
-                self.skipped[problem[0]] += 1
-                self.first_bad = self.first_bad or where
+                    yield f"{self.manifest}:{n}", None
+
+    def _read(self, validate: bool, max_len: int | None, strict: bool) -> None:
+        image_ok: dict[Path, tuple[str, str] | None] = {}  # path -> problem (None = fine), decoded once
+        total = 0
+        for place, row in self._entries():
+            total += 1
+            problem = self._row_problem(row, max_len)
+            if problem is None and validate:
+                for p in self._paths(row):
+                    if p not in image_ok:
+                        image_ok[p] = self._check_image(p)
+                    problem = problem or image_ok[p]
+            problem = problem or self._budget_problem(row)
+            if problem is None:
+                self.rows.append(row)
+                continue
+            where = f"{place} {problem[1]}"
+            if strict and problem[0] != "too_long":  # too_long is the max_len filter, not an error
+                raise DataError(f"{where} (pass --data.bad_rows skip to skip bad rows)")
+            self.skipped[problem[0]] += 1
+            self.first_bad = self.first_bad or where
         if self.skipped:
             n = sum(self.skipped.values())
             log.warning("%s: skipped %d of %d rows (%s; first: %s)", self.manifest, n, total,

@@ -1,6 +1,7 @@
 """Weighted data mixtures: the source list of `data.mixture`, and a resumable batch sampler over sources.
 
-A mixture is a list of sources, each a JSONL manifest (or tar shards) with a weight and a kind:
+A mixture is a list of sources, each a JSONL manifest or tar shards (text-only and interleaved
+ones: `vlmkit.training.mixture_shards`) with a weight and a kind:
 
     image-text   PaLI rows {image, prefix, suffix} or chat rows {images, messages}
     text         rows without images: {text}, {prefix, suffix} or chat rows {messages}
@@ -48,7 +49,7 @@ GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0  # its continued fraction [0; 1, 1, ...] s
 
 @dataclass(kw_only=True, frozen=True)
 class MixtureSource:
-    source: str  # a JSONL manifest, or tar shards (image-text on PaliGemma only)
+    source: str  # a JSONL manifest, or tar shards (image-text ones on PaliGemma only)
     weight: float  # > 0; weights are normalised over the mixture
     kind: str = "image-text"  # one of KINDS
     name: str = ""  # shown in logs and errors; default: the file's stem
@@ -90,8 +91,6 @@ def _source(entry: object, i: int, base: Path, flag: str) -> MixtureSource:
         raise ConfigError(f"{where}: unknown kind {entry.get('kind')!r} (one of {', '.join(KINDS)})")
     path = Path(entry["source"]) if Path(entry["source"]).is_absolute() else base / entry["source"]
     shards = is_shard_source(path)  # a .tar, a glob or a folder of .tar files
-    if shards and kind != "image-text":
-        raise ConfigError(f"{where}: {kind} sources are JSONL manifests, not tar shards")
     if not (path.is_file() or (shards and (path.exists() or "*" in str(path)))):
         raise DataError(f"{where}: {path} does not exist")
     return MixtureSource(source=str(path), weight=float(weight), kind=kind, name=str(entry.get("name") or path.stem))

@@ -60,6 +60,23 @@ def _resolve_shards(shards: str | Path | Sequence[str | Path]) -> list[Path]:
     return found
 
 
+def split_member(name: str) -> tuple[str, str]:
+    """(sample key, extension) of a member: its path up to the first "." of the file name, and
+    the rest (webdataset's rule): ``a/0001.0.png`` -> (``a/0001``, ``0.png``)."""
+    parent, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{parent}/{stem}" if parent else stem), ext
+
+
+def check_end(f, tar: tarfile.TarFile) -> None:
+    """Raise `tarfile.ReadError` unless the archive `tar` (read from file `f` to its end) is
+    complete: tarfile takes a cut-off header for the end of the archive, while a complete tar ends
+    with two zero blocks right after the last member."""
+    f.seek(tar.offset)
+    if f.read(1024) != bytes(1024):
+        raise tarfile.ReadError("no end-of-archive marker, file is truncated")
+
+
 class TarShardDataset(torch.utils.data.IterableDataset):
     """Webdataset-style tar shards: consecutive members sharing a key form one sample.
 
@@ -81,11 +98,7 @@ class TarShardDataset(torch.utils.data.IterableDataset):
             try:
                 with open(shard, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
                     yield from self._group(tar, str(shard))
-                    # tarfile takes a cut-off header for the end of the archive; a complete
-                    # tar ends with two zero blocks right after the last member.
-                    f.seek(tar.offset)
-                    if f.read(1024) != bytes(1024):
-                        raise tarfile.ReadError("no end-of-archive marker, file is truncated")
+                    check_end(f, tar)
             except (tarfile.TarError, EOFError, OSError) as exc:
                 raise DataError(f"tar shard {shard} is corrupt ({exc})") from None
 
@@ -95,9 +108,7 @@ class TarShardDataset(torch.utils.data.IterableDataset):
         for member in tar:
             if not member.isfile():
                 continue
-            parent, _, name = member.name.rpartition("/")
-            stem, _, ext = name.partition(".")
-            key = f"{parent}/{stem}" if parent else stem
+            key, ext = split_member(member.name)
             if current and current["__key__"] != key:
                 yield current
                 current = {}

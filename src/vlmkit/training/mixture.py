@@ -36,7 +36,7 @@ from vlmkit.data.tokenizer import Tokenizer
 from vlmkit.errors import DataError, VlmkitError
 from vlmkit.training.chat import ChatCollator, Span, assistant_spans
 from vlmkit.training.collate import BATCH_KEYS, BatchStream, manifest_texts
-from vlmkit.training.mixture_rows import DocumentRows, TextRows
+from vlmkit.training.mixture_shards import mixture_reader
 
 # Joins an interleaved document's pieces (texts and image placeholders).
 PIECE_SEPARATOR = "\n"
@@ -160,7 +160,7 @@ def _rows_collate(inputs, tok: Tokenizer, prefix_lm: bool):
 def _dataset(cfg, inputs, source: MixtureSource, rows_collate, prefix_lm: bool):
     if source.kind == "image-text":
         return inputs.dataset(source.source, True)
-    reader = TextRows if source.kind == "text" else DocumentRows
+    reader = mixture_reader(source.kind, source.source)
     return reader(source.source, cfg.data.image_root, cfg.data.validate_images, chat=not prefix_lm,
                   max_len=cfg.data.max_length, length=rows_collate.length, bad_rows=cfg.data.bad_rows)
 
@@ -198,7 +198,7 @@ def mixture_texts(mixture: str) -> list[str]:
         if source.kind == "image-text":
             texts += manifest_texts(source.source)
             continue
-        reader = TextRows if source.kind == "text" else DocumentRows
+        reader = mixture_reader(source.kind, source.source)
         for row in reader(source.source, validate=False, chat=True).rows:
             texts += [row[k] for k in ("text", "prefix", "suffix") if isinstance(row.get(k), str)]
             texts += [t for t in row.get("texts", []) if isinstance(t, str)]

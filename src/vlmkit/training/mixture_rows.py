@@ -12,7 +12,8 @@ Rows and the samples they become (the family's train format lays samples out; se
                  {"images", "messages"} with images    -> {"messages", "images": [PIL]}  (chat formats)
 
 Both readers are `JsonlDataset`s: the same validation, bad-row skipping or one-line errors naming
-file and line, and `max_len` filtering with the caller's exact token count of a sample.
+file and line, and `max_len` filtering with the caller's exact token count of a sample. The same
+rows can come from tar shards (`vlmkit.training.mixture_shards`).
 """
 
 from __future__ import annotations
@@ -111,6 +112,11 @@ class _MixtureRows(JsonlDataset):
     def _sample(self, row: dict) -> dict:
         raise NotImplementedError
 
+    @staticmethod
+    def _image(ref) -> object:
+        """The RGB PIL image one of `_paths(row)` names (tar sources: a member, not a path)."""
+        return load_image(ref)
+
     def __getitem__(self, index: int) -> dict:
         return self._sample(self.rows[index])
 
@@ -142,7 +148,7 @@ class DocumentRows(_MixtureRows):
         return [self.image_root / p for p in row["images"] if p is not None]
 
     def _sample(self, row: dict) -> dict:
-        images = [load_image(p) for p in self._paths(row)]
+        images = [self._image(p) for p in self._paths(row)]
         if "messages" in row:
             return {"messages": as_conversation(row)[0], "images": images}
         return {"document": list(row["texts"]), "images": images}
