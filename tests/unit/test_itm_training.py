@@ -118,6 +118,9 @@ def test_a_head_of_another_model_is_refused(tok, tok_dir, tmp_path):
     (folder / ITM_CONFIG).write_text("{not json")
     with pytest.raises(CheckpointError, match="is not a valid ITM head config"):
         load_itm_head(folder, model)
+    (folder / ITM_CONFIG).write_text(json.dumps({"fusion": "pair", "dim": "32", "hidden_dim": 4}))
+    with pytest.raises(CheckpointError, match="dim and hidden_dim must be integers"):
+        load_itm_head(folder, model)
 
 
 @pytest.mark.parametrize("recipe", ["siglip", "coca"])

@@ -117,6 +117,8 @@ def _read_head_config(folder: Path) -> ItmHeadConfig:
         raise CheckpointError(f"{folder / ITM_CONFIG} is not a valid ITM head config ({e})") from None
     if cfg.fusion not in ("pair", "multimodal"):
         raise CheckpointError(f"{folder / ITM_CONFIG}: unknown fusion {cfg.fusion!r}")
+    if not all(isinstance(v, int) and v >= 0 for v in (cfg.dim, cfg.hidden_dim)):
+        raise CheckpointError(f"{folder / ITM_CONFIG}: dim and hidden_dim must be integers >= 0")
     return cfg
 
 
