@@ -178,3 +178,22 @@ def test_a_folder_of_another_run_is_refused(local_ray, tmp_path):
     curate_ray(path, tmp_path / "r", parse_config({"rules": {"text_length": {}}}))
     with pytest.raises(OutputError, match="holds a curate run of another input or config"):
         curate_ray(path, tmp_path / "r", parse_config({"rules": {"image_size": {}}}))
+
+
+def test_ray_runs_the_itm_score_rule_unchanged(local_ray, tmp_path):
+    from vlmkit.curation.ray_engine import curate_ray
+    from vlmkit.training.itm_head import write_itm_head
+    from vlmkit.weights.create import create_checkpoint
+    from vlmkit.weights.hf import load_hf
+
+    folder = create_checkpoint(tmp_path / "m", "debug", family="siglip")
+    head_cfg = load_hf(folder).itm_head_config
+    write_itm_head(head_cfg.build(), head_cfg, folder)  # an untrained head: only equality matters here
+    path = write_dataset(tmp_path / "d", 12, SynthConfig(image_size=32))
+    rules = {"clip_score": {"model": str(folder), "threshold": -1.0},
+             "itm_score": {"model": str(folder), "top_fraction": 0.5, "fit_rows": 24}}
+    config = parse_config({"run": {"batch_size": 8}, "rules": rules})
+    default = curate(path, tmp_path / "default", config)
+    curate_ray(path, tmp_path / "ray", config)
+    assert default["removed_by"]["itm_score"] > 0
+    compare(tmp_path / "default", tmp_path / "ray", "manifest.jsonl")

@@ -115,6 +115,12 @@ def test_small_experiment_rule_numbers_match_the_artefacts(small_run):
     assert clip["precision"] == pytest.approx(clip["removed_by_kind"]["swapped"] / clip["removed"])
     assert info["kept_by_kind"] == {k: sum(kinds[i] == k for i in kept) for k in info["kept_by_kind"]}
     assert info["targets"]["score_filter_swapped_recall_ge_0.8"] == (clip["recall"] >= 0.8)
+    itm = info["beside_chain"]["itm_score (beside)"]  # measured alone on every raw row
+    assert itm["target"] == "swapped" and sum(itm["removed_by_kind"].values()) == itm["removed"] > 0
+    assert itm["recall"] == pytest.approx(itm["removed_by_kind"]["swapped"] / n_swapped)
+    assert itm["precision"] == pytest.approx(itm["removed_by_kind"]["swapped"] / itm["removed"])
+    assert (out / "runs" / "bootstrap_itm" / "export" / "itm_head.safetensors").is_file()
+    assert "itm_score (beside)" in info["table"]
 
 
 def _cli(args: list[str]) -> argparse.Namespace:

@@ -76,3 +76,30 @@ def test_torchrun_two_ranks_match_single_process(tmp_path: Path, reference, reci
         # what it gets is float noise, which Adam normalises into +-lr steps: only bounded by lr.
         atol = 1e-2 if k.endswith("k_proj.bias") else 2e-5
         torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=atol, msg=lambda m: f"{k}: {m}")
+
+
+@pytest.mark.distributed
+def test_torchrun_trains_the_itm_head_alike_under_ddp_and_fsdp(tmp_path: Path):
+    """With --itm.weight the head is the root's own parameter: DDP and FSDP2 train it alike (each
+    rank draws its negatives from the global batch with its own seed, the same under both), and
+    the export holds it."""
+    if not TORCHRUN.is_file():
+        pytest.skip(f"{TORCHRUN} not found")
+    runs = {}
+    for strategy in ("ddp", "fsdp"):
+        out = tmp_path / strategy
+        cmd = [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "vlmkit.training.recipes.contrastive",
+               "siglip", "--smoke", "--steps", "4", "--ckpt_every", "2", "--out", str(out), "--parallel.strategy",
+               strategy, "--itm.weight", "1"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert (out / "export" / "itm_head.safetensors").is_file()
+        metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert all(m["itm"] > 0 for m in metrics if "loss" in m)
+        runs[strategy] = out
+    assert losses(runs["fsdp"]) == pytest.approx(losses(runs["ddp"]), rel=1e-5)
+    ref, got = weights(runs["ddp"]), weights(runs["fsdp"])
+    assert ref.keys() == got.keys() and any(k.startswith("itm_head.") for k in ref)
+    for k in ref:
+        atol = 1e-2 if k.endswith("k_proj.bias") else 2e-5  # see test_torchrun_two_ranks_match_single_process
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=atol, msg=lambda m: f"{k}: {m}")

@@ -39,7 +39,8 @@ class TwoTowerEncoder:
         self.folder, self.batch_size = str(folder), batch_size
         self.image_size = self.model.cfg.vision.image_size
 
-    def _pixels(self, rows: list[dict]) -> torch.Tensor:
+    def pixels(self, rows: list[dict]) -> torch.Tensor:
+        """The rows' images as the model's pixel_values [B, 3, S, S] float32."""
         from vlmkit.data.image import preprocess_images_fast
 
         s = self.image_size
@@ -47,15 +48,18 @@ class TwoTowerEncoder:
         pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # [B, 3, S, S] uint8
         return preprocess_images_fast(pixels, s, resample="bilinear")
 
-    @torch.no_grad()
-    def _encode(self, rows: list[dict], what: str) -> np.ndarray:
+    def tokens(self, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows' captions as (input_ids, attention_mask) [B, T] int64, laid out as in training."""
         from vlmkit.training.contrastive import tokenize_captions
 
+        return tokenize_captions(self.tok, [r["text"] for r in rows], self.model)
+
+    @torch.no_grad()
+    def _encode(self, rows: list[dict], what: str) -> np.ndarray:
         if what == "image":
-            out = self.model.encode_image(self._pixels(rows))
+            out = self.model.encode_image(self.pixels(rows))
         else:
-            ids, mask = tokenize_captions(self.tok, [r["text"] for r in rows], self.model)
-            out = self.model.encode_text(ids, mask)
+            out = self.model.encode_text(*self.tokens(rows))
         return out.float().numpy()
 
     def encode(self, rows: list[dict], what: str) -> np.ndarray:

@@ -9,8 +9,9 @@
   checkpoint folder (CLIPScore without the 2.5 scale), batched; keep above `threshold`, or keep the
   top `top_fraction` (the threshold is then the matching quantile of the first `fit_rows` rows).
 
-ITM: vlmkit's ITM heads (`vlmkit.models.itm`) are trained inside `vlmkit.training.itm` and not
-exported with a checkpoint, so no folder holds a scoreable ITM model yet and there is no ITM rule.
+- `itm_score` (`vlmkit.curation.rules_itm`): the match probability of an ITM head trained with
+  the checkpoint (`vlmkit train-contrastive --itm.weight W`), the same threshold / top-fraction
+  semantics as `clip_score`.
 """
 
 from __future__ import annotations
@@ -97,14 +98,21 @@ class ScoreConfig:
     top_fraction: float | None = None  # ... or the top fraction (quantile of the first fit_rows rows)
     fit_rows: int = 2048
 
+    # Not fields (no annotation): the rule's name in messages, and the range a threshold must be in
+    # (None: any number; a cosine threshold above 1 removes every row, which is allowed).
+    rule = "clip_score"
+    threshold_range = None
+
     def __post_init__(self) -> None:
         if not self.model:
-            raise ConfigError("clip_score.model must name an image-text checkpoint folder")
+            raise ConfigError(f"{self.rule}.model must name an image-text checkpoint folder")
         if (self.threshold is None) == (self.top_fraction is None):
-            raise ConfigError("clip_score needs exactly one of threshold or top_fraction")
+            raise ConfigError(f"{self.rule} needs exactly one of threshold or top_fraction")
+        if self.threshold is not None and self.threshold_range is not None:
+            check_range(f"{self.rule}.threshold", self.threshold, *self.threshold_range)
         if self.top_fraction is not None:
-            check_range("clip_score.top_fraction", self.top_fraction, 0.0, 1.0)
-        check_range("clip_score.fit_rows", self.fit_rows, 1)
+            check_range(f"{self.rule}.top_fraction", self.top_fraction, 0.0, 1.0)
+        check_range(f"{self.rule}.fit_rows", self.fit_rows, 1)
 
 
 @register("clip_score", ScoreConfig, "image-caption cosine of a two-tower checkpoint >= threshold / top fraction")

@@ -13,7 +13,9 @@ beat training on it raw, at the same step budget?
    order: `image_uniform` (blank), `ocr_caption` (printed caption; skipped, and said so, without
    rapidocr), `clip_score` (the bootstrap model), `phash_dedup` (perceptual near-duplicates).
    Which rule removed which row is recorded, so each rule gets precision and recall against the
-   corruptions (`curation_eval.rule_scores`).
+   corruptions (`curation_eval.rule_scores`). Beside the chain (so the numbers above do not
+   change), `itm_score` is measured alone on every raw row: a second bootstrap model, the same run
+   with `itm.weight` 1, its ITM head's threshold calibrated the same way ("itm_score (beside)").
 4. Two SigLIP two-towers of the same shape, initial weights, seed and step budget are trained on
    the raw pool and on the curated rows; both are scored on zero-shot classification of the
    held-out colour-shape compositions (among all 30) and image-text retrieval R@1 on clean
@@ -21,11 +23,12 @@ beat training on it raw, at the same step budget?
 
 Outputs under --out: the tables on stdout, results.json, curation.png, data/ (corrupted manifest,
 images, truth.json), curated/ (the curate run: manifest, report.json, report.html), runs/
-(bootstrap, raw, curated training folders and the bootstrap export), tokenizer/. --out must be
-absent or empty unless --force; with --force the experiment restarts there: data/ files are
-rewritten, a curate run in curated/ is removed and redone, the training runs restart (as in
-`vlmkit experiment objectives`), other files are kept. ``--size full`` (the default) took ~6 min
-on 2 shared CPU cores, ``--size small`` ~1-2 min.
+(bootstrap, bootstrap_itm, raw, curated training folders and the bootstrap exports), tokenizer/.
+--out must be absent or empty unless --force; with --force the experiment restarts there: data/
+files are rewritten, a curate run in curated/ is removed and redone, the training runs restart (as
+in `vlmkit experiment objectives`), other files are kept. ``--size full`` (the default) took ~6 min
+on 2 shared CPU cores before the ITM bootstrap was added (one more bootstrap-length run),
+``--size small`` ~1-2 min.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from vlmkit.curation.config import parse_config
 from vlmkit.curation.encoder import TwoTowerEncoder
 from vlmkit.curation.engine import CurateRun, build_rules
 from vlmkit.curation.io import CurateInput
+from vlmkit.curation.rules import chunks
 from vlmkit.data.datasets import ShuffledStream
 from vlmkit.data.processors.two_tower import image_config
 from vlmkit.data.tokenizer import Tokenizer
@@ -60,6 +64,7 @@ from vlmkit.training.collate import build_small_tokenizer
 from vlmkit.training.config import OptimConfig
 from vlmkit.training.contrastive import (ContrastiveDataConfig, ContrastiveModelConfig, ContrastiveTrainConfig,
                                          ContrastiveTrainer, PairBatches)
+from vlmkit.training.itm_head import ItmConfig
 from vlmkit.training.outdir import METRICS_NAME, hold_run_folder, remove_stale_temp, trim_metrics
 from vlmkit.training.parallelize import DistInfo
 from vlmkit.training.recipes.contrastive import ImageTextPairs, build_model, export_model
@@ -104,31 +109,46 @@ def siglip_config(size: CurationSize) -> SiglipConfig:
 
 
 def train_siglip(name: str, size: CurationSize, steps: int, tok: Tokenizer, train: ImageTextPairs, out: Path,
-                 seed: int) -> tuple[torch.nn.Module, list[float], float]:
-    """Train one SigLIP run in out/runs/<name>; returns (model, per-step losses, train seconds)."""
+                 seed: int, itm_weight: float = 0.0) -> tuple[ContrastiveTrainer, list[float], float]:
+    """Train one SigLIP run in out/runs/<name> (with an ITM head if `itm_weight` > 0); returns
+    (trainer: `.model`, `.loss_module.itm_head`, per-step losses, train seconds)."""
     run_dir = out / "runs" / name
     remove_stale_temp(run_dir)  # a re-run restarts (module docstring), as the objectives experiment
     trim_metrics(run_dir / METRICS_NAME, 0, 0)
     cfg = ContrastiveTrainConfig(
         recipe=f"curation-{name}", out_dir=str(run_dir), steps=steps, seed=seed, log_every=50, ckpt_every=0,
         export=False, keep_checkpoints=1, model=ContrastiveModelConfig(family="siglip", source="custom"),
-        data=ContrastiveDataConfig(batch_size=size.batch_size, shuffle_seed=seed),
+        data=ContrastiveDataConfig(batch_size=size.batch_size, shuffle_seed=seed), itm=ItmConfig(weight=itm_weight),
         optim=OptimConfig(lr=size.lr, weight_decay=0.05, warmup_steps=max(steps // 20, 1), grad_clip=1.0),
     )
     model = build_model(siglip_config(size), tok, cfg.model.init_std, seed)  # same seed: same initial weights
     torch.manual_seed(seed)
     batches = PairBatches(ShuffledStream(train, seed=seed), tok, model, size.batch_size)
     t0 = time.perf_counter()
-    result = ContrastiveTrainer(cfg, model, batches, DistInfo()).fit()
-    return model.eval(), result.losses, time.perf_counter() - t0
+    trainer = ContrastiveTrainer(cfg, model, batches, DistInfo())
+    result = trainer.fit()
+    model.eval()
+    return trainer, result.losses, time.perf_counter() - t0
+
+
+def _rows(pairs: ImageTextPairs) -> list[dict]:
+    """Pairs as curate rows, the image at its stored size (the same resizing as during curation)."""
+    return [{"__key__": f"calib:{i}", "_image": upscale(img), "text": t} for i, (img, t) in
+            enumerate(zip(pairs.images, pairs.texts))]
+
+
+def _split(boot: ImageTextPairs) -> tuple[ImageTextPairs, ImageTextPairs]:
+    """The bootstrap split: 80% to train the score model, 20% to calibrate its threshold."""
+    n_fit = int(0.8 * len(boot))
+    return (ImageTextPairs(boot.images[:n_fit], boot.texts[:n_fit]),
+            ImageTextPairs(boot.images[n_fit:], boot.texts[n_fit:]))
 
 
 def calibrate_threshold(folder: Path, calib: ImageTextPairs, quantile: float) -> tuple[float, list[float]]:
     """The `quantile` of the exported score model's cosines on clean held-out pairs, computed by the
-    curate rule's own encoder (the same resizing as during curation); also the scores."""
+    curate rule's own encoder; also the scores."""
     enc = TwoTowerEncoder(str(folder))
-    rows = [{"__key__": f"calib:{i}", "_image": upscale(img), "text": t} for i, (img, t) in
-            enumerate(zip(calib.images, calib.texts))]
+    rows = _rows(calib)
     scores = (enc.encode(rows, "image") * enc.encode(rows, "text")).sum(-1)  # [N] cosine
     return float(np.quantile(scores, quantile)), [float(s) for s in scores]
 
@@ -190,7 +210,7 @@ def run_curation(size: str = "full", out: str | Path = "runs/curation", seed: in
         raise ConfigError(f"unknown --size {size!r} for the curation experiment; choose from {sorted(SIZES)}")
     out = check_output_dir(out, force)
     spec = SIZES[size]
-    refuse_stale_runs(out / "runs", spec.boot_steps, ("bootstrap",))
+    refuse_stale_runs(out / "runs", spec.boot_steps, ("bootstrap", "bootstrap_itm"))
     refuse_stale_runs(out / "runs", spec.steps, ARMS)
     for folder in ("data", "curated"):
         if (out / folder).exists() and not (out / folder).is_dir():
@@ -208,16 +228,40 @@ def run_curation(size: str = "full", out: str | Path = "runs/curation", seed: in
 
 def _bootstrap(spec: CurationSize, out: Path, seed: int, tok: Tokenizer, boot: ImageTextPairs, source: Source) -> dict:
     """Train and export the score model; calibrate the score threshold on clean held-out pairs."""
-    n_fit = int(0.8 * len(boot))
-    fit = ImageTextPairs(boot.images[:n_fit], boot.texts[:n_fit])
-    calib = ImageTextPairs(boot.images[n_fit:], boot.texts[n_fit:])
-    model, losses, secs = train_siglip("bootstrap", spec, spec.boot_steps, tok, fit, out, seed)
+    fit, calib = _split(boot)
+    n_fit = len(fit)
+    trainer, losses, secs = train_siglip("bootstrap", spec, spec.boot_steps, tok, fit, out, seed)
+    model = trainer.model
     folder = export_model(model, out / "runs" / "bootstrap" / "export", out / "tokenizer", image_config(model))
     threshold, scores = calibrate_threshold(folder, calib, spec.calib_quantile)
     print(f"bootstrap: {spec.boot_steps} steps on {n_fit} clean pairs in {secs:.0f} s; score threshold "
           f"{threshold:.4f} ({spec.calib_quantile:.0%} quantile of {len(calib)} clean held-out pairs)", flush=True)
     return {"pairs": n_fit, "train_s": secs, "losses": losses, "folder": folder, "threshold": threshold,
             "calib_scores": scores, **evaluate(model, tok, source)}
+
+
+def _itm_side(spec: CurationSize, out: Path, seed: int, tok: Tokenizer, boot: ImageTextPairs, manifest: Path,
+              kinds: list[str]) -> dict:
+    """The `itm_score` rule BESIDE the curate chain, which it leaves unchanged: a second bootstrap
+    model, the first one's run plus `itm.weight` 1, exported with its ITM head; threshold = the
+    same `calib_quantile` of its match probabilities on the clean calibration pairs; it scores
+    every raw row, so its recall is over the whole pool, as the chain rules' is."""
+    fit, calib = _split(boot)
+    trainer, _, secs = train_siglip("bootstrap_itm", spec, spec.boot_steps, tok, fit, out, seed, itm_weight=1.0)
+    model = trainer.model
+    head = (trainer.loss_module.itm_head.eval(), model.itm_head_config)
+    folder = export_model(model, out / "runs" / "bootstrap_itm" / "export", out / "tokenizer", image_config(model), head)
+    config = parse_config({"rules": {"itm_score": {"model": str(folder), "threshold": 0.0}}})
+    rule = build_rules(config)[0]
+    threshold = float(np.quantile(rule.score_batch(_rows(calib)), spec.calib_quantile))
+    rows = CurateInput(manifest, config.run.text_field, config.run.image_field).rows()
+    removed = [r["__index__"] for chunk in chunks(rows, 64) for r, v in zip(chunk, rule.score_batch(chunk))
+               if v < threshold]
+    scores = ev.rule_scores({"itm_score": removed}, kinds)["itm_score"]
+    print(f"itm_score beside the chain: threshold {threshold:.4f}, removed {len(removed)}, precision "
+          f"{scores['precision']:.3f} recall {scores['recall']:.3f} on swapped captions ({secs:.0f} s to train)",
+          flush=True)
+    return {**scores, "threshold": threshold, "train_s": secs}
 
 
 def _run(size: str, spec: CurationSize, out: Path, seed: int) -> dict:
@@ -242,15 +286,16 @@ def _run(size: str, spec: CurationSize, out: Path, seed: int) -> dict:
     _, raw = read_manifest(manifest)
     arms = {}
     for name, pairs in (("raw", raw), ("curated", curated)):
-        model, losses, secs = train_siglip(name, spec, spec.steps, tok, pairs, out, seed)
-        arms[name] = {"pairs": len(pairs), "train_s": secs, "losses": losses, **evaluate(model, tok, source)}
+        trainer, losses, secs = train_siglip(name, spec, spec.steps, tok, pairs, out, seed)
+        arms[name] = {"pairs": len(pairs), "train_s": secs, "losses": losses, **evaluate(trainer.model, tok, source)}
         print(f"{name}: trained {spec.steps} steps on {len(pairs)} pairs in {secs:.0f} s", flush=True)
     rules = ev.rule_scores(removed_by, data.kinds)
-    return _report(size, spec, out, seed, t0, arms, bootstrap, rules, kept_ids, data.kinds, report, notes)
+    beside = {"itm_score (beside)": _itm_side(spec, out, seed, tok, boot, manifest, data.kinds)}
+    return _report(size, spec, out, seed, t0, arms, bootstrap, rules, kept_ids, data.kinds, report, notes, beside)
 
 
-def _report(size, spec, out, seed, t0, arms, bootstrap, rules, kept_ids, kinds, report, notes) -> dict:
-    table = ev.format_tables({**arms, "bootstrap": bootstrap}, rules)
+def _report(size, spec, out, seed, t0, arms, bootstrap, rules, kept_ids, kinds, report, notes, beside) -> dict:
+    table = ev.format_tables({**arms, "bootstrap": bootstrap}, {**rules, **beside})
     print(table)
     raw, cur = arms["raw"], arms["curated"]
     swapped_recall = rules.get("clip_score", {}).get("recall")
@@ -258,12 +303,13 @@ def _report(size, spec, out, seed, t0, arms, bootstrap, rules, kept_ids, kinds, 
                "curated_beats_raw_r1": cur["i2t_r1"] + cur["t2i_r1"] > raw["i2t_r1"] + raw["t2i_r1"],
                "score_filter_swapped_recall_ge_0.8": swapped_recall is not None and swapped_recall >= 0.8}
     info = {"size": size, "spec": asdict(spec), "seed": seed, "total_s": time.perf_counter() - t0,
-            "arms": arms, "bootstrap": bootstrap, "rules": rules, "targets": targets, "notes": notes,
+            "arms": arms, "bootstrap": bootstrap, "rules": rules, "beside_chain": beside, "targets": targets,
+            "notes": notes,
             "kept_ids": kept_ids, "kept_by_kind": ev.kept_composition(kept_ids, kinds),
             "raw_by_kind": ev.kept_composition(list(range(len(kinds))), kinds),
             "curate_removed_by": report.get("removed_by"), "table": table}
     atomic_write_bytes(out / "results.json", json.dumps(info, indent=1).encode())
-    png = ev.plot({**arms, "bootstrap": bootstrap}, rules, out / "curation.png")
+    png = ev.plot({**arms, "bootstrap": bootstrap}, {**rules, **beside}, out / "curation.png")
     print(f"targets: {json.dumps(targets)}\nwrote {out / 'results.json'} and {png} ({info['total_s']:.0f} s in all)",
           flush=True)
     return info

@@ -25,7 +25,7 @@ from vlmkit.training.recipes.contrastive import ImageTextPairs
 
 BATCH = 128
 TARGETS = {"image_uniform": "blank", "ocr_caption": "printed", "clip_score": "swapped", "phash_dedup": "near_dup",
-           "embed_dedup": "near_dup"}
+           "embed_dedup": "near_dup", "itm_score": "swapped"}
 
 
 @torch.no_grad()

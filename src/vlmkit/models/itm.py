@@ -17,9 +17,14 @@ Fused representations (what the classifier reads):
   features; the product and difference expose agreement per dimension, which a linear layer on
   [u, v] alone cannot express).
 
-This module holds the heads (model parts); drawing negatives and the loss are applied from
-outside, in `vlmkit.training.itm` (one process or the global batch).
+This module holds the heads (model parts) and `ItmHeadConfig`, which says which head an
+image-text model takes (its `itm_head_config` property) and is saved beside a trained head so it
+can be rebuilt; drawing negatives and the loss are applied from outside, in `vlmkit.training.itm`
+(one process or the global batch).
 """
+
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -51,3 +56,24 @@ class PairItmHead(nn.Module):
         u, v = image_embeds, text_embeds
         features = torch.cat([u, v, u * v, (u - v).abs()], dim=-1)  # [M, 4E]
         return self.fc2(gelu_tanh(self.fc1(features)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ItmHeadConfig:
+    """The ITM head of an image-text model.
+
+    fusion: "pair" (`PairItmHead` on the two pooled embeddings: a two-tower has no cross-modal
+        layer) or "multimodal" (`ItmHead` on the model's own fused feature, CoCa's `fuse`).
+    dim: the embedding width E ("pair") or the fused width W ("multimodal").
+    hidden_dim: the pair MLP's hidden width ("pair" only; 0 for "multimodal").
+    """
+
+    fusion: Literal["pair", "multimodal"]
+    dim: int
+    hidden_dim: int = 0
+
+    def build(self) -> nn.Module:
+        """A freshly initialised head of this shape (PyTorch's default init, float32)."""
+        if self.fusion == "pair":
+            return PairItmHead(self.dim, self.hidden_dim)
+        return ItmHead(self.dim)

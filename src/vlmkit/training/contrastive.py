@@ -27,6 +27,9 @@ CoCa with a zero loss weight: the parts that feed only the switched-off loss are
 out of the optimizer), so they keep their initial values and DDP never waits for their gradients;
 with `caption_weight=0` the multimodal decoder is not even run.
 
+ITM (`itm.weight` > 0): an image-text matching head trained beside the model, its loss (hard
+negatives mined from the contrastive similarity) added to the others; see `training.itm_head`.
+
 Families. Nothing here tests a model's type: an image-text model (a registry family of kind
 "image-text") provides `encode_image(**image_inputs)`, `encode_text`, `forward` (-> image_embeds,
 text_embeds, logits), `cfg.contrastive_loss`, `logit_scale` / `logit_bias`, and the properties
@@ -56,9 +59,11 @@ from vlmkit.data.processors.two_tower import (ImageSide, TextCleanup, TokenizerC
                                               TwoTowerProcessor, tokenize)
 from vlmkit.data.tokenizer import Tokenizer
 from vlmkit.errors import ConfigError, DataError
+from vlmkit.models.itm import ItmHeadConfig
 from vlmkit.models.registry import families
 from vlmkit.training.collate import BatchStream
 from vlmkit.training.config import OptimConfig, ParallelConfig, Precision, check_run_fields, split_batch
+from vlmkit.training.itm_head import ItmConfig, build_head, check_trainable, head_config, itm_objective
 from vlmkit.training.losses import image_text_loss
 from vlmkit.training.optim import lr_factor, set_lr
 from vlmkit.training.parallelize import DistInfo, all_reduce_sum, clip_grad_norm, grad_sync, parallelize
@@ -104,6 +109,7 @@ class ContrastiveTrainConfig:
     data: ContrastiveDataConfig = field(default_factory=ContrastiveDataConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, weight_decay=0.1))
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    itm: ItmConfig = field(default_factory=ItmConfig)  # image-text matching head, off by default
     steps: int = 100
     stop_after: int | None = None
     precision: Precision = "fp32"
@@ -132,6 +138,7 @@ class ContrastiveTrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        self.itm.validate()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -227,32 +234,44 @@ def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
 
 
 class ContrastiveLoss(nn.Module):
-    """Root module of training: holds the image-text model (two-tower or CoCa) as `.model`.
+    """Root module of training: holds the image-text model (two-tower or CoCa) as `.model`, and
+    with `itm` (its head config) an ITM head as `.itm_head` whose loss is added times `itm_weight`.
 
     forward(input_ids / attention_mask [B, T], caption_scale, **image_inputs: pixel_values
     [B, 3, S, S] or NaFlex's packed pixel_values + spatial_shapes) -> (loss 0-dim float32,
-    {"contrastive", "caption"} detached parts). Being the root matters for DDP/FSDP, whose hooks
-    run around the root's forward.
+    {"contrastive", "caption", "itm"} detached parts). Being the root matters for DDP/FSDP, whose
+    hooks run around the root's forward (and the head's parameters are the root's own).
     """
 
-    def __init__(self, model: nn.Module, autocast: Callable[[], object] = nullcontext, group=None):
+    def __init__(self, model: nn.Module, autocast: Callable[[], object] = nullcontext, group=None, *,
+                 itm: ItmHeadConfig | None = None, itm_weight: float = 0.0, seed: int = 0):
         super().__init__()
         self.model, self.autocast, self.group = model, autocast, group
+        self.itm, self.itm_weight = itm, itm_weight
+        if itm is not None:
+            self.itm_head = build_head(itm, seed)
 
     def forward(self, input_ids, attention_mask, caption_scale: float = 1.0, **image_inputs):
-        m = self.model
+        m, out = self.model, None
         with self.autocast():
             if not m.loss_weights.get("caption"):  # no captioning term: no caption decoder to run
                 img, txt, logits = m.encode_image(**image_inputs), m.encode_text(input_ids, attention_mask), None
             else:
                 out = m(**image_inputs, input_ids=input_ids, attention_mask=attention_mask)
                 img, txt, logits = out.image_embeds, out.text_embeds, out.logits
-        loss = image_text_loss(m, img.float(), txt.float(), logits, input_ids, attention_mask, group=self.group,
+        img, txt = img.float(), txt.float()
+        loss = image_text_loss(m, img, txt, logits, input_ids, attention_mask, group=self.group,
                                caption_scale=caption_scale)
-        parts = {"contrastive": loss.contrastive.detach()}
+        total, parts = loss.total, {"contrastive": loss.contrastive.detach()}
         if loss.caption is not None:
             parts["caption"] = loss.caption.detach()
-        return loss.total, parts
+        if self.itm is not None:
+            with self.autocast():
+                itm = itm_objective(m, self.itm_head, self.itm.fusion, img, txt, out, input_ids, attention_mask,
+                                    self.group)
+            total = total + self.itm_weight * itm.loss
+            parts["itm"] = itm.loss.detach()
+        return total, parts
 
 
 # --------------------------------------------------------------------------- trainer
@@ -274,7 +293,10 @@ class ContrastiveTrainer(Trainer):
         self.eval_data, self.export_fn, self.hooks = None, export_fn, list(hooks)
         self.out = Path(cfg.out_dir)
         freeze_unused(model)
-        self.loss_module = ContrastiveLoss(model, self._autocast)
+        itm = head_config(model, cfg.itm) if cfg.itm.weight > 0 else None
+        if itm is not None:
+            check_trainable(model, itm)
+        self.loss_module = ContrastiveLoss(model, self._autocast, itm=itm, itm_weight=cfg.itm.weight, seed=cfg.seed)
         self.root = parallelize(self.loss_module, model, info, cfg.parallel)
         self.optimizer = build_optimizer(self.loss_module, cfg.optim)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -296,13 +318,13 @@ class ContrastiveTrainer(Trainer):
         """One optimizer step over `grad_accum` micro-batches; returns its metrics."""
         micro = [self._to_device(self.batches.next_batch()) for _ in range(self.cfg.data.grad_accum)]
         scales = self._caption_scales(micro)
-        totals = torch.zeros(3, device=self.info.device)  # loss, contrastive, caption
+        totals = torch.zeros(4, device=self.info.device)  # loss, contrastive, caption, itm
         for i, (batch, scale) in enumerate(zip(micro, scales)):
             with grad_sync(self.root, i == len(micro) - 1):
                 loss, parts = self.root(**batch, caption_scale=scale)
             (loss / len(micro)).backward()
             caption = parts.get("caption", loss.new_zeros(())) * scale  # this micro-batch's share of the token mean
-            totals += torch.stack([loss.detach(), parts["contrastive"], caption])
+            totals += torch.stack([loss.detach(), parts["contrastive"], caption, parts.get("itm", loss.new_zeros(()))])
         # Each rank's contrastive term is its share of the global loss: the mean over ranks is the loss.
         totals = all_reduce_sum(totals) / (self.info.world_size * len(micro))
         loss = float(totals[0])
@@ -319,6 +341,8 @@ class ContrastiveTrainer(Trainer):
         metrics = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "contrastive": float(totals[1])}
         if self.model.loss_weights.get("caption"):
             metrics["caption"] = float(totals[2])
+        if self.loss_module.itm is not None:
+            metrics["itm"] = float(totals[3])
         return metrics
 
     @torch.no_grad()

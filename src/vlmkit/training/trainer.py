@@ -293,9 +293,15 @@ class Trainer:
     # ------------------------------------------------------------------ state
 
     def full_model_state(self) -> dict[str, torch.Tensor]:
-        """The model's full state dict (gathered on CPU under FSDP), the model's own names."""
+        """The model's full state dict (gathered on CPU under FSDP), the model's own names (plus
+        `<module>.` names of other modules the loss root holds, e.g. contrastive training's ITM head)."""
         msd, _ = get_state_dict(self.root, self.optimizer, options=self._sd_options)
         return {k.removeprefix("model."): v for k, v in msd.items()}
+
+    def _root_names(self, state: dict) -> dict:
+        """Checkpoint names -> the root's: the model's under `model.`, the loss's other modules as saved."""
+        others = tuple(f"{name}." for name, _ in self.loss_module.named_children() if name != "model")
+        return {k if k.startswith(others) else f"model.{k}": v for k, v in state.items()}
 
     def save_checkpoint(self, data_state: dict | None = None, rng: dict | None = None) -> Path:
         """Write a checkpoint of the current step (collective: call on every rank)."""
@@ -315,8 +321,8 @@ class Trainer:
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore weights, optimizer, step, RNG and data position from checkpoint `path`."""
         msd, osd, rngs, state = ckpt.load_checkpoint(path, required=ckpt.TRAINER_KEYS)
-        ckpt.check_resumable(Path(path), state, _model_config(self.model), self.cfg.to_dict(),
-                             {k: tuple(v.shape) for k, v in self.model.state_dict().items()},
+        shapes = {k.removeprefix("model."): tuple(v.shape) for k, v in self.loss_module.state_dict().items()}
+        ckpt.check_resumable(Path(path), state, _model_config(self.model), self.cfg.to_dict(), shapes,
                              {k: tuple(v.shape) for k, v in msd.items()})
         saved_world, rank, step = int(state.get("world_size", 1)), self.info.rank, int(state["step"])
         if saved_world == self.info.world_size:
@@ -330,7 +336,7 @@ class Trainer:
                 print(f"{path} was written by {saved_world} rank(s), this run has {self.info.world_size}: the data "
                       f"continues at the same global sample; random streams are reseeded", flush=True)
         try:
-            set_state_dict(self.root, self.optimizer, model_state_dict={f"model.{k}": v for k, v in msd.items()},
+            set_state_dict(self.root, self.optimizer, model_state_dict=self._root_names(msd),
                            optim_state_dict=osd, options=self._sd_options)
             self.scaler.load_state_dict(state["scaler"])
         except (RuntimeError, KeyError, ValueError, TypeError) as e:  # names and shapes were checked above

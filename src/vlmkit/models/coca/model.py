@@ -39,6 +39,7 @@ from vlmkit.models.coca.config import CocaConfig
 from vlmkit.models.common.attention import attend, prefix_lm_mask
 from vlmkit.models.common.contracts import TextFormat
 from vlmkit.models.common.kv_cache import KVCache
+from vlmkit.models.itm import ItmHeadConfig
 from vlmkit.models.siglip.model import EncoderBlock, SelfAttention, SiglipVisionTower
 from vlmkit.models.siglip.two_tower import contrastive_logits, l2_normalize
 
@@ -281,6 +282,11 @@ class CoCa(nn.Module):
     def text_format(self) -> TextFormat:
         """BOS caption EOS, padded to the longest row (CoCa reads a CLS token of its own)."""
         return TextFormat(max_len=self.cfg.context_length, bos=True, pad_to_max=False)
+
+    @property
+    def itm_head_config(self) -> ItmHeadConfig:
+        """ITM reads the multimodal decoder's CLS state [B, W] (`fuse`, `CocaOutput.fused`)."""
+        return ItmHeadConfig(fusion="multimodal", dim=self.cfg.width)
 
     # --- cached decoding (see vlmkit.generation.coca) ---------------------------------------------
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from vlmkit.models.common.contracts import TextFormat
+from vlmkit.models.itm import ItmHeadConfig
 from vlmkit.models.siglip.config import SiglipConfig
 from vlmkit.models.siglip.model import SiglipVisionTower
 from vlmkit.models.siglip.text import SiglipTextTower
@@ -120,3 +121,9 @@ class SiglipTwoTower(nn.Module):
     def text_format(self) -> TextFormat:
         """Caption then EOS, padded to every text position: the tower pools the LAST position."""
         return TextFormat(max_len=self.cfg.text.max_position_embeddings, bos=False, pad_to_max=True)
+
+    @property
+    def itm_head_config(self) -> ItmHeadConfig:
+        """No cross-modal layer: ITM fuses the two embeddings [B, E] itself (`PairItmHead`)."""
+        E = self.cfg.text.projection_size
+        return ItmHeadConfig(fusion="pair", dim=E, hidden_dim=E)

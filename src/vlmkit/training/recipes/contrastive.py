@@ -16,7 +16,8 @@ Data: a JSONL manifest of ``{"image": path, "caption": text}`` rows (``text`` or
 accepted for the caption), or, with ``data.synthetic_scenes``, captioned synthetic scenes (1-3
 coloured shapes, "a red circle and a blue square") rendered in memory. `smoke=True` gives a
 seconds-long CPU run on the debug presets that trains, checkpoints, resumes and evaluates
-image<->text retrieval on held-out scenes.
+image<->text retrieval on held-out scenes. ``--itm.weight W`` (> 0) also trains an image-text
+matching head (`vlmkit.training.itm_head`), exported beside the weights for the `itm_score` rule.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from vlmkit.training.collate import build_small_tokenizer
 from vlmkit.training.config import OptimConfig
 from vlmkit.training.contrastive import (ContrastiveDataConfig, ContrastiveModelConfig, ContrastiveTrainConfig,
                                          ContrastiveTrainer, PairBatches, text_vocab_size)
+from vlmkit.training.itm_head import ITM_FILES, head_config, write_itm_head
 from vlmkit.training.outdir import locked_run, reuse_built_tokenizer
 from vlmkit.training.parallelize import DistInfo, barrier, init_distributed
 from vlmkit.training.trainer import Hook, TrainResult
@@ -243,23 +245,37 @@ def _tokenizer_dir(cfg: ContrastiveTrainConfig, folder: Path | None, texts: list
     return out
 
 
-def export_model(model: nn.Module, out: Path, tok_dir: Path, preprocessor: dict) -> Path:
+def export_model(model: nn.Module, out: Path, tok_dir: Path, preprocessor: dict, itm=None) -> Path:
     """The model's folder (`save_hf`: a HF "siglip" folder, or a vlmkit CoCa folder) with the
     tokenizer files and the image preprocessing it was trained with (preprocessor_config.json,
-    which inference reads back) beside the weights."""
+    which inference reads back) beside the weights; `itm` = (head, `ItmHeadConfig`) adds the ITM
+    head's files (`training.itm_head`), and without it an earlier export's head files are removed."""
     extra = {n: tok_dir / n for n in TOKENIZER_FILES if (tok_dir / n).is_file()}
     with tempfile.TemporaryDirectory() as tmp:
         extra[PREPROCESSOR_NAME] = Path(tmp) / PREPROCESSOR_NAME
         extra[PREPROCESSOR_NAME].write_text(json.dumps(preprocessor, indent=2))
+        if itm is not None:
+            write_itm_head(*itm, Path(tmp))
+            extra.update({n: Path(tmp) / n for n in ITM_FILES})
+        else:  # a head trained with other weights must not stay beside these
+            for name in ITM_FILES if Path(out).is_dir() else ():
+                (Path(out) / name).unlink(missing_ok=True)
         return save_hf(model, out, extra_files=extra)
 
 
 def _exporter(cfg: ContrastiveTrainConfig, model_cfg, tok_dir: Path, preprocessor: dict):
     def export(state: dict[str, torch.Tensor]) -> Path:
+        head_state = {k.removeprefix("itm_head."): state.pop(k) for k in list(state) if k.startswith("itm_head.")}
         with torch.device("meta"):
             model = family_of(model_cfg).model_class(model_cfg)
         model.load_state_dict(state, strict=True, assign=True)
-        return export_model(model, Path(cfg.out_dir) / "export", tok_dir, preprocessor)
+        itm = None
+        if head_state:
+            head_cfg = head_config(model, cfg.itm)
+            head = head_cfg.build()
+            head.load_state_dict(head_state, strict=True)
+            itm = (head, head_cfg)
+        return export_model(model, Path(cfg.out_dir) / "export", tok_dir, preprocessor, itm)
     return export
 
 
