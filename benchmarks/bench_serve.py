@@ -19,7 +19,8 @@ the last answer), the ratio to the same dtype's one-at-a-time server, p50 / p95 
 the server's /metrics the mean rows per decode step and the share of wall time spent in decode
 steps and in admissions (image encoding + prefill of the requests admitted between two steps);
 the rest is the scheduler idle or waiting on HTTP work. Both servers of a dtype must give the same
-answers (greedy); the table says whether they did (answers of different dtypes may differ).
+answers (greedy), in every run; the table says whether they did and the JSON lists the requests
+that did not (answers of different dtypes may differ).
 """
 
 from __future__ import annotations
@@ -147,12 +148,18 @@ def _variant(max_batch: int) -> str:
 def _rows(label: str, clients: int, n: int, runs: dict[int, list[dict]], max_batch: int) -> tuple[list, dict]:
     """One dtype's two table rows at `clients` (best of its runs) and its samples."""
     best = {b: max(rs, key=lambda m: m["tokens/s"]) for b, rs in runs.items()}
-    same = best[1]["texts"] == best[max_batch]["texts"]
+    ref = runs[1][0]["texts"]  # every run of both servers must answer as the first lone run did
+    differ = sorted({i for rs in runs.values() for r in rs for i, (a, b) in enumerate(zip(ref, r["texts"])) if a != b})
+    same = not differ
+    if differ:  # shown, so that a near-tie can be told from a scheduling bug
+        print(f"{label} @ {clients} clients: requests {differ} were not always answered alike:\n" + "\n".join(
+            f"  {i}: {sorted({r['texts'][i] for rs in runs.values() for r in rs})}" for i in differ), file=sys.stderr)
     rows, samples = [], {}
     for b in (1, max_batch):
         m = {k: v for k, v in best[b].items() if k != "texts"}
         rows.append({"dtype": label, "variant": _variant(b), "clients": clients, "requests": n, **m,
-                     "x one-at-a-time": ratio(m["tokens/s"], best[1]["tokens/s"]), "same answers": same})
+                     "x one-at-a-time": ratio(m["tokens/s"], best[1]["tokens/s"]), "same answers": same,
+                     "different answers": differ})
         samples[f"{label} {_variant(b)} @ {clients}"] = [{k: v for k, v in r.items() if k != "texts"} for r in runs[b]]
     return rows, samples
 
