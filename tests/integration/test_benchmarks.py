@@ -230,3 +230,10 @@ def test_bench_serve_smoke(tmp_path):
                                              "p95 latency s", "rows per step", "decode steps"))
         assert r["same answers"] is True and r["requests"] == 2
     assert out["ratio_legend"] in stdout and "load average at start" in stdout
+
+
+@pytest.mark.parametrize("dtype, message", [("float64", "--dtype: unknown dtype 'float64'"), (",", "--dtype: no dtype")])
+def test_bench_serve_bad_dtype_is_one_line(dtype, message):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_serve.py"), "--dtype", dtype],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
