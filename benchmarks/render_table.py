@@ -102,11 +102,11 @@ def llamacpp_table(data: dict) -> list[str]:
 
 
 def serve_table(data: dict) -> list[str]:
-    """bench_serve.py: the two servers side by side at each number of clients."""
+    """bench_serve.py: the two servers of each dtype side by side at each number of clients."""
     lines = [data["ratio_legend"][0].upper() + data["ratio_legend"][1:] + ".", "",
-             "| variant | clients | requests/s | tokens/s | x one-at-a-time | p50 s | p95 s | rows per step "
-             "| same answers |", "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['variant']} | {r['clients']} | {_num(r['requests/s'])} | {_num(r['tokens/s'])} "
+             "| dtype | variant | clients | requests/s | tokens/s | x one-at-a-time | p50 s | p95 s | rows per step "
+             "| same answers |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['dtype']} | {r['variant']} | {r['clients']} | {_num(r['requests/s'])} | {_num(r['tokens/s'])} "
               f"| {_x(r['x one-at-a-time'])} | {_num(r['p50 latency s'])} | {_num(r['p95 latency s'])} "
               f"| {_num(r['rows per step'])} | {'yes' if r['same answers'] else 'no'} |" for r in data["rows"]]
     return lines

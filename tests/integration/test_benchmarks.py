@@ -211,16 +211,29 @@ def test_bench_packing_smoke(tmp_path):
 
 
 def test_bench_serve_smoke(tmp_path):
+    """Two dtypes side by side: float32 and `auto` as `vlmkit serve` resolves it (dropped when it is
+    float32 too: one pair of servers per resolved dtype)."""
     pytest.importorskip("fastapi")
+    from vlmkit.weights.dtype import resolve_dtype
+
     out, stdout = _run("bench_serve.py", "--clients", "1,2", "--max-batch", "2", "--max-tokens", "3", "--reps", "1",
-                       "--min-requests", "2", "--requests-per-client", "1", json_path=tmp_path / "serve.json")
+                       "--min-requests", "2", "--requests-per-client", "1", "--dtype", "float32,auto",
+                       json_path=tmp_path / "serve.json")
     assert out["benchmark"] == "serve" and "bench_serve.py" in out["meta"]["command"]
     assert len(out["meta"]["loadavg_start"]) == 3 and len(out["meta"]["loadavg_end"]) == 3
-    assert [(r["variant"], r["clients"]) for r in out["rows"]] == [
-        ("one at a time (max-batch 1)", 1), ("continuous (max-batch 2)", 1),
-        ("one at a time (max-batch 1)", 2), ("continuous (max-batch 2)", 2)]
+    auto = str(resolve_dtype("auto", "cpu")).removeprefix("torch.")
+    labels = ["float32"] + ([] if auto == "float32" else [f"{auto} (auto)"])
+    assert [(r["clients"], r["dtype"], r["variant"]) for r in out["rows"]] == [
+        (c, d, v) for c in (1, 2) for d in labels for v in ("one at a time (max-batch 1)", "continuous (max-batch 2)")]
     for r in out["rows"]:
         assert all(_positive(r[k]) for k in ("requests/s", "tokens/s", "x one-at-a-time", "p50 latency s",
                                              "p95 latency s", "rows per step", "decode steps"))
         assert r["same answers"] is True and r["requests"] == 2
     assert out["ratio_legend"] in stdout and "load average at start" in stdout
+
+
+@pytest.mark.parametrize("dtype, message", [("float64", "--dtype: unknown dtype 'float64'"), (",", "--dtype: no dtype")])
+def test_bench_serve_bad_dtype_is_one_line(dtype, message):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_serve.py"), "--dtype", dtype],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
