@@ -134,9 +134,10 @@ class PatchEmbed(nn.Module):
         # The reference runs the Conv3d (kernel = stride) on N separate kernel-sized volumes: one
         # output point per volume, which oneDNN computes ~10x slower than the same conv over wide
         # inputs. So the patches are laid side by side, `row` per volume [B, C, Tp, P, row * P],
-        # zero-padded to whole rows: the same kernel, the same per-output summation (bit-equal to
-        # the reference in fp32 and bf16). A GEMM on the flattened patches would be faster still
-        # but sums in another order (7.6e-6 apart in fp32 on the tiny test, bf16 not bit-equal).
+        # zero-padded to whole rows: the same per-output summation, bit-equal to the reference in
+        # fp32 (tests/unit/test_qwen2_vit.py) and in bf16 at the published width (at some tiny
+        # widths oneDNN's bf16 per-patch call rounds a few outputs one step apart). A GEMM on the
+        # flattened patches is faster still but sums in another order (7.6e-6 apart in fp32).
         w = self.proj.weight  # [D, C, Tp, P, P]
         D, C, Tp, P, _ = w.shape
         N, L = x.shape[0], self.row
