@@ -59,11 +59,19 @@ def _llava_clip_b16_llama_300m():
     return replace(LLAVA["llava-1.5-7b-hf"], vision=CLIP["clip-vit-base-patch16"], text=text)
 
 
+def _qwen2_vl_2b_decoder():
+    """Qwen2-VL-2B's decoder exactly (28 layers, 1536 wide, 151936 vocabulary: the decode shape) under
+    4 of its tower's 32 blocks, so that two 2B processes fit a shared 23 GB machine (3.3 GB each)."""
+    cfg = get_family("qwen2_vl").presets["qwen2-vl-2b-instruct"]
+    return replace(cfg, vision=replace(cfg.vision, depth=4))
+
+
 # (family, shape) -> config: the benchmark's own shapes, besides every registry preset.
 SHAPES: dict[tuple[str, str], Callable[[], object]] = {
     ("paligemma", "mid-300m"): _paligemma_mid_300m,
     ("paligemma", "3b-224"): lambda: get_family("paligemma").presets["paligemma-3b-224"],  # older runs' name
     ("llava", "clip-b16-llama-300m"): _llava_clip_b16_llama_300m,
+    ("qwen2_vl", "2b-decoder"): _qwen2_vl_2b_decoder,
 }
 
 # --cases when none are given. 3b-224 is PaliGemma's real shape (--full).

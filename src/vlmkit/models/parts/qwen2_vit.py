@@ -13,9 +13,9 @@ order (the m x m patches of one merged token consecutive), and `grid_thw` [M, 3]
 is repeated Tp times, so a frame pair is one patch.
 
     patch embed (a Conv3d with kernel = stride = (Tp, P, P), no bias: a linear map of each
-    flattened patch, run as the conv) -> depth x [x + attn(LN(x)); x + fc2(act(fc1(LN(x))))] -> PatchMerger:
-    LN, then the m*m consecutive patches of a merged token concatenated [N/m^2, m^2 D] -> Linear ->
-    GELU -> Linear -> [N/m^2, Do].
+    flattened patch, run as the conv over rows of patches) -> depth x [x + attn(LN(x));
+    x + fc2(act(fc1(LN(x))))] -> PatchMerger: LN, then the m*m consecutive patches of a merged
+    token concatenated [N/m^2, m^2 D] -> Linear -> GELU -> Linear -> [N/m^2, Do].
 
 Attention has q/k/v biases (one fused `qkv`), Qwen2-VL's vision RoPE on q and k
 (models/common/rope2d: rows and columns each over the full spectrum of hd/2, positions in merge
@@ -57,7 +57,6 @@ from vlmkit.models.common.activations import ACTIVATIONS, Activation
 from vlmkit.models.common.attention import attend
 from vlmkit.models.common.mlp import MLP, GatedMLP
 from vlmkit.models.common.norms import RMSNorm
-from vlmkit.models.common.rope import apply_rope
 from vlmkit.models.common.rope2d import axial_rope_cos_sin, merge_order_positions, qwen2_vl_inv_freq
 
 _LN_EPS = 1e-6  # hard-coded in the reference's blocks and merger
@@ -122,18 +121,48 @@ class Qwen2VitConfig:
 class PatchEmbed(nn.Module):
     """Flattened patches [N, C*Tp*P*P] -> [N, D]; the weight is kept in the Conv3d layout (HF's)."""
 
+    # Patches laid side by side per row of the conv's input (see forward); 64 was the fastest of
+    # 16..1024 at the benchmark's width, and any length gives the same bits.
+    row = 64
+
     def __init__(self, cfg: Qwen2VitConfig):
         super().__init__()
         k = (cfg.temporal_patch_size, cfg.patch_size, cfg.patch_size)
         self.proj = nn.Conv3d(cfg.in_channels, cfg.embed_dim, kernel_size=k, stride=k, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # A kernel-sized, stride-kernel Conv3d over one patch is a dot product with the flattened
-        # kernel (C, Tp, P, P order, the processor's). The conv itself is kept, as the reference
-        # runs it: the matmul form sums in another order (7.6e-6 apart in fp32 on the tiny test).
+        # The reference runs the Conv3d (kernel = stride) on N separate kernel-sized volumes: one
+        # output point per volume, which oneDNN computes ~10x slower than the same conv over wide
+        # inputs. So the patches are laid side by side, `row` per volume [B, C, Tp, P, row * P],
+        # zero-padded to whole rows: the same per-output summation, bit-equal to the reference in
+        # fp32 (tests/unit/test_qwen2_vit.py) and in bf16 at the published width (at some tiny
+        # widths oneDNN's bf16 per-patch call rounds a few outputs one step apart). A GEMM on the
+        # flattened patches is faster still but sums in another order (7.6e-6 apart in fp32).
         w = self.proj.weight  # [D, C, Tp, P, P]
-        patches = x.to(w.dtype).view(-1, *w.shape[1:])  # [N, C, Tp, P, P]
-        return self.proj(patches).view(-1, w.shape[0])  # [N, D]
+        D, C, Tp, P, _ = w.shape
+        N, L = x.shape[0], self.row
+        B = -(-N // L)
+        x = nn.functional.pad(x.to(w.dtype), (0, 0, 0, B * L - N))  # [B L, C Tp P P]
+        x = x.view(B, L, C, Tp, P, P).permute(0, 2, 3, 4, 1, 5).reshape(B, C, Tp, P, L * P)
+        out = self.proj(x)  # [B, D, 1, 1, L]
+        return out.view(B, D, L).transpose(1, 2).reshape(B * L, D)[:N]  # [N, D]
+
+
+def rope_in_float32(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`apply_rope(x.float(), cos, sin).to(x.dtype)` bit for bit (the reference rotates in float32
+    and casts back), in half the passes over x: x [..., B, H, N, hd] in any float dtype, cos / sin
+    [B, N, hd] float32 -> [..., B, H, N, hd] in x's dtype.
+
+    Rotate-half by halves, x = [x1 | x2]: [x1 c1 - x2 s1 | x2 c2 + x1 s2], the same products and
+    sums as x * cos + [-x2 | x1] * sin (negating a product is exact), without the float32 copy of
+    x (a bf16 x times a float32 table is computed in float32) or the rotated copy.
+    """
+    h = x.shape[-1] // 2
+    cos, sin = cos[:, None], sin[:, None]  # [B, 1, N, hd]: broadcast over heads
+    x1, x2 = x[..., :h], x[..., h:]
+    first = x1 * cos[..., :h] - x2 * sin[..., :h]
+    second = x2 * cos[..., h:] + x1 * sin[..., h:]
+    return torch.cat([first.to(x.dtype), second.to(x.dtype)], dim=-1)
 
 
 class VisionAttention(nn.Module):
@@ -149,9 +178,8 @@ class VisionAttention(nn.Module):
         """x [B, N, D] -> q, k, v [B, H, N, hd], RoPE applied to q and k (in float32)."""
         B, N, D = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)  # [3, B, H, N, hd]
-        q, k, v = qkv.unbind(0)
-        q, k = (apply_rope(t.float(), cos, sin).to(x.dtype) for t in (q, k))
-        return q, k, v
+        q, k = rope_in_float32(qkv[:2], cos, sin)  # q and k in one pass each
+        return q, k, qkv[2]
 
     def forward(self, x, cos, sin, segments: list[int]):
         B, N, D = x.shape
@@ -161,8 +189,9 @@ class VisionAttention(nn.Module):
         # packed sequence, summed in the reference's order (its non-flash path splits the same
         # way), so bf16 outputs round alike; and no N x N mask is built.
         parts = zip(*(t.split(segments, dim=2) for t in (q, k, v)))
-        out = torch.cat([attend(qi, ki, vi, None, hd**-0.5) for qi, ki, vi in parts], dim=2)  # [B, H, N, hd]
-        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+        # Joined along the sequence in [B, N, H, hd] order: one copy, and the view to D is free.
+        out = torch.cat([attend(qi, ki, vi, None, hd**-0.5).transpose(1, 2) for qi, ki, vi in parts], dim=1)
+        return self.proj(out.view(B, N, D))
 
 
 def _norm(cfg: Qwen2VitConfig) -> nn.Module:
