@@ -25,7 +25,8 @@ def test_bench_dedup_smoke(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())
-    assert data["kind"] == "dedup" and "bench_dedup.py" in data["meta"]["command"] and data["meta"]["loadavg_end"]
+    assert data["kind"] == "dedup" and "bench_dedup.py" in data["meta"]["command"]
+    assert data["meta"]["loadavg_end"]
     rows = {r["variant"]: r for r in data["rows"]}
     assert list(rows) == ["flat float32", "flat sq8", "ivf float32", "ivf sq8", "hnsw float32"]
     assert [r["rows"] for r in rows.values()] == [2000, 3000, 3000, 3000, 2500]

@@ -61,7 +61,8 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_output(world, tmp_path,
     with pytest.raises(Interrupt):
         curate(manifest, tmp_path / "cut", cfg, on_batch=stop)
     state = json.loads((tmp_path / "cut" / ".curate" / "state.json").read_text())
-    meta = json.loads((tmp_path / "cut" / ".curate" / f"ckpt-{state['ckpt']}" / "embed_dedup" / "index.json").read_text())
+    ckpt = tmp_path / "cut" / ".curate" / f"ckpt-{state['ckpt']}"
+    meta = json.loads((ckpt / "embed_dedup" / "index.json").read_text())
     assert state["position"] == 40 and meta["trained"]
     curate(manifest, tmp_path / "cut", cfg)
     assert files(tmp_path / "cut") == files(tmp_path / "full")
