@@ -171,7 +171,8 @@ def rows_table(data: dict) -> list[str]:
 
 TABLES = {"quant-decode": rows_table, "quant-error": rows_table, "quant-kernels": rows_table,
           "serve": serve_table, "curate": curate_table, "load": load_table, "preprocess": preprocess_table,
-          "train": train_table, "generate": generate_table, "llamacpp": llamacpp_table, "packing": packing_table}
+          "train": train_table, "generate": generate_table, "llamacpp": llamacpp_table, "packing": packing_table,
+          "dedup": rows_table}
 
 
 def kind_of(data: dict) -> str:

@@ -8,9 +8,10 @@
   each kept hash is indexed under its d + 1 band values and only hashes sharing a band are
   compared.
 - `embed_dedup`: cosine >= `threshold` between image embeddings of a checkpoint folder and any
-  kept row's, with an exact FAISS inner-product index (`IndexFlatIP`) of every kept embedding. A
-  batch is searched at once (memory: the index's E floats per kept row plus one batch), then
-  decided in order, each row also compared with the rows kept earlier in its batch.
+  kept row's, through a growing FAISS index of the kept embeddings (`vlmkit.curation.embed_index`:
+  exact flat, IVF or HNSW; float32, float16 or 8-bit storage; its docstring gives the memory per
+  row). A batch is searched at once, then decided in order, each row also compared exactly with
+  the rows kept earlier in its batch.
 
 "Kept" means passed this rule: put dedup after the filters so that a removed row does not
 shadow a later copy. State (hashes, the index) is saved at every checkpoint for exact resume.
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vlmkit.curation.embed_index import EmbedIndex, IndexConfig, dedup_batch, faiss_module  # noqa: F401
 from vlmkit.curation.encoder import ModelRule
 from vlmkit.curation.rules import RuleBase, check_range, image_bytes_of, image_of, register
 from vlmkit.errors import ConfigError
@@ -136,16 +138,8 @@ class PhashDedup(RuleBase):
             self._add(int(v))
 
 
-def faiss_module():
-    try:
-        import faiss
-    except ImportError:
-        raise ConfigError("embedding rules need faiss-cpu: pip install 'vlmkit[curate]'") from None
-    return faiss
-
-
 @dataclass(kw_only=True, frozen=True)
-class EmbedConfig:
+class EmbedConfig(IndexConfig):
     model: str = ""  # an image-text checkpoint folder
     threshold: float = 0.95  # cosine at or above which two images are near-duplicates
 
@@ -153,14 +147,14 @@ class EmbedConfig:
         if not self.model:
             raise ConfigError("embed_dedup.model must name an image-text checkpoint folder")
         check_range("embed_dedup.threshold", self.threshold, -1.0, 1.0)
+        super().__post_init__()
 
 
 @register("embed_dedup", EmbedConfig, "no kept image embedding with cosine >= threshold (FAISS)", "faiss-cpu")
 class EmbedDedup(ModelRule):
     def __init__(self, config, resources) -> None:
         super().__init__(config, resources)
-        self.faiss = faiss_module()
-        self.index = None
+        self.index = EmbedIndex(config)
 
     def score_batch(self, rows: list[dict]) -> list[np.ndarray]:
         return list(self.encoder.encode(rows, "image")) if rows else []
@@ -168,29 +162,13 @@ class EmbedDedup(ModelRule):
     def decide_batch(self, values: list[np.ndarray]) -> list[bool]:
         if not values:
             return []
-        x = np.stack(values).astype(np.float32)  # [B, E]
-        if self.index is None:
-            self.index = self.faiss.IndexFlatIP(x.shape[1])
-        prior = self.index.search(x, 1)[0][:, 0] if self.index.ntotal else np.full(len(x), -np.inf)  # [B]
-        within = x @ x.T  # [B, B] cosine within the batch
-        kept: list[int] = []
-        out = []
-        for i in range(len(x)):
-            dup = prior[i] >= self.config.threshold or any(within[i, j] >= self.config.threshold for j in kept)
-            out.append(not dup)
-            if not dup:
-                kept.append(i)
-        if kept:
-            self.index.add(x[kept])
-        return out
+        return dedup_batch(self.index, np.stack(values).astype(np.float32), self.config.threshold)  # [B, E]
 
     def summary(self, value: np.ndarray) -> None:
         return None
 
     def save(self, folder: Path) -> None:
-        if self.index is not None:
-            self.faiss.write_index(self.index, str(folder / "index.faiss"))
+        self.index.save(folder)
 
     def load(self, folder: Path) -> None:
-        path = folder / "index.faiss"
-        self.index = self.faiss.read_index(str(path)) if path.is_file() else None
+        self.index.load(folder)
