@@ -12,25 +12,26 @@ AVX512-VNNI / AMX-int8 on x86). Two consequences:
   row, so at batch 8 it is slower than a bf16 matmul), at a quarter (fp32) / half (bf16) of the
   float bytes: decode is faster than float at batch 1 *and* batch 8.
 - Rows are independent (the per-row scale and the integer sum do not depend on the other rows):
-  a row of a batch-8 call equals the same row alone, bit for bit.
+  a row of a W8A8 call with 8 rows equals the same row in any other W8A8 call, bit for bit.
 Activation rounding (half a step of 1/254 of each row's max) changes the logits more than
 weight-only int8 does; `vlmkit.generation.quant_report` measures it.
 
-Measured on a 2-core AMX Xeon, PyTorch 2.13, bf16 activations, 16384 x 2048 weight, 2 threads
-(benchmarks/bench_quant_kernels.py, results in benchmarks/results/quant-kernels-cpu.json): the
-int GEMM takes ~1.2 ms at M = 1 and 8 and ~1.6 ms at M = 32 (bf16 2.3 / 2.9 / 4.4 ms, the
-weight-only int8 kernel 0.9 / 3.0 / 12.7 ms); the activation quantisation adds ~30 us per call.
-For prefill-sized M the s8 GEMM is slower than casting the weight to the activation dtype
-(M = 256: 107 ms against 74 ms; bf16 24 ms), so beyond `DYNAMIC_MAX_ROWS` rows the layer runs
-the weight-only path of `int8_matmul` (prefill logits are weight-only int8 ones).
+Rows: at M = 1 (batch-1 decode) the weight-only fused GEMV `_weight_int8pack_mm` (bf16 / fp16
+activations) is faster than the int GEMM (the same int8 bytes, no activation rounding, no extra
+kernels), so a single such row takes the weight-only path of `int8_matmul`, as do more than `DYNAMIC_MAX_ROWS` rows
+(prefill: there the s8 GEMM is slower than casting the weight to bf16 for oneDNN's bf16 GEMM).
+So batch-1 decode gives exactly the "int8" scheme's logits, and a row of a batched decode step
+differs from the same row alone by the activation rounding only (`always_dynamic` makes every
+call W8A8, for scoring). Measured numbers: benchmarks/results/quant-kernels-cpu.json (per
+matmul) and quant-decode-cpu.json (decode); see benchmarks/README.md.
 """
 
 import torch
 from torch import nn
 
-from vlmkit.generation.quantize import Int8Embedding, Int8Linear, int8_matmul, replace_modules
+from vlmkit.generation.quantize import Int8Embedding, Int8Linear, _use_int8pack, int8_matmul, replace_modules
 
-DYNAMIC_MAX_ROWS = 64
+DYNAMIC_MIN_ROWS, DYNAMIC_MAX_ROWS = 2, 64
 
 
 def quantize_rows(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,12 +41,16 @@ def quantize_rows(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(xf / sx).to(torch.int8), sx
 
 
-def dynamic_int8_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def dynamic_int8_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor,
+                        rows: tuple[int, int | None] = (DYNAMIC_MIN_ROWS, DYNAMIC_MAX_ROWS)) -> torch.Tensor:
     """x [..., in] float, q [out, in] int8, scale [out] -> [..., out] in x's dtype (see the module
-    docstring; more than `DYNAMIC_MAX_ROWS` rows, or a device without the int GEMM: `int8_matmul`)."""
+    docstring): W8A8 on CPU for rows[0] <= M <= rows[1] (None: no limit) and for fewer rows where
+    `int8_matmul` would cast the weight (fp32 activations), else `int8_matmul`."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])  # [M, in]
-    if x2.shape[0] > DYNAMIC_MAX_ROWS or x2.device.type != "cpu":
+    lo, hi = rows
+    few, many = x2.shape[0] < lo and _use_int8pack(x2), hi is not None and x2.shape[0] > hi
+    if few or many or x2.device.type != "cpu":
         return int8_matmul(x, q, scale)
     a, sx = quantize_rows(x2)
     # q.T is a transposed view ([in, out], column-major): oneDNN reads it as stored; a contiguous
@@ -56,20 +61,34 @@ def dynamic_int8_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -
 
 
 class DynamicInt8Linear(Int8Linear):
-    """`Int8Linear` (same buffers) whose forward quantises its input rows too (W8A8)."""
+    """`Int8Linear` (same buffers) whose forward quantises its input rows too (W8A8), up to
+    the row counts `rows` (see `dynamic_int8_matmul`; `always_dynamic`: at any row count)."""
+
+    rows: tuple[int, int | None] = (DYNAMIC_MIN_ROWS, DYNAMIC_MAX_ROWS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., in] -> [..., out] in x's dtype."""
-        y = dynamic_int8_matmul(x, self.weight_int8, self.weight_scale)
+        y = dynamic_int8_matmul(x, self.weight_int8, self.weight_scale, self.rows)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
 
 class DynamicInt8Embedding(Int8Embedding):
-    """`Int8Embedding` (same buffers, same rows) whose LM head runs W8A8."""
+    """`Int8Embedding` (same buffers, same rows) whose LM head runs W8A8 (as `DynamicInt8Linear`)."""
+
+    rows: tuple[int, int | None] = (DYNAMIC_MIN_ROWS, DYNAMIC_MAX_ROWS)
 
     def linear(self, h: torch.Tensor) -> torch.Tensor:
         """h [..., D] -> [..., V]."""
-        return dynamic_int8_matmul(h, self.weight_int8, self.weight_scale)
+        return dynamic_int8_matmul(h, self.weight_int8, self.weight_scale, self.rows)
+
+
+def always_dynamic(model: nn.Module) -> nn.Module:
+    """Let every W8A8 module of `model` quantise its activations at any row count (the numerics of
+    batched decode also for one row and for long inputs: what `quant_report` scores). In place."""
+    for m in model.modules():
+        if isinstance(m, (DynamicInt8Linear, DynamicInt8Embedding)):
+            m.rows = (1, None)
+    return model
 
 
 def quantize_int8_dynamic(model: nn.Module, skip: tuple[str, ...] = (), min_features: int = 16) -> nn.Module:
