@@ -107,7 +107,8 @@ def test_batched_decoder_logits_equal_rows_alone(family):
     assert not any(isinstance(m, nn.Linear) for m in lm.modules())
     B, V = 8, lm.cfg.vocab_size
     ids = torch.randint(3, min(V, 500), (B, 1), generator=torch.Generator().manual_seed(4))
-    pos, valid, prefix = torch.zeros(B, 1, dtype=torch.long), torch.ones(B, 1, dtype=torch.bool), torch.zeros(B, 1, dtype=torch.bool)
+    pos, valid = torch.zeros(B, 1, dtype=torch.long), torch.ones(B, 1, dtype=torch.bool)
+    prefix = torch.zeros(B, 1, dtype=torch.bool)
 
     def step(m, r):
         with torch.no_grad():
