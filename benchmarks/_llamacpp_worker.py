@@ -86,8 +86,8 @@ class LlamaCppRunner:
 
 class VlmkitRunner:
     """vlmkit's `load_hf` + the shared engine's `prefill` / `decode_one_token` (compiled or not)
-    on a text decoder; `quant`: "none" or "int8" (`vlmkit.generation.quantize.quantize_int8`,
-    the tied embedding / LM head included, as bench_generate.py --int8 does)."""
+    on a text decoder; `quant`: "none" or a scheme of `vlmkit.generation.quant` ("int8",
+    "int8-dyn", "int4-g64", ...; the tied embedding / LM head included)."""
 
     def __init__(self, folder: str, dtype: str, quant: str, compiled: bool):
         import torch
@@ -98,10 +98,10 @@ class VlmkitRunner:
 
         self.torch = torch
         self.lm = load_hf(folder, dtype=dtype)
-        if quant == "int8":
-            from vlmkit.generation.quantize import quantize_int8
+        if quant != "none":
+            from vlmkit.generation.quant import quantize_model
 
-            quantize_int8(self.lm)
+            quantize_model(self.lm, quant)
         self.decode_fn = compile_decode() if compiled else decode_one_token
 
     def _start(self, prompt: list[int], new_tokens: int):

@@ -1,4 +1,4 @@
-"""Float vs int8 vs int4 decode, eager and compiled, at batch 1 and 8, in one run; and the logit
+"""Float vs int8 vs int8-dyn vs int4 decode, eager and compiled, at batch 1 and 8, in one run; and the logit
 error report of every scheme on the bundled model.
 
     python benchmarks/bench_quant.py                                  # debug + mid-300m, bf16
@@ -81,8 +81,8 @@ def error_report(args) -> dict:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", default="debug:bfloat16,mid-300m:bfloat16", help="comma-separated CASE:DTYPE")
-    p.add_argument("--schemes", default="int8,int4-g32,int4-g64,int4-g128")
-    p.add_argument("--decode-schemes", default="int8,int4-g64", help="schemes timed in decode")
+    p.add_argument("--schemes", default="int8,int8-dyn,int4-g32,int4-g64,int4-g128")
+    p.add_argument("--decode-schemes", default="int8,int8-dyn,int4-g64", help="schemes timed in decode")
     p.add_argument("--no-compile", action="store_true", help="eager variants only")
     p.add_argument("--error-report", action="store_true", help="only the error report (no decode timing)")
     p.add_argument("--no-error-report", action="store_true", help="only the decode timing")

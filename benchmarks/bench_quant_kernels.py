@@ -1,7 +1,7 @@
 """Weight-only quantised matmul kernels on this CPU: which one to use at which row count M.
 
     python benchmarks/bench_quant_kernels.py                     # 16384 x 2048 weight, bf16, M = 1..64
-    python benchmarks/bench_quant_kernels.py --out 16384 --in 2048 --rows 1,8 --threads 2 --json k.json
+    python benchmarks/bench_quant_kernels.py --out 2048,16384 --in 2048 --rows 1,8,32 --threads 2 --json k.json
 
 One weight W [out, in] (Gemma-2B's MLP up projection by default), activations x [M, in] in bf16,
 each candidate timed (best of --reps after a warm-up) at each M and checked against the float32
@@ -13,11 +13,18 @@ product of the weight it actually holds (max |err| / max |ref|):
 - `int8tile`: the same, one tile of `--tile` rows at a time into a reused bf16 buffer (cache-sized).
 - `int8compile`: torch.compile of `F.linear(x, q.to(bf16)) * s` (inductor may fuse the cast).
 - `int4gG`: `_weight_int4pack_mm_for_cpu` with group size G (asymmetric, scales and zeros).
+- `int8dyn`: dynamic W8A8 (`vlmkit.generation.quantize_dynamic.dynamic_int8_matmul` below its
+  row limit): each activation row quantised to int8, `torch._int_mm` (oneDNN s8 GEMM, VNNI / AMX),
+  rescaled by row and column scales; `int8dyn_gemm`: the `_int_mm` call alone (inputs already int8).
+- `int8dyn_onednn`: the same numerics through oneDNN's prepacked `onednn::qlinear_pointwise`
+  (activation scale 1, per-row scales applied after; a prepacked opaque weight, no state dict).
+- `torchao_w8a8`: torchao's `Int8DynamicActivationInt8WeightConfig` on an nn.Linear, if it runs here.
 - `int8frozen`, `int4g64frozen`: the int8pack / int4 op of a module whose weights are buffers,
   under torch.compile with freezing + max-autotune: inductor may pick its C++ GEMM template
   (AMX / AVX-512) over aten's kernel (generation does not reach this yet: see quantize.py).
 
-The table it prints is the one recorded in `vlmkit/generation/quantize.py`'s docstring.
+The table it prints is the one recorded in `vlmkit/generation/quantize.py`'s docstring (and, for the
+W8A8 rows, `quantize_dynamic.py`'s).
 """
 
 from __future__ import annotations
@@ -35,10 +42,13 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).parent))
 from vlmkit.generation.quantize import quantize_per_channel  # noqa: E402
+from vlmkit.generation.quantize_dynamic import quantize_rows  # noqa: E402
 from vlmkit.generation.quantize_int4 import pack_int4, quantize_int4_groups  # noqa: E402
 
 
-KERNEL_LEGEND = "times in ms per matmul (16384 x 2048 weight, bf16 activations) at M rows; *_err = max abs error against the float32 product"
+KERNEL_LEGEND = ("ms per matmul x [M, K] @ W[N, K].T, bf16 activations; GB/s = the candidate's weight bytes / time; x bf16 = "
+                 "bf16 F.linear's time / this time (> 1 = faster); rel err = max |y - float32 product of the candidate's "
+                 "weight| / max |product|")
 
 
 def interleaved_best_ms(fns: dict, reps: int) -> dict:
@@ -70,6 +80,51 @@ def _frozen(fn, a, b):
     return torch.compile(_Holder(fn, a, b).eval(), dynamic=False, options={"max_autotune": True, "freezing": True})
 
 
+def dynamic_candidates(q: torch.Tensor, s: torch.Tensor, deq8: torch.Tensor, w16: torch.Tensor) -> dict:
+    """The W8A8 rows (see the module docstring): name -> (fn(x) -> y, the float32 weight)."""
+    s32, zp = s.float(), torch.zeros(q.shape[0], dtype=torch.long)
+
+    def dyn(x):  # dynamic_int8_matmul's GEMM path at any M (the bench also times M above its limit)
+        a, sx = quantize_rows(x)
+        return ((torch._int_mm(a, q.T) * sx) * s32).to(x.dtype)
+
+    def gemm(x):
+        return torch._int_mm(_int8_rows(x), q.T)
+
+    out = {"int8dyn": (dyn, deq8), "int8dyn_gemm": (gemm, None)}
+    if hasattr(torch.ops, "onednn") and hasattr(torch.ops.onednn, "qlinear_prepack"):
+        packed = torch.ops.onednn.qlinear_prepack(q, None)
+
+        def onednn(x):
+            a, sx = quantize_rows(x)
+            y = torch.ops.onednn.qlinear_pointwise(a, 1.0, 0, packed, s32, zp, None, 1.0, 0, torch.float32, "none", [], "")
+            return (y * sx).to(x.dtype)
+
+        out["int8dyn_onednn"] = (onednn, deq8)
+    try:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+        lin = torch.nn.Linear(w16.shape[1], w16.shape[0], bias=False, dtype=torch.bfloat16)
+        lin.weight.data.copy_(w16)
+        quantize_(lin, Int8DynamicActivationInt8WeightConfig())
+        lin(torch.zeros(2, w16.shape[1], dtype=torch.bfloat16))
+        out["torchao_w8a8"] = (lin, deq8)
+    except Exception as e:  # noqa: BLE001 - a missing / failing torchao path is reported, not fatal
+        print(f"torchao_w8a8 left out: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+    return out
+
+
+_INT8_ROWS: dict = {}
+
+
+def _int8_rows(x: torch.Tensor) -> torch.Tensor:
+    """x's int8 rows, quantised once per input (int8dyn_gemm times the GEMM alone)."""
+    key = (x.data_ptr(), tuple(x.shape))
+    if key not in _INT8_ROWS:
+        _INT8_ROWS[key] = quantize_rows(x)[0]
+    return _INT8_ROWS[key]
+
+
 def candidates(w: torch.Tensor, tile: int, groups: list[int]) -> dict:
     """name -> (fn(x) -> y, the float32 weight the candidate holds)."""
     q, s = quantize_per_channel(w)
@@ -93,6 +148,7 @@ def candidates(w: torch.Tensor, tile: int, groups: list[int]) -> dict:
         "int8tile": (tiled, deq8),
         "int8compile": (lambda x: compiled(x, q, s16), deq8),
     }
+    out |= dynamic_candidates(q, s16, deq8, w16)
     out["int8frozen"] = (_frozen(lambda m, x: torch._weight_int8pack_mm(x, m.a, m.b), q, s16), deq8)
     for g in groups:
         qi, scales, zeros = quantize_int4_groups(w, g)
@@ -107,49 +163,67 @@ def candidates(w: torch.Tensor, tile: int, groups: list[int]) -> dict:
     return out
 
 
+def weight_bytes(name: str, w: torch.Tensor) -> float:
+    """Bytes of `w` as candidate `name` stores it (bf16: 2 per weight, int8: 1, int4: 0.5 + scales)."""
+    n = w.numel()
+    if name == "bf16":
+        return 2.0 * n
+    if name.startswith("int4g"):
+        g = int(name[5:].removesuffix("frozen"))
+        return 0.5 * n + 4.0 * n / g  # codes + a bf16 scale and zero per group
+    return 1.0 * n + 2.0 * w.shape[0]  # int8 codes + a scale per output channel
+
+
+def measure(w: torch.Tensor, args) -> list[dict]:
+    """One row per (M, candidate) for weight w [N, K]: ms, GB/s of the weight bytes, bf16's time /
+    this time (> 1: faster than bf16) and the relative error."""
+    cands = candidates(w, args.tile, [int(g) for g in args.groups.split(",")])
+    if args.only:
+        cands = {k: v for k, v in cands.items() if k in args.only.split(",") or k == "bf16"}
+    rows = []
+    with torch.inference_mode():
+        for m in [int(r) for r in args.rows.split(",")]:
+            x = torch.randn(m, w.shape[1], generator=torch.Generator().manual_seed(m)).bfloat16()
+            err = {}
+            for name, (fn, wf) in cands.items():  # warm-up (compiles) and error first
+                y = fn(x)
+                if wf is not None:
+                    ref = x.float() @ wf.T
+                    err[name] = float((y.float() - ref).abs().max() / ref.abs().max())
+            times = interleaved_best_ms({n: (lambda fn=fn: fn(x)) for n, (fn, _) in cands.items()}, args.reps)
+            rows += [{"N": w.shape[0], "K": w.shape[1], "M": m, "kernel": n, "ms": t,
+                      "GB/s": weight_bytes(n, w) / t / 1e6, "x bf16": times["bf16"] / t, "rel err": err.get(n)}
+                     for n, t in times.items()]
+            print(f"N={w.shape[0]} M={m} " + " ".join(f"{n}={t:.3g}" for n, t in times.items()), flush=True)
+    return rows
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=int, default=16384)
+    p.add_argument("--out", default="16384", help="comma-separated output sizes N (one weight [N, K] each)")
     p.add_argument("--in", dest="in_features", type=int, default=2048)
     p.add_argument("--rows", default="1,2,8,16,32,64")
     p.add_argument("--groups", default="32,64,128")
     p.add_argument("--tile", type=int, default=512, help="rows per dequantised tile for int8tile")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    p.add_argument("--only", help="comma-separated candidate names")
+    p.add_argument("--only", help="comma-separated candidate names (bf16 is always timed)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     load0 = os.getloadavg()
-    w = torch.randn(args.out, args.in_features, generator=torch.Generator().manual_seed(0)) * 0.02
-    cands = candidates(w, args.tile, [int(g) for g in args.groups.split(",")])
-    if args.only:
-        cands = {k: v for k, v in cands.items() if k in args.only.split(",")}
     rows = []
-    with torch.inference_mode():
-        for m in [int(r) for r in args.rows.split(",")]:
-            x = torch.randn(m, args.in_features, generator=torch.Generator().manual_seed(m)).bfloat16()
-            row = {"M": m}
-            for name, (fn, wf) in cands.items():  # warm-up (compiles) and error first
-                ref = x.float() @ wf.T
-                row[f"{name}_err"] = float((fn(x).float() - ref).abs().max() / ref.abs().max())
-            row |= interleaved_best_ms({n: (lambda fn=fn: fn(x)) for n, (fn, _) in cands.items()}, args.reps)
-            rows.append(row)
-            print(" ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-                           if not k.endswith("_err")), flush=True)
-    from _common import run_metadata
+    for n in [int(v) for v in args.out.split(",")]:
+        w = torch.randn(n, args.in_features, generator=torch.Generator().manual_seed(0)) * 0.02
+        rows += measure(w, args)
+    from _common import format_table, run_metadata
 
     meta = {**run_metadata(), "loadavg_start": load0, "loadavg_end": os.getloadavg(),
             "threads": torch.get_num_threads(), "cpu": torch.backends.cpu.get_cpu_capability(),
-            "weight": [args.out, args.in_features]}
+            "weights": [[int(n), args.in_features] for n in args.out.split(",")]}
     print(json.dumps(meta))
-    names = list(cands)
-    print("M    " + " ".join(f"{n:>11}" for n in names) + "   (ms; fastest marked *)")
-    for r in rows:
-        fastest = min(names, key=lambda n: r[n])
-        print(f"{r['M']:<4} " + " ".join(f"{r[n]:>10.2f}{'*' if n == fastest else ' '}" for n in names))
-    print("max rel err: " + " ".join(f"{n}={max(r[n + '_err'] for r in rows):.2g}" for n in names))
+    print(format_table(rows, list(rows[0])))
     if args.json:
         args.json.write_text(json.dumps({"meta": meta, "kind": "quant-kernels", "ratio_legend": KERNEL_LEGEND, "rows": rows},
                                          indent=1))

@@ -10,8 +10,8 @@ __version__ = "0.1.0"
 
 def load(source=None, dtype=None, device="cpu", compile=False, quantize=None, group_size=None):
     """Load a bundled model by name (None = the default) or a HF checkpoint folder; `compile=True`
-    decodes with a compiled step, `quantize="int8" | "int4" | "int4-g64"` (...) quantises the
-    decoder's weights (see `vlmkit.pipeline.Pipeline.load`)."""
+    decodes with a compiled step, `quantize="int8" | "int8-dyn" | "int4" | "int4-g64"` (...)
+    quantises the decoder (see `vlmkit.pipeline.Pipeline.load`)."""
     from vlmkit.pipeline import load as _load
 
     return _load(source, dtype=dtype, device=device, compile=compile, quantize=quantize, group_size=group_size)

@@ -119,7 +119,7 @@ def device(value: str) -> str:
     raise argparse.ArgumentTypeError(f"unknown device {value!r}; use cpu, cuda, cuda:N or mps")
 
 
-QUANTIZE_CHOICES = ("int8", "int4")
+QUANTIZE_CHOICES = ("int8", "int8-dyn", "int4")
 GROUP_SIZE_CHOICES = (32, 64, 128)
 
 
@@ -132,8 +132,9 @@ def add_speed_flags(p: argparse.ArgumentParser, compile_flag: bool = True) -> No
                        help="compile the decode step with torch.compile (first call slower; falls back to "
                             "eager with one warning line where compiling is unavailable)")
     p.add_argument("--quantize", choices=QUANTIZE_CHOICES,
-                   help="weight-only quantisation of the decoder: int8 (per channel) or int4 (group-wise); "
-                        "less memory and faster bf16 decoding on CPU, slightly different logits")
+                   help="quantisation of the decoder: int8 (weight-only, per channel), int8-dyn (int8 "
+                        "weights and activations: fastest CPU decode at batch > 1) or int4 (weight-only, "
+                        "group-wise); less memory and faster decoding on CPU, slightly different logits")
     p.add_argument("--group-size", type=int, choices=GROUP_SIZE_CHOICES,
                    help="input features per int4 scale and zero (default 64; needs --quantize int4)")
 

@@ -74,8 +74,8 @@ class Pipeline:
         Args:
             compile: decode with a `torch.compile`d step (`vlmkit.generation.compile`); falls back
                 to eager with one warning line where compiling is unavailable.
-            quantize: weight-only quantisation of the decoder: "int8", "int4" or "int4-g32/64/128"
-                (`vlmkit.generation.quant`); `group_size` overrides int4's.
+            quantize: quantisation of the decoder: "int8", "int8-dyn" (int8 activations too),
+                "int4" or "int4-g32/64/128" (`vlmkit.generation.quant`); `group_size` overrides int4's.
         """
         folder = resolve_model(source)
         config, fam = read_config(folder)

@@ -29,6 +29,7 @@ def _cli_json(capsys, argv) -> dict:
 
 
 @pytest.mark.parametrize("flags,kwargs", [(["--quantize", "int8"], {"quantize": "int8"}),
+                                          (["--quantize", "int8-dyn"], {"quantize": "int8-dyn"}),
                                           (["--quantize", "int4", "--group-size", "32"],
                                            {"quantize": "int4", "group_size": 32})])
 def test_cli_quantize_equals_library(flags, kwargs, image, capsys):

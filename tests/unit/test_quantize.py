@@ -142,7 +142,8 @@ def _pipe_logits(pipe, image) -> torch.Tensor:
         return pipe.model(**batch)
 
 
-@pytest.mark.parametrize("scheme,dtype", [("int8", "bfloat16"), ("int4-g32", "float32"), ("int4", "bfloat16")])
+@pytest.mark.parametrize("scheme,dtype", [("int8", "bfloat16"), ("int8-dyn", "bfloat16"), ("int8-dyn", "float32"),
+                                          ("int4-g32", "float32"), ("int4", "bfloat16")])
 def test_saved_quantised_folder_reloads_bit_exact(scheme, dtype, tiny_image, tmp_path):
     import json
 

@@ -31,7 +31,9 @@ But compiling the decode step that way (freezing + max-autotune around `decode_o
 as an nn.Module owning the decoder) still lowered every projection to aten's `_weight_int8pack_mm`
 (no autotuning happened, so the weights were not frozen into constants there): not yet reached
 from generation, and left out. So eager uses int8pack up to `INT8PACK_MAX_ROWS` rows and the
-cast beyond (prefill); int8 at batch >= 8 is slower than bf16 today (benchmarks/bench_quant.py).
+cast beyond (prefill); int8 at batch >= 8 is slower than bf16 (benchmarks/bench_quant.py). The
+"int8-dyn" scheme (`quantize_dynamic`: the same weights, activations quantised per row too, an
+int8 x int8 GEMM that reads the weight once for all rows) is faster than bf16 at batch 8.
 """
 
 import types
