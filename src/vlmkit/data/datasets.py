@@ -6,7 +6,7 @@
   `shard_texts`): iterable; webdataset-style tar shards, read as a stream.
 - `ShuffledStream`: deterministic order for a seed, a disjoint per-rank split, epochs, and
   `state_dict()`/`load_state_dict()` that resume at the exact sample.
-- `Augment`: photometric jitter only. Geometric augmentation would have to rewrite the targets:
+- `Augment` (in `vlmkit.data.augment`, re-exported here): photometric jitter only. Geometric augmentation would have to rewrite the targets:
   a horizontal flip swaps "left"/"right" answers, mirrors every loc box and mirrors rendered
   text, so OCR targets become wrong. Flip and crop are therefore left out on purpose; hue jitter
   is left out too, because it would turn a "red" object orange.
@@ -21,14 +21,13 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
+from vlmkit.data.augment import Augment, augment_image
 from vlmkit.data.image import load_image
 from vlmkit.data.shards import (
     IMAGE_EXTS,
@@ -209,40 +208,6 @@ class JsonlDataset(torch.utils.data.Dataset):
         images = [load_image(p) for p in self._paths(row)]
         row["image"] = images if isinstance(row["image"], list) else images[0]
         return self._with_length(index, row)
-
-
-@dataclass(kw_only=True, frozen=True)
-class Augment:
-    """Photometric jitter; each factor is drawn from U(1 - x, 1 + x) per sample.
-
-    Only label-preserving changes: no flip/crop (they would have to rewrite position answers,
-    loc boxes and mirrored text) and no hue shift (it would change colour answers).
-    """
-
-    brightness: float = 0.15
-    contrast: float = 0.15
-    saturation: float = 0.1
-    noise: float = 0.0  # std of additive Gaussian noise, in uint8 levels
-
-    def __post_init__(self) -> None:
-        for name in ("brightness", "contrast", "saturation"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"Augment.{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.noise < 0:
-            raise ConfigError(f"Augment.noise must be >= 0, got {self.noise}")
-
-
-def augment_image(image: Image.Image, aug: Augment, rng: np.random.Generator) -> Image.Image:
-    """Jittered copy of an RGB PIL image (same size, uint8 RGB)."""
-    x = np.asarray(image.convert("RGB"), dtype=np.float32)  # (H, W, 3)
-    b, c, s = (rng.uniform(1 - v, 1 + v) for v in (aug.brightness, aug.contrast, aug.saturation))
-    x = x * b
-    x = (x - x.mean()) * c + x.mean()
-    gray = (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]  # (H, W, 1) luma
-    x = (x - gray) * s + gray
-    if aug.noise > 0:
-        x = x + rng.normal(0.0, aug.noise, size=x.shape)
-    return Image.fromarray(np.clip(np.round(x), 0, 255).astype(np.uint8), "RGB")
 
 
 def _buffer_shuffle(source: Iterator, size: int, rng: np.random.Generator) -> Iterator:
