@@ -1,6 +1,6 @@
-"""The Qwen2-VL tower's fast forms equal the forms transformers computes, bit for bit: the patch
-embedding over rows of patches vs the Conv3d on each kernel-sized patch, and RoPE by halves vs
-`apply_rope` on the float32 copy."""
+"""The Qwen2-VL tower's fast forms equal the forms transformers computes: the patch embedding over
+rows of patches vs the Conv3d on each kernel-sized patch (bit for bit in fp32, within one bf16 step
+in bf16), and RoPE by halves vs `apply_rope` on the float32 copy (bit for bit)."""
 
 import pytest
 import torch
@@ -10,15 +10,17 @@ from vlmkit.models.common.rope2d import axial_rope_cos_sin, merge_order_position
 from vlmkit.models.parts.qwen2_vit import PatchEmbed, Qwen2VitConfig, rope_in_float32
 
 
-# (dtype, width, patch): float32 at a tiny and the published width; bf16 at the published one (at
-# some tiny widths oneDNN's bf16 kernel for the per-patch call rounds one output in ~1e3 one step
-# apart from every wide layout, depending on N: measured, not a property of the rows).
-CASES = [(torch.float32, 48, 8), (torch.float32, 1280, 14), (torch.bfloat16, 1280, 14)]
+# (dtype, width, patch): float32 at a tiny and the published width, bf16 at both.
+CASES = [(torch.float32, 48, 8), (torch.float32, 1280, 14), (torch.bfloat16, 48, 8), (torch.bfloat16, 1280, 14)]
 
 
 @pytest.mark.parametrize("dtype,width,patch", CASES)
 @pytest.mark.parametrize("n", [1, 63, 65, 200])  # around whole rows of 64 patches
-def test_patch_embed_equals_the_conv_on_each_patch(dtype, width, patch, n):
+@pytest.mark.parametrize("seed", range(3))
+def test_patch_embed_equals_the_conv_on_each_patch(dtype, width, patch, n, seed):
+    """fp32: bit-equal. bf16: oneDNN's per-patch call rounds a few outputs one bf16 step apart for
+    some weights (measured: 2 of 48 draws at width 1280), so at most one step (<= 2^-7 of the magnitude) and in under 1% of outputs."""
+    torch.manual_seed(seed)
     cfg = Qwen2VitConfig(embed_dim=width, depth=1, num_heads=4, patch_size=patch, hidden_size=32)
     embed = PatchEmbed(cfg).to(dtype)
     x = torch.randn(n, cfg.patch_dim, generator=torch.Generator().manual_seed(n)).to(dtype)
@@ -26,7 +28,12 @@ def test_patch_embed_equals_the_conv_on_each_patch(dtype, width, patch, n):
         ref = embed.proj(x.view(n, 3, 2, patch, patch)).view(n, width)  # transformers' call: a volume per patch
         got = embed(x)
     assert got.shape == (n, width) and got.dtype == dtype
-    assert torch.equal(got, ref)
+    if dtype == torch.float32:
+        assert torch.equal(got, ref)
+    else:  # one bf16 step of the larger magnitude (8 significand bits)
+        step = torch.maximum(got.float().abs(), ref.float().abs()) * 2**-7
+        assert ((got.float() - ref.float()).abs() <= step + 1e-30).all()
+        assert (got != ref).float().mean() < 0.01
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -122,7 +122,7 @@ class PatchEmbed(nn.Module):
     """Flattened patches [N, C*Tp*P*P] -> [N, D]; the weight is kept in the Conv3d layout (HF's)."""
 
     # Patches laid side by side per row of the conv's input (see forward); 64 was the fastest of
-    # 16..1024 at the benchmark's width, and any length gives the same bits.
+    # 16..1024 at the benchmark's width; every length gives the same bits in fp32.
     row = 64
 
     def __init__(self, cfg: Qwen2VitConfig):
@@ -135,9 +135,10 @@ class PatchEmbed(nn.Module):
         # output point per volume, which oneDNN computes ~10x slower than the same conv over wide
         # inputs. So the patches are laid side by side, `row` per volume [B, C, Tp, P, row * P],
         # zero-padded to whole rows: the same per-output summation, bit-equal to the reference in
-        # fp32 (tests/unit/test_qwen2_vit.py) and in bf16 at the published width (at some tiny
-        # widths oneDNN's bf16 per-patch call rounds a few outputs one step apart). A GEMM on the
-        # flattened patches is faster still but sums in another order (7.6e-6 apart in fp32).
+        # fp32 (tests/unit/test_qwen2_vit.py, 96 weight/size draws). In bf16 oneDNN's per-patch
+        # call rounds a few outputs one bf16 step apart for some weights (2 of 48 draws at width
+        # 1280, 14 of 48 at width 48), never more. A GEMM on the flattened patches is faster
+        # still but sums in another order (7.6e-6 apart in fp32).
         w = self.proj.weight  # [D, C, Tp, P, P]
         D, C, Tp, P, _ = w.shape
         N, L = x.shape[0], self.row
