@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from vlmkit.data.chat_template import ChatTemplate
+from vlmkit.data.conversation import text_part
 from vlmkit.data.datasets import JsonlDataset, measure_row
 from vlmkit.data.image import load_image
 from vlmkit.data.processor import IGNORE_INDEX
@@ -145,9 +146,9 @@ def _as_items(messages: Sequence[dict]) -> list[dict]:
 
 
 def _with_content_keys(messages: Sequence[dict]) -> list[dict]:
-    """Text items also under "content", the key mistral-community/pixtral-12b's template reads."""
+    """Text items also under "content" (`text_part`), the key mistral-community/pixtral-12b's template reads."""
     return [m if isinstance(m["content"], str) else
-            {**m, "content": [{**c, "content": c["text"]} if c["type"] == "text" else c for c in m["content"]]}
+            {**m, "content": [{**c, **text_part(c["text"])} if c["type"] == "text" else c for c in m["content"]]}
             for m in messages]
 
 
