@@ -121,19 +121,15 @@ def cmd_generate(args) -> int:
     if args.draw:
         check_output_file(args.draw, args.force)  # before the model runs, not after
     images += list(args.image)
-    video = None
-    if args.video:
-        from vlmkit.data.video import sample_video
-
-        video = sample_video(args.video, max_frames=args.max_frames, stride=args.frame_stride)
-    if not images and video is None and messages is None and not args.chat:
+    if not images and not args.video and messages is None and not args.chat:
         raise ConfigError("give at least one --image or a --video")
     sampling = sampling_flags(args)
     pipe = load(args.model, dtype=args.dtype, device=args.device, **T.speed_kwargs(args))
-    if video is not None:  # one video where the model's processor takes videos, else one image per frame
-        from vlmkit.data.video import model_inputs
+    if args.video:  # one video where the model's processor takes videos, else one image per frame
+        from vlmkit.data.video import frame_count, model_inputs, sample_video
 
-        images += model_inputs(pipe.processor, video)
+        most = frame_count(args.max_frames, pipe.processor, "--max-frames")  # a multiple of its temporal patch
+        images += model_inputs(pipe.processor, sample_video(args.video, max_frames=most, stride=args.frame_stride))
     if args.chat:  # one image part per image (or video / sampled frame) opens the first turn
         messages = chat_turns(args.chat, len(images))
     on_token = (lambda e: print(e.text, end="", flush=True)) if args.stream and not args.json else None

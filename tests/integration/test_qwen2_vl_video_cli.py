@@ -13,7 +13,7 @@ from PIL import Image
 from tests.parity import hf_builders as hb
 from vlmkit.cli import main
 from vlmkit.data.conversation import chat_turns
-from vlmkit.data.video import sample_video
+from vlmkit.data.video import frame_count, sample_video
 from vlmkit.pipeline import load
 from vlmkit.weights.create import create_checkpoint
 
@@ -44,10 +44,10 @@ def test_generate_video_matches_transformers(family, kind, tmp_path, capsys):
     assert rc == 0 and out["num_images"] == 1  # one video, not five images
 
     pipe = load(folder, dtype="float32")
-    clip = sample_video(source, max_frames=5)
-    assert clip.fps == (4.0 if kind == "gif" else None)
+    clip = sample_video(source, max_frames=frame_count(5, pipe.processor))  # 5 rounds to 4: frames 0, 2, 4
+    assert len(clip.frames) == 3 and clip.fps == (2.0 if kind == "gif" else None)
     batch = pipe.processor.chat(pipe.chat_template, chat_turns(["what happens?"], 1), [clip])
-    assert batch["video_grid_thw"][0, 0] == 3 and "pixel_values" not in batch  # 5 frames -> 3 temporal patches
+    assert batch["video_grid_thw"][0, 0] == 2 and "pixel_values" not in batch  # 3 frames -> 2 temporal patches
     hf = hb.load_strictly(getattr(tf, HF_CLASS[family]), folder)
     types = (batch["input_ids"] == hf.config.video_token_id).long() * 2
     if family == "qwen2_vl":

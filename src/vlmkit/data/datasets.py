@@ -62,6 +62,8 @@ def _row_problem(row: object, max_len: int | None, length_fn: Callable[[dict], i
     """(skip reason, what is wrong) of a parsed row (before looking at images), or None."""
     if not isinstance(row, dict):
         return "bad_json", "is not valid JSON" if row is None else f"is not a JSON object (got {type(row).__name__})"
+    if "videos" in row:  # a chat row's field: PaLI rows have no video input
+        return "bad_video", 'has "videos", but {image, prefix, suffix} rows take images only'
     img = row.get("image")
     if not (isinstance(img, str) or (isinstance(img, list) and img and all(isinstance(p, str) for p in img))):
         return "missing_field", f'needs "image" as a path or a list of paths, got {json.dumps(img)[:40]}'

@@ -3,11 +3,11 @@
 A mixture is a list of sources, each a JSONL manifest or tar shards (text-only and interleaved
 ones: `vlmkit.training.mixture_shards`) with a weight and a kind:
 
-    image-text   PaLI rows {image, prefix, suffix} or chat rows {images, messages}
+    image-text   PaLI rows {image, prefix, suffix} or chat rows {images, videos, messages}
     text         rows without images: {text}, {prefix, suffix} or chat rows {messages}
     interleaved  documents with several images placed in the text: OBELICS-style
                  {"texts": [str | null, ...], "images": [null | path, ...]}, or chat rows whose
-                 messages hold image items between text items
+                 messages hold image (or video) items between text items
 
 given as JSON on the command line (``--data.mixture '[{"source": "a.jsonl", "weight": 0.7}, ...]'``)
 or as the path of a .json / .toml file (relative sources resolve against the file's folder).

@@ -16,6 +16,15 @@ Sources:
 - a video file (.mp4, .mov, ...) via PyAV, else OpenCV, if one is installed; otherwise an
   ImageError says what to install. Both are optional: vlmkit does not depend on them.
 
+How many frames (`frame_count`): a request of N frames (`generate --max-frames`, training's
+`data.video_frames`) is rounded to a multiple of the model's temporal patch the way transformers'
+Qwen2-VL video processor rounds `num_frames` (2 frames a patch: 3 -> 4, 5 -> 4; 1 -> 0 is an
+error); the rule above then takes at most that many. Unlike transformers' `num_frames` the count is
+a maximum: a clip with fewer frames gives all of them (the processor repeats the last frame of an
+odd count, as transformers' does), where transformers refuses to sample it; and the frames are the
+fixed-stride rule's, where transformers spreads exactly N with a fractional step (100 frames, N =
+16: stride 7 gives 15 frames here, transformers frames 0, 6, 12, 18, 25, ...).
+
 Models with a video input (Qwen2-VL, Qwen2.5-VL: temporal patches of 2 frames) take the frames
 as one `Video` (`sample_video`: the frames and their sampled rate, the source's frames per second
 divided by the stride: a 30 fps file sampled every 15th frame is 2 fps); the others take them as
@@ -254,6 +263,26 @@ def sample_video(source: str | os.PathLike, max_frames: int = 16, stride: int | 
         step = stride if stride is not None else math.ceil(max(n, len(frames)) / max_frames)
         fps = rate / step if rate else None
     return Video(frames, fps=fps)
+
+
+def frame_count(requested: int, processor=None, name: str = "max_frames") -> int:
+    """Most frames to sample from a video source for `processor`: `requested` rounded to a multiple of
+    the processor's temporal patch (`frame_multiple`; 1 without one) as transformers'
+    `Qwen2VLVideoProcessor.sample_frames` rounds `num_frames`: ``round(requested / m) * m``, with
+    Python's round (halves to even), so for m = 2: 3 -> 4, 5 -> 4, 7 -> 8, 9 -> 8, 16 -> 16.
+
+    Raises:
+        ConfigError: `requested` is not an int >= 1, or it rounds to 0 frames (1 with m = 2,
+            where transformers would divide by zero); the message names `name`.
+    """
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+        raise ConfigError(f"{name} must be an int >= 1, got {requested!r}")
+    multiple = getattr(processor, "frame_multiple", 1)
+    count = round(requested / multiple) * multiple
+    if count < 1:
+        raise ConfigError(f"{name}={requested} rounds to 0 frames for temporal patches of {multiple} frames "
+                          f"(as transformers rounds num_frames); ask for at least {multiple}")
+    return count
 
 
 def model_inputs(processor, video: Video) -> list:

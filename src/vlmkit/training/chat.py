@@ -9,8 +9,9 @@ Rows of a JSONL manifest, in the transformers / OpenAI message format:
 
 The k-th `{"type": "image"}` item is the k-th of `images`, the k-th `{"type": "video"}` the k-th of
 `videos` (optional; for families whose processor takes videos, Qwen2-VL / Qwen2.5-VL). A video is
-its frame paths in time order, a folder of frames / an animated image / a video file (sampled as
-`vlmkit generate --video` samples them: at most 16 frames spanning the clip), or either as
+its frame paths in time order (taken whole), a folder of frames / an animated image / a video file
+(sampled as `vlmkit generate --video` samples them: at most `data.video_frames` frames spanning the
+clip, default 16, rounded to the model's temporal patch by `vlmkit.data.video.frame_count`), or either as
 ``{"frames": ..., "fps": 2.0}`` (the sampled rate; Qwen2.5-VL spaces temporal positions by it).
 A PaliGemma-style row ``{"image": path | [paths], "prefix", "suffix"}`` is read as one user turn
 (its images, then the prefix) answered by the suffix. String content is given to the template as one text item, the form
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -40,7 +42,7 @@ from vlmkit.data.datasets import JsonlDataset, measure_row
 from vlmkit.data.image import load_image
 from vlmkit.data.processor import IGNORE_INDEX
 from vlmkit.data.processors.common import TypeCProcessor, images_per_prompt
-from vlmkit.data.video import Video, sample_frames, sample_video
+from vlmkit.data.video import Video, frame_count, sample_frames, sample_video
 from vlmkit.errors import DataError, ImageError, VlmkitError
 
 ROLES = ("system", "user", "assistant")
@@ -66,12 +68,17 @@ def _frames_of(video):
     return video.get("frames") if isinstance(video, dict) else video
 
 
+def video_entry(video) -> tuple[list[str] | str, float | None]:
+    """(frames: a list of frame paths or a source path, fps or None) of a checked "videos" entry."""
+    return _frames_of(video), video.get("fps") if isinstance(video, dict) else None
+
+
 def _videos_problem(videos) -> tuple[str, str] | None:
     """(skip reason, what is wrong) of a row's "videos" (see the module doc), or None."""
     if not isinstance(videos, list):
         return "missing_field", '"videos" must be a list of videos'
     for i, video in enumerate(videos):
-        frames, fps = _frames_of(video), video.get("fps") if isinstance(video, dict) else None
+        frames, fps = video_entry(video)
         if isinstance(frames, list) and not frames:
             return "bad_video", f"video {i} has zero frames"
         if not (isinstance(frames, str) and frames or isinstance(frames, list)
@@ -110,17 +117,48 @@ def chat_problem(row: dict) -> tuple[str, str] | None:
     return None
 
 
-def read_video(entry, root: Path) -> Video:
-    """One "videos" entry of a row (see the module doc; paths relative to `root`) -> `Video`.
+def read_video(entry, root: Path, max_frames: int = 16) -> Video:
+    """One "videos" entry of a row (see the module doc; paths relative to `root`) -> `Video`; a source
+    path gives at most `max_frames` frames (`sample_video`), a list of frames is taken whole.
 
     Raises:
         ImageError: a frame or the source is missing or unreadable, or a source gives no frames.
     """
-    frames, fps = _frames_of(entry), entry.get("fps") if isinstance(entry, dict) else None
+    frames, fps = video_entry(entry)
     if isinstance(frames, str):
-        clip = sample_video(root / frames)
+        clip = sample_video(root / frames, max_frames=max_frames)
         return Video(clip.frames, fps=fps or clip.fps)
     return Video([load_image(root / p) for p in frames], fps=fps)
+
+
+def listed_frames(row: dict) -> list[str]:
+    """The frame paths (or member names) a chat row's videos list, in order (not its video sources)."""
+    return [p for f in map(_frames_of, row.get("videos", [])) if isinstance(f, list) for p in f]
+
+
+def video_problem(row: dict, processor, root: Path | None, max_frames: int = 16) -> tuple[str, str] | None:
+    """A chat row with videos for a `processor` without video inputs (None: not known yet), or, with a
+    `root` (validating), a video source under it that gives no frames; None when neither."""
+    videos = row.get("videos") or []
+    if videos and processor is not None and not getattr(processor, "takes_videos", False):
+        return "bad_video", f"has videos, but the {type(processor).__name__} takes images only"
+    for entry in map(_frames_of, videos):
+        if root is not None and isinstance(entry, str):  # list frames are checked as images
+            try:
+                sample_frames(root / entry, max_frames=max_frames)
+            except (ImageError, OSError) as e:
+                return "unreadable_image", f"names video {root / entry}, which gives no frames ({e})"
+    return None
+
+
+def chat_sample(row: dict, image: Callable[[str], object], video: Callable[[object], Video]) -> dict:
+    """{"messages", "images"} of a chat row: `image(path)` of its images and `video(entry)` of its
+    videos, in the order their items come in the messages (what `ChatCollator` takes)."""
+    messages, _ = as_conversation(row)
+    images = iter([image(p) for p in row.get("images", [])])
+    videos = iter([video(v) for v in row.get("videos", [])])
+    kinds = [c["type"] for m in messages if isinstance(m["content"], list) for c in m["content"] if c["type"] in MEDIA]
+    return {"messages": messages, "images": [next(videos if k == "video" else images) for k in kinds]}
 
 
 def as_conversation(row: dict) -> tuple[list[dict], list]:
@@ -229,12 +267,16 @@ class ChatCollator:
     def __init__(self, processor: TypeCProcessor, template: ChatTemplate):
         self.processor, self.template = processor, template
 
+    def _one(self, sample: dict) -> tuple[str, list[Span]]:
+        """(rendered text, trained character spans) of one sample."""
+        return assistant_spans(self.template, sample["messages"])
+
     def _texts(self, samples: list[dict]) -> tuple[list[str], list[list[Span]]]:
         """(rendered conversations with every placeholder spelt as the processor's own, e.g. Qwen2-VL's
         `<|video_pad|>` as `<|image_pad|>`, their assistant spans moved with the text)."""
         proc, texts, spans = self.processor, [], []
         for sample in samples:
-            text, row_spans = assistant_spans(self.template, sample["messages"])
+            text, row_spans = self._one(sample)
             for alias in proc.aliases:
                 text, row_spans = expand_with_spans(text, alias, [proc.placeholder] * text.count(alias), row_spans)
             texts.append(text)
@@ -282,12 +324,15 @@ class ChatJsonlDataset(JsonlDataset):
     validation, skipping and error lines; samples are {"messages", "images": [RGB PIL | Video]} (the
     inputs of the image and video items in the order the items come; and "num_tokens" with a
     `budget`). `collator` (when given) measures rows exactly for `max_len` and `budget`, and refuses
-    video rows when its processor takes no videos."""
+    video rows when its processor takes no videos. A video source gives at most `video_frames`
+    frames, rounded to the processor's temporal patch (`frame_count`)."""
 
     def __init__(self, manifest: str | Path, image_root: str | Path | None = None, validate: bool = True, *,
                  max_len: int | None = None, collator: ChatCollator | None = None, bad_rows: str = "skip",
-                 budget: int | None = None):
+                 budget: int | None = None, video_frames: int = 16):
         self._collator, self._last, self._validate = collator, (None, 0), validate
+        processor = collator.processor if collator is not None else None
+        self.video_frames = frame_count(video_frames, processor, "data.video_frames")
         super().__init__(manifest, image_root, validate, max_len=max_len, length_fn=self._tokens, bad_rows=bad_rows,
                          budget=budget)
 
@@ -306,42 +351,25 @@ class ChatJsonlDataset(JsonlDataset):
     def _row_problem(self, row: object, max_len: int | None) -> tuple[str, str] | None:
         if not isinstance(row, dict) or "messages" not in row:
             return super()._row_problem(row, max_len)
-        problem = chat_problem(row) or self._video_problem(row)
+        processor = self._collator.processor if self._collator is not None else None
+        root = self.image_root if self._validate else None
+        problem = chat_problem(row) or video_problem(row, processor, root, self.video_frames)
         if problem is not None or max_len is None:
             return problem
         n, problem = measure_row(self._tokens, row)
         return problem or (("too_long", f"is longer than max_len={max_len}") if n > max_len else None)
 
-    def _video_problem(self, row: dict) -> tuple[str, str] | None:
-        """A video row for a processor without videos, or (validating) a video source that gives no frames."""
-        videos = row.get("videos") or []
-        processor = self._collator.processor if self._collator is not None else None
-        if videos and processor is not None and not getattr(processor, "takes_videos", False):
-            return "bad_video", f"has videos, but the {type(processor).__name__} takes images only"
-        for entry in map(_frames_of, videos):
-            if self._validate and isinstance(entry, str):  # list frames are checked as images
-                try:
-                    sample_frames(self.image_root / entry)
-                except (ImageError, OSError) as e:
-                    return "unreadable_image", f"names video {self.image_root / entry}, which gives no frames ({e})"
-        return None
-
     def _paths(self, row: dict) -> list[Path]:
         """The image files to check: the row's images and the frames its videos list."""
         if "messages" not in row:
             return super()._paths(row)
-        listed = [f for f in map(_frames_of, row.get("videos", [])) if isinstance(f, list)]
-        return [self.image_root / p for p in [*row.get("images", []), *(p for f in listed for p in f)]]
+        return [self.image_root / p for p in [*row.get("images", []), *listed_frames(row)]]
 
     def _sample(self, row: dict) -> dict:
-        messages, _ = as_conversation(row)
         if "messages" not in row:
-            return {"messages": messages, "images": [load_image(p) for p in super()._paths(row)]}
-        images = iter([load_image(self.image_root / p) for p in row.get("images", [])])
-        videos = iter([read_video(v, self.image_root) for v in row.get("videos", [])])
-        kinds = [c["type"] for m in messages if isinstance(m["content"], list)
-                 for c in m["content"] if c["type"] in MEDIA]
-        return {"messages": messages, "images": [next(videos if k == "video" else images) for k in kinds]}
+            return {"messages": as_conversation(row)[0], "images": [load_image(p) for p in super()._paths(row)]}
+        root = self.image_root
+        return chat_sample(row, lambda p: load_image(root / p), lambda v: read_video(v, root, self.video_frames))
 
     def __getitem__(self, index: int) -> dict:
         return self._with_length(index, self._sample(self.rows[index]))

@@ -57,6 +57,10 @@ class DataConfig:
     # while their tokens (text + image tokens after the processor) stay within this budget, instead
     # of batch_size / (ranks x grad_accum) examples (batch_size then sizes only eval batches).
     max_tokens_per_batch: int | None = None
+    # Most frames taken from a row's video source (a folder of frames, an animated image, a video file;
+    # a row's list of frames is taken whole), as `vlmkit generate --max-frames`: spread over the clip,
+    # rounded to the model's temporal patch as transformers rounds num_frames (Qwen2-VL: 2; 5 -> 4).
+    video_frames: int = 16
     shuffle_seed: int = 0
     validate_images: bool = True
     # A bad manifest row (not a JSON object, a field of the wrong type, a missing or unreadable
@@ -172,8 +176,6 @@ class TrainConfig:
             (self.data.manifest or self.data.synthetic_scenes > 0 or self.data.mixture,
              "data.manifest is required (--data)"),
             (not (self.data.manifest and self.data.mixture), "data.mixture replaces --data; drop one of them"),
-            (not (self.data.mixture and self.data.max_tokens_per_batch),
-             "data.max_tokens_per_batch does not apply to data.mixture (mixture batches are filled by count)"),
             (self.data.synthetic_ocr_scenes >= 0, "data.synthetic_ocr_scenes must be >= 0"),
             (not (self.data.manifest and self.data.synthetic_ocr_scenes),
              "data.synthetic_ocr_scenes adds to rendered synthetic data, not to --data; drop one of them"),
@@ -202,7 +204,7 @@ RUN_FIELD_RULES = (
     ("ckpt_every", 0, True, " (0 = only at the end)"), ("eval_batches", 1, True, ""),
     ("keep_checkpoints", 1, True, ""), ("data.batch_size", 1, True, ""), ("data.grad_accum", 1, True, ""),
     ("data.shuffle_seed", 0, True, ""), ("data.synthetic_scenes", 0, True, ""), ("data.max_length", 1, True, ""),
-    ("data.max_tokens_per_batch", 1, True, ""),
+    ("data.max_tokens_per_batch", 1, True, ""), ("data.video_frames", 1, True, ""),
     ("optim.lr", 0, False, ""), ("optim.weight_decay", 0, True, ""), ("optim.eps", 0, False, ""),
     ("optim.warmup_steps", 0, True, ""), ("optim.grad_clip", 0, False, " (none = no clipping)"),
     ("optim.min_lr_ratio", 0, True, ""), ("lora.alpha", 0, False, ""),

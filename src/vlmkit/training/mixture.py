@@ -17,6 +17,13 @@ How the rows of each kind are laid out is the family's train format's business:
                                                              pieces and <eos>, never on image tokens;
                                                              chat rows through the template
 
+Video rows (chat rows with "videos", for a processor that takes videos: Qwen2-VL / Qwen2.5-VL) may
+sit in image-text and interleaved sources, manifests or tar shards (frames as members): each
+becomes the sample a plain manifest makes of it (`vlmkit.training.chat.chat_sample`), laid out by
+the family's chat collator, so the same rows give the same batches. With
+`data.max_tokens_per_batch` every source cuts its micro-batches by tokens (`TokenBudgetStream`;
+text, image and video tokens, measured up front); the source draw stays one per micro-batch.
+
 A batch without images has no `pixel_values`, so the generation adapter embeds the tokens
 alone: the vision tower and projector do not run and get no gradient (their `.grad` stays None,
 and AdamW leaves them unchanged on a step of text-only micro-batches).
@@ -34,9 +41,10 @@ from vlmkit.data.processor import PaliGemmaProcessor
 from vlmkit.data.processors.common import TypeCProcessor
 from vlmkit.data.tokenizer import Tokenizer
 from vlmkit.errors import DataError, VlmkitError
-from vlmkit.training.chat import ChatCollator, Span, assistant_spans
+from vlmkit.training.chat import ChatCollator, Span
 from vlmkit.training.collate import BATCH_KEYS, BatchStream, manifest_texts
 from vlmkit.training.mixture_shards import mixture_reader
+from vlmkit.training.token_budget import make_batches
 
 # Joins an interleaved document's pieces (texts and image placeholders).
 PIECE_SEPARATOR = "\n"
@@ -117,7 +125,7 @@ class DocumentChatCollator(ChatCollator):
     """`ChatCollator` that also takes raw documents ({"document"}) and prefix/suffix pairs: a
     document is laid out by `document_text` with the template's `image_markup` where each image
     sits (its placeholder expanded like a chat turn's images), a pair becomes one user /
-    assistant exchange."""
+    assistant exchange; chat rows (videos too) as `ChatCollator` lays them out."""
 
     def __init__(self, processor: TypeCProcessor, template: ChatTemplate, eos_token: str):
         super().__init__(processor, template)
@@ -127,12 +135,9 @@ class DocumentChatCollator(ChatCollator):
     def _one(self, sample: dict) -> tuple[str, list[Span]]:
         if "document" in sample:
             return document_text(sample["document"], self.image_markup, self.eos_token)
-        messages = sample["messages"] if "messages" in sample else pair_messages(sample["prefix"], sample["suffix"])
-        return assistant_spans(self.template, messages)
-
-    def _texts(self, samples: list[dict]) -> tuple[list[str], list[list[Span]]]:
-        rendered = [self._one(s) for s in samples]
-        return [t for t, _ in rendered], [s for _, s in rendered]
+        if "messages" in sample:
+            return super()._one(sample)
+        return super()._one({"messages": pair_messages(sample["prefix"], sample["suffix"])})
 
 
 class MixtureBatches(MixtureStream):
@@ -158,11 +163,17 @@ def _rows_collate(inputs, tok: Tokenizer, prefix_lm: bool):
 
 
 def _dataset(cfg, inputs, source: MixtureSource, rows_collate, prefix_lm: bool):
-    if source.kind == "image-text":
-        return inputs.dataset(source.source, True)
-    reader = mixture_reader(source.kind, source.source)
-    return reader(source.source, cfg.data.image_root, cfg.data.validate_images, chat=not prefix_lm,
-                  max_len=cfg.data.max_length, length=rows_collate.length, bad_rows=cfg.data.bad_rows)
+    """The rows of one source; a bad row's error line starts with the source's name."""
+    try:
+        if source.kind == "image-text":
+            return inputs.dataset(source.source, True)
+        reader = mixture_reader(source.kind, source.source)
+        return reader(source.source, cfg.data.image_root, cfg.data.validate_images, chat=not prefix_lm,
+                      max_len=cfg.data.max_length, length=rows_collate.length, bad_rows=cfg.data.bad_rows,
+                      budget=cfg.data.max_tokens_per_batch, processor=rows_collate.processor,
+                      video_frames=cfg.data.video_frames)
+    except DataError as e:
+        raise DataError(f"data.mixture source {source.name}: {e}") from None
 
 
 def mixture_batches(cfg, inputs, tok: Tokenizer, info, prefix_lm: bool) -> MixtureBatches:
@@ -183,9 +194,8 @@ def mixture_batches(cfg, inputs, tok: Tokenizer, info, prefix_lm: bool) -> Mixtu
                   f"{', '.join(f'{k}={v}' for k, v in sorted(dataset.skipped.items()))})", flush=True)
         stream = ShuffledStream(dataset, seed=cfg.data.shuffle_seed + i, rank=info.rank,
                                 world_size=info.world_size, equal_split=True)
-        image_text = source.kind == "image-text"
-        streams.append(BatchStream(stream, inputs.processor, mbs,
-                                   collate_fn=inputs.collate if image_text else rows_collate))
+        collate = inputs.collate if source.kind == "image-text" else rows_collate
+        streams.append(make_batches(stream, inputs.processor, mbs, collate, cfg.data.max_tokens_per_batch))
         datasets.append(dataset)
     default = BatchStream(None, inputs.processor, mbs, collate_fn=inputs.collate)  # eval batches: the family's rows
     return MixtureBatches(streams, sources, datasets, cfg.data.shuffle_seed, default.collate)

@@ -9,11 +9,15 @@ Rows and the samples they become (the family's train format lays samples out; se
     interleaved  {"texts": [...], "images": [...]}    -> {"document": [str | None], "images": [PIL]}
                  OBELICS-style: two lists of one length, each place holding a text or an image
                  path (the other null); None in "document" is where an image sits
-                 {"images", "messages"} with images    -> {"messages", "images": [PIL]}  (chat formats)
+                 {"images", "videos", "messages"}      -> {"messages", "images": [PIL | Video]}  (chat
+                 with images or videos                    formats; a video as in `vlmkit.training.chat`)
 
 Both readers are `JsonlDataset`s: the same validation, bad-row skipping or one-line errors naming
 file and line, and `max_len` filtering with the caller's exact token count of a sample. The same
-rows can come from tar shards (`vlmkit.training.mixture_shards`).
+rows can come from tar shards (`vlmkit.training.mixture_shards`). A chat row's media become the
+sample `ChatJsonlDataset` makes of it (`chat_sample`: one definition), so a video row trains in an
+interleaved source exactly as in an image-text one; a video row for a processor without videos,
+or a text-only row with videos, is a bad row.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from pathlib import Path
 
 from vlmkit.data.datasets import JsonlDataset
 from vlmkit.data.image import load_image
+from vlmkit.data.video import Video, frame_count
 from vlmkit.errors import ImageError
-from vlmkit.training.chat import as_conversation, chat_problem
+from vlmkit.training.chat import (as_conversation, chat_problem, chat_sample, listed_frames, read_video,
+                                  video_problem)
 
 Problem = tuple[str, str] | None
 NO_IMAGE = ("no_image", "has no image; put it in a text source")
@@ -53,6 +59,8 @@ def text_problem(row: object, chat: bool) -> Problem:
         return bad
     if row.get("image") or row.get("images"):
         return "has_image", "has an image; put rows with images in an image-text or interleaved source"
+    if row.get("videos"):
+        return "has_video", "has a video; put rows with videos in an image-text or interleaved source"
     if "messages" in row:
         return chat_problem(row) if chat else CHAT_ONLY
     if "text" in row:
@@ -70,7 +78,9 @@ def document_problem(row: object, chat: bool) -> Problem:
     if "messages" in row:
         if not chat:
             return CHAT_ONLY
-        return chat_problem(row) or (None if row.get("images") else NO_IMAGE)
+        return chat_problem(row) or (None if row.get("images") or row.get("videos") else NO_IMAGE)
+    if "videos" in row:
+        return "bad_video", 'has "videos": a document places images; put videos in chat rows ({messages})'
     texts, images = row.get("texts"), row.get("images")
     if not isinstance(texts, list) or not isinstance(images, list) or len(texts) != len(images):
         return "missing_field", 'needs "texts" and "images" as lists of one length (null where the other one is)'
@@ -85,13 +95,18 @@ def document_problem(row: object, chat: bool) -> Problem:
 
 
 class _MixtureRows(JsonlDataset):
-    """A JsonlDataset of one mixture kind; `length(sample)` counts a sample's tokens for `max_len`."""
+    """A JsonlDataset of one mixture kind; `length(sample)` counts a sample's tokens for `max_len` and
+    `budget` (token-budget batching, as `JsonlDataset`'s). `processor` (the family's, when known)
+    says whether chat rows may hold videos; a video source gives at most `video_frames` frames,
+    rounded to the processor's temporal patch (`frame_count`)."""
 
     def __init__(self, manifest: str | Path, image_root: str | Path | None = None, validate: bool = True, *,
                  chat: bool, max_len: int | None = None, length: Callable[[dict], int] | None = None,
-                 bad_rows: str = "skip"):
-        self.chat, self._length = chat, length
-        super().__init__(manifest, image_root, validate, max_len=max_len, length_fn=self._tokens, bad_rows=bad_rows)
+                 bad_rows: str = "skip", budget: int | None = None, processor=None, video_frames: int = 16):
+        self.chat, self._length, self._validate, self.processor = chat, length, validate, processor
+        self.video_frames = frame_count(video_frames, processor, "data.video_frames")
+        super().__init__(manifest, image_root, validate, max_len=max_len, length_fn=self._tokens, bad_rows=bad_rows,
+                         budget=budget)
 
     def problem(self, row: object) -> Problem:
         raise NotImplementedError
@@ -118,7 +133,7 @@ class _MixtureRows(JsonlDataset):
         return load_image(ref)
 
     def __getitem__(self, index: int) -> dict:
-        return self._sample(self.rows[index])
+        return self._with_length(index, self._sample(self.rows[index]))
 
 
 class TextRows(_MixtureRows):
@@ -139,16 +154,32 @@ class TextRows(_MixtureRows):
 
 
 class DocumentRows(_MixtureRows):
-    """Interleaved documents: OBELICS-style {texts, images}, and chat rows with images when `chat`."""
+    """Interleaved documents: OBELICS-style {texts, images}, and chat rows with images or videos when `chat`."""
 
     def problem(self, row: object) -> Problem:
-        return document_problem(row, self.chat)
+        problem = document_problem(row, self.chat)
+        if problem is None and "messages" in row:
+            return video_problem(row, self.processor, self._video_root(), self.video_frames)
+        return problem
 
-    def _paths(self, row: dict) -> list[Path]:
-        return [self.image_root / p for p in row["images"] if p is not None]
+    def _video_root(self) -> Path | None:
+        """Where video sources are checked for frames up front (None: not checked)."""
+        return self.image_root if self._validate else None
+
+    def _ref(self, row: dict, name: str) -> object:
+        """What one image (or frame) name of `row` is read from (`_image`)."""
+        return self.image_root / name
+
+    def _paths(self, row: dict) -> list:
+        """The images to check: the row's images and the frames its videos list."""
+        names = [p for p in row.get("images", []) if p is not None]
+        return [self._ref(row, name) for name in [*names, *listed_frames(row)]]
+
+    def _video(self, row: dict, entry) -> Video:
+        return read_video(entry, self.image_root, self.video_frames)
 
     def _sample(self, row: dict) -> dict:
-        images = [self._image(p) for p in self._paths(row)]
         if "messages" in row:
-            return {"messages": as_conversation(row)[0], "images": images}
-        return {"document": list(row["texts"]), "images": images}
+            return chat_sample(row, lambda name: self._image(self._ref(row, name)), lambda v: self._video(row, v))
+        return {"document": list(row["texts"]), "images": [self._image(self._ref(row, p))
+                                                           for p in row["images"] if p is not None]}

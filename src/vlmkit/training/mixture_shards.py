@@ -6,9 +6,14 @@ key (the member path up to the first "." of its file name) form one sample.
     text         KEY.json   a text row as in a manifest ({text}, {prefix, suffix}, {messages}),
                  or KEY.txt  alone: {"text": its UTF-8 content}
     interleaved  KEY.json   {"texts": [str | null, ...], "images": [null | NAME, ...]}, or a chat
-                            row {"images": [NAME, ...], "messages": [...]}
-                 KEY.NAME   every image the document names; NAME is the member's extension
-                            ("0.png" for doc7.0.png) or its whole file name ("doc7.0.png")
+                            row {"images": [NAME, ...], "videos": [[NAME, ...] | {"frames": [NAME,
+                            ...], "fps": 2.0}, ...], "messages": [...]}: a video is its frames
+                 KEY.NAME   every image (and video frame) the row names; NAME is the member's
+                            extension ("0.png" for doc7.0.png) or its whole file name ("doc7.0.png")
+
+A video in a shard is its frames as image members, never one video file or animated image member:
+the decoders read videos by path, and nothing is extracted to disk (below); a row naming a video
+source instead of its frames is a bad row.
 
 The readers are the manifest readers (`TextRows`, `DocumentRows`) with rows taken from the
 shards instead of lines: map-style, indexed once at construction (member headers and the small
@@ -36,7 +41,9 @@ from pathlib import Path
 
 from vlmkit.data.image import load_image
 from vlmkit.data.shards import IMAGE_EXTS, _resolve_shards, check_end, is_shard_source, split_member
+from vlmkit.data.video import Video
 from vlmkit.errors import DataError, ImageError
+from vlmkit.training.chat import listed_frames, video_entry
 from vlmkit.training.mixture_rows import DocumentRows, Problem, TextRows, _MixtureRows
 
 
@@ -165,13 +172,24 @@ class ShardDocumentRows(_ShardRows, DocumentRows):
     """Interleaved samples: KEY.json (a document or chat row) and the image members it names."""
 
     def member_problem(self, row: dict) -> Problem:
-        for name in row["images"]:
+        for i, entry in enumerate(row.get("videos", [])):
+            if isinstance(video_entry(entry)[0], str):
+                return "bad_video", (f"names video {video_entry(entry)[0]!r} as video {i}; in a tar shard a video "
+                                     "is the list of its frames' image members")
+        for name in [*row.get("images", []), *listed_frames(row)]:
             if name is not None and name not in row["__members__"]:
                 return "missing_member", f"names image {name!r}, which is not a member of its sample"
         return None
 
-    def _paths(self, row: dict) -> list[Member]:
-        return [row["__members__"][name] for name in row["images"] if name is not None]
+    def _video_root(self) -> None:
+        return None  # its videos are frame members, checked as images
+
+    def _ref(self, row: dict, name: str) -> Member:
+        return row["__members__"][name]
+
+    def _video(self, row: dict, entry) -> Video:
+        frames, fps = video_entry(entry)
+        return Video([self._image(self._ref(row, name)) for name in frames], fps=fps)
 
 
 def mixture_reader(kind: str, source: str) -> type[_MixtureRows]:

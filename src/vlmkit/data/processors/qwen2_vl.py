@@ -152,6 +152,11 @@ class Qwen2VLProcessor(TypeCProcessor):
     # A `<|video_pad|>` is a placeholder like `<|image_pad|>`: the input filling it says which it is.
     alias_fields = ("video_token",)
 
+    @property
+    def frame_multiple(self) -> int:
+        """Frames of one temporal patch: video frame counts are rounded to a multiple (`video.frame_count`)."""
+        return self.config.temporal_patch_size
+
     def image(self, src, min_pixels: int | None = None, max_pixels: int | None = None) -> torch.Tensor:
         """One image source -> normalised float32 [3, h', w'] (h', w' multiples of patch * merge),
         within [min_pixels, max_pixels] (default: the image budget)."""
