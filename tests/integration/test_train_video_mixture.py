@@ -95,8 +95,8 @@ def _collators(folder: Path) -> tuple[ChatCollator, DocumentChatCollator]:
 
 
 def test_token_budget_over_a_mixture_counts_video_tokens(folders, rows, tmp_path):  # noqa: F811
-    """Interleaved rows measure as the plain manifest's (video tokens included), and a budget run over
-    the mixture cuts the plain run's batches."""
+    """Interleaved rows measure as the plain manifest's (video tokens included), a budget run over the
+    mixture cuts the plain run's batches, and a kill-and-resume of it is bit-identical."""
     folder = folders["qwen2_vl"]
     chat, doc = _collators(folder)
     plain = ChatJsonlDataset(rows, collator=chat, budget=400)
@@ -111,6 +111,9 @@ def test_token_budget_over_a_mixture_counts_video_tokens(folders, rows, tmp_path
     mixture = [{"source": str(rows), "weight": 1.0, "kind": "interleaved"}]
     assert _train(folder, tmp_path / "mix", *budget, mixture=mixture) == 0
     _same_run(tmp_path / "plain", tmp_path / "mix")
+    assert _train(folder, tmp_path / "split", *budget, "--stop_after", "2", mixture=mixture) == 0
+    assert _train(folder, tmp_path / "split", *budget, "--resume", mixture=mixture) == 0  # the held row re-read
+    _same_run(tmp_path / "mix", tmp_path / "split")
 
 
 def test_video_frames_caps_a_video_source(folders, rows, tmp_path):  # noqa: F811

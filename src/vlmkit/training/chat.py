@@ -30,8 +30,7 @@ placeholders before it), and labels are -100 everywhere else (image tokens and p
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch

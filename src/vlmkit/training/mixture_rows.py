@@ -79,7 +79,7 @@ def document_problem(row: object, chat: bool) -> Problem:
         if not chat:
             return CHAT_ONLY
         return chat_problem(row) or (None if row.get("images") or row.get("videos") else NO_IMAGE)
-    if "videos" in row:
+    if row.get("videos"):
         return "bad_video", 'has "videos": a document places images; put videos in chat rows ({messages})'
     texts, images = row.get("texts"), row.get("images")
     if not isinstance(texts, list) or not isinstance(images, list) or len(texts) != len(images):
@@ -104,6 +104,7 @@ class _MixtureRows(JsonlDataset):
                  chat: bool, max_len: int | None = None, length: Callable[[dict], int] | None = None,
                  bad_rows: str = "skip", budget: int | None = None, processor=None, video_frames: int = 16):
         self.chat, self._length, self._validate, self.processor = chat, length, validate, processor
+        self._last = (None, 0)  # (row, tokens) last measured: max_len then the budget ask for the same row
         self.video_frames = frame_count(video_frames, processor, "data.video_frames")
         super().__init__(manifest, image_root, validate, max_len=max_len, length_fn=self._tokens, bad_rows=bad_rows,
                          budget=budget)
@@ -112,11 +113,14 @@ class _MixtureRows(JsonlDataset):
         raise NotImplementedError
 
     def _tokens(self, row: dict) -> int:
+        if self._last[0] is row:
+            return self._last[1]
         try:
             sample = self._sample(row)
         except (ImageError, OSError):
             return 0  # the image check that follows reports the row
-        return self._length(sample) if self._length is not None else 0
+        self._last = (row, self._length(sample) if self._length is not None else 0)  # holding `row` keeps its id unique
+        return self._last[1]
 
     def _row_problem(self, row: object, max_len: int | None) -> Problem:
         problem = self.problem(row)
