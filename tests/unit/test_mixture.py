@@ -200,6 +200,31 @@ def test_document_rows(tmp_path):
     assert dict(docs.skipped) == {"bad_place": 1, "no_image": 1, "missing_image": 1}
 
 
+def test_video_rows_in_text_and_document_sources(tmp_path):
+    """A chat row's videos (frame lists, {frames, fps}) become `Video`s in item order in an interleaved
+    source; a text-only row with videos, an OBELICS document with "videos" and (with a processor that
+    takes images only) a video chat row are bad rows."""
+    reply = {"role": "assistant", "content": "ok"}
+    items = [{"type": "video"}, {"type": "image"}, {"type": "video"}, {"type": "text", "text": "what"}]
+    chat = {"images": ["x.png"], "videos": [["x.png", "x.png"], {"frames": ["x.png"], "fps": 2}],
+            "messages": [{"role": "user", "content": items}, reply]}
+    rows = [chat, {"texts": ["a", None], "images": [None, "x.png"], "videos": [["x.png"]]},
+            {"videos": [["x.png"]], "messages": [{"role": "user", "content": [{"type": "video"}]}, reply]}]
+    docs = DocumentRows(_write(tmp_path, rows), chat=True)
+    assert dict(docs.skipped) == {"bad_video": 1} and len(docs) == 2
+    first, second = docs[0]["images"], docs[1]["images"]
+    assert [type(x).__name__ for x in first] == ["Video", "Image", "Video"] and len(second) == 1
+    assert [len(first[0].frames), first[0].fps, len(first[2].frames), first[2].fps] == [2, None, 1, 2]
+
+    class ImagesOnly:
+        takes_videos = False
+
+    with pytest.raises(DataError, match=r"rows.jsonl:1 has videos, but the ImagesOnly takes images only"):
+        DocumentRows(tmp_path / "rows.jsonl", chat=True, processor=ImagesOnly(), bad_rows="error")
+    text = TextRows(_write(tmp_path, [*rows, {"text": "plain"}]), chat=True)
+    assert dict(text.skipped) == {"has_image": 2, "has_video": 1} and len(text) == 1
+
+
 def test_document_text_trains_text_and_eos_only():
     text, spans = document_text(["a cat", None, "on a mat"], "<image>", "</s>")
     assert text == "a cat\n<image>\non a mat</s>"
