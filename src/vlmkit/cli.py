@@ -126,10 +126,10 @@ def cmd_generate(args) -> int:
     sampling = sampling_flags(args)
     pipe = load(args.model, dtype=args.dtype, device=args.device, **T.speed_kwargs(args))
     if args.video:  # one video where the model's processor takes videos, else one image per frame
-        from vlmkit.data.video import frame_count, model_inputs, sample_video
+        from vlmkit.data.video import FrameRule, model_inputs
 
-        most = frame_count(args.max_frames, pipe.processor, "--max-frames")  # a multiple of its temporal patch
-        images += model_inputs(pipe.processor, sample_video(args.video, max_frames=most, stride=args.frame_stride))
+        rule = FrameRule.of(args.max_frames, pipe.processor, name="--max-frames")  # a multiple of its temporal patch
+        images += model_inputs(pipe.processor, rule.sample(args.video, args.frame_stride))
     if args.chat:  # one image part per image (or video / sampled frame) opens the first turn
         messages = chat_turns(args.chat, len(images))
     on_token = (lambda e: print(e.text, end="", flush=True)) if args.stream and not args.json else None

@@ -125,7 +125,7 @@ def _copy_files(rows: Path, tmp_path: Path) -> None:
     (["v0_0.png", "v1_0.png"], "rows.jsonl:2 cannot be processed: a video's frames differ in size: 40 x 60 and "
                                "56 x 30 pixels"),
     (["v0_0.png", "gone.png"], "rows.jsonl:2 names image {root}/gone.png, which does not exist"),
-    ("empty", "rows.jsonl:2 names video {root}/empty, which gives no frames (no image frames"),
+    ("empty", "rows.jsonl:2 names video {root}/empty, which cannot be sampled (no image frames"),
 ])
 def test_bad_video_rows_are_one_line(video, message, folders, rows, tmp_path, capsys):
     _copy_files(rows, tmp_path)

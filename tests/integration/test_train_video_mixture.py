@@ -2,7 +2,8 @@
 tests/integration/test_train_video.py train from an image-text source, an interleaved source and an
 interleaved tar shard (frames as members) exactly as from the plain manifest (the same losses step by
 step and bit-identical weights after), token-budget batches included; a row's measured length counts
-its video tokens; `data.video_frames` caps the frames taken from a video source; and a video row
+its video tokens; `data.video_frames` / `data.video_fps` choose the frames taken from a video source
+alike in both; and a video row
 where it cannot go (a family without videos, a text-only source, a video source named in a tar
 shard) is one line naming the source and the row, exit 2.
 """
@@ -116,34 +117,50 @@ def test_token_budget_over_a_mixture_counts_video_tokens(folders, rows, tmp_path
     _same_run(tmp_path / "mix", tmp_path / "split")
 
 
-def test_video_frames_caps_a_video_source(folders, rows, tmp_path):  # noqa: F811
-    """A 10-frame GIF gives all 10 frames by default and 4 (every 3rd) with data.video_frames=4 (5
-    rounds to 4 as well), from a manifest and a mixture source alike; frame lists stay whole."""
+def _long_clip(rows: Path) -> Path:
+    """long.jsonl: one row with a 10-frame GIF at 10 fps (1 s) and a list of 3 frames."""
     gif = [_frame(30, 40, 80 + k) for k in range(10)]
     gif[0].save(rows.parent / "long.gif", save_all=True, append_images=gif[1:], duration=100, loop=0)
-    user = [{"type": "video"}, {"type": "text", "text": "what happens"}]
+    user = [{"type": "video"}, {"type": "text", "text": "what happens"}, {"type": "video"}]
     row = {"videos": ["long.gif", ["v0_0.png", "v0_1.png", "v0_2.png"]],
-           "messages": [{"role": "user", "content": [*user, {"type": "video"}]},
-                        {"role": "assistant", "content": "it moves"}]}
-    manifest = rows.parent / "long.jsonl"
-    manifest.write_text(json.dumps(row) + "\n")
-    chat, doc = _collators(folders["qwen2_vl"])
-    for frames, expected in ((16, 10), (4, 4), (5, 4)):
-        plain = ChatJsonlDataset(manifest, collator=chat, video_frames=frames)[0]["images"]
-        mixed = DocumentRows(manifest, chat=True, processor=doc.processor, video_frames=frames)[0]["images"]
-        assert [len(v.frames) for v in plain] == [len(v.frames) for v in mixed] == [expected, 3]
-        assert plain[0].fps == pytest.approx(10 / -(-10 // expected))  # 10 fps over the stride taken
-    assert _train(folders["qwen2_vl"], tmp_path / "run", "--data.video-frames", "4", data=manifest) == 0
+           "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": "it moves"}]}
+    (rows.parent / "long.jsonl").write_text(json.dumps(row) + "\n")
+    return rows.parent / "long.jsonl"
 
 
-@pytest.mark.parametrize("flag, message", [
-    ("0", "data.video_frames must be >= 1, got 0"),
-    ("1", "data.video_frames=1 rounds to 0 frames for temporal patches of 2 frames"),
+@pytest.mark.parametrize("frames, fps, expected", [
+    (16, None, 10), (4, None, 4), (5, None, 4),  # at most N (5 rounds to 4): every 3rd frame for 4
+    (16, 2.0, 4), (16, 8.0, 5), (4, 8.0, 4),  # 1 s x fps, >= 4, <= N: 4 -> stride 3; 8 -> stride 2 -> 5
 ])
-def test_bad_video_frames_is_one_line(flag, message, folders, rows, tmp_path, capsys):  # noqa: F811
-    rc = _train(folders["qwen2_vl"], tmp_path / "out", "--data.video-frames", flag, data=rows)
+def test_frames_taken_from_a_video_source(frames, fps, expected, folders, rows):  # noqa: F811
+    """data.video_frames / data.video_fps choose the GIF's frames alike from a manifest and a mixture
+    source; the row's list of 3 frames stays whole; the sampled rate is 10 fps over the stride."""
+    manifest = _long_clip(rows)
+    chat, doc = _collators(folders["qwen2_vl"])
+    plain = ChatJsonlDataset(manifest, collator=chat, video_frames=frames, video_fps=fps)[0]["images"]
+    mixed = DocumentRows(manifest, chat=True, processor=doc.processor, video_frames=frames, video_fps=fps)[0]["images"]
+    assert [len(v.frames) for v in plain] == [len(v.frames) for v in mixed] == [expected, 3]
+    assert plain[0].fps == mixed[0].fps == pytest.approx(10 / -(-10 // expected))
+
+
+def test_frame_flags_train(folders, rows, tmp_path):  # noqa: F811
+    manifest = _long_clip(rows)
+    assert _train(folders["qwen2_vl"], tmp_path / "n", "--data.video-frames", "4", data=manifest) == 0
+    assert _train(folders["qwen2_vl"], tmp_path / "fps", "--data.video-fps", "2", data=manifest) == 0
+    assert len(losses(tmp_path / "n")) == len(losses(tmp_path / "fps")) == 3
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--data.video-frames", "0"), "data.video_frames must be >= 1, got 0"),
+    (("--data.video-frames", "1"), "data.video_frames=1 rounds to 0 frames for temporal patches of 2 frames"),
+    (("--data.video-fps", "0"), "data.video_fps must be > 0, got 0.0"),
+    (("--data.video-fps", "2"), "rows.jsonl:3 names video {root}/clip, which cannot be sampled (cannot sample "
+                                "{root}/clip at 2.0 fps: it has no frame rate (a folder of frames, or a file that gives none))"),
+])
+def test_bad_frame_flags_are_one_line(flags, message, folders, rows, tmp_path, capsys):  # noqa: F811
+    rc = _train(folders["qwen2_vl"], tmp_path / "out", *flags, data=rows)
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and "\n" not in err and message in err, err
+    assert rc == 2 and "\n" not in err and message.format(root=rows.parent) in err, err
 
 
 def test_generate_max_frames_rounds_to_the_temporal_patch(folders, rows, capsys):  # noqa: F811

@@ -23,7 +23,9 @@ error); the rule above then takes at most that many. Unlike transformers' `num_f
 a maximum: a clip with fewer frames gives all of them (the processor repeats the last frame of an
 odd count, as transformers' does), where transformers refuses to sample it; and the frames are the
 fixed-stride rule's, where transformers spreads exactly N with a fractional step (100 frames, N =
-16: stride 7 gives 15 frames here, transformers frames 0, 6, 12, 18, 25, ...).
+16: stride 7 gives 15 frames here, transformers frames 0, 6, 12, 18, 25, ...). A frame rate
+(`data.video_fps`, `fps_frame_count`) asks for duration x rate frames instead, counted as
+transformers counts `fps=`: at least 4, at most N and the clip, down to a multiple of the patch.
 
 Models with a video input (Qwen2-VL, Qwen2.5-VL: temporal patches of 2 frames) take the frames
 as one `Video` (`sample_video`: the frames and their sampled rate, the source's frames per second
@@ -53,6 +55,7 @@ VIDEO_SUFFIXES = frozenset(
     {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"}
 )
 _DIGITS = re.compile(r"([0-9]+)")
+MIN_FPS_FRAMES = 4  # transformers' Qwen2VLVideoProcessor.min_frames: the fewest frames a rate request takes
 _INSTALL_HINT = "install PyAV (`pip install av`) or OpenCV (`pip install opencv-python-headless`)"
 
 
@@ -252,17 +255,80 @@ def _source_rate(path: Path) -> tuple[float | None, int]:
         cap.release()
 
 
-def sample_video(source: str | os.PathLike, max_frames: int = 16, stride: int | None = None) -> Video:
+def _rate_of(path: Path) -> tuple[float | None, int]:
+    """`_source_rate` of a source (a folder: none), its failures as one ImageError line."""
+    if path.is_dir():
+        return None, 0
+    if not path.exists():
+        raise ImageError(f"video source not found: {path}")
+    try:
+        return _source_rate(path)
+    except ImportError:
+        raise ImageError(f"cannot read video {path}: {_INSTALL_HINT}") from None
+    except Exception as e:  # decoder libraries raise their own error types for corrupt files
+        raise ImageError(f"cannot read the frame rate of {path}: {type(e).__name__}: {e}") from None
+
+
+def fps_frame_count(total: int, rate: float | None, fps: float, most: int, multiple: int = 1) -> int:
+    """Frames to take from a clip of `total` frames at `rate` per second when `fps` frames a second are
+    asked, as transformers' `Qwen2VLVideoProcessor.sample_frames(fps=...)` counts them: total / rate *
+    fps, at least MIN_FPS_FRAMES, at most `most` and the clip, then down to a multiple of the temporal
+    patch. A clip shorter than one patch gives all its frames (transformers divides by zero there);
+    a container that does not say its frame count gives at most `most`.
+
+    Raises:
+        ImageError: the source has no frame rate (a folder of frames, or a file that gives none).
+    """
+    if rate is None:
+        raise ImageError("it has no frame rate (a folder of frames, or a file that gives none)")
+    if total <= 0:
+        return most
+    cap = math.floor(min(most, total) / multiple) * multiple
+    count = min(max(total / rate * fps, MIN_FPS_FRAMES), cap, total)
+    return math.floor(count / multiple) * multiple or total
+
+
+def sample_video(source: str | os.PathLike, max_frames: int = 16, stride: int | None = None, *,
+                 fps: float | None = None, multiple: int = 1) -> Video:
     """`sample_frames` of `source` as one Video whose fps is the sampled rate: the source's rate over
-    the stride used (None for a folder of frames, or when the container gives no rate)."""
-    frames = sample_frames(source, max_frames, stride)
+    the stride used (None for a folder of frames, or when the container gives no rate). With `fps`,
+    at most `fps_frame_count` frames (`max_frames` the cap, `multiple` the temporal patch)."""
     path = Path(source)
+    if fps is not None:
+        if stride is not None:
+            raise ConfigError("a frame rate and a frame stride are two ways to choose frames; give one of them")
+        try:
+            rate, total = _rate_of(path)
+            max_frames = fps_frame_count(total, rate, fps, max_frames, multiple)
+        except ImageError as e:
+            raise ImageError(f"cannot sample {path} at {fps} fps: {e}") from None
+    frames = sample_frames(source, max_frames, stride)
     fps = None
     if not path.is_dir():
         rate, n = _source_rate(path)
         step = stride if stride is not None else math.ceil(max(n, len(frames)) / max_frames)
         fps = rate / step if rate else None
     return Video(frames, fps=fps)
+
+
+@dataclass(frozen=True)
+class FrameRule:
+    """How a video source is sampled for one model (module doc): at most `most` frames (a multiple of
+    the temporal patch `multiple`), or, with `fps`, that many frames a second within `most`."""
+
+    most: int = 16
+    fps: float | None = None
+    multiple: int = 1
+
+    @classmethod
+    def of(cls, requested: int, processor=None, fps: float | None = None, name: str = "max_frames") -> FrameRule:
+        """The rule of a request of `requested` frames (`frame_count`) and an optional rate for `processor`."""
+        if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps < math.inf):
+            raise ConfigError(f"the frame rate asked for must be a number > 0, got {fps!r}")
+        return cls(frame_count(requested, processor, name), fps, getattr(processor, "frame_multiple", 1))
+
+    def sample(self, source: str | os.PathLike, stride: int | None = None) -> Video:
+        return sample_video(source, self.most, stride, fps=self.fps, multiple=self.multiple)
 
 
 def frame_count(requested: int, processor=None, name: str = "max_frames") -> int:

@@ -11,7 +11,8 @@ The k-th `{"type": "image"}` item is the k-th of `images`, the k-th `{"type": "v
 `videos` (optional; for families whose processor takes videos, Qwen2-VL / Qwen2.5-VL). A video is
 its frame paths in time order (taken whole), a folder of frames / an animated image / a video file
 (sampled as `vlmkit generate --video` samples them: at most `data.video_frames` frames spanning the
-clip, default 16, rounded to the model's temporal patch by `vlmkit.data.video.frame_count`), or either as
+clip, default 16, rounded to the model's temporal patch by `vlmkit.data.video.frame_count`; or
+`data.video_fps` frames a second within that, `FrameRule`), or either as
 ``{"frames": ..., "fps": 2.0}`` (the sampled rate; Qwen2.5-VL spaces temporal positions by it).
 A PaliGemma-style row ``{"image": path | [paths], "prefix", "suffix"}`` is read as one user turn
 (its images, then the prefix) answered by the suffix. String content is given to the template as one text item, the form
@@ -41,7 +42,7 @@ from vlmkit.data.datasets import JsonlDataset, measure_row
 from vlmkit.data.image import load_image
 from vlmkit.data.processor import IGNORE_INDEX
 from vlmkit.data.processors.common import TypeCProcessor, images_per_prompt
-from vlmkit.data.video import Video, frame_count, sample_frames, sample_video
+from vlmkit.data.video import FrameRule, Video
 from vlmkit.errors import DataError, ImageError, VlmkitError
 
 ROLES = ("system", "user", "assistant")
@@ -116,16 +117,16 @@ def chat_problem(row: dict) -> tuple[str, str] | None:
     return None
 
 
-def read_video(entry, root: Path, max_frames: int = 16) -> Video:
+def read_video(entry, root: Path, rule: FrameRule = FrameRule()) -> Video:
     """One "videos" entry of a row (see the module doc; paths relative to `root`) -> `Video`; a source
-    path gives at most `max_frames` frames (`sample_video`), a list of frames is taken whole.
+    path is sampled by `rule`, a list of frames is taken whole.
 
     Raises:
         ImageError: a frame or the source is missing or unreadable, or a source gives no frames.
     """
     frames, fps = video_entry(entry)
     if isinstance(frames, str):
-        clip = sample_video(root / frames, max_frames=max_frames)
+        clip = rule.sample(root / frames)
         return Video(clip.frames, fps=fps or clip.fps)
     return Video([load_image(root / p) for p in frames], fps=fps)
 
@@ -135,7 +136,7 @@ def listed_frames(row: dict) -> list[str]:
     return [p for f in map(_frames_of, row.get("videos", [])) if isinstance(f, list) for p in f]
 
 
-def video_problem(row: dict, processor, root: Path | None, max_frames: int = 16) -> tuple[str, str] | None:
+def video_problem(row: dict, processor, root: Path | None, rule: FrameRule = FrameRule()) -> tuple[str, str] | None:
     """A chat row with videos for a `processor` without video inputs (None: not known yet), or, with a
     `root` (validating), a video source under it that gives no frames; None when neither."""
     videos = row.get("videos") or []
@@ -144,9 +145,9 @@ def video_problem(row: dict, processor, root: Path | None, max_frames: int = 16)
     for entry in map(_frames_of, videos):
         if root is not None and isinstance(entry, str):  # list frames are checked as images
             try:
-                sample_frames(root / entry, max_frames=max_frames)
+                rule.sample(root / entry)
             except (ImageError, OSError) as e:
-                return "unreadable_image", f"names video {root / entry}, which gives no frames ({e})"
+                return "unreadable_image", f"names video {root / entry}, which cannot be sampled ({e})"
     return None
 
 
@@ -324,14 +325,14 @@ class ChatJsonlDataset(JsonlDataset):
     inputs of the image and video items in the order the items come; and "num_tokens" with a
     `budget`). `collator` (when given) measures rows exactly for `max_len` and `budget`, and refuses
     video rows when its processor takes no videos. A video source gives at most `video_frames`
-    frames, rounded to the processor's temporal patch (`frame_count`)."""
+    frames, rounded to the processor's temporal patch, or `video_fps` a second within that (`FrameRule`)."""
 
     def __init__(self, manifest: str | Path, image_root: str | Path | None = None, validate: bool = True, *,
                  max_len: int | None = None, collator: ChatCollator | None = None, bad_rows: str = "skip",
-                 budget: int | None = None, video_frames: int = 16):
+                 budget: int | None = None, video_frames: int = 16, video_fps: float | None = None):
         self._collator, self._last, self._validate = collator, (None, 0), validate
         processor = collator.processor if collator is not None else None
-        self.video_frames = frame_count(video_frames, processor, "data.video_frames")
+        self.frames = FrameRule.of(video_frames, processor, video_fps, "data.video_frames")
         super().__init__(manifest, image_root, validate, max_len=max_len, length_fn=self._tokens, bad_rows=bad_rows,
                          budget=budget)
 
@@ -352,7 +353,7 @@ class ChatJsonlDataset(JsonlDataset):
             return super()._row_problem(row, max_len)
         processor = self._collator.processor if self._collator is not None else None
         root = self.image_root if self._validate else None
-        problem = chat_problem(row) or video_problem(row, processor, root, self.video_frames)
+        problem = chat_problem(row) or video_problem(row, processor, root, self.frames)
         if problem is not None or max_len is None:
             return problem
         n, problem = measure_row(self._tokens, row)
@@ -368,7 +369,7 @@ class ChatJsonlDataset(JsonlDataset):
         if "messages" not in row:
             return {"messages": as_conversation(row)[0], "images": [load_image(p) for p in super()._paths(row)]}
         root = self.image_root
-        return chat_sample(row, lambda p: load_image(root / p), lambda v: read_video(v, root, self.video_frames))
+        return chat_sample(row, lambda p: load_image(root / p), lambda v: read_video(v, root, self.frames))
 
     def __getitem__(self, index: int) -> dict:
         return self._with_length(index, self._sample(self.rows[index]))

@@ -61,6 +61,9 @@ class DataConfig:
     # a row's list of frames is taken whole), as `vlmkit generate --max-frames`: spread over the clip,
     # rounded to the model's temporal patch as transformers rounds num_frames (Qwen2-VL: 2; 5 -> 4).
     video_frames: int = 16
+    # Frames a second taken from a video source (None: data.video_frames spread over the clip): its
+    # duration x this, at least 4, at most data.video_frames, down to the temporal patch (transformers' fps=).
+    video_fps: float | None = None
     shuffle_seed: int = 0
     validate_images: bool = True
     # A bad manifest row (not a JSON object, a field of the wrong type, a missing or unreadable
@@ -205,6 +208,7 @@ RUN_FIELD_RULES = (
     ("keep_checkpoints", 1, True, ""), ("data.batch_size", 1, True, ""), ("data.grad_accum", 1, True, ""),
     ("data.shuffle_seed", 0, True, ""), ("data.synthetic_scenes", 0, True, ""), ("data.max_length", 1, True, ""),
     ("data.max_tokens_per_batch", 1, True, ""), ("data.video_frames", 1, True, ""),
+    ("data.video_fps", 0, False, ""),
     ("optim.lr", 0, False, ""), ("optim.weight_decay", 0, True, ""), ("optim.eps", 0, False, ""),
     ("optim.warmup_steps", 0, True, ""), ("optim.grad_clip", 0, False, " (none = no clipping)"),
     ("optim.min_lr_ratio", 0, True, ""), ("lora.alpha", 0, False, ""),

@@ -171,7 +171,7 @@ def _dataset(cfg, inputs, source: MixtureSource, rows_collate, prefix_lm: bool):
         return reader(source.source, cfg.data.image_root, cfg.data.validate_images, chat=not prefix_lm,
                       max_len=cfg.data.max_length, length=rows_collate.length, bad_rows=cfg.data.bad_rows,
                       budget=cfg.data.max_tokens_per_batch, processor=rows_collate.processor,
-                      video_frames=cfg.data.video_frames)
+                      video_frames=cfg.data.video_frames, video_fps=cfg.data.video_fps)
     except DataError as e:
         raise DataError(f"data.mixture source {source.name}: {e}") from None
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from vlmkit.data.datasets import JsonlDataset
 from vlmkit.data.image import load_image
-from vlmkit.data.video import Video, frame_count
+from vlmkit.data.video import FrameRule, Video
 from vlmkit.errors import ImageError
 from vlmkit.training.chat import (as_conversation, chat_problem, chat_sample, listed_frames, read_video,
                                   video_problem)
@@ -98,14 +98,15 @@ class _MixtureRows(JsonlDataset):
     """A JsonlDataset of one mixture kind; `length(sample)` counts a sample's tokens for `max_len` and
     `budget` (token-budget batching, as `JsonlDataset`'s). `processor` (the family's, when known)
     says whether chat rows may hold videos; a video source gives at most `video_frames` frames,
-    rounded to the processor's temporal patch (`frame_count`)."""
+    rounded to the processor's temporal patch, or `video_fps` a second within that (`FrameRule`)."""
 
     def __init__(self, manifest: str | Path, image_root: str | Path | None = None, validate: bool = True, *,
                  chat: bool, max_len: int | None = None, length: Callable[[dict], int] | None = None,
-                 bad_rows: str = "skip", budget: int | None = None, processor=None, video_frames: int = 16):
+                 bad_rows: str = "skip", budget: int | None = None, processor=None, video_frames: int = 16,
+                 video_fps: float | None = None):
         self.chat, self._length, self._validate, self.processor = chat, length, validate, processor
         self._last = (None, 0)  # (row, tokens) last measured: max_len then the budget ask for the same row
-        self.video_frames = frame_count(video_frames, processor, "data.video_frames")
+        self.frames = FrameRule.of(video_frames, processor, video_fps, "data.video_frames")
         super().__init__(manifest, image_root, validate, max_len=max_len, length_fn=self._tokens, bad_rows=bad_rows,
                          budget=budget)
 
@@ -163,7 +164,7 @@ class DocumentRows(_MixtureRows):
     def problem(self, row: object) -> Problem:
         problem = document_problem(row, self.chat)
         if problem is None and "messages" in row:
-            return video_problem(row, self.processor, self._video_root(), self.video_frames)
+            return video_problem(row, self.processor, self._video_root(), self.frames)
         return problem
 
     def _video_root(self) -> Path | None:
@@ -180,7 +181,7 @@ class DocumentRows(_MixtureRows):
         return [self._ref(row, name) for name in [*names, *listed_frames(row)]]
 
     def _video(self, row: dict, entry) -> Video:
-        return read_video(entry, self.image_root, self.video_frames)
+        return read_video(entry, self.image_root, self.frames)
 
     def _sample(self, row: dict) -> dict:
         if "messages" in row:

@@ -228,7 +228,7 @@ def _chat_inputs(cfg: TrainConfig, model: nn.Module, tok: Tokenizer, tok_dir: Pa
         return ChatJsonlDataset(manifest, cfg.data.image_root if train else None, cfg.data.validate_images,
                                 max_len=cfg.data.max_length, collator=collator, bad_rows=cfg.data.bad_rows,
                                 budget=cfg.data.max_tokens_per_batch if train else None,
-                                video_frames=cfg.data.video_frames)
+                                video_frames=cfg.data.video_frames, video_fps=cfg.data.video_fps)
 
     names = (*TOKENIZER_FILES, *PROCESSOR_FILES)
     return _Inputs(dataset, None, collator, {n: folder / n for n in names if (folder / n).is_file()})
