@@ -44,3 +44,27 @@ def test_video_file_rate(tmp_path):
 def test_empty_folder_is_an_error(tmp_path):
     with pytest.raises(ImageError, match="no image frames"):
         sample_video(tmp_path)
+
+
+def test_a_frame_rate_asks_for_duration_times_rate_frames(tmp_path):
+    """A 3 s GIF of 30 frames (10 fps): 2 fps asks for 6 frames (stride 5), 0.5 fps for 1.5, raised to
+    transformers' minimum of 4 (stride 8: 4 frames); the cap (max_frames) still holds; with temporal
+    patches of 2 the count is rounded down to a multiple (3 fps: 9 -> 8, stride 4 -> 8 frames)."""
+    path = _gif(tmp_path / "a.gif", 30, 100)
+    for fps, most, multiple, frames in ((2.0, 16, 1, 6), (0.5, 16, 1, 4), (2.0, 4, 1, 4), (3.0, 16, 2, 8)):
+        clip = sample_video(path, max_frames=most, fps=fps, multiple=multiple)
+        assert len(clip.frames) == frames, (fps, most, multiple)
+        assert clip.fps == pytest.approx(10 / -(-30 // frames))
+
+
+def test_a_frame_rate_needs_a_rate_and_no_stride(tmp_path):
+    from vlmkit.errors import ConfigError
+
+    for i in range(3):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"f{i}.png")
+    with pytest.raises(ImageError, match=r"cannot sample .* at 2.0 fps: it has no frame rate \(a folder of frames"):
+        sample_video(tmp_path, fps=2.0)
+    with pytest.raises(ImageError, match=r"at 2.0 fps: video source not found: .*gone.gif"):
+        sample_video(tmp_path / "gone.gif", fps=2.0)
+    with pytest.raises(ConfigError, match="a frame rate and a frame stride are two ways"):
+        sample_video(_gif(tmp_path / "a.gif", 4, 100), fps=2.0, stride=2)

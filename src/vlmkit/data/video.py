@@ -303,12 +303,12 @@ def sample_video(source: str | os.PathLike, max_frames: int = 16, stride: int | 
         except ImageError as e:
             raise ImageError(f"cannot sample {path} at {fps} fps: {e}") from None
     frames = sample_frames(source, max_frames, stride)
-    fps = None
+    sampled = None  # the rate of the frames taken
     if not path.is_dir():
         rate, n = _source_rate(path)
         step = stride if stride is not None else math.ceil(max(n, len(frames)) / max_frames)
-        fps = rate / step if rate else None
-    return Video(frames, fps=fps)
+        sampled = rate / step if rate else None
+    return Video(frames, fps=sampled)
 
 
 @dataclass(frozen=True)
