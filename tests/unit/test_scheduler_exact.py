@@ -92,5 +92,5 @@ def test_window_limit_keeps_sliding_windows_out_of_reach():
 
     assert window_limit(Decoder(PRESETS["debug"])) > 1 << 40  # no window: no limit
     assert window_limit(Decoder(replace(PRESETS["debug-gemma2"], sliding_window=200))) == 192
-    with pytest.raises(ConfigError, match="sliding windows of at least 64"):
+    with pytest.raises(ConfigError, match="sliding windows of at least 16"):
         window_limit(Decoder(PRESETS["debug-gemma2"]))  # window 8

@@ -15,19 +15,24 @@ slot T + i, nothing else valid.
 
 So rows grow independently: in a decode step each layer's cache is replaced by a `_RowWrites`,
 which writes row r's new key/value at r's own next slot and hands attention the first S slots of
-the rows; the decoder's shared `slots` argument then only serves as the mask's query index (the
-span's last slot: every row's keys are at or before it, `key_valid` masks the rest).
+the step's rows; the decoder's shared `slots` argument then only serves as the mask's query index
+(the span's last slot: every row's keys are at or before it, `key_valid` masks the rest).
 
-Why this layout makes bf16 answers equal to the request served alone *by construction*: SDPA's
-CPU kernel (flash attention) splits the key axis into blocks of 512 slots from slot 0, sums each
-block's attention weights over 16 vector lanes fixed by the slot index, and handles the last
-`span % 16` slots in a scalar loop with another exp. A row whose keys start at another slot, or a
-span whose length mod 16 differs, gets other block boundaries, other lanes and another exp: other
-bits (1 bf16 step is enough to flip a greedy near-tie; in float32 the same bits differ too, but
-by 1e-7, which has not flipped a token). With keys at slot 0 and every span a multiple of
-`SPAN_MULTIPLE` (`decode.cache_slots`, which the lone `prefill` uses too), a row sees the same
-blocks and lanes alone and batched, and the masked slots add exact zeros. Prefill runs one prompt
-per forward on a [1, K, cache_slots(need), hd] view: the lone run's shapes, so its kernels.
+Why this makes bf16 answers equal to the request served alone (`generate`, whose batch-1 cache
+has need = T + max new tokens slots) *by construction*: SDPA's CPU kernel (flash attention)
+splits the key axis into blocks of 512 slots from slot 0, sums each block's attention weights
+over 16 float lanes fixed by the slot index (AVX-512; AVX2's 8 divide 16), and handles the last
+`span % 16` slots in a scalar loop with another exp (`std::exp`, not the vectorised one). A row
+whose keys start at another slot, or reach into a scalar tail the lone run does not have (or the
+other way round), gets other bits, and one bf16 step is enough to flip a greedy near-tie. With
+keys from slot 0, a row whose keys all lie below `need // 16 * 16` sees the same blocks and lanes
+in any span that is a multiple of 16 (masked slots add exact zeros), so those rows share one
+forward; a row whose keys reach the last `need % 16` slots of its lone cache (its last few steps
+before max tokens) is decoded with the rows of the same `need`, on a span of exactly `need`: the
+lone run's. Prefill runs one prompt per forward on a [1, K, need, hd] view: the lone run's shapes.
+(In float32 the kernel's P @ V matmul also sums in an order that depends on the span length, so
+float32 rows differ from lone runs by ~1e-7 whatever the layout; that has not flipped a token.)
+
 What the layout cannot fix: a decode step runs the linear layers at M = rows, a lone run at M = 1,
 and oneDNN picks its kernel by M. In bf16 on this AMX CPU each row's bits equal M = 1 up to M = 32
 for input widths <= 2048 (the bundled model at --max-batch <= 32), not at M > 32 for widths >= 768
@@ -41,9 +46,17 @@ import torch
 from torch import nn
 
 from vlmkit.errors import ConfigError
-from vlmkit.generation.decode import SPAN_MULTIPLE, cache_slots, decode_one_token
+from vlmkit.generation.decode import decode_one_token
 from vlmkit.models.common.contracts import CachedDecoder, DecoderInputs
 from vlmkit.models.common.kv_cache import KVCache
+
+
+LANES = 16  # SDPA's CPU kernel sums attention weights over this many float lanes (AVX-512)
+
+
+def lanes_up(n: int) -> int:
+    """n rounded up to a multiple of LANES."""
+    return -(-n // LANES) * LANES
 
 
 @dataclass
@@ -53,21 +66,22 @@ class _RowState:
 
 
 class _RowWrites(nn.Module):
-    """One layer's cache during a decode step: row r's key/value go to slot `write[r]`; attention
-    gets the first `span` slots of rows [0, hi)."""
+    """One layer's cache during a decode step over some rows: row `rows[i]`'s key/value go to slot
+    `write[i]`; attention gets the first `span` slots of those rows (a view when they are the
+    contiguous rows `view`, else a gathered copy)."""
 
     def __init__(self, k: torch.Tensor, v: torch.Tensor):
         super().__init__()
         self.k_all, self.v_all = k, v  # [R, K, L, hd]
-        self.write, self.span = None, 0
+        self.rows = self.write = self.view = None
+        self.span = 0
 
     def update(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """k, v [hi, K, 1, hd] -> the rows' keys and values [hi, K, span, hd]; `slots` is unused."""
-        hi = k.shape[0]
-        rows = torch.arange(hi, device=k.device)
-        self.k_all[rows, :, self.write] = k[:, :, 0].to(self.k_all.dtype)  # [hi, K, hd] at (r, :, write[r])
-        self.v_all[rows, :, self.write] = v[:, :, 0].to(self.v_all.dtype)
-        return self.k_all[:hi, :, :self.span], self.v_all[:hi, :, :self.span]
+        """k, v [g, K, 1, hd] -> the rows' keys and values [g, K, span, hd]; `slots` is unused."""
+        self.k_all[self.rows, :, self.write] = k[:, :, 0].to(self.k_all.dtype)  # [g, K, hd] at (rows[i], :, write[i])
+        self.v_all[self.rows, :, self.write] = v[:, :, 0].to(self.v_all.dtype)
+        at = self.rows if self.view is None else self.view
+        return self.k_all[at, :, :self.span], self.v_all[at, :, :self.span]
 
 
 class BatchedCache:
@@ -79,7 +93,7 @@ class BatchedCache:
     """
 
     def __init__(self, lm: CachedDecoder, rows: int, max_len: int, dtype: torch.dtype, device, decode_fn=None):
-        slots = cache_slots(max_len)  # room for every request's rounded span
+        slots = lanes_up(max_len)  # room for a span rounded up to whole lanes
         lm.setup_caches(rows, slots, dtype, device)
         modules = dict(lm.named_modules())  # type: ignore[attr-defined]
         # (owner, attribute, cache, k, v): `_bind` re-installs each cache where setup_caches put it,
@@ -129,11 +143,11 @@ class BatchedCache:
     def prefill(self, row: int, inputs: DecoderInputs, need: int) -> torch.Tensor:
         """Run one request's prompt (inputs of batch 1) into free `row`, which may use `need` slots
         (prompt + max new tokens); return its last logits [V]. The forward sees a
-        [1, K, cache_slots(need), hd] cache with the prompt at its start: a lone `prefill`'s."""
+        [1, K, need, hd] cache with the prompt at its start: a lone `prefill`'s."""
         if need > self.max_len:
             raise ConfigError(f"prompt + max new tokens need {need} cache slots, the server has {self.max_len}")
         T = inputs.embeds.shape[1]
-        S = cache_slots(need)
+        S = need
         valid = inputs.attention_mask.bool()[0]  # [T]
         self.key_valid[row], self.in_prefix[row] = False, False
         self.key_valid[row, :T] = valid
@@ -152,31 +166,55 @@ class BatchedCache:
     @torch.inference_mode()
     def decode(self, tokens: dict[int, int]) -> torch.Tensor:
         """Append one token to each row in `tokens` (row -> id); return logits [len(tokens), V] in
-        the order of `tokens`. The step runs on rows [0, max row] and the first
-        cache_slots(longest row + 1) slots (free rows in between compute garbage, never read)."""
+        the order of `tokens`. Rows whose keys stay below `need // LANES * LANES` run together on
+        rows [0, max row] (free rows in between compute garbage, never read) and the first
+        lanes_up(longest + 1) slots; rows whose keys reach the lone cache's scalar tail run with
+        the rows of the same need on exactly `need` slots (see the module docstring)."""
         if set(tokens) != set(self.active):
             raise ValueError("every active row decodes at every step")
-        hi = max(tokens) + 1
-        rows = torch.tensor(list(tokens), device=self.device)
-        span = cache_slots(max(self.active[r].length for r in tokens) + 1)
-        ids = torch.zeros(hi, 1, dtype=torch.long, device=self.device)
-        ids[rows, 0] = torch.tensor(list(tokens.values()), device=self.device)
-        write = self.length[:hi].clamp(max=span - 1)  # free rows write somewhere in their own row
-        self.key_valid[rows, self.length[rows]] = True
-        for w in self.writers:
-            w.write, w.span = write, span
-        self._bind(writers=True)
-        try:
-            logits = self.decode_fn(self.lm, ids, self.next_pos[:hi, None].clone(),
-                                    torch.tensor([span - 1], device=self.device),
-                                    self.key_valid[:hi, :span], self.in_prefix[:hi, :span])
-        finally:
-            self._bind()
-        self.next_pos[rows] += 1
-        self.length[rows] += 1
+        groups: dict[int, list[int]] = {}  # span -> rows
+        common = []
+        for r in tokens:
+            st = self.active[r]
+            if st.length < st.need // LANES * LANES:
+                common.append(r)
+            else:
+                groups.setdefault(st.need, []).append(r)
+        if common:
+            groups = {lanes_up(max(self.active[r].length for r in common) + 1): common, **groups}
+        out = {}
+        for span, rows in groups.items():
+            whole = len(groups) == 1 and rows is common  # no tail rows: a view of rows [0, max row]
+            for r, lg in zip(rows, self._step(rows, span, tokens, whole)):
+                out[r] = lg
         for r in tokens:
             self.active[r].length += 1
-        return logits[rows]
+        return torch.stack([out[r] for r in tokens])
+
+    def _step(self, rows: list[int], span: int, tokens: dict[int, int], whole: bool) -> torch.Tensor:
+        """One decoder forward over `rows` (all of rows [0, max row] if `whole`) on `span` slots;
+        return the logits [len(rows), V] of `rows` in order."""
+        at = torch.tensor(rows, device=self.device)
+        run = torch.arange(max(rows) + 1, device=self.device) if whole else at  # the forward's rows
+        ids = torch.zeros(len(run), 1, dtype=torch.long, device=self.device)
+        pick = at if whole else torch.arange(len(rows), device=self.device)  # `rows` among `run`
+        ids[pick, 0] = torch.tensor([tokens[r] for r in rows], device=self.device)
+        self.key_valid[at, self.length[at]] = True
+        write = self.length[run].clamp(max=span - 1)  # a free row in `run` writes inside its own row
+        view = slice(0, len(run)) if whole else None
+        for w in self.writers:
+            w.rows, w.write, w.view, w.span = run, write, view, span
+        sel = run if view is None else view
+        self._bind(writers=True)
+        try:
+            logits = self.decode_fn(self.lm, ids, self.next_pos[sel, None].clone(),
+                                    torch.tensor([span - 1], device=self.device),
+                                    self.key_valid[sel, :span], self.in_prefix[sel, :span])
+        finally:
+            self._bind()
+        self.next_pos[at] += 1
+        self.length[at] += 1
+        return logits[pick]
 
 
 def window_limit(lm: CachedDecoder) -> int:
@@ -187,8 +225,8 @@ def window_limit(lm: CachedDecoder) -> int:
     windows = [w for w in (cfg.layer_window(i) for i in range(cfg.num_layers)) if w] if cfg is not None else []
     if not windows:
         return 1 << 62
-    limit = min(windows) // SPAN_MULTIPLE * SPAN_MULTIPLE
+    limit = min(windows) // LANES * LANES
     if limit == 0:
-        raise ConfigError(f"continuous batching needs sliding windows of at least {SPAN_MULTIPLE} slots, "
+        raise ConfigError(f"continuous batching needs sliding windows of at least {LANES} slots, "
                           f"this decoder has {min(windows)}")
     return limit

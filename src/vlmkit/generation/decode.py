@@ -14,18 +14,6 @@ import torch
 
 from vlmkit.models.common.contracts import CachedDecoder
 
-# Caches hold a multiple of this many slots (the extra ones masked): SDPA's CPU kernel sums a key
-# span's attention weights over 16 float lanes (AVX-512; 8 on AVX2, more with wide SVE) and the
-# last `span % lanes` keys in a scalar loop with another exp, so spans of one multiple make the
-# same keys give the same bits whatever the span's length: a batched row (generation/batching.py)
-# then equals the same request alone. 64 covers every lane count and oneDNN's 64-key packing.
-SPAN_MULTIPLE = 64
-
-
-def cache_slots(n: int) -> int:
-    """The cache length for n slots: n rounded up to a multiple of SPAN_MULTIPLE."""
-    return -(-n // SPAN_MULTIPLE) * SPAN_MULTIPLE
-
 
 @dataclass
 class DecodeState:
@@ -51,7 +39,7 @@ def prefill(
     positions: torch.Tensor,
     max_len: int,
 ) -> tuple[torch.Tensor, DecodeState]:
-    """Allocate caches of `cache_slots(max_len)` slots, run the prompt, return (last logits [B, V], state).
+    """Allocate caches of `max_len` slots, run the prompt, return (last logits [B, V], state).
 
     Args:
         embeds: [B, T, D] prompt embeddings (image features already spliced in).
@@ -66,7 +54,6 @@ def prefill(
     if bool((attention_mask[:, -1] == 0).any()):
         raise ValueError("generation needs left padding: a row ends with padding")
     device = embeds.device
-    max_len = cache_slots(max_len)
     lm.setup_caches(B, max_len, embeds.dtype, device)
     key_valid = torch.zeros(B, max_len, dtype=torch.bool, device=device)
     key_valid[:, :T] = attention_mask.bool()
