@@ -26,10 +26,10 @@ over 16 float lanes fixed by the slot index (AVX-512; AVX2's 8 divide 16), and h
 whose keys start at another slot, or reach into a scalar tail the lone run does not have (or the
 other way round), gets other bits, and one bf16 step is enough to flip a greedy near-tie. With
 keys from slot 0, a row whose keys all lie below `need // 16 * 16` sees the same blocks and lanes
-in any span that is a multiple of 16 (masked slots add exact zeros), so those rows share one
-forward; a row whose keys reach the last `need % 16` slots of its lone cache (its last few steps
-before max tokens) is decoded with the rows of the same `need`, on a span of exactly `need`: the
-lone run's. Prefill runs one prompt per forward on a [1, K, need, hd] view: the lone run's shapes.
+in any span whose scalar tail it does not reach (masked slots add exact zeros), so those rows
+share one forward; a row whose keys reach the last `need % 16` slots of its lone cache (its last
+few steps before max tokens) needs a span with the lone run's scalar tail, i.e. in the same
+16-slot block as `need`: such rows run in one forward per block (`BatchedCache._forwards`). Prefill runs one prompt per forward on a [1, K, need, hd] view: the lone run's shapes.
 (In float32 the kernel's P @ V matmul also sums in an order that depends on the span length, so
 float32 rows differ from lone runs by ~1e-7 whatever the layout; that has not flipped a token.)
 
@@ -147,15 +147,14 @@ class BatchedCache:
         if need > self.max_len:
             raise ConfigError(f"prompt + max new tokens need {need} cache slots, the server has {self.max_len}")
         T = inputs.embeds.shape[1]
-        S = need
         valid = inputs.attention_mask.bool()[0]  # [T]
         self.key_valid[row], self.in_prefix[row] = False, False
         self.key_valid[row, :T] = valid
         self.in_prefix[row, :T] = inputs.in_prefix[0] & valid
-        self._bind((slice(row, row + 1), slice(None), slice(0, S)))
+        self._bind((slice(row, row + 1), slice(None), slice(0, need)))
         try:
-            h = self.lm(inputs.embeds, inputs.positions, self.key_valid[row:row + 1, :S],
-                        self.in_prefix[row:row + 1, :S], torch.arange(T, device=self.device))
+            h = self.lm(inputs.embeds, inputs.positions, self.key_valid[row:row + 1, :need],
+                        self.in_prefix[row:row + 1, :need], torch.arange(T, device=self.device))
         finally:
             self._bind()
         self.next_pos[row] = inputs.positions[:, -1] + 1
@@ -166,34 +165,47 @@ class BatchedCache:
     @torch.inference_mode()
     def decode(self, tokens: dict[int, int]) -> torch.Tensor:
         """Append one token to each row in `tokens` (row -> id); return logits [len(tokens), V] in
-        the order of `tokens`. Rows whose keys stay below `need // LANES * LANES` run together on
-        rows [0, max row] (free rows in between compute garbage, never read) and the first
-        lanes_up(longest + 1) slots; rows whose keys reach the lone cache's scalar tail run with
-        the rows of the same need on exactly `need` slots (see the module docstring)."""
+        the order of `tokens`. Usually one forward over rows [0, max row] (free rows in between
+        compute garbage, never read); a few more while rows reach their lone cache's scalar tail
+        (`_forwards`)."""
         if set(tokens) != set(self.active):
             raise ValueError("every active row decodes at every step")
-        groups: dict[int, list[int]] = {}  # span -> rows
-        common = []
-        for r in tokens:
-            st = self.active[r]
-            if st.length < st.need // LANES * LANES:
-                common.append(r)
-            else:
-                groups.setdefault(st.need, []).append(r)
-        if common:
-            groups = {lanes_up(max(self.active[r].length for r in common) + 1): common, **groups}
         out = {}
-        for span, rows in groups.items():
-            whole = len(groups) == 1 and rows is common  # no tail rows: a view of rows [0, max row]
-            for r, lg in zip(rows, self._step(rows, span, tokens, whole)):
+        for span, rows in self._forwards(list(tokens)):
+            for r, lg in zip(rows, self._step(rows, span, tokens, whole=len(rows) == len(tokens))):
                 out[r] = lg
         for r in tokens:
             self.active[r].length += 1
         return torch.stack([out[r] for r in tokens])
 
+    def _forwards(self, rows: list[int]) -> list[tuple[int, list[int]]]:
+        """Split a step's rows into forwards (span, rows) whose span gives every row its lone
+        run's bits. A row with n keys (this step's included) and a lone cache of `need` slots
+        needs a span S >= n with, if n <= need // 16 * 16 (no key in the lone run's scalar tail),
+        no key in S's scalar tail either (n <= S // 16 * 16); otherwise the same scalar tail as
+        the lone run (S // 16 == need // 16). Rows of one tail block share a forward, and rows
+        without tail keys join the highest such forward when they fit below its tail."""
+        tail: dict[int, list[int]] = {}  # 16-block of `need` -> rows with keys in the lone scalar tail
+        common = []
+        for r in rows:
+            st = self.active[r]
+            if st.length + 1 <= st.need // LANES * LANES:
+                common.append(r)
+            else:
+                tail.setdefault(st.need // LANES, []).append(r)
+        n = {r: self.active[r].length + 1 for r in rows}
+        out = [(max(LANES * b, *(n[r] for r in rs)), rs) for b, rs in sorted(tail.items())]
+        if common:
+            top = max(n[r] for r in common)
+            if out and top <= out[-1][0] // LANES * LANES:
+                out[-1] = (out[-1][0], out[-1][1] + common)
+            else:
+                out.append((lanes_up(top), common))
+        return out
+
     def _step(self, rows: list[int], span: int, tokens: dict[int, int], whole: bool) -> torch.Tensor:
-        """One decoder forward over `rows` (all of rows [0, max row] if `whole`) on `span` slots;
-        return the logits [len(rows), V] of `rows` in order."""
+        """One decoder forward over `rows` (every active row if `whole`: then as a view of rows
+        [0, max row]) on `span` slots; return the logits [len(rows), V] of `rows` in order."""
         at = torch.tensor(rows, device=self.device)
         run = torch.arange(max(rows) + 1, device=self.device) if whole else at  # the forward's rows
         ids = torch.zeros(len(run), 1, dtype=torch.long, device=self.device)
