@@ -9,7 +9,7 @@ from PIL import Image
 import vlmkit
 from vlmkit.errors import VlmkitError
 from vlmkit.generation import SamplingConfig
-from vlmkit.generation.batching import BatchedCache
+from vlmkit.generation.batching import BatchedCache, lanes_up
 from vlmkit.generation.decode import advance, decode_one_token, prefill
 from vlmkit.models.registry import family_of
 from vlmkit.serving.scheduler import QueueFullError, Request, Scheduler
@@ -66,9 +66,10 @@ def test_rows_admitted_later_match_generate_alone(pipe, max_len):
 
 
 def _alone(lm, inputs, steps):
-    """Greedy tokens of one prompt with the plain static-cache loop (decode.py)."""
+    """Greedy tokens of one prompt with the plain static-cache loop (decode.py), on the cache
+    length `Pipeline` uses (whole 16-slot lane groups, see generation/batching.py)."""
     logits, state = prefill(lm, inputs.embeds, inputs.attention_mask, inputs.in_prefix, inputs.positions,
-                            inputs.embeds.shape[1] + steps)
+                            lanes_up(inputs.embeds.shape[1] + steps))
     out = []
     for _ in range(steps):
         out.append(int(logits.argmax(-1)))

@@ -18,20 +18,21 @@ which writes row r's new key/value at r's own next slot and hands attention the 
 the step's rows; the decoder's shared `slots` argument then only serves as the mask's query index
 (the span's last slot: every row's keys are at or before it, `key_valid` masks the rest).
 
-Why this makes bf16 answers equal to the request served alone (`generate`, whose batch-1 cache
-has need = T + max new tokens slots) *by construction*: SDPA's CPU kernel (flash attention)
-splits the key axis into blocks of 512 slots from slot 0, sums each block's attention weights
-over 16 float lanes fixed by the slot index (AVX-512; AVX2's 8 divide 16), and handles the last
-`span % 16` slots in a scalar loop with another exp (`std::exp`, not the vectorised one). A row
-whose keys start at another slot, or reach into a scalar tail the lone run does not have (or the
-other way round), gets other bits, and one bf16 step is enough to flip a greedy near-tie. With
-keys from slot 0, a row whose keys all lie below `need // 16 * 16` sees the same blocks and lanes
-in any span whose scalar tail it does not reach (masked slots add exact zeros), so those rows
-share one forward; a row whose keys reach the last `need % 16` slots of its lone cache (its last
-few steps before max tokens) needs a span with the lone run's scalar tail, i.e. in the same
-16-slot block as `need`: such rows run in one forward per block (`BatchedCache._forwards`). Prefill runs one prompt per forward on a [1, K, need, hd] view: the lone run's shapes.
-(In float32 the kernel's P @ V matmul also sums in an order that depends on the span length, so
-float32 rows differ from lone runs by ~1e-7 whatever the layout; that has not flipped a token.)
+Why this makes bf16 answers equal to the request served alone (`Pipeline.generate`, whose batch-1
+cache has lanes_up(T + max new tokens) slots) *by construction*: SDPA's CPU kernel (flash
+attention) splits the key axis into blocks of 512 slots from slot 0, sums each block's attention
+weights over 16 float lanes fixed by the slot index (AVX-512; AVX2's 8 divide 16), and handles
+the last `span % 16` slots in a scalar loop with another exp (`std::exp`, not the vectorised
+one). A row whose keys start at another slot, or fall in a scalar tail the lone run does not
+have (or the other way round), gets other bits, and one bf16 step is enough to flip a greedy
+near-tie. With keys from slot 0 and every span, lone or batched, a multiple of LANES, no key is
+ever in a scalar tail, each key has its lone run's lane and block, and the masked slots add
+exact zeros: any such span gives a row its lone bits, so all rows share one span per step.
+(`generate` itself keeps T + max new tokens slots by default, the length of transformers' static
+cache, which the parity tests match bit for bit.) Prefill runs one prompt per forward on the lone
+run's [1, K, lanes_up(need), hd] shapes. In float32 the kernel's P @ V matmul sums in an order
+that depends on the span length, so float32 rows differ from lone runs by ~1e-7 whatever the
+layout; that has not flipped a token.
 
 What the layout cannot fix: a decode step runs the linear layers at M = rows, a lone run at M = 1,
 and oneDNN picks its kernel by M. In bf16 on this AMX CPU each row's bits equal M = 1 up to M = 32
@@ -66,22 +67,21 @@ class _RowState:
 
 
 class _RowWrites(nn.Module):
-    """One layer's cache during a decode step over some rows: row `rows[i]`'s key/value go to slot
-    `write[i]`; attention gets the first `span` slots of those rows (a view when they are the
-    contiguous rows `view`, else a gathered copy)."""
+    """One layer's cache during a decode step over rows [0, hi): row r's key/value go to slot
+    `write[r]`; attention gets the first `span` slots of those rows."""
 
     def __init__(self, k: torch.Tensor, v: torch.Tensor):
         super().__init__()
         self.k_all, self.v_all = k, v  # [R, K, L, hd]
-        self.rows = self.write = self.view = None
+        self.rows = self.write = None
         self.span = 0
 
     def update(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """k, v [g, K, 1, hd] -> the rows' keys and values [g, K, span, hd]; `slots` is unused."""
-        self.k_all[self.rows, :, self.write] = k[:, :, 0].to(self.k_all.dtype)  # [g, K, hd] at (rows[i], :, write[i])
+        """k, v [hi, K, 1, hd] -> the rows' keys and values [hi, K, span, hd]; `slots` is unused."""
+        self.k_all[self.rows, :, self.write] = k[:, :, 0].to(self.k_all.dtype)  # [hi, K, hd] at (r, :, write[r])
         self.v_all[self.rows, :, self.write] = v[:, :, 0].to(self.v_all.dtype)
-        at = self.rows if self.view is None else self.view
-        return self.k_all[at, :, :self.span], self.v_all[at, :, :self.span]
+        hi = len(self.rows)
+        return self.k_all[:hi, :, :self.span], self.v_all[:hi, :, :self.span]
 
 
 class BatchedCache:
@@ -143,7 +143,8 @@ class BatchedCache:
     def prefill(self, row: int, inputs: DecoderInputs, need: int) -> torch.Tensor:
         """Run one request's prompt (inputs of batch 1) into free `row`, which may use `need` slots
         (prompt + max new tokens); return its last logits [V]. The forward sees a
-        [1, K, need, hd] cache with the prompt at its start: a lone `prefill`'s."""
+        [1, K, lanes_up(need), hd] cache with the prompt at its start: the lone run's (`Pipeline`
+        generates with `cache_multiple=LANES`)."""
         if need > self.max_len:
             raise ConfigError(f"prompt + max new tokens need {need} cache slots, the server has {self.max_len}")
         T = inputs.embeds.shape[1]
@@ -151,10 +152,11 @@ class BatchedCache:
         self.key_valid[row], self.in_prefix[row] = False, False
         self.key_valid[row, :T] = valid
         self.in_prefix[row, :T] = inputs.in_prefix[0] & valid
-        self._bind((slice(row, row + 1), slice(None), slice(0, need)))
+        S = lanes_up(need)
+        self._bind((slice(row, row + 1), slice(None), slice(0, S)))
         try:
-            h = self.lm(inputs.embeds, inputs.positions, self.key_valid[row:row + 1, :need],
-                        self.in_prefix[row:row + 1, :need], torch.arange(T, device=self.device))
+            h = self.lm(inputs.embeds, inputs.positions, self.key_valid[row:row + 1, :S],
+                        self.in_prefix[row:row + 1, :S], torch.arange(T, device=self.device))
         finally:
             self._bind()
         self.next_pos[row] = inputs.positions[:, -1] + 1
@@ -165,68 +167,30 @@ class BatchedCache:
     @torch.inference_mode()
     def decode(self, tokens: dict[int, int]) -> torch.Tensor:
         """Append one token to each row in `tokens` (row -> id); return logits [len(tokens), V] in
-        the order of `tokens`. Usually one forward over rows [0, max row] (free rows in between
-        compute garbage, never read); a few more while rows reach their lone cache's scalar tail
-        (`_forwards`)."""
+        the order of `tokens`. One forward over rows [0, max row] (free rows in between compute
+        garbage, never read) and the first lanes_up(longest row + 1) slots."""
         if set(tokens) != set(self.active):
             raise ValueError("every active row decodes at every step")
-        out = {}
-        for span, rows in self._forwards(list(tokens)):
-            for r, lg in zip(rows, self._step(rows, span, tokens, whole=len(rows) == len(tokens))):
-                out[r] = lg
-        for r in tokens:
-            self.active[r].length += 1
-        return torch.stack([out[r] for r in tokens])
-
-    def _forwards(self, rows: list[int]) -> list[tuple[int, list[int]]]:
-        """Split a step's rows into forwards (span, rows) whose span gives every row its lone
-        run's bits. A row with n keys (this step's included) and a lone cache of `need` slots
-        needs a span S >= n with, if n <= need // 16 * 16 (no key in the lone run's scalar tail),
-        no key in S's scalar tail either (n <= S // 16 * 16); otherwise the same scalar tail as
-        the lone run (S // 16 == need // 16). Rows of one tail block share a forward, and rows
-        without tail keys join the highest such forward when they fit below its tail."""
-        tail: dict[int, list[int]] = {}  # 16-block of `need` -> rows with keys in the lone scalar tail
-        common = []
-        for r in rows:
-            st = self.active[r]
-            if st.length + 1 <= st.need // LANES * LANES:
-                common.append(r)
-            else:
-                tail.setdefault(st.need // LANES, []).append(r)
-        n = {r: self.active[r].length + 1 for r in rows}
-        out = [(max(LANES * b, *(n[r] for r in rs)), rs) for b, rs in sorted(tail.items())]
-        if common:
-            top = max(n[r] for r in common)
-            if out and top <= out[-1][0] // LANES * LANES:
-                out[-1] = (out[-1][0], out[-1][1] + common)
-            else:
-                out.append((lanes_up(top), common))
-        return out
-
-    def _step(self, rows: list[int], span: int, tokens: dict[int, int], whole: bool) -> torch.Tensor:
-        """One decoder forward over `rows` (every active row if `whole`: then as a view of rows
-        [0, max row]) on `span` slots; return the logits [len(rows), V] of `rows` in order."""
-        at = torch.tensor(rows, device=self.device)
-        run = torch.arange(max(rows) + 1, device=self.device) if whole else at  # the forward's rows
-        ids = torch.zeros(len(run), 1, dtype=torch.long, device=self.device)
-        pick = at if whole else torch.arange(len(rows), device=self.device)  # `rows` among `run`
-        ids[pick, 0] = torch.tensor([tokens[r] for r in rows], device=self.device)
+        hi = max(tokens) + 1
+        at = torch.tensor(list(tokens), device=self.device)
+        span = lanes_up(int(self.length[at].max()) + 1)
+        ids = torch.zeros(hi, 1, dtype=torch.long, device=self.device)
+        ids[at, 0] = torch.tensor(list(tokens.values()), device=self.device)
         self.key_valid[at, self.length[at]] = True
-        write = self.length[run].clamp(max=span - 1)  # a free row in `run` writes inside its own row
-        view = slice(0, len(run)) if whole else None
+        rows = torch.arange(hi, device=self.device)
+        write = self.length[:hi].clamp(max=span - 1)  # a free row writes inside its own row
         for w in self.writers:
-            w.rows, w.write, w.view, w.span = run, write, view, span
-        sel = run if view is None else view
+            w.rows, w.write, w.span = rows, write, span
         self._bind(writers=True)
         try:
-            logits = self.decode_fn(self.lm, ids, self.next_pos[sel, None].clone(),
+            logits = self.decode_fn(self.lm, ids, self.next_pos[:hi, None].clone(),
                                     torch.tensor([span - 1], device=self.device),
-                                    self.key_valid[sel, :span], self.in_prefix[sel, :span])
+                                    self.key_valid[:hi, :span], self.in_prefix[:hi, :span])
         finally:
             self._bind()
         self.next_pos[at] += 1
         self.length[at] += 1
-        return logits[pick]
+        return logits[at]
 
 
 def window_limit(lm: CachedDecoder) -> int:
