@@ -62,8 +62,7 @@ def lanes_up(n: int) -> int:
 
 @dataclass
 class _RowState:
-    length: int  # slots written (the next token goes to slot `length`)
-    need: int  # slots the request may use in all (prompt + max new tokens)
+    need: int  # slots the request may use in all (prompt + max new tokens); `length` has the written ones
 
 
 class _RowWrites(nn.Module):
@@ -129,8 +128,7 @@ class BatchedCache:
             k[dst], v[dst] = k[src], v[src]
         for t in (self.key_valid, self.in_prefix, self.next_pos, self.length):
             t[dst] = t[src]
-        r = self.active[src]
-        self.active[dst] = _RowState(r.length, r.need)
+        self.active[dst] = _RowState(self.active[src].need)
 
     def _bind(self, index=None, writers: bool = False) -> None:
         """Point every layer's cache at `k[index]` / `v[index]`, or install the decode step's
@@ -161,7 +159,7 @@ class BatchedCache:
             self._bind()
         self.next_pos[row] = inputs.positions[:, -1] + 1
         self.length[row] = T
-        self.active[row] = _RowState(T, need)
+        self.active[row] = _RowState(need)
         return self.lm.logits(h[:, -1:])[0, 0]
 
     @torch.inference_mode()
