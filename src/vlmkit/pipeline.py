@@ -23,6 +23,7 @@ from vlmkit.data.processor import PaliGemmaProcessor
 from vlmkit.data.tokenizer import Tokenizer
 from vlmkit.errors import CheckpointError, ConfigError
 from vlmkit.generation import GenerationResult, SamplingConfig, StreamEvent, generate
+from vlmkit.generation.batching import LANES  # the cache layout a serving row reproduces
 from vlmkit.generation.compile import compile_decode
 from vlmkit.generation.quant import QuantScheme, load_quantized, quantize_model, save_quantized, scheme_of
 from vlmkit.validate import image_stats
@@ -156,7 +157,7 @@ class Pipeline:
         """Generate for a batch the processor made (left-padded), one result per row (with each
         step's raw logits if `output_logits`, see `GenerationResult`)."""
         return generate(self.model, self.tokenizer, self._model_inputs(batch), sampling or SamplingConfig(),
-                        decode_fn or self.decode_fn, on_token, output_logits)
+                        decode_fn or self.decode_fn, on_token, output_logits, cache_multiple=LANES)
 
     def generate_batch(self, prompts: Sequence[str], images: Sequence, sampling: SamplingConfig | None = None,
                        on_token: Callable[[StreamEvent], None] | None = None,

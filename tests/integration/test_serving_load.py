@@ -1,9 +1,10 @@
 """Load: 64 concurrent HTTP clients x 4 requests each against one uvicorn server on the bundled
-model (continuous batching, --max-batch 16), greedy, 16 kinds of request (prompts, images,
-max_tokens), every third one streamed. Nothing is lost or duplicated (256 answers, 256 distinct
-completion ids, each stream has one finish and one [DONE]), every answer equals the same request
-served alone (`Pipeline.generate`), and the server is idle afterwards. p50 / p95 latency and
-throughput are printed (`pytest -rP` shows them); no timing is asserted."""
+model (continuous batching, --max-batch 16), in float32 and in bfloat16 (`serve`'s default here),
+greedy, 16 kinds of request (prompts, images, max_tokens), every third one streamed. Nothing is
+lost or duplicated (256 answers, 256 distinct completion ids, each stream has one finish and one
+[DONE]), every answer equals the same request served alone (`Pipeline.generate`), and the server
+is idle afterwards. p50 / p95 latency and throughput are printed (`pytest -rP` shows them); no
+timing is asserted."""
 
 import asyncio
 import json
@@ -74,12 +75,13 @@ async def _load(base: str) -> tuple[float, dict[int, dict]]:
 
 
 @pytest.mark.slow
-def test_64_clients_x_4_requests_equal_lone_answers():
-    ref = vlmkit.load(dtype="float32")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bfloat16: `serve --dtype auto` on AVX-512-BF16 CPUs
+def test_64_clients_x_4_requests_equal_lone_answers(dtype):
+    ref = vlmkit.load(dtype=dtype)
     alone = [ref.generate(text, image(colour, x), SamplingConfig(max_new_tokens=m)) for text, colour, x, m in KINDS]
     assert len({a.text for a in alone}) > 8  # the kinds really differ
     cfg = ServeConfig(max_batch=16, max_len=256, max_queue=CLIENTS * PER_CLIENT)
-    with serving(vlmkit.load(dtype="float32"), cfg) as base:
+    with serving(vlmkit.load(dtype=dtype), cfg) as base:
         wall, results = asyncio.run(_load(base))
         health = httpx.get(base.removesuffix("/v1") + "/health").json()
         metrics = httpx.get(base.removesuffix("/v1") + "/metrics").text
@@ -92,6 +94,6 @@ def test_64_clients_x_4_requests_equal_lone_answers():
     assert "vlmkit_queue_depth 0.0" in metrics
     latencies = sorted(r["latency"] for r in results.values())
     tokens = sum(len(alone[n % 16].token_ids) for n in results)
-    print(f"\n{len(results)} requests from {CLIENTS} clients ({sum(r['stream'] for r in results.values())} streamed) "
+    print(f"\n{dtype}: {len(results)} requests from {CLIENTS} clients ({sum(r['stream'] for r in results.values())} streamed) "
           f"in {wall:.2f} s: {len(results) / wall:.1f} requests/s, {tokens / wall:.0f} completion tokens/s; "
           f"latency p50 {statistics.median(latencies):.3f} s, p95 {latencies[round(0.95 * (len(latencies) - 1))]:.3f} s")

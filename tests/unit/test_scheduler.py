@@ -1,6 +1,6 @@
 """Continuous batching (vlmkit.serving.scheduler over generation.batching) on the bundled model:
-rows admitted at different steps, with different prompt lengths, through cache shifts, produce
-exactly the tokens of `Pipeline.generate` run alone; cancellation frees rows; n, seeds, stops."""
+rows admitted at different steps, with different prompt lengths, into freed rows, produce
+exactly the tokens of `Pipeline.generate` run alone (bit for bit in bf16: test_scheduler_exact.py); cancellation frees rows; n, seeds, stops."""
 
 import pytest
 import torch
@@ -9,7 +9,7 @@ from PIL import Image
 import vlmkit
 from vlmkit.errors import VlmkitError
 from vlmkit.generation import SamplingConfig
-from vlmkit.generation.batching import BatchedCache
+from vlmkit.generation.batching import BatchedCache, lanes_up
 from vlmkit.generation.decode import advance, decode_one_token, prefill
 from vlmkit.models.registry import family_of
 from vlmkit.serving.scheduler import QueueFullError, Request, Scheduler
@@ -44,7 +44,7 @@ def _drain(sched):
         sched.iterate()
 
 
-@pytest.mark.parametrize("max_len", [400, 110])  # 110: rows wait for room, the cache shifts
+@pytest.mark.parametrize("max_len", [400, 110])  # 110: barely more than one request needs
 def test_rows_admitted_later_match_generate_alone(pipe, max_len):
     cfg = SamplingConfig(max_new_tokens=10)
     sched = Scheduler(pipe, max_batch=3, max_len=max_len)
@@ -66,9 +66,10 @@ def test_rows_admitted_later_match_generate_alone(pipe, max_len):
 
 
 def _alone(lm, inputs, steps):
-    """Greedy tokens of one prompt with the plain static-cache loop (decode.py)."""
+    """Greedy tokens of one prompt with the plain static-cache loop (decode.py), on the cache
+    length `Pipeline` uses (whole 16-slot lane groups, see generation/batching.py)."""
     logits, state = prefill(lm, inputs.embeds, inputs.attention_mask, inputs.in_prefix, inputs.positions,
-                            inputs.embeds.shape[1] + steps)
+                            lanes_up(inputs.embeds.shape[1] + steps))
     out = []
     for _ in range(steps):
         out.append(int(logits.argmax(-1)))
@@ -79,18 +80,16 @@ def _alone(lm, inputs, steps):
 
 
 @torch.inference_mode()
-def test_batched_cache_compacts_left_and_stays_exact(pipe):
-    """Row A runs from step 0, B joins at step 20, A ends at 30, C joins at 34: C only fits after
-    every row is shifted left (compaction); all three equal their lone runs token for token."""
+def test_batched_cache_rows_grow_from_slot_0_and_equal_lone_runs(pipe):
+    """Row A runs from step 0, B joins at step 20, A ends at 30, C joins at 34 into A's old row
+    (its stale keys masked): each row keeps its keys at slots [0, length) as a lone run does, and
+    all three equal their lone runs token for token."""
     adapter = family_of(pipe.model).generation
     lm = adapter.decoder(pipe.model)
     inputs = [adapter.prepare(pipe.model, pipe.processor([PROMPTS[i]], [[_image(i)]], padding_side="left"))
-              for i in (0, 1, 0)]
+              for i in (0, 1, 2)]
     want = [_alone(lm, x, 30) for x in inputs]
     cache = BatchedCache(lm, 2, 130, next(pipe.model.parameters()).dtype, "cpu")
-    shifts = []
-    real_shift = cache._shift
-    cache._shift = lambda d: (shifts.append((d, len(cache.active))), real_shift(d))
     got, last, arrive = {0: [], 1: [], 2: []}, {}, {0: 0, 1: 20, 2: 34}
     rows = {}
     for step in range(80):
@@ -98,9 +97,10 @@ def test_batched_cache_compacts_left_and_stays_exact(pipe):
             if t == step:
                 T = inputs[r].embeds.shape[1]
                 row = cache.free_row()
-                logits = cache.prefill(row, inputs[r], T + 30, cache.plan(T, T + 30))
-                rows[row], last[row] = r, int(logits.argmax(-1))
+                rows[row], last[row] = r, int(cache.prefill(row, inputs[r], T + 30).argmax(-1))
                 got[r].append(last[row])
+                assert int(cache.length[row]) == T and bool(cache.key_valid[row, :T].all())
+                assert not cache.key_valid[row, T:].any()
         for row in [row for row, r in rows.items() if len(got[r]) == 30]:
             cache.free(row)
             del rows[row], last[row]
@@ -112,7 +112,7 @@ def test_batched_cache_compacts_left_and_stays_exact(pipe):
             got[rows[row]].append(last[row])
     cache.close()
     assert [got[r] for r in range(3)] == want
-    assert any(d < 0 and busy for d, busy in shifts)  # the left shift happened with a row in flight
+    assert sorted(arrive) == [0, 1, 2] and len({x.embeds.shape[1] for x in inputs}) == 3  # three prompt lengths
 
 
 def test_cancel_frees_the_row(pipe):
@@ -170,9 +170,9 @@ def test_queue_limit_and_oversized_requests(pipe):
         sched.submit(_request(pipe, 0, SamplingConfig(max_new_tokens=4), n=3)[0])
 
 
-def test_image_features_batched_and_cached(pipe, monkeypatch):
-    # the e2e branch declares per_image_pixels on PaliGemmaProcessor; set it here until then
-    monkeypatch.setattr(pipe.processor, "per_image_pixels", True, raising=False)
+def test_image_features_cached_and_encoded_one_by_one(pipe, monkeypatch):
+    """A repeated image is encoded once; each new image alone (the batch of a lone run: a batch of
+    M images runs the tower's bf16 linear layers at another batch size)."""
     calls = []
     real = pipe.model.encode_images
     monkeypatch.setattr(pipe.model, "encode_images", lambda px: (calls.append(px.shape[0]), real(px))[1])
@@ -183,20 +183,20 @@ def test_image_features_batched_and_cached(pipe, monkeypatch):
     for req, _ in runs:
         sched.submit(req)
     _drain(sched)
-    assert calls == [2]  # one batch, the repeated image encoded once
+    assert calls == [1, 1]  # two images, the repeated one encoded once
     monkeypatch.undo()
     for (req, events), i in zip(runs, (0, 1, 0)):
         assert _tokens(events) == pipe.generate(PROMPTS[i], _image(i), cfg).token_ids
 
 
-def test_same_length_prompts_prefill_together_into_scattered_rows(pipe, monkeypatch):
-    """Prompts of one length admitted in one iteration share one prefill forward, also into rows
-    that are not next to each other (scratch buffers, then copied); each equals its lone run."""
+def test_freed_row_between_busy_rows_is_reused(pipe, monkeypatch):
+    """Each prompt is prefilled alone into the lowest free row, also a row between busy ones
+    whose stale keys are masked; each request equals its lone run."""
     sched = Scheduler(pipe, max_batch=4, max_len=200)
     sched.open()
-    sizes = []
-    real = sched.cache.prefill_rows
-    monkeypatch.setattr(sched.cache, "prefill_rows", lambda rows, *a: (sizes.append(list(rows)), real(rows, *a))[1])
+    placed = []
+    real = sched.cache.prefill
+    monkeypatch.setattr(sched.cache, "prefill", lambda row, *a: (placed.append(row), real(row, *a))[1])
     long, short = SamplingConfig(max_new_tokens=20), SamplingConfig(max_new_tokens=2)
     runs = [_request(pipe, i, cfg) + (i, cfg) for i, cfg in ((1, short), (0, long), (3, long))]
     for req, *_ in runs:
@@ -205,11 +205,11 @@ def test_same_length_prompts_prefill_together_into_scattered_rows(pipe, monkeypa
     while sched.active_rows == 3:
         sched.iterate()
     assert sorted(sched.cache.active) == [1, 2]  # the short request's row 0 is free again
-    later = [_request(pipe, i, long) + (i, long) for i in (2, 5)]  # one prompt, two images
+    later = [_request(pipe, i, long) + (i, long) for i in (2, 5)]
     for req, *_ in later:
         sched.submit(req)
     _drain(sched)
-    assert sizes == [[0], [1, 2], [0, 3]]  # 1 alone, then 0 and 3 together; the later two into rows 0, 3
+    assert placed == [0, 1, 2, 0, 3]
     for _, events, i, cfg in runs + later:
         assert _tokens(events) == pipe.generate(PROMPTS[i % 3], _image(i), cfg).token_ids, i
 

@@ -102,6 +102,7 @@ def generate_stream(
     decode_fn: Callable | None = None,
     results: list | None = None,
     output_logits: bool = False,
+    cache_multiple: int = 1,
 ) -> Iterator[StreamEvent]:
     """Yield tokens as they are produced for a processed, left-padded batch.
 
@@ -113,6 +114,10 @@ def generate_stream(
         decode_fn: a (possibly compiled) replacement for `decode_one_token`.
         results: if given, a list that receives one GenerationResult per row at the end.
         output_logits: keep each step's raw logits in the results (`GenerationResult.logits`).
+        cache_multiple: round the cache length (T + max new tokens) up to a multiple of this,
+            the extra slots masked; `Pipeline` uses `batching.LANES` so that a continuous-batching
+            server reproduces its bits (see generation/batching.py). 1: the length transformers'
+            static cache has, which the parity tests compare bit for bit.
     """
     decode_fn = decode_fn or decode_one_token
     gen = None
@@ -120,6 +125,7 @@ def generate_stream(
         gen = torch.Generator(device=batch["input_ids"].device).manual_seed(cfg.seed)
     t0 = time.perf_counter()
     lm, inputs, max_len = _prepare(model, batch, cfg)
+    max_len = -(-max_len // cache_multiple) * cache_multiple
     logits, state = prefill(lm, inputs.embeds, inputs.attention_mask, inputs.in_prefix, inputs.positions, max_len)
     stop_ids = {tokenizer.eos_id, *cfg.extra_eos_ids}
     rows = [_Row(tokenizer, stop_ids, cfg.stop_strings) for _ in range(inputs.embeds.shape[0])]
@@ -158,10 +164,10 @@ def generate_stream(
 
 def generate(model: nn.Module, tokenizer, batch: dict, cfg: SamplingConfig, decode_fn=None,
              on_token: Callable[[StreamEvent], None] | None = None,
-             output_logits: bool = False) -> list[GenerationResult]:
+             output_logits: bool = False, cache_multiple: int = 1) -> list[GenerationResult]:
     """Run `generate_stream` to the end; `on_token` is called with every StreamEvent."""
     results: list[GenerationResult] = []
-    for event in generate_stream(model, tokenizer, batch, cfg, decode_fn, results, output_logits):
+    for event in generate_stream(model, tokenizer, batch, cfg, decode_fn, results, output_logits, cache_multiple):
         if on_token is not None:
             on_token(event)
     return results

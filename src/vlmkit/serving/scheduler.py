@@ -1,16 +1,18 @@
 """Continuous batching: iteration-level scheduling (Orca, OSDI'22; vLLM) over one `BatchedCache`.
 
 One thread owns the model. Between two decode steps it admits waiting requests into free cache
-rows (their image features computed together, cached by image hash; each prompt prefilled into
-its own row, prompts of the same length and cache need in one forward, a request with n choices
-prefilled once and copied into n rows), then decodes every active row by one token, hands each
-row's new text to its request, and frees a row at EOS, a stop string, max tokens, cancellation or
-its timeout. Greedy rows produce exactly what they would produce alone.
+rows (image features cached by image hash; each prompt prefilled alone into its own row, a
+request with n choices prefilled once and copied into n rows), then decodes every active row by
+one token, hands each row's new text to its request, and frees a row at EOS, a stop string, max
+tokens, cancellation or its timeout. A greedy row produces what the request produces alone
+(`Pipeline.generate`), in bf16 bit for bit: every op sees the row as the lone run does (same key
+slots and span rounding, see generation/batching.py; images encoded and prompts prefilled one per
+forward, the lone run's shapes), except where a linear layer's kernel rounds a row differently
+at the decode step's batch size than at batch 1 (measured limits in generation/batching.py).
 
 Where the time goes (benchmarks/bench_serve.py, bundled model, 32 clients, ~25 rows per step):
 more than half of it is admission, i.e. image encoding and prefill, which are compute paid per
-request whatever the batch (same-length prompts share a forward, which helps only when such
-prompts arrive together); the rest is decode steps, whose per-row Python (token choice,
+request whatever the batch; the rest is decode steps, whose per-row Python (token choice,
 detokenisation, handing events to the HTTP thread) is kept small: one argmax for all greedy
 rows, one event-loop wake-up per step (`streams.Mailbox`).
 
@@ -27,10 +29,9 @@ from collections import OrderedDict, deque
 import torch
 
 from vlmkit.errors import VlmkitError
-from vlmkit.generation.batching import BatchedCache
+from vlmkit.generation.batching import BatchedCache, window_limit
 from vlmkit.generation.generate import _Row  # the generate loop's own EOS / stop-string rule
 from vlmkit.generation.sampling import sample_next
-from vlmkit.models.common.contracts import DecoderInputs
 from vlmkit.models.registry import family_of
 from vlmkit.serving.requests import Event, QueueFullError, Request, RequestTimeoutError, Seq, choice_generator
 
@@ -52,7 +53,7 @@ class Scheduler:
         self.pipe, self.max_batch, self.max_queue, self.metrics = pipe, max_batch, max_queue, metrics
         model = pipe.model
         self.adapter = family_of(model).generation
-        self.max_len = min(max_len, self.adapter.context_length(model))
+        self.max_len = min(max_len, self.adapter.context_length(model), window_limit(self.adapter.decoder(model)))
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.stop_ids = {pipe.tokenizer.eos_id}
@@ -208,85 +209,47 @@ class Scheduler:
 
     def _encode_images(self, reqs: list[Request]) -> None:
         """Replace each request's pixels by image features: every image not in the cache of
-        recent images (keyed by a hash of its pixels) is encoded, all in one batch. Only for a
-        processor whose pixel_values[i] is the i-th image alone (`per_image_pixels`); otherwise
-        the family's adapter encodes the pixels at prefill."""
+        recent images (keyed by a hash of its pixels) is encoded, one image per forward as
+        `Pipeline.image_features` does (a batch of M images runs the tower's linear layers at
+        another batch size, whose bf16 kernels may round otherwise). Only for a processor whose
+        pixel_values[i] is the i-th image alone (`per_image_pixels`); otherwise the family's
+        adapter encodes the pixels at prefill."""
         if not getattr(self.pipe.processor, "per_image_pixels", False):
             for req in reqs:
                 req.batch = self._to_device(req.batch)
             return
-        keyed = []
         for req in reqs:
             px = req.batch.pop("pixel_values", None)
             keys = [] if px is None else [hashlib.sha1(p.contiguous().numpy().tobytes()).hexdigest() for p in px]
-            keyed.append((req, keys, px))
-        missing: dict[str, torch.Tensor] = {}
-        for _, keys, px in keyed:
-            missing.update({k: p for k, p in zip(keys, px) if k not in self._features})
-        if missing:
-            pixels = torch.stack(list(missing.values())).to(self.device, self.dtype)  # [M, 3, H, W]
-            for k, f in zip(missing, self.pipe.model.encode_images(pixels)):
-                self._features[k] = f
-        for req, keys, _ in keyed:
+            for k, p in zip(keys, [] if px is None else px):
+                if k not in self._features:
+                    self._features[k] = self.pipe.model.encode_images(p[None].to(self.device, self.dtype))[0]
+                self._features.move_to_end(k)
             req.batch = self._to_device(req.batch)
             if keys:
-                for k in keys:
-                    self._features.move_to_end(k)
                 req.batch["image_features"] = torch.stack([self._features[k] for k in keys])  # [m, N, D]
         while len(self._features) > self.feature_cache_size:
             self._features.popitem(last=False)
 
     def _admit(self, reqs: list[Request]) -> None:
-        """Prefill the admitted requests; prompts of the same length and cache need go through
-        the decoder together (one forward per group). What does not fit yet goes back to the
-        head of the queue, in order."""
+        """Prefill the admitted requests (`_take_admissible` counted their rows), one prompt per
+        forward: a lone run's shapes, so its kernels (two prompts in one forward would run the
+        linear layers at batch 2T, which bf16 kernels may round otherwise)."""
         self._encode_images(reqs)
-        groups: dict[tuple, list[tuple[Request, DecoderInputs]]] = {}
         for req in reqs:
             if req.cancelled:
                 self._end(req, Event(0, finish="cancelled"))
                 continue
             try:
                 inputs = self.adapter.prepare(self.pipe.model, req.batch)
+                row = self.cache.free_row()
+                logits = self.cache.prefill(row, inputs, req.prompt_tokens + req.sampling.max_new_tokens)
             except (VlmkitError, ValueError) as exc:
                 self._fail(req, exc)
                 continue
-            T = inputs.embeds.shape[1]
-            # an M-RoPE decoder's positions are [3, 1, T]: such prompts are prefilled one by one
-            key = (T, req.prompt_tokens + req.sampling.max_new_tokens) if inputs.positions.dim() == 2 else (id(req),)
-            groups.setdefault(key, []).append((req, inputs))
-        pending = list(groups.values())
-        for i, group in enumerate(pending):
-            try:
-                placed = self._prefill(group)
-            except (VlmkitError, ValueError) as exc:
-                for req, _ in group:
-                    self._fail(req, exc)
-                continue
-            if not placed:  # the cache has no room for them yet: back to the head of the queue
-                later = sorted((r for g in pending[i:] for r, _ in g), key=reqs.index)
-                with self._cv:
-                    self._waiting.extendleft(reversed(later))
-                    self._set_queue_depth()
-                return
-
-    def _prefill(self, group: list[tuple[Request, DecoderInputs]]) -> bool:
-        """Prefill requests whose prompts have one length and cache need; False if no room yet."""
-        T = group[0][1].embeds.shape[1]
-        need = group[0][0].prompt_tokens + group[0][0].sampling.max_new_tokens
-        shift = self.cache.plan(T, need)
-        if shift is None:
-            return False
-        rows = self.cache.free_rows(len(group))
-        inputs = DecoderInputs(*(torch.cat([getattr(x, f) for _, x in group]) for f in
-                                 ("embeds", "attention_mask", "in_prefix", "positions")))
-        logits = self.cache.prefill_rows(rows, inputs, need, shift)  # [b, V]
-        now = time.perf_counter()
-        for (req, _), row, lg in zip(group, rows, logits):
-            self._start(req, row, lg[None])
+            self._start(req, row, logits[None])
             if self.metrics is not None:
-                self.metrics.first_token(now - req.submitted)
-        return True
+                self.metrics.first_token(time.perf_counter() - req.submitted)
 
     def _start(self, req: Request, row: int, logits: torch.Tensor) -> None:
         """The request's n choices: row `row` (prefilled) and copies of it; each takes its first token."""
