@@ -174,7 +174,7 @@ def load_hf_quantized(folder: str | Path, scheme: QuantScheme | str, dtype=None,
     each quantised module's float tensors are read, quantised by the constructor `quantize_model`
     uses, and dropped before the next module's are read. Peak memory: the final model plus the
     largest quantised float tensor (the embedding table, tied or not) and its quantisation
-    temporaries (row chunks of at most 8192 rows in float32)."""
+    temporaries (a few float32 row chunks of `quantize.CHUNK_ELEMENTS` weights)."""
     from vlmkit.weights.dtype import resolve_dtype
     from vlmkit.weights.hf import open_model, plan_state
 
