@@ -81,6 +81,26 @@ def test_quantising_in_row_chunks_does_not_change_the_codes(monkeypatch):
         assert torch.equal(a, b)
 
 
+def test_reader_reads_row_ranges_as_slices(tmp_path, monkeypatch):
+    """What int8 tables are quantised from: rows a..b of a tensor, cast like the whole one."""
+    import vlmkit.weights.safetensors_io as io
+    from safetensors.torch import save_file
+
+    monkeypatch.setattr(io, "CHUNK_BYTES", 1000)  # several chunks per range
+    t = torch.randn(50, 33)
+    save_file({"t": t, "s": torch.tensor(1.0)}, str(tmp_path / "model.safetensors"))
+    reader = io.SafetensorsReader(tmp_path)
+    for a, b in ((0, 50), (7, 8), (13, 41), (50, 50)):
+        for dtype in (None, torch.bfloat16):
+            got = reader.get("t", dtype, rows=(a, b))
+            assert torch.equal(got, t[a:b] if dtype is None else t[a:b].to(dtype))
+    for bad in ((0, 51), (5, 4)):
+        with pytest.raises(CheckpointError, match="outside tensor t"):
+            reader.get("t", rows=bad)
+    with pytest.raises(CheckpointError, match="outside tensor s"):
+        reader.get("s", rows=(0, 1))
+
+
 def test_float32_and_the_pipeline_take_the_same_path(folders):
     """fp32 too; and `vlmkit.load(..., quantize=)` gives the same model as load-then-quantise."""
     folder = folders["qwen2_vl"]

@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from vlmkit.errors import CheckpointError, ConfigError
-from vlmkit.generation.quantize import Int8Embedding, Int8Linear, _set_child, quantize_int8
+from vlmkit.generation.quantize import (Int8Embedding, Int8Linear, _set_child, chunk_rows, quantize_int8,
+                                       quantize_per_channel)
 from vlmkit.generation.quantize_dynamic import quantize_int8_dynamic
 from vlmkit.generation.quantize_int4 import GROUP_SIZES, Int4Embedding, Int4Linear, quantize_int4
 from vlmkit.models.registry import family_of
@@ -171,10 +172,11 @@ def load_hf_quantized(folder: str | Path, scheme: QuantScheme | str, dtype=None,
 
     The model and its quantised structure are built on the meta device; the tensors the scheme
     keeps in float (vision tower, norms, skipped Linears) are read as `load_hf` reads them, then
-    each quantised module's float tensors are read, quantised by the constructor `quantize_model`
-    uses, and dropped before the next module's are read. Peak memory: the final model plus the
-    largest quantised float tensor (the embedding table, tied or not) and its quantisation
-    temporaries (a few float32 row chunks of `quantize.CHUNK_ELEMENTS` weights)."""
+    each quantised module in turn: an int8 one (every vocabulary table, tied or not) is read and
+    quantised a chunk of `quantize.CHUNK_ELEMENTS` weights at a time, an int4 one is read whole,
+    built by the constructor `quantize_model` uses and its float weight dropped before the next
+    module is read. Peak memory: the final model plus the largest int4 Linear's float weight and
+    a few float32 chunks of temporaries."""
     from vlmkit.weights.dtype import resolve_dtype
     from vlmkit.weights.hf import open_model, plan_state
 
@@ -192,17 +194,37 @@ def load_hf_quantized(folder: str | Path, scheme: QuantScheme | str, dtype=None,
     with torch.no_grad():
         for name, like in targets.items():
             source = floats.pop(name)
+            if isinstance(like, (Int8Linear, Int8Embedding)):  # the vocabulary tables among them
+                _int8_by_rows(like, {k: plan[f"{name}.{k}"] for k in source.state_dict()}, dtype)
+                continue
             source.load_state_dict({k: plan[f"{name}.{k}"].read() for k in source.state_dict()}, assign=True)
             _set_child(model, name, _from_float(like, source))
             del source  # the float tensors go now, before the next module's are read
     return model.to(device).eval()
 
 
+def _int8_by_rows(like: nn.Module, pending: dict, dtype: torch.dtype) -> None:
+    """Fill the meta int8 module `like` with what its constructor computes from the float weight
+    (`quantize_per_channel`; the scales in the model dtype, the bias as read), reading the weight
+    a chunk of rows at a time: rows are quantised independently, so the codes are the same bits
+    and a float copy of a 257k-row table never exists."""
+    w = pending["weight"]
+    n, out = chunk_rows(w), w.shape[0]
+    q = scale = None
+    for a in range(0, out, n):
+        q_rows, s_rows = quantize_per_channel(w.read(a, min(a + n, out)))  # [rows, in] int8, [rows] float32
+        if q is None:
+            q, scale = q_rows.new_empty(w.shape), s_rows.new_empty(out)  # on the device read to
+        q[a:a + n], scale[a:a + n] = q_rows, s_rows
+    state = {"weight_int8": q, "weight_scale": scale.to(dtype)}
+    if "bias" in pending:
+        state["bias"] = pending["bias"].read()
+    like.load_state_dict(state, strict=True, assign=True)
+
+
 def _from_float(like: nn.Module, source: nn.Module) -> nn.Module:
-    """The module `like` (a quantised module built on the meta device) made from the float module
-    `source` by the constructor `quantize_model` called."""
+    """The int4 module `like` (built on the meta device) made from the float module `source` by
+    the constructor `quantize_model` called."""
     if isinstance(like, Int4Linear):
         return Int4Linear.from_linear(source, like.group_size)
-    if isinstance(like, Int4Embedding):
-        return Int4Embedding.from_embedding(source, like.group_size)
-    return type(like)(source)  # Int8Linear, Int8Embedding and their W8A8 subclasses take the float module
+    return Int4Embedding.from_embedding(source, like.group_size)

@@ -65,11 +65,15 @@ def load_hf(folder: str | Path, dtype: str | torch.dtype | None = None, device: 
 
 
 class Pending:
-    """A checkpoint tensor not read yet: its `shape` (from the file header) and `read()`, which
-    reads it as the planned dtype on the planned device."""
+    """A checkpoint tensor not read yet: its `shape` (from the file header); `read()` reads it as
+    the planned dtype on the planned device, `read(start, stop)` only those rows (dim 0)."""
 
-    def __init__(self, shape: tuple[int, ...], read):
-        self.shape, self.read = shape, read
+    def __init__(self, shape: tuple[int, ...], reader, name: str, dtype: torch.dtype, device):
+        self.shape, self._args = shape, (reader, name, dtype, device)
+
+    def read(self, start: int | None = None, stop: int | None = None) -> torch.Tensor:
+        reader, name, dtype, device = self._args
+        return reader.get(name, dtype, device, rows=None if start is None else (start, stop))
 
 
 def plan_state(reader, fam: FamilySpec, cfg, model: nn.Module, dtype: torch.dtype, what: str,
@@ -83,7 +87,7 @@ def plan_state(reader, fam: FamilySpec, cfg, model: nn.Module, dtype: torch.dtyp
     def pending(key: str) -> Pending:
         name = original[key]
         check_cast(reader.dtype(name), dtype, name, what)
-        return Pending(tuple(reader.header(name)[0]), lambda: reader.get(name, dtype, device))
+        return Pending(tuple(reader.header(name)[0]), reader, name, dtype, device)
 
     return convert_strict(original, pending, shapes, fam.table(cfg), reverse=True, drop=drop, what=what)
 
