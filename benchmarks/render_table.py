@@ -141,6 +141,11 @@ def load_table(data: dict) -> list[str]:
         lines.append(f"| {r['folder']} | {v['final_bytes'] / 2**30:.2f} | {r['vlmkit_peak_over_final']:.2f} | "
                      f"{r['transformers_peak_over_final']:.2f} | {r['mem_vlmkit_over_tf']:.2f} | "
                      f"{v['seconds']:.2f} | {t['seconds']:.2f} |")
+    if data.get("quantized"):  # bench_load.py --quantize: vlmkit's quantised loads of the bf16 folder
+        lines += ["", "| quantised from bf16 | weights GiB | peak / weights | peak / transformers bf16 | seconds |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['variant']} | {r['final_gib']:.2f} | {r['peak_over_final']:.2f} | "
+                  f"{r['peak_over_tf_bf16']:.2f} | {r['seconds']:.2f} |" for r in data["quantized"]]
     return lines
 
 

@@ -25,7 +25,7 @@ from vlmkit.errors import CheckpointError, ConfigError
 from vlmkit.generation import GenerationResult, SamplingConfig, StreamEvent, generate
 from vlmkit.generation.batching import LANES  # the cache layout a serving row reproduces
 from vlmkit.generation.compile import compile_decode
-from vlmkit.generation.quant import QuantScheme, load_quantized, quantize_model, save_quantized, scheme_of
+from vlmkit.generation.quant import QuantScheme, load_hf_quantized, load_quantized, save_quantized, scheme_of
 from vlmkit.validate import image_stats
 from vlmkit.weights.hf import load_hf, read_config
 from vlmkit.weights.registry import resolve_model
@@ -91,9 +91,9 @@ class Pipeline:
         if saved is not None:
             model = load_quantized(folder, dtype=dtype, device=device)
         else:
-            model = load_hf(folder, dtype=dtype, device=device)
-            if scheme is not None:
-                quantize_model(model, scheme)
+            # Quantised while loading: the float decoder is never in memory whole.
+            model = (load_hf(folder, dtype=dtype, device=device) if scheme is None
+                     else load_hf_quantized(folder, scheme, dtype=dtype, device=device))
         decode_fn = None
         if compile:
             decode_fn = compile_decode(device=device)

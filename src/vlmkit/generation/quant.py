@@ -15,6 +15,9 @@ parameter names, low-bit codes and scales as stored by the modules) in safetenso
 source folder's tokenizer / processor files. Loading (`load_quantized`) builds the model on the
 meta device, gives it the same quantised structure, assigns the saved tensors strictly and
 rebuilds the kernel layouts: the same logits, bit for bit, as the model that was saved.
+
+A float folder is quantised while it loads (`load_hf_quantized`, what `vlmkit.load(...,
+quantize=...)` does): module by module, so the float decoder never exists in full.
 """
 
 from __future__ import annotations
@@ -28,15 +31,17 @@ import torch
 from torch import nn
 
 from vlmkit.errors import CheckpointError, ConfigError
-from vlmkit.generation.quantize import quantize_int8
+from vlmkit.generation.quantize import (Int8Embedding, Int8Linear, _set_child, chunk_rows, quantize_int8,
+                                       quantize_per_channel)
 from vlmkit.generation.quantize_dynamic import quantize_int8_dynamic
-from vlmkit.generation.quantize_int4 import GROUP_SIZES, quantize_int4
+from vlmkit.generation.quantize_int4 import GROUP_SIZES, Int4Embedding, Int4Linear, quantize_int4
 from vlmkit.models.registry import family_of
 
 QUANT_KEY = "vlmkit_quantization"
 FORMAT = 1
 DEFAULT_GROUP_SIZE = 64
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "config.json")
+_QUANTISED = (Int8Linear, Int8Embedding, Int4Linear, Int4Embedding)  # what quantize_model builds
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,21 +138,17 @@ def save_quantized(model: nn.Module, folder: str | Path, source: Path | None = N
 
 def load_quantized(folder: str | Path, dtype=None, device="cpu") -> nn.Module:
     """Load a folder written by `save_quantized`: same structure, tensors assigned strictly;
-    floating tensors (scales, norms, the float parts) cast to `dtype` (see `resolve_dtype`)."""
-    from vlmkit.validate import build_config
+    floating tensors (scales, norms, the float parts) cast to `dtype` (see `resolve_dtype`).
+    Lean: each tensor is read once, straight into its final dtype (`SafetensorsReader.get`)."""
     from vlmkit.weights.dtype import resolve_dtype
-    from vlmkit.weights.hf import CONFIG_NAME, read_config
-    from vlmkit.weights.safetensors_io import SafetensorsReader
+    from vlmkit.weights.hf import CONFIG_NAME, open_model, read_config
 
-    d, fam = read_config(folder)
-    scheme = scheme_of(d, str(Path(folder) / CONFIG_NAME))
+    scheme = scheme_of(read_config(folder)[0], str(Path(folder) / CONFIG_NAME))
     if scheme is None:
         raise CheckpointError(f"{folder} is not a quantised folder (its config.json has no {QUANT_KEY})")
-    cfg = build_config(fam.config_from_hf, d, Path(folder) / CONFIG_NAME)
+    model, fam, reader = open_model(folder)
     dtype = resolve_dtype(dtype, device)
-    with torch.device("meta"):
-        model = quantize_model(fam.model_class(cfg), scheme)
-    reader = SafetensorsReader(folder)
+    quantize_model(model, scheme)  # on the meta device: the structure only
     expected = model.state_dict()
     missing, extra = sorted(set(expected) - set(reader.keys())), sorted(set(reader.keys()) - set(expected))
     if missing or extra:
@@ -155,11 +156,75 @@ def load_quantized(folder: str | Path, dtype=None, device="cpu") -> nn.Module:
                               f"{missing[:5]}, unexpected {extra[:5]}")
     state = {}
     for key, want in expected.items():
-        t = reader.get(key)
-        if tuple(t.shape) != tuple(want.shape):
-            raise CheckpointError(f"{folder}: {key} has shape {tuple(t.shape)}, expected {tuple(want.shape)}")
-        # A copy: memory-mapped safetensors data need not be aligned, and the fused CPU kernels
-        # read their operands with aligned vector loads (an unaligned int8 weight crashed them).
-        state[key] = t.to(dtype, copy=True) if t.is_floating_point() else t.clone()
+        shape, _ = reader.header(key)
+        if tuple(shape) != tuple(want.shape):
+            raise CheckpointError(f"{folder}: {key} has shape {tuple(shape)}, expected {tuple(want.shape)}")
+        # A fresh tensor (not a view of a memory map): the fused CPU kernels read their operands
+        # with aligned vector loads (an unaligned int8 weight crashed them); torch's are aligned.
+        state[key] = reader.get(key, dtype if reader.dtype(key).is_floating_point else None)
     model.load_state_dict(state, strict=True, assign=True)  # int4 modules repack in a load hook
     return model.to(device).eval()
+
+
+def load_hf_quantized(folder: str | Path, scheme: QuantScheme | str, dtype=None, device="cpu") -> nn.Module:
+    """`quantize_model(load_hf(folder, dtype, device), scheme)`, bit for bit (the same modules
+    built from the same float tensors), without the float decoder ever in memory whole.
+
+    The model and its quantised structure are built on the meta device; the tensors the scheme
+    keeps in float (vision tower, norms, skipped Linears) are read as `load_hf` reads them, then
+    each quantised module in turn: an int8 one (every vocabulary table, tied or not) is read and
+    quantised a chunk of `quantize.CHUNK_ELEMENTS` weights at a time, an int4 one is read whole,
+    built by the constructor `quantize_model` uses and its float weight dropped before the next
+    module is read. Peak memory: the final model plus the largest int4 Linear's float weight and
+    a few float32 chunks of temporaries."""
+    from vlmkit.weights.dtype import resolve_dtype
+    from vlmkit.weights.hf import open_model, plan_state
+
+    model, fam, reader = open_model(folder)
+    dtype = resolve_dtype(dtype, device)
+    plan = plan_state(reader, fam, model.cfg, model, dtype, str(folder), device)  # strict; nothing read yet
+    floats = dict(model.named_modules())  # the float modules (meta), before quantize_model replaces them
+    quantize_model(model, scheme)
+    targets = {name: m for name, m in model.named_modules() if isinstance(m, _QUANTISED)}
+    rest = {k: p.read() for k, p in plan.items() if k.rpartition(".")[0] not in targets}
+    result = model.load_state_dict(rest, strict=False, assign=True)  # int4's repack hooks skip meta modules
+    left = [k for k in result.missing_keys if k.rpartition(".")[0] not in targets]
+    if left or result.unexpected_keys:
+        raise CheckpointError(f"{folder}: not loaded: {left[:5]}, unexpected {result.unexpected_keys[:5]}")
+    with torch.no_grad():
+        for name, like in targets.items():
+            source = floats.pop(name)
+            if isinstance(like, (Int8Linear, Int8Embedding)):  # the vocabulary tables among them
+                _int8_by_rows(like, {k: plan[f"{name}.{k}"] for k in source.state_dict()}, dtype)
+                continue
+            source.load_state_dict({k: plan[f"{name}.{k}"].read() for k in source.state_dict()}, assign=True)
+            _set_child(model, name, _from_float(like, source))
+            del source  # the float tensors go now, before the next module's are read
+    return model.to(device).eval()
+
+
+def _int8_by_rows(like: nn.Module, pending: dict, dtype: torch.dtype) -> None:
+    """Fill the meta int8 module `like` with what its constructor computes from the float weight
+    (`quantize_per_channel`; the scales in the model dtype, the bias as read), reading the weight
+    a chunk of rows at a time: rows are quantised independently, so the codes are the same bits
+    and a float copy of a 257k-row table never exists."""
+    w = pending["weight"]
+    n, out = chunk_rows(w), w.shape[0]
+    q = scale = None
+    for a in range(0, out, n):
+        q_rows, s_rows = quantize_per_channel(w.read(a, min(a + n, out)))  # [rows, in] int8, [rows] float32
+        if q is None:
+            q, scale = q_rows.new_empty(w.shape), s_rows.new_empty(out)  # on the device read to
+        q[a:a + n], scale[a:a + n] = q_rows, s_rows
+    state = {"weight_int8": q, "weight_scale": scale.to(dtype)}
+    if "bias" in pending:
+        state["bias"] = pending["bias"].read()
+    like.load_state_dict(state, strict=True, assign=True)
+
+
+def _from_float(like: nn.Module, source: nn.Module) -> nn.Module:
+    """The int4 module `like` (built on the meta device) made from the float module `source` by
+    the constructor `quantize_model` called."""
+    if isinstance(like, Int4Linear):
+        return Int4Linear.from_linear(source, like.group_size)
+    return Int4Embedding.from_embedding(source, like.group_size)

@@ -49,16 +49,27 @@ _HAS_INT8PACK = hasattr(torch, "_weight_int8pack_mm")
 INT8PACK_MAX_ROWS = 32
 
 
+CHUNK_ELEMENTS = 1 << 21  # weights quantised per step: 8 MB float32 temporaries
+
+
+def chunk_rows(weight: torch.Tensor) -> int:
+    """Rows of `weight` [out, in] quantised per step (the result does not depend on it: rows are
+    quantised independently)."""
+    return max(1, CHUNK_ELEMENTS // max(1, weight.shape[-1]))
+
+
 def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """weight [out, in] float -> (q [out, in] int8, scale [out] float32), weight ~= q * scale[:, None]."""
     q = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
     scale = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)  # [out]
-    # Row chunks keep the float32 temporary small (a 257216 x 2048 table would need 2 GB at once).
-    for start in range(0, weight.shape[0], 8192):
-        w = weight[start:start + 8192].detach().float()  # [rows, in]
+    # Row chunks keep the float32 temporaries small (a 257216 x 2048 table would need 2 GB at once;
+    # a few live at a time, so their size is most of what quantising while loading adds to the peak).
+    n = chunk_rows(weight)
+    for start in range(0, weight.shape[0], n):
+        w = weight[start:start + n].detach().float()  # [rows, in]
         s = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0  # [rows]; clamp: all-zero rows
-        q[start:start + 8192] = torch.round(w / s[:, None]).clamp(-127, 127).to(torch.int8)
-        scale[start:start + 8192] = s
+        q[start:start + n] = torch.round(w / s[:, None]).clamp(-127, 127).to(torch.int8)
+        scale[start:start + n] = s
     return q, scale
 
 

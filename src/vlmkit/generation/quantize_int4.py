@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlmkit.errors import ConfigError
-from vlmkit.generation.quantize import replace_modules
+from vlmkit.generation.quantize import chunk_rows, replace_modules
 
 GROUP_SIZES = (32, 64, 128)
 _N_MULTIPLE = 16  # the CPU kernel's requirement on the output count
@@ -45,12 +45,13 @@ def quantize_int4_groups(weight: torch.Tensor, group_size: int) -> tuple[torch.T
     codes = torch.empty(weight.shape, dtype=torch.uint8, device=weight.device)
     scales = torch.empty(out_f, in_f // group_size, dtype=torch.float32, device=weight.device)
     zeros = torch.empty_like(scales)
-    for r in range(0, out_f, 8192):  # row chunks: a bounded float32 temporary for huge tables
-        w = weight[r:r + 8192].detach().float().reshape(-1, in_f // group_size, group_size)  # [rows, G, g]
+    n = chunk_rows(weight)
+    for r in range(0, out_f, n):  # row chunks: bounded float32 temporaries for huge tables
+        w = weight[r:r + n].detach().float().reshape(-1, in_f // group_size, group_size)  # [rows, G, g]
         lo, hi = w.amin(-1), w.amax(-1)  # [rows, G]
         s = (hi - lo).clamp(min=1e-6) / 15  # clamp: constant groups
-        codes[r:r + 8192] = torch.round((w - lo[..., None]) / s[..., None]).clamp(0, 15).reshape(-1, in_f).to(torch.uint8)
-        scales[r:r + 8192], zeros[r:r + 8192] = s, lo + 8 * s
+        codes[r:r + n] = torch.round((w - lo[..., None]) / s[..., None]).clamp(0, 15).reshape(-1, in_f).to(torch.uint8)
+        scales[r:r + n], zeros[r:r + n] = s, lo + 8 * s
     return codes, scales, zeros
 
 

@@ -38,7 +38,8 @@ def convert_strict(
 
     Args:
         source_keys: names in the source naming.
-        get: loads one source tensor by name (lazily, so a large checkpoint streams).
+        get: loads one source tensor by name (lazily, so a large checkpoint streams), or returns
+            anything with its `.shape` (`vlmkit.weights.hf.plan_state`: a tensor not read yet).
         target_shapes: every target name and its expected shape.
         table: the family's (ours, theirs) table; `reverse=True` maps theirs -> ours.
         drop: regexes of source keys that are known and deliberately not used (e.g. a tied

@@ -37,6 +37,17 @@ def read_config(folder: str | Path) -> tuple[dict, FamilySpec]:
     return d, family_for_model_type(d.get("model_type"), str(path))
 
 
+def open_model(folder: str | Path) -> tuple[nn.Module, FamilySpec, SafetensorsReader]:
+    """(the model a HF folder's config.json describes, built on the meta device; its family; a
+    reader over its safetensors, headers read, no data). CheckpointError naming the problem."""
+    d, fam = read_config(folder)
+    cfg = build_config(fam.config_from_hf, d, Path(folder) / CONFIG_NAME)
+    reader = SafetensorsReader(folder)
+    with torch.device("meta"):
+        model = fam.model_class(cfg)
+    return model, fam, reader
+
+
 def load_hf(folder: str | Path, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu") -> nn.Module:
     """Build the model a HF folder describes and load its weights strictly.
 
@@ -45,31 +56,46 @@ def load_hf(folder: str | Path, dtype: str | torch.dtype | None = None, device: 
         dtype: "float32"/"bfloat16"/"float16"/"auto"/None (None or "auto": see `resolve_dtype`).
         device: where the weights end up.
     """
-    d, fam = read_config(folder)
-    cfg = build_config(fam.config_from_hf, d, Path(folder) / CONFIG_NAME)
-    reader = SafetensorsReader(folder)
+    model, fam, reader = open_model(folder)
     dtype = resolve_dtype(dtype, device)
-    with torch.device("meta"):
-        model = fam.model_class(cfg)
     # Each tensor is read straight into its final dtype and device (no full-size temporary).
-    state = load_state(reader, fam, cfg, model, dtype, str(folder), device=device)
+    state = load_state(reader, fam, model.cfg, model, dtype, str(folder), device=device)
     model.load_state_dict(state, strict=True, assign=True)
     return model.to(device).eval()
+
+
+class Pending:
+    """A checkpoint tensor not read yet: its `shape` (from the file header); `read()` reads it as
+    the planned dtype on the planned device, `read(start, stop)` only those rows (dim 0)."""
+
+    def __init__(self, shape: tuple[int, ...], reader, name: str, dtype: torch.dtype, device):
+        self.shape, self._args = shape, (reader, name, dtype, device)
+
+    def read(self, start: int | None = None, stop: int | None = None) -> torch.Tensor:
+        reader, name, dtype, device = self._args
+        return reader.get(name, dtype, device, rows=None if start is None else (start, stop))
+
+
+def plan_state(reader, fam: FamilySpec, cfg, model: nn.Module, dtype: torch.dtype, what: str,
+               device: str | torch.device = "cpu") -> dict[str, Pending]:
+    """{our name: `Pending`} for every tensor of `model`, checked strictly (names, shapes, dtype
+    kinds) against the checkpoint's headers before any data is read."""
+    original = {fam.normalise_key(k): k for k in reader.keys()}
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    drop = [*_BUFFER_KEYS, *fam.dropped_keys(cfg)]
+
+    def pending(key: str) -> Pending:
+        name = original[key]
+        check_cast(reader.dtype(name), dtype, name, what)
+        return Pending(tuple(reader.header(name)[0]), reader, name, dtype, device)
+
+    return convert_strict(original, pending, shapes, fam.table(cfg), reverse=True, drop=drop, what=what)
 
 
 def load_state(reader, fam: FamilySpec, cfg, model: nn.Module, dtype: torch.dtype, what: str,
                device: str | torch.device = "cpu") -> dict:
     """Convert a checkpoint's tensors to `model`'s names, strictly, as `dtype` on `device`."""
-    original = {fam.normalise_key(k): k for k in reader.keys()}
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    drop = [*_BUFFER_KEYS, *fam.dropped_keys(cfg)]
-
-    def get(key: str) -> torch.Tensor:
-        name = original[key]
-        check_cast(reader.dtype(name), dtype, name, what)
-        return reader.get(name, dtype, device)
-
-    return convert_strict(original, get, shapes, fam.table(cfg), reverse=True, drop=drop, what=what)
+    return {k: p.read() for k, p in plan_state(reader, fam, cfg, model, dtype, what, device).items()}
 
 
 def save_hf(model: nn.Module, folder: str | Path, max_shard_bytes: int = 4 << 30, extra_files=None,

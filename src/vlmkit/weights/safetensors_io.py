@@ -129,9 +129,17 @@ class SafetensorsReader:
     def dtype(self, key: str) -> torch.dtype:
         return DTYPES[self._entries[key].dtype]
 
-    def get(self, key: str, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> torch.Tensor:
-        """Tensor `key` as `dtype` (default: its own) on `device`, read without a full-size temporary."""
+    def get(self, key: str, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
+            rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """Tensor `key` as `dtype` (default: its own) on `device`, read without a full-size temporary;
+        `rows=(start, stop)`: only those rows (along dim 0) of it."""
         e = self._entries[key]
+        if rows is not None:
+            start, stop = rows
+            if not (e.shape and 0 <= start <= stop <= e.shape[0]):
+                raise CheckpointError(f"{e.path}: rows {rows} are outside tensor {key} of shape {e.shape}")
+            row = (e.end - e.start) // e.shape[0] if e.shape[0] else 0  # bytes per row
+            e = Entry(e.path, e.dtype, (stop - start, *e.shape[1:]), e.start + start * row, e.start + stop * row)
         src = DTYPES[e.dtype]
         out = torch.empty(e.shape, dtype=dtype or src, device=device)
         flat = out.view(-1)  # [numel]; a fresh tensor is contiguous
