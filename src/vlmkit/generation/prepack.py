@@ -5,21 +5,22 @@ Axes: M rows (batch x tokens), K input features, N output features.
 A bf16 `F.linear` on CPU runs oneDNN's AMX matmul on the plain [N, K] weight, which it first
 copies into its blocked (VNNI) layout on every call. Decoding reads every weight once per token,
 so that copy is a second pass over the bytes: with the weight stored in the blocked layout once
-(`torch.ops.mkldnn._reorder_linear_weight`, what inductor's freezing does for bf16) the
-Qwen2-VL-2B decode step measured 1.30x (batch 8) to 1.37x (batch 1) faster on one thread.
+(`torch.ops.mkldnn._reorder_linear_weight`, what inductor's freezing does for bf16), the
+Qwen2-VL-2B decoder decoded 1.10x (batch 1) and 1.11x (batch 8) faster than with plain weights,
+with its down projections left plain (one thread, load average 5 -> 3, benchmarks/bench_generate.py
+variant vlmkit+packed); packing every projection measured 1.30x-1.37x.
 
 Exactness is checked, not assumed: the blocked kernel sums over K in the plain kernel's order
 for some shapes only. On the machine this was measured (AMX, oneDNN 3.12, 1 and 2 threads) every
 Qwen2-VL-2B projection (q/k/v with biases, o, gate, up) gave bit-identical outputs at 1, 8, 82
 and 656 rows, while the down projection (K = 8960) did not (1 and 82 rows). So `prepack_decoder`
 compares each distinct (N, K, bias) shape on seeded inputs at several row counts against
-`F.linear` and packs only the shapes that agree bit for bit; the others stay plain. Each row
-count checks M x N outputs: a different summation order flips the bf16 rounding of a few in
-10^5 of them, so the 256-row check sees it with near certainty.
+`F.linear` and packs only the shapes that agree bit for bit; the others stay plain (see
+`packs_exactly` for how many outputs a check needs). Prompts longer than the largest checked row
+count (656) are not covered by the check.
 
 The packed weight replaces the plain one (memory stays the same), so a packed model serves
-inference only: no training, no state dict, no torch.compile (inductor cannot trace oneDNN's
-opaque tensors). The tied LM head stays plain, since its table is also the embedding. The result
+inference only: no training, no state dict (and it was not tried under torch.compile). The tied LM head stays plain, since its table is also the embedding. The result
 depends on the thread count, so pack with the threads you will decode with.
 """
 
@@ -32,6 +33,7 @@ from torch import nn
 from vlmkit.models.registry import family_of
 
 CHECK_ROWS = (1, 2, 8, 16, 82, 256, 656)
+CHECK_OUTPUTS = 1 << 17
 PACK_ROWS_HINT = 8  # oneDNN picks the blocked layout for this batch size (decode batches)
 
 
@@ -65,14 +67,20 @@ class PackedLinear(nn.Module):
 
 
 def packs_exactly(linear: nn.Linear, rows: tuple[int, ...] = CHECK_ROWS, seed: int = 0) -> bool:
-    """Whether the packed kernel gives `F.linear`'s bits for this layer's shape at every row count."""
+    """Whether the packed kernel gives `F.linear`'s bits for this layer's shape at every row count.
+
+    A row count is checked over at least CHECK_OUTPUTS outputs (single-row calls are repeated): a
+    different summation order flips only a few bf16 roundings in 10^5, so one 1536-output row
+    could pass by chance.
+    """
     packed = PackedLinear(linear)
     gen = torch.Generator().manual_seed(seed)
     with torch.inference_mode():
         for m in rows:
-            x = torch.randn(m, linear.in_features, generator=gen).to(linear.weight.dtype)
-            if not torch.equal(packed(x), F.linear(x, linear.weight, linear.bias)):
-                return False
+            for _ in range(min(64, -(-CHECK_OUTPUTS // (m * linear.out_features)))):
+                x = torch.randn(m, linear.in_features, generator=gen).to(linear.weight.dtype)
+                if not torch.equal(packed(x), F.linear(x, linear.weight, linear.bias)):
+                    return False
     return True
 
 
