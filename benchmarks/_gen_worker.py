@@ -2,8 +2,8 @@
 
     python benchmarks/_gen_worker.py VARIANT FOLDER DTYPE INPUTS THREADS [DEVICE]
 
-VARIANT is "vlmkit" with optional "+int8" / "+int4" / "+int4-gG", "+compile" and "+graphs" (with +compile: CUDA graphs,
-torch.compile mode reduce-overhead) suffixes, or "transformers" with optional "+int8" (torchao
+VARIANT is "vlmkit" with optional "+int8" / "+int4" / "+int4-gG", "+compile", "+graphs" (with +compile: CUDA graphs,
+torch.compile mode reduce-overhead) and "+packed" (bf16 CPU: `vlmkit.generation.prepack`) suffixes, or "transformers" with optional "+int8" (torchao
 int8 weight-only), "+static" (static cache) and "+compile" (torch.compile of the forward, with a
 static cache: transformers' documented fast path) suffixes. The model
 is loaded from the same safetensors FOLDER by each framework's own loader (vlmkit's `load_hf`, which
@@ -71,12 +71,16 @@ def logit_error(out: torch.Tensor, ref: torch.Tensor) -> dict:
 
 class VlmkitRunner:
     def __init__(self, folder: str, dtype: str, int8: bool | str, compiled: bool, device: torch.device,
-                 graphs: bool = False):
+                 graphs: bool = False, packed: bool = False):
         from vlmkit.generation.compile import compile_decode
         from vlmkit.models.registry import family_of
         from vlmkit.weights.hf import load_hf
 
         self.model, self.device = load_hf(folder, dtype=dtype, device=device), device
+        if packed:  # the exactly-packable bf16 projections in oneDNN's blocked layout
+            from vlmkit.generation.prepack import prepack_decoder
+
+            print("prepack:", prepack_decoder(self.model), file=sys.stderr)
         self.adapter = family_of(self.model).generation  # how the engine feeds this family's decoder
         self.lm = self.adapter.decoder(self.model)
         # int8: False, True ("int8") or a scheme name of vlmkit.generation.quant ("int4", "int4-g32", ...).
@@ -238,7 +242,7 @@ def main(variant: str, folder: str, dtype: str, inputs: str, threads: str, devic
                               "graphs" in parts, batches["b1"])
         else:
             scheme = next((p for p in parts if p.startswith("int")), False)  # int8, int4, int4-g32, ...
-            runner = VlmkitRunner(folder, dtype, scheme, "compile" in parts, dev, "graphs" in parts)
+            runner = VlmkitRunner(folder, dtype, scheme, "compile" in parts, dev, "graphs" in parts, "packed" in parts)
         if runner.int8:
             runner.quantize(batches["b1"])
         state["runner"] = runner
