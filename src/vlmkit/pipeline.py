@@ -23,7 +23,7 @@ from vlmkit.data.processor import PaliGemmaProcessor
 from vlmkit.data.tokenizer import Tokenizer
 from vlmkit.errors import CheckpointError, ConfigError
 from vlmkit.generation import GenerationResult, SamplingConfig, StreamEvent, generate
-from vlmkit.generation.compile import compile_decode
+from vlmkit.generation.compile import decode_fn_for
 from vlmkit.generation.quant import QuantScheme, load_quantized, quantize_model, save_quantized, scheme_of
 from vlmkit.validate import image_stats
 from vlmkit.weights.hf import load_hf, read_config
@@ -72,8 +72,9 @@ class Pipeline:
         folder (`save_quantized`).
 
         Args:
-            compile: decode with a `torch.compile`d step (`vlmkit.generation.compile`); falls back
-                to eager with one warning line where compiling is unavailable.
+            compile: decode with a `torch.compile`d step (`vlmkit.generation.compile`): True for
+                the default mode or a mode name ("max-autotune": frozen weights, autotuned C++ GEMM
+                kernels on CPU); falls back to eager with one warning line where unavailable.
             quantize: quantisation of the decoder: "int8", "int8-dyn" (int8 activations too),
                 "int4" or "int4-g32/64/128" (`vlmkit.generation.quant`); `group_size` overrides int4's.
         """
@@ -93,9 +94,7 @@ class Pipeline:
             model = load_hf(folder, dtype=dtype, device=device)
             if scheme is not None:
                 quantize_model(model, scheme)
-        decode_fn = None
-        if compile:
-            decode_fn = compile_decode(device=device)
+        decode_fn = decode_fn_for(compile, device)  # compile: False, True or a torch.compile mode
         return cls(model, tokenizer, fam.build_processor(folder, tokenizer, model.cfg), folder, family=fam.name,
                    decode_fn=decode_fn)
 
