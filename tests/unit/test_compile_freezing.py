@@ -10,7 +10,7 @@ from vlmkit.generation.compile import CompiledDecode, compile_decode
 from vlmkit.generation.decode import decode_one_token
 from vlmkit.generation.quant import quantize_model
 
-from tests.unit.test_compile import Tok, _batch, _decode_args, _model
+from tests.unit.test_compile import Tok, _batch, _model, assert_first_step_close
 
 
 def _run(model, decode_fn, rows=(5, 9)):
@@ -58,16 +58,8 @@ def test_max_autotune_decode_equals_eager_and_traces_once(scheme):
 @pytest.mark.slow  # as above
 def test_max_autotune_int4_bf16_logits_match_eager():
     """bf16: the int4 AMX template and aten's int4pack kernel round differently (measured max |diff|
-    <= 0.6% of max |y| per matmul), so a decode step agrees to the tolerance the int8 bf16 test states."""
-    model = quantize_model(_model().to(torch.bfloat16), "int4-g32")
-    fn = compile_decode("max-autotune")
-    torch._dynamo.reset()
-    with torch.inference_mode():
-        args = _decode_args(model, _batch(model.cfg))
-        compiled = fn(*args).float()
-        eager = decode_one_token(*args).float()
-    assert fn.compiled, fn.reason
-    torch.testing.assert_close(compiled, eager, atol=0.02 * float(eager.abs().max()), rtol=0)
+    <= 0.6% of max |y| per matmul), so a decode step agrees to the tolerance of the int8 bf16 test."""
+    assert_first_step_close(quantize_model(_model().to(torch.bfloat16), "int4-g32"), compile_decode("max-autotune"))
 
 
 def test_compile_option_names_the_mode():
