@@ -24,8 +24,8 @@ so the step runs under `config.patch(freezing=True)`. Consequences: weights chan
 call are not seen (inference only), the templates' prepacked copies add memory, autotuning
 benchmarks every matmul shape on the first call (tens of seconds; inductor caches the choices on
 disk), and the graph guards on the identity of the KV-cache tensors, so `CompiledDecode` keeps the
-cache modules it was traced with and copies a new generation's prefilled cache into them instead
-of recompiling (one cache of the last shape stays held).
+cache modules each graph was traced with (one set per batch size / cache length) and copies a new
+generation's prefilled cache into them instead of recompiling (those caches stay held).
 
 When compiling is impossible (dynamo unsupported on this Python, no C++ compiler for inductor's
 CPU kernels) or fails on the first call, the returned function logs one warning line and runs
@@ -82,29 +82,29 @@ class CompiledDecode:
         self._fn, self.compiled, self.reason, self.freezing = fn, compiled, reason, freezing
         self._lm: nn.Module | None = None
         self._slots: list[tuple[nn.Module, str]] = []  # (parent, attribute) of each KV cache
-        self._kept: list[KVCache] = []  # the cache modules the graph was traced with
+        self._kept: dict[tuple, list[KVCache]] = {}  # cache shape -> the modules its graph was traced with
 
     def _fall_back(self, reason: str) -> None:
         log.warning("torch.compile of decode_one_token unavailable, decoding eagerly: %s", reason)
         self._fn, self.compiled, self.reason = decode_one_token, False, reason
 
     def _keep_caches(self, lm: nn.Module) -> None:
-        """Put the traced cache modules back in place of a new generation's (same shape: its prefilled
-        contents copied in), so a frozen graph's identity guards hold; a new shape is adopted."""
+        """Put the cache modules a graph was traced with (one set per cache shape) back in place of a
+        new generation's, its prefilled contents copied in, so a frozen graph's identity guards hold."""
         if self._lm is not lm:
             found = [n for n, m in lm.named_modules() if isinstance(m, KVCache)]
             self._slots = [(lm.get_submodule(n.rpartition(".")[0]), n.rpartition(".")[2]) for n in found]
-            self._lm, self._kept = lm, [getattr(p, a) for p, a in self._slots]
-        for i, (parent, attr) in enumerate(self._slots):
-            cur, kept = getattr(parent, attr), self._kept[i]
-            if cur is kept:
-                continue
-            if (cur.k.shape, cur.k.dtype, cur.k.device) != (kept.k.shape, kept.k.dtype, kept.k.device):
-                self._kept[i] = cur  # another batch size / length / dtype: a new graph anyway
-                continue
-            kept.k.copy_(cur.k)
-            kept.v.copy_(cur.v)
-            setattr(parent, attr, kept)
+            self._lm, self._kept = lm, {}
+        current = [getattr(p, a) for p, a in self._slots]
+        if not current:
+            return
+        key = (tuple(current[0].k.shape), current[0].k.dtype, current[0].k.device)
+        kept = self._kept.setdefault(key, current)  # batch size / length / dtype: one graph each
+        for (parent, attr), cur, old in zip(self._slots, current, kept):
+            if cur is not old:
+                old.k.copy_(cur.k)
+                old.v.copy_(cur.v)
+                setattr(parent, attr, old)
 
     def _run(self, *args) -> torch.Tensor:
         if not self.freezing:
