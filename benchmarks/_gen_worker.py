@@ -2,8 +2,9 @@
 
     python benchmarks/_gen_worker.py VARIANT FOLDER DTYPE INPUTS THREADS [DEVICE]
 
-VARIANT is "vlmkit" with optional "+int8" / "+int4" / "+int4-gG", "+compile", "+graphs" (with +compile: CUDA graphs,
-torch.compile mode reduce-overhead) and "+packed" (bf16 CPU: `vlmkit.generation.prepack`) suffixes, or "transformers" with optional "+int8" (torchao
+VARIANT is "vlmkit" with optional "+int8" / "+int4" / "+int4-gG", "+compile", "+max" (with +compile: mode
+max-autotune), "+graphs" (with +compile: CUDA graphs, torch.compile mode reduce-overhead) and "+packed"
+(bf16 CPU: `vlmkit.generation.prepack`) suffixes, or "transformers" with optional "+int8" (torchao
 int8 weight-only), "+static" (static cache) and "+compile" (torch.compile of the forward, with a
 static cache: transformers' documented fast path) suffixes. The model
 is loaded from the same safetensors FOLDER by each framework's own loader (vlmkit's `load_hf`, which
@@ -86,7 +87,7 @@ class VlmkitRunner:
         # int8: False, True ("int8") or a scheme name of vlmkit.generation.quant ("int4", "int4-g32", ...).
         self.int8, self.logit_error = ("int8" if int8 is True else int8), None
         # "+graphs": CUDA graphs around the compiled step (mode reduce-overhead; same as default on CPU).
-        mode = "reduce-overhead" if graphs else "default"
+        mode = "reduce-overhead" if graphs else "max-autotune" if compiled == "max" else "default"
         self.decode_fn = compile_decode(mode, device=device) if compiled else None
 
     def quantize(self, batch: dict) -> None:
@@ -242,7 +243,9 @@ def main(variant: str, folder: str, dtype: str, inputs: str, threads: str, devic
                               "graphs" in parts, batches["b1"])
         else:
             scheme = next((p for p in parts if p.startswith("int")), False)  # int8, int4, int4-g32, ...
-            runner = VlmkitRunner(folder, dtype, scheme, "compile" in parts, dev, "graphs" in parts, "packed" in parts)
+            # "+compile+max": mode max-autotune (frozen weights, inductor's C++ GEMM templates autotuned).
+            compiled = "max" if "max" in parts else "compile" in parts
+            runner = VlmkitRunner(folder, dtype, scheme, compiled, dev, "graphs" in parts, "packed" in parts)
         if runner.int8:
             runner.quantize(batches["b1"])
         state["runner"] = runner

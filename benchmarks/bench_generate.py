@@ -253,7 +253,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--full", action="store_true", help="add the family's real large shape: "
                    + ", ".join(f"{f} {c}" for f, c in FULL_CASES.items()) + " (GBs per framework, slow)")
     p.add_argument("--variants", default="vlmkit,vlmkit+compile,transformers,transformers+static+compile",
-                   help="comma-separated; vlmkit with +int8 / +compile / +graphs / +packed suffixes, transformers with "
+                   help="comma-separated; vlmkit with +int8 / +int8-dyn / +int4-gG / +compile (+max: mode max-autotune) / +graphs / +packed suffixes, transformers with "
                         "+int8 (torchao) / +static / +compile")
     p.add_argument("--int8", action="store_true",
                    help="add vlmkit+int8+compile and transformers+int8+static+compile (torchao int8 weight-only, "

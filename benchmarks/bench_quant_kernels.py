@@ -77,7 +77,17 @@ class _Holder(torch.nn.Module):
 
 
 def _frozen(fn, a, b):
-    return torch.compile(_Holder(fn, a, b).eval(), dynamic=False, options={"max_autotune": True, "freezing": True})
+    """Compiled with frozen buffers + max-autotune. Freezing is read from the global inductor config
+    when dynamo traces (as `vlmkit.generation.compile` sets it), not from `options=`."""
+    # One _Holder.forward code object for every candidate, weight and row count: each is a recompile.
+    torch._dynamo.config.recompile_limit = torch._dynamo.config.accumulated_recompile_limit = 4096
+    compiled = torch.compile(_Holder(fn, a, b).eval(), dynamic=False, fullgraph=True)
+
+    def call(x):
+        with torch._inductor.config.patch(freezing=True, max_autotune=True):
+            return compiled(x)
+
+    return call
 
 
 def dynamic_candidates(q: torch.Tensor, s: torch.Tensor, deq8: torch.Tensor, w16: torch.Tensor) -> dict:

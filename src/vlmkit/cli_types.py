@@ -131,6 +131,10 @@ def add_speed_flags(p: argparse.ArgumentParser, compile_flag: bool = True) -> No
         p.add_argument("--compile", action="store_true",
                        help="compile the decode step with torch.compile (first call slower; falls back to "
                             "eager with one warning line where compiling is unavailable)")
+        p.add_argument("--compile-mode", choices=("default", "max-autotune"),
+                       help="torch.compile mode of --compile (implies it); max-autotune on CPU freezes the "
+                            "weights and autotunes inductor's C++ GEMM kernels for the int8/int4 matmuls "
+                            "(the first call takes minutes)")
     p.add_argument("--quantize", choices=QUANTIZE_CHOICES,
                    help="quantisation of the decoder: int8 (weight-only, per channel), int8-dyn (int8 "
                         "weights and activations: fastest CPU decode at batch > 1) or int4 (weight-only, "
@@ -143,4 +147,5 @@ def speed_kwargs(args: argparse.Namespace) -> dict:
     """The `Pipeline.load` keyword arguments of `add_speed_flags`' flags (checked there)."""
     if args.group_size is not None and args.quantize != "int4":
         raise ConfigError("--group-size applies to --quantize int4 only")
-    return {"compile": getattr(args, "compile", False), "quantize": args.quantize, "group_size": args.group_size}
+    compile = getattr(args, "compile_mode", None) or getattr(args, "compile", False)
+    return {"compile": compile, "quantize": args.quantize, "group_size": args.group_size}

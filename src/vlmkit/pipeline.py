@@ -24,7 +24,7 @@ from vlmkit.data.tokenizer import Tokenizer
 from vlmkit.errors import CheckpointError, ConfigError
 from vlmkit.generation import GenerationResult, SamplingConfig, StreamEvent, generate
 from vlmkit.generation.batching import LANES  # the cache layout a serving row reproduces
-from vlmkit.generation.compile import compile_decode
+from vlmkit.generation.compile import decode_fn_for
 from vlmkit.generation.quant import QuantScheme, load_hf_quantized, load_quantized, save_quantized, scheme_of
 from vlmkit.validate import image_stats
 from vlmkit.weights.hf import load_hf, read_config
@@ -73,8 +73,9 @@ class Pipeline:
         folder (`save_quantized`).
 
         Args:
-            compile: decode with a `torch.compile`d step (`vlmkit.generation.compile`); falls back
-                to eager with one warning line where compiling is unavailable.
+            compile: decode with a `torch.compile`d step (`vlmkit.generation.compile`): True for
+                the default mode or a mode name ("max-autotune": frozen weights, autotuned C++ GEMM
+                kernels on CPU); falls back to eager with one warning line where unavailable.
             quantize: quantisation of the decoder: "int8", "int8-dyn" (int8 activations too),
                 "int4" or "int4-g32/64/128" (`vlmkit.generation.quant`); `group_size` overrides int4's.
         """
@@ -94,9 +95,7 @@ class Pipeline:
             # Quantised while loading: the float decoder is never in memory whole.
             model = (load_hf(folder, dtype=dtype, device=device) if scheme is None
                      else load_hf_quantized(folder, scheme, dtype=dtype, device=device))
-        decode_fn = None
-        if compile:
-            decode_fn = compile_decode(device=device)
+        decode_fn = decode_fn_for(compile, device)  # compile: False, True or a torch.compile mode
         return cls(model, tokenizer, fam.build_processor(folder, tokenizer, model.cfg), folder, family=fam.name,
                    decode_fn=decode_fn)
 

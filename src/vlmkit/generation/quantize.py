@@ -27,10 +27,11 @@ bf16 AMX matmul is faster than every eager low-bit path.
 Inductor has C++ GEMM templates for both ops that read the weight once for all rows: on a module
 that owns the weights, compiled with freezing + max-autotune, the int8 template measured 1.21 ms
 at M = 8 against 2.74 ms for bf16 (load 1.8), the int4 AMX template 2.5 ms against aten's 3.2 ms.
-But compiling the decode step that way (freezing + max-autotune around `decode_one_token`, also
-as an nn.Module owning the decoder) still lowered every projection to aten's `_weight_int8pack_mm`
-(no autotuning happened, so the weights were not frozen into constants there): not yet reached
-from generation, and left out. So eager uses int8pack up to `INT8PACK_MAX_ROWS` rows and the
+Compiling the decode step with `torch.compile(options={"freezing": True, ...})` still lowered every
+projection to aten's `_weight_int8pack_mm`: dynamo decides whether weights become graph constants
+from the global inductor config at trace time, so they stayed graph inputs and the templates were
+never offered. `compile_decode("max-autotune")` (`vlmkit.generation.compile`) sets it globally
+around the step and reaches them. Eagerly, int8pack serves up to `INT8PACK_MAX_ROWS` rows and the
 cast beyond (prefill); int8 at batch >= 8 is slower than bf16 (benchmarks/bench_quant.py). The
 "int8-dyn" scheme (`quantize_dynamic`: the same weights, activations quantised per row too, an
 int8 x int8 GEMM that reads the weight once for all rows) is faster than bf16 at batch 8.
