@@ -12,6 +12,7 @@ masks, image sizes beside the pixels) the batch goes to the model as it is.
 """
 
 import hashlib
+import logging
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -68,7 +69,7 @@ class Pipeline:
 
     @classmethod
     def load(cls, source: str | Path | None = None, dtype=None, device="cpu", compile: bool = False,
-             quantize: str | None = None, group_size: int | None = None) -> "Pipeline":
+             quantize: str | None = None, group_size: int | None = None, prepack: bool = False) -> "Pipeline":
         """Load a bundled model by name (None = the default), a HF checkpoint folder or a quantised
         folder (`save_quantized`).
 
@@ -78,7 +79,12 @@ class Pipeline:
                 kernels on CPU); falls back to eager with one warning line where unavailable.
             quantize: quantisation of the decoder: "int8", "int8-dyn" (int8 activations too),
                 "int4" or "int4-g32/64/128" (`vlmkit.generation.quant`); `group_size` overrides int4's.
+            prepack: store the bf16 decoder projections in oneDNN's blocked layout where that is
+                bit-exact (`vlmkit.generation.prepack`; CPU bf16 only, one warning line elsewhere).
         """
+        if prepack and compile:
+            raise ConfigError("prepack and compile do not combine (the packed weights were not tried under "
+                              "torch.compile); choose one")
         folder = resolve_model(source)
         config, fam = read_config(folder)
         if fam.generation is None or fam.processor is None:
@@ -95,6 +101,8 @@ class Pipeline:
             # Quantised while loading: the float decoder is never in memory whole.
             model = (load_hf(folder, dtype=dtype, device=device) if scheme is None
                      else load_hf_quantized(folder, scheme, dtype=dtype, device=device))
+        if prepack:
+            _prepack(model)
         decode_fn = decode_fn_for(compile, device)  # compile: False, True or a torch.compile mode
         return cls(model, tokenizer, fam.build_processor(folder, tokenizer, model.cfg), folder, family=fam.name,
                    decode_fn=decode_fn)
@@ -179,6 +187,19 @@ class Pipeline:
         return self.run(batch, sampling, on_token)[0]
 
 
+def _prepack(model: torch.nn.Module) -> None:
+    """`prepack_decoder` where it can run; one warning line (not an error) where it cannot, as an
+    unavailable compiler is one line."""
+    from vlmkit.generation.prepack import prepack_available, prepack_decoder
+
+    weight = next(model.parameters())
+    if not prepack_available(weight.dtype, weight.device):
+        logging.getLogger(__name__).warning("prepack needs bfloat16 weights on a CPU with oneDNN bf16 (got %s "
+                                            "on %s); running with plain weights", weight.dtype, weight.device.type)
+        return
+    prepack_decoder(model)
+
+
 def _scheme(quantize: str | None, group_size: int | None) -> QuantScheme | None:
     if quantize is None:
         if group_size is not None:
@@ -188,7 +209,7 @@ def _scheme(quantize: str | None, group_size: int | None) -> QuantScheme | None:
 
 
 def load(source: str | Path | None = None, dtype=None, device="cpu", compile: bool = False,
-         quantize: str | None = None, group_size: int | None = None) -> Pipeline:
+         quantize: str | None = None, group_size: int | None = None, prepack: bool = False) -> Pipeline:
     """`Pipeline.load`: a bundled model name (None = default) or a checkpoint folder."""
     return Pipeline.load(source, dtype=dtype, device=device, compile=compile, quantize=quantize,
-                         group_size=group_size)
+                         group_size=group_size, prepack=prepack)

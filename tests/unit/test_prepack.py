@@ -68,3 +68,52 @@ def test_float32_and_unsupported_stay_plain():
     report = prepack_decoder(model)
     assert report["packed"] == 0 and report["plain"] == 7 * model.cfg.text.num_layers
     assert not any(isinstance(m, PackedLinear) for m in model.modules())
+
+
+@needs_onednn_bf16
+def test_load_with_prepack_packs_and_answers_as_plain():
+    """`vlmkit.load(..., prepack=True)` (what `--prepack` passes) packs the bundled model's decoder and
+    its greedy tokens and logits equal the plain bf16 pipeline's."""
+    import vlmkit
+    from vlmkit.weights.registry import bundled_models
+
+    if "vlmkit-shapes-tiny" not in bundled_models():
+        pytest.skip("no bundled model")
+    plain, packed = vlmkit.load(None, dtype="bfloat16"), vlmkit.load(None, dtype="bfloat16", prepack=True)
+    assert any(isinstance(m, PackedLinear) for m in packed.model.modules())
+    assert not any(isinstance(m, PackedLinear) for m in plain.model.modules())
+    from PIL import Image
+
+    batch = plain.processor(["caption en", "detect cat"], [[Image.new("RGB", (64, 64), (200, 30, 30))]] * 2,
+                            padding_side="left")
+    sampling = SamplingConfig(max_new_tokens=8)
+    a = generate(plain.model, plain.tokenizer, batch, sampling, output_logits=True)
+    b = generate(packed.model, packed.tokenizer, batch, sampling, output_logits=True)
+    assert [r.token_ids for r in a] == [r.token_ids for r in b]
+    assert all(torch.equal(x.logits, y.logits) for x, y in zip(a, b))
+
+
+def test_prepack_in_float32_warns_and_stays_plain(caplog):
+    import vlmkit
+
+    with caplog.at_level("WARNING"):
+        pipe = vlmkit.load(None, dtype="float32", prepack=True)
+    assert not any(isinstance(m, PackedLinear) for m in pipe.model.modules())
+    assert "prepack needs bfloat16" in caplog.text
+
+
+def test_prepack_with_compile_is_one_config_error():
+    import vlmkit
+    from vlmkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="prepack and compile"):
+        vlmkit.load(None, prepack=True, compile=True)
+
+
+def test_cli_prepack_flag_reaches_load(monkeypatch):
+    from vlmkit import cli_types as T
+    from vlmkit.cli import build_parser
+
+    args = build_parser().parse_args(["generate", "--prepack", "--image", "x.png"])
+    assert T.speed_kwargs(args)["prepack"] is True
+    assert T.speed_kwargs(build_parser().parse_args(["generate", "--image", "x.png"]))["prepack"] is False
