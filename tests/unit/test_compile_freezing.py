@@ -83,3 +83,19 @@ def test_compile_mode_flag_implies_compile():
     assert speed_kwargs(p.parse_args(["--compile-mode", "max-autotune"]))["compile"] == "max-autotune"
     assert speed_kwargs(p.parse_args(["--compile"]))["compile"] is True
     assert speed_kwargs(p.parse_args([]))["compile"] is False
+
+
+def test_cpu_modes_leave_cuda_graph_trees_alone(monkeypatch):
+    """On CPU the compiled step's mode names no CUDA graphs: `torch._dynamo.reset()` (which
+    `torch._dynamo.explain` calls) would otherwise reset cudagraph trees while iterating its
+    backend registry, which failed a later test with "dictionary changed size during iteration"."""
+    import torch._inductor.cudagraph_trees as trees
+
+    def refuse():
+        raise AssertionError("a CPU decode step asked for a CUDA graph reset")
+
+    monkeypatch.setattr(trees, "reset_cudagraph_trees", refuse)
+    torch._dynamo.reset()
+    fns = [compile_decode(mode, device="cpu") for mode in ("max-autotune", "reduce-overhead")]
+    torch._dynamo.reset()  # resets every backend made since the last reset
+    assert all(fn.compiled == fns[0].compiled for fn in fns)

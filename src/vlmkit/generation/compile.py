@@ -127,6 +127,9 @@ class CompiledDecode:
             return self._fn(lm, tokens, positions, slot, key_valid, in_prefix)
 
 
+_CPU_MODE = {"max-autotune": "max-autotune-no-cudagraphs", "reduce-overhead": "default"}
+
+
 def compile_decode(mode: str = "default", fullgraph: bool = True, device: str | torch.device = "cpu",
                    dynamic: bool = False, backend: str = "inductor") -> CompiledDecode:
     """Return a decode_fn for `generate(..., decode_fn=...)` wrapping `decode_one_token` in compile.
@@ -149,6 +152,10 @@ def compile_decode(mode: str = "default", fullgraph: bool = True, device: str | 
     if reason is not None:
         decode._fall_back(reason)
         return decode
+    if torch.device(device).type == "cpu":  # CUDA graphs do nothing on CPU, but a mode that names
+        # them makes torch._dynamo.reset() import cudagraph_trees while it iterates its backend
+        # registry, and that import registers a backend: "dictionary changed size during iteration".
+        mode = _CPU_MODE.get(mode, mode)
     options = {"mode": mode} if backend == "inductor" else {}
     fn = torch.compile(decode_one_token, fullgraph=fullgraph, dynamic=dynamic, backend=backend, **options)
     freezing = mode in FREEZING_MODES and backend == "inductor" and torch.device(device).type == "cpu"
