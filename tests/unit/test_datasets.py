@@ -289,3 +289,17 @@ def test_dataloader_workers(data):
     stream = ShuffledStream(_dataset("map", data), seed=0)
     with pytest.raises(ConfigError, match="num_workers=0"):
         list(torch.utils.data.DataLoader(stream, batch_size=4, collate_fn=list, num_workers=1))
+
+
+def test_a_row_is_measured_once_for_max_len_and_the_budget(data):
+    """`length_fn` (a chat row's count processes its images) runs once per row although both
+    max_len and the token budget ask for it, and both see the same count."""
+    calls = Counter()
+
+    def length(row):
+        calls[id(row)] += 1
+        return len(row["prefix"]) + len(row["suffix"])
+
+    ds = JsonlDataset(data[0], validate=False, max_len=10_000, length_fn=length, budget=10_000)
+    assert len(ds.rows) > 0 and set(calls.values()) == {1}
+    assert ds.lengths == [len(r["prefix"]) + len(r["suffix"]) for r in ds.rows]

@@ -58,6 +58,21 @@ def measure_row(length_fn: Callable[[dict], int], row: dict) -> tuple[int, tuple
         return 0, ("unprocessable", f"cannot be processed: {e}")
 
 
+class _LastRow:
+    """`length_fn` remembering its last row (by identity; holding it keeps the identity unique):
+    `_read` asks for a row's length for max_len and again for the budget, and a chat row's count
+    processes the row, images included, so it is computed once."""
+
+    def __init__(self, fn: Callable[[dict], int]):
+        self.fn, self.row, self.n = fn, None, 0
+
+    def __call__(self, row: dict) -> int:
+        if row is not self.row:
+            n = self.fn(row)  # stored only once it returned: an error is raised again next time
+            self.row, self.n = row, n
+        return self.n
+
+
 def _row_problem(row: object, max_len: int | None, length_fn: Callable[[dict], int]) -> tuple[str, str] | None:
     """(skip reason, what is wrong) of a parsed row (before looking at images), or None."""
     if not isinstance(row, dict):
@@ -113,7 +128,7 @@ class JsonlDataset(torch.utils.data.Dataset):
         if bad_rows not in ("skip", "error"):
             raise ConfigError(f"bad_rows must be 'skip' or 'error', got {bad_rows!r}")
         self.image_root = Path(image_root) if image_root is not None else self.manifest.parent
-        self.length_fn = length_fn or _char_length
+        self.length_fn = _LastRow(length_fn or _char_length)
         self.rows: list[dict] = []
         self.budget = budget
         self.lengths: list[int] | None = [] if budget is not None else None  # tokens per row (with a budget)

@@ -330,7 +330,7 @@ class ChatJsonlDataset(JsonlDataset):
     def __init__(self, manifest: str | Path, image_root: str | Path | None = None, validate: bool = True, *,
                  max_len: int | None = None, collator: ChatCollator | None = None, bad_rows: str = "skip",
                  budget: int | None = None, video_frames: int = 16, video_fps: float | None = None):
-        self._collator, self._last, self._validate = collator, (None, 0), validate
+        self._collator, self._validate = collator, validate
         processor = collator.processor if collator is not None else None
         self.frames = FrameRule.of(video_frames, processor, video_fps, "data.video_frames")
         super().__init__(manifest, image_root, validate, max_len=max_len, length_fn=self._tokens, bad_rows=bad_rows,
@@ -339,14 +339,11 @@ class ChatJsonlDataset(JsonlDataset):
     def _tokens(self, row: dict) -> int:
         if self._collator is None:
             raise DataError("data.max_length needs the processor to count a chat row's tokens")
-        if self._last[0] is row:  # measured for max_len, asked again for the budget: encode once
-            return self._last[1]
         try:
             sample = self._sample(row)
         except (ImageError, OSError):
             return 0  # the image check that follows reports the row
-        self._last = (row, self._collator.length(sample))  # holding `row` keeps its identity unique
-        return self._last[1]
+        return self._collator.length(sample)
 
     def _row_problem(self, row: object, max_len: int | None) -> tuple[str, str] | None:
         if not isinstance(row, dict) or "messages" not in row:
@@ -356,7 +353,7 @@ class ChatJsonlDataset(JsonlDataset):
         problem = chat_problem(row) or video_problem(row, processor, root, self.frames)
         if problem is not None or max_len is None:
             return problem
-        n, problem = measure_row(self._tokens, row)
+        n, problem = measure_row(self.length_fn, row)  # `self._tokens`, remembered for the budget
         return problem or (("too_long", f"is longer than max_len={max_len}") if n > max_len else None)
 
     def _paths(self, row: dict) -> list[Path]:

@@ -105,7 +105,6 @@ class _MixtureRows(JsonlDataset):
                  bad_rows: str = "skip", budget: int | None = None, processor=None, video_frames: int = 16,
                  video_fps: float | None = None):
         self.chat, self._length, self._validate, self.processor = chat, length, validate, processor
-        self._last = (None, 0)  # (row, tokens) last measured: max_len then the budget ask for the same row
         self.frames = FrameRule.of(video_frames, processor, video_fps, "data.video_frames")
         super().__init__(manifest, image_root, validate, max_len=max_len, length_fn=self._tokens, bad_rows=bad_rows,
                          budget=budget)
@@ -114,18 +113,15 @@ class _MixtureRows(JsonlDataset):
         raise NotImplementedError
 
     def _tokens(self, row: dict) -> int:
-        if self._last[0] is row:
-            return self._last[1]
         try:
             sample = self._sample(row)
         except (ImageError, OSError):
             return 0  # the image check that follows reports the row
-        self._last = (row, self._length(sample) if self._length is not None else 0)  # holding `row` keeps its id unique
-        return self._last[1]
+        return self._length(sample) if self._length is not None else 0
 
     def _row_problem(self, row: object, max_len: int | None) -> Problem:
         problem = self.problem(row)
-        if problem is None and max_len is not None and self._tokens(row) > max_len:
+        if problem is None and max_len is not None and self.length_fn(row) > max_len:  # remembered for the budget
             return "too_long", f"is longer than max_len={max_len}"
         return problem
 
