@@ -152,13 +152,14 @@ def compile_decode(mode: str = "default", fullgraph: bool = True, device: str | 
     if reason is not None:
         decode._fall_back(reason)
         return decode
-    if torch.device(device).type == "cpu":  # CUDA graphs do nothing on CPU, but a mode that names
-        # them makes torch._dynamo.reset() import cudagraph_trees while it iterates its backend
-        # registry, and that import registers a backend: "dictionary changed size during iteration".
+    on_cpu = torch.device(device).type == "cpu"
+    if on_cpu:  # CUDA graphs do nothing on CPU, but for a mode that names them torch._dynamo.reset()
+        # calls reset_cudagraph_trees() while it iterates its backend registry; a full test run
+        # failed there with "dictionary changed size during iteration".
         mode = _CPU_MODE.get(mode, mode)
     options = {"mode": mode} if backend == "inductor" else {}
     fn = torch.compile(decode_one_token, fullgraph=fullgraph, dynamic=dynamic, backend=backend, **options)
-    freezing = mode in FREEZING_MODES and backend == "inductor" and torch.device(device).type == "cpu"
+    freezing = mode in FREEZING_MODES and backend == "inductor" and on_cpu
     return CompiledDecode(fn, compiled=True, freezing=freezing)
 
 

@@ -20,8 +20,9 @@ compares each distinct (N, K, bias) shape on seeded inputs at several row counts
 count (656) are not covered by the check.
 
 The packed weight replaces the plain one (memory stays the same), so a packed model serves
-inference only: no training, no state dict (and it was not tried under torch.compile). The tied LM head stays plain, since its table is also the embedding. The result
-depends on the thread count, so pack with the threads you will decode with.
+inference only: no training, no state dict (and it was not tried under torch.compile). The tied
+LM head stays plain, since its table is also the embedding. The result depends on the thread
+count, so pack with the threads you will decode with.
 """
 
 import ctypes
