@@ -176,6 +176,7 @@ def test_image_features_cached_and_encoded_one_by_one(pipe, monkeypatch):
     calls = []
     real = pipe.model.encode_images
     monkeypatch.setattr(pipe.model, "encode_images", lambda px: (calls.append(px.shape[0]), real(px))[1])
+    pipe._features.clear()  # the scheduler uses the pipeline's feature cache, which earlier tests filled
     sched = Scheduler(pipe, max_batch=4, max_len=200)
     sched.open()
     cfg = SamplingConfig(max_new_tokens=5)

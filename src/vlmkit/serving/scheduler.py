@@ -20,11 +20,10 @@ Requests arrive from other threads (`submit`, `cancel`); results leave through e
 `emit` callback, called on the scheduler thread.
 """
 
-import hashlib
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 
 import torch
 
@@ -57,8 +56,8 @@ class Scheduler:
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.stop_ids = {pipe.tokenizer.eos_id}
-        self._features: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self.feature_cache_size = feature_cache_size
+        # Image features come from the pipeline's cache (`Pipeline.image_features`), at least this big.
+        pipe.feature_cache_size = max(pipe.feature_cache_size, feature_cache_size)
         self._waiting: deque[Request] = deque()
         self._seqs: dict[int, Seq] = {}  # row -> sequence
         self._cv = threading.Condition()
@@ -208,28 +207,17 @@ class Scheduler:
                 for k, v in batch.items()}
 
     def _encode_images(self, reqs: list[Request]) -> None:
-        """Replace each request's pixels by image features: every image not in the cache of
-        recent images (keyed by a hash of its pixels) is encoded, one image per forward as
-        `Pipeline.image_features` does (a batch of M images runs the tower's linear layers at
-        another batch size, whose bf16 kernels may round otherwise). Only for a processor whose
-        pixel_values[i] is the i-th image alone (`per_image_pixels`); otherwise the family's
-        adapter encodes the pixels at prefill."""
-        if not getattr(self.pipe.processor, "per_image_pixels", False):
-            for req in reqs:
-                req.batch = self._to_device(req.batch)
-            return
+        """Replace each request's pixels by image features from `Pipeline.image_features`: cached by
+        a hash of the pixels, each new image encoded alone as in a lone run (a batch of M images
+        runs the tower's linear layers at another batch size, whose bf16 kernels may round
+        otherwise). Only for a processor whose pixel_values[i] is the i-th image alone
+        (`per_image_pixels`); otherwise the family's adapter encodes the pixels at prefill."""
+        per_image = getattr(self.pipe.processor, "per_image_pixels", False)
         for req in reqs:
-            px = req.batch.pop("pixel_values", None)
-            keys = [] if px is None else [hashlib.sha1(p.contiguous().numpy().tobytes()).hexdigest() for p in px]
-            for k, p in zip(keys, [] if px is None else px):
-                if k not in self._features:
-                    self._features[k] = self.pipe.model.encode_images(p[None].to(self.device, self.dtype))[0]
-                self._features.move_to_end(k)
+            px = req.batch.pop("pixel_values", None) if per_image else None
             req.batch = self._to_device(req.batch)
-            if keys:
-                req.batch["image_features"] = torch.stack([self._features[k] for k in keys])  # [m, N, D]
-        while len(self._features) > self.feature_cache_size:
-            self._features.popitem(last=False)
+            if px is not None and len(px):
+                req.batch["image_features"] = self.pipe.image_features(px)  # [m, N, D]
 
     def _admit(self, reqs: list[Request]) -> None:
         """Prefill the admitted requests (`_take_admissible` counted their rows), one prompt per
