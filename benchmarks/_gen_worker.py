@@ -4,7 +4,7 @@
 
 VARIANT is "vlmkit" with optional "+int8" / "+int4" / "+int4-gG", "+compile", "+max" (with +compile: mode
 max-autotune), "+graphs" (with +compile: CUDA graphs, torch.compile mode reduce-overhead) and "+packed"
-(bf16 CPU: `vlmkit.generation.prepack`) suffixes, or "transformers" with optional "+int8" (torchao
+(CPU bf16 or int8-dyn: `vlmkit.generation.prepack`) suffixes, or "transformers" with optional "+int8" (torchao
 int8 weight-only), "+static" (static cache) and "+compile" (torch.compile of the forward, with a
 static cache: transformers' documented fast path) suffixes. The model
 is loaded from the same safetensors FOLDER by each framework's own loader (vlmkit's `load_hf`, which
@@ -74,33 +74,30 @@ class VlmkitRunner:
     def __init__(self, folder: str, dtype: str, int8: bool | str, compiled: bool, device: torch.device,
                  graphs: bool = False, packed: bool = False):
         from vlmkit.generation.compile import compile_decode
+        from vlmkit.generation.quant import load_hf_quantized
         from vlmkit.models.registry import family_of
         from vlmkit.weights.hf import load_hf
 
-        self.model, self.device = load_hf(folder, dtype=dtype, device=device), device
-        if packed:  # the exactly-packable bf16 projections in oneDNN's blocked layout
+        # int8: False, True ("int8") or a scheme name of vlmkit.generation.quant ("int4", "int4-g32", ...).
+        # A quantised variant loads as `--quantize` does (quantised while loading, never float whole).
+        self.int8, self.logit_error = ("int8" if int8 is True else int8), None
+        self.model = (load_hf_quantized(folder, self.int8, dtype=dtype, device=device) if self.int8
+                      else load_hf(folder, dtype=dtype, device=device))
+        self.device = device
+        if packed:  # bf16 projections / int8-dyn layers in oneDNN's blocked layout (`--prepack`)
             from vlmkit.generation.prepack import prepack_decoder
 
             print("prepack:", prepack_decoder(self.model), file=sys.stderr)
         self.adapter = family_of(self.model).generation  # how the engine feeds this family's decoder
         self.lm = self.adapter.decoder(self.model)
-        # int8: False, True ("int8") or a scheme name of vlmkit.generation.quant ("int4", "int4-g32", ...).
-        self.int8, self.logit_error = ("int8" if int8 is True else int8), None
         # "+graphs": CUDA graphs around the compiled step (mode reduce-overhead; same as default on CPU).
         mode = "reduce-overhead" if graphs else "max-autotune" if compiled == "max" else "default"
         self.decode_fn = compile_decode(mode, device=device) if compiled else None
 
-    def quantize(self, batch: dict) -> None:
-        """Quantise in place and record the logit error against the float model on `batch`."""
-        from vlmkit.generation.quant import quantize_model
-
+    def measure_error(self, batch: dict, reference: torch.Tensor) -> None:
+        """The logit error on `batch` against the float model's logits `reference` (`float_logits`)."""
         with torch.inference_mode():
-            ref = self.logits(batch)
-            # The decoder only (its LM head included): the vision tower and the projector run once
-            # per image, and some projectors read their weight's dtype (Idefics3's).
-            quantize_model(self.model, self.int8)
-            out = self.logits(batch)
-        self.logit_error = logit_error(out, ref)
+            self.logit_error = logit_error(self.logits(batch), reference)
 
     def logits(self, batch: dict) -> torch.Tensor:
         """Full uncached forward through the family's adapter: logits [B, T, V] float32."""
@@ -227,6 +224,32 @@ class HFRunner:
         return {"t0": t0, "t_first": streamer.t_first, "t_end": t_end, "tokens": out[:, T:].tolist()}
 
 
+def float_logits(folder: str, dtype: str, inputs: str, threads: str, device: str) -> torch.Tensor:
+    """The float model's logits on batch b1, from a child process (so that the float model never
+    counts in this worker's peak memory): [B, T, V] float32."""
+    import subprocess
+    import tempfile
+
+    from safetensors.torch import load_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "logits.safetensors")
+        subprocess.run([sys.executable, __file__, "reference", folder, dtype, inputs, threads, device, out],
+                       check=True)
+        return load_file(out)["logits"].to(device)
+
+
+def write_float_logits(folder: str, dtype: str, inputs: str, threads: str, device: str, out: str) -> None:
+    from safetensors.torch import save_file
+
+    torch.set_num_threads(max(1, int(threads)))
+    dev = torch.device(device)
+    batch = {n: t.to(dev) for n, t in torch.load(inputs)["b1"].items()}
+    runner = VlmkitRunner(folder, dtype, False, False, dev)
+    with torch.inference_mode():
+        save_file({"logits": runner.logits(batch).cpu().contiguous()}, out)
+
+
 def main(variant: str, folder: str, dtype: str, inputs: str, threads: str, device: str = "cpu") -> None:
     if int(threads) > 0:
         torch.set_num_threads(int(threads))
@@ -246,8 +269,10 @@ def main(variant: str, folder: str, dtype: str, inputs: str, threads: str, devic
             # "+compile+max": mode max-autotune (frozen weights, inductor's C++ GEMM templates autotuned).
             compiled = "max" if "max" in parts else "compile" in parts
             runner = VlmkitRunner(folder, dtype, scheme, compiled, dev, "graphs" in parts, "packed" in parts)
-        if runner.int8:
+        if runner.int8 and parts[0] == "transformers":
             runner.quantize(batches["b1"])
+        elif runner.int8:
+            runner.measure_error(batches["b1"], float_logits(folder, dtype, inputs, threads, device))
         state["runner"] = runner
         return {"load_s": time.perf_counter() - t0, "rss_mb": peak_rss_mb(), "logit_error": runner.logit_error}
 
@@ -279,4 +304,7 @@ def main(variant: str, folder: str, dtype: str, inputs: str, threads: str, devic
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:7])
+    if sys.argv[1] == "reference":  # float_logits' child
+        write_float_logits(*sys.argv[2:8])
+    else:
+        main(*sys.argv[1:7])

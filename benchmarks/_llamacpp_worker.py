@@ -98,11 +98,16 @@ class VlmkitRunner:
 
         self.torch = torch
         self.lm = load_hf(folder, dtype=dtype)
+        quant, _, packed = quant.partition("+")  # "int8-dyn+packed": W8A8 in oneDNN's int8 layout
         if quant != "none":
             from vlmkit.generation.quant import quantize_model
 
             quantize_model(self.lm, quant)
-        self.decode_fn = compile_decode() if compiled else decode_one_token
+        if packed:  # eager only: packed layers are not combined with compile (`--prepack`)
+            from vlmkit.generation.prepack import prepack_decoder
+
+            prepack_decoder(self.lm)
+        self.decode_fn = compile_decode() if compiled and not packed else decode_one_token
 
     def _start(self, prompt: list[int], new_tokens: int):
         """Prefill `prompt` into a cache of prompt + new_tokens slots: (logits [1, V], state)."""

@@ -124,7 +124,7 @@ GROUP_SIZE_CHOICES = (32, 64, 128)
 
 
 def add_speed_flags(p: argparse.ArgumentParser, compile_flag: bool = True) -> None:
-    """`--quantize`, `--group-size` (and `--compile`) for commands that load a model to generate;
+    """`--prepack`, `--quantize`, `--group-size` (and `--compile`) for commands that load a model to generate;
     their values go to `Pipeline.load` as `speed_kwargs(args)`. One definition shared by
     generate, serve and predict."""
     if compile_flag:
@@ -135,10 +135,11 @@ def add_speed_flags(p: argparse.ArgumentParser, compile_flag: bool = True) -> No
                        help="torch.compile mode of --compile (implies it); max-autotune on CPU freezes the "
                             "weights and autotunes inductor's C++ GEMM kernels for the int8/int4 matmuls "
                             "(the first call takes minutes)")
-        p.add_argument("--prepack", action="store_true",
-                       help="bf16 on CPU: store the decoder's projections in oneDNN's blocked layout where "
-                            "that gives bit-identical outputs (checked per shape while loading, seconds); "
-                            "faster prefill and decode, same memory; not with --compile")
+    p.add_argument("--prepack", action="store_true",
+                   help="CPU: store the decoder's bf16 projections or its --quantize int8-dyn layers in "
+                        "oneDNN's blocked layout where that gives bit-identical outputs (checked per shape "
+                        "while loading, seconds); faster decode, no more memory (int8-dyn: the tied table "
+                        "twice, and W8A8 at every batch size); not with --compile")
     p.add_argument("--quantize", choices=QUANTIZE_CHOICES,
                    help="quantisation of the decoder: int8 (weight-only, per channel), int8-dyn (int8 "
                         "weights and activations: fastest CPU decode at batch > 1) or int4 (weight-only, "

@@ -79,8 +79,9 @@ class Pipeline:
                 kernels on CPU); falls back to eager with one warning line where unavailable.
             quantize: quantisation of the decoder: "int8", "int8-dyn" (int8 activations too),
                 "int4" or "int4-g32/64/128" (`vlmkit.generation.quant`); `group_size` overrides int4's.
-            prepack: store the bf16 decoder projections in oneDNN's blocked layout where that is
-                bit-exact (`vlmkit.generation.prepack`; CPU bf16 only, one warning line elsewhere).
+            prepack: store the decoder's bf16 projections, or its int8-dyn layers, in oneDNN's
+                blocked layout where that is bit-exact (`vlmkit.generation.prepack`; CPU only, one
+                warning line where nothing packs). int8-dyn packed runs W8A8 at every row count.
         """
         if prepack and compile:
             raise ConfigError("prepack and compile do not combine (the packed weights were not tried under "
@@ -188,16 +189,15 @@ class Pipeline:
 
 
 def _prepack(model: torch.nn.Module) -> None:
-    """`prepack_decoder` where it can run; one warning line (not an error) where it cannot, as an
+    """`prepack_decoder`; one warning line (not an error) where it packs nothing, as an
     unavailable compiler is one line."""
-    from vlmkit.generation.prepack import prepack_available, prepack_decoder
+    from vlmkit.generation.prepack import prepack_decoder
 
-    weight = next(model.parameters())
-    if not prepack_available(weight.dtype, weight.device):
-        logging.getLogger(__name__).warning("prepack needs bfloat16 weights on a CPU with oneDNN bf16 (got %s "
-                                            "on %s); running with plain weights", weight.dtype, weight.device.type)
-        return
-    prepack_decoder(model)
+    if prepack_decoder(model)["packed"] == 0:
+        weight = next(model.parameters())
+        logging.getLogger(__name__).warning("prepack needs bfloat16 weights or int8-dyn layers on a CPU with oneDNN "
+                                            "(got %s on %s); running with plain weights", weight.dtype,
+                                            weight.device.type)
 
 
 def _scheme(quantize: str | None, group_size: int | None) -> QuantScheme | None:

@@ -94,6 +94,20 @@ def test_bench_generate_smoke(tmp_path):
         assert all(got[v]["logit_error"]["max_abs_over_max_ref"] < 0.05 for v in ("vlmkit+int8", "transformers+int8"))
 
 
+def test_bench_generate_quantised_variants_load_quantised(tmp_path):
+    """Quantised vlmkit variants load as `--quantize` does and take their logit error from a float
+    child process; "+packed" on int8-dyn packs the W8A8 layers (reported on stderr)."""
+    variants = {"vlmkit", "vlmkit+int8-dyn", "vlmkit+int8-dyn+packed"}
+    out, _ = _run("bench_generate.py", "--cases", "debug:bfloat16", "--variants", ",".join(sorted(variants)),
+                  "--new-tokens", "2", "--reps", "1", "--workdir", str(tmp_path / "work"),
+                  json_path=tmp_path / "gen.json")
+    got = out["results"][0]["variants"]
+    assert set(got) == variants and got["vlmkit"]["logit_error"] is None
+    for v in ("vlmkit+int8-dyn", "vlmkit+int8-dyn+packed"):
+        err = got[v]["logit_error"]
+        assert 0 < err["max_abs_over_max_ref"] < 0.05 and err["argmax_agreement"] > 0.9, (v, err)
+
+
 def test_bench_generate_llava_smoke(tmp_path):
     """--family llava at the debug shape: the same structure as PaliGemma's run, the family in
     every result and table row, and vlmkit's greedy tokens identical to transformers' (loaded by

@@ -17,6 +17,7 @@ import vlmkit
 from vlmkit.errors import ConfigError
 from vlmkit.generation import SamplingConfig
 from vlmkit.generation.batching import window_limit
+from vlmkit.generation.quantize_packed import packed_int8_available
 from vlmkit.serving.scheduler import Request, Scheduler
 
 PROMPTS = ["caption en", "detect circle ; square", "answer en what colour is it?", "ocr",
@@ -25,9 +26,14 @@ COLOURS = ["red", "blue", "green", "yellow", "white", "black", "orange"]
 ARRIVALS = [0, 0, 0, 1, 3, 4, 4, 6, 9, 10, 10, 10, 13, 17, 18, 22, 23, 23, 30, 31]  # decode step of each arrival
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    return vlmkit.load(dtype="bfloat16")
+@pytest.fixture(scope="module", params=["bfloat16", "bfloat16+prepack", "int8-dyn+prepack"])
+def pipe(request):
+    """bf16 plain, bf16 with blocked-layout projections, and W8A8 with oneDNN's packed int8 layers
+    (integer sums with per-row scales: equal at any row count by construction, checked here)."""
+    if "prepack" in request.param and not packed_int8_available(torch.device("cpu")):
+        pytest.skip("no oneDNN here")
+    quantize = "int8-dyn" if request.param.startswith("int8") else None
+    return vlmkit.load(dtype="bfloat16", quantize=quantize, prepack="prepack" in request.param)
 
 
 def _image(i):

@@ -19,6 +19,10 @@ compares each distinct (N, K, bias) shape on seeded inputs at several row counts
 `packs_exactly` for how many outputs a check needs). Prompts longer than the largest checked row
 count (656) are not covered by the check.
 
+`prepack_decoder` also packs a decoder quantised "int8-dyn" (W8A8): each such layer's int8
+weight goes into oneDNN's int8 blocked layout (`vlmkit.generation.quantize_packed`, exact by
+integer arithmetic and checked per shape too), which then serves every row count.
+
 The packed weight replaces the plain one (memory stays the same), so a packed model serves
 inference only: no training, no state dict (and it was not tried under torch.compile). The tied
 LM head stays plain, since its table is also the embedding. The result depends on the thread
@@ -31,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlmkit.generation.quantize_packed import pack_int8, packs_int8_exactly
 from vlmkit.models.registry import family_of
 
 CHECK_ROWS = (1, 2, 8, 16, 82, 256, 656)
@@ -96,29 +101,43 @@ def _release_freed_memory() -> None:
 
 
 def prepack_decoder(model: nn.Module) -> dict:
-    """Pack the bf16 Linears of `model`'s decoder (its generation adapter's `decoder(model)`) in
-    place where `packs_exactly` holds; returns {"packed": n, "plain": n, "plain_shapes": [...]}.
+    """Pack `model`'s decoder (its generation adapter's `decoder(model)`) in place: its bf16
+    Linears where `packs_exactly` holds, and its W8A8 ("int8-dyn") layers
+    (`vlmkit.generation.quantize_packed`) where `packs_int8_exactly` holds; returns
+    {"packed": n, "plain": n, "plain_shapes": [...]} (int8 shapes are marked "int8").
 
-    A no-op (all plain) off CPU, outside bf16, or without oneDNN bf16 support. One layer at a
-    time, so the peak memory is the model plus one weight.
+    A no-op (all plain) off CPU, for float layers outside bf16, or without oneDNN support. One
+    layer at a time, so the peak memory is the model plus one weight.
     """
     adapter = family_of(model).generation
     part = model if adapter is None else adapter.decoder(model)
     # (parent, name) only: holding the Linears themselves would keep every plain weight alive.
     targets = [(parent, name) for parent in part.modules() for name, child in parent.named_children()
-               if type(child) is nn.Linear]
-    verdict: dict[tuple[int, int, bool], bool] = {}  # one check per (N, K, bias): ~7 per decoder
+               if type(child) is nn.Linear or pack_int8(child, check_only=True)]
+    verdict: dict[tuple, bool] = {}  # one check per shape: ~7 per decoder
     report = {"packed": 0, "plain": 0, "plain_shapes": []}
     for parent, name in targets:
         child = getattr(parent, name)
-        shape = (child.out_features, child.in_features, child.bias is not None)
-        if shape not in verdict:
-            verdict[shape] = prepack_available(child.weight.dtype, child.weight.device) and packs_exactly(child)
-            if not verdict[shape]:
-                report["plain_shapes"].append(shape)
-        report["packed" if verdict[shape] else "plain"] += 1
-        if verdict[shape]:
-            setattr(parent, name, PackedLinear(child))
+        new, shape = _packed(child, verdict)
+        report["packed" if new is not None else "plain"] += 1
+        if new is None and shape not in report["plain_shapes"]:
+            report["plain_shapes"].append(shape)
+        if new is not None:
+            setattr(parent, name, new)
             del child  # the last reference to the plain weight
             _release_freed_memory()
     return report
+
+
+def _packed(child: nn.Module, verdict: dict) -> tuple[nn.Module | None, tuple]:
+    """(the packed module or None, the shape key its check is shared under)."""
+    if type(child) is nn.Linear:
+        shape = (child.out_features, child.in_features, child.bias is not None)
+        if shape not in verdict:
+            verdict[shape] = prepack_available(child.weight.dtype, child.weight.device) and packs_exactly(child)
+        return (PackedLinear(child) if verdict[shape] else None), shape
+    shape = (*child.weight_int8.shape, getattr(child, "bias", None) is not None, "int8")
+    new = pack_int8(child)
+    if shape not in verdict:
+        verdict[shape] = new is not None and packs_int8_exactly(child, new)
+    return (new if verdict[shape] else None), shape
