@@ -53,6 +53,12 @@ average 2.5 at start, 10.0 at end; 32 prompt + 64 greedy tokens, best of 3; gemm
   (e.g. oneDNN / torch's `_int_mm`-style int8 x int8 -> int32 with per-row and per-channel
   scales, or a CPU kernel of torchao's int8 dynamic-activation scheme), not in torch's
   weight-only op. Not tried in this session.
+- Later run with that kernel (benchmarks/results/llamacpp-int8packed-cpu.json, `--pairs
+  q8_0:int8-dyn+packed,q8_0:int8 --profile 8`, load 1.2-1.9; the machine was slower for both
+  sides than above): Q8_0 7.57 tok/s vs vlmkit int8-dyn+packed (per-row int8 activations,
+  oneDNN's prepacked `qlinear_pointwise`, eager) 5.05 = 0.67x; Q8_0 8.00 vs int8 + compile 4.79
+  = 0.60x. `onednn::qlinear_pointwise` is 85 % of the step (163 ms, ~15 GB/s of int8 weights)
+  against llama.cpp's ~20 GB/s: still short of 0.8x, by oneDNN's int8 GEMV speed here.
 - AMX crash: in this build llama.cpp's `ggml_backend_amx_mul_mat` segfaults (gdb) on Q8_0
   batches of more than one token, so with extra buffers on the Q8_0 prompt is fed token by token
   (its prefill column is 32 one-token steps, not a batched prefill; decode is unaffected).
