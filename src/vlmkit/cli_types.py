@@ -139,7 +139,7 @@ def add_speed_flags(p: argparse.ArgumentParser, compile_flag: bool = True) -> No
                    help="CPU: store the decoder's bf16 projections or its --quantize int8-dyn layers in "
                         "oneDNN's blocked layout where that gives bit-identical outputs (checked per shape "
                         "while loading, seconds); faster decode, no more memory (int8-dyn: the tied table "
-                        "twice, and W8A8 at every batch size); not with --compile")
+                        "twice, and W8A8 at every batch size); with compiling only as --compile-mode max-autotune")
     p.add_argument("--quantize", choices=QUANTIZE_CHOICES,
                    help="quantisation of the decoder: int8 (weight-only, per channel), int8-dyn (int8 "
                         "weights and activations: fastest CPU decode at batch > 1) or int4 (weight-only, "

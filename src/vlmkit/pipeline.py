@@ -82,10 +82,11 @@ class Pipeline:
             prepack: store the decoder's bf16 projections, or its int8-dyn layers, in oneDNN's
                 blocked layout where that is bit-exact (`vlmkit.generation.prepack`; CPU only, one
                 warning line where nothing packs). int8-dyn packed runs W8A8 at every row count.
+                With compile only in mode "max-autotune".
         """
-        if prepack and compile:
-            raise ConfigError("prepack and compile do not combine (the packed weights were not tried under "
-                              "torch.compile); choose one")
+        if prepack and compile and compile != "max-autotune":
+            raise ConfigError("prepack combines with compile only in mode max-autotune (inductor lowers the "
+                              "packed kernels only with frozen weights); use --compile-mode max-autotune or drop one")
         folder = resolve_model(source)
         config, fam = read_config(folder)
         if fam.generation is None or fam.processor is None:

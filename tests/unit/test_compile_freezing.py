@@ -99,3 +99,33 @@ def test_cpu_modes_leave_cuda_graph_trees_alone(monkeypatch):
     fns = [compile_decode(mode, device="cpu") for mode in ("max-autotune", "reduce-overhead")]
     torch._dynamo.reset()  # resets every backend made since the last reset
     assert all(fn.compiled == fns[0].compiled for fn in fns)
+
+
+@pytest.mark.slow  # as above
+def test_max_autotune_over_packed_int8_dyn_equals_eager():
+    """Packed W8A8 layers compile only with frozen weights (inductor's lowering of
+    `onednn.qlinear_pointwise` wants the packed weight as a graph constant): fp32, same tokens as
+    eager over two generations."""
+    from vlmkit.generation.prepack import prepack_decoder
+    from vlmkit.generation.quantize_packed import PackedInt8Linear, packed_int8_available
+
+    if not packed_int8_available(torch.device("cpu")):
+        pytest.skip("no oneDNN int8 linear here")
+    model = quantize_model(_model(), "int8-dyn")
+    assert prepack_decoder(model)["packed"] > 0 and any(isinstance(m, PackedInt8Linear) for m in model.modules())
+    eager = _run(model, None)
+    torch._dynamo.reset()
+    fn = compile_decode("max-autotune")
+    assert _run(model, fn) == eager and _run(model, fn) == eager
+    assert fn.compiled and fn.freezing, fn.reason
+
+
+@pytest.mark.slow  # as above
+def test_max_autotune_over_packed_bf16_is_close_to_eager():
+    from vlmkit.generation.prepack import prepack_available, prepack_decoder
+
+    if not prepack_available(torch.bfloat16, torch.device("cpu")):
+        pytest.skip("no oneDNN bf16 here")
+    model = _model().to(torch.bfloat16)
+    prepack_decoder(model)
+    assert_first_step_close(model, compile_decode("max-autotune"))

@@ -106,7 +106,7 @@ def test_prepack_with_compile_is_one_config_error():
     import vlmkit
     from vlmkit.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="prepack and compile"):
+    with pytest.raises(ConfigError, match="prepack combines with compile only in mode max-autotune"):
         vlmkit.load(None, prepack=True, compile=True)
 
 

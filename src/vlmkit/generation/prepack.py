@@ -24,9 +24,9 @@ weight goes into oneDNN's int8 blocked layout (`vlmkit.generation.quantize_packe
 integer arithmetic and checked per shape too), which then serves every row count.
 
 The packed weight replaces the plain one (memory stays the same), so a packed model serves
-inference only: no training, no state dict (and it was not tried under torch.compile). The tied
-LM head stays plain, since its table is also the embedding. The result depends on the thread
-count, so pack with the threads you will decode with.
+inference only: no training, no state dict; it compiles with frozen weights only (mode
+max-autotune). The tied LM head stays plain, since its table is also the embedding. The result
+depends on the thread count, so pack with the threads you will decode with.
 """
 
 import ctypes

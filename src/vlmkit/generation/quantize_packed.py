@@ -25,8 +25,10 @@ bf16 matmul; at one row a 256 x 2048 weight took 6.9 ms with int8 codes against 
 
 The tied LM head keeps its plain int8 table for the embedding lookup as well as the packed copy
 (V x D more bytes). The state dict holds the plain layout (`packed.to_dense()` returns q.T
-exactly), so a packed model saves to the same files as an unpacked one. Inference only; not
-combined with torch.compile (`Pipeline.load` refuses the pair).
+exactly), so a packed model saves to the same files as an unpacked one. Inference only; it
+compiles only with frozen weights (`compile_decode("max-autotune")`: inductor's lowering of the op
+asserts the packed weight is a graph constant), where inductor may pick its own AMX int8 template
+per shape (tokens equal eager; bf16 logits within a few bf16 steps).
 """
 
 import torch
@@ -41,15 +43,18 @@ def packed_int8_available(device: torch.device) -> bool:
             and hasattr(torch.ops.onednn, "qlinear_pointwise"))
 
 
-class _PackedInt8:
-    """The packed weight of an [N, K] int8 table with its per-channel scales, and its matmul."""
+class _PackedInt8(nn.Module):
+    """The packed weight of an [N, K] int8 table and its matmul. The kernel's operands are
+    (non-persistent) buffers so that a frozen compile (`compile_decode("max-autotune")`) sees them
+    as constants, which inductor's lowering of the op requires."""
 
     def __init__(self, q: torch.Tensor):
-        self.packed = torch.ops.onednn.qlinear_prepack(q, None)  # opaque, K x N
-        self.ones = torch.ones(q.shape[0], dtype=torch.float32)  # [N] weight scales of the kernel
-        self.zeros = torch.zeros(q.shape[0], dtype=torch.long)  # [N] weight zero points
+        super().__init__()
+        self.register_buffer("packed", torch.ops.onednn.qlinear_prepack(q, None), persistent=False)  # opaque, K x N
+        self.register_buffer("ones", torch.ones(q.shape[0]), persistent=False)  # [N] weight scales of the kernel
+        self.register_buffer("zeros", torch.zeros(q.shape[0], dtype=torch.long), persistent=False)  # [N] zero points
 
-    def matmul(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """x [..., K] float, scale [N] -> [..., N] in x's dtype, bit-identical to always-dynamic W8A8."""
         lead, n = x.shape[:-1], self.ones.shape[0]
         x2 = x.reshape(-1, x.shape[-1])  # [M, K]
@@ -79,7 +84,7 @@ class PackedInt8Linear(nn.Module):
         self.int8 = _PackedInt8(m.weight_int8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.int8.matmul(x, self.weight_scale)
+        y = self.int8(x, self.weight_scale)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
@@ -102,7 +107,7 @@ class PackedInt8Embedding(DynamicInt8Embedding):
         self.int8 = _PackedInt8(emb.weight_int8)
 
     def linear(self, h: torch.Tensor) -> torch.Tensor:
-        return self.int8.matmul(h, self.weight_scale)
+        return self.int8(h, self.weight_scale)
 
 
 def pack_int8(module: nn.Module, check_only: bool = False) -> nn.Module | bool | None:
