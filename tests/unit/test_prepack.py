@@ -117,3 +117,12 @@ def test_cli_prepack_flag_reaches_load(monkeypatch):
     args = build_parser().parse_args(["generate", "--prepack", "--image", "x.png"])
     assert T.speed_kwargs(args)["prepack"] is True
     assert T.speed_kwargs(build_parser().parse_args(["generate", "--image", "x.png"]))["prepack"] is False
+
+
+def test_prepack_with_compile_mode_max_autotune_loads():
+    """The one compile mode packed kernels lower in (frozen weights): accepted; it compiles lazily,
+    at the first generation (tests/unit/test_compile_freezing.py runs it)."""
+    import vlmkit
+
+    pipe = vlmkit.load(None, dtype="bfloat16", prepack=True, compile="max-autotune")
+    assert pipe.decode_fn is not None and pipe.decode_fn.freezing == pipe.decode_fn.compiled
