@@ -124,9 +124,9 @@ GROUP_SIZE_CHOICES = (32, 64, 128)
 
 
 def add_speed_flags(p: argparse.ArgumentParser, compile_flag: bool = True) -> None:
-    """`--prepack`, `--quantize`, `--group-size` (and `--compile`) for commands that load a model to generate;
-    their values go to `Pipeline.load` as `speed_kwargs(args)`. One definition shared by
-    generate, serve and predict."""
+    """`--prepack`, `--quantize`, `--group-size` (and `--compile`) for commands that load a model
+    to generate; their values go to `Pipeline.load` as `speed_kwargs(args)`. One definition shared
+    by generate, serve and predict."""
     if compile_flag:
         p.add_argument("--compile", action="store_true",
                        help="compile the decode step with torch.compile (first call slower; falls back to "

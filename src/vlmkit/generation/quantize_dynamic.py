@@ -24,8 +24,9 @@ So batch-1 decode gives exactly the "int8" scheme's logits, and a row of a batch
 differs from the same row alone by the activation rounding only (`always_dynamic` makes every
 call W8A8, for scoring). With `--prepack` the layers' weights are stored in oneDNN's int8 blocked
 layout (`vlmkit.generation.quantize_packed`): W8A8 at every row count, the bits of
-`always_dynamic`, without the per-call reorder of the weight. Measured numbers: benchmarks/results/quant-kernels-cpu.json (per
-matmul) and quant-decode-cpu.json (decode); see benchmarks/README.md.
+`always_dynamic`, without the per-call reorder of the weight. Measured numbers:
+benchmarks/results/quant-kernels-cpu.json (per matmul) and quant-decode-cpu.json (decode); see
+benchmarks/README.md.
 """
 
 import torch
