@@ -103,7 +103,9 @@ class VlmkitRunner:
             from vlmkit.generation.quant import quantize_model
 
             quantize_model(self.lm, quant)
-        if packed:  # eager only: packed layers are not combined with compile (`--prepack`)
+        # Eager: packed layers compile only with frozen weights (mode max-autotune), and this
+        # script's compiled step uses the default mode.
+        if packed:
             from vlmkit.generation.prepack import prepack_decoder
 
             prepack_decoder(self.lm)

@@ -87,7 +87,7 @@ CMAKE_ARGS = "-DGGML_NATIVE=ON -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA
              "-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF"
 # --pairs entries: GGUF type : vlmkit variant (dtype + weight quantisation).
 VLMKIT_VARIANTS = {"int8": ("bfloat16", "int8"), "int8-dyn": ("bfloat16", "int8-dyn"),
-                   "int8-dyn+packed": ("bfloat16", "int8-dyn+packed"),  # eager (`--prepack` is not compiled)
+                   "int8-dyn+packed": ("bfloat16", "int8-dyn+packed"),  # eager (packed layers need max-autotune)
                    "bf16": ("bfloat16", "none"), "fp32": ("float32", "none")}
 GGUF_TYPES = ("q8_0", "bf16", "f16")
 # GGUF types llama.cpp puts in its AMX buffer (extra buffer types on): its one-token batches are

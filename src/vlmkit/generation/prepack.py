@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlmkit.generation.quantize_packed import pack_int8, packs_int8_exactly
+from vlmkit.generation.quantize_packed import PACKED_INT8, pack_int8, packs_int8_exactly
 from vlmkit.models.registry import family_of
 
 CHECK_ROWS = (1, 2, 8, 16, 82, 256, 656)
@@ -113,7 +113,7 @@ def prepack_decoder(model: nn.Module) -> dict:
     part = model if adapter is None else adapter.decoder(model)
     # (parent, name) only: holding the Linears themselves would keep every plain weight alive.
     targets = [(parent, name) for parent in part.modules() for name, child in parent.named_children()
-               if type(child) is nn.Linear or pack_int8(child, check_only=True)]
+               if type(child) is nn.Linear or type(child) in PACKED_INT8]
     verdict: dict[tuple, bool] = {}  # one check per shape: ~7 per decoder
     report = {"packed": 0, "plain": 0, "plain_shapes": []}
     for parent, name in targets:
@@ -137,7 +137,7 @@ def _packed(child: nn.Module, verdict: dict) -> tuple[nn.Module | None, tuple]:
             verdict[shape] = prepack_available(child.weight.dtype, child.weight.device) and packs_exactly(child)
         return (PackedLinear(child) if verdict[shape] else None), shape
     shape = (*child.weight_int8.shape, getattr(child, "bias", None) is not None, "int8")
-    new = pack_int8(child)
+    new = None if verdict.get(shape) is False else pack_int8(child)  # no packing for a failed shape
     if shape not in verdict:
         verdict[shape] = new is not None and packs_int8_exactly(child, new)
     return (new if verdict[shape] else None), shape

@@ -110,13 +110,16 @@ class PackedInt8Embedding(DynamicInt8Embedding):
         return self.int8(h, self.weight_scale)
 
 
-def pack_int8(module: nn.Module, check_only: bool = False) -> nn.Module | bool | None:
+PACKED_INT8 = {DynamicInt8Linear: PackedInt8Linear, DynamicInt8Embedding: PackedInt8Embedding}  # what packs
+
+
+def pack_int8(module: nn.Module) -> nn.Module | None:
     """The packed version of a W8A8 module (None for any other module or where oneDNN's int8
-    linear is unavailable); with `check_only`, only whether there would be one."""
-    kind = {DynamicInt8Linear: PackedInt8Linear, DynamicInt8Embedding: PackedInt8Embedding}.get(type(module))
+    linear is unavailable)."""
+    kind = PACKED_INT8.get(type(module))
     if kind is None or not packed_int8_available(module.weight_int8.device):
-        return False if check_only else None
-    return True if check_only else kind(module)
+        return None
+    return kind(module)
 
 
 def packs_int8_exactly(plain: nn.Module, packed: nn.Module, rows: tuple[int, ...] = (1, 2, 8, 64),
