@@ -1,4 +1,5 @@
-"""Packed W8A8 (int8-dyn + prepack): oneDNN's prepacked int8 linear gives always-dynamic W8A8's bits."""
+"""Packed W8A8 (int8-dyn + prepack): vlmkit's int8 kernel and oneDNN's prepacked int8 linear each
+give always-dynamic W8A8's bits."""
 
 import pytest
 import torch
@@ -9,23 +10,36 @@ from vlmkit.generation.prepack import prepack_decoder
 from vlmkit.generation.quant import load_quantized, quantize_model, save_quantized
 from vlmkit.generation.quantize_dynamic import (DynamicInt8Embedding, DynamicInt8Linear, always_dynamic,
                                                 dynamic_int8_matmul)
+from vlmkit.generation import quantize_packed
 from vlmkit.generation.quantize_packed import (PACKED_INT8, PackedInt8Embedding, PackedInt8Linear, pack_int8,
                                                packed_int8_available)
+from vlmkit.kernels import load_int8_small_mm
 
 needs_onednn = pytest.mark.skipif(not packed_int8_available(torch.device("cpu")), reason="no oneDNN int8 linear")
+
+
+@pytest.fixture(params=["kernel", "onednn"])
+def backend(request, monkeypatch):
+    """Which matmul the packed layers get: vlmkit's kernel (where it builds) or oneDNN's layout."""
+    if request.param == "kernel" and not load_int8_small_mm():
+        pytest.skip("vlmkit's int8 kernel does not build or run here")
+    if request.param == "onednn":
+        monkeypatch.setattr(quantize_packed, "load_int8_small_mm", lambda: False)
+    return request.param
 
 
 @needs_onednn
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("shape", [(256, 2048, True), (300, 96, True), (17, 33, False)])
-def test_packed_linear_equals_always_dynamic_w8a8(dtype, shape):
+def test_packed_linear_equals_always_dynamic_w8a8(dtype, shape, backend):
     """Every row count, one row (the uint8 path) and prefill-sized ones included."""
     n, k, bias = shape
     torch.manual_seed(0)
     plain = DynamicInt8Linear(nn.Linear(k, n, bias=bias).to(dtype))
     packed = pack_int8(plain)
     assert isinstance(packed, PackedInt8Linear)
-    for m in (1, 2, 8, 64, 300):
+    assert type(packed.int8).__name__ == ("_KernelInt8" if backend == "kernel" else "_PackedInt8")
+    for m in (1, 2, 8, 16, 17, 64, 300):
         x = torch.randn(1 if m == 1 else 3, m, k).to(dtype)
         want = dynamic_int8_matmul(x, plain.weight_int8, plain.weight_scale, (1, None))
         want = want if plain.bias is None else want + plain.bias.to(want.dtype)
@@ -33,7 +47,7 @@ def test_packed_linear_equals_always_dynamic_w8a8(dtype, shape):
 
 
 @needs_onednn
-def test_packed_state_dict_is_the_plain_one():
+def test_packed_state_dict_is_the_plain_one(backend):
     torch.manual_seed(0)
     plain = DynamicInt8Linear(nn.Linear(64, 40).bfloat16())
     packed, want = pack_int8(plain).state_dict(), plain.state_dict()
@@ -42,7 +56,7 @@ def test_packed_state_dict_is_the_plain_one():
 
 
 @needs_onednn
-def test_packed_embedding_head_and_lookup():
+def test_packed_embedding_head_and_lookup(backend):
     torch.manual_seed(0)
     plain = DynamicInt8Embedding(nn.Embedding(500, 64).bfloat16())
     packed = pack_int8(plain)
@@ -51,6 +65,8 @@ def test_packed_embedding_head_and_lookup():
     assert torch.equal(packed(ids), plain(ids))
     h = torch.randn(2, 5, 64).bfloat16()
     assert torch.equal(packed.linear(h), dynamic_int8_matmul(h, plain.weight_int8, plain.weight_scale, (1, None)))
+    if backend == "kernel":  # one table for the lookup and the head: no second copy
+        assert packed.int8.q.data_ptr() == packed.weight_int8.data_ptr()
 
 
 def test_pack_int8_leaves_other_modules():
@@ -58,7 +74,7 @@ def test_pack_int8_leaves_other_modules():
 
 
 @needs_onednn
-def test_packed_bundled_model_equals_always_dynamic_and_saves(tmp_path):
+def test_packed_bundled_model_equals_always_dynamic_and_saves(tmp_path, backend):
     """The bundled model quantised int8-dyn and packed decodes exactly as the unpacked one with
     W8A8 at every row count, and saves to the files of the unpacked one."""
     from PIL import Image

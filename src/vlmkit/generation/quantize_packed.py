@@ -1,6 +1,14 @@
-"""W8A8 ("int8-dyn") layers with their int8 weights in oneDNN's prepacked layout, for CPU decoding.
+"""W8A8 ("int8-dyn") layers for CPU decoding whose int8 matmul skips the per-call weight reorder:
+vlmkit's own kernel where it builds (AVX-512 VNNI), else oneDNN's prepacked layout.
 
 Axes: M rows (batch x tokens), K input features, N output features.
+
+vlmkit's kernel (`vlmkit/kernels/int8_small_mm.cpp`, `_KernelInt8`) reads the plain [N, K] int8
+weight for up to 16 rows (decode), quantises the activations and applies the scales itself, and
+streams the weight faster than oneDNN does (measured with the weights streamed from memory: a
+16384 x 2048 weight at 1 / 8 rows in 1.7 / 2.0 ms against oneDNN's 2.5 / 2.5 ms); more rows
+(prefill) go through `torch._int_mm`. It keeps one copy of a tied table. Where it does not build
+or run, the layers use oneDNN's layout as described below (`_PackedInt8`); both give the same bits.
 
 `DynamicInt8Linear` calls `torch._int_mm(a, q.T)`, and oneDNN copies the plain [N, K] int8 weight
 into its blocked (VNNI) layout on every call, as it does for a plain bf16 weight (see
@@ -34,7 +42,9 @@ per shape (tokens equal eager; bf16 logits within a few bf16 steps).
 import torch
 from torch import nn
 
-from vlmkit.generation.quantize_dynamic import DynamicInt8Embedding, DynamicInt8Linear, quantize_rows
+from vlmkit.generation.quantize_dynamic import (DynamicInt8Embedding, DynamicInt8Linear, dynamic_int8_matmul,
+                                                quantize_rows)
+from vlmkit.kernels import KERNEL_MAX_ROWS, int8_linear_small, load_int8_small_mm
 
 
 def packed_int8_available(device: torch.device) -> bool:
@@ -70,6 +80,40 @@ class _PackedInt8(nn.Module):
         return self.packed.to_dense().T.contiguous()
 
 
+class _KernelInt8(nn.Module):
+    """The plain [N, K] int8 table and its matmul through vlmkit's own kernel
+    (`vlmkit/kernels/int8_small_mm.cpp`) up to `KERNEL_MAX_ROWS` rows, `torch._int_mm` beyond:
+    integer sums either way, so always-dynamic W8A8's bits at every row count. The weight is not
+    copied (a tied table is shared with the lookup); `wsum` (q summed over K) is the kernel's
+    zero-point term and `scale32` the channel scales in float32, as the unpacked layer applies them."""
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor):
+        super().__init__()
+        self.register_buffer("q", q, persistent=False)  # [N, K] int8, the caller's tensor
+        self.register_buffer("wsum", q.sum(dim=1, dtype=torch.int32), persistent=False)  # [N]
+        self.register_buffer("scale32", scale.float(), persistent=False)  # [N]
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """x [..., K] float, scale [N] -> [..., N] in x's dtype."""
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1])  # [M, K]
+        if x2.shape[0] > KERNEL_MAX_ROWS:
+            return dynamic_int8_matmul(x, self.q, scale, (1, None))
+        return int8_linear_small(x2, self.q, self.wsum, self.scale32).reshape(*lead, self.q.shape[0])  # [..., N]
+
+    def plain(self) -> torch.Tensor:
+        return self.q
+
+
+def _int8_matmul(q: torch.Tensor, scale: torch.Tensor) -> nn.Module:
+    """vlmkit's kernel where it builds and runs here (an AVX-512 VNNI CPU), else oneDNN's packed
+    layout; both exact. Measured on the 2-core AMX Xeon with the weights streamed from memory:
+    a 16384 x 2048 weight at 1 / 8 rows took 1.7 / 2.0 ms against oneDNN's 2.5 / 2.5 ms."""
+    if q.device.type == "cpu" and load_int8_small_mm():
+        return _KernelInt8(q, scale)
+    return _PackedInt8(q)
+
+
 class PackedInt8Linear(nn.Module):
     """Inference-only `DynamicInt8Linear` (same state dict) with its weight prepacked for oneDNN.
 
@@ -81,7 +125,7 @@ class PackedInt8Linear(nn.Module):
         self.in_features, self.out_features = m.in_features, m.out_features
         self.register_buffer("weight_scale", m.weight_scale)
         self.register_buffer("bias", m.bias)
-        self.int8 = _PackedInt8(m.weight_int8)
+        self.int8 = _int8_matmul(m.weight_int8, m.weight_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.int8(x, self.weight_scale)
@@ -104,7 +148,7 @@ class PackedInt8Embedding(DynamicInt8Embedding):
         nn.Module.__init__(self)
         self.register_buffer("weight_int8", emb.weight_int8)
         self.register_buffer("weight_scale", emb.weight_scale)
-        self.int8 = _PackedInt8(emb.weight_int8)
+        self.int8 = _int8_matmul(emb.weight_int8, emb.weight_scale)  # shares the table with vlmkit's kernel
 
     def linear(self, h: torch.Tensor) -> torch.Tensor:
         return self.int8(h, self.weight_scale)

@@ -1,0 +1,60 @@
+"""CPU kernels vlmkit compiles on first use (C++ sources next to this file, built by
+`torch.utils.cpp_extension` into torch's extension cache, about 30 s once per machine).
+
+A kernel is used only where it can run: an x86 CPU with the instructions it needs, a C++
+compiler and ninja. Anywhere else, or with `VLMKIT_KERNELS=0`, `load_int8_small_mm()` returns
+False and callers keep their PyTorch path; a failed build says so in one warning line.
+"""
+
+import functools
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+_HERE = Path(__file__).parent
+KERNEL_MAX_ROWS = 16  # int8_linear_small's rows; past this, callers use torch._int_mm
+_FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni"]
+_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni")
+
+
+def _cpu_has(flags: tuple[str, ...]) -> bool:
+    """Whether /proc/cpuinfo lists every flag (False where there is no such file)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    have = set(line.split(":", 1)[-1].split())
+    return all(f in have for f in flags)
+
+
+@functools.cache
+def load_int8_small_mm() -> bool:
+    """Build and load `torch.ops.vlmkit.int8_linear_small` (int8_small_mm.cpp) once; whether it is
+    usable here."""
+    if os.environ.get("VLMKIT_KERNELS", "1") == "0" or not _cpu_has(_CPU_FLAGS):
+        return False
+    from torch.utils import cpp_extension
+
+    try:
+        cpp_extension.load("vlmkit_int8_small_mm", [str(_HERE / "int8_small_mm.cpp")],
+                           extra_cflags=_FLAGS, verbose=False)
+    except (RuntimeError, OSError, ImportError) as e:  # no compiler / ninja, or a failed build
+        warnings.warn(f"vlmkit: int8 decode kernel unavailable, using oneDNN ({str(e).splitlines()[0]})",
+                      stacklevel=2)
+        return False
+    torch.library.register_fake("vlmkit::int8_linear_small")(_fake_int8_linear_small)
+    return True
+
+
+def _fake_int8_linear_small(x, q, wsum, scale):
+    """Shapes for torch.compile: [M, N] in x's dtype."""
+    return x.new_empty((x.shape[0], q.shape[0]))
+
+
+def int8_linear_small(x: torch.Tensor, q: torch.Tensor, wsum: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x [M <= 16, K] float, q [N, K] int8, wsum [N] int32 (q summed over K), scale [N] float32
+    -> [M, N] in x's dtype (float32, bfloat16, float16) with always-dynamic W8A8's bits. Call `load_int8_small_mm()` first."""
+    return torch.ops.vlmkit.int8_linear_small(x, q, wsum, scale)

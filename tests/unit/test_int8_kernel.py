@@ -1,0 +1,56 @@
+"""vlmkit's int8 decode kernel (vlmkit/kernels/int8_small_mm.cpp) against always-dynamic W8A8."""
+
+import pytest
+import torch
+
+from vlmkit.generation.quantize_dynamic import dynamic_int8_matmul, quantize_rows
+from vlmkit.kernels import KERNEL_MAX_ROWS, int8_linear_small, load_int8_small_mm
+
+pytestmark = pytest.mark.skipif(not load_int8_small_mm(), reason="no AVX-512 VNNI CPU or no C++ toolchain")
+
+
+def _weight(n, k, seed=0):
+    q = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=torch.Generator().manual_seed(seed))
+    return q, q.sum(dim=1, dtype=torch.int32)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float16])
+@pytest.mark.parametrize("n,k", [(256, 2048), (37, 100), (1000, 4304), (64, 64), (9, 8)])
+def test_kernel_equals_always_dynamic_at_every_row_count(n, k, dtype):
+    """Every row count the kernel takes; K not a multiple of 64 (masked tail) and N not a multiple
+    of the column block included; rows of different magnitude (different scales)."""
+    q, wsum = _weight(n, k)
+    scale = (torch.rand(n, generator=torch.Generator().manual_seed(1)) * 0.01).to(dtype)
+    gen = torch.Generator().manual_seed(2)
+    for m in range(1, KERNEL_MAX_ROWS + 1):
+        x = (torch.randn(m, k, generator=gen) * torch.rand(m, 1, generator=gen) * 10).to(dtype)
+        got = int8_linear_small(x, q, wsum, scale.float())
+        assert got.dtype == dtype
+        assert torch.equal(got, dynamic_int8_matmul(x, q, scale, (1, None))), m
+
+
+def test_kernel_codes_match_quantize_rows():
+    """The kernel quantises the activations itself; its integer sums equal those of quantize_rows'
+    codes (unit scales make the output the sum times the row scale)."""
+    q, wsum = _weight(48, 160)
+    x = torch.randn(5, 160) * 3
+    x[2] = 0  # an all-zero row: the clamped scale
+    a, sx = quantize_rows(x)
+    want = (a.int() @ q.int().T).float() * sx
+    assert torch.equal(int8_linear_small(x, q, wsum, torch.ones(48)), want)
+
+
+def test_kernel_rejects_bad_operands():
+    q, wsum = _weight(16, 64)
+    with pytest.raises(RuntimeError, match="1 to 16 rows"):
+        int8_linear_small(torch.randn(KERNEL_MAX_ROWS + 1, 64), q, wsum, torch.ones(16))
+    with pytest.raises(RuntimeError, match="q int8"):
+        int8_linear_small(torch.randn(2, 64), q.float(), wsum, torch.ones(16))
+
+
+def test_kernel_compiles_as_an_op():
+    """torch.compile traces through the op (its fake shapes) and gives the eager bits."""
+    q, wsum = _weight(32, 64)
+    f = torch.compile(lambda x: int8_linear_small(x, q, wsum, torch.ones(32)).relu(), fullgraph=True)
+    x = torch.randn(3, 64)
+    assert torch.equal(f(x), int8_linear_small(x, q, wsum, torch.ones(32)).relu())
