@@ -136,10 +136,11 @@ def add_speed_flags(p: argparse.ArgumentParser, compile_flag: bool = True) -> No
                             "weights and autotunes inductor's C++ GEMM kernels for the int8/int4 matmuls "
                             "(the first call takes minutes)")
     p.add_argument("--prepack", action="store_true",
-                   help="CPU: store the decoder's bf16 projections or its --quantize int8-dyn layers in "
-                        "oneDNN's blocked layout where that gives bit-identical outputs (checked per shape "
-                        "while loading, seconds); faster decode, no more memory (int8-dyn: the tied table "
-                        "twice, and W8A8 at every batch size); with compiling only as --compile-mode max-autotune")
+                   help="CPU: store the decoder's bf16 projections in oneDNN's blocked layout where that "
+                        "gives bit-identical outputs (checked per shape while loading, seconds), and run "
+                        "--quantize int8-dyn layers through vlmkit's int8 kernel (built once, ~30 s; oneDNN's "
+                        "int8 layout where it does not build); faster decode, no more memory (int8-dyn: "
+                        "W8A8 at every batch size); with compiling only as --compile-mode max-autotune")
     p.add_argument("--quantize", choices=QUANTIZE_CHOICES,
                    help="quantisation of the decoder: int8 (weight-only, per channel), int8-dyn (int8 "
                         "weights and activations: fastest CPU decode at batch > 1) or int4 (weight-only, "

@@ -79,8 +79,9 @@ class Pipeline:
                 kernels on CPU); falls back to eager with one warning line where unavailable.
             quantize: quantisation of the decoder: "int8", "int8-dyn" (int8 activations too),
                 "int4" or "int4-g32/64/128" (`vlmkit.generation.quant`); `group_size` overrides int4's.
-            prepack: store the decoder's bf16 projections, or its int8-dyn layers, in oneDNN's
-                blocked layout where that is bit-exact (`vlmkit.generation.prepack`; CPU only, one
+            prepack: store the decoder's bf16 projections in oneDNN's blocked layout where that
+                is bit-exact, and run its int8-dyn layers through vlmkit's int8 kernel (oneDNN's int8
+                layout where the kernel does not build) (`vlmkit.generation.prepack`; CPU only, one
                 warning line where nothing packs). int8-dyn packed runs W8A8 at every row count.
                 With compile only in mode "max-autotune".
         """

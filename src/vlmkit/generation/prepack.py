@@ -19,9 +19,10 @@ compares each distinct (N, K, bias) shape on seeded inputs at several row counts
 `packs_exactly` for how many outputs a check needs). Prompts longer than the largest checked row
 count (656) are not covered by the check.
 
-`prepack_decoder` also packs a decoder quantised "int8-dyn" (W8A8): each such layer's int8
-weight goes into oneDNN's int8 blocked layout (`vlmkit.generation.quantize_packed`, exact by
-integer arithmetic and checked per shape too), which then serves every row count.
+`prepack_decoder` also packs a decoder quantised "int8-dyn" (W8A8): each such layer multiplies
+through vlmkit's int8 kernel on its plain weight or, where that kernel does not run, keeps its
+weight in oneDNN's int8 blocked layout (`vlmkit.generation.quantize_packed`, exact by integer
+arithmetic and checked per shape too), which then serves every row count.
 
 The packed weight replaces the plain one (memory stays the same), so a packed model serves
 inference only: no training, no state dict; it compiles with frozen weights only (mode

@@ -115,7 +115,8 @@ def _int8_matmul(q: torch.Tensor, scale: torch.Tensor) -> nn.Module:
 
 
 class PackedInt8Linear(nn.Module):
-    """Inference-only `DynamicInt8Linear` (same state dict) with its weight prepacked for oneDNN.
+    """Inference-only `DynamicInt8Linear` (same state dict) whose matmul skips the weight reorder
+    (vlmkit's kernel, or oneDNN's prepacked layout where the kernel does not run).
 
     x [..., K] float -> [..., N] in x's dtype; W8A8 at every row count.
     """
@@ -142,7 +143,8 @@ class PackedInt8Linear(nn.Module):
 
 class PackedInt8Embedding(DynamicInt8Embedding):
     """`DynamicInt8Embedding` (same buffers; the plain table serves the lookup) whose LM head runs
-    on a prepacked copy of the table: h [..., D] -> [..., V], W8A8 at every row count."""
+    through vlmkit's kernel on that same table, or on a prepacked copy where the kernel does not
+    run: h [..., D] -> [..., V], W8A8 at every row count."""
 
     def __init__(self, emb: DynamicInt8Embedding):
         nn.Module.__init__(self)
