@@ -9,9 +9,10 @@
 //
 // Why a kernel: decoding is bound by streaming the weight from memory. oneDNN's int8 matmul
 // needs its blocked layout (a copy per call, or a second prepacked copy) and, measured on a
-// 2-core AMX Xeon with the weights beyond L3, streams 17-19 GB/s at 1-8 rows; this loop with a
-// software prefetch streams 20-26 GB/s. Without the prefetch it reached 11 GB/s at 8 rows: the
-// hardware prefetcher did not run far enough ahead of the 8 dot products per 64 weight bytes.
+// 2-core AMX Xeon with the weights beyond L3, streams 13-19 GB/s at 1-8 rows; this loop with a
+// software prefetch streams 19-25 GB/s at one row and 16-21 GB/s at 8 (the runs were noisy).
+// Without the prefetch it reached 11 GB/s at 8 rows: the hardware prefetcher did not run far
+// enough ahead of the 8 dot products per 64 weight bytes.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
