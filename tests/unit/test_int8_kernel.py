@@ -1,12 +1,13 @@
-"""vlmkit's int8 decode kernel (vlmkit/kernels/int8_small_mm.cpp) against always-dynamic W8A8."""
+"""vlmkit's int8 kernels (vlmkit/kernels/int8_linear.cpp: VNNI for decoding, AMX for prefill)
+against always-dynamic W8A8."""
 
 import pytest
 import torch
 
 from vlmkit.generation.quantize_dynamic import dynamic_int8_matmul, quantize_rows
-from vlmkit.kernels import KERNEL_MAX_ROWS, int8_linear_small, load_int8_small_mm
+from vlmkit.kernels import KERNEL_MAX_ROWS, amx_available, int8_linear_amx, int8_linear_small, load_int8_kernels
 
-pytestmark = pytest.mark.skipif(not load_int8_small_mm(), reason="no AVX-512 VNNI CPU or no C++ toolchain")
+pytestmark = pytest.mark.skipif(not load_int8_kernels(), reason="no AVX-512 VNNI CPU or no C++ toolchain")
 
 
 def _weight(n, k, seed=0):
@@ -54,3 +55,29 @@ def test_kernel_compiles_as_an_op():
     f = torch.compile(lambda x: int8_linear_small(x, q, wsum, torch.ones(32)).relu(), fullgraph=True)
     x = torch.randn(3, 64)
     assert torch.equal(f(x), int8_linear_small(x, q, wsum, torch.ones(32)).relu())
+
+
+needs_amx = pytest.mark.skipif(not amx_available(), reason="no AMX int8 CPU")
+
+
+@needs_amx
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float16])
+@pytest.mark.parametrize("n,k", [(64, 64), (96, 2048), (2048, 5184), (32, 128)])
+def test_amx_equals_always_dynamic(n, k, dtype):
+    """Row counts around the 32-row padding, one below the small kernel's range, prefill-sized;
+    (2048, 5184) at 272 rows walks K in two chunks (partial sums through the scratch)."""
+    q, _ = _weight(n, k)
+    scale = (torch.rand(n, generator=torch.Generator().manual_seed(1)) * 0.01).to(dtype)
+    gen = torch.Generator().manual_seed(2)
+    for m in (1, 17, 31, 32, 33, 100, 272):
+        x = (torch.randn(m, k, generator=gen) * torch.rand(m, 1, generator=gen) * 5).to(dtype)
+        got = int8_linear_amx(x, q, scale.float())
+        assert got.dtype == dtype and torch.equal(got, dynamic_int8_matmul(x, q, scale, (1, None))), m
+
+
+@needs_amx
+def test_amx_rejects_unsupported_shapes():
+    with pytest.raises(RuntimeError, match="K a multiple of 64"):
+        int8_linear_amx(torch.randn(20, 96), torch.zeros(32, 96, dtype=torch.int8), torch.ones(32))
+    with pytest.raises(RuntimeError, match="K a multiple of 64"):
+        int8_linear_amx(torch.randn(20, 64), torch.zeros(48, 64, dtype=torch.int8), torch.ones(48))

@@ -13,7 +13,7 @@ from vlmkit.generation.quantize_dynamic import (DynamicInt8Embedding, DynamicInt
 from vlmkit.generation import quantize_packed
 from vlmkit.generation.quantize_packed import (PACKED_INT8, PackedInt8Embedding, PackedInt8Linear, pack_int8,
                                                packed_int8_available)
-from vlmkit.kernels import load_int8_small_mm
+from vlmkit.kernels import load_int8_kernels
 
 needs_onednn = pytest.mark.skipif(not packed_int8_available(torch.device("cpu")), reason="no oneDNN int8 linear")
 
@@ -21,10 +21,10 @@ needs_onednn = pytest.mark.skipif(not packed_int8_available(torch.device("cpu"))
 @pytest.fixture(params=["kernel", "onednn"])
 def backend(request, monkeypatch):
     """Which matmul the packed layers get: vlmkit's kernel (where it builds) or oneDNN's layout."""
-    if request.param == "kernel" and not load_int8_small_mm():
+    if request.param == "kernel" and not load_int8_kernels():
         pytest.skip("vlmkit's int8 kernel does not build or run here")
     if request.param == "onednn":
-        monkeypatch.setattr(quantize_packed, "load_int8_small_mm", lambda: False)
+        monkeypatch.setattr(quantize_packed, "load_int8_kernels", lambda: False)
     return request.param
 
 

@@ -3,11 +3,12 @@ vlmkit's own kernel where it builds (AVX-512 VNNI), else oneDNN's prepacked layo
 
 Axes: M rows (batch x tokens), K input features, N output features.
 
-vlmkit's kernel (`vlmkit/kernels/int8_small_mm.cpp`, `_KernelInt8`) reads the plain [N, K] int8
+vlmkit's kernel (`vlmkit/kernels/int8_linear.cpp`, `_KernelInt8`) reads the plain [N, K] int8
 weight for up to 16 rows (decode), quantises the activations and applies the scales itself, and
 streams the weight faster than oneDNN does (measured with the weights streamed from memory: a
 16384 x 2048 weight at 1 / 8 rows in 1.7 / 2.0 ms against oneDNN's 2.5 / 2.5 ms); more rows
-(prefill) go through `torch._int_mm`. It keeps one copy of a tied table. Where it does not build
+(prefill) go through its AMX kernel on the same plain weight (`torch._int_mm` without AMX). It
+keeps one copy of a tied table. Where it does not build
 or run, the layers use oneDNN's layout as described below (`_PackedInt8`); both give the same bits.
 
 `DynamicInt8Linear` calls `torch._int_mm(a, q.T)`, and oneDNN copies the plain [N, K] int8 weight
@@ -44,7 +45,7 @@ from torch import nn
 
 from vlmkit.generation.quantize_dynamic import (DynamicInt8Embedding, DynamicInt8Linear, dynamic_int8_matmul,
                                                 quantize_rows)
-from vlmkit.kernels import KERNEL_MAX_ROWS, int8_linear_small, load_int8_small_mm
+from vlmkit.kernels import KERNEL_MAX_ROWS, amx_available, int8_linear_amx, int8_linear_small, load_int8_kernels
 
 
 def packed_int8_available(device: torch.device) -> bool:
@@ -82,8 +83,8 @@ class _PackedInt8(nn.Module):
 
 class _KernelInt8(nn.Module):
     """The plain [N, K] int8 table and its matmul through vlmkit's own kernel
-    (`vlmkit/kernels/int8_small_mm.cpp`) up to `KERNEL_MAX_ROWS` rows, `torch._int_mm` beyond:
-    integer sums either way, so always-dynamic W8A8's bits at every row count. The weight is not
+    (`vlmkit/kernels/int8_linear.cpp`): VNNI up to `KERNEL_MAX_ROWS` rows, AMX beyond where the
+    CPU has it and the shape suits (K % 64, N % 32), else `torch._int_mm`: integer sums either way, so always-dynamic W8A8's bits at every row count. The weight is not
     copied (a tied table is shared with the lookup); `wsum` (q summed over K) is the kernel's
     zero-point term and `scale32` the channel scales in float32, as the unpacked layer applies them."""
 
@@ -97,9 +98,14 @@ class _KernelInt8(nn.Module):
         """x [..., K] float, scale [N] -> [..., N] in x's dtype."""
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])  # [M, K]
-        if x2.shape[0] > KERNEL_MAX_ROWS:
+        n, k = self.q.shape
+        if x2.shape[0] <= KERNEL_MAX_ROWS:
+            y = int8_linear_small(x2, self.q, self.wsum, self.scale32)
+        elif amx_available() and k % 64 == 0 and n % 32 == 0:
+            y = int8_linear_amx(x2, self.q, self.scale32)
+        else:
             return dynamic_int8_matmul(x, self.q, scale, (1, None))
-        return int8_linear_small(x2, self.q, self.wsum, self.scale32).reshape(*lead, self.q.shape[0])  # [..., N]
+        return y.reshape(*lead, n)  # [..., N]
 
     def plain(self) -> torch.Tensor:
         return self.q
@@ -109,7 +115,7 @@ def _int8_matmul(q: torch.Tensor, scale: torch.Tensor) -> nn.Module:
     """vlmkit's kernel where it builds and runs here (an AVX-512 VNNI CPU), else oneDNN's packed
     layout; both exact. Measured on the 2-core AMX Xeon with the weights streamed from memory:
     a 16384 x 2048 weight at 1 / 8 rows took 1.7 / 2.0 ms against oneDNN's 2.5 / 2.5 ms."""
-    if q.device.type == "cpu" and load_int8_small_mm():
+    if q.device.type == "cpu" and load_int8_kernels():
         return _KernelInt8(q, scale)
     return _PackedInt8(q)
 

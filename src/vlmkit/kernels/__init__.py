@@ -1,9 +1,13 @@
-"""CPU kernels vlmkit compiles on first use (C++ sources next to this file, built by
-`torch.utils.cpp_extension` into torch's extension cache, about 30 s once per machine).
+"""CPU kernels vlmkit compiles on first use (`int8_linear.cpp` next to this file, built by
+`torch.utils.cpp_extension` into torch's extension cache, about 30-60 s once per machine).
 
-A kernel is used only where it can run: an x86 CPU with the instructions it needs, a C++
-compiler and ninja. Anywhere else, or with `VLMKIT_KERNELS=0`, `load_int8_small_mm()` returns
-False and callers keep their PyTorch path; a failed build says so in one warning line.
+- `int8_linear_small`: W8A8 linear for 1-16 rows (decoding) with AVX-512 VNNI.
+- `int8_linear_amx`: the same for more rows (prefill) with AMX tiles, where the CPU has AMX.
+
+Both read the plain [N, K] int8 weight and give always-dynamic W8A8's bits. A kernel is used only
+where it can run: an x86 CPU with the instructions it needs, a C++ compiler and ninja. Anywhere
+else, or with `VLMKIT_KERNELS=0`, `load_int8_kernels()` returns False and callers keep their
+PyTorch path; a failed build says so in one warning line.
 """
 
 import functools
@@ -14,9 +18,11 @@ from pathlib import Path
 import torch
 
 _HERE = Path(__file__).parent
-KERNEL_MAX_ROWS = 16  # int8_linear_small's rows; past this, callers use torch._int_mm
-_FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni"]
+KERNEL_MAX_ROWS = 16  # int8_linear_small's rows; past this, int8_linear_amx or torch._int_mm
+_FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni",
+          "-mamx-tile", "-mamx-int8", "-mavx512bf16"]  # AMX code runs only where amx_available()
 _CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni")
+_AMX_FLAGS = ("amx_tile", "amx_int8", "avx512_bf16")
 
 
 def _cpu_has(flags: tuple[str, ...]) -> bool:
@@ -31,30 +37,48 @@ def _cpu_has(flags: tuple[str, ...]) -> bool:
 
 
 @functools.cache
-def load_int8_small_mm() -> bool:
-    """Build and load `torch.ops.vlmkit.int8_linear_small` (int8_small_mm.cpp) once; whether it is
-    usable here."""
+def load_int8_kernels() -> bool:
+    """Build and load `torch.ops.vlmkit.int8_linear_small` / `int8_linear_amx` once; whether the
+    first (AVX-512 VNNI) is usable here."""
     if os.environ.get("VLMKIT_KERNELS", "1") == "0" or not _cpu_has(_CPU_FLAGS):
         return False
     from torch.utils import cpp_extension
 
     try:
-        cpp_extension.load("vlmkit_int8_small_mm", [str(_HERE / "int8_small_mm.cpp")],
-                           extra_cflags=_FLAGS, verbose=False)
+        cpp_extension.load("vlmkit_int8_linear", [str(_HERE / "int8_linear.cpp")], extra_cflags=_FLAGS,
+                           verbose=False)
     except (RuntimeError, OSError, ImportError) as e:  # no compiler / ninja, or a failed build
         warnings.warn(f"vlmkit: int8 decode kernel unavailable, using oneDNN ({str(e).splitlines()[0]})",
                       stacklevel=2)
         return False
-    torch.library.register_fake("vlmkit::int8_linear_small")(_fake_int8_linear_small)
+    torch.library.register_fake("vlmkit::int8_linear_small")(_fake_small)
+    torch.library.register_fake("vlmkit::int8_linear_amx")(_fake_amx)
     return True
 
 
-def _fake_int8_linear_small(x, q, wsum, scale):
+@functools.cache
+def amx_available() -> bool:
+    """Whether `int8_linear_amx` runs here (the kernels load and the CPU has AMX int8 and bf16)."""
+    return load_int8_kernels() and _cpu_has(_AMX_FLAGS)
+
+
+def _fake_small(x, q, wsum, scale):
     """Shapes for torch.compile: [M, N] in x's dtype."""
+    return x.new_empty((x.shape[0], q.shape[0]))
+
+
+def _fake_amx(x, q, scale):
     return x.new_empty((x.shape[0], q.shape[0]))
 
 
 def int8_linear_small(x: torch.Tensor, q: torch.Tensor, wsum: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x [M <= 16, K] float, q [N, K] int8, wsum [N] int32 (q summed over K), scale [N] float32
-    -> [M, N] in x's dtype (float32, bfloat16, float16) with always-dynamic W8A8's bits. Call `load_int8_small_mm()` first."""
+    -> [M, N] in x's dtype (float32, bfloat16, float16) with always-dynamic W8A8's bits. Call
+    `load_int8_kernels()` first."""
     return torch.ops.vlmkit.int8_linear_small(x, q, wsum, scale)
+
+
+def int8_linear_amx(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x [M, K] float, q [N, K] int8 with K % 64 == 0 and N % 32 == 0, scale [N] float32 -> [M, N]
+    in x's dtype with always-dynamic W8A8's bits. Only where `amx_available()`."""
+    return torch.ops.vlmkit.int8_linear_amx(x, q, scale)
