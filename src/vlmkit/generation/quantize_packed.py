@@ -82,11 +82,12 @@ class _PackedInt8(nn.Module):
 
 
 class _KernelInt8(nn.Module):
-    """The plain [N, K] int8 table and its matmul through vlmkit's own kernel
+    """The plain [N, K] int8 table and its matmul through vlmkit's own kernels
     (`vlmkit/kernels/int8_linear.cpp`): VNNI up to `KERNEL_MAX_ROWS` rows, AMX beyond where the
-    CPU has it and the shape suits (K % 64, N % 32), else `torch._int_mm`: integer sums either way, so always-dynamic W8A8's bits at every row count. The weight is not
-    copied (a tied table is shared with the lookup); `wsum` (q summed over K) is the kernel's
-    zero-point term and `scale32` the channel scales in float32, as the unpacked layer applies them."""
+    CPU has it and the shape suits (K % 64, N % 32), else `torch._int_mm`: integer sums either
+    way, so always-dynamic W8A8's bits at every row count. The weight is not copied (a tied table
+    is shared with the lookup); `wsum` (q summed over K) is the VNNI kernel's zero-point term and
+    `scale32` the channel scales in float32, as the unpacked layer applies them."""
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor):
         super().__init__()
@@ -112,9 +113,8 @@ class _KernelInt8(nn.Module):
 
 
 def _int8_matmul(q: torch.Tensor, scale: torch.Tensor) -> nn.Module:
-    """vlmkit's kernel where it builds and runs here (an AVX-512 VNNI CPU), else oneDNN's packed
-    layout; both exact. Measured on the 2-core AMX Xeon with the weights streamed from memory:
-    a 16384 x 2048 weight at 1 / 8 rows took 1.7 / 2.0 ms against oneDNN's 2.5 / 2.5 ms."""
+    """vlmkit's kernels where they build and run here (an AVX-512 VNNI CPU), else oneDNN's packed
+    layout; both exact (timings in the module docstring)."""
     if q.device.type == "cpu" and load_int8_kernels():
         return _KernelInt8(q, scale)
     return _PackedInt8(q)

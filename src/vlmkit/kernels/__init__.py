@@ -25,15 +25,19 @@ _CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni")
 _AMX_FLAGS = ("amx_tile", "amx_int8", "avx512_bf16")
 
 
-def _cpu_has(flags: tuple[str, ...]) -> bool:
-    """Whether /proc/cpuinfo lists every flag (False where there is no such file)."""
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    """The CPU's flags from /proc/cpuinfo (empty where there is no such file)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
+        return frozenset()
     line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    have = set(line.split(":", 1)[-1].split())
-    return all(f in have for f in flags)
+    return frozenset(line.split(":", 1)[-1].split())
+
+
+def _cpu_has(flags: tuple[str, ...]) -> bool:
+    return _cpu_flags().issuperset(flags)
 
 
 @functools.cache
@@ -48,11 +52,11 @@ def load_int8_kernels() -> bool:
         cpp_extension.load("vlmkit_int8_linear", [str(_HERE / "int8_linear.cpp")], extra_cflags=_FLAGS,
                            verbose=False)
     except (RuntimeError, OSError, ImportError) as e:  # no compiler / ninja, or a failed build
-        warnings.warn(f"vlmkit: int8 decode kernel unavailable, using oneDNN ({str(e).splitlines()[0]})",
+        warnings.warn(f"vlmkit: int8 kernels unavailable, using oneDNN ({str(e).splitlines()[0]})",
                       stacklevel=2)
         return False
-    torch.library.register_fake("vlmkit::int8_linear_small")(_fake_small)
-    torch.library.register_fake("vlmkit::int8_linear_amx")(_fake_amx)
+    for op in ("vlmkit::int8_linear_small", "vlmkit::int8_linear_amx"):
+        torch.library.register_fake(op)(_fake_linear)
     return True
 
 
@@ -62,12 +66,8 @@ def amx_available() -> bool:
     return load_int8_kernels() and _cpu_has(_AMX_FLAGS)
 
 
-def _fake_small(x, q, wsum, scale):
-    """Shapes for torch.compile: [M, N] in x's dtype."""
-    return x.new_empty((x.shape[0], q.shape[0]))
-
-
-def _fake_amx(x, q, scale):
+def _fake_linear(x, q, *_):
+    """Shapes for torch.compile, both ops: [M, N] in x's dtype."""
     return x.new_empty((x.shape[0], q.shape[0]))
 
 

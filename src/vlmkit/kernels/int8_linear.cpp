@@ -106,8 +106,8 @@ void run(const uint8_t* a, const int8_t* q, int64_t N, int64_t K, const int32_t*
 // quantize_rows, vectorised: sx = max(amax|x|, 1e-12) / 127, codes = round-half-even(x / sx),
 // the same IEEE float32 division and rounding as torch's, stored as codes + shift (128 for
 // vpdpbusd's unsigned operand, 0 for AMX's signed tdpbssd).
-void quantize(const float* x, int64_t M, int64_t K, uint8_t* a, float* sx, int shift = 128) {
-  // rows in parallel only where there are many (prefill): a decode call stays on one thread
+void quantize(const float* x, int64_t M, int64_t K, uint8_t* a, float* sx, int shift) {
+  // at least 64K elements per task, so a decode-sized call over a narrow input stays on one thread
   at::parallel_for(0, M, std::max<int64_t>(1, 65536 / std::max<int64_t>(K, 1)), [&](int64_t m0, int64_t m1) {
   for (int64_t m = m0; m < m1; ++m) {
     const float* xr = x + m * K;
@@ -131,6 +131,17 @@ void quantize(const float* x, int64_t M, int64_t K, uint8_t* a, float* sx, int s
   });
 }
 
+// x [M, K] float -> (codes [rows, K] bytes, rows >= M, the padding rows zero; sx [M] float32).
+std::pair<at::Tensor, at::Tensor> quantized(const at::Tensor& x, int64_t rows, int shift) {
+  const int64_t M = x.size(0), K = x.size(1);
+  const at::Tensor xf = x.to(at::kFloat).contiguous();
+  const auto bytes = x.options().dtype(at::kByte);
+  at::Tensor codes = rows > M ? at::zeros({rows, K}, bytes) : at::empty({rows, K}, bytes);
+  at::Tensor sx = at::empty({M}, x.options().dtype(at::kFloat));
+  quantize(xf.data_ptr<float>(), M, K, codes.data_ptr<uint8_t>(), sx.data_ptr<float>(), shift);
+  return {codes, sx};
+}
+
 template <typename Out>
 using Runner = void (*)(const uint8_t*, const int8_t*, int64_t, int64_t, const int32_t*, const float*,
                         const float*, Out*);
@@ -150,11 +161,8 @@ at::Tensor int8_linear_small(const at::Tensor& x, const at::Tensor& q, const at:
               "int8_linear_small: q int8, wsum int32, scale float32");
   TORCH_CHECK(q.is_contiguous() && wsum.is_contiguous() && scale.is_contiguous(), "int8_linear_small: contiguous");
   const int64_t M = x.size(0), K = x.size(1), N = q.size(0);
-  const at::Tensor xf = x.to(at::kFloat).contiguous();
-  at::Tensor a = at::empty({M, K}, x.options().dtype(at::kByte));  // codes + 128
-  at::Tensor sx = at::empty({M}, x.options().dtype(at::kFloat));
+  const auto [a, sx] = quantized(x, M, 128);  // codes + 128
   at::Tensor y = at::empty({M, N}, x.options());
-  quantize(xf.data_ptr<float>(), M, K, a.data_ptr<uint8_t>(), sx.data_ptr<float>());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "int8_linear_small", [&] {
     kRunners<scalar_t>[M - 1](a.data_ptr<uint8_t>(), q.data_ptr<int8_t>(), N, K, wsum.data_ptr<int32_t>(),
                               sx.data_ptr<float>(), scale.data_ptr<float>(), y.data_ptr<scalar_t>());
@@ -263,12 +271,9 @@ at::Tensor int8_linear_amx(const at::Tensor& x, const at::Tensor& q, const at::T
   TORCH_CHECK(q.scalar_type() == at::kChar && scale.scalar_type() == at::kFloat && q.is_contiguous() &&
               scale.is_contiguous(), "int8_linear_amx: q int8, scale float32, contiguous");
   const int64_t M = x.size(0), K = x.size(1), N = q.size(0), Mp = (M + 31) / 32 * 32, KB = K / 64;
-  const at::Tensor xf = x.to(at::kFloat).contiguous();
-  at::Tensor codes = at::zeros({Mp, K}, x.options().dtype(at::kChar));  // padding rows: zero codes
-  at::Tensor sx = at::empty({M}, x.options().dtype(at::kFloat));
-  quantize(xf.data_ptr<float>(), M, K, reinterpret_cast<uint8_t*>(codes.data_ptr<int8_t>()), sx.data_ptr<float>(), 0);
-  at::Tensor b = at::empty({Mp * K}, codes.options());
-  to_b_tiles(codes.data_ptr<int8_t>(), Mp, K, b.data_ptr<int8_t>());
+  const auto [codes, sx] = quantized(x, Mp, 0);  // signed codes (bytes), padding rows zero
+  at::Tensor b = at::empty({Mp * K}, x.options().dtype(at::kChar));
+  to_b_tiles(reinterpret_cast<const int8_t*>(codes.data_ptr<uint8_t>()), Mp, K, b.data_ptr<int8_t>());
   const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 20) / (Mp * 64));  // k blocks whose codes fit 1 MB
   const int64_t chunks = (KB + chunk - 1) / chunk;
   at::Tensor scratch = at::empty({chunks > 1 ? N * Mp : 0}, x.options().dtype(at::kInt));
