@@ -1,6 +1,10 @@
 """vlmkit's int8 kernels (vlmkit/kernels/int8_linear.cpp: VNNI for decoding, AMX for prefill)
 against always-dynamic W8A8."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -81,3 +85,35 @@ def test_amx_rejects_unsupported_shapes():
         int8_linear_amx(torch.randn(20, 96), torch.zeros(32, 96, dtype=torch.int8), torch.ones(32))
     with pytest.raises(RuntimeError, match="K a multiple of 64"):
         int8_linear_amx(torch.randn(20, 64), torch.zeros(48, 64, dtype=torch.int8), torch.ones(48))
+
+
+def _in_fresh_process(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **env})
+
+
+def test_kernels_off_with_env_var():
+    """VLMKIT_KERNELS=0: the kernels are not loaded and the packed layers use oneDNN's layout."""
+    code = ("import torch; from torch import nn; from vlmkit.kernels import load_int8_kernels\n"
+            "from vlmkit.generation.quantize_dynamic import DynamicInt8Linear\n"
+            "from vlmkit.generation.quantize_packed import pack_int8\n"
+            "assert not load_int8_kernels()\n"
+            "print(type(pack_int8(DynamicInt8Linear(nn.Linear(64, 32))).int8).__name__)")
+    out = _in_fresh_process(code, VLMKIT_KERNELS="0")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "_PackedInt8"
+
+
+def test_failed_build_warns_one_line_and_falls_back():
+    code = ("import warnings; from torch.utils import cpp_extension\n"
+            "def broken(*a, **k): raise RuntimeError('Ninja is required to load C++ extensions\\nmore')\n"
+            "cpp_extension.load = broken\n"
+            "from vlmkit.kernels import amx_available, load_int8_kernels\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    assert not load_int8_kernels() and not amx_available()\n"
+            "print(w[0].message)")
+    out = _in_fresh_process(code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ("vlmkit: int8 kernels unavailable, using oneDNN "
+                                  "(Ninja is required to load C++ extensions)")
