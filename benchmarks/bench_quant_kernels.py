@@ -16,8 +16,12 @@ product of the weight it actually holds (max |err| / max |ref|):
 - `int8dyn`: dynamic W8A8 (`vlmkit.generation.quantize_dynamic.dynamic_int8_matmul` below its
   row limit): each activation row quantised to int8, `torch._int_mm` (oneDNN s8 GEMM, VNNI / AMX),
   rescaled by row and column scales; `int8dyn_gemm`: the `_int_mm` call alone (inputs already int8).
-- `int8dyn_onednn`: the same numerics through oneDNN's prepacked `onednn::qlinear_pointwise`
-  (activation scale 1, per-row scales applied after; a prepacked opaque weight, no state dict).
+- `int8dyn_onednn`: the same numerics through oneDNN's prepacked `onednn::qlinear_pointwise`, as
+  `vlmkit.generation.quantize_packed._PackedInt8` calls it (uint8 codes with zero point 128, scales
+  1, the row and column scales applied after; a prepacked opaque weight, no state dict).
+- `int8dyn_vlmkit`: the same numerics through vlmkit's own kernels (`vlmkit/kernels`, what
+  `--quantize int8-dyn --prepack` runs where they build: AVX-512 VNNI up to 16 rows, AMX past
+  that where the CPU has it, else `torch._int_mm`), on the plain int8 weight.
 - `torchao_w8a8`: torchao's `Int8DynamicActivationInt8WeightConfig` on an nn.Linear, if it runs here.
 - `int8frozen`, `int4g64frozen`: the int8pack / int4 op of a module whose weights are buffers,
   under torch.compile with freezing + max-autotune: inductor may pick its C++ GEMM template
@@ -44,6 +48,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from vlmkit.generation.quantize import quantize_per_channel  # noqa: E402
 from vlmkit.generation.quantize_dynamic import quantize_rows  # noqa: E402
 from vlmkit.generation.quantize_int4 import pack_int4, quantize_int4_groups  # noqa: E402
+from vlmkit.generation.quantize_packed import _KernelInt8, _PackedInt8, packed_int8_available  # noqa: E402
+from vlmkit.kernels import load_int8_kernels  # noqa: E402
 
 
 KERNEL_LEGEND = ("ms per matmul x [M, K] @ W[N, K].T, bf16 activations; GB/s = the candidate's weight bytes / time; x bf16 = "
@@ -92,7 +98,7 @@ def _frozen(fn, a, b):
 
 def dynamic_candidates(q: torch.Tensor, s: torch.Tensor, deq8: torch.Tensor, w16: torch.Tensor) -> dict:
     """The W8A8 rows (see the module docstring): name -> (fn(x) -> y, the float32 weight)."""
-    s32, zp = s.float(), torch.zeros(q.shape[0], dtype=torch.long)
+    s32 = s.float()
 
     def dyn(x):  # dynamic_int8_matmul's GEMM path at any M (the bench also times M above its limit)
         a, sx = quantize_rows(x)
@@ -102,15 +108,12 @@ def dynamic_candidates(q: torch.Tensor, s: torch.Tensor, deq8: torch.Tensor, w16
         return torch._int_mm(_int8_rows(x), q.T)
 
     out = {"int8dyn": (dyn, deq8), "int8dyn_gemm": (gemm, None)}
-    if hasattr(torch.ops, "onednn") and hasattr(torch.ops.onednn, "qlinear_prepack"):
-        packed = torch.ops.onednn.qlinear_prepack(q, None)
-
-        def onednn(x):
-            a, sx = quantize_rows(x)
-            y = torch.ops.onednn.qlinear_pointwise(a, 1.0, 0, packed, s32, zp, None, 1.0, 0, torch.float32, "none", [], "")
-            return (y * sx).to(x.dtype)
-
-        out["int8dyn_onednn"] = (onednn, deq8)
+    if packed_int8_available(q.device):
+        packed = _PackedInt8(q)  # the layer's own call (uint8 codes, zero point 128)
+        out["int8dyn_onednn"] = ((lambda x: packed(x, s)), deq8)
+    if load_int8_kernels():
+        kernel = _KernelInt8(q, s)
+        out["int8dyn_vlmkit"] = ((lambda x: kernel(x, s)), deq8)
     try:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
