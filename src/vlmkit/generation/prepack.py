@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlmkit.generation.quantize import linear_repr
 from vlmkit.generation.quantize_packed import PACKED_INT8, pack_int8, packs_int8_exactly
 from vlmkit.models.registry import family_of
 
@@ -70,7 +71,7 @@ class PackedLinear(nn.Module):
         return out.view(*x.shape[:-1], self.out_features)  # [..., N]
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return linear_repr(self)
 
 
 def packs_exactly(linear: nn.Linear, rows: tuple[int, ...] = CHECK_ROWS, seed: int = 0) -> bool:

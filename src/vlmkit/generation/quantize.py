@@ -124,7 +124,7 @@ class Int8Linear(nn.Module):
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return linear_repr(self)
 
 
 class Int8Embedding(nn.Module):
@@ -148,6 +148,11 @@ class Int8Embedding(nn.Module):
     def linear(self, h: torch.Tensor) -> torch.Tensor:
         """h [..., D] -> [..., V]: the tied LM head through the int8 table."""
         return int8_matmul(h, self.weight_int8, self.weight_scale)
+
+
+def linear_repr(m: nn.Module) -> str:
+    """`extra_repr` of vlmkit's drop-in Linears (int8, packed bf16, packed int8): nn.Linear's fields."""
+    return f"in_features={m.in_features}, out_features={m.out_features}, bias={m.bias is not None}"
 
 
 def _quantized_tied_logits(self: Decoder, h: torch.Tensor) -> torch.Tensor:

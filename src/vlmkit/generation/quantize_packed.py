@@ -45,6 +45,7 @@ from torch import nn
 
 from vlmkit.generation.quantize_dynamic import (DynamicInt8Embedding, DynamicInt8Linear, dynamic_int8_matmul,
                                                 quantize_rows)
+from vlmkit.generation.quantize import linear_repr
 from vlmkit.kernels import KERNEL_MAX_ROWS, amx_available, int8_linear_amx, int8_linear_small, load_int8_kernels
 
 
@@ -144,7 +145,7 @@ class PackedInt8Linear(nn.Module):
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return linear_repr(self)
 
 
 class PackedInt8Embedding(DynamicInt8Embedding):
