@@ -21,7 +21,9 @@ product of the weight it actually holds (max |err| / max |ref|):
   1, the row and column scales applied after; a prepacked opaque weight, no state dict).
 - `int8dyn_vlmkit`: the same numerics through vlmkit's own kernels (`vlmkit/kernels`, what
   `--quantize int8-dyn --prepack` runs where they build: AVX-512 VNNI up to 16 rows, AMX past
-  that where the CPU has it, else `torch._int_mm`), on the plain int8 weight.
+  that and from 6 rows on a wide weight where the CPU has it, else `torch._int_mm`), on the plain
+  int8 weight. `int8dyn_vnni`: the VNNI kernel alone up to 16 rows (past 16 rows the same as
+  `int8dyn_vlmkit`).
 - `torchao_w8a8`: torchao's `Int8DynamicActivationInt8WeightConfig` on an nn.Linear, if it runs here.
 - `int8frozen`, `int4g64frozen`: the int8pack / int4 op of a module whose weights are buffers,
   under torch.compile with freezing + max-autotune: inductor may pick its C++ GEMM template
@@ -49,7 +51,7 @@ from vlmkit.generation.quantize import quantize_per_channel  # noqa: E402
 from vlmkit.generation.quantize_dynamic import quantize_rows  # noqa: E402
 from vlmkit.generation.quantize_int4 import pack_int4, quantize_int4_groups  # noqa: E402
 from vlmkit.generation.quantize_packed import _KernelInt8, _PackedInt8, packed_int8_available  # noqa: E402
-from vlmkit.kernels import load_int8_kernels  # noqa: E402
+from vlmkit.kernels import KERNEL_MAX_ROWS, int8_linear_small, load_int8_kernels  # noqa: E402
 
 
 KERNEL_LEGEND = ("ms per matmul x [M, K] @ W[N, K].T, bf16 activations; GB/s = the candidate's weight bytes / time; x bf16 = "
@@ -114,6 +116,8 @@ def dynamic_candidates(q: torch.Tensor, s: torch.Tensor, deq8: torch.Tensor, w16
     if load_int8_kernels():
         kernel = _KernelInt8(q, s)
         out["int8dyn_vlmkit"] = ((lambda x: kernel(x, s)), deq8)
+        out["int8dyn_vnni"] = ((lambda x: int8_linear_small(x, q, kernel.wsum, kernel.scale32)
+                                if x.shape[0] <= KERNEL_MAX_ROWS else kernel(x, s)), deq8)
     try:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 

@@ -56,16 +56,16 @@ def test_bench_quant_kernels_smoke(tmp_path):
     out_json = tmp_path / "k.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_quant_kernels.py"), "--out", "64", "--in", "128",
            "--rows", "1,3,20", "--groups", "32", "--reps", "1", "--threads", "1",
-           "--only", "int8pack,int8dyn,int8dyn_onednn,int8dyn_vlmkit,int4g32", "--json", str(out_json)]
+           "--only", "int8pack,int8dyn,int8dyn_onednn,int8dyn_vlmkit,int8dyn_vnni,int4g32", "--json", str(out_json)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out_json.read_text())
     rows = {(r["M"], r["kernel"]): r for r in data["rows"]}
     expected = {"bf16", "int8pack", "int8dyn", "int4g32"}
     expected |= {"int8dyn_onednn"} if packed_int8_available(torch.device("cpu")) else set()
-    expected |= {"int8dyn_vlmkit"} if load_int8_kernels() else set()
+    expected |= {"int8dyn_vlmkit", "int8dyn_vnni"} if load_int8_kernels() else set()
     assert {k for m, k in rows if m == 3} == expected and data["kind"] == "quant-kernels"
     for m in (1, 3, 20):
         assert all(_positive(rows[m, k]["ms"]) and _positive(rows[m, k]["x bf16"]) for k in expected)
-        for k in expected & {"int8dyn_onednn", "int8dyn_vlmkit"}:
+        for k in expected & {"int8dyn_onednn", "int8dyn_vlmkit", "int8dyn_vnni"}:
             assert rows[m, k]["rel err"] == rows[m, "int8dyn"]["rel err"], (m, k)

@@ -66,14 +66,15 @@ needs_amx = pytest.mark.skipif(not amx_available(), reason="no AMX int8 CPU")
 
 @needs_amx
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float16])
-@pytest.mark.parametrize("n,k", [(64, 64), (96, 2048), (2048, 5184), (32, 128)])
+@pytest.mark.parametrize("n,k", [(64, 64), (96, 2048), (2048, 5184), (32, 128), (32, 65600)])
 def test_amx_equals_always_dynamic(n, k, dtype):
-    """Row counts around the 32-row padding, one below the small kernel's range, prefill-sized;
-    (2048, 5184) at 272 rows walks K in two chunks (partial sums through the scratch)."""
+    """Decode row counts (one 16-row block per step up to 16 rows), counts around the 32-row
+    padding, prefill-sized; (2048, 5184) at 272 rows walks K in chunks, and so does (32, 65600)
+    at every row count, 16-row blocks included (partial sums through the scratch)."""
     q, _ = _weight(n, k)
     scale = (torch.rand(n, generator=torch.Generator().manual_seed(1)) * 0.01).to(dtype)
     gen = torch.Generator().manual_seed(2)
-    for m in (1, 17, 31, 32, 33, 100, 272):
+    for m in (1, 6, 8, 16, 17, 31, 32, 33, 100, 272):
         x = (torch.randn(m, k, generator=gen) * torch.rand(m, 1, generator=gen) * 5).to(dtype)
         got = int8_linear_amx(x, q, scale.float())
         assert got.dtype == dtype and torch.equal(got, dynamic_int8_matmul(x, q, scale, (1, None))), m

@@ -13,7 +13,7 @@ from vlmkit.generation.quantize_dynamic import (DynamicInt8Embedding, DynamicInt
 from vlmkit.generation import quantize_packed
 from vlmkit.generation.quantize_packed import (PACKED_INT8, PackedInt8Embedding, PackedInt8Linear, pack_int8,
                                                packed_int8_available)
-from vlmkit.kernels import load_int8_kernels
+from vlmkit.kernels import AMX_MIN_OUT, AMX_MIN_ROWS, AMX_MIN_WEIGHT, amx_available, load_int8_kernels
 
 needs_onednn = pytest.mark.skipif(not packed_int8_available(torch.device("cpu")), reason="no oneDNN int8 linear")
 
@@ -44,6 +44,31 @@ def test_packed_linear_equals_always_dynamic_w8a8(dtype, shape, backend):
         want = dynamic_int8_matmul(x, plain.weight_int8, plain.weight_scale, (1, None))
         want = want if plain.bias is None else want + plain.bias.to(want.dtype)
         assert torch.equal(packed(x), want), m
+
+
+def test_kernel_rows_pick_vnni_or_amx(monkeypatch):
+    """On a large weight, decode rows from AMX_MIN_ROWS go to the AMX kernel where it runs (it
+    streams the weight faster there), fewer (and a small weight's) to the VNNI one, more than 16 to AMX or _int_mm;
+    each gives always-dynamic W8A8's bits."""
+    if not load_int8_kernels():
+        pytest.skip("vlmkit's int8 kernel does not build or run here")
+    calls = []
+    for name in ("int8_linear_small", "int8_linear_amx"):
+        real = getattr(quantize_packed, name)
+        monkeypatch.setattr(quantize_packed, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    torch.manual_seed(0)
+    plain = DynamicInt8Linear(nn.Linear(AMX_MIN_WEIGHT // AMX_MIN_OUT, AMX_MIN_OUT, bias=False))
+    packed = pack_int8(plain)
+    for m in (1, AMX_MIN_ROWS - 1, AMX_MIN_ROWS, 8, 16, 17):
+        calls.clear()
+        x = torch.randn(m, plain.in_features)
+        assert torch.equal(packed(x), dynamic_int8_matmul(x, plain.weight_int8, plain.weight_scale, (1, None))), m
+        amx = amx_available() and (m >= AMX_MIN_ROWS)
+        small = not amx and m <= 16
+        assert calls == (["int8_linear_amx"] if amx else ["int8_linear_small"] if small else []), m
+    calls.clear()
+    pack_int8(DynamicInt8Linear(nn.Linear(2048, 256, bias=False)))(torch.randn(8, 2048))  # a small weight
+    assert calls == ["int8_linear_small"]
 
 
 @needs_onednn

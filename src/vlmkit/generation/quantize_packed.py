@@ -46,7 +46,7 @@ from torch import nn
 from vlmkit.generation.quantize_dynamic import (DynamicInt8Embedding, DynamicInt8Linear, dynamic_int8_matmul,
                                                 quantize_rows)
 from vlmkit.generation.quantize import linear_repr
-from vlmkit.kernels import KERNEL_MAX_ROWS, amx_available, int8_linear_amx, int8_linear_small, load_int8_kernels
+from vlmkit.kernels import KERNEL_MAX_ROWS, amx_suits, int8_linear_amx, int8_linear_small, load_int8_kernels
 
 
 def packed_int8_available(device: torch.device) -> bool:
@@ -84,8 +84,9 @@ class _PackedInt8(nn.Module):
 
 class _KernelInt8(nn.Module):
     """The plain [N, K] int8 table and its matmul through vlmkit's own kernels
-    (`vlmkit/kernels/int8_linear.cpp`): VNNI up to `KERNEL_MAX_ROWS` rows, AMX beyond where the
-    CPU has it and the shape suits (K % 64, N % 32), else `torch._int_mm`: integer sums either
+    (`vlmkit/kernels/int8_linear.cpp`): AMX where the CPU has it and it is the faster one
+    (`amx_suits`: prefill, and decode from 6 rows on wide weights), else VNNI up to
+    `KERNEL_MAX_ROWS` rows, else `torch._int_mm`: integer sums either
     way, so always-dynamic W8A8's bits at every row count. The weight is not copied (a tied table
     is shared with the lookup); `wsum` (q summed over K) is the VNNI kernel's zero-point term and
     `scale32` the channel scales in float32, as the unpacked layer applies them."""
@@ -101,10 +102,10 @@ class _KernelInt8(nn.Module):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])  # [M, K]
         n, k = self.q.shape
-        if x2.shape[0] <= KERNEL_MAX_ROWS:
-            y = int8_linear_small(x2, self.q, self.wsum, self.scale32)
-        elif amx_available() and k % 64 == 0 and n % 32 == 0:
+        if amx_suits(x2.shape[0], n, k):
             y = int8_linear_amx(x2, self.q, self.scale32)
+        elif x2.shape[0] <= KERNEL_MAX_ROWS:
+            y = int8_linear_small(x2, self.q, self.wsum, self.scale32)
         else:
             return dynamic_int8_matmul(x, self.q, scale, (1, None))
         return y.reshape(*lead, n)  # [..., N]

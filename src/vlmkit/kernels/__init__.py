@@ -2,7 +2,8 @@
 `torch.utils.cpp_extension` into torch's extension cache, about 30-60 s once per machine).
 
 - `int8_linear_small`: W8A8 linear for 1-16 rows (decoding) with AVX-512 VNNI.
-- `int8_linear_amx`: the same for more rows (prefill) with AMX tiles, where the CPU has AMX.
+- `int8_linear_amx`: the same with AMX tiles, where the CPU has AMX: prefill, and decoding from
+  `AMX_MIN_ROWS` rows on wide weights (`amx_suits`).
 
 Both read the plain [N, K] int8 weight and give always-dynamic W8A8's bits. A kernel is used only
 where it can run: an x86 CPU with the instructions it needs, a C++ compiler and ninja. Anywhere
@@ -19,6 +20,15 @@ import torch
 
 _HERE = Path(__file__).parent
 KERNEL_MAX_ROWS = 16  # int8_linear_small's rows; past this, int8_linear_amx or torch._int_mm
+# From AMX_MIN_ROWS rows AMX beats VNNI on a large weight streamed from memory, so decoding at
+# batch 6-16 takes it too. Measured (2-core Xeon with AMX, 2 threads, ms AMX / ms VNNI), weights
+# streamed from memory: 16384 x 2048 1.07 / 0.96 / 0.93 / 0.87 at 1 / 4 / 6 / 8 rows, 2048 x 16384
+# 1.15 / 1.06 / 0.88 / 0.80, the 257216 x 2048 LM head 1.05 / 0.92 / 0.89 / 0.84, 2048 x 2048
+# 0.97 / 0.89 at 6 / 8; a narrow 256 x 2048 weight (too few 32-row blocks for two threads)
+# 1.18-1.35 at 1-8 rows. From cache (one weight, `bench_quant_kernels.py`,
+# results/quant-kernels-amx-decode-cpu.json) 16384 x 2048 is even at 8 rows (1.02) and AMX at 16
+# (0.43), but 2048 x 2048 (4 MB) runs 1.40x the VNNI time at 8 rows: small weights stay on VNNI.
+AMX_MIN_ROWS, AMX_MIN_OUT, AMX_MIN_WEIGHT = 6, 2048, 1 << 23  # rows, N, N x K bytes
 _FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni",
           "-mamx-tile", "-mamx-int8", "-mavx512bf16"]  # AMX code runs only where amx_available()
 _CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni")
@@ -64,6 +74,15 @@ def load_int8_kernels() -> bool:
 def amx_available() -> bool:
     """Whether `int8_linear_amx` runs here (the kernels load and the CPU has AMX int8 and bf16)."""
     return load_int8_kernels() and _cpu_has(_AMX_FLAGS)
+
+
+def amx_suits(m: int, n: int, k: int) -> bool:
+    """Whether `int8_linear_amx` is the kernel for x [m, k] @ q [n, k].T here: it runs (AMX, K %
+    64 == 0, N % 32 == 0) and is the faster one (past the VNNI kernel's rows, or from
+    `AMX_MIN_ROWS` rows on a weight at least `AMX_MIN_OUT` wide and of `AMX_MIN_WEIGHT` bytes)."""
+    if not (amx_available() and k % 64 == 0 and n % 32 == 0):
+        return False
+    return m > KERNEL_MAX_ROWS or (m >= AMX_MIN_ROWS and n >= AMX_MIN_OUT and n * k >= AMX_MIN_WEIGHT)
 
 
 def _fake_linear(x, q, *_):
