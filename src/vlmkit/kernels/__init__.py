@@ -1,9 +1,10 @@
-"""CPU kernels vlmkit compiles on first use (`int8_linear.cpp` next to this file, built by
-`torch.utils.cpp_extension` into torch's extension cache, about 30-60 s once per machine).
+"""CPU kernels vlmkit compiles on first use (`int8_linear.cpp` and `amx_linear.cpp` next to this
+file, built by `torch.utils.cpp_extension` into torch's extension cache, about 30-60 s once per
+machine).
 
 - `int8_linear_small`: W8A8 linear for 1-16 rows (decoding) with AVX-512 VNNI.
 - `int8_linear_amx`: the same with AMX tiles, where the CPU has AMX: prefill, and decoding from
-  `AMX_MIN_ROWS` rows on wide weights (`amx_suits`).
+  `AMX_MIN_ROWS` rows on large weights (`amx_suits`).
 
 Both read the plain [N, K] int8 weight and give always-dynamic W8A8's bits. A kernel is used only
 where it can run: an x86 CPU with the instructions it needs, a C++ compiler and ninja. Anywhere
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 _HERE = Path(__file__).parent
+_SOURCES = ("int8_linear.cpp", "amx_linear.cpp")
 KERNEL_MAX_ROWS = 16  # int8_linear_small's rows; past this, int8_linear_amx or torch._int_mm
 # From AMX_MIN_ROWS rows AMX beats VNNI on a large weight streamed from memory, so decoding at
 # batch 6-16 takes it too. Measured (2-core Xeon with AMX, 2 threads, ms AMX / ms VNNI), weights
@@ -59,7 +61,7 @@ def load_int8_kernels() -> bool:
     from torch.utils import cpp_extension
 
     try:
-        cpp_extension.load("vlmkit_int8_linear", [str(_HERE / "int8_linear.cpp")], extra_cflags=_FLAGS,
+        cpp_extension.load("vlmkit_int8_linear", [str(_HERE / f) for f in _SOURCES], extra_cflags=_FLAGS,
                            verbose=False)
     except (RuntimeError, OSError, ImportError) as e:  # no compiler / ninja, or a failed build
         warnings.warn(f"vlmkit: int8 kernels unavailable, using oneDNN ({str(e).splitlines()[0]})",
@@ -86,7 +88,7 @@ def amx_suits(m: int, n: int, k: int) -> bool:
 
 
 def _fake_linear(x, q, *_):
-    """Shapes for torch.compile, both ops: [M, N] in x's dtype."""
+    """Shapes for torch.compile, every op: [M, N] in x's dtype."""
     return x.new_empty((x.shape[0], q.shape[0]))
 
 
@@ -101,3 +103,4 @@ def int8_linear_amx(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> to
     """x [M, K] float, q [N, K] int8 with K % 64 == 0 and N % 32 == 0, scale [N] float32 -> [M, N]
     in x's dtype with always-dynamic W8A8's bits. Only where `amx_available()`."""
     return torch.ops.vlmkit.int8_linear_amx(x, q, scale)
+
