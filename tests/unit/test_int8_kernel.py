@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from vlmkit.generation.quantize_dynamic import dynamic_int8_matmul, quantize_rows
-from vlmkit.kernels import KERNEL_MAX_ROWS, amx_available, int8_linear_amx, int8_linear_small, load_int8_kernels
+from vlmkit.kernels import (KERNEL_MAX_ROWS, amx_available, int8_linear_amx, int8_linear_small, int8_weight_only,
+                            load_int8_kernels)
 
 pytestmark = pytest.mark.skipif(not load_int8_kernels(), reason="no AVX-512 VNNI CPU or no C++ toolchain")
 
@@ -118,3 +119,26 @@ def test_failed_build_warns_one_line_and_falls_back():
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ("vlmkit: int8 kernels unavailable, using oneDNN "
                                   "(Ninja is required to load C++ extensions)")
+
+
+@needs_amx
+@pytest.mark.parametrize("n,k", [(96, 2048), (2048, 5184), (32, 128)])
+def test_weight_only_is_float32_exact(n, k):
+    """int8_weight_only: three int8 parts per activation row, so float32 activations come back to
+    float32's precision (activations with a 1e4 outlier included: the parts are relative to the
+    row's maximum) and bf16 ones within one bf16 step of the float32 product."""
+    q, _ = _weight(n, k)
+    scale = torch.rand(n, generator=torch.Generator().manual_seed(1)) * 0.01
+    gen = torch.Generator().manual_seed(2)
+    for m in (1, 3, 8, 17, 100):
+        x = torch.randn(m, k, generator=gen)
+        x[:, 0] *= 1e4 if m == 3 else 1.0
+        ref = (x.double() @ q.double().T) * scale.double()
+        got = int8_weight_only(x, q, scale)
+        assert got.dtype == torch.float32
+        assert float((got.double() - ref).abs().max()) <= 1e-5 * float(ref.abs().max()), m
+        xb = x.bfloat16()
+        refb = (xb.double() @ q.double().T) * scale.double()
+        gotb = int8_weight_only(xb, q, scale)
+        assert gotb.dtype == torch.bfloat16
+        assert bool(((gotb.double() - refb).abs() <= refb.abs() * 2**-8 + 1e-6 * refb.abs().max()).all()), m

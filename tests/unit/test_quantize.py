@@ -79,6 +79,28 @@ def test_fused_and_cast_paths_agree(rows):
     torch.testing.assert_close(int8_matmul(x, q, s), expected, atol=1e-4, rtol=1e-5)
 
 
+def test_weight_only_kernel_serves_bf16_rows_where_amx(monkeypatch):
+    """On a CPU with AMX, eager bf16 int8 layers of a large weight go through vlmkit's kernel at
+    every row count (int8pack walks the weight per row); the result is within one bf16 step of
+    the float32 product. Elsewhere int8pack / the cast as before, to the same bound."""
+    from vlmkit.generation import quantize
+    from vlmkit.kernels import AMX_MIN_WEIGHT, amx_available, load_int8_kernels
+
+    calls = []
+    real = quantize.int8_weight_only
+    monkeypatch.setattr(quantize, "int8_weight_only", lambda *a: calls.append(a[0].shape[0]) or real(*a))
+    g = torch.Generator().manual_seed(4)
+    q, s = quantize_per_channel(torch.randn(2048, AMX_MIN_WEIGHT // 2048, generator=g))
+    sb = s.bfloat16()
+    for rows in (1, 8, 64):
+        x = torch.randn(rows, q.shape[1], generator=g).bfloat16()
+        ref = x.double() @ (q.double() * sb.double()[:, None]).T
+        out = int8_matmul(x, q, sb)
+        assert out.dtype == torch.bfloat16
+        assert float((out.double() - ref).abs().max()) <= 2**-8 * float(ref.abs().max()), rows
+    assert calls == ([1, 8, 64] if amx_available() and load_int8_kernels() else [])
+
+
 @pytest.mark.parametrize("preset", ["debug", "debug-pg2"])
 def test_quantised_logits_within_tolerance(preset):
     model = _model(preset)

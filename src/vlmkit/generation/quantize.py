@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlmkit.kernels import int8_weight_only, load_int8_kernels, weight_only_suits
 from vlmkit.models.common.decoder import Decoder
 
 _HAS_INT8PACK = hasattr(torch, "_weight_int8pack_mm")
@@ -86,6 +87,15 @@ def _use_int8pack(x2: torch.Tensor) -> bool:
             and x2.shape[0] <= INT8PACK_MAX_ROWS)
 
 
+def _use_weight_only_kernel(x2: torch.Tensor, q: torch.Tensor) -> bool:
+    """Whether vlmkit's AMX kernel serves x2 [M, in] @ q.T (`vlmkit.kernels.int8_weight_only`):
+    eagerly, on a CPU with AMX, bf16 / fp16 activations, shapes it suits. Compiled graphs keep
+    int8pack, whose lowering inductor may replace with its own AMX template (see above)."""
+    return (x2.device.type == "cpu" and x2.dtype in (torch.bfloat16, torch.float16)
+            and not torch.compiler.is_compiling() and load_int8_kernels()
+            and weight_only_suits(x2.shape[0], q.shape[0], q.shape[1]))
+
+
 def int8_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x [..., in] float, q [out, in] int8, scale [out] float -> x @ (q * scale).T [..., out] in x's dtype."""
     lead = x.shape[:-1]
@@ -93,7 +103,9 @@ def int8_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.
     # Cast only when needed: an in-graph cast of the scales breaks inductor's int8pack lowering
     # ("LoweringException: AssertionError: Pointwise"), so modules store them in the model dtype.
     scale = scale if scale.dtype == x.dtype else scale.to(x.dtype)
-    if _use_int8pack(x2):
+    if _use_weight_only_kernel(x2, q):
+        y = int8_weight_only(x2, q, scale.float())  # [M, out]
+    elif _use_int8pack(x2):
         y = torch._weight_int8pack_mm(x2.contiguous(), q, scale)  # [M, out]
     else:
         # (x @ q.T) * s == x @ (q * s).T: scaling the output avoids a full-size dequantised copy.

@@ -33,15 +33,9 @@ import torch
 from torch import nn
 
 from vlmkit.generation.quantize import Int8Embedding, Int8Linear, _use_int8pack, int8_matmul, replace_modules
+from vlmkit.kernels import quantize_rows  # noqa: F401 - the activation quantiser, also imported from here
 
 DYNAMIC_MIN_ROWS, DYNAMIC_MAX_ROWS = 2, 64
-
-
-def quantize_rows(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x2 [M, in] float -> (a [M, in] int8, sx [M, 1] float32), x2 ~= a * sx, symmetric per row."""
-    xf = x2.float()
-    sx = xf.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / 127.0  # [M, 1]; clamp: all-zero rows
-    return torch.round(xf / sx).to(torch.int8), sx
 
 
 def dynamic_int8_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor,

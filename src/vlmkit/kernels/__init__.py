@@ -5,6 +5,8 @@ machine).
 - `int8_linear_small`: W8A8 linear for 1-16 rows (decoding) with AVX-512 VNNI.
 - `int8_linear_amx`: the same with AMX tiles, where the CPU has AMX: prefill, and decoding from
   `AMX_MIN_ROWS` rows on large weights (`amx_suits`).
+- `int8_weight_only`: weight-only int8 (`--quantize int8`) through `int8_linear_amx`, each
+  activation row split into three int8 rows (float32's precision), where the CPU has AMX.
 
 Both read the plain [N, K] int8 weight and give always-dynamic W8A8's bits. A kernel is used only
 where it can run: an x86 CPU with the instructions it needs, a C++ compiler and ninja. Anywhere
@@ -31,6 +33,14 @@ KERNEL_MAX_ROWS = 16  # int8_linear_small's rows; past this, int8_linear_amx or 
 # results/quant-kernels-amx-decode-cpu.json) 16384 x 2048 is even at 8 rows (1.02) and AMX at 16
 # (0.43), but 2048 x 2048 (4 MB) runs 1.40x the VNNI time at 8 rows: small weights stay on VNNI.
 AMX_MIN_ROWS, AMX_MIN_OUT, AMX_MIN_WEIGHT = 6, 2048, 1 << 23  # rows, N, N x K bytes
+WEIGHT_ONLY_PARTS = 3  # int8 rows per activation row in `int8_weight_only`
+# Measured (ms, weights streamed from memory, bf16, 2 threads; vlmkit / int8pack / bf16 F.linear):
+# 16384 x 2048 at 1 row 1.55 / 2.41 / 3.40, 8 rows 2.23 / 6.55 / 3.49, 16 rows 2.91 / 12.3 / 3.75,
+# 64 rows 5.61 / 30.4 (the cast) / 5.69, 256 rows (parts split in Python) 60.6 / 40.6 (the cast)
+# / 10.6; 2048 x 2048 at 1 / 8 rows 0.28 / 0.35 / 0.48 and 0.40 / 0.79 / 0.51; 2048 x 16384 1.52
+# / 1.56 / 3.71 and 2.42 / 3.83 / 3.75; a narrow 256 x 2048 0.071 / 0.050 / 0.085 and 0.13 /
+# 0.11 / 0.087 (too few 32-row blocks: left to int8pack).
+WEIGHT_ONLY_MAX_ROWS = 64
 _FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni",
           "-mamx-tile", "-mamx-int8", "-mavx512bf16"]  # AMX code runs only where amx_available()
 _CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni")
@@ -67,7 +77,7 @@ def load_int8_kernels() -> bool:
         warnings.warn(f"vlmkit: int8 kernels unavailable, using oneDNN ({str(e).splitlines()[0]})",
                       stacklevel=2)
         return False
-    for op in ("vlmkit::int8_linear_small", "vlmkit::int8_linear_amx"):
+    for op in ("vlmkit::int8_linear_small", "vlmkit::int8_linear_amx", "vlmkit::int8_weight_only_amx"):
         torch.library.register_fake(op)(_fake_linear)
     return True
 
@@ -85,6 +95,34 @@ def amx_suits(m: int, n: int, k: int) -> bool:
     if not (amx_available() and k % 64 == 0 and n % 32 == 0):
         return False
     return m > KERNEL_MAX_ROWS or (m >= AMX_MIN_ROWS and n >= AMX_MIN_OUT and n * k >= AMX_MIN_WEIGHT)
+
+
+def quantize_rows(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x2 [M, in] float -> (a [M, in] int8, sx [M, 1] float32), x2 ~= a * sx, symmetric per row:
+    dynamic W8A8's activation codes, which the kernels reproduce bit for bit."""
+    xf = x2.float()
+    sx = xf.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / 127.0  # [M, 1]; clamp: all-zero rows
+    return torch.round(xf / sx).to(torch.int8), sx
+
+
+def weight_only_suits(m: int, n: int, k: int) -> bool:
+    """Whether `int8_weight_only` is the kernel for weight-only int8 x [m, k] @ q [n, k].T here:
+    AMX runs it (K % 64, N % 32), the rows are decode-sized (`WEIGHT_ONLY_MAX_ROWS`; prefill casts
+    the weight faster) and the weight is at least `AMX_MIN_OUT` wide (enough 32-row blocks)."""
+    return (amx_available() and k % 64 == 0 and n % 32 == 0 and n >= AMX_MIN_OUT
+            and m <= WEIGHT_ONLY_MAX_ROWS)
+
+
+def int8_weight_only(x2: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Weight-only int8 through the W8A8 AMX kernel: x2 [M, K] float, q [N, K] int8 (K % 64 == 0,
+    N % 32 == 0), scale [N] float32 -> float32(x2 @ q.T) * scale as [M, N] in x2's dtype.
+
+    Each activation row goes in as `WEIGHT_ONLY_PARTS` int8 rows: x = a1 s1 + a2 s2 + a3 s3 + r,
+    each a_i the codes of what the parts before leave (as `quantize_rows`), so |r| <= s3 / 2 <=
+    max|x| / (127 * 2 * 254^2), about 2^-24 max|x| (float32's own step near the maximum). The
+    int32 sums are exact and the parts' (sum * s_i) * scale are added in float32. Only where
+    `amx_available()`."""
+    return torch.ops.vlmkit.int8_weight_only_amx(x2, q, scale, WEIGHT_ONLY_PARTS)
 
 
 def _fake_linear(x, q, *_):

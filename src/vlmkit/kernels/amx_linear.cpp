@@ -9,6 +9,10 @@
 // kernel: int32 sums, torch's float32 epilogue. K is walked in chunks whose codes fit 1 MB (L2);
 // partial sums of earlier chunks wait in an int32 scratch. torch._int_mm at these row counts is
 // oneDNN's VNNI GEMM plus a weight reorder per call.
+//
+// int8_weight_only_amx: weight-only int8 (`--quantize int8`) through the same loop, each
+// activation row split into int8 parts (below). torch._weight_int8pack_mm walks the weight once per
+// row (0.52x a bf16 matmul's speed at 8 rows); this streams it once for all rows.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -124,23 +128,25 @@ void n_pair(const int8_t* q, const int8_t* b, int64_t K, int64_t Mp, int64_t M, 
   }
 }
 
-// x [M, K] float, q [N, K] int8 (K % 64 == 0, N % 32 == 0), scale [N] float32 -> [M, N] in x's dtype.
-at::Tensor int8_linear_amx(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale) {
+void check_operands(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale, const char* op) {
   static const bool amx = request_amx();
-  TORCH_CHECK(amx, "int8_linear_amx: the OS refused AMX tile state");
-  TORCH_CHECK(x.dim() == 2 && q.dim() == 2 && x.size(1) == q.size(1), "int8_linear_amx: x [M, K], q [N, K]");
-  TORCH_CHECK(q.size(1) % 64 == 0 && q.size(0) % 32 == 0, "int8_linear_amx: K a multiple of 64, N of 32");
+  TORCH_CHECK(amx, op, ": the OS refused AMX tile state");
+  TORCH_CHECK(x.dim() == 2 && q.dim() == 2 && x.size(1) == q.size(1), op, ": x [M, K], q [N, K]");
+  TORCH_CHECK(q.size(1) % 64 == 0 && q.size(0) % 32 == 0, op, ": K a multiple of 64, N of 32");
   TORCH_CHECK(q.scalar_type() == at::kChar && scale.scalar_type() == at::kFloat && q.is_contiguous() &&
-              scale.is_contiguous(), "int8_linear_amx: q int8, scale float32, contiguous");
-  const int64_t M = x.size(0), K = x.size(1), N = q.size(0), Mp = M <= 16 ? 16 : (M + 31) / 32 * 32, KB = K / 64;
-  const auto [codes, sx] = quantized(x, Mp, 0);  // signed codes (bytes), padding rows zero
-  at::Tensor b = at::empty({Mp * K}, x.options().dtype(at::kChar));
-  to_b_tiles(reinterpret_cast<const int8_t*>(codes.data_ptr<uint8_t>()), Mp, K, b.data_ptr<int8_t>());
+              scale.is_contiguous(), op, ": q int8, scale float32, contiguous");
+}
+
+// codes [Mp, K] signed bytes (rows past M zero), sx [M] -> y [M, N] in `out`'s dtype.
+void amx_matmul(const at::Tensor& codes, const at::Tensor& sx, const at::Tensor& q, const at::Tensor& scale,
+                int64_t M, at::Tensor& y) {
+  const int64_t Mp = codes.size(0), K = q.size(1), N = q.size(0), KB = K / 64;
+  at::Tensor b = at::empty({Mp * K}, codes.options().dtype(at::kChar));
+  to_b_tiles(reinterpret_cast<const int8_t*>(codes.data_ptr()), Mp, K, b.data_ptr<int8_t>());
   const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 20) / (Mp * 64));  // k blocks whose codes fit 1 MB
   const int64_t chunks = (KB + chunk - 1) / chunk;
-  at::Tensor scratch = at::empty({chunks > 1 ? N * Mp : 0}, x.options().dtype(at::kInt));
-  at::Tensor y = at::empty({M, N}, x.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "int8_linear_amx", [&] {
+  at::Tensor scratch = at::empty({chunks > 1 ? N * Mp : 0}, codes.options().dtype(at::kInt));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, y.scalar_type(), "int8_linear_amx", [&] {
     at::parallel_for(0, N / 32, 1, [&](int64_t p0, int64_t p1) {
       configure_tiles();
       for (int64_t c = 0; c < chunks; ++c)  // chunk outermost: a chunk's codes stay in L2 over the n pairs
@@ -152,15 +158,50 @@ at::Tensor int8_linear_amx(const at::Tensor& x, const at::Tensor& q, const at::T
       _tile_release();
     });
   });
+}
+
+int64_t padded(int64_t rows) { return rows <= 16 ? 16 : (rows + 31) / 32 * 32; }
+
+// x [M, K] float, q [N, K] int8 (K % 64 == 0, N % 32 == 0), scale [N] float32 -> [M, N] in x's dtype.
+at::Tensor int8_linear_amx(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale) {
+  check_operands(x, q, scale, "int8_linear_amx");
+  const int64_t M = x.size(0);
+  const auto [codes, sx] = quantized(x, padded(M), 0);  // signed codes (bytes), padding rows zero
+  at::Tensor y = at::empty({M, q.size(0)}, x.options());
+  amx_matmul(codes, sx, q, scale, M, y);
   return y;
+}
+
+// Weight-only int8: x [M, K] float (any float dtype), q, scale as above -> float32(x @ q.T) *
+// scale [M, N] in x's dtype. Each row goes in as `parts` int8 rows (rows p * M + m): part 0 the
+// codes of x, part p the codes of what parts 0 .. p - 1 leave, each with its own row scale, so
+// three parts carry x to ~2^-24 of its row's maximum; the parts' float32 products are summed.
+at::Tensor int8_weight_only_amx(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale, int64_t parts) {
+  check_operands(x, q, scale, "int8_weight_only_amx");
+  TORCH_CHECK(parts >= 1 && parts <= 4, "int8_weight_only_amx: 1 to 4 parts");
+  const int64_t M = x.size(0), K = x.size(1), rows = parts * M;
+  at::Tensor r = x.to(at::kFloat).contiguous();
+  std::vector<at::Tensor> codes, sxs;
+  for (int64_t p = 0; p < parts; ++p) {
+    auto [c, s] = quantized(r, M, 0);
+    if (p + 1 < parts) r = r - c.view(at::kChar).to(at::kFloat) * s.unsqueeze(1);  // [M, K]: the rest
+    codes.push_back(c);
+    sxs.push_back(s);
+  }
+  if (padded(rows) > rows) codes.push_back(at::zeros({padded(rows) - rows, K}, codes[0].options()));
+  at::Tensor y = at::empty({rows, q.size(0)}, x.options().dtype(at::kFloat));  // [parts * M, N]
+  amx_matmul(at::cat(codes), at::cat(sxs), q, scale, rows, y);
+  return y.view({parts, M, q.size(0)}).sum(0).to(x.scalar_type());
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(vlmkit, m) {
   m.def("int8_linear_amx(Tensor x, Tensor q, Tensor scale) -> Tensor");
+  m.def("int8_weight_only_amx(Tensor x, Tensor q, Tensor scale, int parts) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(vlmkit, CPU, m) {
   m.impl("int8_linear_amx", &int8_linear_amx);
+  m.impl("int8_weight_only_amx", &int8_weight_only_amx);
 }
