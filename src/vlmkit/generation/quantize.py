@@ -32,7 +32,11 @@ projection to aten's `_weight_int8pack_mm`: dynamo decides whether weights becom
 from the global inductor config at trace time, so they stayed graph inputs and the templates were
 never offered. `compile_decode("max-autotune")` (`vlmkit.generation.compile`) sets it globally
 around the step and reaches them. Eagerly, int8pack serves up to `INT8PACK_MAX_ROWS` rows and the
-cast beyond (prefill); int8 at batch >= 8 is slower than bf16 (benchmarks/bench_quant.py). The
+cast beyond (prefill); int8 at batch >= 8 is slower than bf16 (benchmarks/bench_quant.py), except
+on a CPU with AMX, where vlmkit's kernel (`vlmkit.kernels.int8_weight_only`: each activation row
+as three int8 rows, float32's precision, through the AMX int8 loop that streams the weight once)
+serves 1-64 rows on weights at least 2048 wide: 16384 x 2048 at 8 rows 2.23 ms against int8pack's
+6.55 and bf16's 3.49 (docs/performance.md). The
 "int8-dyn" scheme (`quantize_dynamic`: the same weights, activations quantised per row too, an
 int8 x int8 GEMM that reads the weight once for all rows) is faster than bf16 at batch 8.
 """
@@ -44,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlmkit.kernels import int8_weight_only, load_int8_kernels, weight_only_suits
+from vlmkit.kernels import int8_weight_only, weight_only_suits
 from vlmkit.models.common.decoder import Decoder
 
 _HAS_INT8PACK = hasattr(torch, "_weight_int8pack_mm")
@@ -92,8 +96,7 @@ def _use_weight_only_kernel(x2: torch.Tensor, q: torch.Tensor) -> bool:
     eagerly, on a CPU with AMX, bf16 / fp16 activations, shapes it suits. Compiled graphs keep
     int8pack, whose lowering inductor may replace with its own AMX template (see above)."""
     return (x2.device.type == "cpu" and x2.dtype in (torch.bfloat16, torch.float16)
-            and not torch.compiler.is_compiling() and load_int8_kernels()
-            and weight_only_suits(x2.shape[0], q.shape[0], q.shape[1]))
+            and not torch.compiler.is_compiling() and weight_only_suits(x2.shape[0], q.shape[0], q.shape[1]))
 
 
 def int8_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -85,7 +85,7 @@ def load_int8_kernels() -> bool:
 @functools.cache
 def amx_available() -> bool:
     """Whether `int8_linear_amx` runs here (the kernels load and the CPU has AMX int8 and bf16)."""
-    return load_int8_kernels() and _cpu_has(_AMX_FLAGS)
+    return _cpu_has(_AMX_FLAGS) and load_int8_kernels()  # no build where there is no AMX
 
 
 def amx_suits(m: int, n: int, k: int) -> bool:
