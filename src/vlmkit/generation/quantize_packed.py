@@ -85,7 +85,7 @@ class _PackedInt8(nn.Module):
 class _KernelInt8(nn.Module):
     """The plain [N, K] int8 table and its matmul through vlmkit's own kernels
     (`vlmkit/kernels/int8_linear.cpp`): AMX where the CPU has it and it is the faster one
-    (`amx_suits`: prefill, and decode from 6 rows on wide weights), else VNNI up to
+    (`amx_suits`: prefill, and decode from 6 rows on large weights), else VNNI up to
     `KERNEL_MAX_ROWS` rows, else `torch._int_mm`: integer sums either
     way, so always-dynamic W8A8's bits at every row count. The weight is not copied (a tied table
     is shared with the lookup); `wsum` (q summed over K) is the VNNI kernel's zero-point term and

@@ -8,7 +8,9 @@ machine).
 - `int8_weight_only`: weight-only int8 (`--quantize int8`) through `int8_linear_amx`, each
   activation row split into three int8 rows (float32's precision), where the CPU has AMX.
 
-Both read the plain [N, K] int8 weight and give always-dynamic W8A8's bits. A kernel is used only
+All read the plain [N, K] int8 weight; the first two give always-dynamic W8A8's bits, the third
+the float32 product with each activation carried to within 2^-24 of its row's maximum. A kernel
+is used only
 where it can run: an x86 CPU with the instructions it needs, a C++ compiler and ninja. Anywhere
 else, or with `VLMKIT_KERNELS=0`, `load_int8_kernels()` returns False and callers keep their
 PyTorch path; a failed build says so in one warning line.
@@ -141,4 +143,3 @@ def int8_linear_amx(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> to
     """x [M, K] float, q [N, K] int8 with K % 64 == 0 and N % 32 == 0, scale [N] float32 -> [M, N]
     in x's dtype with always-dynamic W8A8's bits. Only where `amx_available()`."""
     return torch.ops.vlmkit.int8_linear_amx(x, q, scale)
-
