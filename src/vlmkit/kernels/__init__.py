@@ -10,10 +10,9 @@ machine).
 
 All read the plain [N, K] int8 weight; the first two give always-dynamic W8A8's bits, the third
 the float32 product with each activation carried to within 2^-24 of its row's maximum. A kernel
-is used only
-where it can run: an x86 CPU with the instructions it needs, a C++ compiler and ninja. Anywhere
-else, or with `VLMKIT_KERNELS=0`, `load_int8_kernels()` returns False and callers keep their
-PyTorch path; a failed build says so in one warning line.
+is used only where it can run: an x86 CPU with the instructions it needs, a C++ compiler and
+ninja. Anywhere else, or with `VLMKIT_KERNELS=0`, `load_int8_kernels()` returns False and callers
+keep their PyTorch path; a failed build says so in one warning line.
 """
 
 import functools
