@@ -95,7 +95,7 @@ def _use_weight_only_kernel(x2: torch.Tensor, q: torch.Tensor) -> bool:
     """Whether vlmkit's AMX kernel serves x2 [M, in] @ q.T (`vlmkit.kernels.int8_weight_only`):
     eagerly, on a CPU with AMX, bf16 / fp16 activations, shapes it suits. Compiled graphs keep
     int8pack, whose lowering inductor may replace with its own AMX template (see above)."""
-    return (x2.device.type == "cpu" and x2.dtype in (torch.bfloat16, torch.float16)
+    return (x2.device.type == "cpu" and x2.dtype in (torch.bfloat16, torch.float16) and q.is_contiguous()
             and not torch.compiler.is_compiling() and weight_only_suits(x2.shape[0], q.shape[0], q.shape[1]))
 
 
