@@ -101,6 +101,24 @@ def test_weight_only_kernel_serves_bf16_rows_where_amx(monkeypatch):
     assert calls == ([1, 8, 64] if amx_available() and load_int8_kernels() else [])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_blockwise_cast_equals_the_one_shot_cast(monkeypatch, dtype):
+    """The cast path casts the weight a block of rows at a time (the last block partial): the
+    same product as casting it whole, to the dtype's rounding."""
+    from vlmkit.generation import quantize
+
+    g = torch.Generator().manual_seed(5)
+    q, s = quantize_per_channel(torch.randn(100, 64, generator=g))
+    s = s.to(dtype)
+    x = torch.randn(70, 64, generator=g).to(dtype)
+    whole = torch.nn.functional.linear(x, q.to(dtype)) * s
+    monkeypatch.setattr(quantize, "CAST_BLOCK", 64 * 30)  # 30 rows per block: 30, 30, 30, 10
+    out = quantize._cast_matmul(x, q, s)
+    assert out.dtype == dtype and out.shape == (70, 100)
+    tol = 1e-5 if dtype == torch.float32 else 2**-7
+    torch.testing.assert_close(out.float(), whole.float(), atol=tol * float(whole.abs().max()), rtol=0)
+
+
 @pytest.mark.parametrize("preset", ["debug", "debug-pg2"])
 def test_quantised_logits_within_tolerance(preset):
     model = _model(preset)

@@ -53,6 +53,7 @@ from vlmkit.models.common.decoder import Decoder
 
 _HAS_INT8PACK = hasattr(torch, "_weight_int8pack_mm")
 INT8PACK_MAX_ROWS = 32
+CAST_BLOCK = 1 << 22  # weight elements cast per block on the cast path (8 MB in bf16)
 
 
 CHUNK_ELEMENTS = 1 << 21  # weights quantised per step: 8 MB float32 temporaries
@@ -111,9 +112,26 @@ def int8_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.
     elif _use_int8pack(x2):
         y = torch._weight_int8pack_mm(x2.contiguous(), q, scale)  # [M, out]
     else:
-        # (x @ q.T) * s == x @ (q * s).T: scaling the output avoids a full-size dequantised copy.
-        y = F.linear(x2, q.to(x.dtype)) * scale
+        y = _cast_matmul(x2, q, scale)
     return y.reshape(*lead, q.shape[0])  # [..., out]
+
+
+def _cast_matmul(x2: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x2 [M, in] @ (q * scale).T -> [M, out] in x2's dtype, q cast to that dtype `CAST_BLOCK`
+    elements (whole rows) at a time into one reused buffer: (x @ q.T) * s == x @ (q * s).T, so
+    no dequantised copy is made, and a full-size cast would also page-fault its way through a
+    fresh buffer (a 16384 x 2048 weight at 256 rows: 78 ms in all against 40 ms blockwise, bf16
+    26 ms; measured with another job on the machine). Compiled graphs keep the one-shot cast."""
+    rows = max(1, CAST_BLOCK // q.shape[1])
+    if rows >= q.shape[0] or torch.compiler.is_compiling():
+        return F.linear(x2, q.to(x2.dtype)) * scale
+    buf = torch.empty(rows, q.shape[1], dtype=x2.dtype, device=x2.device)
+    y = torch.empty(x2.shape[0], q.shape[0], dtype=x2.dtype, device=x2.device)
+    for a in range(0, q.shape[0], rows):
+        w = buf[:min(rows, q.shape[0] - a)]
+        w.copy_(q[a:a + rows])
+        torch.mul(F.linear(x2, w), scale[a:a + rows], out=y[:, a:a + rows])
+    return y
 
 
 class Int8Linear(nn.Module):
