@@ -83,6 +83,26 @@ void epilogue(const int32_t* c, int64_t m0, int64_t M, int64_t N, int64_t n0, co
   }
 }
 
+// Weight-only parts (rows p * M + m of the codes are part p of output row m, all within one step's
+// 16 * MS columns): y[m, n0 .. n0 + 16) = (sum_p float(C[p M + m]) * sx[p M + m]) * scale[n] for
+// the 16-row weight half h of the step's tiles c.
+template <typename Out>
+void epilogue_parts(const int32_t (*c)[256], int ms, int h, int64_t M, int64_t parts, int64_t N, int64_t n0,
+                    const float* sx, const float* scale, Out* y) {
+  const __m512i column = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                            _mm512_set1_epi32(16));
+  const __m512 sc = _mm512_loadu_ps(scale + n0);
+  for (int64_t m = 0; m < M; ++m) {
+    __m512 v = _mm512_setzero_ps();
+    for (int64_t p = 0; p < parts; ++p) {
+      const int64_t col = p * M + m;
+      const __m512i s = _mm512_i32gather_epi32(_mm512_add_epi32(column, _mm512_set1_epi32(col % 16)), c[h * ms + col / 16], 4);
+      v = _mm512_add_ps(v, _mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(sx[col])));
+    }
+    store_row<Out>(y + m * N + n0, _mm512_mul_ps(v, sc));
+  }
+}
+
 // C tiles h * MS + j (weight half h, m block mb + j) over k blocks [0, kbs): loaded from `part`
 // (zero when null), += A (a + i * a_step, second half a_half bytes on, stride a_stride) x B (b's
 // tile (kb0 + i) * MB + mb + j), stored to dst.
@@ -115,7 +135,7 @@ inline void c_tiles(const int8_t* a, int64_t a_half, int64_t a_stride, int64_t a
 template <int MS, typename Out>
 void n_pair(const int8_t* q, const int8_t* b, int64_t K, int64_t Mp, int64_t M, int64_t N, int64_t n0,
             int64_t kb0, int64_t kb1, bool first, bool last, int32_t* scratch, const float* sx,
-            const float* scale, Out* y) {
+            const float* scale, Out* y, int64_t parts) {
   const int64_t MB = Mp / 16;
   alignas(64) int32_t c[2 * MS][256];
   for (int64_t mb = 0; mb < MB; mb += MS) {
@@ -123,6 +143,10 @@ void n_pair(const int8_t* q, const int8_t* b, int64_t K, int64_t Mp, int64_t M, 
     c_tiles<MS>(q + n0 * K + kb0 * 64, 16 * K, K, 64, b, MB, mb, kb0, kb1 - kb0, first ? nullptr : part,
                        last ? &c[0][0] : part);
     if (!last) continue;
+    if (parts > 0) {  // one step holds every part (MB == MS): M is parts x the output rows
+      for (int h = 0; h < 2; ++h) epilogue_parts<Out>(c, MS, h, M / parts, parts, N, n0 + h * 16, sx, scale, y);
+      continue;
+    }
     for (int j = 0; j < 2 * MS; ++j)  // tile j: n half j / MS, m block mb + j % MS
       epilogue<Out>(c[j], (mb + j % MS) * 16, M, N, n0 + (j / MS) * 16, sx, scale, y);
   }
@@ -137,9 +161,10 @@ void check_operands(const at::Tensor& x, const at::Tensor& q, const at::Tensor& 
               scale.is_contiguous(), op, ": q int8, scale float32, contiguous");
 }
 
-// codes [Mp, K] signed bytes (rows past M zero), sx [M] -> y [M, N] in `out`'s dtype.
+// codes [Mp, K] signed bytes (rows past M zero), sx [M] -> y [M, N] in y's dtype; with parts > 0
+// (weight-only, Mp <= 32) y [M / parts, N], the parts summed in the epilogue.
 void amx_matmul(const at::Tensor& codes, const at::Tensor& sx, const at::Tensor& q, const at::Tensor& scale,
-                int64_t M, at::Tensor& y) {
+                int64_t M, at::Tensor& y, int64_t parts = 0) {
   const int64_t Mp = codes.size(0), K = q.size(1), N = q.size(0), KB = K / 64;
   at::Tensor b = at::empty({Mp * K}, codes.options().dtype(at::kChar));
   to_b_tiles(reinterpret_cast<const int8_t*>(codes.data_ptr()), Mp, K, b.data_ptr<int8_t>());
@@ -154,7 +179,7 @@ void amx_matmul(const at::Tensor& codes, const at::Tensor& sx, const at::Tensor&
           (Mp == 16 ? n_pair<1, scalar_t> : n_pair<2, scalar_t>)(
               q.data_ptr<int8_t>(), b.data_ptr<int8_t>(), K, Mp, M, N, p * 32, c * chunk, std::min(KB, (c + 1) * chunk),
               c == 0, c == chunks - 1, scratch.data_ptr<int32_t>(), sx.data_ptr<float>(), scale.data_ptr<float>(),
-              y.data_ptr<scalar_t>());
+              y.data_ptr<scalar_t>(), parts);
       _tile_release();
     });
   });
@@ -189,6 +214,11 @@ at::Tensor int8_weight_only_amx(const at::Tensor& x, const at::Tensor& q, const 
     sxs.push_back(s);
   }
   if (padded(rows) > rows) codes.push_back(at::zeros({padded(rows) - rows, K}, codes[0].options()));
+  if (padded(rows) <= 32) {  // every part in one tile step: summed in the epilogue
+    at::Tensor y = at::empty({M, q.size(0)}, x.options());
+    amx_matmul(at::cat(codes), at::cat(sxs), q, scale, rows, y, parts);
+    return y;
+  }
   at::Tensor y = at::empty({rows, q.size(0)}, x.options().dtype(at::kFloat));  // [parts * M, N]
   amx_matmul(at::cat(codes), at::cat(sxs), q, scale, rows, y);
   return y.view({parts, M, q.size(0)}).sum(0).to(x.scalar_type());
