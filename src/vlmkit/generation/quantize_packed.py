@@ -46,7 +46,7 @@ from torch import nn
 from vlmkit.generation.quantize_dynamic import (DynamicInt8Embedding, DynamicInt8Linear, dynamic_int8_matmul,
                                                 quantize_rows)
 from vlmkit.generation.quantize import linear_repr
-from vlmkit.kernels import KERNEL_MAX_ROWS, amx_suits, int8_linear_amx, int8_linear_small, load_int8_kernels
+from vlmkit.kernels import KERNEL_MAX_ROWS, amx_from_rows, int8_linear_amx, int8_linear_small, load_int8_kernels
 
 
 def packed_int8_available(device: torch.device) -> bool:
@@ -85,7 +85,7 @@ class _PackedInt8(nn.Module):
 class _KernelInt8(nn.Module):
     """The plain [N, K] int8 table and its matmul through vlmkit's own kernels
     (`vlmkit/kernels/int8_linear.cpp`): AMX where the CPU has it and it is the faster one
-    (`amx_suits`: prefill, and decode from 6 rows on large weights), else VNNI up to
+    (`amx_from_rows`: prefill, and decode from 6 rows on large weights), else VNNI up to
     `KERNEL_MAX_ROWS` rows, else `torch._int_mm`: integer sums either
     way, so always-dynamic W8A8's bits at every row count. The weight is not copied (a tied table
     is shared with the lookup); `wsum` (q summed over K) is the VNNI kernel's zero-point term and
@@ -96,13 +96,14 @@ class _KernelInt8(nn.Module):
         self.register_buffer("q", q, persistent=False)  # [N, K] int8, the caller's tensor
         self.register_buffer("wsum", q.sum(dim=1, dtype=torch.int32), persistent=False)  # [N]
         self.register_buffer("scale32", scale.float(), persistent=False)  # [N]
+        self.amx_from = amx_from_rows(*q.shape)  # rows from which the AMX kernel serves (None: never)
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """x [..., K] float, scale [N] -> [..., N] in x's dtype."""
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])  # [M, K]
-        n, k = self.q.shape
-        if amx_suits(x2.shape[0], n, k):
+        n = self.q.shape[0]
+        if self.amx_from is not None and x2.shape[0] >= self.amx_from:
             y = int8_linear_amx(x2, self.q, self.scale32)
         elif x2.shape[0] <= KERNEL_MAX_ROWS:
             y = int8_linear_small(x2, self.q, self.wsum, self.scale32)

@@ -4,7 +4,7 @@ machine).
 
 - `int8_linear_small`: W8A8 linear for 1-16 rows (decoding) with AVX-512 VNNI.
 - `int8_linear_amx`: the same with AMX tiles, where the CPU has AMX: prefill, and decoding from
-  `AMX_MIN_ROWS` rows on large weights (`amx_suits`).
+  `AMX_MIN_ROWS` rows on large weights (`amx_from_rows`).
 - `int8_weight_only`: weight-only int8 (`--quantize int8`) through `int8_linear_amx`, each
   activation row split into three int8 rows (float32's precision), where the CPU has AMX.
 
@@ -89,13 +89,14 @@ def amx_available() -> bool:
     return _cpu_has(_AMX_FLAGS) and load_int8_kernels()  # no build where there is no AMX
 
 
-def amx_suits(m: int, n: int, k: int) -> bool:
-    """Whether `int8_linear_amx` is the kernel for x [m, k] @ q [n, k].T here: it runs (AMX, K %
-    64 == 0, N % 32 == 0) and is the faster one (past the VNNI kernel's rows, or from
-    `AMX_MIN_ROWS` rows on a weight at least `AMX_MIN_OUT` wide and of `AMX_MIN_WEIGHT` bytes)."""
+def amx_from_rows(n: int, k: int) -> int | None:
+    """The row count from which `int8_linear_amx` is the kernel for x [M, k] @ q [n, k].T here
+    (None: never): where it runs (AMX, K % 64 == 0, N % 32 == 0), `AMX_MIN_ROWS` on a weight at
+    least `AMX_MIN_OUT` wide and of `AMX_MIN_WEIGHT` bytes, else past the VNNI kernel's rows.
+    Decided once per layer: it reads the CPU's flags, which a compiled graph cannot trace."""
     if not (amx_available() and k % 64 == 0 and n % 32 == 0):
-        return False
-    return m > KERNEL_MAX_ROWS or (m >= AMX_MIN_ROWS and n >= AMX_MIN_OUT and n * k >= AMX_MIN_WEIGHT)
+        return None
+    return AMX_MIN_ROWS if n >= AMX_MIN_OUT and n * k >= AMX_MIN_WEIGHT else KERNEL_MAX_ROWS + 1
 
 
 def quantize_rows(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
