@@ -35,8 +35,11 @@ struct TileConfig {
 
 // tmm0-3: C [16 n, 16 m] int32; tmm4-5: A = weight rows [16, 64 bytes]; tmm6-7: B = codes [16, 64].
 void configure_tiles() {
-  TileConfig c;
+  alignas(64) TileConfig c;
   for (int t = 0; t < 8; ++t) { c.rows[t] = 16; c.colsb[t] = 64; }
+  // GCC does not see ldtilecfg read c: compiled out of line it dropped the stores above as dead
+  // (every tile left unconfigured; the first tile load faulted). The barrier keeps them.
+  asm volatile("" : : "r"(&c) : "memory");
   _tile_loadconfig(&c);
 }
 
