@@ -89,12 +89,17 @@ def amx_available() -> bool:
     return _cpu_has(_AMX_FLAGS) and load_int8_kernels()  # no build where there is no AMX
 
 
+def _amx_runs(n: int, k: int) -> bool:
+    """Whether `int8_linear_amx` runs here for a [n, k] weight (AMX, K % 64 == 0, N % 32 == 0)."""
+    return amx_available() and k % 64 == 0 and n % 32 == 0
+
+
 def amx_from_rows(n: int, k: int) -> int | None:
     """The row count from which `int8_linear_amx` is the kernel for x [M, k] @ q [n, k].T here
     (None: never): where it runs (AMX, K % 64 == 0, N % 32 == 0), `AMX_MIN_ROWS` on a weight at
     least `AMX_MIN_OUT` wide and of `AMX_MIN_WEIGHT` bytes, else past the VNNI kernel's rows.
     Decided once per layer: it reads the CPU's flags, which a compiled graph cannot trace."""
-    if not (amx_available() and k % 64 == 0 and n % 32 == 0):
+    if not _amx_runs(n, k):
         return None
     return AMX_MIN_ROWS if n >= AMX_MIN_OUT and n * k >= AMX_MIN_WEIGHT else KERNEL_MAX_ROWS + 1
 
@@ -111,8 +116,7 @@ def weight_only_suits(m: int, n: int, k: int) -> bool:
     """Whether `int8_weight_only` is the kernel for weight-only int8 x [m, k] @ q [n, k].T here:
     AMX runs it (K % 64, N % 32), the rows are decode-sized (`WEIGHT_ONLY_MAX_ROWS`; prefill casts
     the weight faster) and the weight is at least `AMX_MIN_OUT` wide (enough 32-row blocks)."""
-    return (amx_available() and k % 64 == 0 and n % 32 == 0 and n >= AMX_MIN_OUT
-            and m <= WEIGHT_ONLY_MAX_ROWS)
+    return _amx_runs(n, k) and n >= AMX_MIN_OUT and m <= WEIGHT_ONLY_MAX_ROWS
 
 
 def int8_weight_only(x2: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

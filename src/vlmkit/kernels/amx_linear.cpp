@@ -71,17 +71,21 @@ inline void store_row(Out* y, __m512 v) {
   }
 }
 
+// Column m of a C tile [16 n, 16 m] int32 as float32: the 16 n sums of one row m (a gather).
+inline __m512 c_column(const int32_t* c, int64_t m) {
+  const __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                          _mm512_set1_epi32(16));
+  return _mm512_cvtepi32_ps(_mm512_i32gather_epi32(_mm512_add_epi32(rows, _mm512_set1_epi32(static_cast<int>(m))), c, 4));
+}
+
 // One C tile's [16 n, 16 m] int32 sums -> y[m, n0 .. n0 + 16) = (sum * sx[m]) * scale[n] for the
 // rows below M, in torch's order.
 template <typename Out>
 void epilogue(const int32_t* c, int64_t m0, int64_t M, int64_t N, int64_t n0, const float* sx,
               const float* scale, Out* y) {
-  const __m512i column = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                            _mm512_set1_epi32(16));
   const __m512 sc = _mm512_loadu_ps(scale + n0);
   for (int m = 0; m < 16 && m0 + m < M; ++m) {
-    const __m512i s = _mm512_i32gather_epi32(_mm512_add_epi32(column, _mm512_set1_epi32(m)), c, 4);
-    const __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(sx[m0 + m])), sc);
+    const __m512 v = _mm512_mul_ps(_mm512_mul_ps(c_column(c, m), _mm512_set1_ps(sx[m0 + m])), sc);
     store_row<Out>(y + (m0 + m) * N + n0, v);
   }
 }
@@ -92,15 +96,12 @@ void epilogue(const int32_t* c, int64_t m0, int64_t M, int64_t N, int64_t n0, co
 template <typename Out>
 void epilogue_parts(const int32_t (*c)[256], int ms, int h, int64_t M, int64_t parts, int64_t N, int64_t n0,
                     const float* sx, const float* scale, Out* y) {
-  const __m512i column = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                            _mm512_set1_epi32(16));
   const __m512 sc = _mm512_loadu_ps(scale + n0);
   for (int64_t m = 0; m < M; ++m) {
     __m512 v = _mm512_setzero_ps();
     for (int64_t p = 0; p < parts; ++p) {
       const int64_t col = p * M + m;
-      const __m512i s = _mm512_i32gather_epi32(_mm512_add_epi32(column, _mm512_set1_epi32(col % 16)), c[h * ms + col / 16], 4);
-      v = _mm512_add_ps(v, _mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(sx[col])));
+      v = _mm512_add_ps(v, _mm512_mul_ps(c_column(c[h * ms + col / 16], col % 16), _mm512_set1_ps(sx[col])));
     }
     store_row<Out>(y + m * N + n0, _mm512_mul_ps(v, sc));
   }
@@ -123,8 +124,8 @@ inline void c_tiles(const int8_t* a, int64_t a_half, int64_t a_stride, int64_t a
     _tile_loadd(4, a + i * a_step, a_stride);
     _tile_loadd(5, a + a_half + i * a_step, a_stride);
     _tile_loadd(6, b + ((kb0 + i) * MB + mb) * 1024, 64);
-    if constexpr (MS == 2) _tile_loadd(7, b + ((kb0 + i) * MB + mb + 1) * 1024, 64);
     if constexpr (MS == 2) {
+      _tile_loadd(7, b + ((kb0 + i) * MB + mb + 1) * 1024, 64);
       _tile_dpbssd(0, 4, 6); _tile_dpbssd(1, 4, 7); _tile_dpbssd(2, 5, 6); _tile_dpbssd(3, 5, 7);
     } else {
       _tile_dpbssd(0, 4, 6); _tile_dpbssd(1, 5, 6);
@@ -174,15 +175,18 @@ void amx_matmul(const at::Tensor& codes, const at::Tensor& sx, const at::Tensor&
   const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 20) / (Mp * 64));  // k blocks whose codes fit 1 MB
   const int64_t chunks = (KB + chunk - 1) / chunk;
   at::Tensor scratch = at::empty({chunks > 1 ? N * Mp : 0}, codes.options().dtype(at::kInt));
+  const int8_t *qp = q.data_ptr<int8_t>(), *bp = b.data_ptr<int8_t>();
+  const float *sxp = sx.data_ptr<float>(), *scp = scale.data_ptr<float>();
+  int32_t* sp = scratch.data_ptr<int32_t>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, y.scalar_type(), "int8_linear_amx", [&] {
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    const auto pair = Mp == 16 ? n_pair<1, scalar_t> : n_pair<2, scalar_t>;
     at::parallel_for(0, N / 32, 1, [&](int64_t p0, int64_t p1) {
       configure_tiles();
       for (int64_t c = 0; c < chunks; ++c)  // chunk outermost: a chunk's codes stay in L2 over the n pairs
         for (int64_t p = p0; p < p1; ++p)
-          (Mp == 16 ? n_pair<1, scalar_t> : n_pair<2, scalar_t>)(
-              q.data_ptr<int8_t>(), b.data_ptr<int8_t>(), K, Mp, M, N, p * 32, c * chunk, std::min(KB, (c + 1) * chunk),
-              c == 0, c == chunks - 1, scratch.data_ptr<int32_t>(), sx.data_ptr<float>(), scale.data_ptr<float>(),
-              y.data_ptr<scalar_t>(), parts);
+          pair(qp, bp, K, Mp, M, N, p * 32, c * chunk, std::min(KB, (c + 1) * chunk), c == 0, c == chunks - 1, sp,
+               sxp, scp, yp, parts);
       _tile_release();
     });
   });
